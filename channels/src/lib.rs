@@ -1,0 +1,194 @@
+//! Rivulet's `Channel` abstraction: the durable pipe between a broker's ingress and the
+//! per-trigger consumers.
+//!
+//! A channel stores [`Envelope`]s: the CloudEvent's attributes as strings (as every protocol
+//! binding carries them) and its data bytes, untouched. Each trigger owns one named
+//! subscription with its own position; a subscription redelivers whatever it handed out and
+//! was not acknowledged before the consumer went away.
+//!
+//! Backends register themselves with [`inventory`] under a name and are opened through
+//! [`open`], so adding a backend touches no central list.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+#[cfg(feature = "contract")]
+pub mod contract;
+pub mod embedded;
+pub mod memory;
+pub mod routing;
+
+pub use routing::{Prefilter, RoutingIndex};
+
+/// One CloudEvent as a channel carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    /// Context attributes in their canonical string form, `specversion` first. Names are
+    /// lower-case CloudEvents attribute names; `datacontenttype` is among them when set.
+    pub attributes: Vec<(String, String)>,
+    /// The event data exactly as received, if any.
+    pub data: Option<Bytes>,
+}
+
+impl Envelope {
+    /// The value of attribute `name`, if present.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where a subscription's events come from when it is created, and what it wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// A conservative filter the backend may apply before handing events out (a superset of
+    /// what the trigger wants). Backends that cannot route deliver everything.
+    pub prefilter: Prefilter,
+    /// How many unacknowledged events the consumer holds at most (prefetch).
+    pub max_in_flight: usize,
+}
+
+/// An event handed to a subscriber, to be acknowledged by `id` once its outcome is final.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Opaque, unique within the subscription; pass it to [`Subscription::ack`].
+    pub id: u64,
+    pub envelope: Arc<Envelope>,
+}
+
+/// A channel for one broker.
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// Appends events. Returns only once every event is durable by this backend's standard
+    /// (fsync, broker acknowledgement); on error none of them may be assumed stored.
+    async fn publish(&self, events: Vec<Envelope>) -> Result<(), ChannelError>;
+
+    /// Creates the named subscription if it does not exist, or updates its spec. Events
+    /// published after this returns reach the subscription even while nobody consumes it.
+    async fn ensure_subscription(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<(), ChannelError>;
+
+    /// Starts consuming a subscription created by [`Channel::ensure_subscription`]. Events
+    /// handed out earlier and never acknowledged are delivered again.
+    async fn consume(&self, name: &str) -> Result<Arc<dyn Subscription>, ChannelError>;
+
+    /// Removes a subscription and whatever it still holds.
+    async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError>;
+
+    /// Removes the channel's storage (topic, stream, exchange, files) for good.
+    async fn destroy(&self) -> Result<(), ChannelError>;
+
+    /// Whether the backend can take events right now.
+    async fn ready(&self) -> Result<(), ChannelError>;
+}
+
+/// One consumer's view of a subscription.
+#[async_trait]
+pub trait Subscription: Send + Sync {
+    /// Waits until at least one event is available and returns up to `max` of them, in
+    /// channel order. Returns [`ChannelError::Closed`] once the subscription is deleted or the
+    /// channel shut down.
+    async fn receive(&self, max: usize) -> Result<Vec<Received>, ChannelError>;
+
+    /// Marks an event as done (delivered or dead-lettered). Acknowledgements may arrive in any
+    /// order.
+    async fn ack(&self, id: u64) -> Result<(), ChannelError>;
+}
+
+/// What went wrong in a channel, classified for metrics and status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The backend cannot be reached or refused the write; ingress answers 503.
+    #[error("channel unavailable: {0}")]
+    Unavailable(String),
+    /// The backend's configuration is wrong (bad URL, missing key).
+    #[error("channel misconfigured: {0}")]
+    Config(String),
+    /// No subscription of that name.
+    #[error("no subscription named {0:?}")]
+    UnknownSubscription(String),
+    /// The subscription or channel was closed.
+    #[error("channel closed")]
+    Closed,
+    /// Stored data could not be read back.
+    #[error("corrupt channel data: {0}")]
+    Corrupt(String),
+    #[error("channel i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ChannelError {
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChannelError::Unavailable(_) => "unavailable",
+            ChannelError::Config(_) => "config",
+            ChannelError::UnknownSubscription(_) => "unknown_subscription",
+            ChannelError::Closed => "closed",
+            ChannelError::Corrupt(_) => "corrupt",
+            ChannelError::Io(_) => "io",
+        }
+    }
+}
+
+/// Everything a backend needs to open the channel of one broker.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// Broker namespace and name; backends derive topic/stream/exchange names from them.
+    pub namespace: String,
+    pub broker: String,
+    /// Folder for local state (the embedded backend keeps its files here).
+    pub data_dir: PathBuf,
+    /// Backend settings (the keys of the broker's `spec.config` ConfigMap or Secret).
+    pub settings: BTreeMap<String, String>,
+}
+
+/// What opening a channel gives back, eventually.
+pub type OpenChannel = futures::future::BoxFuture<'static, Result<Arc<dyn Channel>, ChannelError>>;
+
+/// A channel backend, registered by name with `inventory::submit!`.
+pub struct Backend {
+    /// The name brokers select it by (`embedded`, `memory`, `kafka`, ...).
+    pub name: &'static str,
+    /// Whether an event it acknowledged survives a crash of the process.
+    pub durable: bool,
+    pub open: fn(ChannelConfig) -> OpenChannel,
+}
+
+inventory::collect!(Backend);
+
+/// Looks a backend up by name.
+pub fn backend(name: &str) -> Option<&'static Backend> {
+    inventory::iter::<Backend>().find(|b| b.name == name)
+}
+
+/// Names of every registered backend, for help texts and errors.
+pub fn backend_names() -> Vec<&'static str> {
+    let mut names: Vec<_> = inventory::iter::<Backend>().map(|b| b.name).collect();
+    names.sort_unstable();
+    names
+}
+
+/// Opens the channel of one broker on the named backend.
+pub async fn open(
+    backend_name: &str,
+    config: ChannelConfig,
+) -> Result<Arc<dyn Channel>, ChannelError> {
+    let backend = backend(backend_name).ok_or_else(|| {
+        ChannelError::Config(format!(
+            "no channel backend named {backend_name:?}; known: {}",
+            backend_names().join(", ")
+        ))
+    })?;
+    (backend.open)(config).await
+}

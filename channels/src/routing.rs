@@ -1,0 +1,282 @@
+//! Routing of published events to subscriptions by their prefilters.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::Envelope;
+
+/// A conjunction of exact attribute matches that an event must satisfy to be worth handing to
+/// a subscription. Empty means every event. It is a superset of what the trigger's full filter
+/// accepts: the consumer still applies the full filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Prefilter {
+    /// `(attribute, value)` pairs, all of which must match.
+    pub exact: Vec<(String, String)>,
+}
+
+impl Prefilter {
+    /// A prefilter that lets everything through.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether `envelope` passes.
+    pub fn matches(&self, envelope: &Envelope) -> bool {
+        self.exact
+            .iter()
+            .all(|(name, value)| envelope.attribute(name) == Some(value.as_str()))
+    }
+}
+
+/// Subscriptions by name with their prefilters, indexed so that routing an event looks at the
+/// few subscriptions that could match instead of all of them.
+///
+/// Each prefilter is filed under one of its pairs (`type` if it has one, else `source`, else
+/// its first pair); prefilters without pairs match everything and are kept apart. Routing an
+/// event costs one hash lookup per distinct attribute name used as an index key (usually just
+/// `type` and `source`) plus a check of the remaining pairs of each candidate found there.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingIndex {
+    prefilters: HashMap<String, Prefilter>,
+    match_everything: BTreeSet<String>,
+    /// attribute name -> attribute value -> names of subscriptions filed under that pair.
+    by_pair: HashMap<String, HashMap<String, BTreeSet<String>>>,
+}
+
+/// Attribute names preferred as index keys, most selective first.
+const PREFERRED_KEYS: [&str; 2] = ["type", "source"];
+
+/// The pair a prefilter is filed under, if any.
+fn index_pair(prefilter: &Prefilter) -> Option<&(String, String)> {
+    PREFERRED_KEYS
+        .iter()
+        .find_map(|key| prefilter.exact.iter().find(|(name, _)| name == key))
+        .or_else(|| prefilter.exact.first())
+}
+
+impl RoutingIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a subscription, or replaces its prefilter if it is already known.
+    pub fn insert(&mut self, name: &str, prefilter: Prefilter) {
+        self.remove(name);
+        match index_pair(&prefilter) {
+            None => {
+                self.match_everything.insert(name.to_owned());
+            }
+            Some((attribute, value)) => {
+                self.by_pair
+                    .entry(attribute.clone())
+                    .or_default()
+                    .entry(value.clone())
+                    .or_default()
+                    .insert(name.to_owned());
+            }
+        }
+        self.prefilters.insert(name.to_owned(), prefilter);
+    }
+
+    /// Removes a subscription; returns its prefilter if it was known.
+    pub fn remove(&mut self, name: &str) -> Option<Prefilter> {
+        let prefilter = self.prefilters.remove(name)?;
+        match index_pair(&prefilter) {
+            None => {
+                self.match_everything.remove(name);
+            }
+            Some((attribute, value)) => {
+                if let Some(by_value) = self.by_pair.get_mut(attribute) {
+                    if let Some(names) = by_value.get_mut(value) {
+                        names.remove(name);
+                        if names.is_empty() {
+                            by_value.remove(value);
+                        }
+                    }
+                    if by_value.is_empty() {
+                        self.by_pair.remove(attribute);
+                    }
+                }
+            }
+        }
+        Some(prefilter)
+    }
+
+    /// The prefilter of a subscription.
+    pub fn get(&self, name: &str) -> Option<&Prefilter> {
+        self.prefilters.get(name)
+    }
+
+    /// Whether a subscription of that name is known.
+    pub fn contains(&self, name: &str) -> bool {
+        self.prefilters.contains_key(name)
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.prefilters.len()
+    }
+
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.prefilters.is_empty()
+    }
+
+    /// Names of all subscriptions, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.prefilters.keys().map(String::as_str)
+    }
+
+    /// Names of the subscriptions whose prefilter `envelope` passes, each once, in no
+    /// particular order.
+    pub fn route(&self, envelope: &Envelope) -> Vec<&str> {
+        self.candidates(envelope)
+            .filter(|(_, prefilter)| prefilter.matches(envelope))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Subscriptions that may match `envelope`: the match-everything ones and those filed under
+    /// one of its pairs. Every subscription is filed under exactly one pair, so none appears
+    /// twice.
+    fn candidates<'a>(
+        &'a self,
+        envelope: &Envelope,
+    ) -> impl Iterator<Item = (&'a str, &'a Prefilter)> {
+        let filed = self
+            .by_pair
+            .iter()
+            .filter_map(move |(attribute, by_value)| by_value.get(envelope.attribute(attribute)?))
+            .flatten();
+        self.match_everything
+            .iter()
+            .chain(filed)
+            .filter_map(move |name| Some((name.as_str(), self.prefilters.get(name)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefilter(pairs: &[(&str, &str)]) -> Prefilter {
+        Prefilter {
+            exact: pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn envelope(pairs: &[(&str, &str)]) -> Envelope {
+        Envelope {
+            attributes: pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            data: None,
+        }
+    }
+
+    fn sorted(mut names: Vec<&str>) -> Vec<&str> {
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn empty_prefilter_matches_everything() {
+        let mut index = RoutingIndex::new();
+        index.insert("all", Prefilter::all());
+        assert_eq!(index.route(&envelope(&[("type", "a")])), vec!["all"]);
+        assert_eq!(index.route(&envelope(&[])), vec!["all"]);
+    }
+
+    #[test]
+    fn routes_by_type_source_and_other_pairs() {
+        let mut index = RoutingIndex::new();
+        index.insert("by-type", prefilter(&[("type", "order.created")]));
+        index.insert(
+            "by-type-and-source",
+            prefilter(&[("source", "/shop"), ("type", "order.created")]),
+        );
+        index.insert("by-source", prefilter(&[("source", "/shop")]));
+        index.insert("by-extension", prefilter(&[("region", "eu")]));
+        index.insert("all", Prefilter::all());
+
+        let event = envelope(&[
+            ("type", "order.created"),
+            ("source", "/shop"),
+            ("region", "us"),
+        ]);
+        assert_eq!(
+            sorted(index.route(&event)),
+            vec!["all", "by-source", "by-type", "by-type-and-source"]
+        );
+
+        let other_source = envelope(&[("type", "order.created"), ("source", "/other")]);
+        assert_eq!(sorted(index.route(&other_source)), vec!["all", "by-type"]);
+
+        let european = envelope(&[("type", "x"), ("region", "eu")]);
+        assert_eq!(sorted(index.route(&european)), vec!["all", "by-extension"]);
+    }
+
+    #[test]
+    fn remaining_pairs_must_all_match() {
+        let mut index = RoutingIndex::new();
+        index.insert("strict", prefilter(&[("type", "t"), ("subject", "s")]));
+        assert!(index.route(&envelope(&[("type", "t")])).is_empty());
+        assert!(
+            index
+                .route(&envelope(&[("type", "t"), ("subject", "other")]))
+                .is_empty()
+        );
+        assert_eq!(
+            index.route(&envelope(&[("type", "t"), ("subject", "s")])),
+            vec!["strict"]
+        );
+    }
+
+    #[test]
+    fn insert_replaces_and_remove_forgets() {
+        let mut index = RoutingIndex::new();
+        index.insert("s", prefilter(&[("type", "a")]));
+        index.insert("s", prefilter(&[("source", "b")]));
+        assert_eq!(index.len(), 1);
+        assert!(index.route(&envelope(&[("type", "a")])).is_empty());
+        assert_eq!(index.route(&envelope(&[("source", "b")])), vec!["s"]);
+
+        assert_eq!(index.remove("s"), Some(prefilter(&[("source", "b")])));
+        assert!(index.is_empty());
+        assert!(index.route(&envelope(&[("source", "b")])).is_empty());
+        assert!(index.by_pair.is_empty(), "empty buckets are dropped");
+        assert_eq!(index.remove("s"), None);
+    }
+
+    #[test]
+    fn unmatched_subscriptions_are_not_examined() {
+        let mut index = RoutingIndex::new();
+        for i in 0..1_000 {
+            index.insert(
+                &format!("sub-{i}"),
+                prefilter(&[("type", &format!("type-{i}")), ("source", "/s")]),
+            );
+        }
+        let unmatched = envelope(&[("type", "nobody"), ("source", "/s")]);
+        assert_eq!(index.candidates(&unmatched).count(), 0);
+        assert!(index.route(&unmatched).is_empty());
+
+        let one = envelope(&[("type", "type-7"), ("source", "/s")]);
+        assert_eq!(index.candidates(&one).count(), 1);
+        assert_eq!(index.route(&one), vec!["sub-7"]);
+        // Only `type` is an index key here, so routing costs a single map lookup.
+        assert_eq!(index.by_pair.len(), 1);
+    }
+
+    #[test]
+    fn contradictory_prefilter_never_matches() {
+        let mut index = RoutingIndex::new();
+        index.insert("never", prefilter(&[("type", "a"), ("type", "b")]));
+        assert!(index.route(&envelope(&[("type", "a")])).is_empty());
+        assert!(index.route(&envelope(&[("type", "b")])).is_empty());
+    }
+}

@@ -1,0 +1,3 @@
+//! Sink adapters: HTTP endpoints that take CloudEvents and hand them to something outside.
+
+pub mod display;

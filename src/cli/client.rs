@@ -1,0 +1,286 @@
+//! CLI commands that talk to a running server over HTTP.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use super::{OutputFormat, SendArgs};
+use crate::resources::{KindInfo, find_kind_by_name, kinds, manifest_files, parse_manifests};
+
+fn http() -> reqwest::Client {
+    crate::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+fn object_url(server: &str, kind: &KindInfo, namespace: &str, name: &str) -> String {
+    format!(
+        "{}{}/{name}",
+        server.trim_end_matches('/'),
+        kind.collection_path(namespace)
+    )
+}
+
+/// Turns an error response (a Kubernetes `Status` or plain text) into a message.
+async fn failure(response: reqwest::Response) -> String {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or(text);
+    format!("{status}: {}", message.trim())
+}
+
+fn unreachable(server: &str, error: reqwest::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot reach the Rivulet server at {server} ({error}); is `rivulet serve` running? (--server picks another)"
+    )
+}
+
+fn find_kind(name: &str) -> anyhow::Result<&'static KindInfo> {
+    find_kind_by_name(None, name).ok_or_else(|| {
+        let known: Vec<String> = kinds().iter().map(|k| k.plural.to_string()).collect();
+        anyhow::anyhow!("unknown kind {name:?}; known: {}", known.join(", "))
+    })
+}
+
+pub async fn apply(server: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut manifests = Vec::new();
+    for path in files {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            manifests.extend(parse_manifests(&text, "stdin").map_err(anyhow::Error::msg)?);
+            continue;
+        }
+        let listed =
+            manifest_files(path).with_context(|| format!("cannot read {}", path.display()))?;
+        for file in listed {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            manifests.extend(
+                parse_manifests(&text, &file.display().to_string()).map_err(anyhow::Error::msg)?,
+            );
+        }
+    }
+    if manifests.is_empty() {
+        bail!("no objects found in the given manifests");
+    }
+    let client = http();
+    let mut failed = false;
+    for manifest in manifests {
+        let namespace = manifest
+            .object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let Some(name) = manifest
+            .object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+        else {
+            eprintln!("{}: metadata.name is required", manifest.origin);
+            failed = true;
+            continue;
+        };
+        let url = object_url(server, manifest.kind, &namespace, name);
+        let response = client
+            .put(&url)
+            .json(&manifest.object)
+            .send()
+            .await
+            .map_err(|e| unreachable(server, e))?;
+        let label = format!("{}/{name}", manifest.kind.kind.to_ascii_lowercase());
+        match response.status().as_u16() {
+            201 => println!("{label} created"),
+            200 => println!("{label} configured"),
+            _ => {
+                eprintln!("{label}: {}", failure(response).await);
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn get(
+    server: &str,
+    kind_name: &str,
+    name: Option<&str>,
+    namespace: &str,
+    output: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let kind = find_kind(kind_name)?;
+    let url = match name {
+        Some(name) => object_url(server, kind, namespace, name),
+        None => format!(
+            "{}{}",
+            server.trim_end_matches('/'),
+            kind.collection_path(namespace)
+        ),
+    };
+    let response = http()
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| unreachable(server, e))?;
+    if !response.status().is_success() {
+        bail!("{}", failure(response).await);
+    }
+    let body: Value = response.json().await?;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&body)?),
+        OutputFormat::Table => {
+            let items = match body.get("items").and_then(Value::as_array) {
+                Some(items) => items.clone(),
+                None => vec![body],
+            };
+            print_table(kind, &items);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(kind: &KindInfo, items: &[Value]) {
+    let text = |v: &Value, pointer: &str| {
+        v.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let ready = |v: &Value| -> (String, String) {
+        let conditions = v.pointer("/status/conditions").and_then(Value::as_array);
+        let ready = conditions.and_then(|c| {
+            c.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        });
+        match ready {
+            Some(c) => (text(c, "/status"), text(c, "/reason")),
+            None => ("Unknown".into(), String::new()),
+        }
+    };
+    let (extra_header, extra): (&str, Box<dyn Fn(&Value) -> String>) = match kind.kind {
+        "Broker" => ("URL", Box::new(move |v| text(v, "/status/address/url"))),
+        "Trigger" => (
+            "BROKER  SUBSCRIBER_URI",
+            Box::new(move |v| {
+                format!(
+                    "{}  {}",
+                    text(v, "/spec/broker"),
+                    text(v, "/status/subscriberUri")
+                )
+            }),
+        ),
+        _ => ("", Box::new(|_| String::new())),
+    };
+    if items.is_empty() {
+        eprintln!("No resources found.");
+        return;
+    }
+    println!(
+        "{:<28} {:<8} {:<24} {extra_header}",
+        "NAME", "READY", "REASON"
+    );
+    for item in items {
+        let (status, reason) = ready(item);
+        println!(
+            "{:<28} {:<8} {:<24} {}",
+            text(item, "/metadata/name"),
+            status,
+            reason,
+            extra(item)
+        );
+    }
+}
+
+pub async fn delete(
+    server: &str,
+    kind_name: &str,
+    name: &str,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let kind = find_kind(kind_name)?;
+    let response = http()
+        .delete(object_url(server, kind, namespace, name))
+        .send()
+        .await
+        .map_err(|e| unreachable(server, e))?;
+    if !response.status().is_success() {
+        bail!("{}", failure(response).await);
+    }
+    println!("{}/{name} deleted", kind.kind.to_ascii_lowercase());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => {
+            let (namespace, broker) = args
+                .broker
+                .split_once('/')
+                .unwrap_or(("default", &args.broker));
+            format!(
+                "{}/{namespace}/{broker}",
+                args.server.server.trim_end_matches('/')
+            )
+        }
+    };
+    let data = match (&args.data, &args.data_file) {
+        (Some(text), _) => Some(text.clone().into_bytes()),
+        (None, Some(path)) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
+    let mut event = serde_json::json!({
+        "specversion": "1.0",
+        "id": args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        "source": args.source,
+        "type": args.ty,
+    });
+    if let Some(subject) = &args.subject {
+        event["subject"] = subject.clone().into();
+    }
+    let content_type = args
+        .content_type
+        .clone()
+        .or_else(|| data.as_ref().map(|_| "application/json".to_string()));
+    if let Some(ct) = &content_type {
+        event["datacontenttype"] = ct.clone().into();
+    }
+    for (name, value) in &args.extensions {
+        event[name] = value.clone().into();
+    }
+    // Build through the event model so the request is exactly what ingress expects.
+    let mut parsed = crate::event::parse_structured(event.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("the event would be invalid: {e}"))?;
+    parsed.data = data.map(bytes::Bytes::from);
+    let (headers, body) = if args.structured {
+        crate::event::to_http_structured(&parsed)
+    } else {
+        crate::event::to_http_binary(&parsed)
+    };
+    let response = http()
+        .post(&url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+    if response.status().is_success() {
+        println!("sent {} ({})", parsed.id, response.status());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("{}", failure(response).await)
+    }
+}

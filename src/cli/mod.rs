@@ -1,0 +1,300 @@
+//! The `rivulet` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+mod client;
+mod local;
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Rivulet: a CloudEvents broker that speaks the Knative Eventing API.
+///
+/// Start a server with `rivulet serve`; it has a broker `default/default` ready at
+/// http://127.0.0.1:8080/default/default. Apply Knative Broker and Trigger YAML with
+/// `rivulet apply -f`, send events with `rivulet send` (or curl), and watch them arrive with
+/// `rivulet display`.
+#[derive(Debug, Parser)]
+#[command(name = "rivulet", version, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `rivulet=debug`.
+    #[arg(long, global = true, env = "RIVULET_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run brokers, triggers and their delivery in this process.
+    ///
+    /// Resources come from --config files and from the resource API; they and the events
+    /// in durable channels are kept in --data-dir and survive restarts.
+    Serve(ServeArgs),
+    /// Create or update resources from a YAML (or JSON) manifest; `-f -` reads stdin.
+    Apply {
+        /// Manifest file or folder; many documents per file are fine.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List resources of a kind, or show one.
+    ///
+    /// KIND is a kind or plural name: broker(s), trigger(s), configmap(s), secret(s).
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Output: table (default), yaml or json.
+        #[arg(short, long, default_value = "table")]
+        output: OutputFormat,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Post one CloudEvent to a broker (or any URL).
+    Send(SendArgs),
+    /// Trigger filter tools.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+    /// CloudEvents SQL tools.
+    Cesql {
+        #[command(subcommand)]
+        command: CesqlCommand,
+    },
+    /// Listen for CloudEvents and print each one (an event display sink).
+    Display {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArg {
+    /// URL of the Rivulet server.
+    #[arg(long, env = "RIVULET_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Manifest file or folder to apply at start (repeatable). Without one, a broker
+    /// `default/default` is created if it does not exist.
+    #[arg(short, long)]
+    config: Vec<PathBuf>,
+    /// Address for ingress, the resource API, health and metrics.
+    #[arg(long, env = "RIVULET_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Folder for resources and the embedded channel's data.
+    #[arg(long, env = "RIVULET_DATA_DIR", default_value = ".rivulet")]
+    data_dir: PathBuf,
+    /// Largest request body ingress accepts, in bytes (larger gets 413).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    body_limit: usize,
+    /// Timeout of one delivery request when delivery.timeout is not set.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    delivery_timeout: Duration,
+    /// Longest wait between retries, whatever backoff or Retry-After ask for.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    backoff_cap: Duration,
+    /// Deliveries in flight per trigger, unless the trigger's rivulet.dev/parallelism
+    /// annotation says otherwise.
+    #[arg(long, default_value_t = 64)]
+    parallelism: usize,
+    /// How long SIGTERM waits for deliveries in flight before handing them back.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// URL brokers advertise in status.address.url (default: http:// + --listen).
+    #[arg(long)]
+    advertised_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Broker as NAMESPACE/NAME (or just NAME in namespace default).
+    #[arg(long, default_value = "default/default", conflicts_with = "url")]
+    broker: String,
+    /// Post to this URL instead of a broker of --server.
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(long = "type", required = true)]
+    ty: String,
+    #[arg(long, default_value = "rivulet-cli")]
+    source: String,
+    /// Event id (default: a random UUID).
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long)]
+    subject: Option<String>,
+    /// Data as text.
+    #[arg(long, conflicts_with = "data_file")]
+    data: Option<String>,
+    /// Data read from a file.
+    #[arg(long)]
+    data_file: Option<PathBuf>,
+    /// Content type of the data (default application/json when there is data).
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Extension attribute NAME=VALUE (repeatable).
+    #[arg(long = "ext", value_parser = parse_key_value)]
+    extensions: Vec<(String, String)>,
+    /// Send in structured mode (application/cloudevents+json) instead of binary.
+    #[arg(long)]
+    structured: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum FilterCommand {
+    /// Does this trigger's filter match this event? Prints `match` or `no match` (exit 0 or 1).
+    Eval {
+        /// Trigger manifest (YAML); its spec.filter / spec.filters are evaluated.
+        #[arg(long)]
+        trigger: PathBuf,
+        /// Event as structured JSON (application/cloudevents+json).
+        #[arg(long)]
+        event: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CesqlCommand {
+    /// Evaluate an expression against an event; prints the value and the error kind.
+    Eval {
+        expression: String,
+        /// Event as structured JSON (application/cloudevents+json).
+        #[arg(long)]
+        event: Option<PathBuf>,
+        /// Output: text (default) or json.
+        #[arg(long, default_value = "text")]
+        output: String,
+    },
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+/// Runs the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    crate::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Apply { files, server } => client::apply(&server.server, &files).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+            server,
+        } => client::get(&server.server, &kind, name.as_deref(), &namespace, output).await,
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+            server,
+        } => client::delete(&server.server, &kind, &name, &namespace).await,
+        Command::Send(args) => client::send(args).await,
+        Command::Filter {
+            command: FilterCommand::Eval { trigger, event },
+        } => local::filter_eval(&trigger, &event),
+        Command::Cesql {
+            command:
+                CesqlCommand::Eval {
+                    expression,
+                    event,
+                    output,
+                },
+        } => local::cesql_eval(&expression, event.as_deref(), &output),
+        Command::Display { listen } => {
+            crate::sinks::display::serve(listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let options = crate::server::ServeOptions {
+        config: args.config,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        body_limit: args.body_limit,
+        delivery: crate::delivery::DeliveryDefaults {
+            timeout: args.delivery_timeout,
+            backoff_cap: args.backoff_cap,
+        },
+        default_parallelism: args.parallelism.max(1),
+        shutdown_grace: args.shutdown_grace,
+        advertised_url: args.advertised_url,
+    };
+    let server = crate::server::start(options).await?;
+    eprintln!(
+        "rivulet serving on {} (broker default/default: {}/default/default)",
+        server.base_url, server.base_url
+    );
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: no new events taken, finishing deliveries in flight");
+        token.cancel();
+    });
+    server.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

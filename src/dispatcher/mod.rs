@@ -1,0 +1,310 @@
+//! One consumer per trigger: take events off the trigger's subscription, filter, deliver,
+//! hand replies back to the broker, and acknowledge only once the outcome is final.
+//!
+//! Each trigger runs on its own task with its own bound on deliveries in flight, so a slow
+//! or failing subscriber never holds up another trigger.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rivulet_channels::{ChannelError, Received, Subscription};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::{DeliveryPolicy, Outcome, Sender};
+use crate::event::{Event, ExtensionValue};
+use crate::filter::{self, Filter};
+use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
+use crate::metrics::{DeliveryLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels};
+
+/// Everything one trigger's consumer needs; built by the trigger reconciler.
+#[derive(Debug, Clone)]
+pub struct TriggerDispatch {
+    pub namespace: String,
+    pub trigger: String,
+    pub broker: String,
+    pub subscriber_uri: String,
+    pub filter: Filter,
+    pub policy: DeliveryPolicy,
+    /// One delivery at a time, in channel order.
+    pub ordered: bool,
+    /// Deliveries in flight at most (1 when ordered).
+    pub parallelism: usize,
+}
+
+/// What dispatchers share: the HTTP sender, the ingress replies go back through, metrics.
+#[derive(Clone)]
+pub struct Shared {
+    pub sender: Sender,
+    pub ingress: Arc<Ingress>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A running trigger consumer.
+pub struct Running {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Stops taking new events and waits up to `grace` for deliveries in flight. What is
+    /// still unfinished then stays unacknowledged and is delivered again later.
+    pub async fn stop(self, grace: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("deliveries still in flight at stop; they will be redelivered");
+        }
+    }
+}
+
+/// Starts consuming `subscription` for one trigger.
+pub fn spawn(
+    dispatch: TriggerDispatch,
+    subscription: Arc<dyn Subscription>,
+    shared: Shared,
+) -> Running {
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let dispatch = Arc::new(dispatch);
+    tasks.spawn(consume(
+        dispatch,
+        subscription,
+        shared,
+        stop.clone(),
+        tasks.clone(),
+    ));
+    Running { stop, tasks }
+}
+
+async fn consume(
+    dispatch: Arc<TriggerDispatch>,
+    subscription: Arc<dyn Subscription>,
+    shared: Shared,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let parallelism = if dispatch.ordered {
+        1
+    } else {
+        dispatch.parallelism.max(1)
+    };
+    let slots = Arc::new(Semaphore::new(parallelism));
+    loop {
+        // Take events only when there is room to deliver them.
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let room = 1 + slots.available_permits();
+        let batch = tokio::select! {
+            _ = stop.cancelled() => return,
+            batch = subscription.receive(room) => batch,
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(ChannelError::Closed) => return,
+            Err(error) => {
+                tracing::warn!(trigger = %dispatch.trigger, %error, "receiving from the channel failed; retrying");
+                drop(first);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let mut first = Some(first);
+        for received in batch {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed"),
+            };
+            if dispatch.ordered {
+                handle(&dispatch, &*subscription, &shared, received).await;
+                drop(permit);
+            } else {
+                let (dispatch, subscription, shared) =
+                    (dispatch.clone(), subscription.clone(), shared.clone());
+                tasks.spawn(async move {
+                    handle(&dispatch, &*subscription, &shared, received).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// Filters, delivers and acknowledges one event.
+async fn handle(
+    dispatch: &TriggerDispatch,
+    subscription: &dyn Subscription,
+    shared: &Shared,
+    received: Received,
+) {
+    let labels = TriggerLabels {
+        namespace: dispatch.namespace.clone(),
+        trigger: dispatch.trigger.clone(),
+    };
+    let event = match Event::from_envelope(&received.envelope) {
+        Ok(event) => event,
+        Err(error) => {
+            // Only ingress writes to channels, so this is corruption, not user input.
+            tracing::error!(trigger = %dispatch.trigger, %error, "dropping an unreadable event from the channel");
+            ack(dispatch, subscription, received.id).await;
+            return;
+        }
+    };
+    match dispatch.filter.evaluate(&event) {
+        filter::Outcome::Match => {
+            shared.metrics.filter_matched.get_or_create(&labels).inc();
+        }
+        filter::Outcome::NoMatch => {
+            shared.metrics.filter_rejected.get_or_create(&labels).inc();
+            ack(dispatch, subscription, received.id).await;
+            return;
+        }
+        filter::Outcome::EvaluationError(kind) => {
+            shared
+                .metrics
+                .filter_errors
+                .get_or_create(&FilterErrorLabels {
+                    namespace: dispatch.namespace.clone(),
+                    trigger: dispatch.trigger.clone(),
+                    kind,
+                })
+                .inc();
+            shared.metrics.filter_rejected.get_or_create(&labels).inc();
+            ack(dispatch, subscription, received.id).await;
+            return;
+        }
+    }
+    let started = Instant::now();
+    let outcome = shared
+        .sender
+        .deliver(&dispatch.subscriber_uri, &event, &dispatch.policy)
+        .await;
+    shared
+        .metrics
+        .delivery_latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .deliveries
+        .get_or_create(&DeliveryLabels {
+            namespace: dispatch.namespace.clone(),
+            trigger: dispatch.trigger.clone(),
+            outcome: outcome.label(),
+        })
+        .inc();
+    match outcome {
+        Outcome::Delivered {
+            reply, attempts, ..
+        } => {
+            shared
+                .metrics
+                .retries
+                .get_or_create(&labels)
+                .inc_by(u64::from(attempts - 1));
+            if let Some(reply) = reply {
+                publish_reply(dispatch, shared, &event, reply).await;
+            }
+        }
+        Outcome::DeadLettered { failure, attempts } => {
+            shared
+                .metrics
+                .retries
+                .get_or_create(&labels)
+                .inc_by(u64::from(attempts - 1));
+            tracing::info!(trigger = %dispatch.trigger, id = %event.id, attempts, error = %failure.message, "event dead-lettered");
+        }
+        Outcome::Failed {
+            failure,
+            attempts,
+            dead_letter_error,
+        } => {
+            shared
+                .metrics
+                .retries
+                .get_or_create(&labels)
+                .inc_by(u64::from(attempts - 1));
+            tracing::error!(
+                trigger = %dispatch.trigger,
+                id = %event.id,
+                source = %event.source,
+                attempts,
+                error = %failure.message,
+                dead_letter_error = dead_letter_error.as_ref().map(|f| f.message.as_str()),
+                "event could not be delivered and no dead-letter sink took it"
+            );
+        }
+    }
+    ack(dispatch, subscription, received.id).await;
+}
+
+async fn ack(dispatch: &TriggerDispatch, subscription: &dyn Subscription, id: u64) {
+    if let Err(error) = subscription.ack(id).await {
+        // The event will be delivered again: at least once.
+        tracing::warn!(trigger = %dispatch.trigger, %error, "acknowledgement failed");
+    }
+}
+
+/// Sends a reply back into the broker with the parent's TTL less one; at zero it is dropped.
+async fn publish_reply(
+    dispatch: &TriggerDispatch,
+    shared: &Shared,
+    parent: &Event,
+    mut reply: Event,
+) {
+    let ttl = ttl_of(parent) - 1;
+    let count = |outcome| {
+        shared
+            .metrics
+            .replies
+            .get_or_create(&ReplyLabels {
+                namespace: dispatch.namespace.clone(),
+                trigger: dispatch.trigger.clone(),
+                outcome,
+            })
+            .inc()
+    };
+    if ttl <= 0 {
+        tracing::info!(trigger = %dispatch.trigger, id = %reply.id, "reply dropped: broker TTL exhausted (event loop?)");
+        count("ttl_exhausted");
+        return;
+    }
+    reply.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
+    let mut wait = Duration::from_millis(100);
+    for attempt in 1..=5 {
+        match shared
+            .ingress
+            .accept(&dispatch.namespace, &dispatch.broker, vec![reply.clone()])
+            .await
+        {
+            Ok(()) => {
+                count("published");
+                return;
+            }
+            Err(error @ IngressError::Invalid(_)) => {
+                tracing::warn!(trigger = %dispatch.trigger, %error, "reply refused by the broker");
+                count("invalid");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(trigger = %dispatch.trigger, %error, attempt, "reply could not be stored, retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+    tracing::error!(trigger = %dispatch.trigger, id = %reply.id, "reply lost: the broker's channel stayed unavailable");
+    count("unavailable");
+}

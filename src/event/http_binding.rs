@@ -1,0 +1,386 @@
+//! The CloudEvents HTTP protocol binding (1.0, also used for 0.3 events): binary, structured
+//! and batched content modes.
+//!
+//! Binary-mode header values are percent-encoded on the way out and decoded on the way in,
+//! as the 1.0 binding requires. For a 0.3 event with `datacontentencoding: base64` the
+//! binary-mode body is the base64 text of the data, so the attribute and the data reach the
+//! next hop unchanged.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
+
+use super::json_format::{BASE64_LENIENT, parse_batch, parse_structured, to_json};
+use super::{AttributeOrigin, Event, EventError, SpecVersion, event_from_string_attributes};
+
+/// How an event travelled over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpMode {
+    /// Attributes in `ce-` headers, data in the body.
+    Binary,
+    /// One event as `application/cloudevents+json`.
+    Structured,
+    /// A JSON array of events as `application/cloudevents-batch+json`.
+    Batch,
+}
+
+const STRUCTURED_JSON: &str = "application/cloudevents+json";
+const BATCH_JSON: &str = "application/cloudevents-batch+json";
+/// Prefix of every structured and batched content type, whatever the format.
+const CLOUDEVENTS_MEDIA_PREFIX: &str = "application/cloudevents";
+const HEADER_PREFIX: &str = "ce-";
+
+/// Characters the binding requires to be percent-encoded in header values: space, `"`, `%`
+/// and everything outside printable ASCII (non-ASCII is always encoded by
+/// `utf8_percent_encode`).
+const HEADER_VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// Reads the CloudEvent(s) of an HTTP request or response.
+pub fn from_http(headers: &HeaderMap, body: Bytes) -> Result<(HttpMode, Vec<Event>), EventError> {
+    let content_type = match headers.get(CONTENT_TYPE) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    EventError("header Content-Type holds characters that are not text".into())
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    if let Some(content_type) = &content_type {
+        let essence = super::media_type_essence(content_type);
+        if essence == STRUCTURED_JSON {
+            check_utf8_charset(content_type)?;
+            return Ok((HttpMode::Structured, vec![parse_structured(&body)?]));
+        }
+        if essence == BATCH_JSON {
+            check_utf8_charset(content_type)?;
+            return Ok((HttpMode::Batch, parse_batch(&body)?));
+        }
+        if essence.starts_with(CLOUDEVENTS_MEDIA_PREFIX) {
+            return Err(EventError(format!(
+                "the event format {essence:?} is not supported: structured events must be \
+                 {STRUCTURED_JSON} and batches {BATCH_JSON}"
+            )));
+        }
+    }
+    let event = from_binary(headers, content_type, body)?;
+    Ok((HttpMode::Binary, vec![event]))
+}
+
+/// JSON is UTF-8; a `charset` parameter naming anything else is refused rather than misread.
+fn check_utf8_charset(content_type: &str) -> Result<(), EventError> {
+    for parameter in content_type.split(';').skip(1) {
+        let Some((name, value)) = parameter.split_once('=') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let charset = value.trim().trim_matches('"');
+            if !(charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")) {
+                return Err(EventError(format!(
+                    "header Content-Type names charset {charset:?}; CloudEvents JSON must be \
+                     UTF-8"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn from_binary(
+    headers: &HeaderMap,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Result<Event, EventError> {
+    if !headers.contains_key("ce-specversion") {
+        return Err(EventError(
+            "not a CloudEvent: missing header ce-specversion (binary mode), and the \
+             Content-Type is not application/cloudevents+json (structured mode)"
+                .to_string(),
+        ));
+    }
+    let mut attributes = Vec::new();
+    for name in headers.keys() {
+        let Some(attribute) = name.as_str().strip_prefix(HEADER_PREFIX) else {
+            continue;
+        };
+        let mut values = headers.get_all(name).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(EventError(format!("header {name} appears more than once")));
+        };
+        let decoded = percent_decode(value.as_bytes())
+            .decode_utf8()
+            .map_err(|_| {
+                EventError(format!(
+                    "header {name} is not valid UTF-8 once percent-decoded"
+                ))
+            })?;
+        // The binding maps `datacontenttype` to Content-Type, which wins when both are sent.
+        if attribute == "datacontenttype" && content_type.is_some() {
+            continue;
+        }
+        attributes.push((attribute.to_string(), decoded.into_owned()));
+    }
+    if let Some(content_type) = content_type {
+        attributes.push(("datacontenttype".to_string(), content_type));
+    }
+    let base64_body = attributes
+        .iter()
+        .any(|(name, value)| name == "datacontentencoding" && value.eq_ignore_ascii_case("base64"))
+        && attributes
+            .iter()
+            .any(|(name, value)| name == "specversion" && value == SpecVersion::V03.as_str());
+    let data = if body.is_empty() {
+        None
+    } else if base64_body {
+        Some(Bytes::from(BASE64_LENIENT.decode(&body).map_err(|e| {
+            EventError(format!(
+                "the body is not valid base64 although header ce-datacontentencoding says \
+                 base64: {e}"
+            ))
+        })?))
+    } else {
+        Some(body)
+    };
+    event_from_string_attributes(attributes, AttributeOrigin::HttpHeaders, data)
+}
+
+/// Writes an event in binary mode: attributes as percent-encoded `ce-` headers,
+/// `datacontenttype` as Content-Type, data as the body.
+pub fn to_http_binary(event: &Event) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in event.string_attributes() {
+        if name == "datacontenttype" {
+            // A validated content type is plain ASCII; anything else is left out rather than
+            // sent as a broken header.
+            if let Ok(header_value) = HeaderValue::from_str(&value) {
+                headers.insert(CONTENT_TYPE, header_value);
+            }
+            continue;
+        }
+        let header_name = HeaderName::from_bytes(format!("{HEADER_PREFIX}{name}").as_bytes());
+        let encoded = utf8_percent_encode(&value, HEADER_VALUE_ESCAPES).to_string();
+        if let (Ok(header_name), Ok(header_value)) = (header_name, HeaderValue::from_str(&encoded))
+        {
+            headers.insert(header_name, header_value);
+        }
+    }
+    let body = match &event.data {
+        None => Bytes::new(),
+        Some(data)
+            if event.specversion == SpecVersion::V03 && event.datacontentencoding.is_some() =>
+        {
+            Bytes::from(base64::engine::general_purpose::STANDARD.encode(data))
+        }
+        Some(data) => data.clone(),
+    };
+    (headers, body)
+}
+
+/// Writes an event in structured mode as `application/cloudevents+json`.
+pub fn to_http_structured(event: &Event) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/cloudevents+json; charset=utf-8"),
+    );
+    (headers, Bytes::from(to_json(event)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ExtensionValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        map
+    }
+
+    fn error_of(pairs: &[(&str, &str)], body: &'static [u8]) -> String {
+        from_http(&headers(pairs), Bytes::from_static(body))
+            .expect_err("should be refused")
+            .0
+    }
+
+    const BINARY: &[(&str, &str)] = &[
+        ("ce-specversion", "1.0"),
+        ("ce-id", "42"),
+        ("ce-source", "/my%2Fsource"),
+        ("ce-type", "com.example"),
+    ];
+
+    #[test]
+    fn binary_mode_reads_and_percent_decodes_headers() {
+        let mut pairs = BINARY.to_vec();
+        pairs.push(("Content-Type", "text/plain; charset=utf-8"));
+        pairs.push(("ce-greeting", "Hello%20%22W%C3%B6rld%22%25"));
+        pairs.push(("CE-Upper", "x"));
+        pairs.push(("ce-time", "2020-01-01T00:00:00+02:00"));
+        let (mode, events) =
+            from_http(&headers(&pairs), Bytes::from_static(b"body")).expect("valid");
+        assert_eq!(mode, HttpMode::Binary);
+        let event = &events[0];
+        assert_eq!(event.id, "42");
+        assert_eq!(event.source, "/my/source");
+        assert_eq!(
+            event.datacontenttype.as_deref(),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(event.time.as_deref(), Some("2020-01-01T00:00:00+02:00"));
+        assert_eq!(
+            event.extensions.get("greeting"),
+            Some(&ExtensionValue::String("Hello \"Wörld\"%".to_string()))
+        );
+        assert!(
+            event.extensions.contains_key("upper"),
+            "header names are case-insensitive"
+        );
+        assert_eq!(event.data.as_deref(), Some(&b"body"[..]));
+
+        let (_, no_body) = from_http(&headers(BINARY), Bytes::new()).expect("valid");
+        assert_eq!(no_body[0].data, None);
+    }
+
+    #[test]
+    fn binary_mode_without_specversion_is_not_a_cloudevent() {
+        let message = error_of(
+            &[("ce-id", "1"), ("Content-Type", "application/json")],
+            b"{}",
+        );
+        assert!(message.contains("not a CloudEvent") && message.contains("ce-specversion"));
+        let message = error_of(&[("ce-specversion", "0.9"), ("ce-id", "1")], b"");
+        assert!(
+            message.contains("\"0.9\"") && message.contains("not supported"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn binary_mode_errors_name_the_header() {
+        let missing_id: Vec<_> = BINARY
+            .iter()
+            .filter(|(n, _)| *n != "ce-id")
+            .copied()
+            .collect();
+        assert!(error_of(&missing_id, b"").contains("header ce-id"));
+        let mut bad_name = BINARY.to_vec();
+        bad_name.push(("ce-my_ext", "v"));
+        assert!(error_of(&bad_name, b"").contains("ce-my_ext"));
+        let mut reserved = BINARY.to_vec();
+        reserved.push(("ce-data", "v"));
+        let message = error_of(&reserved, b"");
+        assert!(
+            message.contains("ce-data") && message.contains("reserved"),
+            "{message}"
+        );
+        let mut twice = BINARY.to_vec();
+        twice.push(("ce-id", "43"));
+        assert!(error_of(&twice, b"").contains("ce-id appears more than once"));
+        let mut bad_utf8 = BINARY.to_vec();
+        bad_utf8.push(("ce-ext", "%FF"));
+        assert!(error_of(&bad_utf8, b"").contains("ce-ext"));
+        let mut bad_type = BINARY.to_vec();
+        bad_type.push(("Content-Type", "json"));
+        assert!(error_of(&bad_type, b"{}").contains("datacontenttype"));
+    }
+
+    #[test]
+    fn structured_and_batched_modes() {
+        let json = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":1}}"#;
+        let structured = headers(&[(
+            "Content-Type",
+            "application/cloudevents+json; charset=UTF-8",
+        )]);
+        let (mode, events) = from_http(&structured, Bytes::from_static(json)).expect("valid");
+        assert_eq!(mode, HttpMode::Structured);
+        assert_eq!(events[0].data.as_deref(), Some(&br#"{"a":1}"#[..]));
+
+        let batch = headers(&[("Content-Type", "application/cloudevents-batch+json")]);
+        let (mode, events) = from_http(&batch, Bytes::from_static(b"[]")).expect("valid");
+        assert_eq!((mode, events.len()), (HttpMode::Batch, 0));
+
+        let message = error_of(&[("Content-Type", "application/cloudevents+xml")], b"<x/>");
+        assert!(message.contains("not supported"), "{message}");
+        let message = error_of(
+            &[(
+                "Content-Type",
+                "application/cloudevents+json; charset=latin1",
+            )],
+            b"{}",
+        );
+        assert!(message.contains("charset"), "{message}");
+        let message = error_of(&[("Content-Type", "application/cloudevents+json")], b"{");
+        assert!(message.contains("not valid JSON"), "{message}");
+    }
+
+    fn sample_event() -> Event {
+        let (_, mut events) = from_http(&headers(BINARY), Bytes::new()).expect("valid");
+        let mut event = events.remove(0);
+        event.subject = Some("sübject with \"quotes\" and 100%".to_string());
+        event.datacontenttype = Some("application/json".to_string());
+        event.set_extension(
+            "ext",
+            ExtensionValue::String(" lead and trail ".to_string()),
+        );
+        event.data = Some(Bytes::from_static(b"[1, 2]"));
+        event
+    }
+
+    #[test]
+    fn binary_output_percent_encodes_and_reads_back() {
+        let event = sample_event();
+        let (out_headers, body) = to_http_binary(&event);
+        assert_eq!(
+            out_headers["ce-subject"],
+            "s%C3%BCbject%20with%20%22quotes%22%20and%20100%25"
+        );
+        assert_eq!(out_headers["ce-source"], "/my/source");
+        assert_eq!(out_headers[CONTENT_TYPE], "application/json");
+        assert!(!out_headers.contains_key("ce-datacontenttype"));
+        assert_eq!(body, Bytes::from_static(b"[1, 2]"));
+        let (_, events) = from_http(&out_headers, body).expect("reads back");
+        assert_eq!(events, vec![event]);
+    }
+
+    #[test]
+    fn structured_output_reads_back() {
+        let mut event = sample_event();
+        event.set_extension("n", ExtensionValue::Integer(7));
+        let (out_headers, body) = to_http_structured(&event);
+        assert_eq!(
+            out_headers[CONTENT_TYPE],
+            "application/cloudevents+json; charset=utf-8"
+        );
+        let (mode, events) = from_http(&out_headers, body).expect("reads back");
+        assert_eq!((mode, events), (HttpMode::Structured, vec![event]));
+    }
+
+    #[test]
+    fn spec_0_3_stays_0_3_in_binary_mode() {
+        let json = br#"{"specversion":"0.3","id":"1","source":"/s","type":"t","schemaurl":"/x","datacontentencoding":"base64","data":"AAH/"}"#;
+        let event = crate::event::parse_structured(json).expect("valid");
+        let (out_headers, body) = to_http_binary(&event);
+        assert_eq!(out_headers["ce-specversion"], "0.3");
+        assert_eq!(out_headers["ce-schemaurl"], "/x");
+        assert_eq!(out_headers["ce-datacontentencoding"], "base64");
+        assert_eq!(body, Bytes::from_static(b"AAH/"));
+        let (_, events) = from_http(&out_headers, body).expect("reads back");
+        assert_eq!(events, vec![event]);
+
+        let mut broken = out_headers.clone();
+        broken.insert("ce-id", HeaderValue::from_static("2"));
+        let message = from_http(&broken, Bytes::from_static(b"!!"))
+            .expect_err("bad")
+            .0;
+        assert!(message.contains("base64"), "{message}");
+    }
+}

@@ -1,0 +1,290 @@
+//! Broker ingress: `POST /{namespace}/{broker}` takes CloudEvents (binary, structured or
+//! batched), stamps them, and answers `202` only once the broker's channel has them durably.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rivulet_channels::{Channel, ChannelError};
+
+use crate::event::{self, Event, EventError, ExtensionValue};
+use crate::metrics::{BrokerLabels, IngressLabels, Metrics};
+use crate::resources::DeliverySpec;
+
+/// Extension stamped with the time ingress accepted the event.
+pub const ARRIVAL_TIME: &str = "knativearrivaltime";
+/// Extension counting how many more times an event may re-enter a broker as a reply.
+pub const BROKER_TTL: &str = "knativebrokerttl";
+/// The TTL given to events that arrive without one.
+pub const DEFAULT_TTL: i32 = 255;
+
+/// A ready broker: its channel and what its triggers inherit.
+pub struct BrokerHandle {
+    pub namespace: String,
+    pub name: String,
+    /// The channel backend's name (`embedded`, `memory`, ...).
+    pub backend: &'static str,
+    pub channel: Arc<dyn Channel>,
+    /// The broker's `spec.delivery`, the default for its triggers.
+    pub delivery: Option<DeliverySpec>,
+    /// The broker's resolved dead-letter sink.
+    pub dead_letter_uri: Option<String>,
+    /// Identity of the configuration the channel was opened with, to notice changes.
+    pub config_fingerprint: String,
+}
+
+/// Why ingress refused events; each maps to the contract's status code.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("broker {namespace}/{name} not found")]
+    UnknownBroker { namespace: String, name: String },
+    #[error("not a valid CloudEvent: {0}")]
+    Invalid(#[from] EventError),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Channel(#[from] ChannelError),
+}
+
+impl IngressError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngressError::UnknownBroker { .. } => StatusCode::NOT_FOUND,
+            IngressError::Invalid(_) => StatusCode::BAD_REQUEST,
+            IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::Channel(ChannelError::Unavailable(_) | ChannelError::Closed) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for IngressError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response()
+    }
+}
+
+/// The brokers that take events, and the intake logic shared by HTTP and replies.
+pub struct Ingress {
+    brokers: RwLock<HashMap<(String, String), Arc<BrokerHandle>>>,
+    metrics: Arc<Metrics>,
+    body_limit: usize,
+}
+
+impl Ingress {
+    pub fn new(metrics: Arc<Metrics>, body_limit: usize) -> Self {
+        Self {
+            brokers: RwLock::default(),
+            metrics,
+            body_limit,
+        }
+    }
+
+    pub fn insert(&self, handle: Arc<BrokerHandle>) {
+        let key = (handle.namespace.clone(), handle.name.clone());
+        self.brokers
+            .write()
+            .expect("lock poisoned")
+            .insert(key, handle);
+    }
+
+    pub fn remove(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
+        self.brokers
+            .write()
+            .expect("lock poisoned")
+            .remove(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
+        self.brokers
+            .read()
+            .expect("lock poisoned")
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every broker handle, for shutdown.
+    pub fn handles(&self) -> Vec<Arc<BrokerHandle>> {
+        self.brokers
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Stamps events and publishes them to the broker's channel; returns once durable.
+    pub async fn accept(
+        &self,
+        namespace: &str,
+        broker: &str,
+        mut events: Vec<Event>,
+    ) -> Result<(), IngressError> {
+        let handle = self
+            .get(namespace, broker)
+            .ok_or_else(|| IngressError::UnknownBroker {
+                namespace: namespace.to_string(),
+                name: broker.to_string(),
+            })?;
+        let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut envelopes = Vec::with_capacity(events.len());
+        for event in &mut events {
+            stamp(event, &arrival)?;
+            envelopes.push(event.to_envelope());
+        }
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        handle.channel.publish(envelopes).await?;
+        Ok(())
+    }
+
+    /// The HTTP routes of ingress.
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/{namespace}/{broker}",
+                axum::routing::post(post_events)
+                    .options(options)
+                    .fallback(method_not_allowed),
+            )
+            .with_state(self)
+    }
+
+    fn count(&self, namespace: &str, broker: &str, outcome: &'static str, n: u64) {
+        self.metrics
+            .ingress_events
+            .get_or_create(&IngressLabels {
+                namespace: namespace.to_string(),
+                broker: broker.to_string(),
+                outcome,
+            })
+            .inc_by(n);
+    }
+}
+
+/// Adds the arrival time and, when missing, the broker TTL; refuses a TTL that is not an
+/// integer.
+fn stamp(event: &mut Event, arrival: &str) -> Result<(), IngressError> {
+    event.set_extension(ARRIVAL_TIME, ExtensionValue::String(arrival.to_string()));
+    match event.attribute(BROKER_TTL).map(|v| v.parse::<i32>()) {
+        None => event.set_extension(BROKER_TTL, ExtensionValue::Integer(DEFAULT_TTL)),
+        Some(Ok(_)) => {}
+        Some(Err(_)) => {
+            return Err(EventError(format!("extension {BROKER_TTL} must be an integer")).into());
+        }
+    }
+    Ok(())
+}
+
+/// The TTL an event carries (the default when it carries none or garbage).
+pub fn ttl_of(event: &Event) -> i32 {
+    event
+        .attribute(BROKER_TTL)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_TTL)
+}
+
+async fn post_events(
+    State(ingress): State<Arc<Ingress>>,
+    Path((namespace, broker)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let result = receive(&ingress, &namespace, &broker, request).await;
+    match result {
+        Ok(count) => {
+            ingress.count(&namespace, &broker, "accepted", count as u64);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(error) => {
+            let outcome = if error.status().is_server_error() {
+                tracing::warn!(%namespace, %broker, %error, "ingress could not store events");
+                "unavailable"
+            } else {
+                tracing::debug!(%namespace, %broker, %error, "ingress refused a request");
+                "refused"
+            };
+            if !matches!(error, IngressError::UnknownBroker { .. }) {
+                ingress.count(&namespace, &broker, outcome, 1);
+            }
+            error.into_response()
+        }
+    }
+}
+
+async fn receive(
+    ingress: &Ingress,
+    namespace: &str,
+    broker: &str,
+    request: Request,
+) -> Result<usize, IngressError> {
+    if ingress.get(namespace, broker).is_none() {
+        return Err(IngressError::UnknownBroker {
+            namespace: namespace.to_string(),
+            name: broker.to_string(),
+        });
+    }
+    let (parts, body) = request.into_parts();
+    let limit = ingress.body_limit;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(IngressError::TooLarge { limit });
+    }
+    let body = axum::body::to_bytes(Body::new(body), limit)
+        .await
+        .map_err(|_| IngressError::TooLarge { limit })?;
+    let (_, events) = event::from_http(&parts.headers, body)?;
+    ingress
+        .metrics
+        .events_received
+        .get_or_create(&BrokerLabels {
+            namespace: namespace.to_string(),
+            broker: broker.to_string(),
+        })
+        .inc_by(events.len() as u64);
+    let count = events.len();
+    ingress.accept(namespace, broker, events).await?;
+    Ok(count)
+}
+
+async fn options() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::ALLOW, HeaderValue::from_static("POST, OPTIONS")),
+            (
+                header::HeaderName::from_static("webhook-allowed-origin"),
+                HeaderValue::from_static("*"),
+            ),
+            (
+                header::HeaderName::from_static("webhook-allowed-rate"),
+                HeaderValue::from_static("*"),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"))],
+        "broker ingress accepts POST (and OPTIONS)\n",
+    )
+        .into_response()
+}

@@ -1,0 +1,29 @@
+//! Rivulet: a CloudEvents broker and source/sink framework, API-compatible with Knative
+//! Eventing.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cesql;
+pub mod cli;
+pub mod delivery;
+pub mod dispatcher;
+pub mod event;
+pub mod filter;
+pub mod ingress;
+pub mod metrics;
+pub mod resources;
+pub mod runtime;
+pub mod server;
+#[path = "../sinks/mod.rs"]
+pub mod sinks;
+#[path = "../sources/mod.rs"]
+pub mod sources;
+pub mod store;
+
+pub use rivulet_channels as channels;
+
+/// Installs ring as the process-wide TLS provider (once; later calls do nothing). The graph is
+/// kept ring-only, and two installed providers would make TLS clients panic.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

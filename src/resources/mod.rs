@@ -1,0 +1,27 @@
+//! Knative-compatible resource types, their validation, and the table of kinds Rivulet serves.
+//!
+//! The types derive kube's `CustomResource`, so the same structs serve the standalone store and
+//! the Kubernetes API server.
+
+mod broker;
+mod common;
+mod kinds;
+mod manifest;
+mod trigger;
+pub mod validation;
+
+pub use broker::{Broker, BrokerSpec, BrokerStatus};
+pub use common::{
+    Addressable, BackoffPolicy, Condition, DeliveryFormat, DeliverySpec, Destination, KReference,
+    now_rfc3339,
+};
+pub use kinds::{KindInfo, find_kind, find_kind_by_name, kinds};
+pub use manifest::{Manifest, manifest_files, parse_manifests};
+pub use trigger::{SubscriptionsApiFilter, Trigger, TriggerFilter, TriggerSpec, TriggerStatus};
+
+/// Annotation naming the broker implementation.
+pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
+/// Knative's annotation selecting ordered or unordered delivery for a trigger.
+pub const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Rivulet's annotation bounding a trigger's deliveries in flight.
+pub const PARALLELISM_ANNOTATION: &str = "rivulet.dev/parallelism";

@@ -1,0 +1,86 @@
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, DeliverySpec, Destination};
+
+/// Knative `Trigger`: a subscription to a broker's events, with a filter.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[kube(
+    group = "eventing.knative.dev",
+    version = "v1",
+    kind = "Trigger",
+    plural = "triggers",
+    namespaced,
+    status = "TriggerStatus",
+    printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.broker"}"#,
+    printcolumn = r#"{"name":"Subscriber_URI","type":"string","jsonPath":".status.subscriberUri"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Name of the broker in the trigger's namespace.
+    pub broker: String,
+    /// Legacy filter: exact matches on attributes; an empty value matches any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<TriggerFilter>,
+    /// New filters (Knative's subscriptions API): all must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<SubscriptionsApiFilter>,
+    pub subscriber: Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// The legacy `spec.filter`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerFilter {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One filter of Knative's subscriptions API; exactly one dialect must be set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionsApiFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<SubscriptionsApiFilter>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<SubscriptionsApiFilter>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<SubscriptionsApiFilter>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cesql: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink_uri: Option<String>,
+}
+
+inventory::submit! {
+    super::KindInfo {
+        group: "eventing.knative.dev",
+        version: "v1",
+        kind: "Trigger",
+        plural: "triggers",
+        validate: super::validation::validate_trigger_value,
+    }
+}

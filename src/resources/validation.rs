@@ -1,0 +1,364 @@
+//! Validation as Knative's admission webhook does it. Every error names the field and the rule.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::{
+    BROKER_CLASS_ANNOTATION, Broker, DELIVERY_ORDER_ANNOTATION, DeliverySpec, Destination,
+    PARALLELISM_ANNOTATION, SubscriptionsApiFilter, Trigger,
+};
+
+/// A refused object: which field, and which rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, ValidationError>;
+
+static ATTRIBUTE_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new("^[a-z][a-z0-9]*$").unwrap());
+static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").unwrap()
+});
+
+/// Parses an ISO-8601 duration such as `PT0.5S`, `PT1M30S` or `P1D`.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration> {
+    let parsed = iso8601::duration(text).map_err(|_| {
+        ValidationError::new(
+            field,
+            format!("{text:?} is not an ISO-8601 duration (e.g. PT1S, PT0.5S, PT2M)"),
+        )
+    })?;
+    Ok(parsed.into())
+}
+
+/// Checks `metadata.name` and `metadata.namespace` of any object.
+pub fn validate_metadata(object: &Value) -> Result {
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ValidationError::new("metadata.name", "is required"))?;
+    if name.len() > 253 || !DNS_LABEL.is_match(name) {
+        return Err(ValidationError::new(
+            "metadata.name",
+            format!("{name:?} must be a lower-case DNS name (a-z, 0-9, '-', '.')"),
+        ));
+    }
+    if let Some(ns) = object.pointer("/metadata/namespace") {
+        let ns = ns
+            .as_str()
+            .ok_or_else(|| ValidationError::new("metadata.namespace", "must be a string"))?;
+        if ns.len() > 63 || !DNS_LABEL.is_match(ns) || ns.contains('.') {
+            return Err(ValidationError::new(
+                "metadata.namespace",
+                format!("{ns:?} must be a lower-case DNS label"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deserialises `object` into `T`, reporting serde's complaint (unknown field, wrong type) as
+/// a validation error.
+pub fn typed<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T> {
+    serde_path_to_error::deserialize(object).map_err(|e| {
+        let path = e.path().to_string();
+        ValidationError::new(
+            if path == "." { "object".into() } else { path },
+            e.inner().to_string(),
+        )
+    })
+}
+
+pub fn validate_broker_value(new: &Value, old: Option<&Value>) -> Result {
+    validate_metadata(new)?;
+    let broker: Broker = typed(new)?;
+    validate_broker(&broker)?;
+    if let Some(old) = old {
+        let old: Broker = typed(old)?;
+        validate_broker_update(&old, &broker)?;
+    }
+    Ok(())
+}
+
+pub fn validate_broker(broker: &Broker) -> Result {
+    if let Some(config) = &broker.spec.config {
+        if config.name.is_empty() {
+            return Err(ValidationError::new("spec.config.name", "is required"));
+        }
+        if config.kind.is_empty() {
+            return Err(ValidationError::new("spec.config.kind", "is required"));
+        }
+    }
+    if let Some(delivery) = &broker.spec.delivery {
+        validate_delivery("spec.delivery", delivery)?;
+    }
+    Ok(())
+}
+
+fn annotation<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+pub fn validate_broker_update(old: &Broker, new: &Broker) -> Result {
+    let (old_class, new_class) = (
+        annotation(&old.metadata, BROKER_CLASS_ANNOTATION),
+        annotation(&new.metadata, BROKER_CLASS_ANNOTATION),
+    );
+    if old_class != new_class {
+        return Err(ValidationError::new(
+            format!("metadata.annotations[{BROKER_CLASS_ANNOTATION}]"),
+            format!(
+                "is immutable: {:?} cannot become {:?}; delete and recreate the broker",
+                old_class.unwrap_or(""),
+                new_class.unwrap_or("")
+            ),
+        ));
+    }
+    if old.spec.config != new.spec.config {
+        return Err(ValidationError::new(
+            "spec.config",
+            "is immutable; delete and recreate the broker",
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_trigger_value(new: &Value, old: Option<&Value>) -> Result {
+    validate_metadata(new)?;
+    let trigger: Trigger = typed(new)?;
+    validate_trigger(&trigger)?;
+    if let Some(old) = old {
+        let old: Trigger = typed(old)?;
+        if old.spec.broker != trigger.spec.broker {
+            return Err(ValidationError::new(
+                "spec.broker",
+                format!(
+                    "is immutable: {:?} cannot become {:?}; delete and recreate the trigger",
+                    old.spec.broker, trigger.spec.broker
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_trigger(trigger: &Trigger) -> Result {
+    if trigger.spec.broker.is_empty() {
+        return Err(ValidationError::new("spec.broker", "is required"));
+    }
+    validate_destination("spec.subscriber", &trigger.spec.subscriber)?;
+    if let Some(filter) = &trigger.spec.filter {
+        for name in filter.attributes.keys() {
+            validate_attribute_name(&format!("spec.filter.attributes[{name}]"), name)?;
+        }
+    }
+    for (i, filter) in trigger.spec.filters.iter().enumerate() {
+        validate_filter(&format!("spec.filters[{i}]"), filter)?;
+    }
+    if let Some(delivery) = &trigger.spec.delivery {
+        validate_delivery("spec.delivery", delivery)?;
+    }
+    if let Some(order) = annotation(&trigger.metadata, DELIVERY_ORDER_ANNOTATION) {
+        if order != "ordered" && order != "unordered" {
+            return Err(ValidationError::new(
+                format!("metadata.annotations[{DELIVERY_ORDER_ANNOTATION}]"),
+                format!("{order:?} must be \"ordered\" or \"unordered\""),
+            ));
+        }
+    }
+    if let Some(parallelism) = annotation(&trigger.metadata, PARALLELISM_ANNOTATION) {
+        match parallelism.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => {}
+            _ => {
+                return Err(ValidationError::new(
+                    format!("metadata.annotations[{PARALLELISM_ANNOTATION}]"),
+                    format!("{parallelism:?} must be a whole number from 1 to 10000"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_attribute_name(field: &str, name: &str) -> Result {
+    if ATTRIBUTE_NAME.is_match(name) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!(
+                "attribute name {name:?} must start with a lower-case letter and contain only lower-case letters and digits"
+            ),
+        ))
+    }
+}
+
+/// Checks one filter of the subscriptions API, recursively.
+pub fn validate_filter(field: &str, filter: &SubscriptionsApiFilter) -> Result {
+    let dialects: Vec<&str> = [
+        ("exact", filter.exact.is_some()),
+        ("prefix", filter.prefix.is_some()),
+        ("suffix", filter.suffix.is_some()),
+        ("all", filter.all.is_some()),
+        ("any", filter.any.is_some()),
+        ("not", filter.not.is_some()),
+        ("cesql", filter.cesql.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    match dialects.len() {
+        1 => {}
+        0 => {
+            return Err(ValidationError::new(
+                field,
+                "a filter must set exactly one dialect (exact, prefix, suffix, all, any, not, cesql); it sets none",
+            ));
+        }
+        _ => {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "a filter must set exactly one dialect; it sets {}",
+                    dialects.join(", ")
+                ),
+            ));
+        }
+    }
+    for (dialect, map) in [
+        ("exact", &filter.exact),
+        ("prefix", &filter.prefix),
+        ("suffix", &filter.suffix),
+    ] {
+        if let Some(map) = map {
+            if map.len() != 1 {
+                return Err(ValidationError::new(
+                    format!("{field}.{dialect}"),
+                    format!("must hold exactly one attribute, it holds {}", map.len()),
+                ));
+            }
+            for (name, value) in map {
+                validate_attribute_name(&format!("{field}.{dialect}[{name}]"), name)?;
+                if dialect != "exact" && value.is_empty() {
+                    return Err(ValidationError::new(
+                        format!("{field}.{dialect}[{name}]"),
+                        "the value must not be empty",
+                    ));
+                }
+            }
+        }
+    }
+    for (dialect, list) in [("all", &filter.all), ("any", &filter.any)] {
+        if let Some(list) = list {
+            if list.is_empty() {
+                return Err(ValidationError::new(
+                    format!("{field}.{dialect}"),
+                    "must hold at least one filter",
+                ));
+            }
+            for (i, inner) in list.iter().enumerate() {
+                validate_filter(&format!("{field}.{dialect}[{i}]"), inner)?;
+            }
+        }
+    }
+    if let Some(inner) = &filter.not {
+        validate_filter(&format!("{field}.not"), inner)?;
+    }
+    if let Some(expression) = &filter.cesql {
+        crate::filter::compile_cesql(expression)
+            .map_err(|message| ValidationError::new(format!("{field}.cesql"), message))?;
+    }
+    Ok(())
+}
+
+/// Checks a destination: a `ref`, a `uri`, or both (then the URI is relative to the ref).
+pub fn validate_destination(field: &str, destination: &Destination) -> Result {
+    match (&destination.reference, &destination.uri) {
+        (None, None) => Err(ValidationError::new(
+            field,
+            "needs a ref or a uri (or both)",
+        )),
+        (None, Some(uri)) => match url::Url::parse(uri) {
+            Ok(url) if url.scheme() == "http" || url.scheme() == "https" => Ok(()),
+            Ok(url) => Err(ValidationError::new(
+                format!("{field}.uri"),
+                format!(
+                    "scheme {:?} is not supported; use http or https",
+                    url.scheme()
+                ),
+            )),
+            Err(e) => Err(ValidationError::new(
+                format!("{field}.uri"),
+                format!("{uri:?} is not an absolute URL: {e}"),
+            )),
+        },
+        (Some(reference), _) => {
+            if reference.name.is_empty() {
+                return Err(ValidationError::new(
+                    format!("{field}.ref.name"),
+                    "is required",
+                ));
+            }
+            if reference.kind.is_empty() {
+                return Err(ValidationError::new(
+                    format!("{field}.ref.kind"),
+                    "is required",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn validate_delivery(field: &str, delivery: &DeliverySpec) -> Result {
+    if let Some(retry) = delivery.retry {
+        if retry < 0 {
+            return Err(ValidationError::new(
+                format!("{field}.retry"),
+                format!("{retry} must be zero or more"),
+            ));
+        }
+    }
+    for (name, value) in [
+        ("backoffDelay", &delivery.backoff_delay),
+        ("timeout", &delivery.timeout),
+        ("retryAfterMax", &delivery.retry_after_max),
+    ] {
+        if let Some(text) = value {
+            let duration = parse_duration(&format!("{field}.{name}"), text)?;
+            if name == "timeout" && duration.is_zero() {
+                return Err(ValidationError::new(
+                    format!("{field}.timeout"),
+                    "must be longer than zero",
+                ));
+            }
+        }
+    }
+    if let Some(dls) = &delivery.dead_letter_sink {
+        validate_destination(&format!("{field}.deadLetterSink"), dls)?;
+    }
+    Ok(())
+}
+
+/// ConfigMaps and Secrets need only valid metadata.
+pub fn validate_plain_object(new: &Value, _old: Option<&Value>) -> Result {
+    validate_metadata(new)
+}

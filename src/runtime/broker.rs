@@ -1,0 +1,308 @@
+//! Broker reconciler: picks and opens the broker's channel, publishes its address, and
+//! re-reconciles the broker's triggers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::{Action, Context, ReconcileError, conditions, generation};
+use crate::ingress::BrokerHandle;
+use crate::resources::validation::typed;
+use crate::resources::{
+    Addressable, BROKER_CLASS_ANNOTATION, Broker, BrokerStatus, Condition, KReference,
+};
+use crate::store::object_key;
+
+/// Which channel backend a broker uses, and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoice {
+    pub backend: String,
+    pub settings: BTreeMap<String, String>,
+}
+
+pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
+    let broker: Broker = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    let (namespace, name) = object_key(object);
+    let address = format!("{}/{namespace}/{name}", ctx.settings.base_url);
+    let mut parts = Vec::new();
+    let mut action = Action::AwaitChange;
+
+    match choose_backend(&broker, &namespace, ctx).await {
+        Err(reason) => {
+            parts.push(Condition::new(
+                "IngressReady",
+                false,
+                "BackendConfigInvalid",
+                reason,
+            ));
+            drop_handle(&namespace, &name, ctx);
+        }
+        Ok(choice) => {
+            let fingerprint = format!("{}:{:?}", choice.backend, choice.settings);
+            let existing = ctx.ingress.get(&namespace, &name);
+            let channel = match existing {
+                Some(handle) if handle.config_fingerprint == fingerprint => {
+                    Ok(handle.channel.clone())
+                }
+                other => {
+                    if other.is_some() {
+                        drop_handle(&namespace, &name, ctx);
+                    }
+                    rivulet_channels::open(
+                        &choice.backend,
+                        rivulet_channels::ChannelConfig {
+                            namespace: namespace.clone(),
+                            broker: name.clone(),
+                            data_dir: ctx.settings.data_dir.clone(),
+                            settings: choice.settings.clone(),
+                        },
+                    )
+                    .await
+                }
+            };
+            match channel {
+                Err(error) => {
+                    parts.push(Condition::new(
+                        "IngressReady",
+                        false,
+                        "ChannelUnavailable",
+                        format!("{} channel: {error}", choice.backend),
+                    ));
+                    action = Action::Requeue(Duration::from_secs(5));
+                }
+                Ok(channel) => {
+                    let backend = rivulet_channels::backend(&choice.backend)
+                        .map(|b| b.name)
+                        .unwrap_or("unknown");
+                    let dead_letter = match broker
+                        .spec
+                        .delivery
+                        .as_ref()
+                        .and_then(|d| d.dead_letter_sink.as_ref())
+                    {
+                        None => None,
+                        Some(sink) => Some(super::resolve_destination(sink, &namespace, ctx).await),
+                    };
+                    let dead_letter_uri =
+                        dead_letter.as_ref().and_then(|r| r.as_ref().ok()).cloned();
+                    if let Some(Err(reason)) = &dead_letter {
+                        parts.push(Condition::new(
+                            "DeadLetterSinkResolved",
+                            false,
+                            "Unresolved",
+                            reason.clone(),
+                        ));
+                        action = Action::Requeue(Duration::from_secs(5));
+                    } else if dead_letter.is_some() {
+                        parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
+                    }
+                    ctx.ingress.insert(Arc::new(BrokerHandle {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        backend,
+                        channel,
+                        delivery: broker.spec.delivery.clone(),
+                        dead_letter_uri,
+                        config_fingerprint: fingerprint,
+                    }));
+                    parts.insert(
+                        0,
+                        Condition::new("IngressReady", true, "", format!("{backend} channel")),
+                    );
+                    parts.insert(1, Condition::new("Addressable", true, "", ""));
+                }
+            }
+        }
+    }
+
+    let ready = parts.iter().all(Condition::is_true);
+    let status = BrokerStatus {
+        observed_generation: generation(object),
+        conditions: conditions(parts),
+        address: ready.then(|| Addressable {
+            name: Some("http".into()),
+            url: address,
+        }),
+        dead_letter_sink_uri: ctx
+            .ingress
+            .get(&namespace, &name)
+            .and_then(|h| h.dead_letter_uri.clone()),
+        annotations: None,
+    };
+    ctx.write_status(Context::kind("Broker"), &namespace, &name, json!(status))
+        .await?;
+    reconcile_triggers_of(&namespace, &name, ctx).await;
+    Ok(action)
+}
+
+fn drop_handle(namespace: &str, name: &str, ctx: &Context) {
+    if ctx.ingress.remove(namespace, name).is_some() {
+        tracing::info!(%namespace, broker = %name, "broker channel closed");
+    }
+}
+
+/// Reconciles the triggers that name this broker.
+async fn reconcile_triggers_of(namespace: &str, broker: &str, ctx: &Arc<Context>) {
+    let kind = Context::kind("Trigger");
+    let Ok(triggers) = ctx.store.list(kind, Some(namespace)).await else {
+        return;
+    };
+    for trigger in triggers {
+        if trigger.pointer("/spec/broker").and_then(Value::as_str) == Some(broker) {
+            Box::pin(ctx.reconcile_applied(kind, &trigger)).await;
+        }
+    }
+}
+
+/// A broker is gone: close its ingress, stop its triggers, remove its channel's storage.
+pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+    let (namespace, name) = object_key(object);
+    let handle = ctx.ingress.remove(&namespace, &name);
+    reconcile_triggers_of(&namespace, &name, ctx).await;
+    if let Some(handle) = handle {
+        handle.channel.destroy().await?;
+    }
+    Ok(())
+}
+
+/// A ConfigMap or Secret changed: reconcile the brokers whose `spec.config` names it.
+pub async fn reconcile_config_users(
+    namespace: &str,
+    name: &str,
+    ctx: &Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let kind = Context::kind("Broker");
+    for broker in ctx.store.list(kind, None).await? {
+        let (broker_ns, _) = object_key(&broker);
+        let config_ns = broker
+            .pointer("/spec/config/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(&broker_ns);
+        if config_ns == namespace
+            && broker.pointer("/spec/config/name").and_then(Value::as_str) == Some(name)
+        {
+            Box::pin(ctx.reconcile_applied(kind, &broker)).await;
+        }
+    }
+    Ok(Action::AwaitChange)
+}
+
+/// Maps the broker class (and its `spec.config`) to a channel backend, as DESIGN.md's table
+/// says. No class, or `MTChannelBasedBroker` without a channel template, is the embedded log.
+pub async fn choose_backend(
+    broker: &Broker,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<BackendChoice, String> {
+    let class = broker
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(BROKER_CLASS_ANNOTATION))
+        .map(String::as_str)
+        .unwrap_or("");
+    let settings = match &broker.spec.config {
+        Some(reference) => Some(read_config(reference, namespace, ctx).await?),
+        None => None,
+    };
+    let backend = match class {
+        "" | "MTChannelBasedBroker" => match settings
+            .as_ref()
+            .and_then(|s| s.get("channel-template-spec"))
+        {
+            None => "embedded".to_string(),
+            Some(template) => channel_template_backend(template)?,
+        },
+        "Kafka" => "kafka".to_string(),
+        "RabbitMQBroker" => "rabbitmq".to_string(),
+        "NatsJetStreamBroker" => "nats".to_string(),
+        other => {
+            return Err(format!(
+                "broker class {other:?} is not served; use MTChannelBasedBroker, Kafka, RabbitMQBroker or NatsJetStreamBroker, or no class for the embedded log"
+            ));
+        }
+    };
+    if class == "Kafka" || class == "RabbitMQBroker" || class == "NatsJetStreamBroker" {
+        if settings.is_none() {
+            return Err(format!(
+                "broker class {class} needs spec.config naming its backend configuration"
+            ));
+        }
+    }
+    Ok(BackendChoice {
+        backend,
+        settings: settings.unwrap_or_default(),
+    })
+}
+
+/// The backend a Knative channel template (`channel-template-spec`) names.
+fn channel_template_backend(template: &str) -> Result<String, String> {
+    let parsed: Value = serde_saphyr::from_str(template)
+        .map_err(|e| format!("channel-template-spec is not valid YAML: {e}"))?;
+    match parsed.get("kind").and_then(Value::as_str) {
+        Some("InMemoryChannel") => Ok("memory".into()),
+        Some("NatsJetStreamChannel") => Ok("nats".into()),
+        Some("KafkaChannel") => Ok("kafka".into()),
+        Some(other) => Err(format!(
+            "channel-template-spec kind {other:?} is not served; use InMemoryChannel, KafkaChannel or NatsJetStreamChannel"
+        )),
+        None => Err("channel-template-spec has no kind".into()),
+    }
+}
+
+/// The string data of the ConfigMap or Secret a broker's `spec.config` names.
+async fn read_config(
+    reference: &KReference,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<BTreeMap<String, String>, String> {
+    let ns = reference.namespace.as_deref().unwrap_or(namespace);
+    let kind = match reference.kind.as_str() {
+        "ConfigMap" => Context::kind("ConfigMap"),
+        "Secret" => Context::kind("Secret"),
+        other => {
+            return Err(format!(
+                "spec.config kind {other:?} is not served; name a ConfigMap or Secret"
+            ));
+        }
+    };
+    let object = ctx
+        .store
+        .get(kind, ns, &reference.name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "spec.config: {} {ns}/{} does not exist",
+                kind.kind, reference.name
+            )
+        })?;
+    let mut data = BTreeMap::new();
+    if let Some(map) = object.get("data").and_then(Value::as_object) {
+        for (key, value) in map {
+            let text = value.as_str().unwrap_or_default();
+            let text = if kind.kind == "Secret" {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|_| {
+                        format!("Secret {ns}/{}: data.{key} is not base64", reference.name)
+                    })?;
+                String::from_utf8(bytes).map_err(|_| {
+                    format!("Secret {ns}/{}: data.{key} is not UTF-8", reference.name)
+                })?
+            } else {
+                text.to_string()
+            };
+            data.insert(key.clone(), text);
+        }
+    }
+    if let Some(map) = object.get("stringData").and_then(Value::as_object) {
+        for (key, value) in map {
+            data.insert(key.clone(), value.as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(data)
+}

@@ -1,0 +1,167 @@
+//! Trigger reconciler: compiles the filter, resolves subscriber and dead-letter sink,
+//! ensures the trigger's subscription on the broker's channel and runs its consumer.
+
+use std::sync::Arc;
+
+use rivulet_channels::SubscriptionSpec;
+use serde_json::{Value, json};
+
+use super::{Action, Context, ReconcileError, conditions, generation};
+use crate::delivery::DeliveryPolicy;
+use crate::dispatcher::{self, TriggerDispatch};
+use crate::filter::Filter;
+use crate::resources::validation::typed;
+use crate::resources::{
+    Condition, DELIVERY_ORDER_ANNOTATION, PARALLELISM_ANNOTATION, Trigger, TriggerStatus,
+};
+use crate::store::object_key;
+
+pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
+    let trigger: Trigger = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    let (namespace, name) = object_key(object);
+    let mut parts = Vec::new();
+    let mut status = TriggerStatus {
+        observed_generation: generation(object),
+        ..TriggerStatus::default()
+    };
+
+    let broker = ctx.ingress.get(&namespace, &trigger.spec.broker);
+    match &broker {
+        Some(_) => parts.push(Condition::new("BrokerReady", true, "", "")),
+        None => parts.push(Condition::new(
+            "BrokerReady",
+            false,
+            "BrokerDoesNotExist",
+            format!(
+                "broker {namespace}/{} does not exist or is not ready",
+                trigger.spec.broker
+            ),
+        )),
+    }
+    let subscriber = super::resolve_destination(&trigger.spec.subscriber, &namespace, ctx).await;
+    match &subscriber {
+        Ok(uri) => {
+            status.subscriber_uri = Some(uri.clone());
+            parts.push(Condition::new("SubscriberResolved", true, "", ""));
+        }
+        Err(reason) => parts.push(Condition::new(
+            "SubscriberResolved",
+            false,
+            "Unresolved",
+            reason.clone(),
+        )),
+    }
+    // A trigger's delivery replaces the broker's entirely when it sets anything.
+    let delivery = match &trigger.spec.delivery {
+        Some(own) if own.is_set() => Some(own.clone()),
+        _ => broker.as_ref().and_then(|b| b.delivery.clone()),
+    };
+    let mut dead_letter_uri = None;
+    if let Some(sink) = delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
+        match super::resolve_destination(sink, &namespace, ctx).await {
+            Ok(uri) => {
+                status.dead_letter_sink_uri = Some(uri.clone());
+                dead_letter_uri = Some(uri);
+                parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
+            }
+            Err(reason) => parts.push(Condition::new(
+                "DeadLetterSinkResolved",
+                false,
+                "Unresolved",
+                reason,
+            )),
+        }
+    }
+    let filter = Filter::for_trigger(&trigger.spec);
+    if let Err(reason) = &filter {
+        parts.push(Condition::new(
+            "FilterValid",
+            false,
+            "InvalidFilter",
+            reason.clone(),
+        ));
+    }
+
+    let all_ok = parts.iter().all(Condition::is_true);
+    match (broker, subscriber, filter, all_ok) {
+        (Some(broker), Ok(subscriber_uri), Ok(filter), true) => {
+            let annotations = trigger.metadata.annotations.clone().unwrap_or_default();
+            let ordered = annotations
+                .get(DELIVERY_ORDER_ANNOTATION)
+                .map(String::as_str)
+                == Some("ordered");
+            let parallelism = if ordered {
+                1
+            } else {
+                annotations
+                    .get(PARALLELISM_ANNOTATION)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(ctx.settings.default_parallelism)
+            };
+            let dispatch = TriggerDispatch {
+                namespace: namespace.clone(),
+                trigger: name.clone(),
+                broker: trigger.spec.broker.clone(),
+                subscriber_uri,
+                policy: DeliveryPolicy::from_spec(
+                    delivery.as_ref(),
+                    dead_letter_uri,
+                    &ctx.settings.delivery,
+                ),
+                filter,
+                ordered,
+                parallelism,
+            };
+            let spec = SubscriptionSpec {
+                prefilter: dispatch.filter.prefilter(),
+                max_in_flight: parallelism,
+            };
+            let subscription_name = subscription_name(&name);
+            broker
+                .channel
+                .ensure_subscription(&subscription_name, &spec)
+                .await?;
+            let fingerprint = format!(
+                "{:p}|{}|{:?}|{:?}",
+                Arc::as_ptr(&broker.channel),
+                broker.config_fingerprint,
+                dispatch,
+                spec
+            );
+            let key = (namespace.clone(), name.clone());
+            if !ctx.is_running_with(&key, &fingerprint).await {
+                let subscription = broker.channel.consume(&subscription_name).await?;
+                let running = dispatcher::spawn(dispatch, subscription, ctx.dispatch.clone());
+                ctx.replace_running(key, fingerprint, running).await;
+            }
+        }
+        _ => ctx.stop_trigger(&namespace, &name).await,
+    }
+
+    status.conditions = conditions(parts);
+    ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
+        .await?;
+    Ok(Action::AwaitChange)
+}
+
+/// The channel subscription of a trigger.
+pub fn subscription_name(trigger: &str) -> String {
+    format!("trigger-{trigger}")
+}
+
+/// A trigger is gone: stop its consumer and remove its subscription.
+pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+    let (namespace, name) = object_key(object);
+    ctx.stop_trigger(&namespace, &name).await;
+    let broker = object
+        .pointer("/spec/broker")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Some(handle) = ctx.ingress.get(&namespace, broker) {
+        handle
+            .channel
+            .delete_subscription(&subscription_name(&name))
+            .await?;
+    }
+    Ok(())
+}

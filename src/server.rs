@@ -1,0 +1,213 @@
+//! `rivulet serve`: the standalone runtime in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::delivery::{DeliveryDefaults, Sender};
+use crate::dispatcher;
+use crate::ingress::Ingress;
+use crate::metrics::Metrics;
+use crate::resources::{find_kind_by_name, manifest_files, parse_manifests};
+use crate::runtime::{Context, Settings};
+use crate::store::{FileStore, ResourceStore};
+
+/// Everything `rivulet serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Manifest files or folders applied at start.
+    pub config: Vec<PathBuf>,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Largest request body ingress takes, in bytes.
+    pub body_limit: usize,
+    pub delivery: DeliveryDefaults,
+    pub default_parallelism: usize,
+    /// How long shutdown waits for deliveries in flight.
+    pub shutdown_grace: Duration,
+    /// The URL brokers advertise; by default `http://` + the listen address.
+    pub advertised_url: Option<String>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            config: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from(".rivulet"),
+            body_limit: 4 * 1024 * 1024,
+            delivery: DeliveryDefaults::default(),
+            default_parallelism: 64,
+            shutdown_grace: Duration::from_secs(5),
+            advertised_url: None,
+        }
+    }
+}
+
+/// A server that is up.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub base_url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops intake, finishes (or hands back) deliveries in flight, and waits for the end.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens the store, applies manifests, starts the control loop and the HTTP server.
+pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
+    crate::install_crypto_provider();
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
+    let store: Arc<dyn ResourceStore> = Arc::new(
+        FileStore::open(&options.data_dir.join("resources"))
+            .context("cannot open the resource store in the data dir")?,
+    );
+    apply_manifests(&*store, &options.config).await?;
+    if options.config.is_empty() {
+        ensure_default_broker(&*store).await?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let local_addr = listener.local_addr()?;
+    let base_url = options.advertised_url.clone().unwrap_or_else(|| {
+        let host = if local_addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            local_addr.ip().to_string()
+        };
+        if local_addr.is_ipv6() && !local_addr.ip().is_unspecified() {
+            format!("http://[{host}]:{}", local_addr.port())
+        } else {
+            format!("http://{host}:{}", local_addr.port())
+        }
+    });
+
+    let metrics = Arc::new(Metrics::new());
+    let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
+    let shared = dispatcher::Shared {
+        sender: Sender::new(),
+        ingress: ingress.clone(),
+        metrics: metrics.clone(),
+    };
+    let ctx = Context::new(
+        store.clone(),
+        ingress.clone(),
+        shared,
+        Settings {
+            data_dir: options.data_dir.clone(),
+            base_url: base_url.clone(),
+            delivery: options.delivery.clone(),
+            default_parallelism: options.default_parallelism,
+            stop_grace: options.shutdown_grace,
+        },
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = api::router(ApiState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    })
+    .merge(ingress.clone().router())
+    .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let shutdown = CancellationToken::new();
+    let changes = store.watch();
+    ctx.resync().await;
+    let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(%base_url, data_dir = %options.data_dir.display(), "rivulet is serving");
+
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let serving = axum::serve(listener, app).with_graceful_shutdown({
+            let stop = stop.clone();
+            let ready = ready.clone();
+            async move {
+                stop.cancelled().await;
+                ready.store(false, Ordering::Relaxed);
+            }
+        });
+        let result = serving.await;
+        // Intake has stopped: let deliveries in flight finish or hand them back.
+        let _ = control.await;
+        ctx.stop_all().await;
+        tracing::info!("rivulet stopped");
+        result.context("HTTP server failed")
+    });
+    Ok(RunningServer {
+        local_addr,
+        base_url,
+        shutdown,
+        task,
+    })
+}
+
+async fn apply_manifests(store: &dyn ResourceStore, paths: &[PathBuf]) -> anyhow::Result<()> {
+    for path in paths {
+        let files = manifest_files(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        if files.is_empty() {
+            anyhow::bail!(
+                "config folder {} holds no .yaml, .yml or .json file",
+                path.display()
+            );
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            for manifest in
+                parse_manifests(&text, &file.display().to_string()).map_err(anyhow::Error::msg)?
+            {
+                store
+                    .apply(manifest.kind, manifest.object)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.origin))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn ensure_default_broker(store: &dyn ResourceStore) -> anyhow::Result<()> {
+    let kind = find_kind_by_name(None, "Broker").expect("Broker is registered");
+    if store.get(kind, "default", "default").await?.is_none() {
+        store
+            .apply(
+                kind,
+                json!({
+                    "apiVersion": "eventing.knative.dev/v1",
+                    "kind": "Broker",
+                    "metadata": {"name": "default", "namespace": "default"},
+                    "spec": {}
+                }),
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! Resources kept in memory and mirrored to one JSON file per object.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, broadcast};
+
+use super::{Applied, ResourceStore, StoreError, StoreEvent, object_key};
+use crate::resources::{KindInfo, kinds, now_rfc3339};
+
+type Key = (&'static str, &'static str, String, String); // group, plural, namespace, name
+
+/// The standalone store: `{root}/{group}/{plural}/{namespace}/{name}.json`.
+pub struct FileStore {
+    root: PathBuf,
+    objects: Mutex<State>,
+    changes: broadcast::Sender<StoreEvent>,
+}
+
+struct State {
+    objects: BTreeMap<Key, Value>,
+    resource_version: u64,
+}
+
+fn key(kind: &'static KindInfo, namespace: &str, name: &str) -> Key {
+    (
+        kind.group,
+        kind.plural,
+        namespace.to_string(),
+        name.to_string(),
+    )
+}
+
+fn group_dir(kind: &KindInfo) -> &str {
+    if kind.group.is_empty() {
+        "core"
+    } else {
+        kind.group
+    }
+}
+
+impl FileStore {
+    /// Opens the store under `root`, loading what an earlier run left there.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root)?;
+        let mut objects = BTreeMap::new();
+        let mut resource_version = 0u64;
+        for kind in kinds() {
+            let kind_dir = root.join(group_dir(kind)).join(kind.plural);
+            let Ok(namespaces) = std::fs::read_dir(&kind_dir) else {
+                continue;
+            };
+            for ns_entry in namespaces.flatten() {
+                for file in std::fs::read_dir(ns_entry.path())?.flatten() {
+                    let path = file.path();
+                    if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                        continue;
+                    }
+                    let object: Value = match std::fs::read(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                    {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "skipping unreadable resource file");
+                            continue;
+                        }
+                    };
+                    if let Some(rv) = object
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        resource_version = resource_version.max(rv);
+                    }
+                    let (ns, name) = object_key(&object);
+                    objects.insert(key(kind, &ns, &name), object);
+                }
+            }
+        }
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Self {
+            root: root.to_path_buf(),
+            objects: Mutex::new(State {
+                objects,
+                resource_version,
+            }),
+            changes,
+        })
+    }
+
+    fn path(&self, kind: &KindInfo, namespace: &str, name: &str) -> PathBuf {
+        self.root
+            .join(group_dir(kind))
+            .join(kind.plural)
+            .join(namespace)
+            .join(format!("{name}.json"))
+    }
+
+    /// Writes atomically: a crash leaves either the old or the new file.
+    async fn persist(&self, path: PathBuf, object: &Value) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(object).expect("JSON values serialise");
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let dir = path.parent().expect("object paths have a parent");
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension("json.tmp");
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResourceStore for FileStore {
+    async fn get(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let state = self.objects.lock().await;
+        Ok(state.objects.get(&key(kind, namespace, name)).cloned())
+    }
+
+    async fn list(
+        &self,
+        kind: &'static KindInfo,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let state = self.objects.lock().await;
+        Ok(state
+            .objects
+            .iter()
+            .filter(|((g, p, ns, _), _)| {
+                *g == kind.group && *p == kind.plural && namespace.is_none_or(|n| n == ns)
+            })
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn apply(
+        &self,
+        kind: &'static KindInfo,
+        mut object: Value,
+    ) -> Result<(Value, Applied), StoreError> {
+        let Some(map) = object.as_object_mut() else {
+            return Err(crate::resources::validation::ValidationError::new(
+                "object",
+                "must be a JSON/YAML mapping",
+            )
+            .into());
+        };
+        map.insert("apiVersion".into(), json!(kind.api_version()));
+        map.insert("kind".into(), json!(kind.kind));
+        let metadata = map.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(meta) = metadata.as_object_mut() {
+            meta.entry("namespace").or_insert_with(|| json!("default"));
+        }
+        let (namespace, name) = object_key(&object);
+        let mut state = self.objects.lock().await;
+        let old = state.objects.get(&key(kind, &namespace, &name)).cloned();
+        (kind.validate)(&object, old.as_ref())?;
+
+        let outcome;
+        let meta = object["metadata"].as_object_mut().expect("checked above");
+        match &old {
+            None => {
+                meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+                meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+                meta.insert("generation".into(), json!(1));
+                outcome = Applied::Created;
+            }
+            Some(old) => {
+                for field in ["uid", "creationTimestamp"] {
+                    if let Some(v) = old.pointer(&format!("/metadata/{field}")) {
+                        meta.insert(field.into(), v.clone());
+                    }
+                }
+                let old_generation = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                let content_changed = old.get("spec") != object.get("spec")
+                    || old.get("data") != object.get("data")
+                    || old.get("stringData") != object.get("stringData");
+                let meta_changed = old.pointer("/metadata/labels")
+                    != object.pointer("/metadata/labels")
+                    || old.pointer("/metadata/annotations")
+                        != object.pointer("/metadata/annotations");
+                let meta = object["metadata"].as_object_mut().expect("checked above");
+                meta.insert(
+                    "generation".into(),
+                    json!(old_generation + i64::from(content_changed)),
+                );
+                if let Some(status) = old.get("status") {
+                    object
+                        .as_object_mut()
+                        .expect("checked above")
+                        .insert("status".into(), status.clone());
+                }
+                outcome = if content_changed || meta_changed {
+                    Applied::Updated
+                } else {
+                    Applied::Unchanged
+                };
+            }
+        }
+        if outcome == Applied::Unchanged {
+            return Ok((old.expect("unchanged implies old"), outcome));
+        }
+        state.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        self.persist(self.path(kind, &namespace, &name), &object)
+            .await?;
+        state
+            .objects
+            .insert(key(kind, &namespace, &name), object.clone());
+        drop(state);
+        let _ = self.changes.send(StoreEvent::Applied {
+            kind,
+            object: Arc::new(object.clone()),
+        });
+        Ok((object, outcome))
+    }
+
+    async fn put_status(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> Result<(), StoreError> {
+        let mut state = self.objects.lock().await;
+        let Some(object) = state.objects.get_mut(&key(kind, namespace, name)) else {
+            return Err(StoreError::NotFound {
+                kind: kind.kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+        };
+        if object.get("status") == Some(&status) {
+            return Ok(());
+        }
+        object["status"] = status;
+        let object = object.clone();
+        self.persist(self.path(kind, namespace, name), &object)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, StoreError> {
+        let mut state = self.objects.lock().await;
+        let Some(object) = state.objects.remove(&key(kind, namespace, name)) else {
+            return Err(StoreError::NotFound {
+                kind: kind.kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+        };
+        match tokio::fs::remove_file(self.path(kind, namespace, name)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(state);
+        let _ = self.changes.send(StoreEvent::Deleted {
+            kind,
+            object: Arc::new(object.clone()),
+        });
+        Ok(object)
+    }
+
+    fn watch(&self) -> broadcast::Receiver<StoreEvent> {
+        self.changes.subscribe()
+    }
+}

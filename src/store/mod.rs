@@ -1,0 +1,110 @@
+//! Where resources live. Reconcilers read and watch a [`ResourceStore`]; standalone mode keeps
+//! objects in files under the data dir ([`FileStore`]), Kubernetes mode will use the API server.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::resources::KindInfo;
+use crate::resources::validation::ValidationError;
+
+mod file;
+
+pub use file::FileStore;
+
+/// A change to a stored object. Status updates are not announced: reconcilers write them.
+#[derive(Debug, Clone)]
+pub enum StoreEvent {
+    Applied {
+        kind: &'static KindInfo,
+        object: Arc<Value>,
+    },
+    Deleted {
+        kind: &'static KindInfo,
+        object: Arc<Value>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error("storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Whether `apply` created the object or changed an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[async_trait]
+pub trait ResourceStore: Send + Sync + 'static {
+    async fn get(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, StoreError>;
+
+    /// Objects of `kind`, in one namespace or all, ordered by namespace and name.
+    async fn list(
+        &self,
+        kind: &'static KindInfo,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, StoreError>;
+
+    /// Validates and stores an object (create or replace; its status is kept). Fills in
+    /// `metadata.namespace` (default `default`), `uid`, `creationTimestamp`, `generation`
+    /// (bumped when the spec changes) and `resourceVersion`.
+    async fn apply(
+        &self,
+        kind: &'static KindInfo,
+        object: Value,
+    ) -> Result<(Value, Applied), StoreError>;
+
+    /// Replaces the status of an existing object; announces nothing.
+    async fn put_status(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> Result<(), StoreError>;
+
+    async fn delete(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, StoreError>;
+
+    /// Changes from now on. A receiver that lags behind gets `Lagged` and should list again.
+    fn watch(&self) -> broadcast::Receiver<StoreEvent>;
+}
+
+/// Namespace and name of an object.
+pub fn object_key(object: &Value) -> (String, String) {
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    (namespace, name)
+}
