@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::event::{self, Event, ExtensionValue};
 
-/// Renders an event for people: attributes, extensions, then data (JSON pretty-printed).
+/// Renders an event for people: attributes, extensions, then data.
 pub fn render(event: &Event) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "CloudEvent {}", event.specversion.as_str());
@@ -43,12 +43,10 @@ pub fn render(event: &Event) -> String {
     }
     if let Some(data) = &event.data {
         let _ = writeln!(out, "  data:");
-        let text = match serde_json::from_slice::<serde_json::Value>(data) {
-            Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
-            Err(_) => match std::str::from_utf8(data) {
-                Ok(text) => text.to_string(),
-                Err(_) => format!("({} bytes of binary data)", data.len()),
-            },
+        // Shown as sent: re-formatting JSON could change numbers the sender chose.
+        let text = match std::str::from_utf8(data) {
+            Ok(text) => text.to_string(),
+            Err(_) => format!("({} bytes of binary data)", data.len()),
         };
         for line in text.lines() {
             let _ = writeln!(out, "    {line}");
