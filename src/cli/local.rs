@@ -55,6 +55,46 @@ pub fn cesql_eval(
     event: Option<&Path>,
     output: &str,
 ) -> anyhow::Result<ExitCode> {
-    let _ = (expression, event, output);
-    anyhow::bail!("cesql evaluation is not available in this build")
+    let compiled =
+        crate::cesql::Expression::parse(expression).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let event = match event {
+        Some(path) => read_event(path)?,
+        // Without --event, attributes are all missing: fine for constant expressions.
+        None => crate::event::parse_structured(
+            br#"{"specversion":"1.0","id":"cli","source":"rivulet-cli","type":"rivulet.cli"}"#,
+        )
+        .expect("the built-in event is valid"),
+    };
+    let evaluation = compiled.evaluate(&event);
+    let error_kind = evaluation.error.as_ref().map(|e| e.kind());
+    match output {
+        "json" => {
+            let value = match &evaluation.value {
+                crate::cesql::Value::Boolean(b) => serde_json::json!(b),
+                crate::cesql::Value::Integer(i) => serde_json::json!(i),
+                crate::cesql::Value::String(s) => serde_json::json!(s),
+            };
+            let report = serde_json::json!({
+                "value": value,
+                "type": evaluation.value.value_type().to_string(),
+                "error": evaluation.error.as_ref().map(|e| serde_json::json!({
+                    "kind": e.kind(),
+                    "message": e.message(),
+                })),
+            });
+            println!("{report}");
+        }
+        "text" => {
+            println!("{}", evaluation.value);
+            if let Some(error) = &evaluation.error {
+                println!("error: {} ({})", error.kind(), error.message());
+            }
+        }
+        other => anyhow::bail!("unknown output {other:?}; use text or json"),
+    }
+    Ok(if error_kind.is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

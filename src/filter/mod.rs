@@ -181,13 +181,10 @@ impl Filter {
                 // An expression that could not be evaluated matches neither way.
                 error @ Outcome::EvaluationError(_) => error,
             },
-            Filter::Cesql(expression) => {
-                let evaluation = expression.evaluate(event);
-                match evaluation.error {
-                    Some(error) => Outcome::EvaluationError(error.kind()),
-                    None => bool_outcome(evaluation.value.is_true()),
-                }
-            }
+            Filter::Cesql(expression) => match expression.test(event) {
+                Ok(matched) => bool_outcome(matched),
+                Err(kind) => Outcome::EvaluationError(kind),
+            },
         }
     }
 

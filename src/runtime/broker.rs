@@ -23,6 +23,33 @@ pub struct BackendChoice {
     pub settings: BTreeMap<String, String>,
 }
 
+inventory::submit! {
+    super::Reconciler {
+        kind: "Broker",
+        order: 10,
+        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
+        cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
+    }
+}
+
+// A changed ConfigMap or Secret may change the backend settings of brokers that name it.
+inventory::submit! {
+    super::Reconciler {
+        kind: "ConfigMap",
+        order: 0,
+        reconcile: |object, ctx| Box::pin(reconcile_config_users(object, ctx)),
+        cleanup: |object, ctx| Box::pin(async move { reconcile_config_users(object, ctx).await.map(|_| ()) }),
+    }
+}
+inventory::submit! {
+    super::Reconciler {
+        kind: "Secret",
+        order: 0,
+        reconcile: |object, ctx| Box::pin(reconcile_config_users(object, ctx)),
+        cleanup: |object, ctx| Box::pin(async move { reconcile_config_users(object, ctx).await.map(|_| ()) }),
+    }
+}
+
 pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
     let broker: Broker = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (namespace, name) = object_key(object);
@@ -170,10 +197,11 @@ pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), Reconcile
 
 /// A ConfigMap or Secret changed: reconcile the brokers whose `spec.config` names it.
 pub async fn reconcile_config_users(
-    namespace: &str,
-    name: &str,
+    config: &Value,
     ctx: &Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let (namespace, name) = object_key(config);
+    let (namespace, name) = (namespace.as_str(), name.as_str());
     let kind = Context::kind("Broker");
     for broker in ctx.store.list(kind, None).await? {
         let (broker_ns, _) = object_key(&broker);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,22 @@ pub enum ReconcileError {
     #[error("invalid object: {0}")]
     Invalid(String),
 }
+
+/// The reconciler of one kind, registered with `inventory::submit!` next to its code so the
+/// control loop needs no list of kinds.
+pub struct Reconciler {
+    /// The kind it reconciles (`Broker`, `Trigger`, ...).
+    pub kind: &'static str,
+    /// Resync order, lowest first: what others depend on comes first.
+    pub order: u8,
+    pub reconcile:
+        for<'a> fn(&'a Value, &'a Arc<Context>) -> BoxFuture<'a, Result<Action, ReconcileError>>,
+    /// Cleanup after the object was deleted (the finalizer's work).
+    pub cleanup:
+        for<'a> fn(&'a Value, &'a Arc<Context>) -> BoxFuture<'a, Result<(), ReconcileError>>,
+}
+
+inventory::collect!(Reconciler);
 
 /// Settings of the runtime that come from the command line.
 #[derive(Debug, Clone)]
@@ -87,7 +104,7 @@ impl Context {
         })
     }
 
-    fn kind(name: &str) -> &'static KindInfo {
+    pub(crate) fn kind(name: &str) -> &'static KindInfo {
         find_kind_by_name(None, name).expect("built-in kinds are registered")
     }
 
@@ -106,31 +123,38 @@ impl Context {
         }
     }
 
-    /// Reconciles everything in the store (at start, and after missing change notices).
+    /// Reconciles everything in the store (at start, and after missing change notices), kind
+    /// by kind in the reconcilers' order.
     pub async fn resync(self: &Arc<Self>) {
-        for kind_name in ["Broker", "Trigger"] {
-            let kind = Self::kind(kind_name);
+        let mut reconcilers: Vec<&Reconciler> = inventory::iter::<Reconciler>().collect();
+        reconcilers.sort_by_key(|r| r.order);
+        for reconciler in reconcilers {
+            let Some(kind) = find_kind_by_name(None, reconciler.kind) else {
+                continue;
+            };
             match self.store.list(kind, None).await {
                 Ok(objects) => {
                     for object in objects {
                         self.reconcile_applied(kind, &object).await;
                     }
                 }
-                Err(error) => tracing::error!(%error, kind = kind_name, "listing failed"),
+                Err(error) => tracing::error!(%error, kind = kind.kind, "listing failed"),
             }
         }
     }
 
+    fn reconciler(kind: &KindInfo) -> Option<&'static Reconciler> {
+        inventory::iter::<Reconciler>().find(|r| r.kind == kind.kind)
+    }
+
     async fn reconcile_applied(self: &Arc<Self>, kind: &'static KindInfo, object: &Value) {
-        let (namespace, name) = object_key(object);
-        let result = match kind.kind {
-            "Broker" => broker::reconcile(object, self).await,
-            "Trigger" => trigger::reconcile(object, self).await,
-            "ConfigMap" | "Secret" => broker::reconcile_config_users(&namespace, &name, self).await,
-            _ => Ok(Action::AwaitChange),
+        let Some(reconciler) = Self::reconciler(kind) else {
+            return;
         };
-        let action =
-            result.unwrap_or_else(|error| self.error_policy(kind, &namespace, &name, &error));
+        let (namespace, name) = object_key(object);
+        let action = (reconciler.reconcile)(object, self)
+            .await
+            .unwrap_or_else(|error| self.error_policy(kind, &namespace, &name, &error));
         if let Action::Requeue(after) = action {
             let requeue = self.requeue.clone();
             tokio::spawn(async move {
@@ -141,12 +165,10 @@ impl Context {
     }
 
     async fn reconcile_deleted(self: &Arc<Self>, kind: &'static KindInfo, object: &Value) {
-        let result = match kind.kind {
-            "Broker" => broker::cleanup(object, self).await,
-            "Trigger" => trigger::cleanup(object, self).await,
-            _ => Ok(()),
+        let Some(reconciler) = Self::reconciler(kind) else {
+            return;
         };
-        if let Err(error) = result {
+        if let Err(error) = (reconciler.cleanup)(object, self).await {
             let (namespace, name) = object_key(object);
             tracing::warn!(kind = kind.kind, %namespace, %name, %error, "cleanup failed");
         }

@@ -16,6 +16,15 @@ use crate::resources::{
 };
 use crate::store::object_key;
 
+inventory::submit! {
+    super::Reconciler {
+        kind: "Trigger",
+        order: 20,
+        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
+        cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
+    }
+}
+
 pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
     let trigger: Trigger = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (namespace, name) = object_key(object);

@@ -1,0 +1,2 @@
+// Broker benchmarks: being written.
+fn main() {}
