@@ -239,3 +239,129 @@ impl crate::cesql::EventAttributes for Event {
         Event::attribute(self, name).map(Value::String)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{SubscriptionsApiFilter, TriggerFilter};
+    use std::collections::BTreeMap;
+
+    fn event(extra: &str) -> Event {
+        let json = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/sensors/kitchen","type":"com.example.reading"{extra}}}"#
+        );
+        crate::event::parse_structured(json.as_bytes()).unwrap()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn spec_with(filters: Vec<SubscriptionsApiFilter>) -> TriggerSpec {
+        TriggerSpec {
+            broker: "default".into(),
+            filters,
+            ..TriggerSpec::default()
+        }
+    }
+
+    fn exact(k: &str, v: &str) -> SubscriptionsApiFilter {
+        SubscriptionsApiFilter {
+            exact: Some(map(&[(k, v)])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn legacy_filter_matches_exact_values_and_empty_means_present() {
+        let mut spec = spec_with(vec![]);
+        spec.filter = Some(TriggerFilter {
+            attributes: map(&[("type", "com.example.reading"), ("room", "")]),
+        });
+        let filter = Filter::for_trigger(&spec).unwrap();
+        assert!(filter.evaluate(&event(r#","room":"kitchen""#)).is_match());
+        assert!(!filter.evaluate(&event("")).is_match(), "room must exist");
+        assert_eq!(
+            filter.prefilter().exact,
+            vec![("type".to_string(), "com.example.reading".to_string())]
+        );
+    }
+
+    #[test]
+    fn filters_replace_the_legacy_filter() {
+        let mut spec = spec_with(vec![exact("type", "other")]);
+        spec.filter = Some(TriggerFilter {
+            attributes: map(&[("type", "com.example.reading")]),
+        });
+        let filter = Filter::for_trigger(&spec).unwrap();
+        assert!(!filter.evaluate(&event("")).is_match());
+    }
+
+    #[test]
+    fn prefix_suffix_any_not_nest() {
+        let prefix = SubscriptionsApiFilter {
+            prefix: Some(map(&[("type", "com.example.")])),
+            ..Default::default()
+        };
+        let suffix = SubscriptionsApiFilter {
+            suffix: Some(map(&[("source", "/garage")])),
+            ..Default::default()
+        };
+        let not_garage = SubscriptionsApiFilter {
+            not: Some(Box::new(suffix.clone())),
+            ..Default::default()
+        };
+        let any = SubscriptionsApiFilter {
+            any: Some(vec![suffix, exact("source", "/sensors/kitchen")]),
+            ..Default::default()
+        };
+        let filter = Filter::for_trigger(&spec_with(vec![prefix, not_garage, any])).unwrap();
+        assert!(filter.evaluate(&event("")).is_match());
+        let garage = crate::event::parse_structured(
+            br#"{"specversion":"1.0","id":"1","source":"/sensors/garage","type":"com.example.reading"}"#,
+        )
+        .unwrap();
+        assert!(!filter.evaluate(&garage).is_match());
+        assert!(
+            filter.prefilter().exact.is_empty(),
+            "nothing exact is required"
+        );
+    }
+
+    #[test]
+    fn cesql_errors_are_reported_and_do_not_match() {
+        let cesql = |e: &str| SubscriptionsApiFilter {
+            cesql: Some(e.to_string()),
+            ..Default::default()
+        };
+        let filter = Filter::for_trigger(&spec_with(vec![cesql("exint > 10")])).unwrap();
+        assert!(filter.evaluate(&event(r#","exint":11"#)).is_match());
+        assert_eq!(
+            filter.evaluate(&event("")),
+            Outcome::EvaluationError("missingAttribute")
+        );
+        let negated = SubscriptionsApiFilter {
+            not: Some(Box::new(cesql("exint > 10"))),
+            ..Default::default()
+        };
+        let filter = Filter::for_trigger(&spec_with(vec![negated])).unwrap();
+        assert!(
+            !filter.evaluate(&event("")).is_match(),
+            "an error matches neither way"
+        );
+        assert!(compile_cesql("type = ").unwrap_err().contains("position"));
+    }
+
+    #[test]
+    fn exact_filters_in_all_become_the_prefilter() {
+        let all = SubscriptionsApiFilter {
+            all: Some(vec![exact("type", "t"), exact("source", "s")]),
+            ..Default::default()
+        };
+        let filter = Filter::for_trigger(&spec_with(vec![all])).unwrap();
+        assert_eq!(filter.prefilter().exact.len(), 2);
+    }
+}

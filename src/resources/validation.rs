@@ -362,3 +362,139 @@ pub fn validate_delivery(field: &str, delivery: &DeliverySpec) -> Result {
 pub fn validate_plain_object(new: &Value, _old: Option<&Value>) -> Result {
     validate_metadata(new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn trigger(spec: Value) -> Value {
+        json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+               "metadata": {"name": "t", "namespace": "default"}, "spec": spec})
+    }
+
+    fn refused(object: Value, old: Option<&Value>) -> ValidationError {
+        validate_trigger_value(&object, old).expect_err("should be refused")
+    }
+
+    #[test]
+    fn a_valid_trigger_passes() {
+        let t = trigger(
+            json!({"broker": "default", "subscriber": {"uri": "http://x/"},
+            "filters": [{"exact": {"type": "a"}}, {"cesql": "source LIKE '/a%'"}],
+            "delivery": {"retry": 3, "backoffDelay": "PT0.5S", "timeout": "PT2S"}}),
+        );
+        validate_trigger_value(&t, None).unwrap();
+    }
+
+    #[test]
+    fn attribute_names_must_be_lower_case_alphanumeric() {
+        let e = refused(
+            trigger(json!({"broker": "b", "subscriber": {"uri": "http://x/"},
+                "filter": {"attributes": {"Type": "a"}}})),
+            None,
+        );
+        assert!(
+            e.field.contains("Type") && e.message.contains("lower-case"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn exactly_one_dialect_per_filter() {
+        let e = refused(
+            trigger(json!({"broker": "b", "subscriber": {"uri": "http://x/"},
+                "filters": [{"exact": {"type": "a"}, "prefix": {"type": "b"}}]})),
+            None,
+        );
+        assert_eq!(e.field, "spec.filters[0]");
+        assert!(e.message.contains("exact, prefix"), "{e}");
+        let e = refused(
+            trigger(json!({"broker": "b", "subscriber": {"uri": "http://x/"},
+                "filters": [{"all": [{}]}]})),
+            None,
+        );
+        assert_eq!(e.field, "spec.filters[0].all[0]");
+    }
+
+    #[test]
+    fn durations_must_be_iso_8601() {
+        let e = refused(
+            trigger(json!({"broker": "b", "subscriber": {"uri": "http://x/"},
+                "delivery": {"backoffDelay": "5s"}})),
+            None,
+        );
+        assert_eq!(e.field, "spec.delivery.backoffDelay");
+        assert!(e.message.contains("ISO-8601"));
+    }
+
+    #[test]
+    fn a_bad_cesql_expression_names_the_position() {
+        let e = refused(
+            trigger(json!({"broker": "b", "subscriber": {"uri": "http://x/"},
+                "filters": [{"cesql": "type = "}]})),
+            None,
+        );
+        assert_eq!(e.field, "spec.filters[0].cesql");
+        assert!(e.message.contains("position"), "{e}");
+    }
+
+    #[test]
+    fn the_trigger_broker_is_immutable() {
+        let old = trigger(json!({"broker": "a", "subscriber": {"uri": "http://x/"}}));
+        let new = trigger(json!({"broker": "b", "subscriber": {"uri": "http://x/"}}));
+        let e = refused(new, Some(&old));
+        assert_eq!(e.field, "spec.broker");
+        assert!(e.message.contains("immutable"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = refused(
+            trigger(json!({"broker": "b", "subscriber": {"uri": "http://x/"}, "filterz": {}})),
+            None,
+        );
+        assert!(e.message.contains("filterz"), "{e}");
+    }
+
+    #[test]
+    fn the_broker_class_and_config_are_immutable() {
+        let broker = |class: &str, config: Value| {
+            json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                "metadata": {"name": "b", "annotations": {BROKER_CLASS_ANNOTATION: class}},
+                "spec": {"config": config}})
+        };
+        let old = broker(
+            "MTChannelBasedBroker",
+            json!({"kind": "ConfigMap", "name": "a"}),
+        );
+        let e = validate_broker_value(
+            &broker("Kafka", json!({"kind": "ConfigMap", "name": "a"})),
+            Some(&old),
+        )
+        .unwrap_err();
+        assert!(e.field.contains(BROKER_CLASS_ANNOTATION), "{e}");
+        let e = validate_broker_value(
+            &broker(
+                "MTChannelBasedBroker",
+                json!({"kind": "ConfigMap", "name": "b"}),
+            ),
+            Some(&old),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.config");
+    }
+
+    #[test]
+    fn parses_iso_durations() {
+        assert_eq!(
+            parse_duration("f", "PT0.5S").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("f", "PT1M30S").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(parse_duration("f", "1s").is_err());
+    }
+}

@@ -288,3 +288,78 @@ impl ResourceStore for FileStore {
         self.changes.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find_kind_by_name;
+
+    fn broker(name: &str, delivery_retry: i32) -> Value {
+        json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+               "metadata": {"name": name}, "spec": {"delivery": {"retry": delivery_retry}}})
+    }
+
+    #[tokio::test]
+    async fn apply_fills_metadata_and_bumps_generation_on_spec_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let kind = find_kind_by_name(None, "Broker").unwrap();
+        let (created, outcome) = store.apply(kind, broker("b", 1)).await.unwrap();
+        assert_eq!(outcome, Applied::Created);
+        assert_eq!(created["metadata"]["namespace"], "default");
+        assert_eq!(created["metadata"]["generation"], 1);
+        let uid = created["metadata"]["uid"].clone();
+        let (_, outcome) = store.apply(kind, broker("b", 1)).await.unwrap();
+        assert_eq!(outcome, Applied::Unchanged);
+        let (updated, outcome) = store.apply(kind, broker("b", 2)).await.unwrap();
+        assert_eq!(outcome, Applied::Updated);
+        assert_eq!(updated["metadata"]["generation"], 2);
+        assert_eq!(updated["metadata"]["uid"], uid);
+    }
+
+    #[tokio::test]
+    async fn objects_and_status_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = find_kind_by_name(None, "Broker").unwrap();
+        {
+            let store = FileStore::open(dir.path()).unwrap();
+            store.apply(kind, broker("b", 1)).await.unwrap();
+            store
+                .put_status(kind, "default", "b", json!({"conditions": []}))
+                .await
+                .unwrap();
+        }
+        let store = FileStore::open(dir.path()).unwrap();
+        let object = store.get(kind, "default", "b").await.unwrap().unwrap();
+        assert_eq!(object["status"], json!({"conditions": []}));
+        let (applied, _) = store.apply(kind, broker("b", 5)).await.unwrap();
+        assert_eq!(
+            applied["status"],
+            json!({"conditions": []}),
+            "apply keeps status"
+        );
+        assert_eq!(store.list(kind, Some("default")).await.unwrap().len(), 1);
+        store.delete(kind, "default", "b").await.unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        assert!(store.get(kind, "default", "b").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn invalid_objects_are_refused_and_changes_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let kind = find_kind_by_name(None, "Broker").unwrap();
+        let mut changes = store.watch();
+        let error = store
+            .apply(kind, json!({"metadata": {"name": "Bad_Name"}, "spec": {}}))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("metadata.name"), "{error}");
+        store.apply(kind, broker("b", 1)).await.unwrap();
+        assert!(matches!(changes.try_recv(), Ok(StoreEvent::Applied { .. })));
+        assert!(
+            changes.try_recv().is_err(),
+            "the refused object was not announced"
+        );
+    }
+}
