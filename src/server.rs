@@ -51,6 +51,14 @@ impl Default for ServeOptions {
     }
 }
 
+/// HTTP routes a plug-in (a source or sink adapter) adds to the server, registered with
+/// `inventory::submit!` next to its code so the server needs no list of them.
+pub struct HttpRoutes {
+    pub build: fn(Arc<Context>) -> axum::Router,
+}
+
+inventory::collect!(HttpRoutes);
+
 /// A server that is up.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
@@ -128,13 +136,18 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         },
     );
     let ready = Arc::new(AtomicBool::new(false));
-    let app = api::router(ApiState {
+    let mut app = api::router(ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
     })
-    .merge(ingress.clone().router())
-    .layer(tower_http::trace::TraceLayer::new_for_http());
+    .merge(ingress.clone().router());
+    for routes in inventory::iter::<HttpRoutes>() {
+        app = app.merge((routes.build)(ctx.clone()));
+    }
+    let app = app
+        .fallback(unknown_path)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
 
     let shutdown = CancellationToken::new();
     let changes = store.watch();
@@ -156,6 +169,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         let result = serving.await;
         // Intake has stopped: let deliveries in flight finish or hand them back.
         let _ = control.await;
+        crate::sources::stop_all(&ctx).await;
         ctx.stop_all().await;
         tracing::info!("rivulet stopped");
         result.context("HTTP server failed")
@@ -166,6 +180,20 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         shutdown,
         task,
     })
+}
+
+/// A 404 that says what was asked for and what is served, rather than an empty body.
+async fn unknown_path(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> impl axum::response::IntoResponse {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        format!(
+            "no such path: {method} {}; ingress is POST /{{namespace}}/{{broker}}, resources are under /apis/... and /api/v1/...\n",
+            uri.path()
+        ),
+    )
 }
 
 async fn apply_manifests(store: &dyn ResourceStore, paths: &[PathBuf]) -> anyhow::Result<()> {

@@ -168,7 +168,8 @@ fn print_table(kind: &KindInfo, items: &[Value]) {
             None => ("Unknown".into(), String::new()),
         }
     };
-    let (extra_header, extra): (&str, Box<dyn Fn(&Value) -> String>) = match kind.kind {
+    type Column = Box<dyn Fn(&Value) -> String>;
+    let (extra_header, extra): (&str, Column) = match kind.kind {
         "Broker" => ("URL", Box::new(move |v| text(v, "/status/address/url"))),
         "Trigger" => (
             "BROKER  SUBSCRIBER_URI",
@@ -276,7 +277,10 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         .body(body)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        .map_err(|e| match &args.url {
+            Some(_) => anyhow::anyhow!("cannot reach {url}: {e}"),
+            None => unreachable(&args.server.server, e),
+        })?;
     if response.status().is_success() {
         println!("sent {} ({})", parsed.id, response.status());
         Ok(ExitCode::SUCCESS)

@@ -253,12 +253,10 @@ pub async fn choose_backend(
             ));
         }
     };
-    if class == "Kafka" || class == "RabbitMQBroker" || class == "NatsJetStreamBroker" {
-        if settings.is_none() {
-            return Err(format!(
-                "broker class {class} needs spec.config naming its backend configuration"
-            ));
-        }
+    if matches!(class, "Kafka" | "RabbitMQBroker" | "NatsJetStreamBroker") && settings.is_none() {
+        return Err(format!(
+            "broker class {class} needs spec.config naming its backend configuration"
+        ));
     }
     Ok(BackendChoice {
         backend,

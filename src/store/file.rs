@@ -162,6 +162,11 @@ impl ResourceStore for FileStore {
         };
         map.insert("apiVersion".into(), json!(kind.api_version()));
         map.insert("kind".into(), json!(kind.kind));
+        // Knative objects may leave out `spec` (a Broker usually does); defaulting it to `{}`
+        // lets validation name any field inside it that is required.
+        if !kind.group.is_empty() {
+            map.entry("spec").or_insert_with(|| json!({}));
+        }
         let metadata = map.entry("metadata").or_insert_with(|| json!({}));
         if let Some(meta) = metadata.as_object_mut() {
             meta.entry("namespace").or_insert_with(|| json!("default"));
@@ -171,14 +176,13 @@ impl ResourceStore for FileStore {
         let old = state.objects.get(&key(kind, &namespace, &name)).cloned();
         (kind.validate)(&object, old.as_ref())?;
 
-        let outcome;
         let meta = object["metadata"].as_object_mut().expect("checked above");
-        match &old {
+        let outcome = match &old {
             None => {
                 meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
                 meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
                 meta.insert("generation".into(), json!(1));
-                outcome = Applied::Created;
+                Applied::Created
             }
             Some(old) => {
                 for field in ["uid", "creationTimestamp"] {
@@ -208,13 +212,13 @@ impl ResourceStore for FileStore {
                         .expect("checked above")
                         .insert("status".into(), status.clone());
                 }
-                outcome = if content_changed || meta_changed {
+                if content_changed || meta_changed {
                     Applied::Updated
                 } else {
                     Applied::Unchanged
-                };
+                }
             }
-        }
+        };
         if outcome == Applied::Unchanged {
             return Ok((old.expect("unchanged implies old"), outcome));
         }

@@ -1,0 +1,435 @@
+//! The `rivulet` command line, run as a real binary against a real server.
+
+mod support;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{InProcessServer, Recorder};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+fn rivulet() -> Command {
+    let mut command = Command::new(support::binary());
+    command
+        .env_remove("RIVULET_SERVER")
+        .env("RIVULET_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `rivulet args...` against `server` and returns its output.
+async fn run(server: &str, args: &[&str]) -> Output {
+    rivulet()
+        .args(args)
+        .env("RIVULET_SERVER", server)
+        .output()
+        .await
+        .expect("the rivulet binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): stdout {} stderr {}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+const BROKER_YAML: &str = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: cli-broker\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cli-config\ndata:\n  key: value\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_from_a_file_then_get_in_each_format_then_delete() {
+    let server = InProcessServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("resources.yaml");
+    std::fs::write(&file, BROKER_YAML).unwrap();
+    let out = ok(
+        &run(&server.base, &["apply", "-f", file.to_str().unwrap()]).await,
+        "apply -f",
+    );
+    assert!(out.contains("broker/cli-broker created"), "{out}");
+    assert!(out.contains("configmap/cli-config created"), "{out}");
+    let out = ok(
+        &run(&server.base, &["apply", "-f", file.to_str().unwrap()]).await,
+        "apply -f again",
+    );
+    assert!(out.contains("broker/cli-broker configured"), "{out}");
+    support::wait_ready(&server.base, "Broker", "default", "cli-broker").await;
+
+    let table = ok(&run(&server.base, &["get", "brokers"]).await, "get brokers");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("NAME") && header.contains("READY") && header.contains("URL"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("cli-broker "))
+        .unwrap_or_else(|| panic!("a row for cli-broker in {table}"));
+    assert!(
+        row.contains("True") && row.contains(&format!("{}/default/cli-broker", server.base)),
+        "{row}"
+    );
+
+    let json = ok(
+        &run(&server.base, &["get", "broker", "cli-broker", "-o", "json"]).await,
+        "get -o json",
+    );
+    let object: Value = serde_json::from_str(&json).expect("-o json prints JSON");
+    assert_eq!(object["metadata"]["name"], "cli-broker");
+    assert_eq!(object["kind"], "Broker");
+
+    let yaml = ok(
+        &run(
+            &server.base,
+            &["get", "configmap", "cli-config", "-o", "yaml"],
+        )
+        .await,
+        "get -o yaml",
+    );
+    let object: Value = serde_saphyr::from_str(&yaml).expect("-o yaml prints YAML");
+    assert_eq!(object["data"]["key"], "value");
+
+    let out = ok(
+        &run(&server.base, &["delete", "broker", "cli-broker"]).await,
+        "delete",
+    );
+    assert!(out.contains("broker/cli-broker deleted"), "{out}");
+    assert!(
+        support::get(&server.base, "Broker", "default", "cli-broker")
+            .await
+            .is_none()
+    );
+    let again = run(&server.base, &["delete", "broker", "cli-broker"]).await;
+    assert!(!again.status.success(), "deleting a missing broker fails");
+    assert!(
+        text(&again.stderr).contains("not found"),
+        "{}",
+        text(&again.stderr)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_reads_stdin_and_reports_invalid_objects() {
+    let server = InProcessServer::start().await;
+    let mut child = rivulet()
+        .args(["apply", "-f", "-"])
+        .env("RIVULET_SERVER", &server.base)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(BROKER_YAML.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = ok(&out, "apply -f -");
+    assert!(stdout.contains("broker/cli-broker created"), "{stdout}");
+    assert!(
+        support::get(&server.base, "ConfigMap", "default", "cli-config")
+            .await
+            .is_some()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bad\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:9/\n  filters:\n    - exact:\n        Type: x\n",
+    )
+    .unwrap();
+    let out = run(&server.base, &["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!out.status.success(), "an invalid object makes apply fail");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("trigger/bad") && stderr.contains("spec.filters[0].exact[Type]"),
+        "{stderr}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_posts_binary_and_structured_events_with_extensions() {
+    let server = InProcessServer::start().await;
+    let recorder = Recorder::start().await;
+    support::apply_trigger_ready(&server.base, "default", "all", "default", &recorder.url).await;
+
+    let out = run(
+        &server.base,
+        &[
+            "send",
+            "--type",
+            "cli.binary",
+            "--id",
+            "cli-1",
+            "--subject",
+            "café",
+            "--data",
+            "{\"a\":1}",
+            "--ext",
+            "region=eu",
+            "--ext",
+            "tier=gold",
+        ],
+    )
+    .await;
+    let stdout = ok(&out, "send");
+    assert!(
+        stdout.contains("cli-1") && stdout.contains("202"),
+        "{stdout}"
+    );
+    let got = recorder.wait_for_id("cli-1").await;
+    assert_eq!(got.event.ty, "cli.binary");
+    assert_eq!(got.event.subject.as_deref(), Some("café"));
+    assert_eq!(got.event.attribute("region").as_deref(), Some("eu"));
+    assert_eq!(got.event.attribute("tier").as_deref(), Some("gold"));
+    assert_eq!(got.event.data.as_deref(), Some(&b"{\"a\":1}"[..]));
+
+    let out = run(
+        &server.base,
+        &[
+            "send",
+            "--structured",
+            "--type",
+            "cli.structured",
+            "--id",
+            "cli-2",
+            "--source",
+            "/cli/test",
+            "--data",
+            "hello",
+            "--content-type",
+            "text/plain",
+            "--ext",
+            "region=us",
+        ],
+    )
+    .await;
+    ok(&out, "send --structured");
+    let got = recorder.wait_for_id("cli-2").await;
+    assert_eq!(got.event.source, "/cli/test");
+    assert_eq!(got.event.attribute("region").as_deref(), Some("us"));
+    assert_eq!(got.event.data.as_deref(), Some(&b"hello"[..]));
+
+    // An event the broker refuses is reported with the reason.
+    let out = run(&server.base, &["send", "--type", "x", "--ext", "Bad=1"]).await;
+    assert!(!out.status.success(), "an invalid extension name fails");
+    assert!(text(&out.stderr).contains("Bad"), "{}", text(&out.stderr));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_eval_exits_0_on_match_and_1_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = dir.path().join("trigger.yaml");
+    std::fs::write(
+        &trigger,
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: f\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:9/\n  filters:\n    - prefix:\n        type: com.example.\n    - cesql: \"source LIKE '/shop/%'\"\n",
+    )
+    .unwrap();
+    let matching = dir.path().join("match.json");
+    std::fs::write(
+        &matching,
+        r#"{"specversion":"1.0","id":"1","source":"/shop/eu","type":"com.example.order"}"#,
+    )
+    .unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::write(
+        &other,
+        r#"{"specversion":"1.0","id":"2","source":"/warehouse","type":"com.example.order"}"#,
+    )
+    .unwrap();
+
+    let filter_eval = |event: &std::path::Path| {
+        let mut command = rivulet();
+        command
+            .args(["filter", "eval", "--trigger"])
+            .arg(&trigger)
+            .arg("--event")
+            .arg(event);
+        command
+    };
+    let out = filter_eval(&matching).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "match");
+    let out = filter_eval(&other).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "no match");
+
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"specversion":"1.0","id":"3"}"#).unwrap();
+    let out = filter_eval(&broken).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("broken.json"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn display_prints_the_events_it_receives() {
+    let port = support::free_port();
+    let mut display = rivulet()
+        .args(["display", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    // Wait until it listens: OPTIONS or GET answer something once it is up.
+    support::wait_for("rivulet display to listen", support::WAIT, || {
+        let request = support::http().get(&url).send();
+        async move { request.await.ok().map(|_| ()) }
+    })
+    .await;
+    let out = run(
+        "http://127.0.0.1:9",
+        &[
+            "send",
+            "--url",
+            &url,
+            "--type",
+            "display.check",
+            "--id",
+            "shown-1",
+            "--data",
+            "{\"greeting\":\"hello display\"}",
+        ],
+    )
+    .await;
+    ok(&out, "send --url to display");
+
+    let mut lines = tokio::io::BufReader::new(display.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(support::WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if seen.contains("display.check") && seen.contains("hello display") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let _ = display.kill().await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "display printed the type and the data; it printed:\n{seen}"
+    );
+    assert!(seen.contains("shown-1"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_has_help_naming_its_flags() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--help"],
+            &[
+                "serve", "apply", "get", "delete", "send", "filter", "display",
+            ],
+        ),
+        (
+            &["serve", "--help"],
+            &[
+                "--config",
+                "--listen",
+                "--data-dir",
+                "--body-limit",
+                "--shutdown-grace",
+            ],
+        ),
+        (&["apply", "--help"], &["--filename", "--server"]),
+        (&["get", "--help"], &["--namespace", "--output", "--server"]),
+        (&["delete", "--help"], &["--namespace", "--server"]),
+        (
+            &["send", "--help"],
+            &[
+                "--type",
+                "--source",
+                "--id",
+                "--data",
+                "--ext",
+                "--structured",
+                "--broker",
+                "--url",
+            ],
+        ),
+        (&["filter", "eval", "--help"], &["--trigger", "--event"]),
+        (&["cesql", "eval", "--help"], &["--event"]),
+        (&["display", "--help"], &["--listen"]),
+    ];
+    for (args, flags) in cases {
+        let out = rivulet().args(*args).output().await.unwrap();
+        let help = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "rivulet {args:?} exits 0: {}",
+            text(&out.stderr)
+        );
+        for flag in *flags {
+            assert!(
+                help.contains(flag),
+                "rivulet {args:?} mentions {flag}:\n{help}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_say_when_the_server_is_not_running() {
+    let nobody = format!("http://127.0.0.1:{}", support::free_port());
+    for args in [
+        &["get", "brokers"][..],
+        &["apply", "-f", "-"][..],
+        &["delete", "broker", "x"][..],
+        &["send", "--type", "t"][..],
+    ] {
+        let mut command = rivulet();
+        command.args(args).env("RIVULET_SERVER", &nobody);
+        if args.contains(&"-") {
+            command.stdin(Stdio::piped());
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(BROKER_YAML.as_bytes()).await.unwrap();
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("the command gives up in time")
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} fails");
+        assert!(
+            stderr.contains(&nobody),
+            "{args:?} names the server: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "{args:?} does not panic: {stderr}"
+        );
+        assert!(
+            stderr.contains("rivulet serve"),
+            "{args:?} suggests starting the server: {stderr}"
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! Helpers shared by the end-to-end tests: a server in process or as a child process, a
+//! recording subscriber, applying resources and waiting with deadlines.
+//!
+//! For delivery semantics there is more in two submodules, re-exported here: `api`
+//! ([`TestServer`], the method-style [`Api`] client, [`TestEvent`], [`metric_sum`]) and
+//! `subscriber` ([`Subscriber`]: records every request and answers per a [`Script`] of
+//! statuses per attempt, delays, `Retry-After`, reply events or no answer at all).
+#![allow(dead_code)]
+
+mod api;
+mod subscriber;
+
+// Not every test file uses them.
+#[allow(unused_imports)]
+pub use api::*;
+#[allow(unused_imports)]
+pub use subscriber::*;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rivulet::event::Event;
+use rivulet::server::{RunningServer, ServeOptions};
+use serde_json::Value;
+
+/// How long the wait functions allow for something that should happen soon.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// An HTTP client for tests.
+pub fn http() -> reqwest::Client {
+    rivulet::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("the HTTP client builds")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released, so another process can take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A server running in this process, with its own data dir.
+pub struct InProcessServer {
+    pub base: String,
+    pub server: Option<RunningServer>,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl InProcessServer {
+    /// Starts a server on a free port with default options changed by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut ServeOptions)) -> Self {
+        let data_dir = tempfile::tempdir().expect("a temp dir");
+        let mut options = ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.path().to_path_buf(),
+            ..ServeOptions::default()
+        };
+        configure(&mut options);
+        let server = rivulet::server::start(options)
+            .await
+            .expect("the server starts");
+        let base = server.base_url.clone();
+        wait_until_ready(&base).await;
+        Self {
+            base,
+            server: Some(server),
+            data_dir,
+        }
+    }
+
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("the server stops cleanly");
+        }
+    }
+}
+
+/// Waits until `GET {base}/readyz` answers 200.
+pub async fn wait_until_ready(base: &str) {
+    let client = http();
+    let url = format!("{base}/readyz");
+    wait_for(&format!("{url} to answer 200"), WAIT, || {
+        let request = client.get(&url).timeout(Duration::from_secs(2)).send();
+        async move {
+            match request.await {
+                Ok(r) if r.status().is_success() => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+}
+
+/// The `rivulet` binary built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rivulet"))
+}
+
+/// A `rivulet serve` child process.
+pub struct ChildServer {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl ChildServer {
+    /// Starts `rivulet serve` on a free port with `data_dir` and extra arguments, and waits
+    /// until it is ready. Its logs go to this process's stderr (shown when a test fails).
+    pub async fn spawn(data_dir: &Path, extra_args: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra_args)
+            .env("RIVULET_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the rivulet binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let mut server = Self {
+            child,
+            base,
+            port,
+            data_dir: data_dir.to_path_buf(),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = http();
+        let url = format!("{}/readyz", self.base);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("rivulet serve exited before it was ready: {status}");
+            }
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "rivulet serve not ready in time");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reaps the process.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait works") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("rivulet serve did not stop within {timeout:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// One request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub event: Event,
+    /// The status the recorder answered with.
+    pub answered: u16,
+}
+
+impl Received {
+    fn accepted(&self) -> bool {
+        (200..300).contains(&self.answered)
+    }
+}
+
+/// A subscriber that records every CloudEvent it gets and answers 202 (or what
+/// [`Recorder::set_status`] says). `events`, `count` and `wait_for_id` only see deliveries it
+/// answered with 2xx; `attempts` sees every request.
+#[derive(Clone)]
+pub struct Recorder {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<Mutex<u16>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Self {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let status = Arc::new(Mutex::new(202u16));
+        let delay: Arc<Mutex<Duration>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("the recorder binds");
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let app = {
+            let received = received.clone();
+            let status = status.clone();
+            let delay = delay.clone();
+            axum::Router::new().fallback(move |request: axum::extract::Request| {
+                let received = received.clone();
+                let status = status.clone();
+                let delay = *delay.lock().unwrap();
+                async move {
+                    tokio::time::sleep(delay).await;
+                    let (parts, body) = request.into_parts();
+                    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+                        .await
+                        .unwrap_or_default();
+                    match rivulet::event::from_http(&parts.headers, body) {
+                        Ok((_, events)) => {
+                            let code = *status.lock().unwrap();
+                            let mut list = received.lock().unwrap();
+                            for event in events {
+                                list.push(Received {
+                                    headers: parts.headers.clone(),
+                                    event,
+                                    answered: code,
+                                });
+                            }
+                            http::StatusCode::from_u16(code).unwrap()
+                        }
+                        Err(_) => http::StatusCode::BAD_REQUEST,
+                    }
+                }
+            })
+        };
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            received,
+            status,
+            delay,
+        }
+    }
+
+    pub fn set_status(&self, code: u16) {
+        *self.status.lock().unwrap() = code;
+    }
+
+    /// Makes every later request wait this long before it is answered.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// Events delivered (answered with 2xx), in arrival order.
+    pub fn events(&self) -> Vec<Event> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.accepted())
+            .map(|r| r.event.clone())
+            .collect()
+    }
+
+    /// How many deliveries were answered with 2xx.
+    pub fn count(&self) -> usize {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.accepted())
+            .count()
+    }
+
+    /// Every request received, whatever the answer.
+    pub fn attempts(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until an event with `id` arrived and returns it.
+    pub async fn wait_for_id(&self, id: &str) -> Received {
+        wait_for(&format!("event {id} at the subscriber"), WAIT, || {
+            let found = self
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.accepted() && r.event.id == id)
+                .cloned();
+            async move { found }
+        })
+        .await
+    }
+}
+
+/// The resource API path of an object.
+pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
+    match kind {
+        "Broker" => format!("/apis/eventing.knative.dev/v1/namespaces/{namespace}/brokers/{name}"),
+        "Trigger" => {
+            format!("/apis/eventing.knative.dev/v1/namespaces/{namespace}/triggers/{name}")
+        }
+        "ConfigMap" => format!("/api/v1/namespaces/{namespace}/configmaps/{name}"),
+        "Secret" => format!("/api/v1/namespaces/{namespace}/secrets/{name}"),
+        other => panic!("no path known for kind {other}"),
+    }
+}
+
+/// PUTs an object (JSON) to the resource API; returns status and body.
+pub async fn put(base: &str, object: &Value) -> (u16, Value) {
+    let kind = object["kind"].as_str().expect("object has a kind");
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .expect("object has a name");
+    let response = http()
+        .put(format!("{base}{}", resource_path(kind, namespace, name)))
+        .json(object)
+        .send()
+        .await
+        .expect("PUT reaches the server");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// PUTs an object and panics unless it is accepted (200 or 201).
+pub async fn apply(base: &str, object: &Value) -> Value {
+    let (status, body) = put(base, object).await;
+    assert!(
+        status == 200 || status == 201,
+        "apply of {} failed with {status}: {body}",
+        object["metadata"]["name"]
+    );
+    body
+}
+
+/// GETs an object; `None` on 404.
+pub async fn get(base: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+    let response = http()
+        .get(format!("{base}{}", resource_path(kind, namespace, name)))
+        .send()
+        .await
+        .expect("GET reaches the server");
+    match response.status().as_u16() {
+        404 => None,
+        200 => Some(response.json().await.expect("GET answers JSON")),
+        other => panic!("GET {kind} {namespace}/{name} answered {other}"),
+    }
+}
+
+/// The `Ready` condition of an object, if it has one.
+pub fn ready_condition(object: &Value) -> Option<Value> {
+    condition(object, "Ready")
+}
+
+pub fn condition(object: &Value, type_: &str) -> Option<Value> {
+    object
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Waits until the object's `Ready` condition is `True` and returns the object.
+pub async fn wait_ready(base: &str, kind: &str, namespace: &str, name: &str) -> Value {
+    wait_status(base, kind, namespace, name, "True").await
+}
+
+/// Waits until the object's `Ready` condition has `status` and returns the object.
+pub async fn wait_status(
+    base: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    status: &str,
+) -> Value {
+    wait_for(
+        &format!("{kind} {namespace}/{name} Ready={status}"),
+        WAIT,
+        || async {
+            let object = get(base, kind, namespace, name).await?;
+            let ready = ready_condition(&object)?;
+            (ready["status"] == status).then_some(object)
+        },
+    )
+    .await
+}
+
+/// A Broker manifest in namespace `default` (or `namespace`).
+pub fn broker(namespace: &str, name: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {}
+    })
+}
+
+/// A Trigger manifest with no filter sending to `subscriber`.
+pub fn trigger(namespace: &str, name: &str, broker: &str, subscriber: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"broker": broker, "subscriber": {"uri": subscriber}}
+    })
+}
+
+/// Applies a trigger and waits until it is Ready.
+pub async fn apply_trigger_ready(
+    base: &str,
+    namespace: &str,
+    name: &str,
+    broker: &str,
+    subscriber: &str,
+) {
+    apply(base, &trigger(namespace, name, broker, subscriber)).await;
+    wait_ready(base, "Trigger", namespace, name).await;
+}
+
+/// Posts one binary-mode event; returns the status code.
+pub async fn post_binary(base: &str, broker_path: &str, id: &str, ty: &str, data: &str) -> u16 {
+    http()
+        .post(format!("{base}/{broker_path}"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/tests")
+        .header("ce-type", ty)
+        .header("content-type", "application/json")
+        .body(data.to_string())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
