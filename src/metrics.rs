@@ -50,6 +50,23 @@ pub struct ReplyLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdapterLabels {
+    /// The source or sink kind (`PingSource`, `HttpForwardSink`, ...).
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdapterOutcomeLabels {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// Sources: `sent`, `dead_lettered`, `failed`. Sinks: `accepted`, `invalid`, `failed`.
+    pub outcome: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +85,14 @@ pub struct Metrics {
     /// Seconds from taking an event off the channel to its final outcome.
     pub delivery_latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     pub replies: Family<ReplyLabels, Counter>,
+    /// Events a source adapter produced, by delivery outcome.
+    pub source_events: Family<AdapterOutcomeLabels, Counter>,
+    /// Delivery attempts beyond the first, per source.
+    pub source_retries: Family<AdapterLabels, Counter>,
+    /// Events a sink adapter received, by outcome.
+    pub sink_events: Family<AdapterOutcomeLabels, Counter>,
+    /// Attempts beyond the first a sink made towards its target.
+    pub sink_retries: Family<AdapterLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,6 +159,30 @@ impl Metrics {
             "Reply events by outcome (published, ttl_exhausted, invalid, unavailable)",
             replies.clone(),
         );
+        let source_events = Family::default();
+        registry.register(
+            "source_events",
+            "Events a source produced, by delivery outcome (sent, dead_lettered, failed)",
+            source_events.clone(),
+        );
+        let source_retries = Family::default();
+        registry.register(
+            "source_delivery_retries",
+            "Source delivery attempts beyond the first",
+            source_retries.clone(),
+        );
+        let sink_events = Family::default();
+        registry.register(
+            "sink_events",
+            "Events a sink received, by outcome (accepted, invalid, failed)",
+            sink_events.clone(),
+        );
+        let sink_retries = Family::default();
+        registry.register(
+            "sink_delivery_retries",
+            "Sink delivery attempts beyond the first",
+            sink_retries.clone(),
+        );
         Metrics {
             registry,
             events_received,
@@ -145,6 +194,10 @@ impl Metrics {
             retries,
             delivery_latency,
             replies,
+            source_events,
+            source_retries,
+            sink_events,
+            sink_retries,
         }
     }
 

@@ -1,15 +1,23 @@
 //! The event display sink: prints every CloudEvent it receives in a readable form, like
-//! Knative's event display service. `rivulet display` runs it.
+//! Knative's event display service. `rivulet display` runs it on its own; the
+//! `EventDisplaySink` kind (`sinks.rivulet.dev/v1alpha1`) runs it inside `rivulet serve`,
+//! printing to the server's standard output.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use async_trait::async_trait;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::event::{self, Event, ExtensionValue};
+use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use crate::event::{Event, ExtensionValue};
+use crate::resources::validation::{ValidationError, typed, validate_metadata};
+use crate::resources::{Condition, KindInfo};
+use crate::runtime::{Context, Reconciler};
 
 /// Renders an event for people: attributes, extensions, then data.
 pub fn render(event: &Event) -> String {
@@ -58,33 +66,33 @@ pub fn render(event: &Event) -> String {
 /// Where rendered events go.
 pub type Output = Arc<dyn Fn(String) + Send + Sync>;
 
-/// The display sink's HTTP routes: any path, POST.
-pub fn router(output: Output) -> axum::Router {
-    axum::Router::new().fallback(receive).with_state(output)
+/// The display sink: renders each event to its output.
+pub struct Display {
+    output: Output,
 }
 
-async fn receive(State(output): State<Output>, request: Request) -> Response {
-    if request.method() != axum::http::Method::POST {
-        return (StatusCode::METHOD_NOT_ALLOWED, "POST CloudEvents here\n").into_response();
+impl Display {
+    pub fn new(output: Output) -> Self {
+        Self { output }
     }
-    let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
-        Ok(body) => body,
-        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "body over 16 MiB\n").into_response(),
-    };
-    match event::from_http(&parts.headers, body) {
-        Ok((_, events)) => {
-            for event in &events {
-                output(render(event));
-            }
-            StatusCode::ACCEPTED.into_response()
-        }
-        Err(error) => (
-            StatusCode::BAD_REQUEST,
-            format!("not a valid CloudEvent: {error}\n"),
-        )
-            .into_response(),
+
+    /// A display printing to standard output.
+    pub fn stdout() -> Self {
+        Self::new(Arc::new(|text| println!("{text}")))
     }
+}
+
+#[async_trait]
+impl Sink for Display {
+    async fn accept(&self, event: Event) -> Result<(), SinkError> {
+        (self.output)(render(&event));
+        Ok(())
+    }
+}
+
+/// The display sink's HTTP routes: any path, POST.
+pub fn router(output: Output) -> axum::Router {
+    super::router(Arc::new(Display::new(output)))
 }
 
 /// Serves the display sink on `listen`, printing to stdout, until the process ends.
@@ -94,7 +102,113 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         "event display listening on http://{}",
         listener.local_addr()?
     );
-    let output: Output = Arc::new(|text| println!("{text}"));
-    axum::serve(listener, router(output)).await?;
+    axum::serve(listener, super::router(Arc::new(Display::stdout()))).await?;
     Ok(())
+}
+
+/// `EventDisplaySink`: an addressable sink inside `rivulet serve` that prints what it gets.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[kube(
+    group = "sinks.rivulet.dev",
+    version = "v1alpha1",
+    kind = "EventDisplaySink",
+    plural = "eventdisplaysinks",
+    namespaced,
+    status = "SinkStatus",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventDisplaySinkSpec {}
+
+inventory::submit! {
+    KindInfo {
+        group: "sinks.rivulet.dev",
+        version: "v1alpha1",
+        kind: "EventDisplaySink",
+        plural: "eventdisplaysinks",
+        validate: validate_event_display_sink_value,
+    }
+}
+
+inventory::submit! {
+    Reconciler {
+        kind: "EventDisplaySink",
+        // Before triggers (20) and sources (30), which may name it by ref.
+        order: 15,
+        reconcile: |object, ctx| Box::pin(super::reconcile::<EventDisplaySinkKind>(object, ctx)),
+        cleanup: |object, ctx| Box::pin(super::cleanup::<EventDisplaySinkKind>(object, ctx)),
+    }
+}
+
+pub fn validate_event_display_sink_value(
+    new: &Value,
+    _old: Option<&Value>,
+) -> Result<(), ValidationError> {
+    validate_metadata(new)?;
+    let mut object = new.clone();
+    // `spec` may be left out: the sink has nothing to configure.
+    if object.get("spec").is_none_or(Value::is_null) {
+        object["spec"] = Value::Object(Default::default());
+    }
+    typed::<EventDisplaySink>(&object).map(|_| ())
+}
+
+/// EventDisplaySink for the generic sink reconciler.
+pub struct EventDisplaySinkKind;
+
+impl SinkKind for EventDisplaySinkKind {
+    const KIND: &'static str = "EventDisplaySink";
+    const PLURAL: &'static str = "eventdisplaysinks";
+    type Resource = Value;
+
+    async fn build(
+        _resource: &Value,
+        _key: &SinkKey,
+        _ctx: &Arc<Context>,
+    ) -> Result<Built, Condition> {
+        Ok(Built {
+            sink: Arc::new(Display::stdout()),
+            fingerprint: String::new(),
+            conditions: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn the_display_renders_what_it_accepts() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Display::new({
+            let seen = seen.clone();
+            Arc::new(move |text| seen.lock().unwrap().push(text))
+        });
+        let event = crate::event::parse_structured(
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"n":12345678901234567890123}}"#,
+        )
+        .unwrap();
+        sink.accept(event).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].contains("type: t"), "{}", seen[0]);
+        assert!(seen[0].contains("12345678901234567890123"), "{}", seen[0]);
+    }
+
+    #[test]
+    fn spec_may_be_left_out_but_unknown_fields_are_refused() {
+        let object = serde_json::json!({
+            "apiVersion": "sinks.rivulet.dev/v1alpha1",
+            "kind": "EventDisplaySink",
+            "metadata": {"name": "show", "namespace": "default"}
+        });
+        assert!(validate_event_display_sink_value(&object, None).is_ok());
+        let mut wrong = object.clone();
+        wrong["spec"] = serde_json::json!({"colour": "red"});
+        let error = validate_event_display_sink_value(&wrong, None).unwrap_err();
+        assert!(error.to_string().contains("colour"), "{error}");
+    }
 }

@@ -51,12 +51,20 @@ pub struct Reconciler {
     pub kind: &'static str,
     /// Resync order, lowest first: what others depend on comes first.
     pub order: u8,
-    pub reconcile:
-        for<'a> fn(&'a Value, &'a Arc<Context>) -> BoxFuture<'a, Result<Action, ReconcileError>>,
+    pub reconcile: ReconcileFn,
     /// Cleanup after the object was deleted (the finalizer's work).
-    pub cleanup:
-        for<'a> fn(&'a Value, &'a Arc<Context>) -> BoxFuture<'a, Result<(), ReconcileError>>,
+    pub cleanup: CleanupFn,
 }
+
+/// Reconciles one object of a kind.
+pub type ReconcileFn =
+    for<'a> fn(&'a Value, &'a Arc<Context>) -> BoxFuture<'a, Result<Action, ReconcileError>>;
+/// Cleans up after a deleted object.
+pub type CleanupFn =
+    for<'a> fn(&'a Value, &'a Arc<Context>) -> BoxFuture<'a, Result<(), ReconcileError>>;
+
+/// An object to reconcile again later: its kind, namespace and name.
+type RequeueKey = (&'static KindInfo, String, String);
 
 inventory::collect!(Reconciler);
 
@@ -81,8 +89,25 @@ pub struct Context {
     pub settings: Settings,
     /// Running trigger consumers by (namespace, name), with the fingerprint of their config.
     triggers: Mutex<HashMap<(String, String), (String, Running)>>,
-    requeue: mpsc::UnboundedSender<(&'static KindInfo, String, String)>,
-    requeue_rx: Mutex<Option<mpsc::UnboundedReceiver<(&'static KindInfo, String, String)>>>,
+    requeue: mpsc::UnboundedSender<RequeueKey>,
+    requeue_rx: Mutex<Option<mpsc::UnboundedReceiver<RequeueKey>>>,
+    /// State of plug-ins (source and sink adapters), by type.
+    pub extensions: Extensions,
+}
+
+/// Per-runtime state of plug-ins, by type, so the runtime keeps no field per plug-in.
+#[derive(Default)]
+pub struct Extensions(std::sync::Mutex<http::Extensions>);
+
+impl Extensions {
+    /// The value of type `T` (usually an `Arc` of shared state), created on first use.
+    pub fn get_or_default<T: Clone + Default + Send + Sync + 'static>(&self) -> T {
+        self.0
+            .lock()
+            .expect("lock poisoned")
+            .get_or_insert_default::<T>()
+            .clone()
+    }
 }
 
 impl Context {
@@ -101,6 +126,7 @@ impl Context {
             triggers: Mutex::default(),
             requeue,
             requeue_rx: Mutex::new(Some(requeue_rx)),
+            extensions: Extensions::default(),
         })
     }
 
@@ -109,7 +135,7 @@ impl Context {
     }
 
     /// Writes an object's status.
-    async fn write_status(
+    pub(crate) async fn write_status(
         &self,
         kind: &'static KindInfo,
         namespace: &str,
@@ -270,7 +296,9 @@ impl Context {
 }
 
 /// A condition list as JSON, with `Ready` derived from the others.
-fn conditions(mut parts: Vec<crate::resources::Condition>) -> Vec<crate::resources::Condition> {
+pub(crate) fn conditions(
+    mut parts: Vec<crate::resources::Condition>,
+) -> Vec<crate::resources::Condition> {
     let failing = parts.iter().find(|c| !c.is_true()).cloned();
     let ready = match failing {
         None => crate::resources::Condition::new("Ready", true, "", ""),
@@ -285,7 +313,7 @@ fn conditions(mut parts: Vec<crate::resources::Condition>) -> Vec<crate::resourc
     parts
 }
 
-fn generation(object: &Value) -> Option<i64> {
+pub(crate) fn generation(object: &Value) -> Option<i64> {
     object
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
