@@ -1,4 +1,4 @@
-//! Method-style helpers: [`TestServer`] (an in-process server tuned for delivery tests),
+//! Method-style test utilities: [`TestServer`] (an in-process server tuned for delivery tests),
 //! [`Api`] (resource API, ingress and `/metrics` of any server by base URL), [`TestEvent`]
 //! (a binary-mode event to post) and [`metric_sum`] (reads Prometheus text).
 
