@@ -153,11 +153,7 @@ pub struct HttpForward {
 impl Sink for HttpForward {
     async fn accept(&self, event: Event) -> Result<(), SinkError> {
         let outcome = self.sender.deliver(&self.uri, &event, &self.policy).await;
-        let attempts = match &outcome {
-            Outcome::Delivered { attempts, .. }
-            | Outcome::DeadLettered { attempts, .. }
-            | Outcome::Failed { attempts, .. } => *attempts,
-        };
+        let attempts = outcome.attempts();
         if attempts > 1 {
             self.metrics
                 .sink_retries

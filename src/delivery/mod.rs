@@ -120,6 +120,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How many attempts were made to the subscriber.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Outcome::Delivered { attempts, .. }
+            | Outcome::DeadLettered { attempts, .. }
+            | Outcome::Failed { attempts, .. } => *attempts,
+        }
+    }
+
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {

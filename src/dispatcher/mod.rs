@@ -17,6 +17,8 @@ use crate::event::{Event, ExtensionValue};
 use crate::filter::{self, Filter};
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
 use crate::metrics::{DeliveryLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Everything one trigger's consumer needs; built by the trigger reconciler.
 #[derive(Debug, Clone)]
@@ -39,6 +41,53 @@ pub struct Shared {
     pub sender: Sender,
     pub ingress: Arc<Ingress>,
     pub metrics: Arc<Metrics>,
+}
+
+/// A trigger's metric handles, looked up once rather than per event.
+struct TriggerMetrics {
+    matched: Counter,
+    rejected: Counter,
+    retries: Counter,
+    latency: Histogram,
+    delivered: Counter,
+    dead_lettered: Counter,
+    failed: Counter,
+}
+
+impl TriggerMetrics {
+    fn new(metrics: &Metrics, dispatch: &TriggerDispatch) -> Self {
+        let labels = TriggerLabels {
+            namespace: dispatch.namespace.clone(),
+            trigger: dispatch.trigger.clone(),
+        };
+        let outcome = |outcome| {
+            metrics
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    namespace: dispatch.namespace.clone(),
+                    trigger: dispatch.trigger.clone(),
+                    outcome,
+                })
+                .clone()
+        };
+        TriggerMetrics {
+            matched: metrics.filter_matched.get_or_create(&labels).clone(),
+            rejected: metrics.filter_rejected.get_or_create(&labels).clone(),
+            retries: metrics.retries.get_or_create(&labels).clone(),
+            latency: metrics.delivery_latency.get_or_create(&labels).clone(),
+            delivered: outcome("delivered"),
+            dead_lettered: outcome("dead_lettered"),
+            failed: outcome("failed"),
+        }
+    }
+
+    fn outcome(&self, outcome: &Outcome) -> &Counter {
+        match outcome {
+            Outcome::Delivered { .. } => &self.delivered,
+            Outcome::DeadLettered { .. } => &self.dead_lettered,
+            Outcome::Failed { .. } => &self.failed,
+        }
+    }
 }
 
 /// A running trigger consumer.
@@ -70,9 +119,11 @@ pub fn spawn(
 ) -> Running {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let metrics = Arc::new(TriggerMetrics::new(&shared.metrics, &dispatch));
     let dispatch = Arc::new(dispatch);
     tasks.spawn(consume(
         dispatch,
+        metrics,
         subscription,
         shared,
         stop.clone(),
@@ -83,6 +134,7 @@ pub fn spawn(
 
 async fn consume(
     dispatch: Arc<TriggerDispatch>,
+    metrics: Arc<TriggerMetrics>,
     subscription: Arc<dyn Subscription>,
     shared: Shared,
     stop: CancellationToken,
@@ -128,13 +180,17 @@ async fn consume(
                     .expect("semaphore never closed"),
             };
             if dispatch.ordered {
-                handle(&dispatch, &*subscription, &shared, received).await;
+                handle(&dispatch, &metrics, &*subscription, &shared, received).await;
                 drop(permit);
             } else {
-                let (dispatch, subscription, shared) =
-                    (dispatch.clone(), subscription.clone(), shared.clone());
+                let (dispatch, metrics, subscription, shared) = (
+                    dispatch.clone(),
+                    metrics.clone(),
+                    subscription.clone(),
+                    shared.clone(),
+                );
                 tasks.spawn(async move {
-                    handle(&dispatch, &*subscription, &shared, received).await;
+                    handle(&dispatch, &metrics, &*subscription, &shared, received).await;
                     drop(permit);
                 });
             }
@@ -145,14 +201,11 @@ async fn consume(
 /// Filters, delivers and acknowledges one event.
 async fn handle(
     dispatch: &TriggerDispatch,
+    metrics: &TriggerMetrics,
     subscription: &dyn Subscription,
     shared: &Shared,
     received: Received,
 ) {
-    let labels = TriggerLabels {
-        namespace: dispatch.namespace.clone(),
-        trigger: dispatch.trigger.clone(),
-    };
     let event = match Event::from_envelope(&received.envelope) {
         Ok(event) => event,
         Err(error) => {
@@ -164,10 +217,10 @@ async fn handle(
     };
     match dispatch.filter.evaluate(&event) {
         filter::Outcome::Match => {
-            shared.metrics.filter_matched.get_or_create(&labels).inc();
+            metrics.matched.inc();
         }
         filter::Outcome::NoMatch => {
-            shared.metrics.filter_rejected.get_or_create(&labels).inc();
+            metrics.rejected.inc();
             ack(dispatch, subscription, received.id).await;
             return;
         }
@@ -181,7 +234,7 @@ async fn handle(
                     kind,
                 })
                 .inc();
-            shared.metrics.filter_rejected.get_or_create(&labels).inc();
+            metrics.rejected.inc();
             ack(dispatch, subscription, received.id).await;
             return;
         }
@@ -191,39 +244,16 @@ async fn handle(
         .sender
         .deliver(&dispatch.subscriber_uri, &event, &dispatch.policy)
         .await;
-    shared
-        .metrics
-        .delivery_latency
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    shared
-        .metrics
-        .deliveries
-        .get_or_create(&DeliveryLabels {
-            namespace: dispatch.namespace.clone(),
-            trigger: dispatch.trigger.clone(),
-            outcome: outcome.label(),
-        })
-        .inc();
+    metrics.latency.observe(started.elapsed().as_secs_f64());
+    metrics.outcome(&outcome).inc();
+    metrics.retries.inc_by(u64::from(outcome.attempts() - 1));
     match outcome {
-        Outcome::Delivered {
-            reply, attempts, ..
-        } => {
-            shared
-                .metrics
-                .retries
-                .get_or_create(&labels)
-                .inc_by(u64::from(attempts - 1));
+        Outcome::Delivered { reply, .. } => {
             if let Some(reply) = reply {
                 publish_reply(dispatch, shared, &event, reply).await;
             }
         }
         Outcome::DeadLettered { failure, attempts } => {
-            shared
-                .metrics
-                .retries
-                .get_or_create(&labels)
-                .inc_by(u64::from(attempts - 1));
             tracing::info!(trigger = %dispatch.trigger, id = %event.id, attempts, error = %failure.message, "event dead-lettered");
         }
         Outcome::Failed {
@@ -231,11 +261,6 @@ async fn handle(
             attempts,
             dead_letter_error,
         } => {
-            shared
-                .metrics
-                .retries
-                .get_or_create(&labels)
-                .inc_by(u64::from(attempts - 1));
             tracing::error!(
                 trigger = %dispatch.trigger,
                 id = %event.id,

@@ -3,7 +3,6 @@
 //! `data` that is JSON is kept as its raw text, so numbers, key order and spacing reach the
 //! subscriber exactly as the producer wrote them.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -311,19 +310,7 @@ fn event_from_raw(raw: &RawValue) -> Result<Event, EventError> {
     let mut id = None;
     let mut source = None;
     let mut ty = None;
-    let mut event = Event {
-        specversion,
-        id: String::new(),
-        source: String::new(),
-        ty: String::new(),
-        datacontenttype: None,
-        dataschema: None,
-        subject: None,
-        time: None,
-        datacontentencoding: None,
-        extensions: BTreeMap::new(),
-        data: None,
-    };
+    let mut event = Event::empty(specversion);
     let mut data = None;
     let mut data_base64 = None;
     for (name, raw) in members {

@@ -68,6 +68,23 @@ pub struct Event {
 pub struct EventError(pub String);
 
 impl Event {
+    /// An event of `specversion` with every attribute empty, for parsers to fill in.
+    pub(crate) fn empty(specversion: SpecVersion) -> Event {
+        Event {
+            specversion,
+            id: String::new(),
+            source: String::new(),
+            ty: String::new(),
+            datacontenttype: None,
+            dataschema: None,
+            subject: None,
+            time: None,
+            datacontentencoding: None,
+            extensions: BTreeMap::new(),
+            data: None,
+        }
+    }
+
     /// The value of any context attribute (core or extension) in its canonical string form,
     /// the form filters compare against. `specversion`, `id`, `source`, `type`,
     /// `datacontenttype`, `dataschema` (and `schemaurl` for 0.3), `subject`, `time`, and
@@ -300,19 +317,8 @@ pub(crate) fn event_from_string_attributes(
             )));
         }
     };
-    let mut event = Event {
-        specversion,
-        id: String::new(),
-        source: String::new(),
-        ty: String::new(),
-        datacontenttype: None,
-        dataschema: None,
-        subject: None,
-        time: None,
-        datacontentencoding: None,
-        extensions: BTreeMap::new(),
-        data,
-    };
+    let mut event = Event::empty(specversion);
+    event.data = data;
     let mut missing_required = vec!["id", "source", "type"];
     for (name, value) in attributes {
         missing_required.retain(|required| *required != name);
