@@ -226,8 +226,16 @@ enum WriteRequest {
 }
 
 impl WriteRequest {
-    fn needs_fsync(&self) -> bool {
-        !matches!(self, WriteRequest::Ack { .. })
+    /// Whether the caller is promised durability. A publish that no subscription wants stores
+    /// nothing, so it needs no fsync either.
+    fn needs_fsync(&self, index: &RoutingIndex) -> bool {
+        match self {
+            WriteRequest::Ack { .. } => false,
+            WriteRequest::Publish { events, .. } => events
+                .iter()
+                .any(|(envelope, _)| !index.route(envelope).is_empty()),
+            _ => true,
+        }
     }
 
     fn answer(self, result: Result<(), ChannelError>) {
@@ -494,7 +502,7 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: &mut Vec<WriteRequest>) {
         let seq_before = self.next_seq;
-        let durable = batch.iter().any(WriteRequest::needs_fsync)
+        let durable = batch.iter().any(|request| request.needs_fsync(&self.index))
             || self.non_durable_commits >= MAX_NON_DURABLE_COMMITS;
         let outcome = self.apply(batch, durable);
         let result = match outcome {

@@ -13,6 +13,7 @@ use rivulet_channels::{Channel, ChannelError};
 use crate::event::{self, Event, EventError, ExtensionValue};
 use crate::metrics::{BrokerLabels, IngressLabels, Metrics};
 use crate::resources::DeliverySpec;
+use prometheus_client::metrics::counter::Counter;
 
 /// Extension stamped with the time ingress accepted the event.
 pub const ARRIVAL_TIME: &str = "knativearrivaltime";
@@ -75,9 +76,54 @@ impl IntoResponse for IngressError {
     }
 }
 
+/// A broker's ingress counters, looked up once rather than per request.
+#[derive(Clone)]
+struct BrokerCounters {
+    received: Counter,
+    accepted: Counter,
+    refused: Counter,
+    unavailable: Counter,
+}
+
+impl BrokerCounters {
+    fn new(metrics: &Metrics, namespace: &str, broker: &str) -> Self {
+        let outcome = |outcome| {
+            metrics
+                .ingress_events
+                .get_or_create(&IngressLabels {
+                    namespace: namespace.to_string(),
+                    broker: broker.to_string(),
+                    outcome,
+                })
+                .clone()
+        };
+        BrokerCounters {
+            received: metrics
+                .events_received
+                .get_or_create(&BrokerLabels {
+                    namespace: namespace.to_string(),
+                    broker: broker.to_string(),
+                })
+                .clone(),
+            accepted: outcome("accepted"),
+            refused: outcome("refused"),
+            unavailable: outcome("unavailable"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    handle: Arc<BrokerHandle>,
+    counters: BrokerCounters,
+}
+
+/// Brokers by namespace, then name: looked up with borrowed strings on every request.
+type BrokerMap = HashMap<String, HashMap<String, Entry>>;
+
 /// The brokers that take events, and the intake logic shared by HTTP and replies.
 pub struct Ingress {
-    brokers: RwLock<HashMap<(String, String), Arc<BrokerHandle>>>,
+    brokers: RwLock<BrokerMap>,
     metrics: Arc<Metrics>,
     body_limit: usize,
 }
@@ -92,26 +138,36 @@ impl Ingress {
     }
 
     pub fn insert(&self, handle: Arc<BrokerHandle>) {
-        let key = (handle.namespace.clone(), handle.name.clone());
+        let counters = BrokerCounters::new(&self.metrics, &handle.namespace, &handle.name);
         self.brokers
             .write()
             .expect("lock poisoned")
-            .insert(key, handle);
+            .entry(handle.namespace.clone())
+            .or_default()
+            .insert(handle.name.clone(), Entry { handle, counters });
     }
 
     pub fn remove(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
-        self.brokers
-            .write()
-            .expect("lock poisoned")
-            .remove(&(namespace.to_string(), name.to_string()))
+        let mut brokers = self.brokers.write().expect("lock poisoned");
+        let in_namespace = brokers.get_mut(namespace)?;
+        let removed = in_namespace.remove(name).map(|entry| entry.handle);
+        if in_namespace.is_empty() {
+            brokers.remove(namespace);
+        }
+        removed
     }
 
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
+    fn entry(&self, namespace: &str, name: &str) -> Option<Entry> {
         self.brokers
             .read()
             .expect("lock poisoned")
-            .get(&(namespace.to_string(), name.to_string()))
+            .get(namespace)?
+            .get(name)
             .cloned()
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
+        self.entry(namespace, name).map(|entry| entry.handle)
     }
 
     /// Every broker handle, for shutdown.
@@ -120,7 +176,7 @@ impl Ingress {
             .read()
             .expect("lock poisoned")
             .values()
-            .cloned()
+            .flat_map(|by_name| by_name.values().map(|entry| entry.handle.clone()))
             .collect()
     }
 
@@ -129,7 +185,7 @@ impl Ingress {
         &self,
         namespace: &str,
         broker: &str,
-        mut events: Vec<Event>,
+        events: Vec<Event>,
     ) -> Result<(), IngressError> {
         let handle = self
             .get(namespace, broker)
@@ -137,17 +193,7 @@ impl Ingress {
                 namespace: namespace.to_string(),
                 name: broker.to_string(),
             })?;
-        let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let mut envelopes = Vec::with_capacity(events.len());
-        for event in &mut events {
-            stamp(event, &arrival)?;
-            envelopes.push(event.to_envelope());
-        }
-        if envelopes.is_empty() {
-            return Ok(());
-        }
-        handle.channel.publish(envelopes).await?;
-        Ok(())
+        publish(&handle, events).await
     }
 
     /// The HTTP routes of ingress.
@@ -161,17 +207,21 @@ impl Ingress {
             )
             .with_state(self)
     }
+}
 
-    fn count(&self, namespace: &str, broker: &str, outcome: &'static str, n: u64) {
-        self.metrics
-            .ingress_events
-            .get_or_create(&IngressLabels {
-                namespace: namespace.to_string(),
-                broker: broker.to_string(),
-                outcome,
-            })
-            .inc_by(n);
+/// Stamps events and publishes them to a broker's channel; returns once durable.
+async fn publish(handle: &BrokerHandle, mut events: Vec<Event>) -> Result<(), IngressError> {
+    let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut envelopes = Vec::with_capacity(events.len());
+    for event in &mut events {
+        stamp(event, &arrival)?;
+        envelopes.push(event.to_envelope());
     }
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    handle.channel.publish(envelopes).await?;
+    Ok(())
 }
 
 /// Adds the arrival time and, when missing, the broker TTL; refuses a TTL that is not an
@@ -201,22 +251,25 @@ async fn post_events(
     Path((namespace, broker)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    let result = receive(&ingress, &namespace, &broker, request).await;
-    match result {
+    let Some(entry) = ingress.entry(&namespace, &broker) else {
+        return IngressError::UnknownBroker {
+            namespace,
+            name: broker,
+        }
+        .into_response();
+    };
+    match receive(&ingress, &entry, request).await {
         Ok(count) => {
-            ingress.count(&namespace, &broker, "accepted", count as u64);
+            entry.counters.accepted.inc_by(count as u64);
             StatusCode::ACCEPTED.into_response()
         }
         Err(error) => {
-            let outcome = if error.status().is_server_error() {
+            if error.status().is_server_error() {
                 tracing::warn!(%namespace, %broker, %error, "ingress could not store events");
-                "unavailable"
+                entry.counters.unavailable.inc();
             } else {
                 tracing::debug!(%namespace, %broker, %error, "ingress refused a request");
-                "refused"
-            };
-            if !matches!(error, IngressError::UnknownBroker { .. }) {
-                ingress.count(&namespace, &broker, outcome, 1);
+                entry.counters.refused.inc();
             }
             error.into_response()
         }
@@ -225,16 +278,9 @@ async fn post_events(
 
 async fn receive(
     ingress: &Ingress,
-    namespace: &str,
-    broker: &str,
+    entry: &Entry,
     request: Request,
 ) -> Result<usize, IngressError> {
-    if ingress.get(namespace, broker).is_none() {
-        return Err(IngressError::UnknownBroker {
-            namespace: namespace.to_string(),
-            name: broker.to_string(),
-        });
-    }
     let (parts, body) = request.into_parts();
     let limit = ingress.body_limit;
     let declared = parts
@@ -249,16 +295,9 @@ async fn receive(
         .await
         .map_err(|_| IngressError::TooLarge { limit })?;
     let (_, events) = event::from_http(&parts.headers, body)?;
-    ingress
-        .metrics
-        .events_received
-        .get_or_create(&BrokerLabels {
-            namespace: namespace.to_string(),
-            broker: broker.to_string(),
-        })
-        .inc_by(events.len() as u64);
     let count = events.len();
-    ingress.accept(namespace, broker, events).await?;
+    entry.counters.received.inc_by(count as u64);
+    publish(&entry.handle, events).await?;
     Ok(count)
 }
 
