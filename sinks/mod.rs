@@ -34,6 +34,9 @@ use crate::store::object_key;
 
 pub mod display;
 pub mod http_forward;
+pub mod kafka;
+pub mod nats;
+pub mod rabbitmq;
 
 /// The largest request a sink takes.
 pub const BODY_LIMIT: usize = 16 * 1024 * 1024;

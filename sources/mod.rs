@@ -37,7 +37,10 @@ use crate::resources::{
 use crate::runtime::{self, Action, Context, ReconcileError};
 use crate::store::object_key;
 
+pub mod kafka;
+pub mod nats;
 pub mod ping;
+pub mod rabbitmq;
 pub mod webhook;
 
 /// Knative's `spec.ceOverrides`: attributes added to every event a source sends.
@@ -235,11 +238,7 @@ impl SinkClient {
             event.set_extension(name, ExtensionValue::String(value.clone()));
         }
         let outcome = self.sender.deliver(&self.uri, &event, &self.policy).await;
-        let attempts = match &outcome {
-            Outcome::Delivered { attempts, .. }
-            | Outcome::DeadLettered { attempts, .. }
-            | Outcome::Failed { attempts, .. } => *attempts,
-        };
+        let attempts = outcome.attempts();
         if attempts > 1 {
             self.metrics
                 .source_retries

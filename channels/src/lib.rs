@@ -20,7 +20,13 @@ use bytes::Bytes;
 #[cfg(feature = "contract")]
 pub mod contract;
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 pub mod routing;
 
 pub use routing::{Prefilter, RoutingIndex};

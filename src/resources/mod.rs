@@ -7,6 +7,7 @@ mod broker;
 mod common;
 mod kinds;
 mod manifest;
+pub mod rabbitmq_broker_config;
 mod trigger;
 pub mod validation;
 

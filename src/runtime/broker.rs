@@ -289,9 +289,12 @@ async fn read_config(
     let kind = match reference.kind.as_str() {
         "ConfigMap" => Context::kind("ConfigMap"),
         "Secret" => Context::kind("Secret"),
+        "RabbitmqBrokerConfig" => {
+            return Box::pin(read_rabbitmq_broker_config(&reference.name, ns, ctx)).await;
+        }
         other => {
             return Err(format!(
-                "spec.config kind {other:?} is not served; name a ConfigMap or Secret"
+                "spec.config kind {other:?} is not served; name a ConfigMap or Secret (or a RabbitmqBrokerConfig)"
             ));
         }
     };
@@ -331,4 +334,57 @@ async fn read_config(
         }
     }
     Ok(data)
+}
+
+// A changed RabbitmqBrokerConfig changes the settings of the brokers that name it.
+inventory::submit! {
+    super::Reconciler {
+        kind: "RabbitmqBrokerConfig",
+        order: 0,
+        reconcile: |object, ctx| Box::pin(reconcile_config_users(object, ctx)),
+        cleanup: |object, ctx| Box::pin(async move { reconcile_config_users(object, ctx).await.map(|_| ()) }),
+    }
+}
+
+/// The settings a Knative `RabbitmqBrokerConfig` gives: `uri` from its connection Secret,
+/// `queueType` from its spec.
+async fn read_rabbitmq_broker_config(
+    name: &str,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<BTreeMap<String, String>, String> {
+    use crate::resources::rabbitmq_broker_config::RabbitmqBrokerConfig;
+    let object = ctx
+        .store
+        .get(Context::kind("RabbitmqBrokerConfig"), namespace, name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!("spec.config: RabbitmqBrokerConfig {namespace}/{name} does not exist")
+        })?;
+    let config: RabbitmqBrokerConfig = typed(&object).map_err(|e| e.to_string())?;
+    let reference = &config.spec.rabbitmq_cluster_reference;
+    let secret = reference.connection_secret.as_ref().ok_or_else(|| {
+        format!("RabbitmqBrokerConfig {namespace}/{name}: only rabbitmqClusterReference.connectionSecret is served")
+    })?;
+    let secret_reference = KReference {
+        kind: "Secret".into(),
+        namespace: Some(
+            reference
+                .namespace
+                .clone()
+                .unwrap_or_else(|| namespace.to_owned()),
+        ),
+        name: secret.name.clone(),
+        api_version: None,
+        group: None,
+    };
+    let data = read_config(&secret_reference, namespace, ctx).await?;
+    let uri = rivulet_channels::rabbitmq::link::uri_from_secret(&data)
+        .map_err(|e| format!("RabbitmqBrokerConfig {namespace}/{name}: {e}"))?;
+    let mut settings = BTreeMap::from([("uri".to_owned(), uri)]);
+    if let Some(queue_type) = config.spec.queue_type {
+        settings.insert("queueType".into(), queue_type);
+    }
+    Ok(settings)
 }

@@ -1,0 +1,300 @@
+//! The CloudEvents NATS protocol binding, binary content mode: every context attribute is a
+//! NATS header `ce-{attribute}`, `datacontenttype` travels as `content-type`, and the payload
+//! is the event data, byte for byte.
+//!
+//! Header values are percent-encoded the way the HTTP binding does it (space, `"`, `%` and
+//! everything outside printable ASCII), since NATS headers are ASCII lines.
+//!
+//! Two details of an [`Envelope`] have no place in the binding, and travel in headers of their
+//! own so that a channel gives back exactly what it was given:
+//! - [`EMPTY_DATA_HEADER`]: the event has data and it is empty (an empty payload without it
+//!   means "no data", which is what other NATS producers mean by it);
+//! - [`ATTRIBUTE_ORDER_HEADER`]: the attribute order, only when it differs from the canonical
+//!   order (required attributes, optional ones, then extensions by name) that decoding yields.
+
+use std::str::FromStr;
+
+use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, HeaderValue};
+use bytes::Bytes;
+
+use crate::Envelope;
+
+/// Prefix of the header of every context attribute in binary mode.
+pub const ATTRIBUTE_PREFIX: &str = "ce-";
+/// The header carrying `datacontenttype`.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+/// Present (`true`) when the event has data and the data is empty.
+pub const EMPTY_DATA_HEADER: &str = "rivulet-empty-data";
+/// Comma-separated attribute names, present when their order is not the canonical one.
+pub const ATTRIBUTE_ORDER_HEADER: &str = "rivulet-attribute-order";
+
+/// Context attributes in the order decoding gives them; extensions follow, sorted by name.
+const CANONICAL_ORDER: [&str; 10] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "schemaurl",
+    "subject",
+    "time",
+    "datacontentencoding",
+];
+
+/// Why a NATS message is not a binary-mode CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    #[error("header {name:?} cannot be written to NATS: {reason}")]
+    Header { name: String, reason: String },
+    #[error("header {0:?} is not valid percent-encoded UTF-8")]
+    Encoding(String),
+    #[error("the message has no ce-specversion header, so it is not a binary-mode CloudEvent")]
+    NotBinary,
+}
+
+/// A NATS message as the binding writes it.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Writes `envelope` in binary content mode.
+pub fn encode(envelope: &Envelope) -> Result<Encoded, BindingError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &envelope.attributes {
+        let header = if name == "datacontenttype" {
+            CONTENT_TYPE_HEADER.to_owned()
+        } else {
+            format!("{ATTRIBUTE_PREFIX}{name}")
+        };
+        insert(&mut headers, &header, &percent_encode(value))?;
+    }
+    if envelope.data.as_ref().is_some_and(Bytes::is_empty) {
+        insert(&mut headers, EMPTY_DATA_HEADER, "true")?;
+    }
+    let names: Vec<&str> = envelope
+        .attributes
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !is_canonical(&names) {
+        insert(&mut headers, ATTRIBUTE_ORDER_HEADER, &names.join(","))?;
+    }
+    Ok(Encoded {
+        headers,
+        payload: envelope.data.clone().unwrap_or_default(),
+    })
+}
+
+fn insert(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), BindingError> {
+    let problem = |reason: String| BindingError::Header {
+        name: name.to_owned(),
+        reason,
+    };
+    let header_name = HeaderName::from_str(name).map_err(|e| problem(e.to_string()))?;
+    let header_value = HeaderValue::from_str(value).map_err(|e| problem(e.to_string()))?;
+    headers.insert(header_name, header_value);
+    Ok(())
+}
+
+/// Whether the message carries a binary-mode CloudEvent (a `ce-specversion` header).
+pub fn is_binary(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|headers| {
+        headers
+            .iter()
+            .any(|(name, _)| AsRef::<str>::as_ref(name).eq_ignore_ascii_case("ce-specversion"))
+    })
+}
+
+/// Reads a binary-mode CloudEvent. Header names are matched without regard to case.
+pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, BindingError> {
+    let headers = headers.ok_or(BindingError::NotBinary)?;
+    let mut attributes = Vec::new();
+    let mut empty_data = false;
+    let mut order: Option<Vec<String>> = None;
+    for (name, values) in headers.iter() {
+        let name: &str = AsRef::<str>::as_ref(name);
+        let lower = name.to_ascii_lowercase();
+        let Some(value) = values.first() else {
+            continue;
+        };
+        let value: &str = value.as_str();
+        if lower == CONTENT_TYPE_HEADER {
+            attributes.push(("datacontenttype".to_owned(), decode_value(name, value)?));
+        } else if let Some(attribute) = lower.strip_prefix(ATTRIBUTE_PREFIX) {
+            if attribute.is_empty() {
+                continue;
+            }
+            attributes.push((attribute.to_owned(), decode_value(name, value)?));
+        } else if lower == EMPTY_DATA_HEADER {
+            empty_data = value.trim() == "true";
+        } else if lower == ATTRIBUTE_ORDER_HEADER {
+            order = Some(value.split(',').map(str::to_owned).collect());
+        }
+    }
+    if !attributes.iter().any(|(name, _)| name == "specversion") {
+        return Err(BindingError::NotBinary);
+    }
+    attributes.sort_by(|(a, _), (b, _)| canonical_key(a).cmp(&canonical_key(b)));
+    if let Some(order) = order {
+        // Names the order header lists come first, in its order; anything else keeps its place
+        // after them, so a stale or foreign header cannot lose an attribute.
+        let position = |name: &str| order.iter().position(|n| n == name).unwrap_or(usize::MAX);
+        attributes.sort_by_key(|(name, _)| position(name));
+    }
+    let data = if payload.is_empty() && !empty_data {
+        None
+    } else {
+        Some(payload.clone())
+    };
+    Ok(Envelope { attributes, data })
+}
+
+fn canonical_key(name: &str) -> (usize, &str) {
+    let rank = CANONICAL_ORDER
+        .iter()
+        .position(|known| *known == name)
+        .unwrap_or(CANONICAL_ORDER.len());
+    (rank, name)
+}
+
+fn is_canonical(names: &[&str]) -> bool {
+    names
+        .windows(2)
+        .all(|pair| canonical_key(pair[0]) < canonical_key(pair[1]))
+}
+
+/// Percent-encodes what a header line cannot carry as is: control characters, space, `"`,
+/// `%` and every byte outside ASCII.
+pub fn percent_encode(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_graphic() && byte != b'"' && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+fn decode_value(header: &str, value: &str) -> Result<String, BindingError> {
+    percent_decode(value).ok_or_else(|| BindingError::Encoding(header.to_owned()))
+}
+
+/// Reverses [`percent_encode`]; `None` when an escape is malformed or the result is not UTF-8.
+pub fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let hex = bytes.get(at + 1..at + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            at += 3;
+        } else {
+            decoded.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(attributes: &[(&str, &str)], data: Option<&[u8]>) -> Envelope {
+        Envelope {
+            attributes: attributes
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            data: data.map(Bytes::copy_from_slice),
+        }
+    }
+
+    fn round_trip(original: &Envelope) -> Envelope {
+        let encoded = encode(original).expect("encode");
+        decode(Some(&encoded.headers), &encoded.payload).expect("decode")
+    }
+
+    #[test]
+    fn binary_mode_headers_follow_the_binding() {
+        let event = envelope(
+            &[
+                ("specversion", "1.0"),
+                ("id", "1"),
+                ("source", "/s"),
+                ("type", "t"),
+                ("datacontenttype", "application/json"),
+                ("subject", "a b"),
+            ],
+            Some(b"{}"),
+        );
+        let encoded = encode(&event).unwrap();
+        let header = |name: &str| encoded.headers.get(name).map(|v| v.as_str().to_owned());
+        assert_eq!(header("ce-specversion").as_deref(), Some("1.0"));
+        assert_eq!(header("ce-id").as_deref(), Some("1"));
+        assert_eq!(header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(header("ce-subject").as_deref(), Some("a%20b"));
+        assert_eq!(header(ATTRIBUTE_ORDER_HEADER), None, "canonical order");
+        assert_eq!(header(EMPTY_DATA_HEADER), None);
+        assert_eq!(&encoded.payload[..], b"{}");
+    }
+
+    #[test]
+    fn unusual_values_order_and_data_survive() {
+        let event = envelope(
+            &[
+                ("specversion", "1.0"),
+                ("type", "t"),
+                ("id", "ünï ✓ \"%\""),
+                ("source", "/s"),
+                ("zext", ""),
+                ("aext", "x"),
+            ],
+            None,
+        );
+        assert_eq!(round_trip(&event), event);
+        let mut empty = event.clone();
+        empty.data = Some(Bytes::new());
+        assert_eq!(round_trip(&empty), empty);
+    }
+
+    #[test]
+    fn foreign_messages_decode_with_any_header_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Ce-Specversion", "1.0");
+        headers.insert("CE-ID", "7");
+        headers.insert("Content-Type", "text/plain");
+        let decoded = decode(Some(&headers), &Bytes::from_static(b"hi")).unwrap();
+        assert_eq!(decoded.attribute("id"), Some("7"));
+        assert_eq!(decoded.attribute("datacontenttype"), Some("text/plain"));
+        assert!(is_binary(Some(&headers)));
+    }
+
+    #[test]
+    fn messages_without_specversion_are_not_binary() {
+        let mut headers = HeaderMap::new();
+        headers.insert("ce-id", "7");
+        assert_eq!(
+            decode(Some(&headers), &Bytes::new()),
+            Err(BindingError::NotBinary)
+        );
+        assert_eq!(decode(None, &Bytes::new()), Err(BindingError::NotBinary));
+        assert!(!is_binary(Some(&headers)));
+    }
+
+    #[test]
+    fn malformed_escapes_are_errors() {
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+    }
+}

@@ -1,0 +1,128 @@
+//! Knative's `RabbitmqBrokerConfig` (`eventing.knative.dev/v1alpha1`): what a
+//! `RabbitMQBroker`'s `spec.config` may name instead of a Secret or ConfigMap. Rivulet reads
+//! the connection from `spec.rabbitmqClusterReference.connectionSecret` (a Secret with `uri`,
+//! or Knative's `uri`/`port`/`username`/`password` keys) and the queue type from
+//! `spec.queueType`. A reference to a `RabbitmqCluster` by `name` alone needs the Kubernetes
+//! cluster operator and is refused.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::validation::{ValidationError, typed, validate_metadata};
+
+/// `RabbitmqBrokerConfig`.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[kube(
+    group = "eventing.knative.dev",
+    version = "v1alpha1",
+    kind = "RabbitmqBrokerConfig",
+    plural = "rabbitmqbrokerconfigs",
+    namespaced
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitmqBrokerConfigSpec {
+    pub rabbitmq_cluster_reference: RabbitmqClusterReference,
+    /// `classic` or `quorum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_type: Option<String>,
+}
+
+/// Where the RabbitMQ is. Only `connectionSecret` is served outside Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitmqClusterReference {
+    /// A `RabbitmqCluster` of the cluster operator (Kubernetes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Namespace of the cluster or the Secret; the config's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_secret: Option<SecretReference>,
+}
+
+/// A Secret by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    pub name: String,
+}
+
+inventory::submit! {
+    super::KindInfo {
+        group: "eventing.knative.dev",
+        version: "v1alpha1",
+        kind: "RabbitmqBrokerConfig",
+        plural: "rabbitmqbrokerconfigs",
+        validate: validate_rabbitmq_broker_config_value,
+    }
+}
+
+pub fn validate_rabbitmq_broker_config_value(
+    new: &Value,
+    _old: Option<&Value>,
+) -> Result<(), ValidationError> {
+    validate_metadata(new)?;
+    let config: RabbitmqBrokerConfig = typed(new)?;
+    validate_rabbitmq_broker_config(&config.spec)
+}
+
+pub fn validate_rabbitmq_broker_config(
+    spec: &RabbitmqBrokerConfigSpec,
+) -> Result<(), ValidationError> {
+    match &spec.rabbitmq_cluster_reference.connection_secret {
+        Some(secret) if secret.name.is_empty() => {
+            return Err(ValidationError::new(
+                "spec.rabbitmqClusterReference.connectionSecret.name",
+                "is required",
+            ));
+        }
+        Some(_) => {}
+        None => {
+            return Err(ValidationError::new(
+                "spec.rabbitmqClusterReference.connectionSecret",
+                "is required outside Kubernetes: name a Secret whose key uri holds the AMQP URI",
+            ));
+        }
+    }
+    match spec.queue_type.as_deref() {
+        None | Some("classic") | Some("quorum") => Ok(()),
+        Some(other) => Err(ValidationError::new(
+            "spec.queueType",
+            format!("{other:?} is not a queue type; use classic or quorum"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn connection_secret_and_queue_type_are_checked() {
+        let config = |spec: Value| {
+            json!({"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "RabbitmqBrokerConfig",
+                   "metadata": {"name": "c", "namespace": "default"}, "spec": spec})
+        };
+        let good = config(json!({
+            "rabbitmqClusterReference": {"connectionSecret": {"name": "rabbit"}},
+            "queueType": "quorum"
+        }));
+        assert!(validate_rabbitmq_broker_config_value(&good, None).is_ok());
+        let cluster_only = config(json!({"rabbitmqClusterReference": {"name": "rabbitmq"}}));
+        let error = validate_rabbitmq_broker_config_value(&cluster_only, None).unwrap_err();
+        assert_eq!(
+            error.field,
+            "spec.rabbitmqClusterReference.connectionSecret"
+        );
+        let bad_type = config(json!({
+            "rabbitmqClusterReference": {"connectionSecret": {"name": "rabbit"}},
+            "queueType": "stream"
+        }));
+        let error = validate_rabbitmq_broker_config_value(&bad_type, None).unwrap_err();
+        assert_eq!(error.field, "spec.queueType");
+    }
+}

@@ -1,0 +1,373 @@
+//! `RabbitMQBroker` end to end, on a real RabbitMQ: delivery through the broker's exchange and
+//! the triggers' queues, exact filters pushed down into bindings, Knative's
+//! `RabbitmqBrokerConfig`, cleanup of exchange and queues, ordered delivery, and `kill -9` of
+//! Rivulet mid-flow losing nothing.
+
+mod rabbitmq_support;
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rabbitmq_support::{
+    connect, delete_broker, queue_depth, queue_exists, rabbitmq_broker, rabbitmq_uri, unique,
+    uri_secret,
+};
+use rivulet_channels::rabbitmq::lapin::options::QueueDeclareOptions;
+use rivulet_channels::rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use rivulet_channels::rabbitmq::{exchange_name, queue_name};
+use serde_json::json;
+use support::{
+    ChildServer, Recorder, TestEvent, TestServer, apply, http, wait_for, with_annotation,
+};
+
+const NS: &str = "default";
+
+/// Applies a Secret and a `RabbitMQBroker` naming it, and waits until the broker is ready.
+async fn rabbitmq_broker_ready(base: &str, broker: &str) {
+    let secret = format!("{broker}-rabbitmq");
+    apply(base, &uri_secret(NS, &secret, &rabbitmq_uri())).await;
+    apply(base, &rabbitmq_broker(NS, broker, "Secret", &secret)).await;
+    support::wait_ready(base, "Broker", NS, broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
+    let server = TestServer::start().await;
+    let recorder = Recorder::start().await;
+    let broker = unique("deliver");
+    rabbitmq_broker_ready(&server.base, &broker).await;
+    let only_a = json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": {"name": "only-a", "namespace": NS},
+        "spec": {
+            "broker": broker,
+            "filter": {"attributes": {"type": "test.a"}},
+            "subscriber": {"uri": format!("{}a", recorder.url)}
+        }
+    });
+    server.create_trigger(&only_a).await;
+    server
+        .create_trigger(&support::trigger(
+            NS,
+            "everything",
+            &broker,
+            &format!("{}all", recorder.url),
+        ))
+        .await;
+
+    for n in 0..10 {
+        let kind = if n % 2 == 0 { "test.a" } else { "test.b" };
+        server
+            .send(
+                NS,
+                &broker,
+                &TestEvent::new(&format!("e-{n}"), kind)
+                    .data("application/json", format!("{{\"n\":{n}}}")),
+            )
+            .await;
+    }
+    wait_for("10 + 5 deliveries", support::WAIT, || {
+        let count = recorder.count();
+        async move { (count >= 15).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = recorder.events();
+    assert_eq!(events.len(), 15, "no duplicates, nothing extra");
+    let a_events: Vec<_> = events.iter().filter(|e| e.ty == "test.a").collect();
+    assert_eq!(a_events.len(), 10, "5 to each trigger");
+    let event = events
+        .iter()
+        .find(|e| e.id == "e-4")
+        .expect("e-4 delivered");
+    assert_eq!(event.data.as_deref(), Some(&b"{\"n\":4}"[..]));
+    assert_eq!(event.datacontenttype.as_deref(), Some("application/json"));
+
+    // The type filter was a binding: the dispatcher of `only-a` never saw a `test.b` event.
+    let labels = [("namespace", NS), ("trigger", "only-a")];
+    assert_eq!(
+        server
+            .metric("rivulet_trigger_filter_rejected_events_total", &labels)
+            .await,
+        0.0,
+        "non-matching events reached the dispatcher"
+    );
+    assert_eq!(
+        server
+            .metric("rivulet_trigger_filter_matched_events_total", &labels)
+            .await,
+        5.0
+    );
+
+    // Deleting a trigger removes its queue; deleting the broker removes the rest.
+    let connection = connect().await;
+    let only_a_queue = queue_name(NS, &broker, "trigger-only-a");
+    let everything_queue = queue_name(NS, &broker, "trigger-everything");
+    assert!(queue_exists(&connection, &only_a_queue).await);
+    server.delete("Trigger", NS, "only-a").await;
+    wait_for("the trigger's queue to go", support::WAIT, || {
+        let connection = &connection;
+        let queue = only_a_queue.clone();
+        async move { (!queue_exists(connection, &queue).await).then_some(()) }
+    })
+    .await;
+    delete_broker(&server.base, NS, &broker).await;
+    wait_for("the broker's queues to go", support::WAIT, || {
+        let connection = &connection;
+        let queue = everything_queue.clone();
+        async move { (!queue_exists(connection, &queue).await).then_some(()) }
+    })
+    .await;
+    server.delete("Trigger", NS, "everything").await;
+    let channel = connection.create_channel().await.unwrap();
+    let exchange = exchange_name(NS, &broker);
+    assert!(
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                rivulet_channels::rabbitmq::lapin::ExchangeKind::Headers,
+                rivulet_channels::rabbitmq::lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_err(),
+        "exchange {exchange} survived the broker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_broker_config_selects_quorum_queues() {
+    let server = TestServer::start().await;
+    let recorder = Recorder::start().await;
+    let broker = unique("quorum");
+    let secret = format!("{broker}-credentials");
+    // Knative's connection Secret: host, port and credentials in separate keys.
+    let uri: url::Url = rabbitmq_uri().parse().expect("the test URI parses");
+    let secret_object = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret, "namespace": NS},
+        "stringData": {
+            "uri": format!("http://{}:15672", uri.host_str().unwrap_or("127.0.0.1")),
+            "port": uri.port().unwrap_or(5672).to_string(),
+            "username": uri.username(),
+            "password": uri.password().unwrap_or("guest"),
+        }
+    });
+    apply(&server.base, &secret_object).await;
+    let config = json!({
+        "apiVersion": "eventing.knative.dev/v1alpha1",
+        "kind": "RabbitmqBrokerConfig",
+        "metadata": {"name": broker, "namespace": NS},
+        "spec": {
+            "rabbitmqClusterReference": {"connectionSecret": {"name": secret}},
+            "queueType": "quorum"
+        }
+    });
+    let response = http()
+        .put(format!(
+            "{}/apis/eventing.knative.dev/v1alpha1/namespaces/{NS}/rabbitmqbrokerconfigs/{broker}",
+            server.base
+        ))
+        .json(&config)
+        .send()
+        .await
+        .expect("PUT reaches the server");
+    assert!(response.status().is_success(), "{}", response.status());
+    apply(
+        &server.base,
+        &rabbitmq_broker(NS, &broker, "RabbitmqBrokerConfig", &broker),
+    )
+    .await;
+    support::wait_ready(&server.base, "Broker", NS, &broker).await;
+    server
+        .create_trigger(&support::trigger(NS, "q", &broker, &recorder.url))
+        .await;
+    server
+        .send(NS, &broker, &TestEvent::new("q-1", "test.q"))
+        .await;
+    recorder.wait_for_id("q-1").await;
+
+    // Declaring the queue as classic contradicts it: RabbitMQ says it is a quorum queue.
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    let declared = channel
+        .queue_declare(
+            queue_name(NS, &broker, "trigger-q").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            classic,
+        )
+        .await;
+    let error = declared.expect_err("the trigger's queue is not a classic queue");
+    assert!(error.to_string().contains("quorum"), "{error}");
+    delete_broker(&server.base, NS, &broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_trigger_gets_events_in_order() {
+    let server = TestServer::start().await;
+    let recorder = Recorder::start().await;
+    let broker = unique("ordered");
+    rabbitmq_broker_ready(&server.base, &broker).await;
+    let trigger = with_annotation(
+        support::trigger(NS, "in-order", &broker, &recorder.url),
+        "kafka.eventing.knative.dev/delivery.order",
+        "ordered",
+    );
+    server.create_trigger(&trigger).await;
+    let ids: Vec<String> = (0..60).map(|n| format!("o-{n}")).collect();
+    for id in &ids {
+        server
+            .send(NS, &broker, &TestEvent::new(id, "test.order"))
+            .await;
+    }
+    wait_for("60 deliveries", support::WAIT, || {
+        let count = recorder.count();
+        async move { (count >= 60).then_some(()) }
+    })
+    .await;
+    let got: Vec<String> = recorder.events().into_iter().map(|e| e.id).collect();
+    assert_eq!(got, ids);
+    // Every event was acknowledged: nothing waits in the queue.
+    let connection = connect().await;
+    let queue = queue_name(NS, &broker, "trigger-in-order");
+    wait_for("the queue to drain", support::WAIT, || {
+        let connection = &connection;
+        let queue = queue.clone();
+        async move { (queue_depth(connection, &queue).await == 0).then_some(()) }
+    })
+    .await;
+    delete_broker(&server.base, NS, &broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_config_without_uri_is_reported() {
+    let server = TestServer::start().await;
+    let broker = unique("nouri");
+    apply(
+        &server.base,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": broker, "namespace": NS}, "data": {"queueType": "quorum"}}),
+    )
+    .await;
+    apply(
+        &server.base,
+        &rabbitmq_broker(NS, &broker, "ConfigMap", &broker),
+    )
+    .await;
+    let object = support::wait_status(&server.base, "Broker", NS, &broker, "False").await;
+    let message = support::condition(&object, "IngressReady").expect("IngressReady")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("uri"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_event_survives_kill_9_of_rivulet() {
+    let data = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start().await;
+    // A slow subscriber and one delivery at a time, so a backlog exists when Rivulet dies.
+    recorder.set_delay(Duration::from_millis(10));
+    let mut server = ChildServer::spawn(data.path(), &[]).await;
+    let broker = unique("kill");
+    rabbitmq_broker_ready(&server.base, &broker).await;
+    let slow = with_annotation(
+        support::trigger(NS, "all", &broker, &recorder.url),
+        "rivulet.dev/parallelism",
+        "1",
+    );
+    apply(&server.base, &slow).await;
+    support::wait_ready(&server.base, "Trigger", NS, "all").await;
+
+    let accepted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for producer in 0..4 {
+        let (accepted, stop) = (accepted.clone(), stop.clone());
+        let url = format!("{}/{NS}/{broker}", server.base);
+        producers.push(tokio::spawn(async move {
+            let client = http();
+            let mut sent = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("p{producer}-{sent}");
+                sent += 1;
+                let response = client
+                    .post(&url)
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", &id)
+                    .header("ce-source", "/kill9")
+                    .header("ce-type", "test.durable")
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"n\":{sent}}}"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        accepted.lock().unwrap().insert(id);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
+    }
+    wait_for("300 accepted events", Duration::from_secs(30), || {
+        let n = accepted.lock().unwrap().len();
+        async move { (n >= 300).then_some(()) }
+    })
+    .await;
+    server.kill9();
+    let accepted_at_kill = accepted.lock().unwrap().len();
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let delivered_before_restart = recorder.count();
+    assert!(
+        delivered_before_restart < accepted_at_kill,
+        "a backlog existed at the kill ({delivered_before_restart} of {accepted_at_kill} delivered)"
+    );
+    recorder.set_delay(Duration::ZERO);
+
+    let server = ChildServer::spawn(data.path(), &[]).await;
+    let accepted = accepted.lock().unwrap().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let delivered: BTreeSet<String> = recorder.events().into_iter().map(|e| e.id).collect();
+        let missing: Vec<&String> = accepted.difference(&delivered).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} acknowledged events were never delivered, e.g. {:?}",
+            missing.len(),
+            accepted.len(),
+            &missing[..missing.len().min(10)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "kill -9 of Rivulet on RabbitMQ: {} acknowledged ({accepted_at_kill} at the kill), {delivered_before_restart} delivered before the restart, {} deliveries in all",
+        accepted.len(),
+        recorder.count()
+    );
+    delete_broker(&server.base, NS, &broker).await;
+}

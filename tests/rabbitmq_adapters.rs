@@ -1,0 +1,419 @@
+//! RabbitmqSource and RabbitmqSink on a real RabbitMQ: messages of any kind become CloudEvents
+//! at the sink, acknowledged only once the sink took them; events posted to the sink are
+//! published per the CloudEvents AMQP binding after RabbitMQ's confirm, and the source reads
+//! them back as the same events.
+
+mod adapters_support;
+mod rabbitmq_support;
+mod support;
+
+use std::time::Duration;
+
+use adapters_support::{apply, wait_ready};
+use futures::StreamExt;
+use rabbitmq_support::{connect, queue_depth, rabbitmq_uri, unique, uri_secret, wait_consumed};
+use rivulet_channels::Envelope;
+use rivulet_channels::rabbitmq::amqp;
+use rivulet_channels::rabbitmq::lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use rivulet_channels::rabbitmq::lapin::types::FieldTable;
+use rivulet_channels::rabbitmq::lapin::{BasicProperties, Channel, ExchangeKind};
+use serde_json::{Value, json};
+use support::{Recorder, TestServer, http, wait_for};
+
+const SOURCES: &str = "sources.knative.dev/v1alpha1";
+const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
+
+fn source(name: &str, queue: &str, exchange: Option<&str>, sink: &str) -> Value {
+    let mut resources = json!({"queueName": queue, "parallelism": 1});
+    if let Some(exchange) = exchange {
+        resources["exchangeName"] = json!(exchange);
+    }
+    json!({
+        "apiVersion": SOURCES,
+        "kind": "RabbitmqSource",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "rabbitmqClusterReference": {"connectionSecret": {"name": format!("{name}-secret")}},
+            "rabbitmqResourcesConfig": resources,
+            "delivery": {"retry": 1, "backoffDelay": "PT0.05S"},
+            "ceOverrides": {"extensions": {"origin": "rabbitmq"}},
+            "sink": {"uri": sink}
+        }
+    })
+}
+
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    properties: BasicProperties,
+    body: &[u8],
+) {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish");
+    confirm.await.expect("confirm");
+}
+
+async fn delete(base: &str, path: &str) {
+    let response = http()
+        .delete(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("DELETE answers");
+    assert!(
+        response.status().is_success(),
+        "DELETE {path}: {}",
+        response.status()
+    );
+}
+
+async fn declare_topic(channel: &Channel, exchange: &str) {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.declare");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_turns_messages_into_events_and_acks_after_the_sink() {
+    let server = TestServer::start().await;
+    let recorder = Recorder::start().await;
+    let name = unique("src");
+    let exchange = format!("{name}.exchange");
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    declare_topic(&channel, &exchange).await;
+    support::apply(
+        &server.base,
+        &uri_secret("default", &format!("{name}-secret"), &rabbitmq_uri()),
+    )
+    .await;
+    apply(
+        &server.base,
+        &source(&name, &name, Some(&exchange), &recorder.url),
+    )
+    .await;
+    let object = wait_ready(&server.base, SOURCES, "RabbitmqSource", &name).await;
+    wait_consumed(&connection, &name).await;
+    assert_eq!(
+        object
+            .pointer("/status/ceAttributes/0/type")
+            .and_then(Value::as_str),
+        Some("dev.knative.rabbitmq.event")
+    );
+
+    // A plain JSON message, a binary-mode CloudEvent and a structured-mode one.
+    publish(
+        &channel,
+        &exchange,
+        "orders.created",
+        BasicProperties::default().with_message_id("plain-1".into()),
+        br#"{"order":1}"#,
+    )
+    .await;
+    let envelope = Envelope {
+        attributes: vec![
+            ("specversion".into(), "1.0".into()),
+            ("id".into(), "binary-1".into()),
+            ("source".into(), "/producer".into()),
+            ("type".into(), "com.example.binary".into()),
+            ("datacontenttype".into(), "text/plain".into()),
+        ],
+        data: Some("hello".into()),
+    };
+    let (properties, body) = amqp::to_message(&envelope).unwrap();
+    publish(&channel, &exchange, "x", properties, &body).await;
+    publish(
+        &channel,
+        &exchange,
+        "y",
+        BasicProperties::default().with_content_type("application/cloudevents+json".into()),
+        br#"{"specversion":"1.0","id":"structured-1","source":"/s","type":"com.example.structured","data":{"x":1}}"#,
+    )
+    .await;
+
+    let plain = recorder.wait_for_id("plain-1").await.event;
+    assert_eq!(plain.ty, "dev.knative.rabbitmq.event");
+    assert_eq!(
+        plain.source,
+        format!("/apis/v1/namespaces/default/rabbitmqsources/{name}")
+    );
+    assert_eq!(plain.data.as_deref(), Some(&br#"{"order":1}"#[..]));
+    assert_eq!(plain.datacontenttype.as_deref(), Some("application/json"));
+    let binary = recorder.wait_for_id("binary-1").await.event;
+    assert_eq!(binary.ty, "com.example.binary");
+    assert_eq!(binary.data.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(binary.datacontenttype.as_deref(), Some("text/plain"));
+    assert_eq!(
+        binary
+            .attribute("origin")
+            .map(|v| v.into_owned())
+            .as_deref(),
+        Some("rabbitmq"),
+        "ceOverrides applied"
+    );
+    let structured = recorder.wait_for_id("structured-1").await.event;
+    assert_eq!(structured.ty, "com.example.structured");
+    wait_for(
+        "the queue to be empty (all acknowledged)",
+        support::WAIT,
+        || {
+            let (connection, queue) = (&connection, name.clone());
+            async move { (queue_depth(connection, &queue).await == 0).then_some(()) }
+        },
+    )
+    .await;
+
+    // The sink fails: the message is held, never acknowledged; deleting the source hands it
+    // back to the queue.
+    recorder.set_status(503);
+    publish(
+        &channel,
+        &exchange,
+        "z",
+        BasicProperties::default().with_message_id("held-1".into()),
+        b"{}",
+    )
+    .await;
+    wait_for("delivery attempts of held-1", support::WAIT, || {
+        let attempts = recorder
+            .attempts()
+            .iter()
+            .filter(|r| r.event.id == "held-1")
+            .count();
+        async move { (attempts >= 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        queue_depth(&connection, &name).await,
+        0,
+        "held-1 is unacknowledged, not ready"
+    );
+    delete(
+        &server.base,
+        &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
+    )
+    .await;
+    wait_for("held-1 back in the queue", support::WAIT, || {
+        let (connection, queue) = (&connection, name.clone());
+        async move { (queue_depth(connection, &queue).await == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(recorder.count(), 3, "held-1 was never accepted");
+    channel
+        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
+    let server = TestServer::start().await;
+    let recorder = Recorder::start().await;
+    let name = unique("sink");
+    let exchange = format!("{name}.exchange");
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    declare_topic(&channel, &exchange).await;
+    // A queue of our own, to look at the messages as they are in RabbitMQ.
+    let inspect = format!("{name}.inspect");
+    channel
+        .queue_declare(
+            inspect.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            inspect.as_str().into(),
+            exchange.as_str().into(),
+            "com.example.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    apply(
+        &server.base,
+        &json!({
+            "apiVersion": SINKS,
+            "kind": "RabbitmqSink",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"uri": rabbitmq_uri(), "exchange": exchange}
+        }),
+    )
+    .await;
+    let object = wait_ready(&server.base, SINKS, "RabbitmqSink", &name).await;
+    let sink_url = object["status"]["address"]["url"]
+        .as_str()
+        .expect("an address")
+        .to_owned();
+    // The source reads what the sink writes.
+    support::apply(
+        &server.base,
+        &uri_secret("default", &format!("{name}-secret"), &rabbitmq_uri()),
+    )
+    .await;
+    apply(
+        &server.base,
+        &source(
+            &name,
+            &format!("{name}.source"),
+            Some(&exchange),
+            &recorder.url,
+        ),
+    )
+    .await;
+    wait_ready(&server.base, SOURCES, "RabbitmqSource", &name).await;
+    wait_consumed(&connection, &format!("{name}.source")).await;
+
+    let post = |id: &str, ty: &str| {
+        http()
+            .post(&sink_url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/sink-test")
+            .header("ce-type", ty)
+            .header("ce-tenant", "acme")
+            .header("content-type", "application/json")
+            .body(r#"{"total":12345678901234567890123}"#)
+            .send()
+    };
+    let answer = post("via-sink-1", "com.example.paid").await.unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+
+    let mut consumer = channel
+        .basic_consume(
+            inspect.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a message in the inspection queue")
+        .expect("a delivery")
+        .expect("no error");
+    assert_eq!(
+        delivery.routing_key.as_str(),
+        "com.example.paid",
+        "routing key = event type"
+    );
+    assert_eq!(*delivery.properties.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("application/json")
+    );
+    let headers = delivery.properties.headers().clone().expect("headers");
+    assert!(headers.contains_key("cloudEvents_id"));
+    assert!(headers.contains_key("cloudEvents_tenant"));
+    assert_eq!(delivery.data, br#"{"total":12345678901234567890123}"#);
+
+    let back = recorder.wait_for_id("via-sink-1").await.event;
+    assert_eq!(back.ty, "com.example.paid");
+    assert_eq!(back.source, "/sink-test");
+    assert_eq!(
+        back.attribute("tenant").map(|v| v.into_owned()).as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        back.data.as_deref(),
+        Some(&br#"{"total":12345678901234567890123}"#[..])
+    );
+
+    // A routing key no queue is bound for (the source's queue takes everything with `#`, so
+    // unbind it first): nothing took it, and the sender is told.
+    channel
+        .queue_unbind(
+            format!("{name}.source").as_str().into(),
+            exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let unroutable = http()
+        .post(&sink_url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "nowhere-2")
+        .header("ce-source", "/sink-test")
+        .header("ce-type", "org.other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unroutable.status().as_u16(), 502);
+
+    // An unreachable RabbitMQ is 503.
+    apply(
+        &server.base,
+        &json!({
+            "apiVersion": SINKS,
+            "kind": "RabbitmqSink",
+            "metadata": {"name": format!("{name}-down"), "namespace": "default"},
+            "spec": {"uri": "amqp://guest:guest@127.0.0.1:1/%2f", "exchange": exchange}
+        }),
+    )
+    .await;
+    let down = wait_ready(&server.base, SINKS, "RabbitmqSink", &format!("{name}-down")).await;
+    let down_url = down["status"]["address"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = http()
+        .post(&down_url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "down-1")
+        .header("ce-source", "/sink-test")
+        .header("ce-type", "com.example.paid")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 503);
+
+    delete(
+        &server.base,
+        &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
+    )
+    .await;
+    for queue in [inspect, format!("{name}.source")] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+}

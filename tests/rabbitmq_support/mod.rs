@@ -1,0 +1,159 @@
+//! Helpers for the tests that run brokers on the RabbitMQ named by `RIVULET_RABBITMQ_URI`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rivulet_channels::rabbitmq::lapin::options::QueueDeclareOptions;
+use rivulet_channels::rabbitmq::lapin::types::FieldTable;
+use rivulet_channels::rabbitmq::lapin::{Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+/// The RabbitMQ the tests use.
+pub fn rabbitmq_uri() -> String {
+    std::env::var("RIVULET_RABBITMQ_URI")
+        .unwrap_or_else(|_| rivulet_channels::rabbitmq::DEFAULT_URI.to_owned())
+}
+
+/// A name no other test (or earlier run) uses, so exchanges and queues start empty.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A Secret holding the RabbitMQ URI, as a `RabbitMQBroker`'s `spec.config` names it.
+pub fn uri_secret(namespace: &str, name: &str, uri: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"uri": uri}
+    })
+}
+
+/// A `RabbitMQBroker` whose `spec.config` names `config` (a `kind`).
+pub fn rabbitmq_broker(namespace: &str, name: &str, config_kind: &str, config: &str) -> Value {
+    let api_version = match config_kind {
+        "RabbitmqBrokerConfig" => "eventing.knative.dev/v1alpha1",
+        _ => "v1",
+    };
+    json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"eventing.knative.dev/broker.class": "RabbitMQBroker"}
+        },
+        "spec": {"config": {"apiVersion": api_version, "kind": config_kind, "name": config}}
+    })
+}
+
+/// A direct connection to the test RabbitMQ, to look at what Rivulet made there.
+pub async fn connect() -> Connection {
+    rivulet::install_crypto_provider();
+    Connection::connect(&rabbitmq_uri(), ConnectionProperties::default())
+        .await
+        .expect("the test RabbitMQ is reachable")
+}
+
+/// Whether a queue exists (a passive declare on a channel of its own).
+pub async fn queue_exists(connection: &Connection, queue: &str) -> bool {
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+}
+
+/// How many messages wait in a queue.
+pub async fn queue_depth(connection: &Connection, queue: &str) -> u32 {
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue} does not exist: {e}"))
+        .message_count()
+}
+
+/// Waits until someone consumes `queue` (for a source: it declared and bound the queue).
+pub async fn wait_consumed(connection: &Connection, queue: &str) {
+    super::support::wait_for(
+        &format!("a consumer on queue {queue}"),
+        super::support::WAIT,
+        || async move {
+            let channel = connection.create_channel().await.ok()?;
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .ok()?;
+            (declared.consumer_count() > 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Whether an exchange exists (a passive declare on a channel of its own).
+pub async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .exchange_declare(
+            exchange.into(),
+            rivulet_channels::rabbitmq::lapin::ExchangeKind::Headers,
+            rivulet_channels::rabbitmq::lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+}
+
+/// Deletes a broker through the resource API at `base` and waits until Rivulet removed its
+/// exchange from RabbitMQ, so a test does not end (and stop the server) before the cleanup.
+pub async fn delete_broker(base: &str, namespace: &str, broker: &str) {
+    super::support::Api::new(base)
+        .delete("Broker", namespace, broker)
+        .await;
+    let connection = connect().await;
+    let exchange = rivulet_channels::rabbitmq::exchange_name(namespace, broker);
+    super::support::wait_for(
+        &format!("exchange {exchange} to be deleted"),
+        super::support::WAIT,
+        || {
+            let (connection, exchange) = (&connection, exchange.clone());
+            async move { (!exchange_exists(connection, &exchange).await).then_some(()) }
+        },
+    )
+    .await;
+}
