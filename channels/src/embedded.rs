@@ -226,18 +226,6 @@ enum WriteRequest {
 }
 
 impl WriteRequest {
-    /// Whether the caller is promised durability. A publish that no subscription wants stores
-    /// nothing, so it needs no fsync either.
-    fn needs_fsync(&self, index: &RoutingIndex) -> bool {
-        match self {
-            WriteRequest::Ack { .. } => false,
-            WriteRequest::Publish { events, .. } => events
-                .iter()
-                .any(|(envelope, _)| !index.route(envelope).is_empty()),
-            _ => true,
-        }
-    }
-
     fn answer(self, result: Result<(), ChannelError>) {
         let reply = match self {
             WriteRequest::Publish { reply, .. }
@@ -502,11 +490,10 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: &mut Vec<WriteRequest>) {
         let seq_before = self.next_seq;
-        let durable = batch.iter().any(|request| request.needs_fsync(&self.index))
-            || self.non_durable_commits >= MAX_NON_DURABLE_COMMITS;
-        let outcome = self.apply(batch, durable);
+        let force_durable = self.non_durable_commits >= MAX_NON_DURABLE_COMMITS;
+        let outcome = self.apply(batch, force_durable);
         let result = match outcome {
-            Ok(committed) => {
+            Ok((committed, durable)) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 if durable {
                     self.non_durable_commits = 0;
@@ -531,17 +518,14 @@ impl Writer {
         }
     }
 
-    /// Applies the whole batch in one transaction and commits it.
-    fn apply(&mut self, batch: &[WriteRequest], durable: bool) -> Result<Committed, redb::Error> {
+    /// Applies the whole batch in one transaction and commits it; says whether the commit
+    /// was durable.
+    fn apply(
+        &mut self,
+        batch: &[WriteRequest],
+        force_durable: bool,
+    ) -> Result<(Committed, bool), redb::Error> {
         let mut transaction = self.database.begin_write()?;
-        // Publishes and subscription changes are acknowledged to callers as durable, so they
-        // need the fsync. A batch of only acknowledgements skips it: after a crash those
-        // events are delivered again, which at-least-once delivery allows.
-        transaction.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
         let mut committed = Committed::default();
         {
             let mut tables = Tables::open(&transaction)?;
@@ -550,8 +534,21 @@ impl Writer {
             }
             tables.meta.insert(NEXT_SEQ, self.next_seq)?;
         }
+        // Stored events and subscription changes are acknowledged to callers as durable, so
+        // they need the fsync. A batch that stored neither (acknowledgements, or events no
+        // subscription wants) skips it: after a crash acknowledged events are delivered again,
+        // which at-least-once delivery allows.
+        let durable = force_durable
+            || !committed.fed.is_empty()
+            || !committed.ensured.is_empty()
+            || !committed.deleted.is_empty();
+        transaction.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         transaction.commit()?;
-        Ok(committed)
+        Ok((committed, durable))
     }
 
     fn apply_one(
