@@ -170,16 +170,6 @@ impl Ingress {
         self.entry(namespace, name).map(|entry| entry.handle)
     }
 
-    /// Every broker handle, for shutdown.
-    pub fn handles(&self) -> Vec<Arc<BrokerHandle>> {
-        self.brokers
-            .read()
-            .expect("lock poisoned")
-            .values()
-            .flat_map(|by_name| by_name.values().map(|entry| entry.handle.clone()))
-            .collect()
-    }
-
     /// Stamps events and publishes them to the broker's channel; returns once durable.
     pub async fn accept(
         &self,
