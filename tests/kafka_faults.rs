@@ -5,7 +5,8 @@
 //! The outage test stops a tansu server of its own (on its own port and data folder), never
 //! the shared one the other tests use.
 
-// Opt-in, see the `kafka-tests` feature.
+// Needs a Kafka-protocol server: built with the `kafka-tests` feature, which ./test.sh turns
+// on after starting one (a bare `cargo test` leaves these tests out).
 #![cfg(feature = "kafka-tests")]
 
 mod kafka_support;
@@ -134,6 +135,7 @@ fn duplicates(recorder: &Recorder) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_rivulet_loses_no_acknowledged_event() {
+    let _turn = kafka_support::one_at_a_time().await;
     let data = tempfile::tempdir().unwrap();
     let recorder = Recorder::start().await;
     // A slow subscriber, so a backlog exists in Kafka when the server dies.
@@ -266,4 +268,90 @@ async fn kafka_outage_answers_503_and_recovers_by_itself() {
         "only 202 and 503 are expected"
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalances_between_two_rivulets_lose_nothing() {
+    // Two Rivulet processes serving the same broker and trigger share the trigger's consumer
+    // group, as replicas of a data plane do: one joins mid-flow, then the first one restarts
+    // on its data folder (a rolling restart), each time rebalancing the group.
+    let _turn = kafka_support::one_at_a_time().await;
+    let recorder = Recorder::start().await;
+    recorder.set_delay(Duration::from_millis(5));
+    let namespace = unique("ns");
+    let settings = [
+        ("bootstrap.servers", bootstrap()),
+        ("default.topic.partitions", "4".to_owned()),
+        ("default.topic.replication.factor", "1".to_owned()),
+    ];
+    let first_data = tempfile::tempdir().unwrap();
+    let start_first = || async {
+        let server = InProcessServer::start_with(|options| {
+            support::tune_for_tests(options);
+            options.data_dir = first_data.path().to_owned();
+        })
+        .await;
+        for resource in kafka_resources(&namespace, &settings, &recorder.url) {
+            apply(&server.base, &resource).await;
+        }
+        wait_ready(&server.base, "Trigger", &namespace, "all").await;
+        server
+    };
+    let first = start_first().await;
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let base = Arc::new(Mutex::new(first.base.clone()));
+    let producers = spawn_producers(base.clone(), &namespace, 3, tally.clone(), stop.clone());
+    wait_accepted(&tally, 200, "200 events accepted by the first Rivulet").await;
+
+    let second = InProcessServer::start_with(support::tune_for_tests).await;
+    for resource in kafka_resources(&namespace, &settings, &recorder.url) {
+        apply(&second.base, &resource).await;
+    }
+    wait_ready(&second.base, "Trigger", &namespace, "all").await;
+    let joined_at = tally.accepted.lock().unwrap().len();
+    wait_accepted(&tally, joined_at + 200, "200 more events while both serve").await;
+
+    *base.lock().unwrap() = second.base.clone();
+    first.shutdown().await;
+    let left_at = tally.accepted.lock().unwrap().len();
+    wait_accepted(
+        &tally,
+        left_at + 100,
+        "100 more events while the first is down",
+    )
+    .await;
+    let first = start_first().await;
+    let back_at = tally.accepted.lock().unwrap().len();
+    wait_accepted(
+        &tally,
+        back_at + 200,
+        "200 more events after the first came back",
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+
+    let accepted = tally.accepted.lock().unwrap().clone();
+    wait_all_delivered(&recorder, &accepted).await;
+    eprintln!(
+        "two Rivulets, three rebalances: {} acknowledged, {} deliveries, {} duplicates",
+        accepted.len(),
+        recorder.count(),
+        duplicates(&recorder)
+    );
+    assert_eq!(
+        tally.other.load(Ordering::Relaxed),
+        0,
+        "only 202 and 503 are expected"
+    );
+    assert!(
+        duplicates(&recorder) <= accepted.len(),
+        "redelivery beyond what was in flight"
+    );
+    first.shutdown().await;
+    second.shutdown().await;
 }

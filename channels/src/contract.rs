@@ -118,6 +118,7 @@ fn all_events() -> SubscriptionSpec {
     SubscriptionSpec {
         prefilter: Prefilter::all(),
         max_in_flight: 0,
+        one_per_partition: false,
     }
 }
 
@@ -396,6 +397,7 @@ pub async fn prefilter_routes_only_matching_events(backend: &str, config: &Chann
                 .collect(),
         },
         max_in_flight: 0,
+        one_per_partition: false,
     };
     subscribe(&channel, "orders", &pairs(&[("type", "order.created")])).await;
     subscribe(
@@ -530,6 +532,7 @@ pub async fn max_in_flight_limits_unacknowledged_events(backend: &str, config: &
     let spec = SubscriptionSpec {
         prefilter: Prefilter::all(),
         max_in_flight: 2,
+        one_per_partition: false,
     };
     subscribe(&channel, SUBSCRIPTION, &spec).await;
     publish(&channel, (0..5).map(event).collect()).await;

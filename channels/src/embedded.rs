@@ -141,6 +141,7 @@ fn decode_subscription(name: &str, encoded: &[u8]) -> Result<SubscriptionSpec, C
             exact: stored.prefilter,
         },
         max_in_flight: usize::try_from(stored.max_in_flight).unwrap_or(usize::MAX),
+        one_per_partition: false,
     })
 }
 
@@ -947,6 +948,7 @@ mod tests {
                 exact: vec![("type".into(), "a".into())],
             },
             max_in_flight: 0,
+            one_per_partition: false,
         };
         channel.ensure_subscription("a", &only_a).await.unwrap();
         channel

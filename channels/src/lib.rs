@@ -59,6 +59,10 @@ pub struct SubscriptionSpec {
     pub prefilter: Prefilter,
     /// How many unacknowledged events the consumer holds at most (prefetch).
     pub max_in_flight: usize,
+    /// Ordered delivery per partition: at most one unacknowledged event per partition, so
+    /// partitions may be delivered in parallel while each keeps its order. Only for
+    /// backends whose [`Channel::has_partitions`] is true; others ignore it.
+    pub one_per_partition: bool,
 }
 
 /// An event handed to a subscriber, to be acknowledged by `id` once its outcome is final.
@@ -96,6 +100,13 @@ pub trait Channel: Send + Sync + 'static {
 
     /// Whether the backend can take events right now.
     async fn ready(&self) -> Result<(), ChannelError>;
+
+    /// Whether the backend splits events into ordered partitions (Kafka) and honours
+    /// [`SubscriptionSpec::one_per_partition`]. Without partitions, ordered delivery means
+    /// one event at a time for the whole subscription.
+    fn has_partitions(&self) -> bool {
+        false
+    }
 }
 
 /// One consumer's view of a subscription.

@@ -267,6 +267,7 @@ mod tests {
         let spec = SubscriptionSpec {
             prefilter: Prefilter::all(),
             max_in_flight: 0,
+            one_per_partition: false,
         };
         channel.ensure_subscription("a", &spec).await.unwrap();
         channel.ensure_subscription("b", &spec).await.unwrap();

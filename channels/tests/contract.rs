@@ -52,7 +52,8 @@ mod nats {
     rivulet_channels::channel_contract_tests!("nats", fixture());
 }
 
-// Opt-in, see the `kafka-tests` feature.
+// Needs a Kafka-protocol server: built with the `kafka-tests` feature, which ./test.sh turns
+// on after starting one (a bare `cargo test` leaves these tests out).
 #[cfg(feature = "kafka-tests")]
 mod kafka {
     use super::*;

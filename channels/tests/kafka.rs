@@ -1,7 +1,8 @@
 //! Kafka-specific behaviour of the `kafka` channel beyond the shared contract: consumers in
 //! two processes share a subscription's partitions, and a rebalance loses nothing.
 //! Needs the Kafka server named by `RIVULET_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`).
-// Opt-in, see the `kafka-tests` feature.
+// Needs a Kafka-protocol server: built with the `kafka-tests` feature, which ./test.sh turns
+// on after starting one (a bare `cargo test` leaves these tests out).
 #![cfg(feature = "kafka-tests")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,12 +70,17 @@ async fn a_rebalance_between_two_processes_loses_nothing() {
     let first = rivulet_channels::open("kafka", config.clone())
         .await
         .expect("opening the channel");
-    let second = rivulet_channels::open("kafka", config.clone())
+    // Each process has its own data folder, hence its own group member identity.
+    let second_data = tempfile::tempdir().unwrap();
+    let mut second_config = config.clone();
+    second_config.data_dir = second_data.path().to_owned();
+    let second = rivulet_channels::open("kafka", second_config)
         .await
         .expect("opening the channel a second time");
     let spec = SubscriptionSpec {
         prefilter: Prefilter::all(),
         max_in_flight: 50,
+        one_per_partition: false,
     };
     first.ensure_subscription("shared", &spec).await.unwrap();
     second.ensure_subscription("shared", &spec).await.unwrap();
@@ -145,6 +151,7 @@ async fn out_of_order_acknowledgements_survive_a_new_process() {
     let spec = SubscriptionSpec {
         prefilter: Prefilter::all(),
         max_in_flight: 0,
+        one_per_partition: false,
     };
     channel.ensure_subscription("gaps", &spec).await.unwrap();
     channel.publish((0..20).map(event).collect()).await.unwrap();

@@ -29,7 +29,8 @@ pub struct TriggerDispatch {
     pub subscriber_uri: String,
     pub filter: Filter,
     pub policy: DeliveryPolicy,
-    /// One delivery at a time, in channel order.
+    /// One delivery at a time, in channel order (ordered mode on a channel without
+    /// partitions; a partitioned channel keeps the order of each partition by itself).
     pub ordered: bool,
     /// Deliveries in flight at most (1 when ordered).
     pub parallelism: usize,

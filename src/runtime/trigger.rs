@@ -99,7 +99,10 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                 .get(DELIVERY_ORDER_ANNOTATION)
                 .map(String::as_str)
                 == Some("ordered");
-            let parallelism = if ordered {
+            // On a partitioned channel (Kafka) ordered delivery is per partition: the channel
+            // hands out one event per partition at a time and partitions go in parallel.
+            let per_partition = ordered && broker.channel.has_partitions();
+            let parallelism = if ordered && !per_partition {
                 1
             } else {
                 annotations
@@ -118,12 +121,13 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                     &ctx.settings.delivery,
                 ),
                 filter,
-                ordered,
+                ordered: ordered && !per_partition,
                 parallelism,
             };
             let spec = SubscriptionSpec {
                 prefilter: dispatch.filter.prefilter(),
                 max_in_flight: parallelism,
+                one_per_partition: per_partition,
             };
             let subscription_name = subscription_name(&name);
             broker

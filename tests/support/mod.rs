@@ -248,6 +248,9 @@ pub struct Recorder {
     pub received: Arc<Mutex<Vec<Received>>>,
     status: Arc<Mutex<u16>>,
     delay: Arc<Mutex<Duration>>,
+    /// Requests being answered now, and the most seen at once.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Recorder {
@@ -255,6 +258,8 @@ impl Recorder {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let status = Arc::new(Mutex::new(202u16));
         let delay: Arc<Mutex<Duration>> = Arc::default();
+        let in_flight: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let max_in_flight: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("the recorder binds");
@@ -263,12 +268,18 @@ impl Recorder {
             let received = received.clone();
             let status = status.clone();
             let delay = delay.clone();
+            let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
             axum::Router::new().fallback(move |request: axum::extract::Request| {
                 let received = received.clone();
                 let status = status.clone();
                 let delay = *delay.lock().unwrap();
+                let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
                 async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now = in_flight.fetch_add(1, SeqCst) + 1;
+                    max_in_flight.fetch_max(now, SeqCst);
                     tokio::time::sleep(delay).await;
+                    in_flight.fetch_sub(1, SeqCst);
                     let (parts, body) = request.into_parts();
                     let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
                         .await
@@ -299,7 +310,14 @@ impl Recorder {
             received,
             status,
             delay,
+            in_flight,
+            max_in_flight,
         }
+    }
+
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_status(&self, code: u16) {

@@ -54,8 +54,8 @@ pub struct ConsumerSettings {
     /// Where to start in partitions the group has no committed offset for.
     pub start_at_earliest: bool,
     /// A stable member identity (Kafka static membership): a restarted process with the
-    /// same identity takes its partitions back at once instead of waiting for the dead
-    /// member's session to end.
+    /// same identity takes its partitions back at once. Without one, a member killed
+    /// without leaving keeps its partitions on servers that never expire it (tansu 0.6).
     pub instance_id: Option<String>,
 }
 
@@ -82,6 +82,8 @@ struct Shared<T> {
     changed: Notify,
     /// 0 means no limit.
     max_in_flight: AtomicUsize,
+    /// At most one record per partition handed out at a time.
+    one_per_partition: AtomicBool,
     stop: StopHandle,
     /// Set by acknowledgements; the fetch thread then commits.
     dirty: AtomicBool,
@@ -250,6 +252,7 @@ impl<T: Send + 'static> TrackedConsumer<T> {
             }),
             changed: Notify::new(),
             max_in_flight: AtomicUsize::new(0),
+            one_per_partition: AtomicBool::new(false),
             stop: StopHandle::default(),
             dirty: AtomicBool::new(false),
             decode,
@@ -262,6 +265,12 @@ impl<T: Send + 'static> TrackedConsumer<T> {
         }
         if config.get("heartbeat.interval.ms").is_none() {
             config.set("heartbeat.interval.ms", "2000");
+        }
+        // Also the rebalance timeout: how long the coordinator waits for members that do not
+        // rejoin (some servers end a dead member this way rather than by its session). The
+        // fetch thread polls continuously, paused or not, so a live member never exceeds it.
+        if config.get("max.poll.interval.ms").is_none() {
+            config.set("max.poll.interval.ms", "15000");
         }
         if let Some(instance) = &settings.instance_id {
             config.set("group.instance.id", instance);
@@ -306,6 +315,13 @@ impl<T: Send + 'static> TrackedConsumer<T> {
     }
 
     /// Waits for records and returns up to `max` of them, in fetch order.
+    /// Hands out at most one record per partition until it is acknowledged (ordered
+    /// delivery per partition), or any records (the default).
+    pub fn set_one_per_partition(&self, on: bool) {
+        self.shared.one_per_partition.store(on, Ordering::Relaxed);
+        self.shared.changed.notify_waiters();
+    }
+
     pub async fn receive(&self, max: usize) -> Result<Vec<Handed<T>>, ChannelError> {
         loop {
             let changed = self.shared.changed.notified();
@@ -324,8 +340,28 @@ impl<T: Send + 'static> TrackedConsumer<T> {
                     limit => max.min(limit.saturating_sub(state.handed.len())),
                 };
                 let mut batch = Vec::new();
-                while batch.len() < room {
-                    let Some(queued) = state.queue.pop_front() else {
+                let one_per_partition = self.shared.one_per_partition.load(Ordering::Relaxed);
+                let mut busy: BTreeSet<(String, i32)> = if one_per_partition {
+                    state
+                        .handed
+                        .values()
+                        .map(|p| (p.topic.clone(), p.partition))
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                };
+                let mut index = 0;
+                while batch.len() < room && index < state.queue.len() {
+                    if one_per_partition {
+                        let position = &state.queue[index].position;
+                        let key = (position.topic.clone(), position.partition);
+                        if !busy.insert(key) {
+                            // Its partition has a record out: the next one waits for it.
+                            index += 1;
+                            continue;
+                        }
+                    }
+                    let Some(queued) = state.queue.remove(index) else {
                         break;
                     };
                     let id = state.next_id;

@@ -74,6 +74,7 @@ const PASSED_THROUGH_PREFIXES: &[&str] = &[
     "max.in.flight.requests.per.connection",
     "session.timeout.ms",
     "heartbeat.interval.ms",
+    "max.poll.interval.ms",
 ];
 
 /// How long a produce may take, retries included, before publish fails (503 at ingress).
@@ -220,11 +221,31 @@ pub struct KafkaChannel {
     partitions: i32,
     replication: i32,
     client: ClientConfig,
-    /// The process's data folder, which identifies it as a group member across restarts.
-    data_dir: std::path::PathBuf,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     subscriptions: Mutex<HashMap<String, SubscriptionEntry>>,
+    /// This process's identity as a static member of the trigger groups.
+    member_id: String,
+}
+
+/// The file in the data folder that keeps the process's consumer-group identity.
+const MEMBER_ID_FILE: &str = "kafka-member-id";
+
+/// This process's identity in consumer groups: random, kept in the data folder, so a
+/// restarted process (even after `kill -9`) takes its partitions back at once, while
+/// processes with their own data folders (replicas) never fence each other.
+fn member_id(data_dir: &std::path::Path) -> Result<String, ChannelError> {
+    let path = data_dir.join(MEMBER_ID_FILE);
+    if let Ok(stored) = std::fs::read_to_string(&path) {
+        let stored = stored.trim();
+        if !stored.is_empty() {
+            return Ok(stored.to_owned());
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(&path, &id)?;
+    Ok(id)
 }
 
 /// How long closing a consumer (final commit, leaving the group) may take.
@@ -234,6 +255,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 struct SubscriptionEntry {
     prefilter: Arc<RwLock<Prefilter>>,
     max_in_flight: usize,
+    one_per_partition: bool,
     /// The consumer currently reading it, if any.
     active: Weak<TrackedConsumer<Arc<Envelope>>>,
     /// Every consumer started for it whose fetch thread may still run, dropped or not.
@@ -255,10 +277,10 @@ impl KafkaChannel {
             partitions,
             replication,
             client,
-            data_dir: config.data_dir.clone(),
             producer,
             admin,
             subscriptions: Mutex::new(HashMap::new()),
+            member_id: member_id(&config.data_dir)?,
         };
         channel.create_topic().await?;
         Ok(channel)
@@ -267,15 +289,6 @@ impl KafkaChannel {
     /// The broker's topic.
     pub fn topic(&self) -> &str {
         &self.topic
-    }
-
-    /// The static member identity of this process in a subscription's group: the same for
-    /// a process restarted on the same data folder.
-    fn instance_id(&self, subscription: &str) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.data_dir.hash(&mut hasher);
-        format!("rivulet-{:016x}-{subscription}", hasher.finish())
     }
 
     fn servers(&self) -> &str {
@@ -367,17 +380,22 @@ impl KafkaChannel {
             .map_err(|e| unavailable("reading committed offsets", e))
     }
 
-    fn entry_for(&self, name: &str) -> (Arc<RwLock<Prefilter>>, usize) {
+    fn entry_for(&self, name: &str) -> (Arc<RwLock<Prefilter>>, usize, bool) {
         let mut subscriptions = lock(&self.subscriptions);
         let entry = subscriptions
             .entry(name.to_owned())
             .or_insert_with(|| SubscriptionEntry {
                 prefilter: Arc::new(RwLock::new(Prefilter::all())),
                 max_in_flight: 0,
+                one_per_partition: false,
                 active: Weak::new(),
                 consumers: Vec::new(),
             });
-        (Arc::clone(&entry.prefilter), entry.max_in_flight)
+        (
+            Arc::clone(&entry.prefilter),
+            entry.max_in_flight,
+            entry.one_per_partition,
+        )
     }
 
     /// Stops every consumer of `name` this process started and waits until they left the
@@ -451,16 +469,18 @@ impl Channel for KafkaChannel {
             Ok(())
         })
         .await?;
-        let (prefilter, _) = self.entry_for(name);
+        let (prefilter, _, _) = self.entry_for(name);
         *prefilter.write().unwrap_or_else(PoisonError::into_inner) = spec.prefilter.clone();
         let active = {
             let mut subscriptions = lock(&self.subscriptions);
             let entry = subscriptions.get_mut(name).expect("entry created above");
             entry.max_in_flight = spec.max_in_flight;
+            entry.one_per_partition = spec.one_per_partition;
             entry.active.upgrade()
         };
         if let Some(active) = active {
             active.set_max_in_flight(spec.max_in_flight);
+            active.set_one_per_partition(spec.one_per_partition);
         }
         Ok(())
     }
@@ -482,7 +502,7 @@ impl Channel for KafkaChannel {
         }
         // One consumer per subscription in this process: the newest takes over.
         self.stop_consumers(name).await;
-        let (prefilter, max_in_flight) = self.entry_for(name);
+        let (prefilter, max_in_flight, one_per_partition) = self.entry_for(name);
         let decode: Decoder<Arc<Envelope>> =
             Arc::new(move |message| match binding::from_binary(message) {
                 Ok(envelope) => {
@@ -502,10 +522,11 @@ impl Channel for KafkaChannel {
             group_id: group,
             topics: vec![self.topic.clone()],
             start_at_earliest: true,
-            instance_id: Some(self.instance_id(name)),
+            instance_id: Some(format!("rivulet-{}-{name}", self.member_id)),
         };
         let consumer = blocking(move || TrackedConsumer::start(&settings, decode)).await?;
         consumer.set_max_in_flight(max_in_flight);
+        consumer.set_one_per_partition(one_per_partition);
         let consumer = Arc::new(consumer);
         if let Some(entry) = lock(&self.subscriptions).get_mut(name) {
             entry.active = Arc::downgrade(&consumer);
@@ -589,6 +610,10 @@ impl Channel for KafkaChannel {
                 .map_err(|e: KafkaError| unavailable("Kafka is not reachable", e))
         })
         .await
+    }
+
+    fn has_partitions(&self) -> bool {
+        true
     }
 }
 

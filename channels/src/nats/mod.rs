@@ -364,6 +364,7 @@ fn spec_from_description(description: Option<&str>) -> SubscriptionSpec {
                 exact: stored.rivulet_prefilter,
             },
             max_in_flight: stored.max_in_flight,
+            one_per_partition: false,
         },
         None => SubscriptionSpec::default(),
     }
@@ -1087,6 +1088,7 @@ mod tests {
                 exact: vec![("type".into(), "t".into()), ("source".into(), "/s".into())],
             },
             max_in_flight: 7,
+            one_per_partition: false,
         };
         assert_eq!(spec_from_description(Some(&describe(&spec))), spec);
         assert_eq!(
