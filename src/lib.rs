@@ -11,6 +11,7 @@ pub mod event;
 pub mod filter;
 pub mod ingress;
 pub mod metrics;
+pub mod registry;
 pub mod resources;
 pub mod runtime;
 pub mod server;

@@ -67,6 +67,12 @@ pub struct AdapterOutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryDropLabels {
+    /// `queue_full`: the discovery queue was full, the observation was dropped.
+    pub reason: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -93,6 +99,12 @@ pub struct Metrics {
     pub sink_events: Family<AdapterOutcomeLabels, Counter>,
     /// Attempts beyond the first a sink made towards its target.
     pub sink_retries: Family<AdapterLabels, Counter>,
+    /// Ingress observations the EventType registry did not look at.
+    pub eventtype_observations_dropped: Family<RegistryDropLabels, Counter>,
+    /// EventTypes created from traffic.
+    pub eventtypes_autocreated: Counter,
+    /// Writes of an EventType's inferred schema, sample or dataschema.
+    pub eventtype_status_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -183,8 +195,29 @@ impl Metrics {
             "Sink delivery attempts beyond the first",
             sink_retries.clone(),
         );
+        let eventtype_observations_dropped = Family::default();
+        registry.register(
+            "eventtype_observations_dropped",
+            "Ingress events the EventType registry skipped (reason: queue_full)",
+            eventtype_observations_dropped.clone(),
+        );
+        let eventtypes_autocreated = Counter::default();
+        registry.register(
+            "eventtypes_autocreated",
+            "EventTypes created from broker traffic",
+            eventtypes_autocreated.clone(),
+        );
+        let eventtype_status_writes = Counter::default();
+        registry.register(
+            "eventtype_status_writes",
+            "Writes of inferred schemas and samples to EventTypes",
+            eventtype_status_writes.clone(),
+        );
         Metrics {
             registry,
+            eventtype_observations_dropped,
+            eventtypes_autocreated,
+            eventtype_status_writes,
             events_received,
             ingress_events,
             filter_matched,

@@ -15,6 +15,7 @@ use crate::delivery::{DeliveryDefaults, Sender};
 use crate::dispatcher;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::registry::{Observer, RegistrySettings, StatusLock, worker::Worker};
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests};
 use crate::runtime::{Context, Settings};
 use crate::store::{FileStore, ResourceStore};
@@ -34,6 +35,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// The URL brokers advertise; by default `http://` + the listen address.
     pub advertised_url: Option<String>,
+    /// Event-type discovery: auto-creation, its bounds and write rate.
+    pub registry: RegistrySettings,
 }
 
 impl Default for ServeOptions {
@@ -47,6 +50,7 @@ impl Default for ServeOptions {
             default_parallelism: 64,
             shutdown_grace: Duration::from_secs(5),
             advertised_url: None,
+            registry: RegistrySettings::default(),
         }
     }
 }
@@ -135,6 +139,19 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
             stop_grace: options.shutdown_grace,
         },
     );
+    let shutdown = CancellationToken::new();
+    // Discovery runs beside ingress, fed through a bounded queue it never makes ingress wait on.
+    let (observer, observations) = Observer::new(&metrics, options.registry.queue_capacity);
+    ingress.set_observer(observer);
+    let discovery = tokio::spawn(
+        Worker::new(
+            store.clone(),
+            options.registry.clone(),
+            metrics.clone(),
+            ctx.extensions.get_or_default::<StatusLock>(),
+        )
+        .run(observations, shutdown.clone()),
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let mut app = api::router(ApiState {
         store: store.clone(),
@@ -149,7 +166,6 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         .fallback(unknown_path)
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
-    let shutdown = CancellationToken::new();
     let changes = store.watch();
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
@@ -169,6 +185,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         let result = serving.await;
         // Intake has stopped: let deliveries in flight finish or hand them back.
         let _ = control.await;
+        let _ = discovery.await;
         crate::sources::stop_all(&ctx).await;
         ctx.stop_all().await;
         tracing::info!("rivulet stopped");
@@ -190,7 +207,7 @@ async fn unknown_path(
     (
         axum::http::StatusCode::NOT_FOUND,
         format!(
-            "no such path: {method} {}; ingress is POST /{{namespace}}/{{broker}}, resources are under /apis/... and /api/v1/...\n",
+            "no such path: {method} {}; ingress is POST /{{namespace}}/{{broker}}, resources are under /apis/... and /api/v1/..., the xRegistry view under /xregistry\n",
             uri.path()
         ),
     )

@@ -373,6 +373,19 @@ async fn every_subcommand_has_help_naming_its_flags() {
         (&["filter", "eval", "--help"], &["--trigger", "--event"]),
         (&["cesql", "eval", "--help"], &["--event"]),
         (&["display", "--help"], &["--listen"]),
+        (&["serve", "--help"], &["--no-eventtype-autocreate"]),
+        (
+            &["eventtypes", "list", "--help"],
+            &["--broker", "--type", "--type-prefix", "--source", "--query"],
+        ),
+        (
+            &["eventtypes", "show", "--help"],
+            &["--namespace", "--output"],
+        ),
+        (
+            &["eventtypes", "scaffold", "--help"],
+            &["--lang", "--output", "rust", "typescript", "python"],
+        ),
     ];
     for (args, flags) in cases {
         let out = rivulet().args(*args).output().await.unwrap();

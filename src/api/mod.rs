@@ -1,19 +1,20 @@
 //! The resource API (`/apis/{group}/{version}/namespaces/{ns}/{plural}[/{name}]`, and
 //! `/api/v1/...` for ConfigMaps and Secrets), health endpoints and metrics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
-use crate::resources::{KindInfo, find_kind};
+use crate::resources::{KindInfo, ServedVersion, find_kind, find_served_version};
 use crate::store::{Applied, ResourceStore, StoreError};
 
 /// State of the API handlers.
@@ -24,6 +25,26 @@ pub struct ApiState {
     /// False until start-up is done, and again while shutting down.
     pub ready: Arc<AtomicBool>,
 }
+
+/// Query parameters a kind's list understands (`?broker=...`), registered with
+/// `inventory::submit!` next to the kind. Kinds without one ignore query parameters.
+pub struct ListFilter {
+    pub group: &'static str,
+    pub plural: &'static str,
+    /// The parameters it takes; others are refused with `400`.
+    pub params: &'static [&'static str],
+    /// Whether a stored object passes the given parameters.
+    pub matches: fn(&Value, &BTreeMap<String, String>) -> bool,
+}
+
+inventory::collect!(ListFilter);
+
+fn list_filter(group: &str, plural: &str) -> Option<&'static ListFilter> {
+    inventory::iter::<ListFilter>().find(|f| f.group == group && f.plural == plural)
+}
+
+/// Query parameters of a list request.
+type Params = BTreeMap<String, String>;
 
 /// The largest manifest the API takes.
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
@@ -119,26 +140,89 @@ fn store_error(error: StoreError) -> Response {
     }
 }
 
-async fn list(state: ApiState, kind: &'static KindInfo, namespace: Option<&str>) -> Response {
+/// How a kind is served at a path: as stored, or converted from the stored version.
+#[derive(Clone, Copy)]
+enum Served {
+    Stored(&'static KindInfo),
+    Converted(&'static ServedVersion, &'static KindInfo),
+}
+
+impl Served {
+    fn find(group: &str, version: &str, plural: &str) -> Option<Served> {
+        if let Some(kind) = find_kind(group, version, plural) {
+            return Some(Served::Stored(kind));
+        }
+        let converted = find_served_version(group, version, plural)?;
+        Some(Served::Converted(converted, converted.stored_kind()?))
+    }
+
+    fn stored(self) -> &'static KindInfo {
+        match self {
+            Served::Stored(kind) | Served::Converted(_, kind) => kind,
+        }
+    }
+
+    fn api_version(self) -> String {
+        match self {
+            Served::Stored(kind) => kind.api_version(),
+            Served::Converted(version, _) => version.api_version(),
+        }
+    }
+
+    /// A stored object as this version shows it.
+    fn view(self, object: Value) -> Value {
+        match self {
+            Served::Stored(_) => object,
+            Served::Converted(version, _) => (version.downgrade)(object),
+        }
+    }
+}
+
+async fn list(
+    state: ApiState,
+    served: Served,
+    namespace: Option<&str>,
+    params: &Params,
+) -> Response {
+    let kind = served.stored();
+    let filter = list_filter(kind.group, kind.plural);
+    if let Some(filter) = filter {
+        if let Some(unknown) = params.keys().find(|p| !filter.params.contains(&p.as_str())) {
+            return status_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!(
+                    "unknown query parameter {unknown:?} for {}; known: {}",
+                    kind.plural,
+                    filter.params.join(", ")
+                ),
+            );
+        }
+    }
     match state.store.list(kind, namespace).await {
-        Ok(items) => axum::Json(json!({
-            "apiVersion": kind.api_version(),
-            "kind": format!("{}List", kind.kind),
-            "items": items,
-        }))
-        .into_response(),
+        Ok(items) => {
+            let items: Vec<Value> = items
+                .into_iter()
+                .filter(|item| {
+                    filter.is_none_or(|f| params.is_empty() || (f.matches)(item, params))
+                })
+                .map(|item| served.view(item))
+                .collect();
+            axum::Json(json!({
+                "apiVersion": served.api_version(),
+                "kind": format!("{}List", kind.kind),
+                "items": items,
+            }))
+            .into_response()
+        }
         Err(e) => store_error(e),
     }
 }
 
-async fn get_one(
-    state: ApiState,
-    kind: &'static KindInfo,
-    namespace: &str,
-    name: &str,
-) -> Response {
+async fn get_one(state: ApiState, served: Served, namespace: &str, name: &str) -> Response {
+    let kind = served.stored();
     match state.store.get(kind, namespace, name).await {
-        Ok(Some(object)) => axum::Json(object).into_response(),
+        Ok(Some(object)) => axum::Json(served.view(object)).into_response(),
         Ok(None) => status_error(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -165,7 +249,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
 
 async fn put_one(
     state: ApiState,
-    kind: &'static KindInfo,
+    served: Served,
     namespace: &str,
     name: &str,
     headers: HeaderMap,
@@ -182,6 +266,7 @@ async fn put_one(
         }
         Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
+    let kind = served.stored();
     if let Some(declared) = object.get("kind").and_then(Value::as_str) {
         if declared != kind.kind {
             return status_error(
@@ -217,21 +302,26 @@ async fn put_one(
             }
         }
     }
+    if let Served::Converted(version, _) = served {
+        object = match (version.upgrade)(object) {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                return status_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
+            }
+        };
+    }
     match state.store.apply(kind, object).await {
-        Ok((stored, Applied::Created)) => (StatusCode::CREATED, axum::Json(stored)).into_response(),
-        Ok((stored, _)) => (StatusCode::OK, axum::Json(stored)).into_response(),
+        Ok((stored, Applied::Created)) => {
+            (StatusCode::CREATED, axum::Json(served.view(stored))).into_response()
+        }
+        Ok((stored, _)) => (StatusCode::OK, axum::Json(served.view(stored))).into_response(),
         Err(e) => store_error(e),
     }
 }
 
-async fn delete_one(
-    state: ApiState,
-    kind: &'static KindInfo,
-    namespace: &str,
-    name: &str,
-) -> Response {
-    match state.store.delete(kind, namespace, name).await {
-        Ok(object) => axum::Json(object).into_response(),
+async fn delete_one(state: ApiState, served: Served, namespace: &str, name: &str) -> Response {
+    match state.store.delete(served.stored(), namespace, name).await {
+        Ok(object) => axum::Json(served.view(object)).into_response(),
         Err(e) => store_error(e),
     }
 }
@@ -239,9 +329,10 @@ async fn delete_one(
 async fn list_grouped(
     State(state): State<ApiState>,
     Path((group, version, namespace, plural)): Path<(String, String, String, String)>,
+    Query(params): Query<Params>,
 ) -> Response {
-    match find_kind(&group, &version, &plural) {
-        Some(kind) => list(state, kind, Some(&namespace)).await,
+    match Served::find(&group, &version, &plural) {
+        Some(served) => list(state, served, Some(&namespace), &params).await,
         None => unknown_kind(&group, &version, &plural),
     }
 }
@@ -249,9 +340,10 @@ async fn list_grouped(
 async fn list_grouped_all(
     State(state): State<ApiState>,
     Path((group, version, plural)): Path<(String, String, String)>,
+    Query(params): Query<Params>,
 ) -> Response {
-    match find_kind(&group, &version, &plural) {
-        Some(kind) => list(state, kind, None).await,
+    match Served::find(&group, &version, &plural) {
+        Some(served) => list(state, served, None, &params).await,
         None => unknown_kind(&group, &version, &plural),
     }
 }
@@ -260,8 +352,8 @@ async fn get_grouped(
     State(state): State<ApiState>,
     Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
 ) -> Response {
-    match find_kind(&group, &version, &plural) {
-        Some(kind) => get_one(state, kind, &namespace, &name).await,
+    match Served::find(&group, &version, &plural) {
+        Some(served) => get_one(state, served, &namespace, &name).await,
         None => unknown_kind(&group, &version, &plural),
     }
 }
@@ -272,8 +364,8 @@ async fn put_grouped(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match find_kind(&group, &version, &plural) {
-        Some(kind) => put_one(state, kind, &namespace, &name, headers, body).await,
+    match Served::find(&group, &version, &plural) {
+        Some(served) => put_one(state, served, &namespace, &name, headers, body).await,
         None => unknown_kind(&group, &version, &plural),
     }
 }
@@ -282,8 +374,8 @@ async fn delete_grouped(
     State(state): State<ApiState>,
     Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
 ) -> Response {
-    match find_kind(&group, &version, &plural) {
-        Some(kind) => delete_one(state, kind, &namespace, &name).await,
+    match Served::find(&group, &version, &plural) {
+        Some(served) => delete_one(state, served, &namespace, &name).await,
         None => unknown_kind(&group, &version, &plural),
     }
 }
@@ -291,9 +383,10 @@ async fn delete_grouped(
 async fn list_core(
     State(state): State<ApiState>,
     Path((version, namespace, plural)): Path<(String, String, String)>,
+    Query(params): Query<Params>,
 ) -> Response {
-    match find_kind("", &version, &plural) {
-        Some(kind) => list(state, kind, Some(&namespace)).await,
+    match Served::find("", &version, &plural) {
+        Some(served) => list(state, served, Some(&namespace), &params).await,
         None => unknown_kind("", &version, &plural),
     }
 }
@@ -302,8 +395,8 @@ async fn get_core(
     State(state): State<ApiState>,
     Path((version, namespace, plural, name)): Path<(String, String, String, String)>,
 ) -> Response {
-    match find_kind("", &version, &plural) {
-        Some(kind) => get_one(state, kind, &namespace, &name).await,
+    match Served::find("", &version, &plural) {
+        Some(served) => get_one(state, served, &namespace, &name).await,
         None => unknown_kind("", &version, &plural),
     }
 }
@@ -314,8 +407,8 @@ async fn put_core(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match find_kind("", &version, &plural) {
-        Some(kind) => put_one(state, kind, &namespace, &name, headers, body).await,
+    match Served::find("", &version, &plural) {
+        Some(served) => put_one(state, served, &namespace, &name, headers, body).await,
         None => unknown_kind("", &version, &plural),
     }
 }
@@ -324,8 +417,8 @@ async fn delete_core(
     State(state): State<ApiState>,
     Path((version, namespace, plural, name)): Path<(String, String, String, String)>,
 ) -> Response {
-    match find_kind("", &version, &plural) {
-        Some(kind) => delete_one(state, kind, &namespace, &name).await,
+    match Served::find("", &version, &plural) {
+        Some(served) => delete_one(state, served, &namespace, &name).await,
         None => unknown_kind("", &version, &plural),
     }
 }

@@ -10,12 +10,12 @@ use serde_json::Value;
 use super::{OutputFormat, SendArgs};
 use crate::resources::{KindInfo, find_kind_by_name, kinds, manifest_files, parse_manifests};
 
-fn http() -> reqwest::Client {
+pub(super) fn http() -> reqwest::Client {
     crate::install_crypto_provider();
     reqwest::Client::new()
 }
 
-fn object_url(server: &str, kind: &KindInfo, namespace: &str, name: &str) -> String {
+pub(super) fn object_url(server: &str, kind: &KindInfo, namespace: &str, name: &str) -> String {
     format!(
         "{}{}/{name}",
         server.trim_end_matches('/'),
@@ -24,7 +24,7 @@ fn object_url(server: &str, kind: &KindInfo, namespace: &str, name: &str) -> Str
 }
 
 /// Turns an error response (a Kubernetes `Status` or plain text) into a message.
-async fn failure(response: reqwest::Response) -> String {
+pub(super) async fn failure(response: reqwest::Response) -> String {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<Value>(&text)
@@ -34,7 +34,7 @@ async fn failure(response: reqwest::Response) -> String {
     format!("{status}: {}", message.trim())
 }
 
-fn unreachable(server: &str, error: reqwest::Error) -> anyhow::Error {
+pub(super) fn unreachable(server: &str, error: reqwest::Error) -> anyhow::Error {
     anyhow::anyhow!(
         "cannot reach the Rivulet server at {server} ({error}); is `rivulet serve` running? (--server picks another)"
     )

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod client;
+mod eventtypes;
 mod local;
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -45,7 +46,8 @@ enum Command {
     },
     /// List resources of a kind, or show one.
     ///
-    /// KIND is a kind or plural name: broker(s), trigger(s), configmap(s), secret(s).
+    /// KIND is a kind or plural name: broker(s), trigger(s), eventtype(s), configmap(s),
+    /// secret(s).
     Get {
         kind: String,
         name: Option<String>,
@@ -77,6 +79,17 @@ enum Command {
     Cesql {
         #[command(subcommand)]
         command: CesqlCommand,
+    },
+    /// Discover the event types brokers carry: list them, show one's schema and sample, or
+    /// scaffold a function for one.
+    ///
+    /// EventTypes are created automatically for each (broker, type, source) ingress accepts
+    /// (unless the server runs with --no-eventtype-autocreate); their payload schema is
+    /// inferred from the events and kept in the EventType's status.
+    #[command(name = "eventtypes", visible_alias = "eventtype")]
+    EventTypes {
+        #[command(subcommand)]
+        command: eventtypes::EventTypesCommand,
     },
     /// Listen for CloudEvents and print each one (an event display sink).
     Display {
@@ -131,6 +144,14 @@ struct ServeArgs {
     /// URL brokers advertise in status.address.url (default: http:// + --listen).
     #[arg(long)]
     advertised_url: Option<String>,
+    /// Do not create EventTypes from the events brokers accept. Schemas are still inferred
+    /// for EventTypes applied by hand.
+    #[arg(long)]
+    no_eventtype_autocreate: bool,
+    /// Source patterns per (broker, type) that get an EventType of their own; events from
+    /// further sources share one EventType whose source is left open.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    eventtype_sources_per_type: u32,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +275,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     output,
                 },
         } => local::cesql_eval(&expression, event.as_deref(), &output),
+        Command::EventTypes { command } => eventtypes::run(command).await,
         Command::Display { listen } => {
             crate::sinks::display::serve(listen).await?;
             Ok(ExitCode::SUCCESS)
@@ -274,6 +296,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         default_parallelism: args.parallelism.max(1),
         shutdown_grace: args.shutdown_grace,
         advertised_url: args.advertised_url,
+        registry: crate::registry::RegistrySettings {
+            autocreate: !args.no_eventtype_autocreate,
+            max_sources_per_type: args.eventtype_sources_per_type as usize,
+            ..Default::default()
+        },
     };
     let server = crate::server::start(options).await?;
     eprintln!(

@@ -2,7 +2,7 @@
 //! batched), stamps them, and answers `202` only once the broker's channel has them durably.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -12,6 +12,7 @@ use rivulet_channels::{Channel, ChannelError};
 
 use crate::event::{self, Event, EventError, ExtensionValue};
 use crate::metrics::{BrokerLabels, IngressLabels, Metrics};
+use crate::registry::Observer;
 use crate::resources::DeliverySpec;
 use prometheus_client::metrics::counter::Counter;
 
@@ -126,6 +127,8 @@ pub struct Ingress {
     brokers: RwLock<BrokerMap>,
     metrics: Arc<Metrics>,
     body_limit: usize,
+    /// Event-type discovery, told about accepted events without being waited for.
+    observer: OnceLock<Observer>,
 }
 
 impl Ingress {
@@ -134,6 +137,19 @@ impl Ingress {
             brokers: RwLock::default(),
             metrics,
             body_limit,
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// Hands accepted events to event-type discovery from now on (once).
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells discovery about events a broker accepted; never waits.
+    fn observe(&self, handle: &BrokerHandle, events: Vec<Event>) {
+        if let Some(observer) = self.observer.get() {
+            observer.observe(&handle.namespace, &handle.name, events);
         }
     }
 
@@ -183,7 +199,9 @@ impl Ingress {
                 namespace: namespace.to_string(),
                 name: broker.to_string(),
             })?;
-        publish(&handle, events).await
+        let events = publish(&handle, events).await?;
+        self.observe(&handle, events);
+        Ok(())
     }
 
     /// The HTTP routes of ingress.
@@ -199,8 +217,12 @@ impl Ingress {
     }
 }
 
-/// Stamps events and publishes them to a broker's channel; returns once durable.
-async fn publish(handle: &BrokerHandle, mut events: Vec<Event>) -> Result<(), IngressError> {
+/// Stamps events and publishes them to a broker's channel; returns them, stamped, once
+/// durable.
+async fn publish(
+    handle: &BrokerHandle,
+    mut events: Vec<Event>,
+) -> Result<Vec<Event>, IngressError> {
     let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut envelopes = Vec::with_capacity(events.len());
     for event in &mut events {
@@ -208,10 +230,10 @@ async fn publish(handle: &BrokerHandle, mut events: Vec<Event>) -> Result<(), In
         envelopes.push(event.to_envelope());
     }
     if envelopes.is_empty() {
-        return Ok(());
+        return Ok(events);
     }
     handle.channel.publish(envelopes).await?;
-    Ok(())
+    Ok(events)
 }
 
 /// Adds the arrival time and, when missing, the broker TTL; refuses a TTL that is not an
@@ -287,7 +309,8 @@ async fn receive(
     let (_, events) = event::from_http(&parts.headers, body)?;
     let count = events.len();
     entry.counters.received.inc_by(count as u64);
-    publish(&entry.handle, events).await?;
+    let events = publish(&entry.handle, events).await?;
+    ingress.observe(&entry.handle, events);
     Ok(count)
 }
 

@@ -42,6 +42,52 @@ impl KindInfo {
 
 inventory::collect!(KindInfo);
 
+/// An older API version of a kind, served by converting to and from the stored version: its
+/// manifests are upgraded before they are stored, and reads at its path are downgraded.
+pub struct ServedVersion {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// The version objects are stored in.
+    pub stored_version: &'static str,
+    /// Converts an object of this version into the stored version.
+    pub upgrade: fn(Value) -> Result<Value, ValidationError>,
+    /// Converts a stored object into this version.
+    pub downgrade: fn(Value) -> Value,
+}
+
+impl ServedVersion {
+    /// The kind objects of this version are stored as.
+    pub fn stored_kind(&self) -> Option<&'static KindInfo> {
+        find_kind(self.group, self.stored_version, self.plural)
+    }
+
+    pub fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+}
+
+inventory::collect!(ServedVersion);
+
+/// The converted version served at `group/version/plural`.
+pub fn find_served_version(
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Option<&'static ServedVersion> {
+    inventory::iter::<ServedVersion>()
+        .find(|v| v.group == group && v.version == version && v.plural == plural)
+}
+
+/// The converted version with this `apiVersion` and `kind`.
+pub fn find_served_version_by_kind(
+    api_version: &str,
+    kind: &str,
+) -> Option<&'static ServedVersion> {
+    inventory::iter::<ServedVersion>().find(|v| v.kind == kind && v.api_version() == api_version)
+}
+
 /// Every kind served, in a stable order.
 pub fn kinds() -> Vec<&'static KindInfo> {
     let mut all: Vec<_> = inventory::iter::<KindInfo>().collect();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::kinds::{KindInfo, find_kind_by_name};
+use super::kinds::{KindInfo, find_kind_by_name, find_served_version_by_kind};
 
 /// One object from a manifest, with the kind it belongs to.
 #[derive(Debug, Clone)]
@@ -64,8 +64,20 @@ fn to_manifest(object: Value, origin: &str) -> Result<Manifest, String> {
         .get("kind")
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{origin}: missing kind"))?;
-    let kind = find_kind_by_name(Some(api_version), kind_name)
+    if let Some(kind) = find_kind_by_name(Some(api_version), kind_name) {
+        return Ok(Manifest {
+            kind,
+            object,
+            origin: origin.to_string(),
+        });
+    }
+    // An older version: stored (and applied) as the current one.
+    let served = find_served_version_by_kind(api_version, kind_name)
         .ok_or_else(|| format!("{origin}: Rivulet does not serve {api_version} {kind_name}"))?;
+    let kind = served
+        .stored_kind()
+        .ok_or_else(|| format!("{origin}: Rivulet does not serve {api_version} {kind_name}"))?;
+    let object = (served.upgrade)(object).map_err(|e| format!("{origin}: {e}"))?;
     Ok(Manifest {
         kind,
         object,

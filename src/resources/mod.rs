@@ -5,6 +5,7 @@
 
 mod broker;
 mod common;
+pub mod eventtype;
 mod kinds;
 mod manifest;
 pub mod rabbitmq_broker_config;
@@ -16,7 +17,11 @@ pub use common::{
     Addressable, BackoffPolicy, Condition, DeliveryFormat, DeliverySpec, Destination, KReference,
     now_rfc3339,
 };
-pub use kinds::{KindInfo, find_kind, find_kind_by_name, kinds};
+pub use eventtype::{EventAttributeDefinition, EventType, EventTypeSpec, EventTypeStatus};
+pub use kinds::{
+    KindInfo, ServedVersion, find_kind, find_kind_by_name, find_served_version,
+    find_served_version_by_kind, kinds,
+};
 pub use manifest::{Manifest, manifest_files, parse_manifests};
 pub use trigger::{SubscriptionsApiFilter, Trigger, TriggerFilter, TriggerSpec, TriggerStatus};
 

@@ -149,6 +149,13 @@ impl Context {
         }
     }
 
+    /// Reconciles an object again soon (when something it depends on changed).
+    pub(crate) fn requeue_now(&self, kind: &'static KindInfo, namespace: &str, name: &str) {
+        let _ = self
+            .requeue
+            .send((kind, namespace.to_string(), name.to_string()));
+    }
+
     /// Reconciles everything in the store (at start, and after missing change notices), kind
     /// by kind in the reconcilers' order.
     pub async fn resync(self: &Arc<Self>) {

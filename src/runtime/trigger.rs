@@ -152,6 +152,12 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     }
 
     status.conditions = conditions(parts);
+    // A warning beside Ready, never part of it.
+    if let Some(known) =
+        crate::registry::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
+    {
+        status.conditions.push(known);
+    }
     ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
         .await?;
     Ok(Action::AwaitChange)

@@ -378,6 +378,9 @@ pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
         "Trigger" => {
             format!("/apis/eventing.knative.dev/v1/namespaces/{namespace}/triggers/{name}")
         }
+        "EventType" => {
+            format!("/apis/eventing.knative.dev/v1beta3/namespaces/{namespace}/eventtypes/{name}")
+        }
         "ConfigMap" => format!("/api/v1/namespaces/{namespace}/configmaps/{name}"),
         "Secret" => format!("/api/v1/namespaces/{namespace}/secrets/{name}"),
         other => panic!("no path known for kind {other}"),
