@@ -5,6 +5,7 @@
 
 mod broker;
 mod common;
+mod crds;
 mod kinds;
 mod manifest;
 pub mod rabbitmq_broker_config;
@@ -14,8 +15,9 @@ pub mod validation;
 pub use broker::{Broker, BrokerSpec, BrokerStatus};
 pub use common::{
     Addressable, BackoffPolicy, Condition, DeliveryFormat, DeliverySpec, Destination, KReference,
-    now_rfc3339,
+    free_form_object, now_rfc3339,
 };
+pub use crds::{CrdError, CrdVersion, crds, crds_yaml, merge_versions};
 pub use kinds::{KindInfo, find_kind, find_kind_by_name, kinds};
 pub use manifest::{Manifest, manifest_files, parse_manifests};
 pub use trigger::{SubscriptionsApiFilter, Trigger, TriggerFilter, TriggerSpec, TriggerStatus};
