@@ -64,6 +64,27 @@ if ! port_open 9092; then
 fi
 export RIVULET_TANSU="${RIVULET_TANSU:-$(tansu_bin || true)}"
 
+# Tools some tests drive, installed once into a cache folder outside the repository: the
+# TypeScript compiler (npm) for the scaffolded TypeScript function, and Helm's template engine
+# (helm-python-sdk, PyPI) for rendering the chart. A test whose tool is missing says it skips.
+tools_dir="${XDG_CACHE_HOME:-$HOME/.cache}/rivulet-test"
+mkdir -p "$tools_dir"
+if ! command -v tsc >/dev/null && command -v npm >/dev/null; then
+  if [ ! -x "$tools_dir/npm/node_modules/.bin/tsc" ]; then
+    echo "test.sh: installing the TypeScript compiler (once)"
+    npm install --silent --no-audit --no-fund --prefix "$tools_dir/npm" typescript@7 </dev/null ||
+      echo "test.sh: could not install TypeScript; the scaffold test will skip its TypeScript check" >&2
+  fi
+  export PATH="$tools_dir/npm/node_modules/.bin:$PATH"
+fi
+helm_python="$tools_dir/helm-venv/bin/python"
+if ! { [ -x "$helm_python" ] && "$helm_python" -c "import helm_python" 2>/dev/null; }; then
+  echo "test.sh: installing helm-python-sdk for the Helm chart test (once)"
+  { python3 -m venv "$tools_dir/helm-venv" &&
+    "$tools_dir/helm-venv/bin/pip" install --quiet helm-python-sdk==0.2.2 </dev/null; } ||
+    echo "test.sh: could not install helm-python-sdk; the Helm chart test will skip rendering" >&2
+fi
+
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test.sh: cargo clippy"

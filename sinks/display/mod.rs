@@ -115,8 +115,14 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     plural = "eventdisplaysinks",
     namespaced,
     status = "SinkStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventDisplaySinkSpec {}
@@ -128,6 +134,12 @@ inventory::submit! {
         kind: "EventDisplaySink",
         plural: "eventdisplaysinks",
         validate: validate_event_display_sink_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <EventDisplaySink as kube::CustomResourceExt>::crd,
     }
 }
 

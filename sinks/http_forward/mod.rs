@@ -30,9 +30,15 @@ use crate::runtime::{self, Context, Reconciler};
     plural = "httpforwardsinks",
     namespaced,
     status = "SinkStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.uri"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpForwardSinkSpec {
@@ -50,6 +56,12 @@ inventory::submit! {
         kind: "HttpForwardSink",
         plural: "httpforwardsinks",
         validate: validate_http_forward_sink_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <HttpForwardSink as kube::CustomResourceExt>::crd,
     }
 }
 

@@ -53,9 +53,14 @@ pub enum ContentMode {
     plural = "kafkasinks",
     namespaced,
     status = "SinkStatus",
-    printcolumn = r#"{"name":"Topic","type":"string","jsonPath":".spec.topic"}"#,
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSinkSpec {
@@ -74,6 +79,7 @@ pub struct KafkaSinkSpec {
     pub replication_factor: Option<i16>,
     /// Knative's authentication reference; accepted, not used (plaintext connections only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::resources::free_form_object")]
     pub auth: Option<Value>,
 }
 
@@ -84,6 +90,12 @@ inventory::submit! {
         kind: "KafkaSink",
         plural: "kafkasinks",
         validate: validate_kafka_sink_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <KafkaSink as kube::CustomResourceExt>::crd,
     }
 }
 

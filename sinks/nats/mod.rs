@@ -38,9 +38,15 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
     plural = "natssinks",
     namespaced,
     status = "SinkStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
     printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsSinkSpec {
@@ -61,6 +67,12 @@ inventory::submit! {
         kind: "NatsSink",
         plural: "natssinks",
         validate: validate_nats_sink_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <NatsSink as kube::CustomResourceExt>::crd,
     }
 }
 

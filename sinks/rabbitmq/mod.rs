@@ -41,9 +41,15 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
     plural = "rabbitmqsinks",
     namespaced,
     status = "SinkStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
     printcolumn = r#"{"name":"Exchange","type":"string","jsonPath":".spec.exchange"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RabbitmqSinkSpec {
@@ -68,6 +74,12 @@ inventory::submit! {
         kind: "RabbitmqSink",
         plural: "rabbitmqsinks",
         validate: validate_rabbitmq_sink_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <RabbitmqSink as kube::CustomResourceExt>::crd,
     }
 }
 

@@ -75,9 +75,17 @@ pub enum Ordering {
     plural = "kafkasources",
     namespaced,
     status = "SourceStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    category = "sources",
+    label("duck.knative.dev/source", "true"),
+    label("eventing.knative.dev/source", "true"),
     printcolumn = r#"{"name":"Topics","type":"string","jsonPath":".spec.topics"}"#,
     printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSourceSpec {
@@ -98,6 +106,7 @@ pub struct KafkaSourceSpec {
     pub consumers: Option<i32>,
     /// Knative's `net` (authentication); accepted, not used (plaintext connections only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::resources::free_form_object")]
     pub net: Option<Value>,
     pub sink: Destination,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +123,12 @@ inventory::submit! {
         kind: "KafkaSource",
         plural: "kafkasources",
         validate: validate_kafka_source_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <KafkaSource as kube::CustomResourceExt>::crd,
     }
 }
 

@@ -69,9 +69,16 @@ const LONGEST_REDELIVERY_DELAY: Duration = Duration::from_secs(30);
     plural = "natssources",
     namespaced,
     status = "SourceStatus",
+    category = "all",
+    category = "knative",
+    category = "sources",
+    label("duck.knative.dev/source", "true"),
+    label("eventing.knative.dev/source", "true"),
     printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#,
     printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsSourceSpec {
@@ -104,6 +111,12 @@ inventory::submit! {
         kind: "NatsSource",
         plural: "natssources",
         validate: validate_nats_source_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <NatsSource as kube::CustomResourceExt>::crd,
     }
 }
 

@@ -47,9 +47,16 @@ const MAX_IN_FLIGHT: usize = 256;
     plural = "pingsources",
     namespaced,
     status = "SourceStatus",
-    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    category = "all",
+    category = "knative",
+    category = "sources",
+    label("duck.knative.dev/source", "true"),
+    label("eventing.knative.dev/source", "true"),
     printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PingSourceSpec {
@@ -80,6 +87,12 @@ inventory::submit! {
         kind: "PingSource",
         plural: "pingsources",
         validate: validate_ping_source_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <PingSource as kube::CustomResourceExt>::crd,
     }
 }
 

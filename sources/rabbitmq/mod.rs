@@ -66,8 +66,15 @@ pub const WRAPPED_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
     plural = "rabbitmqsources",
     namespaced,
     status = "SourceStatus",
+    category = "all",
+    category = "knative",
+    category = "sources",
+    label("duck.knative.dev/source", "true"),
+    label("eventing.knative.dev/source", "true"),
     printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RabbitmqSourceSpec {
@@ -134,6 +141,12 @@ inventory::submit! {
         kind: "RabbitmqSource",
         plural: "rabbitmqsources",
         validate: validate_rabbitmq_source_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <RabbitmqSource as kube::CustomResourceExt>::crd,
     }
 }
 

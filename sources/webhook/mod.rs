@@ -50,9 +50,17 @@ pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
     plural = "webhooksources",
     namespaced,
     status = "SourceStatus",
+    category = "all",
+    category = "knative",
+    category = "sources",
+    label("duck.knative.dev/source", "true"),
+    label("eventing.knative.dev/source", "true"),
+    label("duck.knative.dev/addressable", "true"),
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
     printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookSourceSpec {
@@ -92,6 +100,12 @@ inventory::submit! {
         kind: "WebhookSource",
         plural: "webhooksources",
         validate: validate_webhook_source_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <WebhookSource as kube::CustomResourceExt>::crd,
     }
 }
 

@@ -1,4 +1,4 @@
-//! CLI commands that work offline: filter and cesql evaluation.
+//! CLI commands that work offline: filter and cesql evaluation, CRD generation.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -97,4 +97,20 @@ pub fn cesql_eval(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `rivulet crds`: the CRDs as YAML, to stdout or to `output`.
+pub fn crds(output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let yaml = crate::resources::crds_yaml()?;
+    match output {
+        Some(path) => std::fs::write(path, yaml)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(yaml.as_bytes())
+                .context("cannot write to stdout")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -91,6 +91,15 @@ enum Command {
         #[command(subcommand)]
         command: eventtypes::EventTypesCommand,
     },
+    /// Print the CustomResourceDefinitions of every kind Rivulet serves (multi-document YAML).
+    ///
+    /// These are the CRDs to install before running Rivulet on Kubernetes; deploy/crds.yaml
+    /// holds the same output.
+    Crds {
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Listen for CloudEvents and print each one (an event display sink).
     Display {
         /// Address to listen on.
@@ -276,6 +285,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
         } => local::cesql_eval(&expression, event.as_deref(), &output),
         Command::EventTypes { command } => eventtypes::run(command).await,
+        Command::Crds { output } => local::crds(output.as_deref()),
         Command::Display { listen } => {
             crate::sinks::display::serve(listen).await?;
             Ok(ExitCode::SUCCESS)

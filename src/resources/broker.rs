@@ -13,8 +13,15 @@ use super::common::{Addressable, Condition, DeliverySpec, KReference};
     plural = "brokers",
     namespaced,
     status = "BrokerStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Class","type":"string","jsonPath":".metadata.annotations.eventing\\.knative\\.dev/broker\\.class","priority":1}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BrokerSpec {
@@ -48,5 +55,11 @@ inventory::submit! {
         kind: "Broker",
         plural: "brokers",
         validate: super::validation::validate_broker_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <Broker as kube::CustomResourceExt>::crd,
     }
 }

@@ -130,3 +130,13 @@ pub struct Addressable {
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+/// CRD schema of a field kept as any JSON object: Kubernetes needs every schema node typed,
+/// and a free-form one marked as such (`#[schemars(schema_with = "free_form_object")]`).
+pub fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}

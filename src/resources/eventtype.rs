@@ -36,8 +36,13 @@ pub const SCHEMA_DATA_ANNOTATION: &str = "rivulet.dev/schema-data";
     plural = "eventtypes",
     namespaced,
     status = "EventTypeStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.attributes[?(@.name==\"type\")].value"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventTypeSpec {
@@ -71,6 +76,7 @@ pub struct EventTypeStatus {
     pub conditions: Vec<Condition>,
     /// The JSON Schema inferred from the payloads seen so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::common::free_form_object")]
     pub schema: Option<Value>,
     /// Bumped each time the inferred schema changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +86,7 @@ pub struct EventTypeStatus {
     pub schema_versions: Vec<SchemaVersion>,
     /// An event of this type as it arrived (structured JSON), taken when the schema changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::common::free_form_object")]
     pub sample: Option<Value>,
     /// The `dataschema` attribute the events carried, when they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +101,7 @@ pub struct EventTypeStatus {
 pub struct SchemaVersion {
     pub version: u32,
     pub created_at: String,
+    #[schemars(schema_with = "super::common::free_form_object")]
     pub schema: Value,
 }
 
@@ -104,6 +112,60 @@ inventory::submit! {
         kind: "EventType",
         plural: "eventtypes",
         validate: validate_eventtype_value,
+    }
+}
+
+inventory::submit! {
+    super::CrdVersion {
+        crd: <EventType as kube::CustomResourceExt>::crd,
+    }
+}
+
+/// The v1beta2 shape, for its version of the CRD only: v1beta2 objects are converted to
+/// v1beta3 when applied ([`upgrade_v1beta2`]).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[kube(
+    group = "eventing.knative.dev",
+    version = "v1beta2",
+    kind = "EventType",
+    root = "EventTypeV1beta2",
+    plural = "eventtypes",
+    namespaced,
+    status = "EventTypeStatus",
+    storage = false,
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventTypeV1beta2Spec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// URI of the payload schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// The schema itself, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_data: Option<String>,
+    /// The broker's name (deprecated in Knative in favour of `reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<KReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+inventory::submit! {
+    super::CrdVersion {
+        crd: <EventTypeV1beta2 as kube::CustomResourceExt>::crd,
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod broker;
 mod common;
+mod crds;
 pub mod eventtype;
 mod kinds;
 mod manifest;
@@ -15,8 +16,9 @@ pub mod validation;
 pub use broker::{Broker, BrokerSpec, BrokerStatus};
 pub use common::{
     Addressable, BackoffPolicy, Condition, DeliveryFormat, DeliverySpec, Destination, KReference,
-    now_rfc3339,
+    free_form_object, now_rfc3339,
 };
+pub use crds::{CrdError, CrdVersion, crds, crds_yaml, merge_versions};
 pub use eventtype::{EventAttributeDefinition, EventType, EventTypeSpec, EventTypeStatus};
 pub use kinds::{
     KindInfo, ServedVersion, find_kind, find_kind_by_name, find_served_version,

@@ -19,7 +19,9 @@ use super::validation::{ValidationError, typed, validate_metadata};
     version = "v1alpha1",
     kind = "RabbitmqBrokerConfig",
     plural = "rabbitmqbrokerconfigs",
-    namespaced
+    namespaced,
+    category = "knative",
+    category = "eventing"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RabbitmqBrokerConfigSpec {
@@ -57,6 +59,12 @@ inventory::submit! {
         kind: "RabbitmqBrokerConfig",
         plural: "rabbitmqbrokerconfigs",
         validate: validate_rabbitmq_broker_config_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <RabbitmqBrokerConfig as kube::CustomResourceExt>::crd,
     }
 }
 

@@ -15,9 +15,14 @@ use super::common::{Condition, DeliverySpec, Destination};
     plural = "triggers",
     namespaced,
     status = "TriggerStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
     printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.broker"}"#,
     printcolumn = r#"{"name":"Subscriber_URI","type":"string","jsonPath":".status.subscriberUri"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerSpec {
@@ -53,13 +58,26 @@ pub struct SubscriptionsApiFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "nested_filters")]
     pub all: Option<Vec<SubscriptionsApiFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "nested_filters")]
     pub any: Option<Vec<SubscriptionsApiFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::common::free_form_object")]
     pub not: Option<Box<SubscriptionsApiFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cesql: Option<String>,
+}
+
+// A CRD schema cannot refer to itself, so nested filters are kept as given in the CRD (as
+// Knative's is) and checked by validation.
+fn nested_filters(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "nullable": true,
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -82,5 +100,11 @@ inventory::submit! {
         kind: "Trigger",
         plural: "triggers",
         validate: super::validation::validate_trigger_value,
+    }
+}
+
+inventory::submit! {
+    crate::resources::CrdVersion {
+        crd: <Trigger as kube::CustomResourceExt>::crd,
     }
 }
