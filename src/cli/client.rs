@@ -34,6 +34,20 @@ pub(super) async fn failure(response: reqwest::Response) -> String {
     format!("{status}: {}", message.trim())
 }
 
+/// GETs `url` from the Rivulet server at `server` and returns the JSON body; a refusal
+/// becomes an error carrying what the server said.
+pub(super) async fn get_json(server: &str, url: &str) -> anyhow::Result<Value> {
+    let response = http()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| unreachable(server, e))?;
+    if !response.status().is_success() {
+        bail!("{}", failure(response).await);
+    }
+    Ok(response.json().await?)
+}
+
 pub(super) fn unreachable(server: &str, error: reqwest::Error) -> anyhow::Error {
     anyhow::anyhow!(
         "cannot reach the Rivulet server at {server} ({error}); is `rivulet serve` running? (--server picks another)"
@@ -127,15 +141,7 @@ pub async fn get(
             kind.collection_path(namespace)
         ),
     };
-    let response = http()
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| unreachable(server, e))?;
-    if !response.status().is_success() {
-        bail!("{}", failure(response).await);
-    }
-    let body: Value = response.json().await?;
+    let body = get_json(server, &url).await?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&body)?),

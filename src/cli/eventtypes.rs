@@ -4,11 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::client::{failure, http, object_url, unreachable};
+use super::client::{get_json, object_url};
 use super::{OutputFormat, ServerArg};
 use crate::registry::scaffold::{self, Lang};
 use crate::resources::eventtype::{attribute_of, broker_of};
@@ -146,15 +145,7 @@ pub async fn run(command: EventTypesCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn fetch(server: &str, namespace: &str, name: &str) -> anyhow::Result<Value> {
-    let response = http()
-        .get(object_url(server, kind(), namespace, name))
-        .send()
-        .await
-        .map_err(|e| unreachable(server, e))?;
-    if !response.status().is_success() {
-        bail!("{}", failure(response).await);
-    }
-    Ok(response.json().await?)
+    get_json(server, &object_url(server, kind(), namespace, name)).await
 }
 
 async fn list(
@@ -174,15 +165,7 @@ async fn list(
             .finish();
         url = format!("{url}?{query}");
     }
-    let response = http()
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| unreachable(server, e))?;
-    if !response.status().is_success() {
-        bail!("{}", failure(response).await);
-    }
-    let body: Value = response.json().await?;
+    let body = get_json(server, &url).await?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&body)?),
