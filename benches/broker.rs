@@ -278,15 +278,15 @@ async fn receive_event(
         .get(SENT_AT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(sent) = sent {
-        if sent >= subscriber.record_from.load(Ordering::Relaxed) {
-            let latency = now.saturating_sub(sent) / 1_000;
-            subscriber
-                .latencies
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .saturating_record(latency.max(1));
-        }
+    if let Some(sent) = sent
+        && sent >= subscriber.record_from.load(Ordering::Relaxed)
+    {
+        let latency = now.saturating_sub(sent) / 1_000;
+        subscriber
+            .latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record(latency.max(1));
     }
     StatusCode::OK
 }

@@ -357,10 +357,8 @@ async fn reconcile_referrers(kind: &str, namespace: &str, name: &str, ctx: &Arc<
             let names_it = object
                 .get("spec")
                 .is_some_and(|spec| refers_to(spec, kind, namespace, name, &object_namespace));
-            if names_it {
-                if let Err(error) = (reconciler.reconcile)(&object, ctx).await {
-                    tracing::debug!(%error, kind = reconciler.kind, "re-reconciling a referrer failed");
-                }
+            if names_it && let Err(error) = (reconciler.reconcile)(&object, ctx).await {
+                tracing::debug!(%error, kind = reconciler.kind, "re-reconciling a referrer failed");
             }
         }
     }

@@ -241,13 +241,13 @@ pub fn validate_ping_source(spec: &PingSourceSpec) -> Result<(), ValidationError
                 ValidationError::new("spec.dataBase64", format!("is not valid base64: {e}"))
             })?;
     }
-    if let Some(content_type) = &spec.content_type {
-        if content_type.is_empty() || !content_type.contains('/') {
-            return Err(ValidationError::new(
-                "spec.contentType",
-                format!("{content_type:?} is not a media type (e.g. application/json)"),
-            ));
-        }
+    if let Some(content_type) = &spec.content_type
+        && (content_type.is_empty() || !content_type.contains('/'))
+    {
+        return Err(ValidationError::new(
+            "spec.contentType",
+            format!("{content_type:?} is not a media type (e.g. application/json)"),
+        ));
     }
     validate_destination("spec.sink", &spec.sink)?;
     if let Some(overrides) = &spec.ce_overrides {

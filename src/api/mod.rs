@@ -186,18 +186,18 @@ async fn list(
 ) -> Response {
     let kind = served.stored();
     let filter = list_filter(kind.group, kind.plural);
-    if let Some(filter) = filter {
-        if let Some(unknown) = params.keys().find(|p| !filter.params.contains(&p.as_str())) {
-            return status_error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!(
-                    "unknown query parameter {unknown:?} for {}; known: {}",
-                    kind.plural,
-                    filter.params.join(", ")
-                ),
-            );
-        }
+    if let Some(filter) = filter
+        && let Some(unknown) = params.keys().find(|p| !filter.params.contains(&p.as_str()))
+    {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "unknown query parameter {unknown:?} for {}; known: {}",
+                kind.plural,
+                filter.params.join(", ")
+            ),
+        );
     }
     match state.store.list(kind, namespace).await {
         Ok(items) => {
@@ -267,14 +267,14 @@ async fn put_one(
         Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
     let kind = served.stored();
-    if let Some(declared) = object.get("kind").and_then(Value::as_str) {
-        if declared != kind.kind {
-            return status_error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("body is a {declared}, the path is for {}", kind.plural),
-            );
-        }
+    if let Some(declared) = object.get("kind").and_then(Value::as_str)
+        && declared != kind.kind
+    {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("body is a {declared}, the path is for {}", kind.plural),
+        );
     }
     let meta = object
         .as_object_mut()

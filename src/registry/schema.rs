@@ -219,10 +219,10 @@ fn merge_at(a: &Value, b: &Value, depth: usize) -> Value {
     // Strings: a format stays only while every string had it.
     match (has(&types_a, "string"), has(&types_b, "string")) {
         (true, true) => {
-            if let (Some(x), Some(y)) = (a.get("format"), b.get("format")) {
-                if x == y {
-                    out.insert("format".into(), x.clone());
-                }
+            if let (Some(x), Some(y)) = (a.get("format"), b.get("format"))
+                && x == y
+            {
+                out.insert("format".into(), x.clone());
             }
         }
         (true, false) => copy_key(&mut out, a, "format"),

@@ -349,17 +349,17 @@ impl Worker {
 /// Learns from one event: dataschema, content type, schema (a new version when it changed)
 /// and a sample. Marks the EventType dirty only when something changed.
 fn refine(tracked: &mut Tracked, event: &Event, max_versions: usize) {
-    if let Some(data_schema) = &event.dataschema {
-        if tracked.data_schema.as_ref() != Some(data_schema) {
-            tracked.data_schema = Some(data_schema.clone());
-            tracked.dirty = true;
-        }
+    if let Some(data_schema) = &event.dataschema
+        && tracked.data_schema.as_ref() != Some(data_schema)
+    {
+        tracked.data_schema = Some(data_schema.clone());
+        tracked.dirty = true;
     }
-    if let Some(content_type) = &event.datacontenttype {
-        if tracked.data_content_type.as_ref() != Some(content_type) {
-            tracked.data_content_type = Some(content_type.clone());
-            tracked.dirty = true;
-        }
+    if let Some(content_type) = &event.datacontenttype
+        && tracked.data_content_type.as_ref() != Some(content_type)
+    {
+        tracked.data_content_type = Some(content_type.clone());
+        tracked.dirty = true;
     }
     let observed = event
         .data

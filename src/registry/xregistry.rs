@@ -219,18 +219,18 @@ fn keep(entity: &mut Value, level: Level, expressions: &[Expression]) -> bool {
     let mut deeper: BTreeMap<&'static str, (Level, Vec<Expression>)> = BTreeMap::new();
     for expression in expressions {
         let first = expression.path[0].as_str();
-        if let Some((name, child)) = level.collections().iter().find(|(n, _)| *n == first) {
-            if expression.path.len() > 1 {
-                deeper
-                    .entry(name)
-                    .or_insert((*child, Vec::new()))
-                    .1
-                    .push(Expression {
-                        path: expression.path[1..].to_vec(),
-                        test: expression.test.clone(),
-                    });
-                continue;
-            }
+        if let Some((name, child)) = level.collections().iter().find(|(n, _)| *n == first)
+            && expression.path.len() > 1
+        {
+            deeper
+                .entry(name)
+                .or_insert((*child, Vec::new()))
+                .1
+                .push(Expression {
+                    path: expression.path[1..].to_vec(),
+                    test: expression.test.clone(),
+                });
+            continue;
         }
         let found = expression
             .path

@@ -176,13 +176,14 @@ pub fn validate_trigger(trigger: &Trigger) -> Result {
     if let Some(delivery) = &trigger.spec.delivery {
         validate_delivery("spec.delivery", delivery)?;
     }
-    if let Some(order) = annotation(&trigger.metadata, DELIVERY_ORDER_ANNOTATION) {
-        if order != "ordered" && order != "unordered" {
-            return Err(ValidationError::new(
-                format!("metadata.annotations[{DELIVERY_ORDER_ANNOTATION}]"),
-                format!("{order:?} must be \"ordered\" or \"unordered\""),
-            ));
-        }
+    if let Some(order) = annotation(&trigger.metadata, DELIVERY_ORDER_ANNOTATION)
+        && order != "ordered"
+        && order != "unordered"
+    {
+        return Err(ValidationError::new(
+            format!("metadata.annotations[{DELIVERY_ORDER_ANNOTATION}]"),
+            format!("{order:?} must be \"ordered\" or \"unordered\""),
+        ));
     }
     if let Some(parallelism) = annotation(&trigger.metadata, PARALLELISM_ANNOTATION) {
         match parallelism.parse::<u32>() {
@@ -329,13 +330,13 @@ pub fn validate_destination(field: &str, destination: &Destination) -> Result {
 }
 
 pub fn validate_delivery(field: &str, delivery: &DeliverySpec) -> Result {
-    if let Some(retry) = delivery.retry {
-        if retry < 0 {
-            return Err(ValidationError::new(
-                format!("{field}.retry"),
-                format!("{retry} must be zero or more"),
-            ));
-        }
+    if let Some(retry) = delivery.retry
+        && retry < 0
+    {
+        return Err(ValidationError::new(
+            format!("{field}.retry"),
+            format!("{retry} must be zero or more"),
+        ));
     }
     for (name, value) in [
         ("backoffDelay", &delivery.backoff_delay),

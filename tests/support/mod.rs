@@ -175,10 +175,9 @@ impl ChildServer {
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await
+                && r.status().is_success()
             {
-                if r.status().is_success() {
-                    return;
-                }
+                return;
             }
             assert!(Instant::now() < deadline, "rivulet serve not ready in time");
             tokio::time::sleep(Duration::from_millis(25)).await;

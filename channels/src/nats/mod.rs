@@ -379,10 +379,10 @@ fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<ErrorCode
         if let Some(js) = cause.downcast_ref::<jetstream::Error>() {
             return Some(js.error_code());
         }
-        if let Some(e) = cause.downcast_ref::<ConsumerError>() {
-            if let ConsumerErrorKind::JetStream(js) = e.kind() {
-                return Some(js.error_code());
-            }
+        if let Some(e) = cause.downcast_ref::<ConsumerError>()
+            && let ConsumerErrorKind::JetStream(js) = e.kind()
+        {
+            return Some(js.error_code());
         }
         if let Some(e) = cause.downcast_ref::<ConsumerInfoError>() {
             match e.kind() {
@@ -392,10 +392,10 @@ fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<ErrorCode
                 _ => {}
             }
         }
-        if let Some(e) = cause.downcast_ref::<GetStreamError>() {
-            if let jetstream::context::GetStreamErrorKind::JetStream(js) = e.kind() {
-                return Some(js.error_code());
-            }
+        if let Some(e) = cause.downcast_ref::<GetStreamError>()
+            && let jetstream::context::GetStreamErrorKind::JetStream(js) = e.kind()
+        {
+            return Some(js.error_code());
         }
         current = cause.source();
     }
@@ -566,11 +566,11 @@ impl Channel for NatsChannel {
             ..Default::default()
         };
         let mut created = self.stream().create_consumer(config.clone()).await;
-        if let Err(error) = &created {
-            if is_error_code(error, &[ErrorCode::STREAM_NOT_FOUND]) {
-                self.recreate_stream().await?;
-                created = self.stream().create_consumer(config).await;
-            }
+        if let Err(error) = &created
+            && is_error_code(error, &[ErrorCode::STREAM_NOT_FOUND])
+        {
+            self.recreate_stream().await?;
+            created = self.stream().create_consumer(config).await;
         }
         created.map_err(|e| unavailable(&format!("creating consumer for {name:?}"), e))?;
         let mut subscriptions = lock(&self.subscriptions);

@@ -89,12 +89,10 @@ pub fn write(dir: &Path, files: &[GeneratedFile], force: bool) -> Result<(), Sca
         let path = path.display().to_string();
         move |source| ScaffoldError::Io { path, source }
     };
-    if !force {
-        if let Some(existing) = files.iter().map(|f| dir.join(&f.path)).find(|p| p.exists()) {
-            return Err(ScaffoldError::Exists {
-                path: existing.display().to_string(),
-            });
-        }
+    if !force && let Some(existing) = files.iter().map(|f| dir.join(&f.path)).find(|p| p.exists()) {
+        return Err(ScaffoldError::Exists {
+            path: existing.display().to_string(),
+        });
     }
     for file in files {
         let path = dir.join(&file.path);
