@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Observer, RegistrySettings, StatusLock, worker::Worker};
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests};
 use crate::runtime::{Context, Settings};
-use crate::store::{FileStore, ResourceStore};
+use crate::store::{FileStore, KubernetesStore, ResourceStore};
 
 /// Everything `rivulet serve` can be told.
 #[derive(Debug, Clone)]
@@ -37,6 +37,18 @@ pub struct ServeOptions {
     pub advertised_url: Option<String>,
     /// Event-type discovery: auto-creation, its bounds and write rate.
     pub registry: RegistrySettings,
+    /// Where resources are kept.
+    pub store: StoreChoice,
+}
+
+/// Where `rivulet serve` keeps resources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    /// JSON files under the data dir (standalone mode).
+    #[default]
+    File,
+    /// The Kubernetes API server, found from the in-cluster service account or kubeconfig.
+    Kubernetes,
 }
 
 impl Default for ServeOptions {
@@ -51,6 +63,7 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(5),
             advertised_url: None,
             registry: RegistrySettings::default(),
+            store: StoreChoice::default(),
         }
     }
 }
@@ -94,12 +107,38 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
-    let store: Arc<dyn ResourceStore> = Arc::new(
-        FileStore::open(&options.data_dir.join("resources"))
-            .context("cannot open the resource store in the data dir")?,
-    );
+    let store = open_store(&options).await?;
+    start_with_store(options, store).await
+}
+
+async fn open_store(options: &ServeOptions) -> anyhow::Result<Arc<dyn ResourceStore>> {
+    Ok(match options.store {
+        StoreChoice::File => Arc::new(
+            FileStore::open(&options.data_dir.join("resources"))
+                .context("cannot open the resource store in the data dir")?,
+        ),
+        StoreChoice::Kubernetes => {
+            let client = kube::Client::try_default().await.context(
+                "--store kubernetes: no Kubernetes API server configured (neither an in-cluster \
+                 service account nor a kubeconfig from KUBECONFIG or ~/.kube/config)",
+            )?;
+            Arc::new(KubernetesStore::new(client))
+        }
+    })
+}
+
+/// Like [`start`], with resources kept in `store`; `options.store` then only decides whether
+/// a default broker is made (with `File`).
+pub async fn start_with_store(
+    options: ServeOptions,
+    store: Arc<dyn ResourceStore>,
+) -> anyhow::Result<RunningServer> {
+    crate::install_crypto_provider();
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     apply_manifests(&*store, &options.config).await?;
-    if options.config.is_empty() {
+    // A cluster's brokers are the cluster's business: none is made up there.
+    if options.config.is_empty() && options.store == StoreChoice::File {
         ensure_default_broker(&*store).await?;
     }
 
@@ -170,7 +209,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(%base_url, data_dir = %options.data_dir.display(), "rivulet is serving");
+    tracing::info!(%base_url, data_dir = %options.data_dir.display(), store = ?options.store, "rivulet is serving");
 
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {

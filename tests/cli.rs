@@ -446,3 +446,24 @@ async fn commands_say_when_the_server_is_not_running() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_the_kubernetes_store_says_when_no_cluster_is_configured() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let out = rivulet()
+        .args(["serve", "--store", "kubernetes", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("KUBECONFIG", data_dir.path().join("no-such-kubeconfig"))
+        .env("HOME", data_dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "serve fails: {stderr}");
+    assert!(stderr.contains("--store kubernetes"), "{stderr}");
+    assert!(stderr.contains("kubeconfig"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -137,6 +137,28 @@ fn store_error(error: StoreError) -> Response {
             "InternalError",
             error.to_string(),
         ),
+        // The API server's own answer (a conflict, a refusal), passed on as it came.
+        StoreError::Api {
+            code,
+            ref reason,
+            ref message,
+        } => status_error(
+            StatusCode::from_u16(code)
+                .ok()
+                .filter(|code| code.is_client_error() || code.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
+            if reason.is_empty() {
+                "InternalError"
+            } else {
+                reason
+            },
+            message.clone(),
+        ),
+        StoreError::Unavailable(_) => status_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            error.to_string(),
+        ),
     }
 }
 

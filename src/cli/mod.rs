@@ -161,6 +161,11 @@ struct ServeArgs {
     /// further sources share one EventType whose source is left open.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
     eventtype_sources_per_type: u32,
+    /// Where resources are kept: `file` (JSON files under --data-dir) or `kubernetes` (the API
+    /// server of the in-cluster service account or of the kubeconfig). With `kubernetes`, no
+    /// default broker is created.
+    #[arg(long, env = "RIVULET_STORE", value_enum, default_value = "file")]
+    store: crate::server::StoreChoice,
 }
 
 #[derive(Debug, Args)]
@@ -311,12 +316,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_sources_per_type: args.eventtype_sources_per_type as usize,
             ..Default::default()
         },
+        store: args.store,
     };
+    let store = options.store;
     let server = crate::server::start(options).await?;
-    eprintln!(
-        "rivulet serving on {} (broker default/default: {}/default/default)",
-        server.base_url, server.base_url
-    );
+    match store {
+        crate::server::StoreChoice::File => eprintln!(
+            "rivulet serving on {} (broker default/default: {}/default/default)",
+            server.base_url, server.base_url
+        ),
+        crate::server::StoreChoice::Kubernetes => eprintln!(
+            "rivulet serving on {} (resources from the Kubernetes API server)",
+            server.base_url
+        ),
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, broadcast};
 
-use super::{Applied, ResourceStore, StoreError, StoreEvent, object_key};
+use super::{Applied, ResourceStore, StoreError, StoreEvent, normalise, object_key};
 use crate::resources::{KindInfo, kinds, now_rfc3339};
 
 type Key = (&'static str, &'static str, String, String); // group, plural, namespace, name
@@ -151,26 +151,9 @@ impl ResourceStore for FileStore {
     async fn apply(
         &self,
         kind: &'static KindInfo,
-        mut object: Value,
+        object: Value,
     ) -> Result<(Value, Applied), StoreError> {
-        let Some(map) = object.as_object_mut() else {
-            return Err(crate::resources::validation::ValidationError::new(
-                "object",
-                "must be a JSON/YAML mapping",
-            )
-            .into());
-        };
-        map.insert("apiVersion".into(), json!(kind.api_version()));
-        map.insert("kind".into(), json!(kind.kind));
-        // Knative objects may leave out `spec` (a Broker usually does); defaulting it to `{}`
-        // lets validation name any field inside it that is required.
-        if !kind.group.is_empty() {
-            map.entry("spec").or_insert_with(|| json!({}));
-        }
-        let metadata = map.entry("metadata").or_insert_with(|| json!({}));
-        if let Some(meta) = metadata.as_object_mut() {
-            meta.entry("namespace").or_insert_with(|| json!("default"));
-        }
+        let mut object = normalise(kind, object)?;
         let (namespace, name) = object_key(&object);
         let mut state = self.objects.lock().await;
         let old = state.objects.get(&key(kind, &namespace, &name)).cloned();

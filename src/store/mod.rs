@@ -4,15 +4,17 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::resources::KindInfo;
 use crate::resources::validation::ValidationError;
 
 mod file;
+mod kubernetes;
 
 pub use file::FileStore;
+pub use kubernetes::KubernetesStore;
 
 /// A change to a stored object. Status updates are not announced: reconcilers write them.
 #[derive(Debug, Clone)]
@@ -39,6 +41,18 @@ pub enum StoreError {
     },
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
+    /// The Kubernetes API server answered with an error status.
+    #[error("the API server refused: {message} ({code} {reason})")]
+    Api {
+        /// The HTTP status code (409 conflict, 403 forbidden, ...).
+        code: u16,
+        /// The machine-readable reason (`Conflict`, `Forbidden`, ...).
+        reason: String,
+        message: String,
+    },
+    /// The Kubernetes API server could not be asked, or its answer not read.
+    #[error("API server request failed: {0}")]
+    Unavailable(String),
 }
 
 /// Whether `apply` created the object or changed an existing one.
@@ -92,6 +106,25 @@ pub trait ResourceStore: Send + Sync + 'static {
 
     /// Changes from now on. A receiver that lags behind gets `Lagged` and should list again.
     fn watch(&self) -> broadcast::Receiver<StoreEvent>;
+}
+
+/// An object as every store takes it: `apiVersion` and `kind` from `kind`, `spec` present for
+/// Knative kinds (a Broker usually leaves it out; an empty one lets validation name any field
+/// inside it that is required) and `metadata.namespace` defaulted to `default`.
+pub(crate) fn normalise(kind: &KindInfo, mut object: Value) -> Result<Value, StoreError> {
+    let Some(map) = object.as_object_mut() else {
+        return Err(ValidationError::new("object", "must be a JSON/YAML mapping").into());
+    };
+    map.insert("apiVersion".into(), json!(kind.api_version()));
+    map.insert("kind".into(), json!(kind.kind));
+    if !kind.group.is_empty() {
+        map.entry("spec").or_insert_with(|| json!({}));
+    }
+    let metadata = map.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(meta) = metadata.as_object_mut() {
+        meta.entry("namespace").or_insert_with(|| json!("default"));
+    }
+    Ok(object)
 }
 
 /// Namespace and name of an object.

@@ -1,0 +1,317 @@
+//! Resources kept by the Kubernetes API server: the same objects as in standalone mode, read
+//! and written as custom resources (and core ConfigMaps and Secrets), so the reconcilers run
+//! unchanged in a cluster.
+
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, TypeMeta,
+};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::{Applied, ResourceStore, StoreError, StoreEvent, normalise, object_key};
+use crate::resources::{KindInfo, kinds};
+
+mod announce;
+
+use announce::Announcer;
+
+/// The field manager Rivulet's server-side applies are recorded under.
+pub const FIELD_MANAGER: &str = "rivulet";
+
+/// Fields the API server owns; an applied configuration leaves them out.
+const SERVER_FIELDS: [&str; 7] = [
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+];
+
+/// The store of Kubernetes mode. Writes are server-side applies by the field manager
+/// `rivulet`; changes are learnt from one watch per custom resource kind, started by the
+/// first [`ResourceStore::watch`].
+pub struct KubernetesStore {
+    client: kube::Client,
+    changes: broadcast::Sender<StoreEvent>,
+    watchers: OnceLock<Vec<JoinHandle<()>>>,
+}
+
+impl KubernetesStore {
+    pub fn new(client: kube::Client) -> Self {
+        let (changes, _) = broadcast::channel(4096);
+        Self {
+            client,
+            changes,
+            watchers: OnceLock::new(),
+        }
+    }
+
+    fn namespaced(&self, kind: &KindInfo, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &api_resource(kind))
+    }
+
+    fn not_found(kind: &KindInfo, namespace: &str, name: &str) -> StoreError {
+        StoreError::NotFound {
+            kind: kind.kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// One watch per custom resource kind. ConfigMaps and Secrets are not watched: that would
+    /// mean every one in the cluster; brokers read theirs again whenever they reconcile.
+    fn start_watchers(&self) -> Vec<JoinHandle<()>> {
+        kinds()
+            .into_iter()
+            .filter(|kind| !kind.group.is_empty())
+            .map(|kind| {
+                let api = Api::all_with(self.client.clone(), &api_resource(kind));
+                tokio::spawn(watch_kind(kind, api, self.changes.clone()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for KubernetesStore {
+    fn drop(&mut self) {
+        for watcher in self.watchers.get().into_iter().flatten() {
+            watcher.abort();
+        }
+    }
+}
+
+/// How kube addresses a kind: its group (empty for the core group), version, kind and plural.
+pub fn api_resource(kind: &KindInfo) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(kind.group, kind.version, kind.kind),
+        kind.plural,
+    )
+}
+
+fn api_error(error: kube::Error) -> StoreError {
+    match error {
+        kube::Error::Api(status) => StoreError::Api {
+            code: status.code,
+            reason: status.reason,
+            message: status.message,
+        },
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_not_found())
+}
+
+/// An object as JSON, with the `apiVersion` and `kind` that list items leave out.
+fn to_json(kind: &KindInfo, mut object: DynamicObject) -> Value {
+    if object.types.is_none() {
+        object.types = Some(TypeMeta {
+            api_version: kind.api_version(),
+            kind: kind.kind.to_string(),
+        });
+    }
+    serde_json::to_value(object).unwrap_or_default()
+}
+
+fn resource_version(object: &Value) -> Option<&str> {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+}
+
+/// The configuration Rivulet applies: the object without status and server-owned metadata.
+fn applied_configuration(mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+    }
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in SERVER_FIELDS {
+            meta.remove(field);
+        }
+    }
+    object
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+#[async_trait]
+impl ResourceStore for KubernetesStore {
+    async fn get(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        match self.namespaced(kind, namespace).get_opt(name).await {
+            Ok(Some(object)) => Ok(Some(to_json(kind, object))),
+            Ok(None) => Ok(None),
+            Err(error) => Err(api_error(error)),
+        }
+    }
+
+    async fn list(
+        &self,
+        kind: &'static KindInfo,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let api = match namespace {
+            Some(namespace) => self.namespaced(kind, namespace),
+            None => Api::all_with(self.client.clone(), &api_resource(kind)),
+        };
+        let list = api.list(&ListParams::default()).await.map_err(api_error)?;
+        let mut objects: Vec<Value> = list
+            .items
+            .into_iter()
+            .map(|object| to_json(kind, object))
+            .collect();
+        objects.sort_by_key(object_key);
+        Ok(objects)
+    }
+
+    async fn apply(
+        &self,
+        kind: &'static KindInfo,
+        object: Value,
+    ) -> Result<(Value, Applied), StoreError> {
+        let object = normalise(kind, object)?;
+        // What can be checked without the stored object is checked before any request.
+        (kind.validate)(&object, None)?;
+        let (namespace, name) = object_key(&object);
+        let api = self.namespaced(kind, &namespace);
+        let old = match api.get_opt(&name).await.map_err(api_error)? {
+            Some(old) => {
+                let old = to_json(kind, old);
+                (kind.validate)(&object, Some(&old))?;
+                Some(old)
+            }
+            None => None,
+        };
+        let applied = api
+            .patch(
+                &name,
+                &apply_params(),
+                &Patch::Apply(applied_configuration(object)),
+            )
+            .await
+            .map_err(api_error)?;
+        let applied = to_json(kind, applied);
+        // An apply that changes nothing leaves the resourceVersion as it was.
+        let outcome = match &old {
+            None => Applied::Created,
+            Some(old) if resource_version(old) == resource_version(&applied) => Applied::Unchanged,
+            Some(_) => Applied::Updated,
+        };
+        Ok((applied, outcome))
+    }
+
+    async fn put_status(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> Result<(), StoreError> {
+        let patch = json!({
+            "apiVersion": kind.api_version(),
+            "kind": kind.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        });
+        match self
+            .namespaced(kind, namespace)
+            .patch_status(name, &apply_params(), &Patch::Apply(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if is_not_found(&error) => Err(Self::not_found(kind, namespace, name)),
+            Err(error) => Err(api_error(error)),
+        }
+    }
+
+    async fn delete(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, StoreError> {
+        match self
+            .namespaced(kind, namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            // The object as it is being deleted, or (for some kinds) only a Status.
+            Ok(deleted) => Ok(deleted.either(
+                |object| to_json(kind, object),
+                |_status| {
+                    json!({
+                        "apiVersion": kind.api_version(),
+                        "kind": kind.kind,
+                        "metadata": {"name": name, "namespace": namespace},
+                    })
+                },
+            )),
+            Err(error) if is_not_found(&error) => Err(Self::not_found(kind, namespace, name)),
+            Err(error) => Err(api_error(error)),
+        }
+    }
+
+    fn watch(&self) -> broadcast::Receiver<StoreEvent> {
+        let receiver = self.changes.subscribe();
+        self.watchers.get_or_init(|| self.start_watchers());
+        receiver
+    }
+}
+
+/// Follows one kind across all namespaces, announcing changes until the store is dropped.
+/// The watcher lists again after a broken watch; the announcer turns that into the changes
+/// missed meanwhile.
+async fn watch_kind(
+    kind: &'static KindInfo,
+    api: Api<DynamicObject>,
+    changes: broadcast::Sender<StoreEvent>,
+) {
+    let mut announcer = Announcer::new(kind);
+    let mut failing = false;
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                failing = false;
+                for change in announcer.on_event(event_as_json(kind, event)) {
+                    let _ = changes.send(change);
+                }
+            }
+            // Said once per outage (a CRD not installed, RBAC missing, the server away);
+            // the watcher retries with backoff.
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(kind = kind.kind, group = kind.group, %error, "watching failed; retrying");
+            }
+            Err(error) => tracing::debug!(kind = kind.kind, %error, "watching still fails"),
+        }
+    }
+}
+
+fn event_as_json(kind: &KindInfo, event: watcher::Event<DynamicObject>) -> watcher::Event<Value> {
+    use watcher::Event;
+    let json = |object| to_json(kind, object);
+    match event {
+        Event::Apply(object) => Event::Apply(json(object)),
+        Event::Delete(object) => Event::Delete(json(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(json(object)),
+        Event::InitDone => Event::InitDone,
+    }
+}
