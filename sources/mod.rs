@@ -40,6 +40,7 @@ use crate::store::object_key;
 pub mod kafka;
 pub mod nats;
 pub mod ping;
+pub mod podspecable;
 pub mod rabbitmq;
 pub mod webhook;
 

@@ -130,6 +130,11 @@ impl Context {
         })
     }
 
+    /// The Kubernetes API client, when resources are kept in a cluster (`--store kubernetes`).
+    pub fn kube_client(&self) -> Option<kube::Client> {
+        self.store.kube_client()
+    }
+
     pub(crate) fn kind(name: &str) -> &'static KindInfo {
         find_kind_by_name(None, name).expect("built-in kinds are registered")
     }

@@ -272,6 +272,10 @@ impl ResourceStore for KubernetesStore {
         self.watchers.get_or_init(|| self.start_watchers());
         receiver
     }
+
+    fn kube_client(&self) -> Option<kube::Client> {
+        Some(self.client.clone())
+    }
 }
 
 /// Follows one kind across all namespaces, announcing changes until the store is dropped.

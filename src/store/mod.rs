@@ -106,6 +106,12 @@ pub trait ResourceStore: Send + Sync + 'static {
 
     /// Changes from now on. A receiver that lags behind gets `Lagged` and should list again.
     fn watch(&self) -> broadcast::Receiver<StoreEvent>;
+
+    /// The Kubernetes API client behind this store, for reconcilers that manage cluster
+    /// objects (Deployments); `None` in standalone mode.
+    fn kube_client(&self) -> Option<kube::Client> {
+        None
+    }
 }
 
 /// An object as every store takes it: `apiVersion` and `kind` from `kind`, `spec` present for

@@ -380,6 +380,10 @@ pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
         "EventType" => {
             format!("/apis/eventing.knative.dev/v1beta3/namespaces/{namespace}/eventtypes/{name}")
         }
+        "ContainerSource" | "SinkBinding" => format!(
+            "/apis/sources.knative.dev/v1/namespaces/{namespace}/{}s/{name}",
+            kind.to_ascii_lowercase()
+        ),
         "ConfigMap" => format!("/api/v1/namespaces/{namespace}/configmaps/{name}"),
         "Secret" => format!("/api/v1/namespaces/{namespace}/secrets/{name}"),
         other => panic!("no path known for kind {other}"),
