@@ -13,14 +13,13 @@
 //!   ingress (each `202` waits for the Kafka acknowledgement) and a local subscriber answers
 //!   `202`; the figure is events from the first post to the last delivery, per second.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod channel_rows;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
-use rivulet::server::ServeOptions;
+use channel_rows::{BrokerSetup, Row, events_per_row, payload, rivulet_row, unique};
 use rivulet_channels::Envelope;
 use rivulet_channels::kafka::binding;
 use rivulet_channels::kafka::rdkafka::admin::{
@@ -35,51 +34,15 @@ use tokio::sync::Semaphore;
 
 const PARTITIONS: i32 = 3;
 const PRODUCE_WINDOW: usize = 1_024;
-const HTTP_CONNECTIONS: usize = 64;
 
 fn servers() -> String {
     std::env::var("RIVULET_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
-}
-
-fn events_per_row() -> usize {
-    std::env::var("RIVULET_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
-}
-
-/// A 1 KiB JSON payload.
-fn payload() -> String {
-    let filler = "x".repeat(1024 - 40);
-    format!("{{\"orderId\":\"4f1c2a9e\",\"filler\":\"{filler}\"}}")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{nanos}")
 }
 
 fn client() -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", servers());
     config
-}
-
-struct Row {
-    name: &'static str,
-    events: usize,
-    elapsed: Duration,
-    /// The producing side alone (acknowledged writes), per second.
-    produce_rate: f64,
-}
-
-impl Row {
-    fn rate(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
-    }
 }
 
 async fn raw_row(events: usize) -> Result<Row, String> {
@@ -176,150 +139,8 @@ async fn raw_row(events: usize) -> Result<Row, String> {
         name: "raw rdkafka produce + consume",
         events,
         elapsed: finished - started,
-        produce_rate: events as f64 / produced.as_secs_f64(),
+        write_rate: events as f64 / produced.as_secs_f64(),
     })
-}
-
-async fn rivulet_row(events: usize) -> Result<Row, String> {
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let counter = delivered.clone();
-    let subscriber = axum::Router::new().fallback(move || {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::Relaxed);
-            StatusCode::ACCEPTED
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let subscriber_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(async move { axum::serve(listener, subscriber).await });
-
-    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let server = rivulet::server::start(ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: data.path().to_path_buf(),
-        ..ServeOptions::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let base = server.base_url.clone();
-    let http = reqwest::Client::new();
-    let namespace = unique("bench");
-    let settings: BTreeMap<&str, String> = BTreeMap::from([
-        ("bootstrap.servers", servers()),
-        ("default.topic.partitions", PARTITIONS.to_string()),
-        ("default.topic.replication.factor", "1".into()),
-    ]);
-    let resources = [
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "kafka", "namespace": namespace}, "data": settings}),
-        json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
-               "metadata": {"name": "load", "namespace": namespace,
-                            "annotations": {"eventing.knative.dev/broker.class": "Kafka"}},
-               "spec": {"config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "kafka"}}}),
-        json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-               "metadata": {"name": "all", "namespace": namespace,
-                            "annotations": {"rivulet.dev/parallelism": "64"}},
-               "spec": {"broker": "load", "subscriber": {"uri": format!("http://{subscriber_addr}/")}}}),
-    ];
-    for resource in &resources {
-        let kind = resource["kind"].as_str().unwrap_or_default();
-        let (group, plural) = match kind {
-            "ConfigMap" => ("api/v1".to_owned(), "configmaps"),
-            "Broker" => ("apis/eventing.knative.dev/v1".to_owned(), "brokers"),
-            _ => ("apis/eventing.knative.dev/v1".to_owned(), "triggers"),
-        };
-        let name = resource["metadata"]["name"].as_str().unwrap_or_default();
-        let url = format!("{base}/{group}/namespaces/{namespace}/{plural}/{name}");
-        let response = http
-            .put(url)
-            .json(resource)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("applying {kind}: {}", response.status()));
-        }
-    }
-    // Wait until the trigger consumes: one probe event must arrive.
-    let ingress = format!("{base}/{namespace}/load");
-    let probe_deadline = Instant::now() + Duration::from_secs(60);
-    while delivered.load(Ordering::Relaxed) == 0 {
-        if Instant::now() > probe_deadline {
-            return Err("the Kafka broker never delivered a probe event".into());
-        }
-        let _ = post(&http, &ingress, "probe", "{}").await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    delivered.store(0, Ordering::Relaxed);
-
-    let body = Arc::new(payload());
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let connections: Vec<_> = (0..HTTP_CONNECTIONS)
-        .map(|_| {
-            let (http, ingress, body, next) =
-                (http.clone(), ingress.clone(), body.clone(), next.clone());
-            tokio::spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= events {
-                        return Ok::<(), String>(());
-                    }
-                    let status = post(&http, &ingress, &format!("e-{n}"), &body).await?;
-                    if status != 202 {
-                        return Err(format!("ingress answered {status}"));
-                    }
-                }
-            })
-        })
-        .collect();
-    for connection in connections {
-        connection.await.map_err(|e| e.to_string())??;
-    }
-    let produced = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while delivered.load(Ordering::Relaxed) < events {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "only {} of {events} delivered",
-                delivered.load(Ordering::Relaxed)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = started.elapsed();
-    let _ = http
-        .delete(format!(
-            "{base}/apis/eventing.knative.dev/v1/namespaces/{namespace}/brokers/load"
-        ))
-        .send()
-        .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    server.shutdown().await.map_err(|e| e.to_string())?;
-    Ok(Row {
-        name: "Rivulet ingress -> Kafka -> trigger",
-        events,
-        elapsed,
-        produce_rate: events as f64 / produced.as_secs_f64(),
-    })
-}
-
-async fn post(http: &reqwest::Client, url: &str, id: &str, body: &str) -> Result<u16, String> {
-    http.post(url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "/bench")
-        .header("ce-type", "dev.rivulet.bench")
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| e.to_string())
 }
 
 fn main() {
@@ -329,10 +150,22 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let events = events_per_row();
+    let events = events_per_row(20000);
     let rows = runtime.block_on(async {
         let raw = raw_row(events).await;
-        let rivulet = rivulet_row(events).await;
+        let rivulet = rivulet_row(
+            events,
+            BrokerSetup {
+                name: "Rivulet ingress -> Kafka -> trigger",
+                class: "Kafka",
+                config: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kafka"},
+                         "data": {"bootstrap.servers": servers(),
+                                  "default.topic.partitions": PARTITIONS.to_string(),
+                                  "default.topic.replication.factor": "1"}}),
+                delivery_deadline: Duration::from_secs(600),
+            },
+        )
+        .await;
         [raw, rivulet]
     });
     println!(
@@ -350,7 +183,7 @@ fn main() {
                 "{:<40} {:>14.0} {:>16.0}",
                 row.name,
                 row.rate(),
-                row.produce_rate
+                row.write_rate
             ),
             Err(error) => {
                 failed = true;

@@ -14,14 +14,13 @@
 //!   subscriber answers `202`; the figure is events from the first post to the last delivery,
 //!   per second.
 
-use std::net::SocketAddr;
+mod channel_rows;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use channel_rows::{BrokerSetup, Row, events_per_row, payload, rivulet_row, unique};
 use futures::StreamExt;
-use rivulet::server::ServeOptions;
 use rivulet_channels::Envelope;
 use rivulet_channels::nats::async_nats::jetstream::{self, consumer::pull};
 use rivulet_channels::nats::binding;
@@ -29,46 +28,10 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 const PUBLISH_WINDOW: usize = 1_024;
-const HTTP_CONNECTIONS: usize = 64;
 
 fn nats_url() -> String {
     std::env::var("RIVULET_NATS_URL")
         .unwrap_or_else(|_| rivulet_channels::nats::DEFAULT_URL.to_owned())
-}
-
-fn events_per_row() -> usize {
-    std::env::var("RIVULET_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
-}
-
-/// A 1 KiB JSON payload.
-fn payload() -> String {
-    let filler = "x".repeat(1024 - 40);
-    format!("{{\"orderId\":\"4f1c2a9e\",\"filler\":\"{filler}\"}}")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{nanos}")
-}
-
-struct Row {
-    name: &'static str,
-    events: usize,
-    elapsed: Duration,
-    /// The publishing side alone (acknowledged messages), per second.
-    publish_rate: f64,
-}
-
-impl Row {
-    fn rate(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
-    }
 }
 
 fn envelope(id: &str, body: &str) -> Envelope {
@@ -153,153 +116,8 @@ async fn raw_row(events: usize) -> Result<Row, String> {
         name: "raw async-nats publish + consume",
         events,
         elapsed: finished - started,
-        publish_rate: events as f64 / published.as_secs_f64(),
+        write_rate: events as f64 / published.as_secs_f64(),
     })
-}
-
-async fn rivulet_row(events: usize) -> Result<Row, String> {
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let counter = delivered.clone();
-    let subscriber = axum::Router::new().fallback(move || {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::Relaxed);
-            StatusCode::ACCEPTED
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let subscriber_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(async move { axum::serve(listener, subscriber).await });
-
-    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let server = rivulet::server::start(ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: data.path().to_path_buf(),
-        ..ServeOptions::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let base = server.base_url.clone();
-    let http = reqwest::Client::new();
-    let namespace = unique("bench");
-    let resources = [
-        (
-            "api/v1",
-            "configmaps",
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                   "metadata": {"name": "nats", "namespace": namespace},
-                   "data": {"url": nats_url(), "storage": "file"}}),
-        ),
-        (
-            "apis/eventing.knative.dev/v1",
-            "brokers",
-            json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
-                   "metadata": {"name": "load", "namespace": namespace,
-                                "annotations": {"eventing.knative.dev/broker.class": "NatsJetStreamBroker"}},
-                   "spec": {"config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "nats"}}}),
-        ),
-        (
-            "apis/eventing.knative.dev/v1",
-            "triggers",
-            json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-                   "metadata": {"name": "all", "namespace": namespace,
-                                "annotations": {"rivulet.dev/parallelism": "64"}},
-                   "spec": {"broker": "load", "subscriber": {"uri": format!("http://{subscriber_addr}/")}}}),
-        ),
-    ];
-    for (group, plural, resource) in &resources {
-        let name = resource["metadata"]["name"].as_str().unwrap_or_default();
-        let url = format!("{base}/{group}/namespaces/{namespace}/{plural}/{name}");
-        let response = http
-            .put(url)
-            .json(resource)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("applying {plural}/{name}: {}", response.status()));
-        }
-    }
-    // Wait until the trigger consumes: one probe event must arrive.
-    let ingress = format!("{base}/{namespace}/load");
-    let probe_deadline = Instant::now() + Duration::from_secs(60);
-    while delivered.load(Ordering::Relaxed) == 0 {
-        if Instant::now() > probe_deadline {
-            return Err("the NATS broker never delivered a probe event".into());
-        }
-        let _ = post(&http, &ingress, "probe", "{}").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    delivered.store(0, Ordering::Relaxed);
-
-    let body = Arc::new(payload());
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let connections: Vec<_> = (0..HTTP_CONNECTIONS)
-        .map(|_| {
-            let (http, ingress, body, next) =
-                (http.clone(), ingress.clone(), body.clone(), next.clone());
-            tokio::spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= events {
-                        return Ok::<(), String>(());
-                    }
-                    let status = post(&http, &ingress, &format!("e-{n}"), &body).await?;
-                    if status != 202 {
-                        return Err(format!("ingress answered {status}"));
-                    }
-                }
-            })
-        })
-        .collect();
-    for connection in connections {
-        connection.await.map_err(|e| e.to_string())??;
-    }
-    let published = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while delivered.load(Ordering::Relaxed) < events {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "only {} of {events} delivered",
-                delivered.load(Ordering::Relaxed)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = started.elapsed();
-    // Deleting the broker removes its stream.
-    let _ = http
-        .delete(format!(
-            "{base}/apis/eventing.knative.dev/v1/namespaces/{namespace}/brokers/load"
-        ))
-        .send()
-        .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    server.shutdown().await.map_err(|e| e.to_string())?;
-    Ok(Row {
-        name: "Rivulet ingress -> JetStream -> trigger",
-        events,
-        elapsed,
-        publish_rate: events as f64 / published.as_secs_f64(),
-    })
-}
-
-async fn post(http: &reqwest::Client, url: &str, id: &str, body: &str) -> Result<u16, String> {
-    http.post(url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "/bench")
-        .header("ce-type", "dev.rivulet.bench")
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| e.to_string())
 }
 
 fn main() {
@@ -309,10 +127,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let events = events_per_row();
+    let events = events_per_row(10000);
     let (raw, rivulet) = runtime.block_on(async {
         let raw = raw_row(events).await;
-        let rivulet = rivulet_row(events).await;
+        let rivulet = rivulet_row(
+            events,
+            BrokerSetup {
+                name: "Rivulet ingress -> JetStream -> trigger",
+                class: "NatsJetStreamBroker",
+                config: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nats"},
+                         "data": {"url": nats_url(), "storage": "file"}}),
+                delivery_deadline: Duration::from_secs(300),
+            },
+        )
+        .await;
         (raw, rivulet)
     });
     println!(
@@ -332,7 +160,7 @@ fn main() {
                     "{:<40} {:>14.0} {:>16.0}",
                     row.name,
                     row.rate(),
-                    row.publish_rate
+                    row.write_rate
                 );
                 rates.push(row.rate());
             }
