@@ -140,6 +140,10 @@ pub trait SourceKind: Send + Sync + 'static {
 
     fn sink(resource: &Self::Resource) -> &Destination;
     fn ce_overrides(resource: &Self::Resource) -> Option<&CloudEventOverrides>;
+    /// Whether the adapter must run once in the whole system (a schedule, a watch) rather
+    /// than in every data-plane replica (where it shares work through its upstream, like a
+    /// consumer group or a queue). On Kubernetes, the single controller runs the former.
+    const RUNS_ONCE: bool = false;
     /// The delivery rules towards the sink; `None` uses [`default_source_delivery`].
     fn delivery(_resource: &Self::Resource) -> Option<DeliverySpec> {
         None
@@ -412,7 +416,9 @@ pub async fn reconcile<K: SourceKind>(
     let mut action = Action::AwaitChange;
     let retry_later = Action::Requeue(Duration::from_secs(5));
 
-    let sink = runtime::resolve_destination(K::sink(&resource), &namespace, ctx).await;
+    let sink = ctx
+        .resolve_for(object, "/status/sinkUri", K::sink(&resource))
+        .await;
     match &sink {
         Ok(uri) => {
             status.sink_uri = Some(uri.clone());
@@ -471,7 +477,11 @@ pub async fn reconcile<K: SourceKind>(
                 ctx.dispatch.metrics.clone(),
                 &key,
             );
-            ensure_running(ctx, &running, &key, fingerprint, prepared.adapter, client).await;
+            if runs_here::<K>(ctx.role()) {
+                ensure_running(ctx, &running, &key, fingerprint, prepared.adapter, client).await;
+            } else if let Some((_, old)) = running.0.lock().await.remove(&key) {
+                old.stop(&key).await;
+            }
             parts.push(Condition::new("Deployed", true, "", ""));
             status.ce_attributes = prepared.ce_attributes;
             status.address = prepared.address.map(|url| Addressable {
@@ -489,6 +499,15 @@ pub async fn reconcile<K: SourceKind>(
     ctx.write_status(kind, &namespace, &name, json!(status))
         .await?;
     Ok(action)
+}
+
+/// Whether a source kind's adapter runs in a process of this role.
+fn runs_here<K: SourceKind>(role: runtime::Role) -> bool {
+    match role {
+        runtime::Role::Standalone => true,
+        runtime::Role::Controller => K::RUNS_ONCE,
+        runtime::Role::DataPlane => !K::RUNS_ONCE,
+    }
 }
 
 async fn ensure_running(

@@ -1,4 +1,4 @@
-//! `rivulet serve`: the standalone runtime in one process.
+//! `rivulet serve` and `rivulet controller`: one runtime, in the role the command gives it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::registry::{Observer, RegistrySettings, StatusLock, worker::Worker};
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests};
-use crate::runtime::{Context, Settings};
+use crate::runtime::{Context, Role, Settings};
 use crate::store::{FileStore, KubernetesStore, ResourceStore};
 
 /// Everything `rivulet serve` can be told.
@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub registry: RegistrySettings,
     /// Where resources are kept.
     pub store: StoreChoice,
+    /// What this process does: everything (standalone), the controller, or the data plane.
+    pub role: Role,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -64,6 +66,7 @@ impl Default for ServeOptions {
             advertised_url: None,
             registry: RegistrySettings::default(),
             store: StoreChoice::default(),
+            role: Role::default(),
         }
     }
 }
@@ -122,7 +125,12 @@ async fn open_store(options: &ServeOptions) -> anyhow::Result<Arc<dyn ResourceSt
                 "--store kubernetes: no Kubernetes API server configured (neither an in-cluster \
                  service account nor a kubeconfig from KUBECONFIG or ~/.kube/config)",
             )?;
-            Arc::new(KubernetesStore::new(client))
+            let store = KubernetesStore::new(client);
+            Arc::new(if options.role == Role::DataPlane {
+                store.announcing_status()
+            } else {
+                store
+            })
         }
     })
 }
@@ -176,6 +184,7 @@ pub async fn start_with_store(
             delivery: options.delivery.clone(),
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
+            role: options.role,
         },
     );
     let shutdown = CancellationToken::new();
@@ -192,14 +201,21 @@ pub async fn start_with_store(
         .run(observations, shutdown.clone()),
     );
     let ready = Arc::new(AtomicBool::new(false));
-    let mut app = api::router(ApiState {
+    let api_state = ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
-    })
-    .merge(ingress.clone().router());
-    for routes in inventory::iter::<HttpRoutes>() {
-        app = app.merge((routes.build)(ctx.clone()));
+    };
+    // The controller takes no events and no resource writes: health and metrics only.
+    let mut app = if options.role.carries_events() {
+        api::router(api_state).merge(ingress.clone().router())
+    } else {
+        api::health_router(api_state)
+    };
+    if options.role.carries_events() {
+        for routes in inventory::iter::<HttpRoutes>() {
+            app = app.merge((routes.build)(ctx.clone()));
+        }
     }
     let app = app
         .fallback(unknown_path)
@@ -209,7 +225,7 @@ pub async fn start_with_store(
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(%base_url, data_dir = %options.data_dir.display(), store = ?options.store, "rivulet is serving");
+    tracing::info!(%base_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
 
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {

@@ -48,6 +48,7 @@ fn context() -> (Arc<Context>, ApiServer) {
             delivery: DeliveryDefaults::default(),
             default_parallelism: 1,
             stop_grace: std::time::Duration::from_secs(1),
+            role: rivulet::runtime::Role::Standalone,
         },
     );
     (ctx, handle)

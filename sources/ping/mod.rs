@@ -261,6 +261,8 @@ pub struct PingSourceKind;
 
 impl SourceKind for PingSourceKind {
     const KIND: &'static str = "PingSource";
+    // Each replica ticking would send every tick several times.
+    const RUNS_ONCE: bool = true;
     type Resource = PingSource;
 
     fn sink(resource: &PingSource) -> &Destination {

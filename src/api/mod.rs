@@ -49,11 +49,22 @@ type Params = BTreeMap<String, String>;
 /// The largest manifest the API takes.
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
 
-pub fn router(state: ApiState) -> Router {
+/// Health, readiness and metrics: all the controller serves.
+pub fn health_router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Health, metrics and the resource API.
+pub fn router(state: ApiState) -> Router {
+    health_router(state.clone()).merge(resource_router(state))
+}
+
+fn resource_router(state: ApiState) -> Router {
+    Router::new()
         .route(
             "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
             get(list_grouped),

@@ -36,6 +36,13 @@ enum Command {
     /// Resources come from --config files and from the resource API; they and the events
     /// in durable channels are kept in --data-dir and survive restarts.
     Serve(ServeArgs),
+    /// Run the Kubernetes controller: reconcile the custom resources in the cluster.
+    ///
+    /// It resolves destinations, creates and removes backend resources (topics, exchanges,
+    /// streams, queues, consumers) with finalizers, writes status, reports failures as
+    /// Kubernetes Events and runs the sources that must run once (PingSource). Events flow
+    /// through the data plane (`rivulet serve --store kubernetes`), not through it.
+    Controller(ControllerArgs),
     /// Create or update resources from a YAML (or JSON) manifest; `-f -` reads stdin.
     Apply {
         /// Manifest file or folder; many documents per file are fine.
@@ -120,6 +127,29 @@ enum OutputFormat {
     Table,
     Yaml,
     Json,
+}
+
+#[derive(Debug, Args)]
+struct ControllerArgs {
+    /// Address for health and metrics.
+    #[arg(long, env = "RIVULET_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Folder for the state of the sources the controller runs (PingSource's last tick).
+    #[arg(long, env = "RIVULET_DATA_DIR", default_value = ".rivulet")]
+    data_dir: PathBuf,
+    /// The data plane's URL, written as brokers' status.address.url
+    /// (e.g. http://broker-ingress.rivulet.svc.cluster.local).
+    #[arg(long, env = "RIVULET_ADVERTISED_URL")]
+    advertised_url: String,
+    /// Timeout of one delivery request of the sources the controller runs.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    delivery_timeout: Duration,
+    /// Longest wait between retries of those deliveries.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    backoff_cap: Duration,
+    /// How long SIGTERM waits for deliveries in flight.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +293,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve(args).await,
+        Command::Controller(args) => controller(args).await,
         Command::Apply { files, server } => client::apply(&server.server, &files).await,
         Command::Get {
             kind,
@@ -317,6 +348,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         store: args.store,
+        // Beside a controller, the serving process is the data plane.
+        role: match args.store {
+            crate::server::StoreChoice::File => crate::runtime::Role::Standalone,
+            crate::server::StoreChoice::Kubernetes => crate::runtime::Role::DataPlane,
+        },
     };
     let store = options.store;
     let server = crate::server::start(options).await?;
@@ -334,6 +370,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("stopping: no new events taken, finishing deliveries in flight");
+        token.cancel();
+    });
+    server.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let options = crate::server::ServeOptions {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        delivery: crate::delivery::DeliveryDefaults {
+            timeout: args.delivery_timeout,
+            backoff_cap: args.backoff_cap,
+        },
+        shutdown_grace: args.shutdown_grace,
+        advertised_url: Some(args.advertised_url),
+        registry: crate::registry::RegistrySettings {
+            autocreate: false,
+            ..Default::default()
+        },
+        store: crate::server::StoreChoice::Kubernetes,
+        role: crate::runtime::Role::Controller,
+        ..Default::default()
+    };
+    let server = crate::server::start(options).await?;
+    eprintln!(
+        "rivulet controller reconciling the cluster's resources (health on {})",
+        server.local_addr
+    );
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping the controller");
         token.cancel();
     });
     server.wait().await?;

@@ -243,7 +243,27 @@ impl Worker {
         if !self.settings.autocreate {
             return Ok(None);
         }
-        let manifest = autocreated(namespace, broker, event_type, source, &name, event);
+        // Owned by its broker, so Kubernetes' garbage collector removes it with the broker.
+        let broker_kind =
+            crate::resources::find_kind_by_name(None, "Broker").expect("Broker is registered");
+        let broker_uid = self
+            .store
+            .get(broker_kind, namespace, broker)
+            .await?
+            .and_then(|b| {
+                b.pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        let manifest = autocreated(
+            namespace,
+            broker,
+            event_type,
+            source,
+            &name,
+            event,
+            broker_uid.as_deref(),
+        );
         self.store.apply(self.kind, manifest).await?;
         self.metrics.eventtypes_autocreated.inc();
         tracing::info!(%namespace, %broker, r#type = %event_type, %source, %name, "event type discovered");
@@ -420,6 +440,7 @@ fn autocreated(
     source: &str,
     name: &str,
     event: &Event,
+    broker_uid: Option<&str>,
 ) -> Value {
     let source_value = (source != WILDCARD).then_some(source);
     let mut attributes = vec![
@@ -431,14 +452,23 @@ fn autocreated(
     if let Some(data_schema) = &event.dataschema {
         attributes.push(attribute("dataschema", Some(data_schema), false));
     }
+    let mut metadata = json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": {AUTOCREATED_LABEL: "true", BROKER_LABEL: broker},
+    });
+    if let Some(uid) = broker_uid {
+        metadata["ownerReferences"] = json!([{
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Broker",
+            "name": broker,
+            "uid": uid,
+        }]);
+    }
     json!({
         "apiVersion": "eventing.knative.dev/v1beta3",
         "kind": "EventType",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {AUTOCREATED_LABEL: "true", BROKER_LABEL: broker},
-        },
+        "metadata": metadata,
         "spec": {
             "reference": broker_reference(namespace, broker),
             "description": format!("Discovered from events on broker {namespace}/{broker}"),

@@ -52,6 +52,8 @@ inventory::submit! {
 
 pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
     let broker: Broker = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    ctx.ensure_finalizer(Context::kind("Broker"), object)
+        .await?;
     let (namespace, name) = object_key(object);
     let address = format!("{}/{namespace}/{name}", ctx.settings.base_url);
     let mut parts = Vec::new();
@@ -111,7 +113,10 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                         .and_then(|d| d.dead_letter_sink.as_ref())
                     {
                         None => None,
-                        Some(sink) => Some(super::resolve_destination(sink, &namespace, ctx).await),
+                        Some(sink) => Some(
+                            ctx.resolve_for(object, "/status/deadLetterSinkUri", sink)
+                                .await,
+                        ),
                     };
                     let dead_letter_uri =
                         dead_letter.as_ref().and_then(|r| r.as_ref().ok()).cloned();
@@ -184,12 +189,15 @@ async fn reconcile_triggers_of(namespace: &str, broker: &str, ctx: &Arc<Context>
     }
 }
 
-/// A broker is gone: close its ingress, stop its triggers, remove its channel's storage.
+/// A broker is gone: close its ingress, stop its triggers and, where this process owns
+/// backend resources, remove its channel's (topic, exchange, stream, log).
 pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
     let (namespace, name) = object_key(object);
     let handle = ctx.ingress.remove(&namespace, &name);
     reconcile_triggers_of(&namespace, &name, ctx).await;
-    if let Some(handle) = handle {
+    if let Some(handle) = handle
+        && ctx.role().owns_backend_resources()
+    {
         handle.channel.destroy().await?;
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! the resources in the store. One `reconcile(object, ctx) -> Result<Action>` per kind, and
 //! one `error_policy` that decides when to try again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +20,11 @@ use crate::store::{ResourceStore, StoreError, StoreEvent, object_key};
 
 mod broker;
 mod destination;
+mod events;
 mod trigger;
 
 pub use destination::resolve_destination;
+pub use events::ReadySummary;
 
 /// What a reconciler wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,20 @@ pub enum ReconcileError {
     Channel(#[from] rivulet_channels::ChannelError),
     #[error("invalid object: {0}")]
     Invalid(String),
+}
+
+impl ReconcileError {
+    /// A short machine-readable class, used as the reason of Kubernetes Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Store(StoreError::Api { .. } | StoreError::Unavailable(_)) => {
+                "ApiServerError"
+            }
+            ReconcileError::Store(_) => "StoreError",
+            ReconcileError::Channel(_) => "BackendUnavailable",
+            ReconcileError::Invalid(_) => "InvalidObject",
+        }
+    }
 }
 
 /// The reconciler of one kind, registered with `inventory::submit!` next to its code so the
@@ -68,9 +84,45 @@ type RequeueKey = (&'static KindInfo, String, String);
 
 inventory::collect!(Reconciler);
 
+/// What a process does in the system. Standalone does everything; on Kubernetes the work is
+/// split so the data plane needs no write access beyond EventTypes and scales out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// `rivulet serve` with the file store: everything in one process.
+    #[default]
+    Standalone,
+    /// `rivulet controller`: resolves destinations, provisions and removes backend resources
+    /// (topics, exchanges, streams, queues, consumers), writes status, finalizers and
+    /// Kubernetes Events, and runs the source adapters that must run once (schedules, watches).
+    Controller,
+    /// `rivulet serve --store kubernetes`: ingress, trigger dispatch and the source adapters
+    /// that share work across replicas. Takes resolved addresses from the status the
+    /// controller wrote.
+    DataPlane,
+}
+
+impl Role {
+    /// Whether this process writes status (and Events).
+    pub fn writes_status(self) -> bool {
+        self != Role::DataPlane
+    }
+
+    /// Whether this process creates and removes backend resources for the objects it sees.
+    pub fn owns_backend_resources(self) -> bool {
+        self != Role::DataPlane
+    }
+
+    /// Whether this process delivers events (ingress, trigger consumers).
+    pub fn carries_events(self) -> bool {
+        self != Role::Controller
+    }
+}
+
 /// Settings of the runtime that come from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// What this process does.
+    pub role: Role,
     pub data_dir: PathBuf,
     /// The base URL brokers are addressed at (`http://127.0.0.1:8080`).
     pub base_url: String,
@@ -93,6 +145,11 @@ pub struct Context {
     requeue_rx: Mutex<Option<mpsc::UnboundedReceiver<RequeueKey>>>,
     /// State of plug-ins (source and sink adapters), by type.
     pub extensions: Extensions,
+    /// Readiness last written per object, and what Events have said of it.
+    events: events::EventState,
+    /// Objects whose cleanup already ran when their finalizer was removed, by uid, so their
+    /// final deletion does not run it again.
+    finalized: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Per-runtime state of plug-ins, by type, so the runtime keeps no field per plug-in.
@@ -127,7 +184,14 @@ impl Context {
             requeue,
             requeue_rx: Mutex::new(Some(requeue_rx)),
             extensions: Extensions::default(),
+            events: events::EventState::default(),
+            finalized: std::sync::Mutex::default(),
         })
+    }
+
+    /// What this process does.
+    pub fn role(&self) -> Role {
+        self.settings.role
     }
 
     /// The Kubernetes API client, when resources are kept in a cluster (`--store kubernetes`).
@@ -139,7 +203,7 @@ impl Context {
         find_kind_by_name(None, name).expect("built-in kinds are registered")
     }
 
-    /// Writes an object's status.
+    /// Writes an object's status; the data plane leaves status to the controller.
     pub(crate) async fn write_status(
         &self,
         kind: &'static KindInfo,
@@ -147,8 +211,68 @@ impl Context {
         name: &str,
         status: Value,
     ) -> Result<(), ReconcileError> {
+        if !self.role().writes_status() {
+            return Ok(());
+        }
+        self.events
+            .record_ready(kind, namespace, name, ReadySummary::of(&status));
         match self.store.put_status(kind, namespace, name, status).await {
             // Deleted meanwhile: nothing to report on.
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Resolves a destination of `object`. The data plane takes the URL the controller
+    /// resolved and wrote at `status_field` (a JSON pointer), once the controller has seen
+    /// the object's current generation, so it needs no read access to what destinations
+    /// point at; everyone else resolves it.
+    pub async fn resolve_for(
+        &self,
+        object: &Value,
+        status_field: &str,
+        destination: &crate::resources::Destination,
+    ) -> Result<String, String> {
+        let (namespace, _) = object_key(object);
+        if self.role() != Role::DataPlane {
+            return resolve_destination(destination, &namespace, self).await;
+        }
+        let observed = object
+            .pointer("/status/observedGeneration")
+            .and_then(Value::as_i64);
+        if observed != generation(object) {
+            return Err(format!(
+                "waiting for the controller to reconcile generation {}",
+                generation(object).unwrap_or_default()
+            ));
+        }
+        object
+            .pointer(status_field)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("waiting for the controller to resolve {status_field}"))
+    }
+
+    /// Puts this process's finalizer on a kind whose deletion must remove backend resources
+    /// first. Only the controller does; elsewhere cleanup runs on deletion.
+    pub(crate) async fn ensure_finalizer(
+        &self,
+        kind: &'static KindInfo,
+        object: &Value,
+    ) -> Result<(), ReconcileError> {
+        if self.role() != Role::Controller || is_deleting(object) {
+            return Ok(());
+        }
+        let finalizer = finalizer_name(kind);
+        if has_finalizer(object, &finalizer) {
+            return Ok(());
+        }
+        let (namespace, name) = object_key(object);
+        match self
+            .store
+            .set_finalizer(kind, &namespace, &name, &finalizer, true)
+            .await
+        {
             Err(StoreError::NotFound { .. }) => Ok(()),
             other => Ok(other?),
         }
@@ -185,14 +309,36 @@ impl Context {
         inventory::iter::<Reconciler>().find(|r| r.kind == kind.kind)
     }
 
-    async fn reconcile_applied(self: &Arc<Self>, kind: &'static KindInfo, object: &Value) {
+    /// Handles one change as the control loop does (reconcile, finalize or clean up) and
+    /// says what the loop would do next with the object; for driving reconcilers in tests.
+    pub async fn handle_change(self: &Arc<Self>, change: &StoreEvent) -> Action {
+        match change {
+            StoreEvent::Applied { kind, object } => self.reconcile_applied(kind, object).await,
+            StoreEvent::Deleted { kind, object } => {
+                self.reconcile_deleted(kind, object).await;
+                Action::AwaitChange
+            }
+        }
+    }
+
+    async fn reconcile_applied(
+        self: &Arc<Self>,
+        kind: &'static KindInfo,
+        object: &Value,
+    ) -> Action {
         let Some(reconciler) = Self::reconciler(kind) else {
-            return;
+            return Action::AwaitChange;
         };
         let (namespace, name) = object_key(object);
-        let action = (reconciler.reconcile)(object, self)
-            .await
-            .unwrap_or_else(|error| self.error_policy(kind, &namespace, &name, &error));
+        let action = if is_deleting(object) {
+            self.finalize(kind, reconciler, object)
+                .await
+                .unwrap_or_else(|error| self.error_policy(kind, object, &error))
+        } else {
+            let result = (reconciler.reconcile)(object, self).await;
+            self.events.publish_changes(self, kind, object);
+            result.unwrap_or_else(|error| self.error_policy(kind, object, &error))
+        };
         if let Action::Requeue(after) = action {
             let requeue = self.requeue.clone();
             tokio::spawn(async move {
@@ -200,27 +346,70 @@ impl Context {
                 let _ = requeue.send((kind, namespace, name));
             });
         }
+        action
+    }
+
+    /// An object with a deletion timestamp: clean up, then let it go by removing this
+    /// process's finalizer. A failed cleanup keeps the finalizer and is tried again.
+    async fn finalize(
+        self: &Arc<Self>,
+        kind: &'static KindInfo,
+        reconciler: &Reconciler,
+        object: &Value,
+    ) -> Result<Action, ReconcileError> {
+        let finalizer = finalizer_name(kind);
+        let ours = self.role() == Role::Controller && has_finalizer(object, &finalizer);
+        if !ours && self.role() == Role::Controller {
+            // Someone else's finalizer holds it; our cleanup runs when it is gone.
+            return Ok(Action::AwaitChange);
+        }
+        (reconciler.cleanup)(object, self).await?;
+        if let Some(uid) = uid(object) {
+            self.finalized.lock().expect("lock poisoned").insert(uid);
+        }
+        if ours {
+            let (namespace, name) = object_key(object);
+            match self
+                .store
+                .set_finalizer(kind, &namespace, &name, &finalizer, false)
+                .await
+            {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+            self.events.forget(kind, &namespace, &name);
+        }
+        Ok(Action::AwaitChange)
     }
 
     async fn reconcile_deleted(self: &Arc<Self>, kind: &'static KindInfo, object: &Value) {
         let Some(reconciler) = Self::reconciler(kind) else {
             return;
         };
+        let (namespace, name) = object_key(object);
+        self.events.forget(kind, &namespace, &name);
+        let already = uid(object)
+            .is_some_and(|uid| self.finalized.lock().expect("lock poisoned").remove(&uid));
+        if already {
+            return;
+        }
         if let Err(error) = (reconciler.cleanup)(object, self).await {
             let (namespace, name) = object_key(object);
             tracing::warn!(kind = kind.kind, %namespace, %name, %error, "cleanup failed");
         }
     }
 
-    /// Errors are logged and retried after a pause.
+    /// Errors are logged, reported as a Warning Event (by the controller), and retried
+    /// after a pause.
     fn error_policy(
         &self,
         kind: &'static KindInfo,
-        namespace: &str,
-        name: &str,
+        object: &Value,
         error: &ReconcileError,
     ) -> Action {
+        let (namespace, name) = object_key(object);
         tracing::warn!(kind = kind.kind, %namespace, %name, %error, "reconcile failed; retrying in 5s");
+        self.events.publish_failure(self, kind, object, error);
         Action::Requeue(Duration::from_secs(5))
     }
 
@@ -292,7 +481,7 @@ impl Context {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 change = changes.recv() => match change {
-                    Ok(StoreEvent::Applied { kind, object }) => self.reconcile_applied(kind, &object).await,
+                    Ok(StoreEvent::Applied { kind, object }) => { self.reconcile_applied(kind, &object).await; }
                     Ok(StoreEvent::Deleted { kind, object }) => self.reconcile_deleted(kind, &object).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -323,6 +512,29 @@ pub(crate) fn conditions(
     };
     parts.insert(0, ready);
     parts
+}
+
+/// The finalizer name of a kind, as Knative names them (`brokers.eventing.knative.dev`).
+pub fn finalizer_name(kind: &KindInfo) -> String {
+    format!("{}.{}", kind.plural, kind.group)
+}
+
+fn has_finalizer(object: &Value, finalizer: &str) -> bool {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|list| list.iter().any(|f| f.as_str() == Some(finalizer)))
+}
+
+fn is_deleting(object: &Value) -> bool {
+    object.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+fn uid(object: &Value) -> Option<String> {
+    object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 pub(crate) fn generation(object: &Value) -> Option<i64> {

@@ -27,6 +27,8 @@ inventory::submit! {
 
 pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
     let trigger: Trigger = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    ctx.ensure_finalizer(Context::kind("Trigger"), object)
+        .await?;
     let (namespace, name) = object_key(object);
     let mut parts = Vec::new();
     let mut status = TriggerStatus {
@@ -47,7 +49,9 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
             ),
         )),
     }
-    let subscriber = super::resolve_destination(&trigger.spec.subscriber, &namespace, ctx).await;
+    let subscriber = ctx
+        .resolve_for(object, "/status/subscriberUri", &trigger.spec.subscriber)
+        .await;
     match &subscriber {
         Ok(uri) => {
             status.subscriber_uri = Some(uri.clone());
@@ -67,7 +71,10 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     };
     let mut dead_letter_uri = None;
     if let Some(sink) = delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
-        match super::resolve_destination(sink, &namespace, ctx).await {
+        match ctx
+            .resolve_for(object, "/status/deadLetterSinkUri", sink)
+            .await
+        {
             Ok(uri) => {
                 status.dead_letter_sink_uri = Some(uri.clone());
                 dead_letter_uri = Some(uri);
@@ -142,7 +149,8 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                 spec
             );
             let key = (namespace.clone(), name.clone());
-            if !ctx.is_running_with(&key, &fingerprint).await {
+            // The controller provisions the subscription; the data plane consumes it.
+            if ctx.role().carries_events() && !ctx.is_running_with(&key, &fingerprint).await {
                 let subscription = broker.channel.consume(&subscription_name).await?;
                 let running = dispatcher::spawn(dispatch, subscription, ctx.dispatch.clone());
                 ctx.replace_running(key, fingerprint, running).await;
@@ -153,8 +161,9 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
 
     status.conditions = conditions(parts);
     // A warning beside Ready, never part of it.
-    if let Some(known) =
-        crate::registry::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
+    if ctx.role().writes_status()
+        && let Some(known) =
+            crate::registry::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
     {
         status.conditions.push(known);
     }
@@ -168,10 +177,14 @@ pub fn subscription_name(trigger: &str) -> String {
     format!("trigger-{trigger}")
 }
 
-/// A trigger is gone: stop its consumer and remove its subscription.
+/// A trigger is gone: stop its consumer and, where this process owns backend resources,
+/// remove its subscription (queue, consumer).
 pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
     let (namespace, name) = object_key(object);
     ctx.stop_trigger(&namespace, &name).await;
+    if !ctx.role().owns_backend_resources() {
+        return Ok(());
+    }
     let broker = object
         .pointer("/spec/broker")
         .and_then(Value::as_str)

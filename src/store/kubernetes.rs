@@ -24,9 +24,13 @@ use announce::Announcer;
 
 /// The field manager Rivulet's server-side applies are recorded under.
 pub const FIELD_MANAGER: &str = "rivulet";
+/// The field manager of finalizers, apart from the object's content, so that applying an
+/// object never re-adds one and releasing it removes exactly that entry.
+pub const FINALIZER_MANAGER: &str = "rivulet-finalizer";
 
 /// Fields the API server owns; an applied configuration leaves them out.
-const SERVER_FIELDS: [&str; 7] = [
+/// Finalizers are left out too: they are applied apart (see [`FINALIZER_MANAGER`]).
+const SERVER_FIELDS: [&str; 8] = [
     "uid",
     "resourceVersion",
     "creationTimestamp",
@@ -34,6 +38,7 @@ const SERVER_FIELDS: [&str; 7] = [
     "managedFields",
     "selfLink",
     "deletionTimestamp",
+    "finalizers",
 ];
 
 /// The store of Kubernetes mode. Writes are server-side applies by the field manager
@@ -43,6 +48,7 @@ pub struct KubernetesStore {
     client: kube::Client,
     changes: broadcast::Sender<StoreEvent>,
     watchers: OnceLock<Vec<JoinHandle<()>>>,
+    announce_status: bool,
 }
 
 impl KubernetesStore {
@@ -52,7 +58,15 @@ impl KubernetesStore {
             client,
             changes,
             watchers: OnceLock::new(),
+            announce_status: false,
         }
+    }
+
+    /// Announces status changes too: the data plane acts on the status the controller
+    /// writes (resolved addresses) and writes none of its own that it would hear back.
+    pub fn announcing_status(mut self) -> Self {
+        self.announce_status = true;
+        self
     }
 
     fn namespaced(&self, kind: &KindInfo, namespace: &str) -> Api<DynamicObject> {
@@ -75,7 +89,12 @@ impl KubernetesStore {
             .filter(|kind| !kind.group.is_empty())
             .map(|kind| {
                 let api = Api::all_with(self.client.clone(), &api_resource(kind));
-                tokio::spawn(watch_kind(kind, api, self.changes.clone()))
+                tokio::spawn(watch_kind(
+                    kind,
+                    api,
+                    self.changes.clone(),
+                    self.announce_status,
+                ))
             })
             .collect()
     }
@@ -267,6 +286,35 @@ impl ResourceStore for KubernetesStore {
         }
     }
 
+    async fn set_finalizer(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+        finalizer: &str,
+        present: bool,
+    ) -> Result<(), StoreError> {
+        let finalizers: Vec<&str> = if present { vec![finalizer] } else { vec![] };
+        let patch = json!({
+            "apiVersion": kind.api_version(),
+            "kind": kind.kind,
+            "metadata": {"name": name, "namespace": namespace, "finalizers": finalizers},
+        });
+        match self
+            .namespaced(kind, namespace)
+            .patch(
+                name,
+                &PatchParams::apply(FINALIZER_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if is_not_found(&error) => Err(Self::not_found(kind, namespace, name)),
+            Err(error) => Err(api_error(error)),
+        }
+    }
+
     fn watch(&self) -> broadcast::Receiver<StoreEvent> {
         let receiver = self.changes.subscribe();
         self.watchers.get_or_init(|| self.start_watchers());
@@ -285,8 +333,9 @@ async fn watch_kind(
     kind: &'static KindInfo,
     api: Api<DynamicObject>,
     changes: broadcast::Sender<StoreEvent>,
+    announce_status: bool,
 ) {
-    let mut announcer = Announcer::new(kind);
+    let mut announcer = Announcer::new(kind, announce_status);
     let mut failing = false;
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = events.next().await {

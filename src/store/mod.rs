@@ -104,6 +104,19 @@ pub trait ResourceStore: Send + Sync + 'static {
         name: &str,
     ) -> Result<Value, StoreError>;
 
+    /// Adds (`present`) or removes a finalizer of an object. Stores without a notion of
+    /// finalizers (files: deletion runs cleanup directly) do nothing.
+    async fn set_finalizer(
+        &self,
+        _kind: &'static KindInfo,
+        _namespace: &str,
+        _name: &str,
+        _finalizer: &str,
+        _present: bool,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Changes from now on. A receiver that lags behind gets `Lagged` and should list again.
     fn watch(&self) -> broadcast::Receiver<StoreEvent>;
 

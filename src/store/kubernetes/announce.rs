@@ -18,13 +18,17 @@ pub(super) struct Announcer {
     known: HashMap<Key, Arc<Value>>,
     /// Objects seen since the watch (re)started listing, until the listing is complete.
     listed: Option<HashSet<Key>>,
+    /// Whether status changes are news too.
+    with_status: bool,
 }
 
-/// The parts of an object a reconciler acts on: everything but status and the bookkeeping
-/// a status write changes too.
-fn content(object: &Value) -> Value {
+/// The parts of an object a reconciler acts on: everything but the bookkeeping a status
+/// write changes, and but status itself unless `with_status`.
+fn content(object: &Value, with_status: bool) -> Value {
     let mut content = object.clone();
-    if let Some(map) = content.as_object_mut() {
+    if let Some(map) = content.as_object_mut()
+        && !with_status
+    {
         map.remove("status");
     }
     if let Some(meta) = content.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -35,11 +39,12 @@ fn content(object: &Value) -> Value {
 }
 
 impl Announcer {
-    pub(super) fn new(kind: &'static KindInfo) -> Self {
+    pub(super) fn new(kind: &'static KindInfo, with_status: bool) -> Self {
         Self {
             kind,
             known: HashMap::new(),
             listed: None,
+            with_status,
         }
     }
 
@@ -86,7 +91,9 @@ impl Announcer {
     fn applied(&mut self, object: Value) -> Option<StoreEvent> {
         let object = Arc::new(object);
         let previous = self.known.insert(object_key(&object), object.clone());
-        let changed = previous.is_none_or(|previous| content(&previous) != content(&object));
+        let changed = previous.is_none_or(|previous| {
+            content(&previous, self.with_status) != content(&object, self.with_status)
+        });
         changed.then_some(StoreEvent::Applied {
             kind: self.kind,
             object,
@@ -122,7 +129,27 @@ mod tests {
     }
 
     fn announcer() -> Announcer {
-        Announcer::new(find_kind_by_name(None, "Broker").unwrap())
+        Announcer::new(find_kind_by_name(None, "Broker").unwrap(), false)
+    }
+
+    #[test]
+    fn status_changes_are_announced_when_asked_for() {
+        let mut announcer = Announcer::new(find_kind_by_name(None, "Broker").unwrap(), true);
+        announcer.on_event(Event::Apply(broker("b", 1, "1", json!({}))));
+        let status_written = announcer.on_event(Event::Apply(broker(
+            "b",
+            1,
+            "2",
+            json!({"conditions": [{"type": "Ready", "status": "True"}]}),
+        )));
+        assert_eq!(names(&status_written), ["applied b"]);
+        let nothing = announcer.on_event(Event::Apply(broker(
+            "b",
+            1,
+            "3",
+            json!({"conditions": [{"type": "Ready", "status": "True"}]}),
+        )));
+        assert!(nothing.is_empty(), "{:?}", names(&nothing));
     }
 
     #[test]
