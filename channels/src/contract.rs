@@ -391,6 +391,7 @@ pub async fn prefilter_routes_only_matching_events(backend: &str, config: &Chann
     let channel = open(backend, config).await;
     let pairs = |pairs: &[(&str, &str)]| SubscriptionSpec {
         prefilter: Prefilter {
+            filter: None,
             exact: pairs
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))

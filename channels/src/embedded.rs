@@ -138,6 +138,7 @@ fn decode_subscription(name: &str, encoded: &[u8]) -> Result<SubscriptionSpec, C
         .map_err(|e| ChannelError::Corrupt(format!("stored subscription {name:?}: {e}")))?;
     Ok(SubscriptionSpec {
         prefilter: Prefilter {
+            filter: None,
             exact: stored.prefilter,
         },
         max_in_flight: usize::try_from(stored.max_in_flight).unwrap_or(usize::MAX),
@@ -945,6 +946,7 @@ mod tests {
 
         let only_a = SubscriptionSpec {
             prefilter: Prefilter {
+                filter: None,
                 exact: vec![("type".into(), "a".into())],
             },
             max_in_flight: 0,

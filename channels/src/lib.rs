@@ -29,7 +29,7 @@ pub mod nats;
 pub mod rabbitmq;
 pub mod routing;
 
-pub use routing::{Prefilter, RoutingIndex};
+pub use routing::{Prefilter, RouteFilter, RoutingIndex};
 
 /// One CloudEvent as a channel carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -1,16 +1,49 @@
 //! Routing of published events to subscriptions by their prefilters.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::Envelope;
 
-/// A conjunction of exact attribute matches that an event must satisfy to be worth handing to
-/// a subscription. Empty means every event. It is a superset of what the trigger's full filter
-/// accepts: the consumer still applies the full filter.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+/// What an event must satisfy to be worth handing to a subscription: a conjunction of exact
+/// attribute matches (indexed, and pushed down to brokers that can route on them) and
+/// optionally a check of the whole filter, which channels that route in process run once per
+/// event so non-matching subscriptions never see it. Empty means every event. It accepts a
+/// superset of what the trigger's filter accepts: the consumer still applies the full filter.
+#[derive(Debug, Clone, Default)]
 pub struct Prefilter {
     /// `(attribute, value)` pairs, all of which must match.
     pub exact: Vec<(String, String)>,
+    /// The rest of the filter (prefix, suffix, cesql, ...), if there is more than `exact`.
+    pub filter: Option<Arc<dyn RouteFilter>>,
+}
+
+/// A filter a channel can run while routing. The channel crate knows no filter language, so
+/// the broker hands one in.
+pub trait RouteFilter: Send + Sync + std::fmt::Debug {
+    /// Whether the event may match. When unsure (an expression that fails to evaluate), say
+    /// yes: the consumer decides, and reports the failure.
+    fn may_match(&self, envelope: &Envelope) -> bool;
+
+    /// A text that is equal for equal filters, so specs can be compared.
+    fn identity(&self) -> String;
+}
+
+impl PartialEq for Prefilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.exact == other.exact
+            && self.filter.as_ref().map(|f| f.identity())
+                == other.filter.as_ref().map(|f| f.identity())
+    }
+}
+
+impl Eq for Prefilter {}
+
+impl std::hash::Hash for Prefilter {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.exact.hash(state);
+        self.filter.as_ref().map(|f| f.identity()).hash(state);
+    }
 }
 
 impl Prefilter {
@@ -19,11 +52,20 @@ impl Prefilter {
         Self::default()
     }
 
+    /// A prefilter of exact matches only.
+    pub fn exact(exact: Vec<(String, String)>) -> Self {
+        Self {
+            exact,
+            filter: None,
+        }
+    }
+
     /// Whether `envelope` passes.
     pub fn matches(&self, envelope: &Envelope) -> bool {
         self.exact
             .iter()
             .all(|(name, value)| envelope.attribute(name) == Some(value.as_str()))
+            && self.filter.as_ref().is_none_or(|f| f.may_match(envelope))
     }
 }
 
@@ -161,6 +203,7 @@ mod tests {
 
     fn prefilter(pairs: &[(&str, &str)]) -> Prefilter {
         Prefilter {
+            filter: None,
             exact: pairs
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -181,6 +224,59 @@ mod tests {
     fn sorted(mut names: Vec<&str>) -> Vec<&str> {
         names.sort_unstable();
         names
+    }
+
+    /// Passes events whose type starts with a prefix.
+    #[derive(Debug)]
+    struct TypePrefix(&'static str);
+
+    impl RouteFilter for TypePrefix {
+        fn may_match(&self, envelope: &Envelope) -> bool {
+            envelope
+                .attribute("type")
+                .is_some_and(|t| t.starts_with(self.0))
+        }
+        fn identity(&self) -> String {
+            format!("type prefix {}", self.0)
+        }
+    }
+
+    #[test]
+    fn a_route_filter_is_evaluated_with_the_exact_pairs() {
+        let mut index = RoutingIndex::new();
+        index.insert(
+            "orders",
+            Prefilter {
+                exact: Vec::new(),
+                filter: Some(Arc::new(TypePrefix("order."))),
+            },
+        );
+        index.insert(
+            "shop-orders",
+            Prefilter {
+                exact: vec![("source".into(), "/shop".into())],
+                filter: Some(Arc::new(TypePrefix("order."))),
+            },
+        );
+        let from_shop = envelope(&[("type", "order.created"), ("source", "/shop")]);
+        assert_eq!(
+            sorted(index.route(&from_shop)),
+            vec!["orders", "shop-orders"]
+        );
+        let elsewhere = envelope(&[("type", "order.created"), ("source", "/web")]);
+        assert_eq!(index.route(&elsewhere), vec!["orders"]);
+        assert!(
+            index
+                .route(&envelope(&[("type", "user.created")]))
+                .is_empty()
+        );
+        // Specs compare by what their filters are.
+        let same = Prefilter {
+            exact: Vec::new(),
+            filter: Some(Arc::new(TypePrefix("order."))),
+        };
+        assert_eq!(index.get("orders"), Some(&same));
+        assert_ne!(index.get("orders"), Some(&Prefilter::all()));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Trigger filters: Knative's legacy attribute filter and the subscriptions API dialects,
 //! compiled once when a trigger is applied and evaluated per event.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use rivulet_channels::Prefilter;
+use rivulet_channels::{Envelope, Prefilter, RouteFilter};
 
 use crate::event::Event;
 use crate::resources::{SubscriptionsApiFilter, TriggerSpec};
@@ -133,24 +134,23 @@ impl Filter {
         Err("a filter must set exactly one dialect".into())
     }
 
-    /// Evaluates the filter against an event.
-    pub fn evaluate(&self, event: &Event) -> Outcome {
+    /// Evaluates the filter against an event (or a channel envelope of one: both give the
+    /// same answer, as the consumer rebuilds its event from that envelope).
+    pub fn evaluate<E: Attributes + ?Sized>(&self, event: &E) -> Outcome {
         match self {
             Filter::Everything => Outcome::Match,
-            Filter::Exact { attribute, value } => bool_outcome(
-                event
-                    .attribute(attribute)
-                    .is_some_and(|v| v == value.as_str()),
-            ),
-            Filter::Exists { attribute } => bool_outcome(event.attribute(attribute).is_some()),
+            Filter::Exact { attribute, value } => {
+                bool_outcome(event.text(attribute).is_some_and(|v| v == value.as_str()))
+            }
+            Filter::Exists { attribute } => bool_outcome(event.text(attribute).is_some()),
             Filter::Prefix { attribute, value } => bool_outcome(
                 event
-                    .attribute(attribute)
+                    .text(attribute)
                     .is_some_and(|v| v.starts_with(value.as_str())),
             ),
             Filter::Suffix { attribute, value } => bool_outcome(
                 event
-                    .attribute(attribute)
+                    .text(attribute)
                     .is_some_and(|v| v.ends_with(value.as_str())),
             ),
             Filter::All(parts) => {
@@ -188,13 +188,26 @@ impl Filter {
         }
     }
 
-    /// The exact matches every accepted event must satisfy, for the channel to route on.
+    /// What the channel routes on: the exact matches every accepted event must satisfy, and
+    /// the whole filter when it says more than those, so in-process channels evaluate it
+    /// once per event instead of handing every event to every trigger's consumer.
     pub fn prefilter(&self) -> Prefilter {
         let mut exact = Vec::new();
         self.collect_required_exact(&mut exact);
         exact.sort();
         exact.dedup();
-        Prefilter { exact }
+        let filter = (!self.is_exact_only())
+            .then(|| Arc::new(RoutedFilter(self.clone())) as Arc<dyn RouteFilter>);
+        Prefilter { exact, filter }
+    }
+
+    /// Whether the exact matches say all there is to say.
+    fn is_exact_only(&self) -> bool {
+        match self {
+            Filter::Everything | Filter::Exact { .. } => true,
+            Filter::All(parts) => parts.iter().all(Filter::is_exact_only),
+            _ => false,
+        }
     }
 
     fn collect_required_exact(&self, out: &mut Vec<(String, String)>) {
@@ -219,6 +232,46 @@ fn simplify_all(mut parts: Vec<Filter>) -> Filter {
         0 => Filter::Everything,
         1 => parts.pop().expect("one part"),
         _ => Filter::All(parts),
+    }
+}
+
+/// What a filter reads: attributes as text, and typed for CloudEvents SQL.
+pub trait Attributes: crate::cesql::EventAttributes {
+    fn text(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+impl Attributes for Event {
+    fn text(&self, name: &str) -> Option<Cow<'_, str>> {
+        Event::attribute(self, name)
+    }
+}
+
+/// A channel envelope holds every attribute as its canonical text, extensions included, which
+/// is exactly what the consumer's event holds after `Event::from_envelope`.
+impl Attributes for Envelope {
+    fn text(&self, name: &str) -> Option<Cow<'_, str>> {
+        Envelope::attribute(self, name).map(Cow::Borrowed)
+    }
+}
+
+impl crate::cesql::EventAttributes for Envelope {
+    fn attribute(&self, name: &str) -> Option<crate::cesql::Value<'_>> {
+        Envelope::attribute(self, name).map(|v| crate::cesql::Value::String(Cow::Borrowed(v)))
+    }
+}
+
+/// A trigger's filter as the channel runs it while routing.
+#[derive(Debug)]
+struct RoutedFilter(Filter);
+
+impl RouteFilter for RoutedFilter {
+    fn may_match(&self, envelope: &Envelope) -> bool {
+        // An evaluation error is the consumer's to report, so the event goes on to it.
+        self.0.evaluate(envelope) != Outcome::NoMatch
+    }
+
+    fn identity(&self) -> String {
+        format!("{:?}", self.0)
     }
 }
 
@@ -363,5 +416,71 @@ mod tests {
         };
         let filter = Filter::for_trigger(&spec_with(vec![all])).unwrap();
         assert_eq!(filter.prefilter().exact.len(), 2);
+    }
+
+    #[test]
+    fn the_channel_evaluates_the_same_filter_on_the_envelope() {
+        let cesql = |expression: &str| SubscriptionsApiFilter {
+            cesql: Some(expression.into()),
+            ..Default::default()
+        };
+        let prefix = SubscriptionsApiFilter {
+            prefix: Some(map(&[("type", "com.example.")])),
+            ..Default::default()
+        };
+        let suffix = SubscriptionsApiFilter {
+            suffix: Some(map(&[("source", "/kitchen")])),
+            ..Default::default()
+        };
+        let filters = [
+            vec![prefix.clone()],
+            vec![suffix.clone()],
+            vec![cesql("exint > 10 AND type LIKE 'com.%'")],
+            vec![cesql("flag = TRUE")],
+            vec![exact("type", "com.example.reading"), suffix],
+            vec![SubscriptionsApiFilter {
+                not: Some(Box::new(prefix)),
+                ..Default::default()
+            }],
+        ];
+        let events = [
+            event(""),
+            event(r#","exint":11"#),
+            event(r#","exint":"3","flag":true"#),
+            crate::event::parse_structured(
+                br#"{"specversion":"1.0","id":"2","source":"/garage","type":"org.other"}"#,
+            )
+            .unwrap(),
+        ];
+        for filters in filters {
+            let filter = Filter::for_trigger(&spec_with(filters.clone())).unwrap();
+            let prefilter = filter.prefilter();
+            assert!(
+                prefilter.filter.is_some(),
+                "{filters:?} needs more than exact"
+            );
+            for event in &events {
+                let envelope = event.to_envelope();
+                // What the consumer decides, on the event it rebuilds from the envelope.
+                let consumer = filter.evaluate(&Event::from_envelope(&envelope).unwrap());
+                assert_eq!(
+                    filter.evaluate(&envelope),
+                    consumer,
+                    "{filters:?} on {event:?}"
+                );
+                assert_eq!(
+                    prefilter.matches(&envelope),
+                    consumer != Outcome::NoMatch,
+                    "{filters:?} on {event:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exact_only_filters_need_no_routing_filter() {
+        let filter = Filter::for_trigger(&spec_with(vec![exact("type", "t")])).unwrap();
+        assert!(filter.prefilter().filter.is_none());
+        assert!(Filter::Everything.prefilter().filter.is_none());
     }
 }

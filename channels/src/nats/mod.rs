@@ -361,6 +361,7 @@ fn spec_from_description(description: Option<&str>) -> SubscriptionSpec {
     match stored {
         Some(stored) => SubscriptionSpec {
             prefilter: Prefilter {
+                filter: None,
                 exact: stored.rivulet_prefilter,
             },
             max_in_flight: stored.max_in_flight,
@@ -1085,6 +1086,7 @@ mod tests {
     fn stored_spec_round_trips() {
         let spec = SubscriptionSpec {
             prefilter: Prefilter {
+                filter: None,
                 exact: vec![("type".into(), "t".into()), ("source".into(), "/s".into())],
             },
             max_in_flight: 7,
