@@ -42,6 +42,9 @@ pub enum ReconcileError {
     Channel(#[from] rivulet_channels::ChannelError),
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// The Kubernetes API refused or failed a request about a workload.
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
 }
 
 /// The reconciler of one kind, registered with `inventory::submit!` next to its code so the
