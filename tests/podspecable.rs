@@ -12,7 +12,7 @@ use kube::client::Body;
 use rivulet::delivery::{DeliveryDefaults, Sender};
 use rivulet::ingress::Ingress;
 use rivulet::metrics::Metrics;
-use rivulet::runtime::{Context, Reconciler, Settings};
+use rivulet::runtime::{Action, Context, Reconciler, Settings};
 use rivulet::store::KubernetesStore;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
@@ -112,9 +112,82 @@ fn deployment(name: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": "team"},
-        "spec": {"template": {"spec": {"containers": [
-            {"name": "app", "image": "a"}, {"name": "side", "image": "b"}]}}}
+        "spec": {"template": {"spec": {
+            "initContainers": [{"name": "setup", "image": "s"}],
+            "containers": [{"name": "app", "image": "a"}, {"name": "side", "image": "b"}]}}}
     })
+}
+
+fn list(kind: &str, items: Vec<Value>) -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion": "apps/v1", "kind": format!("{kind}List"),
+            "metadata": {"resourceVersion": "1"}, "items": items}),
+    )
+}
+
+/// The API server's answer to a failed request.
+fn failure(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "code": code, "reason": reason, "message": message}),
+    )
+}
+
+/// The plurals of the bindable kinds, in the order a binding looks for what it bound.
+const BINDABLE: [&str; 4] = ["deployments", "statefulsets", "daemonsets", "replicasets"];
+
+/// Answers to the four lists of workloads labelled as bound, none found.
+fn nothing_bound_before() -> Vec<(u16, Value)> {
+    ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"]
+        .iter()
+        .map(|kind| list(kind, Vec::new()))
+        .collect()
+}
+
+/// The `labelSelector` query parameter of a request, decoded.
+fn label_selector(request: &Seen) -> Option<String> {
+    url::form_urlencoded::parse(request.query.as_bytes())
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Asserts `requests` are the four lists of what binding `bind` labelled, in order.
+fn assert_lists_bound_workloads(requests: &[Seen]) {
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    for (request, plural) in requests.iter().zip(BINDABLE) {
+        assert_eq!(request.method, "GET");
+        assert_eq!(
+            request.path,
+            format!("/apis/apps/v1/namespaces/team/{plural}")
+        );
+        assert_eq!(
+            label_selector(request).as_deref(),
+            Some("rivulet.dev/sinkbinding=bind"),
+            "{request:?}"
+        );
+    }
+}
+
+/// Asserts `request` is an apply by `rivulet-sinkbinding` giving up everything it owned.
+fn assert_release(request: &Seen, path: &str, kind: &str, name: &str) {
+    assert_eq!(request.method, "PATCH");
+    assert_eq!(request.path, path);
+    assert_eq!(
+        request.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert!(
+        request.query.contains("fieldManager=rivulet-sinkbinding"),
+        "{}",
+        request.query
+    );
+    // Naming no env and no label: the API server drops what this manager owned.
+    assert_eq!(
+        request.body,
+        json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}})
+    );
 }
 
 fn sink_binding() -> Value {
@@ -137,44 +210,64 @@ fn env_of(container: &Value, name: &str) -> Option<String> {
         .and_then(|v| v["value"].as_str().map(str::to_string))
 }
 
+fn condition<'a>(status_request: &'a Seen, type_: &str) -> &'a Value {
+    status_request.body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {}", status_request.body))
+}
+
+/// Asserts `request` is a SinkBinding apply of the env and the label on `path`.
+fn assert_bind(request: &Seen, path: &str) {
+    assert_eq!(request.method, "PATCH");
+    assert_eq!(request.path, path);
+    assert_eq!(
+        request.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert!(
+        request.query.contains("fieldManager=rivulet-sinkbinding"),
+        "{}",
+        request.query
+    );
+    assert!(request.query.contains("force=true"), "{}", request.query);
+    assert_eq!(
+        request.body["metadata"]["labels"],
+        json!({"rivulet.dev/sinkbinding": "bind"})
+    );
+}
+
 #[tokio::test]
 async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
     let (ctx, mut server) = context();
     let object = sink_binding();
+    let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
+    answers.extend(nothing_bound_before());
+    answers.push((200, object.clone()));
     let (result, requests) = exchange(
         &mut server,
         (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        vec![
-            (200, deployment("web")),
-            (200, deployment("web")),
-            (200, object.clone()),
-        ],
+        answers,
     )
     .await;
-    result.expect("reconciled");
+    assert_eq!(result.expect("reconciled"), Action::AwaitChange);
+    assert_eq!(requests.len(), 7, "{requests:?}");
     assert_eq!(requests[0].method, "GET");
     assert_eq!(
         requests[0].path,
         "/apis/apps/v1/namespaces/team/deployments/web"
     );
     let apply = &requests[1];
-    assert_eq!(apply.method, "PATCH");
-    assert_eq!(apply.path, "/apis/apps/v1/namespaces/team/deployments/web");
-    assert_eq!(
-        apply.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
-    assert!(
-        apply.query.contains("fieldManager=rivulet-sinkbinding"),
-        "{}",
-        apply.query
-    );
-    assert!(apply.query.contains("force=true"), "{}", apply.query);
-    let containers = apply.body["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap();
+    assert_bind(apply, "/apis/apps/v1/namespaces/team/deployments/web");
+    let pod_spec = &apply.body["spec"]["template"]["spec"];
+    let containers = pod_spec["containers"].as_array().unwrap();
+    let init_containers = pod_spec["initContainers"].as_array().unwrap();
     assert_eq!(containers.len(), 2);
-    for container in containers {
+    assert_eq!(init_containers.len(), 1);
+    assert_eq!(init_containers[0]["name"], "setup");
+    for container in containers.iter().chain(init_containers) {
         assert_eq!(
             env_of(container, "K_SINK").as_deref(),
             Some("http://sink.example/events")
@@ -184,93 +277,420 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
             Some(r#"{"extensions":{"team":"blue"}}"#)
         );
         // Only the names and the env entries: nothing else is claimed.
-        assert!(container.get("image").is_none());
+        assert_eq!(container.as_object().unwrap().len(), 2, "{container}");
     }
-    let status = &requests[2];
+    assert_lists_bound_workloads(&requests[2..6]);
+    let status = &requests[6];
+    assert_eq!(status.method, "PATCH");
     assert_eq!(
         status.path,
         "/apis/sources.knative.dev/v1/namespaces/team/sinkbindings/bind/status"
     );
-    let status = &status.body["status"];
-    assert_eq!(status["sinkUri"], "http://sink.example/events");
-    assert_eq!(status["observedGeneration"], 2);
-    let conditions = status["conditions"].as_array().unwrap();
-    for type_ in ["Ready", "SinkProvided", "BindingsReady"] {
-        assert!(
-            conditions
-                .iter()
-                .any(|c| c["type"] == type_ && c["status"] == "True"),
-            "{type_} in {conditions:?}"
-        );
+    assert_eq!(
+        status.body["status"]["sinkUri"],
+        "http://sink.example/events"
+    );
+    assert_eq!(status.body["status"]["observedGeneration"], 2);
+    for type_ in ["Ready", "SinkProvided", "SinkBindingAvailable"] {
+        assert_eq!(condition(status, type_)["status"], "True", "{type_}");
     }
 }
 
 #[tokio::test]
-async fn a_missing_subject_is_reported_not_ready() {
+async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workloads_are_released()
+{
     let (ctx, mut server) = context();
-    let object = sink_binding();
-    let not_found = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-        "code": 404, "reason": "NotFound", "message": "deployments \"web\" not found"});
+    let mut object = sink_binding();
+    object["spec"]["subject"] = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "selector": {
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["front", "edge"]},
+                {"key": "env", "operator": "NotIn", "values": ["test"]},
+                {"key": "example.com/events", "operator": "Exists"},
+                {"key": "legacy", "operator": "DoesNotExist"}
+            ]
+        }
+    });
+    let answers = vec![
+        list("Deployment", vec![deployment("web"), deployment("edge")]),
+        (200, deployment("web")),
+        (200, deployment("edge")),
+        // Labelled as bound: web still matches; old no longer does (its labels changed).
+        list("Deployment", vec![deployment("web"), deployment("old")]),
+        (200, deployment("old")),
+        // A StatefulSet bound while the subject's kind was StatefulSet.
+        list("StatefulSet", vec![json!({"metadata": {"name": "db"}})]),
+        (
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"}}),
+        ),
+        list("DaemonSet", Vec::new()),
+        list("ReplicaSet", Vec::new()),
+        (200, object.clone()),
+    ];
     let (result, requests) = exchange(
         &mut server,
         (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        vec![(404, not_found), (200, object.clone())],
+        answers,
     )
     .await;
-    result.expect("reconciled");
-    let ready = &requests[1].body["status"]["conditions"][0];
-    assert_eq!(ready["type"], "Ready");
-    assert_eq!(ready["status"], "False");
-    assert_eq!(ready["reason"], "SubjectNotFound");
+    assert_eq!(result.expect("reconciled"), Action::AwaitChange);
+    assert_eq!(requests.len(), 10, "{requests:?}");
+    let lookup = &requests[0];
+    assert_eq!(lookup.method, "GET");
+    assert_eq!(lookup.path, "/apis/apps/v1/namespaces/team/deployments");
+    assert_eq!(
+        label_selector(lookup).as_deref(),
+        Some("app=web,tier in (edge,front),env notin (test),example.com/events,!legacy")
+    );
+    assert_bind(
+        &requests[1],
+        "/apis/apps/v1/namespaces/team/deployments/web",
+    );
+    assert_bind(
+        &requests[2],
+        "/apis/apps/v1/namespaces/team/deployments/edge",
+    );
+    let listed: Vec<&Seen> = [3, 5, 7, 8].iter().map(|&i| &requests[i]).collect();
+    for (request, plural) in listed.iter().zip(BINDABLE) {
+        assert_eq!(
+            request.path,
+            format!("/apis/apps/v1/namespaces/team/{plural}")
+        );
+        assert_eq!(
+            label_selector(request).as_deref(),
+            Some("rivulet.dev/sinkbinding=bind")
+        );
+    }
+    assert_release(
+        &requests[4],
+        "/apis/apps/v1/namespaces/team/deployments/old",
+        "Deployment",
+        "old",
+    );
+    assert!(
+        !requests[4].query.contains("force"),
+        "{}",
+        requests[4].query
+    );
+    assert_release(
+        &requests[6],
+        "/apis/apps/v1/namespaces/team/statefulsets/db",
+        "StatefulSet",
+        "db",
+    );
+    assert_eq!(
+        condition(&requests[9], "SinkBindingAvailable")["status"],
+        "True"
+    );
 }
 
 #[tokio::test]
-async fn deleting_a_sink_binding_releases_its_env_entries() {
+async fn a_changed_subject_name_releases_the_workload_bound_before() {
+    let (ctx, mut server) = context();
+    let mut object = sink_binding();
+    object["spec"]["subject"]["name"] = json!("api");
+    let mut answers = vec![
+        (200, deployment("api")),
+        (200, deployment("api")),
+        list("Deployment", vec![deployment("web"), deployment("api")]),
+        (200, deployment("web")),
+    ];
+    answers.extend(nothing_bound_before().into_iter().skip(1));
+    answers.push((200, object.clone()));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+        answers,
+    )
+    .await;
+    assert_eq!(result.expect("reconciled"), Action::AwaitChange);
+    assert_eq!(requests.len(), 8, "{requests:?}");
+    assert_bind(
+        &requests[1],
+        "/apis/apps/v1/namespaces/team/deployments/api",
+    );
+    assert_release(
+        &requests[3],
+        "/apis/apps/v1/namespaces/team/deployments/web",
+        "Deployment",
+        "web",
+    );
+    // api, bound now, is kept: the only release is web's.
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/"))
+            .count(),
+        2,
+        "{requests:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_subject_is_reported_not_ready_and_retried() {
+    let (ctx, mut server) = context();
+    let object = sink_binding();
+    let mut answers = vec![failure(404, "NotFound", "deployments \"web\" not found")];
+    answers.extend(nothing_bound_before());
+    answers.push((200, object.clone()));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+        answers,
+    )
+    .await;
+    assert!(
+        matches!(result.expect("reconciled"), Action::Requeue(_)),
+        "a missing subject is looked for again"
+    );
+    // Nothing is bound now, so whatever was bound before is released (none here).
+    assert_lists_bound_workloads(&requests[1..5]);
+    let ready = &requests[5].body["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "SubjectMissing");
+    let available = condition(&requests[5], "SinkBindingAvailable");
+    assert_eq!(available["status"], "False");
+    assert_eq!(available["message"], "Deployment web does not exist");
+}
+
+#[tokio::test]
+async fn a_failing_subject_lookup_releases_nothing() {
     let (ctx, mut server) = context();
     let object = sink_binding();
     let (result, requests) = exchange(
         &mut server,
-        (reconciler("SinkBinding").cleanup)(&object, &ctx),
-        vec![(200, deployment("web")), (200, deployment("web"))],
+        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+        vec![
+            failure(500, "InternalError", "etcd timed out"),
+            (200, object.clone()),
+        ],
     )
     .await;
-    result.expect("cleaned up");
-    assert_eq!(requests.len(), 2);
-    let release = &requests[1];
-    assert_eq!(release.method, "PATCH");
-    assert_eq!(
-        release.path,
-        "/apis/apps/v1/namespaces/team/deployments/web"
+    assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
+    // The subjects are unknown: no list of bound workloads, no release.
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let available = condition(&requests[1], "SinkBindingAvailable");
+    assert_eq!(available["status"], "False");
+    assert_eq!(available["reason"], "SubjectUnavailable");
+    assert!(
+        available["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcd timed out (500)"),
+        "{available}"
     );
-    assert!(release.query.contains("fieldManager=rivulet-sinkbinding"));
-    assert_eq!(
-        release.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
-    // An apply naming no env: the API server drops what this manager owned.
-    assert!(release.body.get("spec").is_none(), "{}", release.body);
-    assert_eq!(release.body["metadata"]["name"], "web");
 }
 
 #[tokio::test]
-async fn container_source_applies_an_owned_deployment() {
+async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
     let (ctx, mut server) = context();
-    let object = json!({
+    let object = sink_binding();
+    let mut answers = vec![
+        (200, deployment("web")),
+        failure(
+            403,
+            "Forbidden",
+            "deployments.apps \"web\" is forbidden: cannot patch",
+        ),
+    ];
+    answers.extend(nothing_bound_before());
+    answers.push((200, object.clone()));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+        answers,
+    )
+    .await;
+    assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
+    assert_bind(
+        &requests[1],
+        "/apis/apps/v1/namespaces/team/deployments/web",
+    );
+    // The workload still matches: it is not released.
+    assert_lists_bound_workloads(&requests[2..6]);
+    let status = &requests[6];
+    let available = condition(status, "SinkBindingAvailable");
+    assert_eq!(available["status"], "False");
+    assert_eq!(available["reason"], "BindingFailed");
+    assert_eq!(
+        available["message"],
+        "cannot bind Deployment web: deployments.apps \"web\" is forbidden: cannot patch (403)"
+    );
+    assert_eq!(condition(status, "Ready")["reason"], "BindingFailed");
+}
+
+#[tokio::test]
+async fn a_failing_release_is_reported_and_retried() {
+    let (ctx, mut server) = context();
+    let object = sink_binding();
+    let mut answers = vec![
+        (200, deployment("web")),
+        (200, deployment("web")),
+        list("Deployment", vec![deployment("old")]),
+        failure(500, "InternalError", "try again"),
+    ];
+    answers.extend(nothing_bound_before().into_iter().skip(1));
+    answers.push((200, object.clone()));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+        answers,
+    )
+    .await;
+    assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
+    assert_release(
+        &requests[3],
+        "/apis/apps/v1/namespaces/team/deployments/old",
+        "Deployment",
+        "old",
+    );
+    let available = condition(&requests[7], "SinkBindingAvailable");
+    assert_eq!(available["reason"], "BindingFailed");
+    assert_eq!(
+        available["message"],
+        "cannot release Deployment old: try again (500)"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_status_write_is_a_reconcile_error() {
+    let (ctx, mut server) = context();
+    let object = sink_binding();
+    let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
+    answers.extend(nothing_bound_before());
+    answers.push(failure(500, "InternalError", "status unavailable"));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+        answers,
+    )
+    .await;
+    let error = result.expect_err("the status could not be written");
+    assert!(error.to_string().contains("status unavailable"), "{error}");
+    assert!(requests[6].path.ends_with("/sinkbindings/bind/status"));
+}
+
+#[tokio::test]
+async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
+    let (ctx, mut server) = context();
+    let object = sink_binding();
+    let answers = vec![
+        list("Deployment", vec![deployment("web"), deployment("gone")]),
+        (200, deployment("web")),
+        failure(404, "NotFound", "deployments.apps \"gone\" not found"),
+        list("StatefulSet", Vec::new()),
+        list("DaemonSet", vec![json!({"metadata": {"name": "agent"}})]),
+        (
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"}}),
+        ),
+        list("ReplicaSet", Vec::new()),
+    ];
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").cleanup)(&object, &ctx),
+        answers,
+    )
+    .await;
+    // A workload deleted meanwhile has nothing left to release.
+    result.expect("cleaned up");
+    assert_eq!(requests.len(), 7, "{requests:?}");
+    let lists: Vec<&Seen> = [0, 3, 4, 6].iter().map(|&i| &requests[i]).collect();
+    for (request, plural) in lists.iter().zip(BINDABLE) {
+        assert_eq!(
+            request.path,
+            format!("/apis/apps/v1/namespaces/team/{plural}")
+        );
+        assert_eq!(
+            label_selector(request).as_deref(),
+            Some("rivulet.dev/sinkbinding=bind")
+        );
+    }
+    assert_release(
+        &requests[1],
+        "/apis/apps/v1/namespaces/team/deployments/web",
+        "Deployment",
+        "web",
+    );
+    assert_release(
+        &requests[2],
+        "/apis/apps/v1/namespaces/team/deployments/gone",
+        "Deployment",
+        "gone",
+    );
+    assert_release(
+        &requests[5],
+        "/apis/apps/v1/namespaces/team/daemonsets/agent",
+        "DaemonSet",
+        "agent",
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_release_on_delete_is_an_error() {
+    let (ctx, mut server) = context();
+    let object = sink_binding();
+    let mut answers = vec![
+        list("Deployment", vec![deployment("web")]),
+        failure(403, "Forbidden", "cannot patch deployments"),
+    ];
+    answers.extend(nothing_bound_before().into_iter().skip(1));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").cleanup)(&object, &ctx),
+        answers,
+    )
+    .await;
+    let error = result.expect_err("the release was refused");
+    assert_eq!(
+        error.to_string(),
+        "Kubernetes API: cannot release Deployment web: cannot patch deployments (403)"
+    );
+    // The other kinds are still released.
+    assert_eq!(requests.len(), 5, "{requests:?}");
+}
+
+fn container_source() -> Value {
+    json!({
         "apiVersion": "sources.knative.dev/v1", "kind": "ContainerSource",
         "metadata": {"name": "heart", "namespace": "team", "uid": "u-42", "generation": 1},
         "spec": {
-            "template": {"spec": {"containers": [{"name": "beat", "image": "heartbeats",
+            "template": {"spec": {
+                "initContainers": [{"name": "prepare", "image": "setup"}],
+                "containers": [{"name": "beat", "image": "heartbeats",
                 "env": [{"name": "K_SINK", "value": "stale"}, {"name": "PERIOD", "value": "1"}]}]}},
             "sink": {"uri": "http://sink.example/"}
         }
-    });
+    })
+}
+
+/// The Deployment as the API server answers an apply, with `status`.
+fn applied_deployment(status: Value) -> Value {
+    let mut deployment = deployment("heart-deployment");
+    deployment["status"] = status;
+    deployment
+}
+
+#[tokio::test]
+async fn container_source_applies_an_owned_deployment_and_is_ready_once_available() {
+    let (ctx, mut server) = context();
+    let object = container_source();
+    let available = applied_deployment(json!({
+        "replicas": 1, "availableReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]
+    }));
     let (result, requests) = exchange(
         &mut server,
         (reconciler("ContainerSource").reconcile)(&object, &ctx),
-        vec![(200, deployment("heart-deployment")), (200, object.clone())],
+        vec![(200, available), (200, object.clone())],
     )
     .await;
-    result.expect("reconciled");
+    assert_eq!(result.expect("reconciled"), Action::AwaitChange);
+    assert_eq!(requests.len(), 2, "{requests:?}");
     let apply = &requests[0];
     assert_eq!(apply.method, "PATCH");
     assert_eq!(
@@ -282,6 +702,7 @@ async fn container_source_applies_an_owned_deployment() {
         Some("application/apply-patch+yaml")
     );
     assert!(apply.query.contains("fieldManager=rivulet-containersource"));
+    assert!(apply.query.contains("force=true"), "{}", apply.query);
     let body = &apply.body;
     let owner = &body["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "ContainerSource");
@@ -304,10 +725,116 @@ async fn container_source_applies_an_owned_deployment() {
     );
     assert_eq!(env_of(container, "PERIOD").as_deref(), Some("1"));
     assert!(env_of(container, "K_CE_OVERRIDES").is_none());
-    let status = &requests[1].body["status"];
-    assert_eq!(status["sinkUri"], "http://sink.example/");
-    assert_eq!(status["conditions"][0]["type"], "Ready");
-    assert_eq!(status["conditions"][0]["status"], "True");
+    let init = &body["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(
+        env_of(init, "K_SINK").as_deref(),
+        Some("http://sink.example/")
+    );
+    let status = &requests[1];
+    assert_eq!(status.body["status"]["sinkUri"], "http://sink.example/");
+    assert_eq!(status.body["status"]["conditions"][0]["type"], "Ready");
+    for type_ in ["Ready", "SinkBindingReady", "ReceiveAdapterReady"] {
+        assert_eq!(condition(status, type_)["status"], "True", "{type_}");
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_not_available_yet_is_reported_and_requeued() {
+    let (ctx, mut server) = context();
+    let object = container_source();
+    let unavailable = applied_deployment(json!({
+        "replicas": 1, "unavailableReplicas": 1,
+        "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+             "message": "Deployment does not have minimum availability."}
+        ]
+    }));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("ContainerSource").reconcile)(&object, &ctx),
+        vec![(200, unavailable), (200, object.clone())],
+    )
+    .await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::Requeue(std::time::Duration::from_secs(10))
+    );
+    let status = &requests[1];
+    assert_eq!(condition(status, "SinkBindingReady")["status"], "True");
+    for type_ in ["Ready", "ReceiveAdapterReady"] {
+        let condition = condition(status, type_);
+        assert_eq!(condition["status"], "False", "{type_}");
+        assert_eq!(condition["reason"], "MinimumReplicasUnavailable");
+        assert_eq!(
+            condition["message"],
+            "Deployment does not have minimum availability."
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_enough() {
+    let (ctx, mut server) = context();
+    let object = container_source();
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("ContainerSource").reconcile)(&object, &ctx),
+        vec![(200, deployment("heart-deployment")), (200, object.clone())],
+    )
+    .await;
+    assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
+    let adapter = condition(&requests[1], "ReceiveAdapterReady");
+    assert_eq!(adapter["status"], "False");
+    assert_eq!(adapter["reason"], "DeploymentUnavailable");
+    assert_eq!(
+        adapter["message"],
+        "Deployment heart-deployment has no available replica yet"
+    );
+
+    // No Available condition written yet, but a replica available.
+    let counted = applied_deployment(json!({"availableReplicas": 1}));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("ContainerSource").reconcile)(&object, &ctx),
+        vec![(200, counted), (200, object.clone())],
+    )
+    .await;
+    assert_eq!(result.expect("reconciled"), Action::AwaitChange);
+    assert_eq!(
+        condition(&requests[1], "ReceiveAdapterReady")["status"],
+        "True"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_deployment_apply_is_reported_and_retried() {
+    let (ctx, mut server) = context();
+    let object = container_source();
+    for (code, reason, message) in [
+        (500, "InternalError", "etcdserver: request timed out"),
+        (403, "Forbidden", "cannot patch deployments in team"),
+    ] {
+        let (result, requests) = exchange(
+            &mut server,
+            (reconciler("ContainerSource").reconcile)(&object, &ctx),
+            vec![failure(code, reason, message), (200, object.clone())],
+        )
+        .await;
+        assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
+        assert_eq!(requests[0].method, "PATCH");
+        let adapter = condition(&requests[1], "ReceiveAdapterReady");
+        assert_eq!(adapter["status"], "False");
+        assert_eq!(adapter["reason"], "DeploymentFailed");
+        assert_eq!(
+            adapter["message"],
+            format!("cannot apply Deployment team/heart-deployment: {message} ({code})")
+        );
+        assert_eq!(
+            condition(&requests[1], "Ready")["reason"],
+            "DeploymentFailed"
+        );
+    }
 }
 
 #[tokio::test]
@@ -341,6 +868,46 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     let (code, body) = support::put(&base, &both).await;
     assert_eq!(code, 422, "{body}");
     assert!(body.to_string().contains("spec.subject"), "{body}");
+
+    let mut expressions = sink_binding();
+    expressions["metadata"]["namespace"] = json!("default");
+    expressions["spec"]["subject"] = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "selector": {"matchExpressions": [{"key": "app", "operator": "Matches", "values": ["w"]}]}});
+    let (code, body) = support::put(&base, &expressions).await;
+    assert_eq!(code, 422, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("spec.subject.selector.matchExpressions[0].operator")
+            && text.contains("Matches"),
+        "{body}"
+    );
+    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
+        json!({"key": "app", "operator": "In"});
+    let (code, body) = support::put(&base, &expressions).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.to_string()
+            .contains("spec.subject.selector.matchExpressions[0].values"),
+        "{body}"
+    );
+    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
+        json!({"key": "app", "operator": "Exists", "values": ["web"]});
+    let (code, body) = support::put(&base, &expressions).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.to_string().contains("must be empty"), "{body}");
+    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
+        json!({"key": "app", "operator": "In", "values": ["a b"]});
+    let (code, body) = support::put(&base, &expressions).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.to_string()
+            .contains("spec.subject.selector.matchExpressions[0].values[0]"),
+        "{body}"
+    );
+    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
+        json!({"key": "app", "operator": "In", "values": ["web", "api"]});
+    let (code, body) = support::put(&base, &expressions).await;
+    assert!(code == 200 || code == 201, "{code} {body}");
 
     let mut empty = source.clone();
     empty["spec"]["template"]["spec"]["containers"] = json!([]);

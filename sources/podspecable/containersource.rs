@@ -1,9 +1,15 @@
 //! Knative's ContainerSource (`sources.knative.dev/v1`): runs `spec.template` as a
-//! Deployment named `{name}-deployment` in the source's namespace, every container told the
-//! sink through `K_SINK` (and `K_CE_OVERRIDES`). The Deployment is owned by the source, so
-//! Kubernetes deletes it with the source.
+//! Deployment named `{name}-deployment` in the source's namespace, every container and init
+//! container told the sink through `K_SINK` (and `K_CE_OVERRIDES`). The Deployment is owned
+//! by the source, so Kubernetes deletes it with the source.
+//!
+//! Status, with Knative's condition names: `SinkBindingReady` (the sink resolved and was
+//! put into the template; Knative does that through a SinkBinding) and `ReceiveAdapterReady`
+//! (the Deployment is available). Deployments are not watched, so until the Deployment is
+//! available the source is reconciled again every [`AVAILABILITY_RECHECK`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::CustomResource;
@@ -24,6 +30,12 @@ use crate::sources::{CloudEventOverrides, SourceStatus};
 pub const SOURCE_LABEL: &str = "sources.knative.dev/containerSource";
 /// The field manager of the Deployments Rivulet applies for ContainerSources.
 pub const FIELD_MANAGER: &str = "rivulet-containersource";
+/// Knative's condition saying the sink is resolved into the pod template.
+pub const SINK_CONDITION: &str = "SinkBindingReady";
+/// Knative's condition saying the Deployment is available.
+pub const ADAPTER_CONDITION: &str = "ReceiveAdapterReady";
+/// How soon a source whose Deployment is not available yet is looked at again.
+pub const AVAILABILITY_RECHECK: Duration = Duration::from_secs(10);
 
 /// Knative `ContainerSource`.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -167,21 +179,71 @@ pub fn deployment(source: &ContainerSource, object: &Value, sink_uri: &str) -> V
     })
 }
 
+/// `ReceiveAdapterReady` from a Deployment as the API server returned it: as in Knative, its
+/// `Available` condition decides, with that condition's reason and message when not true;
+/// before the Deployment controller has written one, any available replica counts.
+pub fn adapter_condition(deployment: &Value) -> Condition {
+    let name = deployment
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let status = deployment.get("status");
+    let available = status
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Available"));
+    let text = |condition: &Value, field: &str| {
+        condition
+            .get(field)
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+            .map(str::to_string)
+    };
+    match available {
+        Some(condition) if condition.get("status").and_then(Value::as_str) == Some("True") => {
+            Condition::new(ADAPTER_CONDITION, true, "", "")
+        }
+        Some(condition) => Condition::new(
+            ADAPTER_CONDITION,
+            false,
+            &text(condition, "reason").unwrap_or_else(|| "DeploymentUnavailable".into()),
+            text(condition, "message")
+                .unwrap_or_else(|| format!("Deployment {name} is not available")),
+        ),
+        None if status
+            .and_then(|s| s.get("availableReplicas"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            >= 1 =>
+        {
+            Condition::new(ADAPTER_CONDITION, true, "", "")
+        }
+        None => Condition::new(
+            ADAPTER_CONDITION,
+            false,
+            "DeploymentUnavailable",
+            format!("Deployment {name} has no available replica yet"),
+        ),
+    }
+}
+
 async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
     let source: ContainerSource =
         typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (namespace, _) = crate::store::object_key(object);
-    let retry_later = Action::Requeue(std::time::Duration::from_secs(5));
+    let retry_later = Action::Requeue(Duration::from_secs(5));
     let mut parts = Vec::new();
     let sink = runtime::resolve_destination(&source.spec.sink, &namespace, ctx).await;
     let uri = match sink {
         Ok(uri) => {
-            parts.push(Condition::new("SinkProvided", true, "", ""));
+            parts.push(Condition::new(SINK_CONDITION, true, "", ""));
             uri
         }
         Err(reason) => {
             parts.push(Condition::new(
-                "SinkProvided",
+                SINK_CONDITION,
                 false,
                 "SinkNotFound",
                 reason,
@@ -191,7 +253,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
         }
     };
     let Some(client) = ctx.kube_client() else {
-        parts.push(kubernetes_required("ContainerSource", "Deployed"));
+        parts.push(kubernetes_required("ContainerSource", ADAPTER_CONDITION));
         write_status(ctx, "ContainerSource", object, Some(uri), parts).await?;
         return Ok(Action::AwaitChange);
     };
@@ -208,13 +270,20 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
         )
         .await;
     let action = match applied {
-        Ok(_) => {
-            parts.push(Condition::new("Deployed", true, "", ""));
-            Action::AwaitChange
+        Ok(applied) => {
+            let applied = serde_json::to_value(&applied).unwrap_or_default();
+            let available = adapter_condition(&applied);
+            let action = if available.is_true() {
+                Action::AwaitChange
+            } else {
+                Action::Requeue(AVAILABILITY_RECHECK)
+            };
+            parts.push(available);
+            action
         }
         Err(error) => {
             parts.push(Condition::new(
-                "Deployed",
+                ADAPTER_CONDITION,
                 false,
                 "DeploymentFailed",
                 format!(

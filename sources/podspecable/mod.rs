@@ -33,41 +33,55 @@ pub fn injected_env(sink_uri: &str, overrides: Option<&CloudEventOverrides>) -> 
     env
 }
 
-/// Sets `env` on every container of a pod spec: a variable already there with the same name
-/// is replaced in place (never duplicated); the others are kept. `K_CE_OVERRIDES` is
-/// removed when `env` no longer carries it, so dropping `ceOverrides` takes effect.
+/// The container lists of a pod spec that get the variables: Knative binds init containers
+/// too, so a setup step can send events as well.
+pub const CONTAINER_LISTS: [&str; 2] = ["initContainers", "containers"];
+
+/// Sets `env` on every container and init container of a pod spec: a variable already there
+/// with the same name is replaced in place (never duplicated); the others are kept.
+/// `K_CE_OVERRIDES` is removed when `env` no longer carries it, so dropping `ceOverrides`
+/// takes effect.
 pub fn inject_env(pod_spec: &mut Value, env: &[Value]) {
-    let Some(containers) = pod_spec.get_mut("containers").and_then(Value::as_array_mut) else {
-        return;
-    };
     let names: Vec<&str> = env
         .iter()
         .filter_map(|var| var.get("name").and_then(Value::as_str))
         .collect();
-    for container in containers {
-        let Some(container) = container.as_object_mut() else {
+    for list in CONTAINER_LISTS {
+        let Some(containers) = pod_spec.get_mut(list).and_then(Value::as_array_mut) else {
             continue;
         };
-        let current = container
-            .entry("env")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if !current.is_array() {
-            *current = Value::Array(Vec::new());
-        }
-        let list = current.as_array_mut().expect("made an array above");
-        list.retain(|var| {
-            let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
-            name != CE_OVERRIDES_ENV || names.contains(&CE_OVERRIDES_ENV)
-        });
-        for var in env {
-            let name = var.get("name").and_then(Value::as_str);
-            match list
-                .iter_mut()
-                .find(|existing| existing.get("name").and_then(Value::as_str) == name)
-            {
-                Some(existing) => *existing = var.clone(),
-                None => list.push(var.clone()),
+        for container in containers {
+            if let Some(container) = container.as_object_mut() {
+                set_container_env(container, &names, env);
             }
+        }
+    }
+}
+
+fn set_container_env(
+    container: &mut serde_json::Map<String, Value>,
+    names: &[&str],
+    env: &[Value],
+) {
+    let current = container
+        .entry("env")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !current.is_array() {
+        *current = Value::Array(Vec::new());
+    }
+    let list = current.as_array_mut().expect("made an array above");
+    list.retain(|var| {
+        let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
+        name != CE_OVERRIDES_ENV || names.contains(&CE_OVERRIDES_ENV)
+    });
+    for var in env {
+        let name = var.get("name").and_then(Value::as_str);
+        match list
+            .iter_mut()
+            .find(|existing| existing.get("name").and_then(Value::as_str) == name)
+        {
+            Some(existing) => *existing = var.clone(),
+            None => list.push(var.clone()),
         }
     }
 }
@@ -156,6 +170,23 @@ mod tests {
         );
         assert_eq!(names_and_values(&spec["containers"][1]).len(), 2);
         assert_eq!(spec["containers"][1]["image"], "b");
+    }
+
+    #[test]
+    fn init_containers_get_the_variables_too() {
+        let mut spec = json!({
+            "initContainers": [{"name": "setup", "image": "s"}],
+            "containers": [{"name": "app", "image": "a"}],
+        });
+        inject_env(&mut spec, &injected_env("http://s/", None));
+        assert_eq!(
+            names_and_values(&spec["initContainers"][0]),
+            [("K_SINK".to_string(), "http://s/".to_string())]
+        );
+        assert_eq!(
+            names_and_values(&spec["containers"][0]),
+            [("K_SINK".to_string(), "http://s/".to_string())]
+        );
     }
 
     #[test]

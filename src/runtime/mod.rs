@@ -44,6 +44,9 @@ pub enum ReconcileError {
     Channel(#[from] rivulet_channels::ChannelError),
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// The Kubernetes API refused or failed a request about a workload.
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
 }
 
 impl ReconcileError {
@@ -54,6 +57,7 @@ impl ReconcileError {
                 "ApiServerError"
             }
             ReconcileError::Store(_) => "StoreError",
+            ReconcileError::Kubernetes(_) => "ApiServerError",
             ReconcileError::Channel(_) => "BackendUnavailable",
             ReconcileError::Invalid(_) => "InvalidObject",
         }
