@@ -41,6 +41,8 @@ const SERVER_FIELDS: [&str; 7] = [
 /// first [`ResourceStore::watch`].
 pub struct KubernetesStore {
     client: kube::Client,
+    /// The API server's URL, when known (ApiServerSource events carry it as their `source`).
+    cluster_url: Option<String>,
     changes: broadcast::Sender<StoreEvent>,
     watchers: OnceLock<Vec<JoinHandle<()>>>,
 }
@@ -50,9 +52,16 @@ impl KubernetesStore {
         let (changes, _) = broadcast::channel(4096);
         Self {
             client,
+            cluster_url: None,
             changes,
             watchers: OnceLock::new(),
         }
+    }
+
+    /// Records the URL the client reaches the API server at (without a trailing `/`).
+    pub fn with_cluster_url(mut self, url: impl Into<String>) -> Self {
+        self.cluster_url = Some(url.into().trim_end_matches('/').to_string());
+        self
     }
 
     fn namespaced(&self, kind: &KindInfo, namespace: &str) -> Api<DynamicObject> {
@@ -275,6 +284,10 @@ impl ResourceStore for KubernetesStore {
 
     fn kube_client(&self) -> Option<kube::Client> {
         Some(self.client.clone())
+    }
+
+    fn kube_cluster_url(&self) -> Option<String> {
+        self.cluster_url.clone()
     }
 }
 

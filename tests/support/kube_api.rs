@@ -1,0 +1,187 @@
+//! A scripted Kubernetes API server (`tower_test::mock::pair`) behind a runtime [`Context`]
+//! in Kubernetes mode, for reconcilers that talk to the API server: answer requests in
+//! order with [`exchange`], or by what they ask with [`serve`] while something runs in the
+//! background.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use rivulet::delivery::{DeliveryDefaults, Sender};
+use rivulet::ingress::Ingress;
+use rivulet::metrics::Metrics;
+use rivulet::runtime::{Context, Reconciler, Settings};
+use rivulet::store::KubernetesStore;
+use serde_json::Value;
+use tower_test::mock::{self, Handle, SendResponse};
+
+pub type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+/// A request as the API server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    /// The raw query string.
+    pub query: String,
+    pub content_type: Option<String>,
+    pub body: Value,
+}
+
+impl Seen {
+    /// A query parameter, decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+
+    /// Whether this is a watch request (`?watch=true`).
+    pub fn is_watch(&self) -> bool {
+        self.param("watch").as_deref() == Some("true")
+    }
+}
+
+/// A runtime context whose store is the Kubernetes store on a scripted API server.
+pub fn context() -> (Arc<Context>, ApiServer) {
+    context_with(|store| store)
+}
+
+/// Like [`context`], with the store adjusted by `configure` (e.g. its cluster URL).
+pub fn context_with(
+    configure: impl FnOnce(KubernetesStore) -> KubernetesStore,
+) -> (Arc<Context>, ApiServer) {
+    rivulet::install_crypto_provider();
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let metrics = Arc::new(Metrics::new());
+    let ingress = Arc::new(Ingress::new(metrics.clone(), 1 << 20));
+    let ctx = Context::new(
+        Arc::new(configure(KubernetesStore::new(client))),
+        ingress.clone(),
+        rivulet::dispatcher::Shared {
+            sender: Sender::new(),
+            ingress,
+            metrics,
+        },
+        Settings {
+            data_dir: std::env::temp_dir(),
+            base_url: "http://rivulet.test".into(),
+            delivery: DeliveryDefaults::default(),
+            default_parallelism: 1,
+            stop_grace: std::time::Duration::from_secs(1),
+        },
+    );
+    (ctx, handle)
+}
+
+/// The reconciler registered for `kind`.
+pub fn reconciler(kind: &str) -> &'static Reconciler {
+    inventory::iter::<Reconciler>()
+        .find(|r| r.kind == kind)
+        .expect("a registered reconciler")
+}
+
+pub async fn seen(request: Request<Body>) -> Seen {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.expect("a body").to_bytes();
+    Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        content_type: parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string()),
+        body: if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("a JSON body")
+        },
+    }
+}
+
+/// A JSON answer with status `code`.
+pub fn answer(code: u16, body: &Value) -> Response<Body> {
+    answer_bytes(code, serde_json::to_vec(body).unwrap())
+}
+
+/// An answer with status `code` and a body of exactly `bytes` (e.g. watch events, one JSON
+/// document a line).
+pub fn answer_bytes(code: u16, bytes: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+/// Runs `operation`, answering its requests in order; what it returned and what it asked.
+pub async fn exchange<T>(
+    server: &mut ApiServer,
+    operation: impl Future<Output = T>,
+    answers: Vec<(u16, Value)>,
+) -> (T, Vec<Seen>) {
+    let mut operation = std::pin::pin!(operation);
+    let mut answers = answers.into_iter();
+    let mut requests = Vec::new();
+    loop {
+        tokio::select! {
+            out = &mut operation => return (out, requests),
+            Some((request, respond)) = server.next_request() => {
+                requests.push(seen(request).await);
+                let (code, body) = answers
+                    .next()
+                    .unwrap_or_else(|| panic!("unexpected request {:?}", requests.last()));
+                respond.send_response(answer(code, &body));
+            }
+        }
+    }
+}
+
+/// How [`serve`] answers one request.
+pub enum Reply {
+    Now(Response<Body>),
+    /// Never answered (a watch that stays open with nothing new).
+    Hold,
+}
+
+/// The requests [`serve`] saw, in arrival order.
+#[derive(Clone, Default)]
+pub struct Requests(Arc<Mutex<Vec<Seen>>>);
+
+impl Requests {
+    pub fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The requests to `path`.
+    pub fn to(&self, path: &str) -> Vec<Seen> {
+        self.all().into_iter().filter(|r| r.path == path).collect()
+    }
+}
+
+/// Answers every request with what `decide` says, in a background task, until the server
+/// handle is dropped with the task (at the end of the test).
+pub fn serve(
+    mut server: ApiServer,
+    mut decide: impl FnMut(&Seen) -> Reply + Send + 'static,
+) -> Requests {
+    let requests = Requests::default();
+    let recorded = requests.clone();
+    tokio::spawn(async move {
+        let mut held: Vec<SendResponse<Response<Body>>> = Vec::new();
+        while let Some((request, respond)) = server.next_request().await {
+            let request = seen(request).await;
+            let reply = decide(&request);
+            recorded.0.lock().unwrap().push(request);
+            match reply {
+                Reply::Now(response) => respond.send_response(response),
+                Reply::Hold => held.push(respond),
+            }
+        }
+    });
+    requests
+}
