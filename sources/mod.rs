@@ -37,12 +37,17 @@ use crate::resources::{
 use crate::runtime::{self, Action, Context, ReconcileError};
 use crate::store::object_key;
 
+pub mod apiserver;
 pub mod kafka;
 pub mod nats;
 pub mod ping;
 pub mod podspecable;
 pub mod rabbitmq;
 pub mod webhook;
+
+/// The reason of a condition saying the kind needs the Kubernetes API, which a standalone
+/// server does not have. Waiting does not change that, so such a source is not retried.
+pub const KUBERNETES_REQUIRED: &str = "KubernetesRequired";
 
 /// Knative's `spec.ceOverrides`: attributes added to every event a source sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -456,7 +461,9 @@ pub async fn reconcile<K: SourceKind>(
     let prepared = K::prepare(&resource, &key, ctx).await;
     if let Err(condition) = &prepared {
         parts.push(condition.clone());
-        action = retry_later;
+        if condition.reason.as_deref() != Some(KUBERNETES_REQUIRED) {
+            action = retry_later;
+        }
     }
 
     let running = ctx.extensions.get_or_default::<RunningSources>();

@@ -121,11 +121,14 @@ async fn open_store(options: &ServeOptions) -> anyhow::Result<Arc<dyn ResourceSt
                 .context("cannot open the resource store in the data dir")?,
         ),
         StoreChoice::Kubernetes => {
-            let client = kube::Client::try_default().await.context(
+            let config = kube::Config::infer().await.context(
                 "--store kubernetes: no Kubernetes API server configured (neither an in-cluster \
                  service account nor a kubeconfig from KUBECONFIG or ~/.kube/config)",
             )?;
-            let store = KubernetesStore::new(client);
+            let cluster_url = config.cluster_url.to_string();
+            let client = kube::Client::try_from(config)
+                .context("--store kubernetes: cannot build the Kubernetes API client")?;
+            let store = KubernetesStore::new(client).with_cluster_url(cluster_url);
             Arc::new(if options.role == Role::DataPlane {
                 store.announcing_status()
             } else {

@@ -2,19 +2,18 @@
 //! status, Kubernetes Events, error and requeue paths, cleanup on deletion, and a data plane
 //! that delivers to the address the controller resolved.
 
-mod kube_api;
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube_api::{
-    condition, context_in, empty_list, exchange, next_background_request, status_error,
-};
 use rivulet::resources::find_kind_by_name;
 use rivulet::runtime::{Action, Role};
 use rivulet::store::StoreEvent;
 use serde_json::{Value, json};
+use support::kube_api::{
+    condition, context_in, empty_list, exchange, next_background_request, status_error,
+};
 use tower::ServiceExt;
 
 const BROKERS: &str = "/apis/eventing.knative.dev/v1/namespaces/team/brokers";

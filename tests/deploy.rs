@@ -470,11 +470,12 @@ fn check_rbac(objects: &Objects, origin: &str) {
     assert!(allows(controller, "", "events", "create"));
     assert!(allows(controller, "", "services", "get"));
     // The data plane only reads, except that ingress creates EventTypes for the events it
-    // sees and writes their inferred schemas into their status.
+    // sees (a server-side apply: create and patch) and writes their inferred schemas into
+    // their status.
     for rule in data_plane.rules.iter().flatten() {
         let resources = rule.resources.clone().unwrap_or_default();
         let allowed: &[&str] = match resources.as_slice() {
-            [r] if r == "eventtypes" => &["get", "list", "watch", "create"],
+            [r] if r == "eventtypes" => &["get", "list", "watch", "create", "patch"],
             [r] if r == "eventtypes/status" => &["get", "patch"],
             _ => &["get", "list", "watch"],
         };

@@ -230,6 +230,10 @@ pub fn adapter_condition(deployment: &Value) -> Condition {
 }
 
 async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
+    // Workloads are the controller's to write; the data plane has no say (nor the rights).
+    if !ctx.role().owns_backend_resources() {
+        return Ok(Action::AwaitChange);
+    }
     let source: ContainerSource =
         typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (namespace, _) = crate::store::object_key(object);

@@ -91,7 +91,7 @@ pub fn kubernetes_required(kind: &str, condition: &str) -> Condition {
     Condition::new(
         condition,
         false,
-        "KubernetesRequired",
+        super::KUBERNETES_REQUIRED,
         format!(
             "{kind} manages Kubernetes workloads and works only when Rivulet runs with --store kubernetes; in standalone mode it is stored and validated but not reconciled"
         ),

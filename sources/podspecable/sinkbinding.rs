@@ -521,7 +521,14 @@ fn schedule_recheck(ctx: &Arc<Context>, namespace: &str, name: &str) {
 }
 
 async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
+    // Workloads are the controller's to write; the data plane has no say (nor the rights).
+    if !ctx.role().owns_backend_resources() {
+        return Ok(Action::AwaitChange);
+    }
     let binding: SinkBinding = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    // Its workloads are released before it goes, even when deleted while no controller ran.
+    ctx.ensure_finalizer(Context::kind("SinkBinding"), object)
+        .await?;
     let (namespace, binding_name) = crate::store::object_key(object);
     let retry_later = Action::Requeue(Duration::from_secs(5));
     let mut parts = Vec::new();
@@ -611,7 +618,10 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
 
 /// Removes the injected variables from every workload the binding labelled.
 async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-    let Some(client) = ctx.kube_client() else {
+    let Some(client) = ctx
+        .kube_client()
+        .filter(|_| ctx.role().owns_backend_resources())
+    else {
         return Ok(());
     };
     let (namespace, name) = crate::store::object_key(object);

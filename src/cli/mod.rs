@@ -40,7 +40,8 @@ enum Command {
     ///
     /// It resolves destinations, creates and removes backend resources (topics, exchanges,
     /// streams, queues, consumers) with finalizers, writes status, reports failures as
-    /// Kubernetes Events and runs the sources that must run once (PingSource). Events flow
+    /// Kubernetes Events and runs the sources that must run once (PingSource,
+    /// ApiServerSource). Events flow
     /// through the data plane (`rivulet serve --store kubernetes`), not through it.
     Controller(ControllerArgs),
     /// Create or update resources from a YAML (or JSON) manifest; `-f -` reads stdin.

@@ -203,6 +203,12 @@ impl Context {
         self.store.kube_client()
     }
 
+    /// The URL of the Kubernetes API server, when resources are kept in a cluster and the
+    /// URL is known.
+    pub fn kube_cluster_url(&self) -> Option<String> {
+        self.store.kube_cluster_url()
+    }
+
     pub(crate) fn kind(name: &str) -> &'static KindInfo {
         find_kind_by_name(None, name).expect("built-in kinds are registered")
     }

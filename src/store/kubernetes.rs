@@ -46,6 +46,8 @@ const SERVER_FIELDS: [&str; 8] = [
 /// first [`ResourceStore::watch`].
 pub struct KubernetesStore {
     client: kube::Client,
+    /// The API server's URL, when known (ApiServerSource events carry it as their `source`).
+    cluster_url: Option<String>,
     changes: broadcast::Sender<StoreEvent>,
     watchers: OnceLock<Vec<JoinHandle<()>>>,
     announce_status: bool,
@@ -56,6 +58,7 @@ impl KubernetesStore {
         let (changes, _) = broadcast::channel(4096);
         Self {
             client,
+            cluster_url: None,
             changes,
             watchers: OnceLock::new(),
             announce_status: false,
@@ -66,6 +69,12 @@ impl KubernetesStore {
     /// writes (resolved addresses) and writes none of its own that it would hear back.
     pub fn announcing_status(mut self) -> Self {
         self.announce_status = true;
+        self
+    }
+
+    /// Records the URL the client reaches the API server at (without a trailing `/`).
+    pub fn with_cluster_url(mut self, url: impl Into<String>) -> Self {
+        self.cluster_url = Some(url.into().trim_end_matches('/').to_string());
         self
     }
 
@@ -323,6 +332,10 @@ impl ResourceStore for KubernetesStore {
 
     fn kube_client(&self) -> Option<kube::Client> {
         Some(self.client.clone())
+    }
+
+    fn kube_cluster_url(&self) -> Option<String> {
+        self.cluster_url.clone()
     }
 }
 

@@ -125,6 +125,11 @@ pub trait ResourceStore: Send + Sync + 'static {
     fn kube_client(&self) -> Option<kube::Client> {
         None
     }
+
+    /// The URL of the Kubernetes API server behind this store, when it is known.
+    fn kube_cluster_url(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An object as every store takes it: `apiVersion` and `kind` from `kind`, `spec` present for

@@ -4,10 +4,12 @@
 //! For delivery semantics there is more in two submodules, re-exported here: `api`
 //! ([`TestServer`], the method-style [`Api`] client, [`TestEvent`], [`metric_sum`]) and
 //! `subscriber` ([`Subscriber`]: records every request and answers per a [`Script`] of
-//! statuses per attempt, delays, `Retry-After`, reply events or no answer at all).
+//! statuses per attempt, delays, `Retry-After`, reply events or no answer at all). And
+//! `kube_api`, not re-exported: a scripted Kubernetes API server behind a runtime context.
 #![allow(dead_code)]
 
 mod api;
+pub mod kube_api;
 mod subscriber;
 
 // Not every test file uses them.
@@ -380,7 +382,7 @@ pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
         "EventType" => {
             format!("/apis/eventing.knative.dev/v1beta3/namespaces/{namespace}/eventtypes/{name}")
         }
-        "ContainerSource" | "SinkBinding" => format!(
+        "ContainerSource" | "SinkBinding" | "ApiServerSource" => format!(
             "/apis/sources.knative.dev/v1/namespaces/{namespace}/{}s/{name}",
             kind.to_ascii_lowercase()
         ),

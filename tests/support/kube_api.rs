@@ -1,10 +1,10 @@
-//! A scripted Kubernetes API server for reconciler tests: requests are recorded and answered
-//! in order from a list, so a test asserts exactly what a reconciler asked for.
-#![allow(dead_code)]
+//! A scripted Kubernetes API server (`tower_test::mock::pair`) behind a runtime [`Context`]
+//! in Kubernetes mode, for reconcilers that talk to the API server: answer requests in
+//! order with [`exchange`], or by what they ask with [`serve`] while something runs in the
+//! background.
 
 use std::future::Future;
-use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -15,29 +15,64 @@ use rivulet::metrics::Metrics;
 use rivulet::runtime::{Context, Reconciler, Role, Settings};
 use rivulet::store::KubernetesStore;
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle};
+use tower_test::mock::{self, Handle, SendResponse};
 
 pub type ApiServer = Handle<Request<Body>, Response<Body>>;
 
-/// One request the API server got.
-#[derive(Debug)]
+/// A request as the API server saw it.
+#[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
     pub path: String,
+    /// The raw query string.
     pub query: String,
     pub content_type: Option<String>,
     pub body: Value,
 }
 
-/// A runtime context in `role` over a store backed by the scripted server.
-pub fn context_in(role: Role, data_dir: &Path) -> (Arc<Context>, ApiServer) {
+impl Seen {
+    /// A query parameter, decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+
+    /// Whether this is a watch request (`?watch=true`).
+    pub fn is_watch(&self) -> bool {
+        self.param("watch").as_deref() == Some("true")
+    }
+}
+
+/// A runtime context whose store is the Kubernetes store on a scripted API server.
+pub fn context() -> (Arc<Context>, ApiServer) {
+    context_with(|store| store)
+}
+
+/// Like [`context`], with the store adjusted by `configure` (e.g. its cluster URL).
+pub fn context_with(
+    configure: impl FnOnce(KubernetesStore) -> KubernetesStore,
+) -> (Arc<Context>, ApiServer) {
+    context_for(Role::Standalone, &std::env::temp_dir(), configure)
+}
+
+/// A context in `role` (controller, data plane) keeping local state under `data_dir`.
+pub fn context_in(role: Role, data_dir: &std::path::Path) -> (Arc<Context>, ApiServer) {
+    context_for(role, data_dir, |store| store)
+}
+
+fn context_for(
+    role: Role,
+    data_dir: &std::path::Path,
+    configure: impl FnOnce(KubernetesStore) -> KubernetesStore,
+) -> (Arc<Context>, ApiServer) {
     rivulet::install_crypto_provider();
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), 1 << 20));
     let ctx = Context::new(
-        Arc::new(KubernetesStore::new(client)),
+        Arc::new(configure(KubernetesStore::new(client))),
         ingress.clone(),
         rivulet::dispatcher::Shared {
             sender: Sender::new(),
@@ -56,6 +91,7 @@ pub fn context_in(role: Role, data_dir: &Path) -> (Arc<Context>, ApiServer) {
     (ctx, handle)
 }
 
+/// The reconciler registered for `kind`.
 pub fn reconciler(kind: &str) -> &'static Reconciler {
     inventory::iter::<Reconciler>()
         .find(|r| r.kind == kind)
@@ -81,11 +117,18 @@ pub async fn seen(request: Request<Body>) -> Seen {
     }
 }
 
-fn response(code: u16, body: &Value) -> Response<Body> {
+/// A JSON answer with status `code`.
+pub fn answer(code: u16, body: &Value) -> Response<Body> {
+    answer_bytes(code, serde_json::to_vec(body).unwrap())
+}
+
+/// An answer with status `code` and a body of exactly `bytes` (e.g. watch events, one JSON
+/// document a line).
+pub fn answer_bytes(code: u16, bytes: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap())
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .body(Body::from(bytes))
         .unwrap()
 }
 
@@ -106,22 +149,67 @@ pub async fn exchange<T>(
                 let (code, body) = answers
                     .next()
                     .unwrap_or_else(|| panic!("unexpected request {:?}", requests.last()));
-                respond.send_response(response(code, &body));
+                respond.send_response(answer(code, &body));
             }
         }
     }
 }
 
+/// How [`serve`] answers one request.
+pub enum Reply {
+    Now(Response<Body>),
+    /// Never answered (a watch that stays open with nothing new).
+    Hold,
+}
+
+/// The requests [`serve`] saw, in arrival order.
+#[derive(Clone, Default)]
+pub struct Requests(Arc<Mutex<Vec<Seen>>>);
+
+impl Requests {
+    pub fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The requests to `path`.
+    pub fn to(&self, path: &str) -> Vec<Seen> {
+        self.all().into_iter().filter(|r| r.path == path).collect()
+    }
+}
+
+/// Answers every request with what `decide` says, in a background task, until the server
+/// handle is dropped with the task (at the end of the test).
+pub fn serve(
+    mut server: ApiServer,
+    mut decide: impl FnMut(&Seen) -> Reply + Send + 'static,
+) -> Requests {
+    let requests = Requests::default();
+    let recorded = requests.clone();
+    tokio::spawn(async move {
+        let mut held: Vec<SendResponse<Response<Body>>> = Vec::new();
+        while let Some((request, respond)) = server.next_request().await {
+            let request = seen(request).await;
+            let reply = decide(&request);
+            recorded.0.lock().unwrap().push(request);
+            match reply {
+                Reply::Now(response) => respond.send_response(response),
+                Reply::Hold => held.push(respond),
+            }
+        }
+    });
+    requests
+}
+
 /// The next request made in the background (an Event is sent without waiting), answered
-/// with `answer`.
-pub async fn next_background_request(server: &mut ApiServer, answer: Value) -> Seen {
+/// with `body` (status 201).
+pub async fn next_background_request(server: &mut ApiServer, body: Value) -> Seen {
     let (request, respond) =
         tokio::time::timeout(std::time::Duration::from_secs(10), server.next_request())
             .await
             .expect("a request within 10 s")
             .expect("the client is alive");
     let seen = seen(request).await;
-    respond.send_response(response(201, &answer));
+    respond.send_response(answer(201, &body));
     seen
 }
 
