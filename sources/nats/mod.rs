@@ -2,8 +2,9 @@
 //! brings NATS messages to a sink as CloudEvents.
 //!
 //! Two modes:
-//! - core NATS (no `spec.stream`): subscribes to `spec.subject` (wildcards allowed; with
-//!   `spec.queueGroup` as a member of that queue group). Core NATS keeps nothing: a message the
+//! - core NATS (no `spec.stream`): subscribes to `spec.subject` (wildcards allowed) as a
+//!   member of `spec.queueGroup`, by default the source's own group, so data-plane replicas
+//!   split the messages; other subscribers of the subject still get every message. Core NATS keeps nothing: a message the
 //!   sink does not take after the delivery retries is logged, counted and gone.
 //! - JetStream (`spec.stream` set): consumes the stream through the durable pull consumer
 //!   `spec.consumer` (default `rivulet-{namespace}-{name}`, created when missing, filtered on
@@ -87,7 +88,8 @@ pub struct NatsSourceSpec {
     pub url: Option<String>,
     /// The subject to read; wildcards (`*`, `>`) allowed.
     pub subject: String,
-    /// Core NATS only: join this queue group, so that sources sharing it split the messages.
+    /// Core NATS only: join this queue group, so that sources sharing it split the messages
+    /// (default `rivulet-{namespace}-{name}`: the source's own, which its replicas share).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_group: Option<String>,
     /// JetStream mode: the stream to consume (it must exist).
@@ -288,8 +290,14 @@ impl SourceKind for NatsSourceKind {
                     .clone()
                     .unwrap_or_else(|| format!("rivulet-{}-{}", key.namespace, key.name)),
             },
+            // Data-plane replicas each run the source; a queue group of its own makes them
+            // split the messages instead of each sending every one.
             None => Mode::Core {
-                queue_group: spec.queue_group.clone(),
+                queue_group: Some(
+                    spec.queue_group
+                        .clone()
+                        .unwrap_or_else(|| format!("rivulet-{}-{}", key.namespace, key.name)),
+                ),
             },
         };
         let adapter = NatsAdapter {
