@@ -349,6 +349,11 @@ async fn reconcile_referrers(kind: &str, namespace: &str, name: &str, ctx: &Arc<
         let Some(referrer_kind) = find_kind_by_name(None, reconciler.kind) else {
             continue;
         };
+        // ConfigMaps and Secrets have no spec to name a sink in; listing them would read
+        // every one in the cluster for nothing.
+        if referrer_kind.group.is_empty() {
+            continue;
+        }
         let Ok(objects) = ctx.store.list(referrer_kind, None).await else {
             continue;
         };

@@ -304,6 +304,11 @@ impl Context {
             let Some(kind) = find_kind_by_name(None, reconciler.kind) else {
                 continue;
             };
+            // ConfigMaps and Secrets only pass their changes on to the brokers naming them,
+            // and every broker is reconciled here anyway: listing the cluster's would be waste.
+            if kind.group.is_empty() {
+                continue;
+            }
             match self.store.list(kind, None).await {
                 Ok(objects) => {
                     for object in objects {

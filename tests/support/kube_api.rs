@@ -138,17 +138,32 @@ pub async fn exchange<T>(
     operation: impl Future<Output = T>,
     answers: Vec<(u16, Value)>,
 ) -> (T, Vec<Seen>) {
-    let mut operation = std::pin::pin!(operation);
     let mut answers = answers.into_iter();
+    exchange_by(server, operation, |request| {
+        answers
+            .next()
+            .unwrap_or_else(|| panic!("unexpected request {request:?}"))
+    })
+    .await
+}
+
+/// Runs `operation`, answering each request with what `answer` makes of it (by path rather
+/// than by order, for reconcilers whose requests follow the registration order of kinds);
+/// what it returned and what it asked.
+pub async fn exchange_by<T>(
+    server: &mut ApiServer,
+    operation: impl Future<Output = T>,
+    mut decide: impl FnMut(&Seen) -> (u16, Value),
+) -> (T, Vec<Seen>) {
+    let mut operation = std::pin::pin!(operation);
     let mut requests = Vec::new();
     loop {
         tokio::select! {
             out = &mut operation => return (out, requests),
             Some((request, respond)) = server.next_request() => {
-                requests.push(seen(request).await);
-                let (code, body) = answers
-                    .next()
-                    .unwrap_or_else(|| panic!("unexpected request {:?}", requests.last()));
+                let request = seen(request).await;
+                let (code, body) = decide(&request);
+                requests.push(request);
                 respond.send_response(answer(code, &body));
             }
         }
@@ -223,6 +238,13 @@ pub fn status_error(code: u16, reason: &str, message: &str) -> Value {
 pub fn empty_list(api_version: &str, kind: &str) -> Value {
     json!({"apiVersion": api_version, "kind": format!("{kind}List"),
         "metadata": {"resourceVersion": "1"}, "items": []})
+}
+
+/// A list of a kind holding `items`.
+pub fn list_of(api_version: &str, kind: &str, items: Vec<Value>) -> Value {
+    let mut list = empty_list(api_version, kind);
+    list["items"] = Value::Array(items);
+    list
 }
 
 /// The condition of `type_` in a status.
