@@ -187,11 +187,46 @@ impl Objects {
             .unwrap_or_else(|| panic!("no Deployment labelled component {component}"))
     }
 
+    /// The role of a component that lists its rules. Aggregated roles (the addressable
+    /// resolver) carry the same component label, but their rules are filled in by the
+    /// controller manager from other roles, so there is nothing in them to check here.
     fn cluster_role(&self, component: &str) -> &ClusterRole {
         self.cluster_roles
             .iter()
-            .find(|r| component_of(&r.metadata.labels) == Some(component))
+            .find(|r| {
+                component_of(&r.metadata.labels) == Some(component) && r.aggregation_rule.is_none()
+            })
             .unwrap_or_else(|| panic!("no ClusterRole labelled component {component}"))
+    }
+
+    /// The aggregated ClusterRole that gathers every role labelled
+    /// `duck.knative.dev/addressable: "true"` (Knative's way to read any addressable kind).
+    fn addressable_resolver(&self) -> Option<&ClusterRole> {
+        self.cluster_roles.iter().find(|role| {
+            role.aggregation_rule
+                .iter()
+                .flat_map(|rule| rule.cluster_role_selectors.iter().flatten())
+                .any(|selector| {
+                    selector
+                        .match_labels
+                        .as_ref()
+                        .and_then(|labels| labels.get("duck.knative.dev/addressable"))
+                        .is_some_and(|value| value == "true")
+                })
+        })
+    }
+
+    /// Whether a ClusterRoleBinding binds the role named `role` to the service account
+    /// `account`.
+    fn binds(&self, role: Option<&String>, account: Option<&String>) -> bool {
+        self.cluster_role_bindings.iter().any(|binding| {
+            Some(&binding.role_ref.name) == role
+                && binding
+                    .subjects
+                    .iter()
+                    .flatten()
+                    .any(|s| s.kind == "ServiceAccount" && Some(&s.name) == account)
+        })
     }
 
     fn config_map(&self, name: &str) -> Option<&ConfigMap> {
@@ -244,8 +279,12 @@ fn every_manifest_under_deploy_is_a_typed_kubernetes_object() {
     assert_eq!(objects.deployments.len(), 2, "controller and data plane");
     assert_eq!(objects.services.len(), 1, "the ingress Service");
     assert_eq!(objects.service_accounts.len(), 2);
-    assert_eq!(objects.cluster_roles.len(), 2);
-    assert_eq!(objects.cluster_role_bindings.len(), 2);
+    assert_eq!(
+        objects.cluster_roles.len(),
+        3,
+        "controller, data plane and the addressable resolver"
+    );
+    assert_eq!(objects.cluster_role_bindings.len(), 3);
     for name in [
         "config-br-defaults",
         "kafka-broker-config",
@@ -468,7 +507,10 @@ fn check_rbac(objects: &Objects, origin: &str) {
         }
     }
     assert!(allows(controller, "", "events", "create"));
+    // Destination refs: Kubernetes Services, Knative Services, and any addressable kind
+    // through the aggregated resolver role (checked below with the bindings).
     assert!(allows(controller, "", "services", "get"));
+    assert!(allows(controller, "serving.knative.dev", "services", "get"));
     // The data plane only reads, except that ingress creates EventTypes for the events it
     // sees (a server-side apply: create and patch) and writes their inferred schemas into
     // their status.
@@ -500,17 +542,26 @@ fn check_rbac(objects: &Objects, origin: &str) {
             .service_account_name
             .clone();
         assert!(
-            objects.cluster_role_bindings.iter().any(|binding| {
-                Some(&binding.role_ref.name) == role.as_ref()
-                    && binding
-                        .subjects
-                        .iter()
-                        .flatten()
-                        .any(|s| s.kind == "ServiceAccount" && Some(&s.name) == account.as_ref())
-            }),
+            objects.binds(role.as_ref(), account.as_ref()),
             "{origin}: {component}'s role is not bound to its service account"
         );
     }
+    let resolver = objects
+        .addressable_resolver()
+        .unwrap_or_else(|| panic!("{origin}: no ClusterRole aggregating addressable roles"));
+    let controller_account = objects
+        .deployment("controller")
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .service_account_name
+        .clone();
+    assert!(
+        objects.binds(resolver.metadata.name.as_ref(), controller_account.as_ref()),
+        "{origin}: the addressable resolver is not bound to the controller's service account"
+    );
 }
 
 #[test]
@@ -795,6 +846,11 @@ fn helm_chart_renders_valid_objects_for_every_backend() {
                 "{origin}: the chart's {component} role differs from deploy/rbac.yaml"
             );
         }
+        assert_eq!(
+            objects.addressable_resolver().map(|r| &r.aggregation_rule),
+            plain.addressable_resolver().map(|r| &r.aggregation_rule),
+            "{origin}: the chart's addressable resolver differs from deploy/rbac.yaml"
+        );
         let defaults = objects
             .config_map("config-br-defaults")
             .and_then(|c| c.data.as_ref())

@@ -1,66 +1,166 @@
 //! Resolving a `Destination` (`uri`, `ref`, or `ref` + relative `uri`) to a URL.
+//!
+//! A `ref` names, in this order of lookup: a Broker (its ingress URL); another kind Rivulet
+//! serves (read from its store); and, in Kubernetes mode only, any object in the cluster, read
+//! through the API server ([`cluster`]). Which URL an object stands for is Knative's duck
+//! typing ([`addressable`]).
 
-use serde_json::Value;
+use std::fmt;
 
 use super::Context;
-use crate::resources::{Destination, find_kind_by_name};
+use crate::resources::{Destination, KReference, KindInfo, find_kind_by_name};
+use crate::store::StoreError;
+
+mod addressable;
+mod cluster;
+
+use addressable::NotAddressable;
 
 /// The URL a destination points at. `namespace` is the referring object's namespace.
-/// A `ref` to a Broker resolves to its ingress; a `ref` to any other served kind resolves by
-/// duck typing to its `status.address.url`. Anything else is refused with the reason.
+/// A `ref` to a Broker resolves to its ingress; a `ref` to any other kind resolves by duck
+/// typing (a Kubernetes Service to its cluster DNS name). Anything else is refused with the
+/// reason.
 pub async fn resolve_destination(
     destination: &Destination,
     namespace: &str,
     ctx: &Context,
 ) -> Result<String, String> {
-    let Some(reference) = &destination.reference else {
-        return destination
-            .uri
-            .clone()
-            .ok_or_else(|| "destination has neither ref nor uri".to_string());
-    };
-    let ref_namespace = reference.namespace.as_deref().unwrap_or(namespace);
-    let api_version = reference.api_version.as_deref();
-    let kind = find_kind_by_name(api_version, &reference.kind).filter(|k| k.kind == reference.kind);
-    let Some(kind) = kind else {
-        return Err(format!(
-            "cannot resolve a ref to {} {:?}: in standalone mode a ref must name a Broker or another addressable kind Rivulet serves; use uri for other destinations",
-            api_version.unwrap_or("(no apiVersion)"),
-            reference.kind
-        ));
-    };
-    let object = ctx
-        .store
-        .get(kind, ref_namespace, &reference.name)
+    resolve(destination, namespace, ctx)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "{} {ref_namespace}/{} does not exist",
-                kind.kind, reference.name
-            )
-        })?;
-    let base = if kind.kind == "Broker" {
-        // Known without waiting for the broker's status to be written.
-        format!(
-            "{}/{ref_namespace}/{}",
-            ctx.settings.base_url, reference.name
-        )
-    } else {
-        object
-            .pointer("/status/address/url")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                format!(
-                    "{} {ref_namespace}/{} is not addressable (no status.address.url yet)",
-                    kind.kind, reference.name
-                )
-            })?
+        .map_err(|error| error.to_string())
+}
+
+/// Why a destination has no URL. Large parts are boxed: errors are rare, results many.
+#[derive(Debug, thiserror::Error)]
+enum DestinationError {
+    #[error("destination has neither ref nor uri")]
+    Empty,
+    #[error(
+        "cannot resolve a ref to {0}: in standalone mode a ref must name a Broker or another addressable kind Rivulet serves; use uri for other destinations"
+    )]
+    NotServed(Box<Target>),
+    #[error(
+        "cannot resolve a ref to {0}: a ref to a kind Rivulet does not serve needs an apiVersion (v1 for a Kubernetes Service, serving.knative.dev/v1 for a Knative Service)"
+    )]
+    NoApiVersion(Box<Target>),
+    #[error("cannot resolve a ref to {0}: apiVersion must be `version` or `group/version`")]
+    InvalidApiVersion(Box<Target>),
+    #[error("cannot resolve a ref to {0}: the API server does not serve that apiVersion")]
+    UnknownApiVersion(Box<Target>),
+    #[error("cannot resolve a ref to {0}: the API server serves no such kind in that apiVersion")]
+    UnknownKind(Box<Target>),
+    #[error("{0} does not exist")]
+    DoesNotExist(Box<Target>),
+    #[error("{target} is not addressable: {reason}")]
+    NotAddressable {
+        target: Box<Target>,
+        reason: NotAddressable,
+    },
+    #[error("reading {target}: {source}")]
+    Store {
+        target: Box<Target>,
+        source: StoreError,
+    },
+    #[error("reading {target}: {source}")]
+    Api {
+        target: Box<Target>,
+        source: Box<kube::Error>,
+    },
+}
+
+/// The object a `ref` names, with the namespace it is looked up in.
+#[derive(Debug, Clone)]
+struct Target {
+    api_version: Option<String>,
+    kind: String,
+    namespace: String,
+    name: String,
+}
+
+impl Target {
+    fn new(reference: &KReference, namespace: &str) -> Self {
+        Self {
+            api_version: reference.api_version.clone(),
+            kind: reference.kind.clone(),
+            namespace: reference
+                .namespace
+                .clone()
+                .unwrap_or_else(|| namespace.to_string()),
+            name: reference.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)?;
+        match &self.api_version {
+            Some(api_version) => write!(f, " ({api_version})"),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn resolve(
+    destination: &Destination,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<String, DestinationError> {
+    let Some(reference) = &destination.reference else {
+        return destination.uri.clone().ok_or(DestinationError::Empty);
+    };
+    let target = Target::new(reference, namespace);
+    let base = match served_kind(reference) {
+        Some(kind) => from_store(kind, target, ctx).await?,
+        None => match ctx.kube_client() {
+            Some(client) => {
+                // As Knative does: CA certificates on the destination mean https.
+                let tls = destination
+                    .ca_certs
+                    .as_deref()
+                    .is_some_and(|c| !c.is_empty());
+                cluster::resolve(&client, ctx, target, tls).await?
+            }
+            None => return Err(DestinationError::NotServed(target.into())),
+        },
     };
     Ok(match &destination.uri {
         Some(relative) => join_relative(&base, relative),
         None => base,
+    })
+}
+
+/// The kind Rivulet serves that a `ref` names, if it names one.
+fn served_kind(reference: &KReference) -> Option<&'static KindInfo> {
+    find_kind_by_name(reference.api_version.as_deref(), &reference.kind)
+        .filter(|kind| kind.kind == reference.kind)
+}
+
+async fn from_store(
+    kind: &'static KindInfo,
+    target: Target,
+    ctx: &Context,
+) -> Result<String, DestinationError> {
+    let object = match ctx.store.get(kind, &target.namespace, &target.name).await {
+        Ok(Some(object)) => object,
+        Ok(None) => return Err(DestinationError::DoesNotExist(target.into())),
+        Err(source) => {
+            return Err(DestinationError::Store {
+                target: target.into(),
+                source,
+            });
+        }
+    };
+    if kind.kind == "Broker" {
+        // Known without waiting for the broker's status to be written.
+        return Ok(format!(
+            "{}/{}/{}",
+            ctx.settings.base_url, target.namespace, target.name
+        ));
+    }
+    addressable::address_url(&object).map_err(|reason| DestinationError::NotAddressable {
+        target: target.into(),
+        reason,
     })
 }
 

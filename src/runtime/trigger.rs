@@ -49,6 +49,11 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
             ),
         )),
     }
+    // An unresolved destination may resolve later (a Service created, a Knative Service
+    // becoming ready, the controller writing the URI) without any change Rivulet is told of:
+    // try again after a while.
+    let mut action = Action::AwaitChange;
+    let retry_later = Action::Requeue(std::time::Duration::from_secs(5));
     let subscriber = ctx
         .resolve_for(object, "/status/subscriberUri", &trigger.spec.subscriber)
         .await;
@@ -57,12 +62,15 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
             status.subscriber_uri = Some(uri.clone());
             parts.push(Condition::new("SubscriberResolved", true, "", ""));
         }
-        Err(reason) => parts.push(Condition::new(
-            "SubscriberResolved",
-            false,
-            "Unresolved",
-            reason.clone(),
-        )),
+        Err(reason) => {
+            parts.push(Condition::new(
+                "SubscriberResolved",
+                false,
+                "Unresolved",
+                reason.clone(),
+            ));
+            action = retry_later;
+        }
     }
     // A trigger's delivery replaces the broker's entirely when it sets anything.
     let delivery = match &trigger.spec.delivery {
@@ -80,12 +88,15 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                 dead_letter_uri = Some(uri);
                 parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
             }
-            Err(reason) => parts.push(Condition::new(
-                "DeadLetterSinkResolved",
-                false,
-                "Unresolved",
-                reason,
-            )),
+            Err(reason) => {
+                parts.push(Condition::new(
+                    "DeadLetterSinkResolved",
+                    false,
+                    "Unresolved",
+                    reason,
+                ));
+                action = retry_later;
+            }
         }
     }
     let filter = Filter::for_trigger(&trigger.spec);
@@ -169,7 +180,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     }
     ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
         .await?;
-    Ok(Action::AwaitChange)
+    Ok(action)
 }
 
 /// The channel subscription of a trigger.
