@@ -125,10 +125,8 @@ async fn open_store(options: &ServeOptions) -> anyhow::Result<Arc<dyn ResourceSt
                 "--store kubernetes: no Kubernetes API server configured (neither an in-cluster \
                  service account nor a kubeconfig from KUBECONFIG or ~/.kube/config)",
             )?;
-            let cluster_url = config.cluster_url.to_string();
-            let client = kube::Client::try_from(config)
+            let store = KubernetesStore::from_config(config)
                 .context("--store kubernetes: cannot build the Kubernetes API client")?;
-            let store = KubernetesStore::new(client).with_cluster_url(cluster_url);
             Arc::new(if options.role == Role::DataPlane {
                 store.announcing_status()
             } else {

@@ -1,17 +1,20 @@
 //! ApiServerSource against a scripted Kubernetes API server: the discovery, list and watch
-//! requests it makes, and the CloudEvents a real HTTP sink receives for the watch events fed
-//! to it. And in standalone mode, through the in-process server.
+//! requests it makes (each acting as the source's service account), the CloudEvents a real
+//! HTTP sink receives for the watch events fed to it, and the status when the account may not
+//! list. And in standalone mode, through the in-process server.
 
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rivulet::event::Event;
-use rivulet::runtime::Context;
+use rivulet::runtime::{Action, Context};
 use serde_json::{Value, json};
 use support::Recorder;
 use support::kube_api::{
     Reply, Requests, Seen, answer, answer_bytes, context_with, exchange, reconciler, serve,
+    status_error,
 };
 
 const API_URL: &str = "https://kubernetes.test:6443";
@@ -140,6 +143,22 @@ fn status_written(requests: &Requests, plural_name: &str) -> Value {
     writes.last().expect("a status write").body["status"].clone()
 }
 
+/// Every request for the source's watches acts as `user`; status writes are Rivulet's own.
+fn assert_acting_as(requests: &[Seen], user: &str) {
+    assert!(!requests.is_empty(), "no request");
+    for request in requests {
+        let expected = (!request.path.ends_with("/status")).then_some(user);
+        assert_eq!(
+            request.impersonate_user.as_deref(),
+            expected,
+            "{} {}?{}",
+            request.method,
+            request.path,
+            request.query
+        );
+    }
+}
+
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
@@ -171,7 +190,7 @@ async fn reference_mode_sends_refs_for_changes_after_the_initial_listing() {
             "resources": [{"apiVersion": "v1", "kind": "Pod",
                            "selector": {"matchLabels": {"app": "web"},
                                         "matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}}],
-            "serviceAccountName": "ignored-by-rivulet",
+            "serviceAccountName": "pod-watcher",
             "sink": {"uri": sink.url},
             "ceOverrides": {"extensions": {"team": "blue"}}
         }),
@@ -241,11 +260,12 @@ async fn reference_mode_sends_refs_for_changes_after_the_initial_listing() {
         );
     }
     assert_eq!(watching.param("resourceVersion").as_deref(), Some("10"));
+    assert_acting_as(&requests.all(), "system:serviceaccount:team:pod-watcher");
 
     let status = status_written(&requests, "pods");
     assert_eq!(status["sinkUri"], sink.url);
     assert_eq!(status["observedGeneration"], 3);
-    for type_ in ["Ready", "SinkProvided"] {
+    for type_ in ["Ready", "SinkProvided", "SufficientPermissions"] {
         assert_eq!(condition(&status, type_)["status"], "True", "{status}");
     }
     let attributes = status["ceAttributes"].as_array().unwrap();
@@ -342,6 +362,8 @@ async fn resource_mode_sends_whole_objects_from_every_namespace() {
         watched.iter().all(|r| r.param("labelSelector").is_none()),
         "no selector: {watched:?}"
     );
+    // No serviceAccountName: the namespace's `default` account, as in Knative.
+    assert_acting_as(&requests.all(), "system:serviceaccount:team:default");
     let status = status_written(&requests, "deployments");
     assert_eq!(
         status["ceAttributes"][0]["type"],
@@ -471,6 +493,84 @@ async fn a_namespace_selector_watches_each_matching_namespace() {
         requests.to("/api/v1/namespaces/team/pods").is_empty(),
         "the source's own namespace does not match the selector"
     );
+    // The namespaces are looked up as the source's account too.
+    assert_acting_as(&requests.all(), "system:serviceaccount:team:default");
+
+    (reconciler("ApiServerSource").cleanup)(&object, &ctx)
+        .await
+        .expect("stopped");
+}
+
+#[tokio::test]
+async fn a_refused_list_names_the_account_and_is_tried_again_until_granted() {
+    let (ctx, server) = kube_context();
+    let pods = "/api/v1/namespaces/team/pods";
+    let account = "system:serviceaccount:team:reader";
+    let granted = Arc::new(AtomicBool::new(false));
+    let requests = serve(server, {
+        let granted = granted.clone();
+        move |request: &Seen| match request.path.as_str() {
+            "/api/v1" => Reply::Now(answer(200, &discovery("v1"))),
+            path if path.ends_with("/status") => Reply::Now(answer(200, &request.body)),
+            path if path == pods && !granted.load(Ordering::SeqCst) => Reply::Now(answer(
+                403,
+                &status_error(
+                    403,
+                    "Forbidden",
+                    "pods is forbidden: User \"system:serviceaccount:team:reader\" cannot list \
+                     resource \"pods\" in API group \"\" in the namespace \"team\"",
+                ),
+            )),
+            path if path == pods && !request.is_watch() => Reply::Now(answer(200, &list(vec![]))),
+            _ => Reply::Hold,
+        }
+    });
+    let object = source(
+        "denied",
+        json!({
+            "serviceAccountName": "reader",
+            "resources": [{"apiVersion": "v1", "kind": "Pod"}],
+            "sink": {"uri": "http://127.0.0.1:1/"}
+        }),
+    );
+    let reconcile = || (reconciler("ApiServerSource").reconcile)(&object, &ctx);
+
+    let action = reconcile().await.expect("reconciled");
+    assert!(
+        matches!(action, Action::Requeue(_)),
+        "tried again later: {action:?}"
+    );
+    let status = status_written(&requests, "denied");
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False", "{status}");
+    assert_eq!(ready["reason"], "InsufficientPermissions");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains(account) && message.contains("pods") && message.contains("team"),
+        "names the account, the resource and where: {message}"
+    );
+    let sufficient = condition(&status, "SufficientPermissions");
+    assert_eq!(sufficient["status"], "False");
+    assert_eq!(sufficient["message"], ready["message"]);
+    assert!(
+        requests.to(pods).iter().all(|r| !r.is_watch()),
+        "no watch starts while the account may not list"
+    );
+    assert_acting_as(&requests.all(), account);
+
+    // Granted meanwhile: the next try runs the source.
+    granted.store(true, Ordering::SeqCst);
+    let action = reconcile().await.expect("reconciled");
+    assert_eq!(action, Action::AwaitChange);
+    let status = status_written(&requests, "denied");
+    for type_ in ["Ready", "SufficientPermissions"] {
+        assert_eq!(condition(&status, type_)["status"], "True", "{status}");
+    }
+    support::wait_for("a watch of the pods", support::WAIT, || async {
+        requests.to(pods).into_iter().find(Seen::is_watch)
+    })
+    .await;
+    assert_acting_as(&requests.all(), account);
 
     (reconciler("ApiServerSource").cleanup)(&object, &ctx)
         .await
@@ -495,6 +595,11 @@ async fn an_unknown_kind_is_reported_not_ready() {
     .await;
     result.expect("reconciled");
     assert_eq!(requests[0].path, "/api/v1");
+    assert_eq!(
+        requests[0].impersonate_user.as_deref(),
+        Some("system:serviceaccount:team:default"),
+        "discovery acts as the source's account"
+    );
     let ready = &requests[1].body["status"]["conditions"][0];
     assert_eq!(ready["type"], "Ready");
     assert_eq!(ready["status"], "False");

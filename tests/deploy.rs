@@ -511,6 +511,27 @@ fn check_rbac(objects: &Objects, origin: &str) {
     // through the aggregated resolver role (checked below with the bindings).
     assert!(allows(controller, "", "services", "get"));
     assert!(allows(controller, "serving.knative.dev", "services", "get"));
+    // ApiServerSource acts as the source's service account. Impersonating users, groups or
+    // uids would let Rivulet act as anyone (system:masters included): only service accounts.
+    assert!(
+        allows(controller, "", "serviceaccounts", "impersonate"),
+        "{origin}: the controller cannot impersonate service accounts (ApiServerSource)"
+    );
+    for role in &objects.cluster_roles {
+        for rule in role.rules.iter().flatten() {
+            if rule.verbs.iter().any(|v| v == "impersonate") {
+                assert_eq!(
+                    (rule.api_groups.clone(), rule.resources.clone()),
+                    (
+                        Some(vec![String::new()]),
+                        Some(vec!["serviceaccounts".to_string()])
+                    ),
+                    "{origin}: {:?} impersonates more than service accounts",
+                    role.metadata.name
+                );
+            }
+        }
+    }
     // The data plane only reads, except that ingress creates EventTypes for the events it
     // sees (a server-side apply: create and patch) and writes their inferred schemas into
     // their status.

@@ -21,21 +21,27 @@ use crate::sources::{SinkClient, SourceAdapter, SourceContext, SourceError, Sour
 
 /// Watches the resources of one ApiServerSource and sends their changes.
 pub struct ApiServerAdapter {
+    /// A client acting as the source's service account.
     client: kube::Client,
+    /// That account (`system:serviceaccount:{namespace}:{name}`), for logs.
+    account: Arc<str>,
     resources: Vec<Arc<WatchedResource>>,
     scope: NamespaceScope,
     emitter: Arc<Emitter>,
 }
 
 impl ApiServerAdapter {
+    /// `client` must act as `account`, the source's service account.
     pub fn new(
         client: kube::Client,
+        account: String,
         resources: Vec<WatchedResource>,
         scope: NamespaceScope,
         emitter: Emitter,
     ) -> Self {
         Self {
             client,
+            account: account.into(),
             resources: resources.into_iter().map(Arc::new).collect(),
             scope,
             emitter: Arc::new(emitter),
@@ -56,6 +62,7 @@ impl ApiServerAdapter {
             api,
             resource: resource.clone(),
             place,
+            account: self.account.clone(),
             emitter: self.emitter.clone(),
             sink: ctx.sink.clone(),
             key: ctx.key.clone(),
@@ -123,7 +130,8 @@ impl ApiServerAdapter {
                 Some(Err(error)) => {
                     if !failing {
                         tracing::warn!(kind = ctx.key.kind, namespace = %ctx.key.namespace, source = %ctx.key.name,
-                            %error, selector, "cannot follow the namespaces of namespaceSelector; retrying (Rivulet's service account needs list and watch on namespaces)");
+                            %error, selector, account = %self.account,
+                            "cannot follow the namespaces of namespaceSelector; retrying (the source's service account needs list and watch on namespaces)");
                     }
                     failing = true;
                     continue;
@@ -214,6 +222,8 @@ struct Watch {
     resource: Arc<WatchedResource>,
     /// Where it watches, for logs.
     place: String,
+    /// The account it watches as, for logs.
+    account: Arc<str>,
     emitter: Arc<Emitter>,
     sink: SinkClient,
     key: SourceKey,
@@ -266,8 +276,9 @@ async fn follow(watch: Watch) {
             Some(Err(error)) => {
                 if !failing {
                     tracing::warn!(namespace = %watch.key.namespace, source = %watch.key.name,
-                        kind = %resource.kind, api_version = %resource.api_version, place = %watch.place, %error,
-                        "cannot watch; retrying (Rivulet's service account needs list and watch on this resource)");
+                        kind = %resource.kind, api_version = %resource.api_version, place = %watch.place,
+                        account = %watch.account, %error,
+                        "cannot watch; retrying (the source's service account needs list and watch on this resource)");
                 }
                 failing = true;
                 continue;

@@ -7,15 +7,18 @@
 //! existing objects sends nothing: only later adds, updates and deletes become events, of
 //! types `dev.knative.apiserver.{resource,ref}.{add,update,delete}` depending on `mode`.
 //!
-//! Rivulet watches with its own identity: `serviceAccountName` is accepted and unused (Knative
-//! runs its adapter under that account). In standalone mode there is no API server to watch:
-//! the source is validated and its sink resolved, and its status says `KubernetesRequired`.
+//! Every request of a source's watches (discovery, lists, watches, the namespaces of a
+//! `namespaceSelector`) goes out impersonating its `serviceAccountName` (`default` when unset)
+//! in its namespace, so a source sees only what that account may: Knative runs its adapter
+//! as that account. A refused list makes the status say `InsufficientPermissions`. In
+//! standalone mode there is no API server to watch: the source is validated and its sink
+//! resolved, and its status says `KubernetesRequired`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use kube::CustomResource;
-use kube::api::GroupVersionKind;
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams};
 use kube::discovery::Scope;
 use regex::Regex;
 use schemars::JsonSchema;
@@ -38,6 +41,21 @@ pub mod events;
 
 pub use adapter::ApiServerAdapter;
 pub use events::{Change, ObjectReference, build_event, subject_path};
+
+/// The service account of a source that names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// The reason of `SufficientPermissions=False`: the API server refused the source's account.
+pub const INSUFFICIENT_PERMISSIONS: &str = "InsufficientPermissions";
+
+/// The user a source's requests act as: its service account, as Kubernetes names it
+/// (`system:serviceaccount:{namespace}:{name}`).
+pub fn service_account_user(namespace: &str, service_account_name: Option<&str>) -> String {
+    let name = service_account_name
+        .filter(|name| !name.is_empty())
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    format!("system:serviceaccount:{namespace}:{name}")
+}
 
 /// The `source` of events when the API server's URL is not known (a client built by hand):
 /// the name every pod reaches the API server at.
@@ -76,8 +94,9 @@ pub struct ApiServerSourceSpec {
     /// carry the whole object.
     #[serde(default)]
     pub mode: EventMode,
-    /// Accepted for Knative compatibility and unused: Rivulet watches with its own service
-    /// account, which must be allowed to list and watch the resources.
+    /// The service account, in the source's namespace, whose rights the watches have: every
+    /// request impersonates it, so it must be allowed to get, list and watch the resources
+    /// (and namespaces, with a `namespaceSelector`). `default` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// The namespaces watched, by label. Unset: only the source's own namespace. Empty (`{}`):
@@ -280,6 +299,19 @@ pub fn validate_api_server_source(spec: &ApiServerSourceSpec) -> Result<(), Vali
     if let Some(selector) = &spec.namespace_selector {
         validate_label_selector("spec.namespaceSelector", selector)?;
     }
+    if let Some(name) = spec
+        .service_account_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        && (name.len() > 253 || !DNS_SUBDOMAIN.is_match(name))
+    {
+        return Err(ValidationError::new(
+            "spec.serviceAccountName",
+            format!(
+                "{name:?} is not a service account name (lower-case letters, digits, '-' and '.', up to 253)"
+            ),
+        ));
+    }
     for (index, filter) in spec.filters.iter().enumerate() {
         validate_filter(&format!("spec.filters[{index}]"), filter)?;
     }
@@ -412,9 +444,21 @@ pub fn kubernetes_required() -> Condition {
     )
 }
 
-/// Resolves a resource entry through discovery: the plural and whether it is namespaced.
+/// The condition saying the API server refused the source's account what the source needs.
+fn insufficient_permissions(message: String) -> Condition {
+    Condition::new(
+        "SufficientPermissions",
+        false,
+        INSUFFICIENT_PERMISSIONS,
+        message,
+    )
+}
+
+/// Resolves a resource entry through discovery (as `account`): the plural and whether it is
+/// namespaced.
 async fn discover(
     client: &kube::Client,
+    account: &str,
     index: usize,
     entry: &ApiVersionKindSelector,
 ) -> Result<WatchedResource, Condition> {
@@ -441,6 +485,12 @@ async fn discover(
                     "{field}: the API server does not serve {} ({})",
                     entry.api_version, status.message
                 )),
+                kube::Error::Api(status) if status.code == 403 => {
+                    insufficient_permissions(format!(
+                        "{field}: {account} may not look up {} through API discovery ({})",
+                        entry.api_version, status.message
+                    ))
+                }
                 other => Condition::new(
                     "Deployed",
                     false,
@@ -462,6 +512,90 @@ async fn discover(
             .map(LabelSelector::to_query)
             .unwrap_or_default(),
     })
+}
+
+/// Lists (at most one object of) every resource in every place it is watched, as the
+/// source's account, so that a missing grant shows in the status and not only in the logs of
+/// watches retrying. With a `namespaceSelector`, the matching namespaces are looked up first.
+async fn check_permissions(
+    client: &kube::Client,
+    account: &str,
+    resources: &[WatchedResource],
+    scope: &NamespaceScope,
+) -> Result<(), Condition> {
+    let refused = |what: &str, place: &str, error: kube::Error| match error {
+        kube::Error::Api(status) if status.code == 403 => insufficient_permissions(format!(
+            "{account} may not list {what} {place}; grant it get, list and watch on them \
+             (the API server said: {})",
+            status.message
+        )),
+        other => Condition::new(
+            "Deployed",
+            false,
+            "ListFailed",
+            format!(
+                "cannot list {what} {place} as {account}: {}",
+                super::podspecable::api_message(&other)
+            ),
+        ),
+    };
+    let namespaces: Vec<Option<String>> = match scope {
+        NamespaceScope::Own(namespace) => vec![Some(namespace.clone())],
+        NamespaceScope::All => vec![None],
+        NamespaceScope::Selected(_) if !resources.iter().any(|r| r.namespaced) => Vec::new(),
+        NamespaceScope::Selected(selector) => {
+            let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+            let listed = api
+                .list_metadata(&ListParams::default().labels(selector))
+                .await
+                .map_err(|e| refused("namespaces", "(spec.namespaceSelector)", e))?;
+            listed
+                .items
+                .into_iter()
+                .filter_map(|namespace| namespace.metadata.name)
+                .map(Some)
+                .collect()
+        }
+    };
+    for resource in resources {
+        let what = format!(
+            "{} ({})",
+            resource.api_resource.plural, resource.api_resource.api_version
+        );
+        let places = if resource.namespaced {
+            namespaces.as_slice()
+        } else {
+            &[None]
+        };
+        let mut params = ListParams::default().limit(1);
+        if !resource.label_selector.is_empty() {
+            params = params.labels(&resource.label_selector);
+        }
+        for namespace in places {
+            let (api, place) = match namespace {
+                Some(namespace) => (
+                    Api::<DynamicObject>::namespaced_with(
+                        client.clone(),
+                        namespace,
+                        &resource.api_resource,
+                    ),
+                    format!("in namespace {namespace}"),
+                ),
+                None if resource.namespaced => (
+                    Api::all_with(client.clone(), &resource.api_resource),
+                    "in all namespaces".to_string(),
+                ),
+                None => (
+                    Api::all_with(client.clone(), &resource.api_resource),
+                    "in the cluster".to_string(),
+                ),
+            };
+            api.list(&params)
+                .await
+                .map_err(|e| refused(&what, &place, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// ApiServerSource for the generic source reconciler.
@@ -487,14 +621,19 @@ impl SourceKind for ApiServerSourceKind {
         ctx: &Arc<Context>,
     ) -> Result<Prepared, Condition> {
         let spec = &resource.spec;
-        let Some(client) = ctx.kube_client() else {
+        let account = service_account_user(&key.namespace, spec.service_account_name.as_deref());
+        // Never the controller's own client: the source sees what its account may see.
+        let Some(client) = ctx.kube_client_as(&account) else {
             return Err(kubernetes_required());
         };
         let invalid = |message: String| Condition::new("Deployed", false, "InvalidSpec", message);
         validate_api_server_source(spec).map_err(|e| invalid(e.to_string()))?;
+        let client = client.map_err(|error| {
+            Condition::new("Deployed", false, "ImpersonationFailed", error.to_string())
+        })?;
         let mut resources = Vec::with_capacity(spec.resources.len());
         for (index, entry) in spec.resources.iter().enumerate() {
-            resources.push(discover(&client, index, entry).await?);
+            resources.push(discover(&client, &account, index, entry).await?);
         }
         let filter = if spec.filters.is_empty() {
             None
@@ -512,11 +651,12 @@ impl SourceKind for ApiServerSourceKind {
             Some(selector) if selector.is_empty() => NamespaceScope::All,
             Some(selector) => NamespaceScope::Selected(selector.to_query()),
         };
+        check_permissions(&client, &account, &resources, &scope).await?;
         let api_url = ctx
             .kube_cluster_url()
             .unwrap_or_else(|| DEFAULT_API_SERVER_URL.to_string());
         let fingerprint = format!(
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{api_url}",
+            "{account}|{:?}|{:?}|{:?}|{:?}|{:?}|{api_url}",
             resources, scope, spec.mode, spec.owner, spec.filters
         );
         // In Knative's order: add, delete, update.
@@ -531,6 +671,7 @@ impl SourceKind for ApiServerSourceKind {
         Ok(Prepared {
             adapter: Arc::new(ApiServerAdapter::new(
                 client,
+                account,
                 resources,
                 scope,
                 events::Emitter {
@@ -543,7 +684,7 @@ impl SourceKind for ApiServerSourceKind {
             fingerprint,
             ce_attributes,
             address: None,
-            conditions: Vec::new(),
+            conditions: vec![Condition::new("SufficientPermissions", true, "", "")],
         })
     }
 }
@@ -632,9 +773,27 @@ mod tests {
         );
         assert_eq!(error_field(json!({"sink": {}})), "spec.sink");
         assert_eq!(
+            error_field(json!({"serviceAccountName": "Pod_Reader"})),
+            "spec.serviceAccountName"
+        );
+        assert_eq!(
             error_field(json!({"labelSelector": "a=b"})),
             "spec.labelSelector"
         );
+    }
+
+    #[test]
+    fn sources_act_as_their_service_account_or_the_namespace_default() {
+        assert_eq!(
+            service_account_user("team", Some("reader")),
+            "system:serviceaccount:team:reader"
+        );
+        for unset in [None, Some("")] {
+            assert_eq!(
+                service_account_user("team", unset),
+                "system:serviceaccount:team:default"
+            );
+        }
     }
 
     #[test]

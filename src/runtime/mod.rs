@@ -203,6 +203,12 @@ impl Context {
         self.store.kube_client()
     }
 
+    /// A Kubernetes API client acting as `user` (impersonation), when resources are kept in
+    /// a cluster; see [`ResourceStore::kube_client_as`].
+    pub fn kube_client_as(&self, user: &str) -> Option<Result<kube::Client, StoreError>> {
+        self.store.kube_client_as(user)
+    }
+
     /// The URL of the Kubernetes API server, when resources are kept in a cluster and the
     /// URL is known.
     pub fn kube_cluster_url(&self) -> Option<String> {

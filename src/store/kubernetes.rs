@@ -2,7 +2,7 @@
 //! and written as custom resources (and core ConfigMaps and Secrets), so the reconcilers run
 //! unchanged in a cluster.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -41,6 +41,10 @@ const SERVER_FIELDS: [&str; 8] = [
     "finalizers",
 ];
 
+/// Makes a client of the store's API server that acts as the given user (Kubernetes
+/// impersonation: every request carries `Impersonate-User`).
+pub type ClientsAs = dyn Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync;
+
 /// The store of Kubernetes mode. Writes are server-side applies by the field manager
 /// `rivulet`; changes are learnt from one watch per custom resource kind, started by the
 /// first [`ResourceStore::watch`].
@@ -48,6 +52,8 @@ pub struct KubernetesStore {
     client: kube::Client,
     /// The API server's URL, when known (ApiServerSource events carry it as their `source`).
     cluster_url: Option<String>,
+    /// Clients acting as another user; `None` for a store given only a client.
+    clients_as: Option<Arc<ClientsAs>>,
     changes: broadcast::Sender<StoreEvent>,
     watchers: OnceLock<Vec<JoinHandle<()>>>,
     announce_status: bool,
@@ -59,10 +65,31 @@ impl KubernetesStore {
         Self {
             client,
             cluster_url: None,
+            clients_as: None,
             changes,
             watchers: OnceLock::new(),
             announce_status: false,
         }
+    }
+
+    /// A store on the API server `config` points at, with its URL, that can act as other
+    /// users: their clients are built from the same configuration, impersonating them.
+    pub fn from_config(config: kube::Config) -> Result<Self, kube::Error> {
+        let cluster_url = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config.clone())?;
+        Ok(Self::new(client)
+            .with_cluster_url(cluster_url)
+            .with_clients_as(move |user| kube::Client::try_from(impersonating(&config, user))))
+    }
+
+    /// Makes the clients that act as another user with `clients_as` (a store built from a
+    /// client alone has none).
+    pub fn with_clients_as(
+        mut self,
+        clients_as: impl Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.clients_as = Some(Arc::new(clients_as));
+        self
     }
 
     /// Announces status changes too: the data plane acts on the status the controller
@@ -115,6 +142,17 @@ impl Drop for KubernetesStore {
             watcher.abort();
         }
     }
+}
+
+/// `config` acting as `user` alone: an impersonation it had already (a kubeconfig's `as`,
+/// `as-groups`) is replaced, not added to, so no group of the former leaks into the latter.
+pub fn impersonating(config: &kube::Config, user: &str) -> kube::Config {
+    let mut config = config.clone();
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = None;
+    config.auth_info.impersonate_uid = None;
+    config.auth_info.impersonate_user_extra = None;
+    config
 }
 
 /// How kube addresses a kind: its group (empty for the core group), version, kind and plural.
@@ -334,6 +372,18 @@ impl ResourceStore for KubernetesStore {
         Some(self.client.clone())
     }
 
+    fn kube_client_as(&self, user: &str) -> Option<Result<kube::Client, StoreError>> {
+        Some(match &self.clients_as {
+            Some(clients_as) => clients_as(user).map_err(|error| {
+                StoreError::Unavailable(format!("cannot make a client acting as {user}: {error}"))
+            }),
+            None => Err(StoreError::Unavailable(format!(
+                "cannot act as {user}: this store was built from a client, without the \
+                 configuration that impersonating needs"
+            ))),
+        })
+    }
+
     fn kube_cluster_url(&self) -> Option<String> {
         self.cluster_url.clone()
     }
@@ -379,5 +429,83 @@ fn event_as_json(kind: &KindInfo, event: watcher::Event<DynamicObject>) -> watch
         Event::Init => Event::Init,
         Event::InitApply(object) => Event::InitApply(json(object)),
         Event::InitDone => Event::InitDone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Accepts one connection, answers an empty list and returns the request head.
+    async fn answer_once(listener: TcpListener) -> String {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = socket.read(&mut buffer).await.unwrap();
+            if read == 0 {
+                break;
+            }
+            head.extend_from_slice(&buffer[..read]);
+        }
+        let body = r#"{"kind":"NamespaceList","apiVersion":"v1","metadata":{},"items":[]}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(response.as_bytes()).await.unwrap();
+        String::from_utf8(head).unwrap().to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn a_client_as_a_user_impersonates_that_user_alone() {
+        crate::install_crypto_provider();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut config = kube::Config::new(url.parse().unwrap());
+        // An impersonation from the kubeconfig is replaced, groups included.
+        config.auth_info.impersonate = Some("someone-else".into());
+        config.auth_info.impersonate_groups = Some(vec!["system:masters".into()]);
+        let store = KubernetesStore::from_config(config).expect("a store");
+        let client = store
+            .kube_client_as("system:serviceaccount:team:reader")
+            .expect("Kubernetes mode")
+            .expect("a client");
+        let server = tokio::spawn(answer_once(listener));
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+        namespaces
+            .list(&ListParams::default())
+            .await
+            .expect("listed");
+        let head = server.await.unwrap();
+        assert!(
+            head.contains("\r\nimpersonate-user: system:serviceaccount:team:reader\r\n"),
+            "{head}"
+        );
+        assert!(
+            !head.contains("impersonate-group") && !head.contains("someone-else"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_built_from_a_client_alone_cannot_impersonate() {
+        let (service, _server) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let store = KubernetesStore::new(kube::Client::new(service, "default"));
+        let Some(Err(error)) = store.kube_client_as("system:serviceaccount:team:reader") else {
+            panic!("no configuration to impersonate with, yet a client");
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("system:serviceaccount:team:reader"),
+            "{error}"
+        );
     }
 }

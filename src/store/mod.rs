@@ -126,6 +126,13 @@ pub trait ResourceStore: Send + Sync + 'static {
         None
     }
 
+    /// A client of the same Kubernetes API server acting as `user` (impersonation), for
+    /// work done on someone's behalf with their rights only, e.g.
+    /// `system:serviceaccount:team:default`; `None` in standalone mode.
+    fn kube_client_as(&self, _user: &str) -> Option<Result<kube::Client, StoreError>> {
+        None
+    }
+
     /// The URL of the Kubernetes API server behind this store, when it is known.
     fn kube_cluster_url(&self) -> Option<String> {
         None

@@ -1,12 +1,13 @@
 //! A scripted Kubernetes API server (`tower_test::mock::pair`) behind a runtime [`Context`]
 //! in Kubernetes mode, for reconcilers that talk to the API server: answer requests in
 //! order with [`exchange`], or by what they ask with [`serve`] while something runs in the
-//! background.
+//! background. Clients acting as another user (impersonation) reach the same server, with
+//! the `Impersonate-User` header that kube sends for real.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use kube::client::Body;
 use rivulet::delivery::{DeliveryDefaults, Sender};
@@ -15,6 +16,7 @@ use rivulet::metrics::Metrics;
 use rivulet::runtime::{Context, Reconciler, Role, Settings};
 use rivulet::store::KubernetesStore;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 use tower_test::mock::{self, Handle, SendResponse};
 
 pub type ApiServer = Handle<Request<Body>, Response<Body>>;
@@ -27,6 +29,8 @@ pub struct Seen {
     /// The raw query string.
     pub query: String,
     pub content_type: Option<String>,
+    /// The user the request acts as (`Impersonate-User`); `None` for Rivulet's own.
+    pub impersonate_user: Option<String>,
     pub body: Value,
 }
 
@@ -68,11 +72,24 @@ fn context_for(
 ) -> (Arc<Context>, ApiServer) {
     rivulet::install_crypto_provider();
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let impersonating = service.clone();
     let client = kube::Client::new(service, "default");
+    let store = KubernetesStore::new(client).with_clients_as(move |user| {
+        let user = HeaderValue::from_str(user).map_err(|e| kube::Error::HttpError(e.into()))?;
+        let service = impersonating
+            .clone()
+            .map_request(move |mut request: Request<Body>| {
+                request
+                    .headers_mut()
+                    .insert("impersonate-user", user.clone());
+                request
+            });
+        Ok(kube::Client::new(service, "default"))
+    });
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), 1 << 20));
     let ctx = Context::new(
-        Arc::new(configure(KubernetesStore::new(client))),
+        Arc::new(configure(store)),
         ingress.clone(),
         rivulet::dispatcher::Shared {
             sender: Sender::new(),
@@ -108,6 +125,10 @@ pub async fn seen(request: Request<Body>) -> Seen {
         content_type: parts
             .headers
             .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string()),
+        impersonate_user: parts
+            .headers
+            .get("impersonate-user")
             .map(|v| v.to_str().unwrap().to_string()),
         body: if bytes.is_empty() {
             Value::Null
