@@ -77,6 +77,9 @@ pub struct SourceStatus {
     /// The resolved `spec.sink`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_uri: Option<String>,
+    /// The resolved dead-letter sink of the source's delivery, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ce_attributes: Vec<CloudEventAttributes>,
     /// Where the source takes requests, for sources that do (webhooks).
@@ -442,9 +445,11 @@ pub async fn reconcile<K: SourceKind>(
     let delivery = K::delivery(&resource).unwrap_or_else(default_source_delivery);
     let mut dead_letter_uri = Ok(None);
     if let Some(dls) = &delivery.dead_letter_sink {
-        dead_letter_uri = runtime::resolve_destination(dls, &namespace, ctx)
+        dead_letter_uri = ctx
+            .resolve_for(object, "/status/deadLetterSinkUri", dls)
             .await
             .map(Some);
+        status.dead_letter_sink_uri = dead_letter_uri.clone().ok().flatten();
         match &dead_letter_uri {
             Ok(_) => parts.push(Condition::new("DeadLetterSinkResolved", true, "", "")),
             Err(reason) => {

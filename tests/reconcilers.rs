@@ -417,7 +417,7 @@ async fn a_source_whose_sink_broker_does_not_exist_is_not_ready_and_requeues() {
         let sink = condition(status, "SinkProvided");
         assert_eq!(sink["reason"], "SinkNotFound", "{kind}");
         assert_eq!(
-            sink["message"], "Broker team/missing does not exist",
+            sink["message"], "Broker team/missing (eventing.knative.dev/v1) does not exist",
             "{kind}"
         );
         assert_eq!(
@@ -808,7 +808,7 @@ async fn a_sink_that_cannot_be_built_says_why_and_requeues() {
             lookup_answers: vec![not_found("brokers \"missing\"")],
             condition: "DeadLetterSinkResolved",
             reason: "Unresolved",
-            message: "Broker team/missing does not exist",
+            message: "Broker team/missing (eventing.knative.dev/v1) does not exist",
         },
         Failure {
             kind: "KafkaSink",
