@@ -392,6 +392,7 @@ pub async fn prefilter_routes_only_matching_events(backend: &str, config: &Chann
     let pairs = |pairs: &[(&str, &str)]| SubscriptionSpec {
         prefilter: Prefilter {
             filter: None,
+            prefix: Vec::new(),
             exact: pairs
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))

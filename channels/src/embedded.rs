@@ -139,6 +139,7 @@ fn decode_subscription(name: &str, encoded: &[u8]) -> Result<SubscriptionSpec, C
     Ok(SubscriptionSpec {
         prefilter: Prefilter {
             filter: None,
+            prefix: Vec::new(),
             exact: stored.prefilter,
         },
         max_in_flight: usize::try_from(stored.max_in_flight).unwrap_or(usize::MAX),
@@ -947,6 +948,7 @@ mod tests {
         let only_a = SubscriptionSpec {
             prefilter: Prefilter {
                 filter: None,
+                prefix: Vec::new(),
                 exact: vec![("type".into(), "a".into())],
             },
             max_in_flight: 0,

@@ -14,6 +14,8 @@ use crate::Envelope;
 pub struct Prefilter {
     /// `(attribute, value)` pairs, all of which must match.
     pub exact: Vec<(String, String)>,
+    /// `(attribute, prefix)` pairs: the attribute must start with each prefix.
+    pub prefix: Vec<(String, String)>,
     /// The rest of the filter (prefix, suffix, cesql, ...), if there is more than `exact`.
     pub filter: Option<Arc<dyn RouteFilter>>,
 }
@@ -32,6 +34,7 @@ pub trait RouteFilter: Send + Sync + std::fmt::Debug {
 impl PartialEq for Prefilter {
     fn eq(&self, other: &Self) -> bool {
         self.exact == other.exact
+            && self.prefix == other.prefix
             && self.filter.as_ref().map(|f| f.identity())
                 == other.filter.as_ref().map(|f| f.identity())
     }
@@ -42,6 +45,7 @@ impl Eq for Prefilter {}
 impl std::hash::Hash for Prefilter {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.exact.hash(state);
+        self.prefix.hash(state);
         self.filter.as_ref().map(|f| f.identity()).hash(state);
     }
 }
@@ -56,7 +60,7 @@ impl Prefilter {
     pub fn exact(exact: Vec<(String, String)>) -> Self {
         Self {
             exact,
-            filter: None,
+            ..Self::default()
         }
     }
 
@@ -65,6 +69,11 @@ impl Prefilter {
         self.exact
             .iter()
             .all(|(name, value)| envelope.attribute(name) == Some(value.as_str()))
+            && self.prefix.iter().all(|(name, prefix)| {
+                envelope
+                    .attribute(name)
+                    .is_some_and(|value| value.starts_with(prefix.as_str()))
+            })
             && self.filter.as_ref().is_none_or(|f| f.may_match(envelope))
     }
 }
@@ -82,6 +91,62 @@ pub struct RoutingIndex {
     match_everything: BTreeSet<String>,
     /// attribute name -> attribute value -> names of subscriptions filed under that pair.
     by_pair: HashMap<String, HashMap<String, BTreeSet<String>>>,
+    /// attribute name -> prefix -> names of subscriptions filed under that prefix.
+    by_prefix: HashMap<String, HashMap<String, BTreeSet<String>>>,
+}
+
+/// Where a prefilter is filed: under an exact pair, else under a prefix, else with the ones
+/// that match everything.
+enum Filing<'a> {
+    Pair(&'a (String, String)),
+    Prefix(&'a (String, String)),
+    Everything,
+}
+
+fn filing(prefilter: &Prefilter) -> Filing<'_> {
+    if let Some(pair) = index_pair(prefilter) {
+        return Filing::Pair(pair);
+    }
+    let prefix = PREFERRED_KEYS
+        .iter()
+        .find_map(|key| prefilter.prefix.iter().find(|(name, _)| name == key))
+        .or_else(|| prefilter.prefix.first());
+    match prefix {
+        Some(pair) => Filing::Prefix(pair),
+        None => Filing::Everything,
+    }
+}
+
+/// Removes `name` from a two-level index, dropping buckets that become empty.
+fn unfile(
+    index: &mut HashMap<String, HashMap<String, BTreeSet<String>>>,
+    (attribute, value): &(String, String),
+    name: &str,
+) {
+    if let Some(by_value) = index.get_mut(attribute) {
+        if let Some(names) = by_value.get_mut(value) {
+            names.remove(name);
+            if names.is_empty() {
+                by_value.remove(value);
+            }
+        }
+        if by_value.is_empty() {
+            index.remove(attribute);
+        }
+    }
+}
+
+fn file(
+    index: &mut HashMap<String, HashMap<String, BTreeSet<String>>>,
+    (attribute, value): &(String, String),
+    name: &str,
+) {
+    index
+        .entry(attribute.clone())
+        .or_default()
+        .entry(value.clone())
+        .or_default()
+        .insert(name.to_owned());
 }
 
 /// Attribute names preferred as index keys, most selective first.
@@ -104,18 +169,12 @@ impl RoutingIndex {
     /// Adds a subscription, or replaces its prefilter if it is already known.
     pub fn insert(&mut self, name: &str, prefilter: Prefilter) {
         self.remove(name);
-        match index_pair(&prefilter) {
-            None => {
+        match filing(&prefilter) {
+            Filing::Everything => {
                 self.match_everything.insert(name.to_owned());
             }
-            Some((attribute, value)) => {
-                self.by_pair
-                    .entry(attribute.clone())
-                    .or_default()
-                    .entry(value.clone())
-                    .or_default()
-                    .insert(name.to_owned());
-            }
+            Filing::Pair(pair) => file(&mut self.by_pair, pair, name),
+            Filing::Prefix(pair) => file(&mut self.by_prefix, pair, name),
         }
         self.prefilters.insert(name.to_owned(), prefilter);
     }
@@ -123,23 +182,12 @@ impl RoutingIndex {
     /// Removes a subscription; returns its prefilter if it was known.
     pub fn remove(&mut self, name: &str) -> Option<Prefilter> {
         let prefilter = self.prefilters.remove(name)?;
-        match index_pair(&prefilter) {
-            None => {
+        match filing(&prefilter) {
+            Filing::Everything => {
                 self.match_everything.remove(name);
             }
-            Some((attribute, value)) => {
-                if let Some(by_value) = self.by_pair.get_mut(attribute) {
-                    if let Some(names) = by_value.get_mut(value) {
-                        names.remove(name);
-                        if names.is_empty() {
-                            by_value.remove(value);
-                        }
-                    }
-                    if by_value.is_empty() {
-                        self.by_pair.remove(attribute);
-                    }
-                }
-            }
+            Filing::Pair(pair) => unfile(&mut self.by_pair, pair, name),
+            Filing::Prefix(pair) => unfile(&mut self.by_prefix, pair, name),
         }
         Some(prefilter)
     }
@@ -181,18 +229,34 @@ impl RoutingIndex {
     /// Subscriptions that may match `envelope`: the match-everything ones and those filed under
     /// one of its pairs. Every subscription is filed under exactly one pair, so none appears
     /// twice.
-    fn candidates<'a>(
+    fn candidates<'a, 'e>(
         &'a self,
-        envelope: &Envelope,
-    ) -> impl Iterator<Item = (&'a str, &'a Prefilter)> {
+        envelope: &'e Envelope,
+    ) -> impl Iterator<Item = (&'a str, &'a Prefilter)> + use<'a, 'e> {
         let filed = self
             .by_pair
             .iter()
             .filter_map(move |(attribute, by_value)| by_value.get(envelope.attribute(attribute)?))
             .flatten();
+        // Every prefix of the event's value is looked up: the cost follows the value's
+        // length, not the number of prefix filters.
+        let by_prefix = self
+            .by_prefix
+            .iter()
+            .filter_map(move |(attribute, by_prefix)| {
+                let value = envelope.attribute(attribute)?;
+                Some(
+                    (0..=value.len())
+                        .filter(move |end| value.is_char_boundary(*end))
+                        .filter_map(move |end| by_prefix.get(&value[..end]))
+                        .flatten(),
+                )
+            })
+            .flatten();
         self.match_everything
             .iter()
             .chain(filed)
+            .chain(by_prefix)
             .filter_map(move |name| Some((name.as_str(), self.prefilters.get(name)?)))
     }
 }
@@ -204,6 +268,7 @@ mod tests {
     fn prefilter(pairs: &[(&str, &str)]) -> Prefilter {
         Prefilter {
             filter: None,
+            prefix: Vec::new(),
             exact: pairs
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -247,8 +312,8 @@ mod tests {
         index.insert(
             "orders",
             Prefilter {
-                exact: Vec::new(),
                 filter: Some(Arc::new(TypePrefix("order."))),
+                ..Prefilter::default()
             },
         );
         index.insert(
@@ -256,6 +321,7 @@ mod tests {
             Prefilter {
                 exact: vec![("source".into(), "/shop".into())],
                 filter: Some(Arc::new(TypePrefix("order."))),
+                ..Prefilter::default()
             },
         );
         let from_shop = envelope(&[("type", "order.created"), ("source", "/shop")]);
@@ -272,11 +338,46 @@ mod tests {
         );
         // Specs compare by what their filters are.
         let same = Prefilter {
-            exact: Vec::new(),
             filter: Some(Arc::new(TypePrefix("order."))),
+            ..Prefilter::default()
         };
         assert_eq!(index.get("orders"), Some(&same));
         assert_ne!(index.get("orders"), Some(&Prefilter::all()));
+    }
+
+    #[test]
+    fn prefixes_are_indexed_and_checked() {
+        let mut index = RoutingIndex::new();
+        let prefixed = |pairs: &[(&str, &str)]| Prefilter {
+            prefix: pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ..Prefilter::default()
+        };
+        index.insert("orders", prefixed(&[("type", "order.")]));
+        index.insert("all-types", prefixed(&[("type", "")]));
+        index.insert(
+            "eu-orders",
+            prefixed(&[("type", "order."), ("region", "eu")]),
+        );
+        index.insert("by-source", prefixed(&[("source", "/shop/")]));
+        let event = envelope(&[("type", "order.created"), ("region", "eu-west")]);
+        assert_eq!(
+            sorted(index.route(&event)),
+            vec!["all-types", "eu-orders", "orders"]
+        );
+        let shop = envelope(&[("type", "ürder"), ("source", "/shop/1")]);
+        assert_eq!(sorted(index.route(&shop)), vec!["all-types", "by-source"]);
+        assert_eq!(
+            index.remove("orders"),
+            Some(prefixed(&[("type", "order.")]))
+        );
+        assert_eq!(sorted(index.route(&event)), vec!["all-types", "eu-orders"]);
+        index.remove("all-types");
+        index.remove("eu-orders");
+        index.remove("by-source");
+        assert!(index.by_prefix.is_empty(), "empty buckets are dropped");
     }
 
     #[test]

@@ -39,6 +39,32 @@ pub(crate) enum LogicalOp {
     Xor,
 }
 
+/// See [`super::Expression::required_equalities`]. `=` casts its left operand to the type of
+/// its right one, so with a string literal on either side the comparison is text equality of
+/// the attribute's value, which is how channels hold attributes.
+pub(crate) fn collect_required_equalities(node: &Node, out: &mut Vec<(String, String)>) {
+    match node {
+        Node::Logical {
+            op: LogicalOp::And,
+            operands,
+        } => operands
+            .iter()
+            .for_each(|operand| collect_required_equalities(operand, out)),
+        Node::Comparison {
+            op: ComparisonOp::Equal,
+            left,
+            right,
+        } => match (&**left, &**right) {
+            (Node::Attribute(name), Node::Literal(Value::String(text)))
+            | (Node::Literal(Value::String(text)), Node::Attribute(name)) => {
+                out.push((name.to_string(), text.to_string()));
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Node {
     Literal(Value<'static>),

@@ -89,6 +89,15 @@ impl Expression {
 impl Expression {
     /// Like [`Expression::matches`], but says which kind of error made an event fail, for
     /// metrics. Allocates nothing for the usual attribute comparisons.
+    /// The `attribute = 'text'` comparisons every match needs: the top-level conjuncts that
+    /// compare an attribute with a string literal (in either order). An event lacking one
+    /// of them cannot match, so a channel may route on them as exact pairs.
+    pub fn required_equalities(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        eval::collect_required_equalities(&self.root, &mut pairs);
+        pairs
+    }
+
     pub fn test<E: EventAttributes + ?Sized>(&self, event: &E) -> Result<bool, &'static str> {
         match self.root.eval(event) {
             Ok(value) => Ok(matches!(value, Value::Boolean(true))),

@@ -196,17 +196,33 @@ impl Filter {
         self.collect_required_exact(&mut exact);
         exact.sort();
         exact.dedup();
-        let filter = (!self.is_exact_only())
+        let mut prefix = Vec::new();
+        self.collect_required_prefixes(&mut prefix);
+        prefix.sort();
+        prefix.dedup();
+        let filter = (!self.is_said_by_pairs())
             .then(|| Arc::new(RoutedFilter(self.clone())) as Arc<dyn RouteFilter>);
-        Prefilter { exact, filter }
+        Prefilter {
+            exact,
+            prefix,
+            filter,
+        }
     }
 
-    /// Whether the exact matches say all there is to say.
-    fn is_exact_only(&self) -> bool {
+    /// Whether the exact and prefix pairs say all there is to say.
+    fn is_said_by_pairs(&self) -> bool {
         match self {
-            Filter::Everything | Filter::Exact { .. } => true,
-            Filter::All(parts) => parts.iter().all(Filter::is_exact_only),
+            Filter::Everything | Filter::Exact { .. } | Filter::Prefix { .. } => true,
+            Filter::All(parts) => parts.iter().all(Filter::is_said_by_pairs),
             _ => false,
+        }
+    }
+
+    fn collect_required_prefixes(&self, out: &mut Vec<(String, String)>) {
+        match self {
+            Filter::Prefix { attribute, value } => out.push((attribute.clone(), value.clone())),
+            Filter::All(parts) => parts.iter().for_each(|p| p.collect_required_prefixes(out)),
+            _ => {}
         }
     }
 
@@ -214,6 +230,7 @@ impl Filter {
         match self {
             Filter::Exact { attribute, value } => out.push((attribute.clone(), value.clone())),
             Filter::All(parts) => parts.iter().for_each(|p| p.collect_required_exact(out)),
+            Filter::Cesql(expression) => out.extend(expression.required_equalities()),
             _ => {}
         }
     }
@@ -455,10 +472,10 @@ mod tests {
         for filters in filters {
             let filter = Filter::for_trigger(&spec_with(filters.clone())).unwrap();
             let prefilter = filter.prefilter();
-            assert!(
-                prefilter.filter.is_some(),
-                "{filters:?} needs more than exact"
-            );
+            let said_by_pairs = filters
+                .iter()
+                .all(|f| f.prefix.is_some() || f.exact.is_some());
+            assert_eq!(prefilter.filter.is_none(), said_by_pairs, "{filters:?}");
             for event in &events {
                 let envelope = event.to_envelope();
                 // What the consumer decides, on the event it rebuilds from the envelope.
@@ -482,5 +499,28 @@ mod tests {
         let filter = Filter::for_trigger(&spec_with(vec![exact("type", "t")])).unwrap();
         assert!(filter.prefilter().filter.is_none());
         assert!(Filter::Everything.prefilter().filter.is_none());
+    }
+
+    #[test]
+    fn cesql_equalities_with_text_become_exact_pairs() {
+        let cesql = |expression: &str| {
+            Filter::for_trigger(&spec_with(vec![SubscriptionsApiFilter {
+                cesql: Some(expression.into()),
+                ..Default::default()
+            }]))
+            .unwrap()
+            .prefilter()
+            .exact
+        };
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            cesql("type = 'order.created' AND source LIKE '/shop/%' AND 'eu' = region"),
+            vec![pair("region", "eu"), pair("type", "order.created")]
+        );
+        // Not required by every match, or not text equality: nothing to route on.
+        assert!(cesql("type = 'a' OR type = 'b'").is_empty());
+        assert!(cesql("NOT (type = 'a')").is_empty());
+        assert!(cesql("exint = 5").is_empty());
+        assert!(cesql("type != 'a'").is_empty());
     }
 }

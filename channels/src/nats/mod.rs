@@ -362,6 +362,7 @@ fn spec_from_description(description: Option<&str>) -> SubscriptionSpec {
         Some(stored) => SubscriptionSpec {
             prefilter: Prefilter {
                 filter: None,
+                prefix: Vec::new(),
                 exact: stored.rivulet_prefilter,
             },
             max_in_flight: stored.max_in_flight,
@@ -1087,6 +1088,7 @@ mod tests {
         let spec = SubscriptionSpec {
             prefilter: Prefilter {
                 filter: None,
+                prefix: Vec::new(),
                 exact: vec![("type".into(), "t".into()), ("source".into(), "/s".into())],
             },
             max_in_flight: 7,
