@@ -348,6 +348,33 @@ fn check_workloads(objects: &Objects, origin: &str) {
             args.iter().any(|a| a == "--listen=0.0.0.0:8080"),
             "{origin}: {component} must listen on all interfaces"
         );
+        // The command line is one the binary takes.
+        let parsed = <rivulet::cli::Cli as clap::Parser>::try_parse_from(
+            std::iter::once("rivulet".to_string()).chain(args.iter().cloned()),
+        );
+        assert!(
+            parsed.is_ok(),
+            "{origin}: {component} runs `rivulet {}`, which the CLI refuses: {}",
+            args.join(" "),
+            parsed.unwrap_err()
+        );
+        // With a read-only root filesystem, the data folder must be a mounted volume.
+        let read_only = container
+            .security_context
+            .as_ref()
+            .and_then(|c| c.read_only_root_filesystem)
+            == Some(true);
+        if read_only {
+            let data_dir = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--data-dir="))
+                .unwrap_or_else(|| panic!("{origin}: {component} needs --data-dir"));
+            let mounts = container.volume_mounts.clone().unwrap_or_default();
+            assert!(
+                mounts.iter().any(|m| data_dir.starts_with(&m.mount_path)),
+                "{origin}: {component}'s data folder {data_dir} is on the read-only root"
+            );
+        }
         let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
             probe
                 .as_ref()

@@ -217,8 +217,10 @@ pub async fn reconcile_config_users(
             .pointer("/spec/config/namespace")
             .and_then(Value::as_str)
             .unwrap_or(&broker_ns);
+        let config_kind = config.get("kind").and_then(Value::as_str);
         if config_ns == namespace
             && broker.pointer("/spec/config/name").and_then(Value::as_str) == Some(name)
+            && broker.pointer("/spec/config/kind").and_then(Value::as_str) == config_kind
         {
             Box::pin(ctx.reconcile_applied(kind, &broker)).await;
         }
