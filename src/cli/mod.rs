@@ -193,8 +193,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
     eventtype_sources_per_type: u32,
     /// Where resources are kept: `file` (JSON files under --data-dir) or `kubernetes` (the API
-    /// server of the in-cluster service account or of the kubeconfig). With `kubernetes`, no
-    /// default broker is created.
+    /// server of the in-cluster service account or of the kubeconfig). With `kubernetes` this
+    /// process is the data plane beside `rivulet controller`: it delivers to what the
+    /// controller resolved, writes no status (EventTypes aside) and creates no default broker.
     #[arg(long, env = "RIVULET_STORE", value_enum, default_value = "file")]
     store: crate::server::StoreChoice,
 }
