@@ -15,12 +15,11 @@
 //! resolved, and its status says `KubernetesRequired`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use kube::CustomResource;
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams};
 use kube::discovery::Scope;
-use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -242,12 +241,6 @@ inventory::submit! {
     }
 }
 
-static LABEL_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new("^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$").unwrap());
-static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").unwrap()
-});
-
 pub fn validate_api_server_source_value(
     new: &Value,
     _old: Option<&Value>,
@@ -303,7 +296,7 @@ pub fn validate_api_server_source(spec: &ApiServerSourceSpec) -> Result<(), Vali
         .service_account_name
         .as_deref()
         .filter(|n| !n.is_empty())
-        && (name.len() > 253 || !DNS_SUBDOMAIN.is_match(name))
+        && (name.len() > 253 || !crate::resources::validation::is_dns_subdomain(name))
     {
         return Err(ValidationError::new(
             "spec.serviceAccountName",
@@ -333,40 +326,12 @@ pub fn group_version_kind(api_version: &str, kind: &str) -> Result<GroupVersionK
         None => ("", api_version),
         Some((group, version)) => (group, version),
     };
-    let valid_part = |part: &str| !part.is_empty() && DNS_SUBDOMAIN.is_match(part);
+    let valid_part =
+        |part: &str| !part.is_empty() && crate::resources::validation::is_dns_subdomain(part);
     if !valid_part(version) || (api_version.contains('/') && !valid_part(group)) {
         return Err(invalid());
     }
     Ok(GroupVersionKind::gvk(group, version, kind))
-}
-
-fn validate_label_key(field: &str, key: &str) -> Result<(), ValidationError> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && DNS_SUBDOMAIN.is_match(p));
-    if !prefix_ok || name.len() > 63 || !LABEL_NAME.is_match(name) {
-        return Err(ValidationError::new(
-            field,
-            format!(
-                "{key:?} is not a label key (an optional DNS prefix and '/', then up to 63 letters, digits, '-', '_', '.', starting and ending with a letter or digit)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_label_value(field: &str, value: &str) -> Result<(), ValidationError> {
-    if !value.is_empty() && (value.len() > 63 || !LABEL_NAME.is_match(value)) {
-        return Err(ValidationError::new(
-            field,
-            format!(
-                "{value:?} is not a label value (up to 63 letters, digits, '-', '_', '.', starting and ending with a letter or digit)"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Checks a label selector as the API server would parse it.
@@ -375,12 +340,15 @@ pub fn validate_label_selector(
     selector: &LabelSelector,
 ) -> Result<(), ValidationError> {
     for (key, value) in &selector.match_labels {
-        validate_label_key(&format!("{field}.matchLabels[{key}]"), key)?;
-        validate_label_value(&format!("{field}.matchLabels[{key}]"), value)?;
+        crate::resources::validation::check_label_key(&format!("{field}.matchLabels[{key}]"), key)?;
+        crate::resources::validation::check_label_value(
+            &format!("{field}.matchLabels[{key}]"),
+            value,
+        )?;
     }
     for (index, requirement) in selector.match_expressions.iter().enumerate() {
         let field = format!("{field}.matchExpressions[{index}]");
-        validate_label_key(&format!("{field}.key"), &requirement.key)?;
+        crate::resources::validation::check_label_key(&format!("{field}.key"), &requirement.key)?;
         match requirement.operator.as_str() {
             "In" | "NotIn" => {
                 if requirement.values.is_empty() {
@@ -390,7 +358,10 @@ pub fn validate_label_selector(
                     ));
                 }
                 for (i, value) in requirement.values.iter().enumerate() {
-                    validate_label_value(&format!("{field}.values[{i}]"), value)?;
+                    crate::resources::validation::check_label_value(
+                        &format!("{field}.values[{i}]"),
+                        value,
+                    )?;
                 }
             }
             "Exists" | "DoesNotExist" => {

@@ -16,14 +16,13 @@
 //! ready binding looks at its subjects again every [`SUBJECT_RECHECK`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::CustomResource;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
-use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -201,43 +200,6 @@ pub fn workload_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
     ))
 }
 
-/// The name part of a label key, and a label value: at most 63 characters.
-static LABEL_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new("^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$").unwrap());
-/// The optional prefix of a label key: a DNS subdomain of at most 253 characters.
-static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").unwrap()
-});
-
-fn check_label_key(field: &str, key: &str) -> Result<(), ValidationError> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && DNS_SUBDOMAIN.is_match(p));
-    if !prefix_ok || name.len() > 63 || !LABEL_NAME.is_match(name) {
-        return Err(ValidationError::new(
-            field,
-            format!(
-                "{key:?} is not a label key (an optional DNS subdomain and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn check_label_value(field: &str, value: &str) -> Result<(), ValidationError> {
-    if !value.is_empty() && (value.len() > 63 || !LABEL_NAME.is_match(value)) {
-        return Err(ValidationError::new(
-            field,
-            format!(
-                "{value:?} is not a label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn validate_selector(selector: &SubjectSelector) -> Result<(), ValidationError> {
     const FIELD: &str = "spec.subject.selector";
     if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
@@ -247,12 +209,15 @@ fn validate_selector(selector: &SubjectSelector) -> Result<(), ValidationError> 
         ));
     }
     for (key, value) in &selector.match_labels {
-        check_label_key(&format!("{FIELD}.matchLabels"), key)?;
-        check_label_value(&format!("{FIELD}.matchLabels.{key}"), value)?;
+        crate::resources::validation::check_label_key(&format!("{FIELD}.matchLabels"), key)?;
+        crate::resources::validation::check_label_value(
+            &format!("{FIELD}.matchLabels.{key}"),
+            value,
+        )?;
     }
     for (index, requirement) in selector.match_expressions.iter().enumerate() {
         let field = format!("{FIELD}.matchExpressions[{index}]");
-        check_label_key(&format!("{field}.key"), &requirement.key)?;
+        crate::resources::validation::check_label_key(&format!("{field}.key"), &requirement.key)?;
         let values = &requirement.values;
         match requirement.operator {
             SelectorOperator::In | SelectorOperator::NotIn if values.is_empty() => {
@@ -270,7 +235,10 @@ fn validate_selector(selector: &SubjectSelector) -> Result<(), ValidationError> 
             _ => {}
         }
         for (value_index, value) in values.iter().enumerate() {
-            check_label_value(&format!("{field}.values[{value_index}]"), value)?;
+            crate::resources::validation::check_label_value(
+                &format!("{field}.values[{value_index}]"),
+                value,
+            )?;
         }
     }
     Ok(())

@@ -34,6 +34,47 @@ static ATTRIBUTE_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new("^[a-z][a-z
 static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").unwrap()
 });
+/// A label name, and the name part of a label key: up to 63 letters, digits, '-', '_', '.',
+/// starting and ending with a letter or digit.
+static LABEL_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new("^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$").unwrap());
+
+/// Whether `text` is a DNS subdomain (lower-case labels joined by dots), length aside.
+pub(crate) fn is_dns_subdomain(text: &str) -> bool {
+    DNS_LABEL.is_match(text)
+}
+
+/// Checks a Kubernetes label key: an optional DNS subdomain prefix (at most 253 characters)
+/// and '/', then a label name of at most 63 characters.
+pub(crate) fn check_label_key(field: &str, key: &str) -> Result<()> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && is_dns_subdomain(p));
+    if !prefix_ok || name.len() > 63 || !LABEL_NAME.is_match(name) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{key:?} is not a label key (an optional DNS subdomain and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Kubernetes label value: empty, or a label name of at most 63 characters.
+pub(crate) fn check_label_value(field: &str, value: &str) -> Result<()> {
+    if !value.is_empty() && (value.len() > 63 || !LABEL_NAME.is_match(value)) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{value:?} is not a label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Parses an ISO-8601 duration such as `PT0.5S`, `PT1M30S` or `P1D`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration> {
