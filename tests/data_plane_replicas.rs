@@ -175,7 +175,21 @@ async fn replicas_share_a_trigger(backend: Backend) {
     for i in 0..EVENTS {
         subscriber.wait_for_id(&format!("e-{i}")).await;
     }
-    let (by_first, by_second) = (delivered(&first), delivered(&second));
+    let mut ids: Vec<String> = subscriber.events().into_iter().map(|e| e.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), subscriber.count(), "no event arrived twice");
+    // The subscriber records an event before its answer reaches the replica, so the last
+    // deliveries may not be counted yet when the last event arrived.
+    let (by_first, by_second) = support::wait_for(
+        "both replicas to count their deliveries",
+        Duration::from_secs(10),
+        || {
+            let counts = (delivered(&first), delivered(&second));
+            async move { (counts.0 + counts.1 >= EVENTS as u64).then_some(counts) }
+        },
+    )
+    .await;
     assert_eq!(
         by_first + by_second,
         EVENTS as u64,
