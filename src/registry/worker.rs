@@ -26,6 +26,12 @@ const SAMPLE_DATA_LIMIT: usize = 16 * 1024;
 const UNTRACKED_RETRY: Duration = Duration::from_secs(5);
 /// How often pending writes are looked at.
 const FLUSH_TICK: Duration = Duration::from_millis(100);
+/// Once this many inferred schemas in a row changed nothing, the schema counts as stable...
+const STABLE_AFTER: u32 = 16;
+/// ...and only one event in this many has its data inferred, until one changes the schema.
+/// Inference parses the whole payload, the largest cost of an accepted event otherwise;
+/// a field every new event carries still shows within this many events.
+const STABLE_SAMPLE_EVERY: u32 = 32;
 
 /// (namespace, broker, type, source pattern).
 type ClassKey = (String, String, String, String);
@@ -48,6 +54,10 @@ struct Tracked {
     data_content_type: Option<String>,
     dirty: bool,
     last_write: Option<Instant>,
+    /// Inferences in a row that left the schema as it was.
+    unchanged: u32,
+    /// Events still to pass before the next inference (while the schema is stable).
+    skip: u32,
 }
 
 impl Tracked {
@@ -69,6 +79,8 @@ impl Tracked {
             data_content_type: text("dataContentType"),
             dirty: false,
             last_write: None,
+            unchanged: 0,
+            skip: 0,
         }
     }
 }
@@ -367,7 +379,9 @@ impl Worker {
 }
 
 /// Learns from one event: dataschema, content type, schema (a new version when it changed)
-/// and a sample. Marks the EventType dirty only when something changed.
+/// and a sample. Marks the EventType dirty only when something changed. The schema is
+/// inferred from every event until it has been stable for [`STABLE_AFTER`] events, then
+/// from one in [`STABLE_SAMPLE_EVERY`].
 fn refine(tracked: &mut Tracked, event: &Event, max_versions: usize) {
     if let Some(data_schema) = &event.dataschema
         && tracked.data_schema.as_ref() != Some(data_schema)
@@ -381,17 +395,29 @@ fn refine(tracked: &mut Tracked, event: &Event, max_versions: usize) {
         tracked.data_content_type = Some(content_type.clone());
         tracked.dirty = true;
     }
+    let sampled = if tracked.skip > 0 {
+        tracked.skip -= 1;
+        false
+    } else {
+        true
+    };
     let observed = event
         .data
         .as_ref()
-        .filter(|_| is_json(event.datacontenttype.as_deref()))
+        .filter(|_| sampled && is_json(event.datacontenttype.as_deref()))
         .and_then(|data| schema::infer_payload(data));
     if let Some(observed) = observed {
         let merged = match &tracked.schema {
             Some(current) => schema::merge(current, &observed),
             None => observed,
         };
-        if tracked.schema.as_ref() != Some(&merged) {
+        if tracked.schema.as_ref() == Some(&merged) {
+            tracked.unchanged = tracked.unchanged.saturating_add(1);
+            if tracked.unchanged >= STABLE_AFTER {
+                tracked.skip = STABLE_SAMPLE_EVERY - 1;
+            }
+        } else {
+            tracked.unchanged = 0;
             tracked.version += 1;
             tracked.versions.push(SchemaVersion {
                 version: tracked.version,
@@ -524,6 +550,42 @@ mod tests {
             json!(["string", "integer"])
         );
         assert!(schema.get("required").is_none(), "{schema}");
+    }
+
+    #[test]
+    fn a_stable_schema_is_sampled_and_a_new_field_still_shows() {
+        let mut tracked = fresh();
+        for _ in 0..STABLE_AFTER {
+            refine(&mut tracked, &event(r#"{"a": 1}"#), 10);
+        }
+        assert_eq!(
+            tracked.skip,
+            STABLE_SAMPLE_EVERY - 1,
+            "stable: sampling starts"
+        );
+        // Every later event carries a new field: it is found within one sampling period.
+        let mut seen_after = None;
+        for n in 1..=STABLE_SAMPLE_EVERY {
+            refine(&mut tracked, &event(r#"{"a": 1, "b": true}"#), 10);
+            if tracked.version == 2 {
+                seen_after = Some(n);
+                break;
+            }
+        }
+        assert_eq!(
+            seen_after,
+            Some(STABLE_SAMPLE_EVERY),
+            "found at the next sample"
+        );
+        assert_eq!(
+            tracked.schema.as_ref().unwrap()["properties"]["b"]["type"],
+            json!("boolean")
+        );
+        assert_eq!(
+            (tracked.unchanged, tracked.skip),
+            (0, 0),
+            "a change ends sampling"
+        );
     }
 
     #[test]

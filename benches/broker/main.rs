@@ -1,34 +1,50 @@
-//! Broker throughput and latency, measured in one run beside a bare HTTP handler.
+//! Rivulet's benchmark: every channel beside its raw baseline, fan-out, in one run.
 //!
-//! Run with `cargo bench --bench broker`. `RIVULET_BENCH_SECONDS` sets the measured seconds
-//! of each row (default 5; a warm-up of a fifth of that, at least 0.2 s, comes first) and
-//! `RIVULET_BENCH_CONNECTIONS` the number of load-generator connections (default 32).
-//! `RIVULET_BENCH_SECTIONS` picks sections to run, a comma list of `ingress`,
-//! `e2e-throughput`, `e2e-latency` and `fanout` (default all), and
-//! `RIVULET_BENCH_MAX_TRIGGERS` caps the largest fan-out trigger count (default 10,000).
+//! Run with `cargo bench --bench broker`. Settings (environment):
+//! - `RIVULET_BENCH_SECONDS`: measured seconds of each row (default 5; a warm-up of a fifth
+//!   of that, at least 0.2 s, comes first).
+//! - `RIVULET_BENCH_CONNECTIONS`: load-generator connections (default 32).
+//! - `RIVULET_BENCH_CHANNELS`: a comma list of `memory`, `embedded`, `kafka`, `rabbitmq`,
+//!   `nats` (default all). Kafka is reached at `RIVULET_KAFKA_BOOTSTRAP` (default
+//!   `127.0.0.1:9092`), RabbitMQ at `RIVULET_RABBITMQ_URI`, NATS at `RIVULET_NATS_URL`.
+//! - `RIVULET_BENCH_PAYLOADS`: payload sizes in bytes (default `100,1024,32768`).
+//! - `RIVULET_BENCH_SECTIONS`: a comma list of `ingress`, `e2e-throughput`, `e2e-latency`
+//!   and `fanout` (default all).
+//! - `RIVULET_BENCH_MAX_TRIGGERS`: the largest fan-out trigger count (default 10,000).
 //!
-//! Sections:
-//! - `ingress`: events posted as fast as answered, no trigger; beside a bare axum handler.
-//! - `e2e-throughput` / `e2e-latency`: one matching trigger, closed loop / fixed rate.
+//! Sections, each row beside its baseline measured the same way in the same run:
+//! - `ingress`: events posted as fast as answered to a broker without triggers (on Kafka,
+//!   RabbitMQ and NATS each `202` waits for the server's acknowledgement). Baselines: a bare
+//!   axum handler answering `202` (memory, embedded); the raw client publishing with one
+//!   acknowledged publish in flight per connection (Kafka, RabbitMQ, NATS).
+//! - `e2e-throughput`: one matching trigger, closed loop (at most 1,024 events between send
+//!   and subscriber). Baseline for Kafka, RabbitMQ, NATS: raw publish and consume, same loop.
+//! - `e2e-latency`: send time to subscriber at a fixed rate below saturation: 1,000 ev/s, or
+//!   half the slower of the two end-to-end throughputs of that channel and payload when that
+//!   is lower. Baselines: the bare handler's round trip; raw publish to consume.
 //! - `fanout`: 1, 10, 100, 1,000 and 10,000 triggers whose filters never match, plus one
 //!   trigger that matches every event, on one server per (channel, filter kind), triggers
 //!   added between rows. Filter kinds: `exact` on `type` (memory and embedded channels),
 //!   `prefix` on `type` and `cesql` (memory channel only, keeping the run time bounded).
-//!   Load is closed loop like `e2e-throughput`, so the rate is what ingress and dispatch
-//!   sustain together; the subscriber must receive each accepted event once, from the
-//!   matching trigger alone.
+//!   The subscriber must receive each accepted event once, from the matching trigger alone.
 //!
 //! Method, identical for every row that is compared:
 //! - Two tokio runtimes in this process, two worker threads each: `rv-sut` runs the system
-//!   under test (the bare handler or the Rivulet server), `rv-load` runs the load generator
-//!   and the subscriber. Both share the machine's cores, so figures include the generator's
-//!   cost; the CPU columns split it per side (from `/proc/self/task`).
+//!   under test (the bare handler or the Rivulet server), `rv-load` runs the load generator,
+//!   the subscriber and the raw clients. Both share the machine's cores, so figures include
+//!   the generator's cost; the CPU columns split it per side (from `/proc/self/task`).
 //! - The generator keeps N HTTP/1.1 keep-alive connections (hyper, one task each, one request
-//!   in flight per connection) posting binary-mode CloudEvents with a ~100-byte JSON payload.
-//! - Each row gets a fresh server and data folder, shut down before the next row starts.
+//!   in flight per connection) posting binary-mode CloudEvents with a JSON payload; the raw
+//!   rows run N tasks publishing the same events through one client.
+//! - Each row gets a fresh server, data folder, namespace and topic, queue or stream.
 //!
-//! The table goes to stdout and a JSON copy to `$CARGO_TARGET_DIR/bench-results/broker.json`
-//! (`target/` in the package when the variable is unset).
+//! Output: the full table and a summary on stdout; in `RIVULET_BENCH_OUT` (default
+//! `bench-results` under `$CARGO_TARGET_DIR`, or under `target/` in the package when that is
+//! unset) `broker.json`, the summary as `broker.md`, and the plots `throughput.svg`,
+//! `latency.svg` and `fanout.svg`.
+
+mod plots;
+mod raw;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,17 +70,20 @@ const NAMESPACE: &str = "bench";
 const BROKER: &str = "load";
 const EVENT_TYPE: &str = "dev.rivulet.bench.order";
 /// Extension carrying the send time, in nanoseconds since [`epoch`].
+const SENT_AT_ATTRIBUTE: &str = "benchsentat";
 const SENT_AT_HEADER: &str = "ce-benchsentat";
-/// The end-to-end latency rows send at this fixed rate.
+/// The end-to-end latency rows send at this fixed rate, or lower (see the module comment).
 const FIXED_RATE: u32 = 1_000;
-/// Connections used by the fixed-rate rows: each sends every 16 ms, far longer than an
-/// ingress round trip, so sends are not held back by slow answers.
+/// Connections used by the fixed-rate rows: at 1,000 ev/s each sends every 16 ms, far
+/// longer than an ingress round trip, so sends are not held back by slow answers.
 const FIXED_RATE_CONNECTIONS: usize = 16;
 /// Events allowed between ingress and subscriber in the end-to-end throughput rows; keeps
 /// the backlog bounded so the figure is a sustainable rate, not ingress outrunning delivery.
 const E2E_WINDOW: usize = 1_024;
 /// Largest latency recorded, in microseconds.
 const MAX_MICROS: u64 = 60_000_000;
+/// Payload of the fan-out rows, bytes.
+const FANOUT_PAYLOAD: usize = 100;
 /// Non-matching trigger counts of the fan-out rows, up to `RIVULET_BENCH_MAX_TRIGGERS`.
 const TRIGGER_COUNTS: [usize; 5] = [1, 10, 100, 1_000, 10_000];
 /// Section names accepted by `RIVULET_BENCH_SECTIONS`, in the order they run.
@@ -88,19 +107,32 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// A ~100-byte JSON payload, the same for every request.
-fn payload() -> Bytes {
-    Bytes::from_static(
-        br#"{"orderId":"4f1c2a9e-7b3d","customer":"c-10293","amount":129.95,"currency":"EUR","items":3}"#,
-    )
+/// A JSON payload of exactly `size` bytes (at least the fixed part's 48), the same for
+/// every request of a row.
+fn payload(size: usize) -> Bytes {
+    let head = r#"{"orderId":"4f1c2a9e-7b3d","amount":129.95,"pad":""#;
+    let tail = r#""}"#;
+    let filler = size.saturating_sub(head.len() + tail.len());
+    Bytes::from(format!("{head}{}{tail}", "x".repeat(filler)))
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Payload sizes in bytes, for labels.
+fn size_label(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Settings {
     warmup: Duration,
     measure: Duration,
     connections: usize,
     max_triggers: usize,
+    channels: Vec<Channel>,
+    payloads: Vec<usize>,
     /// Which of [`SECTIONS`] run.
     sections: [bool; SECTIONS.len()],
 }
@@ -141,11 +173,21 @@ impl Settings {
             Ok(text) => parse_sections(&text)?,
             Err(_) => [true; SECTIONS.len()],
         };
+        let channels = match std::env::var("RIVULET_BENCH_CHANNELS") {
+            Ok(text) => parse_channels(&text)?,
+            Err(_) => Channel::ALL.to_vec(),
+        };
+        let payloads = match std::env::var("RIVULET_BENCH_PAYLOADS") {
+            Ok(text) => parse_payloads(&text)?,
+            Err(_) => vec![100, 1024, 32 * 1024],
+        };
         Ok(Settings {
             warmup: Duration::from_secs_f64((seconds / 5.0).max(0.2)),
             measure: Duration::from_secs_f64(seconds),
             connections,
             max_triggers,
+            channels,
+            payloads,
             sections,
         })
     }
@@ -165,6 +207,48 @@ impl Settings {
             .collect();
         counts.push(self.max_triggers);
         counts
+    }
+}
+
+fn parse_channels(text: &str) -> Result<Vec<Channel>, String> {
+    let mut chosen = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let channel = Channel::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "RIVULET_BENCH_CHANNELS: unknown channel {name:?}, known: {}",
+                    Channel::ALL.map(Channel::name).join(", ")
+                )
+            })?;
+        chosen.push(channel);
+    }
+    if chosen.is_empty() {
+        Err("RIVULET_BENCH_CHANNELS names no channel".into())
+    } else {
+        Ok(chosen)
+    }
+}
+
+fn parse_payloads(text: &str) -> Result<Vec<usize>, String> {
+    let sizes: Vec<usize> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<usize>()
+                .ok()
+                .filter(|size| (48..=1 << 20).contains(size))
+                .ok_or_else(|| {
+                    format!("RIVULET_BENCH_PAYLOADS: {n:?} is not a size from 48 to 1048576 bytes")
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    if sizes.is_empty() {
+        Err("RIVULET_BENCH_PAYLOADS names no size".into())
+    } else {
+        Ok(sizes)
     }
 }
 
@@ -347,34 +431,41 @@ impl Subscriber {
     }
 }
 
+impl Subscriber {
+    /// Counts one received event, gives its credit back, and records its latency when it
+    /// carries a send time inside the measured window.
+    fn record(&self, sent: Option<u64>) {
+        let now = nanos_since_epoch();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(credits) = self
+            .credits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            credits.add_permits(1);
+        }
+        if let Some(sent) = sent
+            && sent >= self.record_from.load(Ordering::Relaxed)
+        {
+            let latency = now.saturating_sub(sent) / 1_000;
+            self.latencies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .saturating_record(latency.max(1));
+        }
+    }
+}
+
 async fn receive_event(
     State(subscriber): State<Arc<Subscriber>>,
     headers: HeaderMap,
 ) -> StatusCode {
-    let now = nanos_since_epoch();
-    subscriber.received.fetch_add(1, Ordering::Relaxed);
-    if let Some(credits) = subscriber
-        .credits
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_ref()
-    {
-        credits.add_permits(1);
-    }
     let sent = headers
         .get(SENT_AT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(sent) = sent
-        && sent >= subscriber.record_from.load(Ordering::Relaxed)
-    {
-        let latency = now.saturating_sub(sent) / 1_000;
-        subscriber
-            .latencies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .saturating_record(latency.max(1));
-    }
+    subscriber.record(sent);
     StatusCode::OK
 }
 
@@ -419,10 +510,19 @@ enum Pace {
     Fixed { per_second: u32 },
 }
 
+/// Where the generator sends events.
+#[derive(Clone)]
+enum Target {
+    /// HTTP posts to `path` on a server (bare handler or Rivulet ingress).
+    Http { addr: SocketAddr, path: String },
+    /// Publishes through a raw client.
+    Raw(Arc<dyn raw::RawChannel>),
+}
+
 #[derive(Clone)]
 struct LoadSpec {
-    addr: SocketAddr,
-    path: String,
+    target: Target,
+    payload: Bytes,
     connections: usize,
     pace: Pace,
     warmup: Duration,
@@ -476,31 +576,89 @@ impl RequestTemplate {
     }
 }
 
-/// One connection: sends requests one after the other until told to stop.
+/// One generator connection's way of sending an event and learning whether it was taken.
+enum Sender {
+    Http {
+        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        template: RequestTemplate,
+    },
+    Raw {
+        channel: Arc<dyn raw::RawChannel>,
+        payload: Bytes,
+    },
+}
+
+impl Sender {
+    async fn connect(spec: &LoadSpec) -> Result<Self, String> {
+        match &spec.target {
+            Target::Http { addr, path } => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+                tokio::spawn(connection);
+                let template = RequestTemplate {
+                    uri: path
+                        .parse()
+                        .map_err(|e| format!("bad path {path:?}: {e}"))?,
+                    host: HeaderValue::from_str(&addr.to_string()).expect("an address is a header"),
+                    payload: spec.payload.clone(),
+                };
+                Ok(Sender::Http { sender, template })
+            }
+            Target::Raw(channel) => Ok(Sender::Raw {
+                channel: channel.clone(),
+                payload: spec.payload.clone(),
+            }),
+        }
+    }
+
+    /// Sends one event: whether it was accepted (`202`, or acknowledged by the server).
+    async fn send(&mut self, id: u64, sent_at: Option<u64>) -> Result<bool, String> {
+        match self {
+            Sender::Http { sender, template } => {
+                let request = template.build(id, sent_at);
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| format!("connection closed: {e}"))?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| format!("request failed: {e}"))?;
+                let status = response.status();
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading a response failed: {e}"))?;
+                Ok(status == StatusCode::ACCEPTED)
+            }
+            Sender::Raw { channel, payload } => match channel.publish(id, payload, sent_at).await {
+                Ok(()) => Ok(true),
+                Err(error) => {
+                    eprintln!("bench: {error}");
+                    Ok(false)
+                }
+            },
+        }
+    }
+}
+
+/// One connection: sends events one after the other until told to stop.
 async fn drive_connection(
     spec: Arc<LoadSpec>,
     index: usize,
     counters: Arc<LoadCounters>,
     begin: Instant,
 ) -> Result<Histogram<u64>, String> {
-    let stream = tokio::net::TcpStream::connect(spec.addr)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", spec.addr))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    tokio::spawn(connection);
-    let template = RequestTemplate {
-        uri: spec
-            .path
-            .parse()
-            .map_err(|e| format!("bad path {:?}: {e}", spec.path))?,
-        host: HeaderValue::from_str(&spec.addr.to_string()).expect("an address is a header"),
-        payload: payload(),
-    };
+    let mut sender = Sender::connect(&spec).await?;
     let mut latencies = new_histogram();
     let end = begin + spec.warmup + spec.measure;
     let connections = spec.connections as u64;
@@ -532,27 +690,15 @@ async fn drive_connection(
         }
         sequence += 1;
         let id = (index as u64) << 40 | sequence;
-        let request = template.build(id, stamp_send_time.then(nanos_since_epoch));
         let recording = counters.recording.load(Ordering::Relaxed);
         let started = Instant::now();
-        sender
-            .ready()
-            .await
-            .map_err(|e| format!("connection closed: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let status = response.status();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading a response failed: {e}"))?;
+        let accepted = sender
+            .send(id, stamp_send_time.then(nanos_since_epoch))
+            .await?;
         if recording {
             latencies.saturating_record(micros(started.elapsed()).max(1));
         }
-        if status == StatusCode::ACCEPTED {
+        if accepted {
             counters.accepted.fetch_add(1, Ordering::Relaxed);
         } else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -655,16 +801,77 @@ async fn run_load(
 // Rivulet server and its resources, set up through the resource API.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+enum Channel {
     Memory,
     Embedded,
+    Kafka,
+    RabbitMq,
+    Nats,
 }
 
-impl Backend {
+impl Channel {
+    const ALL: [Channel; 5] = [
+        Channel::Memory,
+        Channel::Embedded,
+        Channel::Kafka,
+        Channel::RabbitMq,
+        Channel::Nats,
+    ];
+
+    /// The name `IngressReady` reports (`{name} channel`) and settings use.
     fn name(self) -> &'static str {
         match self {
-            Backend::Memory => "memory",
-            Backend::Embedded => "embedded",
+            Channel::Memory => "memory",
+            Channel::Embedded => "embedded",
+            Channel::Kafka => "kafka",
+            Channel::RabbitMq => "rabbitmq",
+            Channel::Nats => "nats",
+        }
+    }
+
+    /// Whether the channel lives on an outside server, with a raw client as its baseline.
+    fn is_external(self) -> bool {
+        !matches!(self, Channel::Memory | Channel::Embedded)
+    }
+
+    /// What the channel's rows are compared with.
+    fn baseline(self) -> &'static str {
+        match self {
+            Channel::Memory | Channel::Embedded => "bare axum handler",
+            Channel::Kafka => "raw rdkafka",
+            Channel::RabbitMq => "raw lapin",
+            Channel::Nats => "raw async-nats",
+        }
+    }
+
+    /// The broker class annotation and the configuration object `spec.config` names.
+    fn broker_config(self, namespace: &str) -> Option<(&'static str, Value)> {
+        let metadata = |name: &str| json!({"name": name, "namespace": namespace});
+        match self {
+            Channel::Embedded => None,
+            Channel::Memory => Some((
+                "MTChannelBasedBroker",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata("imc-channel"),
+                    "data": {"channel-template-spec":
+                        "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\n"}}),
+            )),
+            Channel::Kafka => Some((
+                "Kafka",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata("kafka"),
+                    "data": {"bootstrap.servers": raw::kafka_servers(),
+                        "default.topic.partitions": raw::KAFKA_PARTITIONS.to_string(),
+                        "default.topic.replication.factor": "1"}}),
+            )),
+            Channel::RabbitMq => Some((
+                "RabbitMQBroker",
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata("rabbitmq"),
+                    "stringData": {"uri": raw::rabbitmq_uri()}}),
+            )),
+            Channel::Nats => Some((
+                "NatsJetStreamBroker",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata("nats"),
+                    "data": {"url": raw::nats_url(), "storage": "file"}}),
+            )),
         }
     }
 }
@@ -710,14 +917,16 @@ impl FilterKind {
 }
 
 /// The fan-out servers: each filter kind with the channels it runs on.
-const FANOUT_RUNS: [(FilterKind, &[Backend]); 3] = [
-    (FilterKind::Exact, &[Backend::Memory, Backend::Embedded]),
-    (FilterKind::Prefix, &[Backend::Memory]),
-    (FilterKind::Cesql, &[Backend::Memory]),
+const FANOUT_RUNS: [(FilterKind, &[Channel]); 3] = [
+    (FilterKind::Exact, &[Channel::Memory, Channel::Embedded]),
+    (FilterKind::Prefix, &[Channel::Memory]),
+    (FilterKind::Cesql, &[Channel::Memory]),
 ];
 
 struct Rivulet {
     server: RunningServer,
+    /// A namespace of its own, so topics, queues and streams of earlier rows are not reused.
+    namespace: String,
     /// Keeps the data folder alive while the server runs.
     _data_dir: tempfile::TempDir,
     client: reqwest::Client,
@@ -737,6 +946,7 @@ impl Rivulet {
             .map_err(|e| format!("the server did not start: {e:#}"))?;
         Ok(Rivulet {
             server,
+            namespace: raw::unique(NAMESPACE),
             _data_dir: data_dir,
             client: reqwest::Client::new(),
         })
@@ -778,37 +988,35 @@ impl Rivulet {
             .map_err(|e| format!("GET {path}: body is not JSON: {e}"))
     }
 
+    /// The path of a resource of this server's namespace.
+    fn resource_path(&self, api: &str, plural: &str, name: &str) -> String {
+        format!("/{api}/namespaces/{}/{plural}/{name}", self.namespace)
+    }
+
     /// Creates the broker on the chosen channel and waits until it is ready on that channel.
-    async fn create_broker(&self, backend: Backend) -> Result<(), String> {
+    async fn create_broker(&self, channel: Channel) -> Result<(), String> {
         let mut broker = json!({
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Broker",
-            "metadata": {"name": BROKER, "namespace": NAMESPACE},
+            "metadata": {"name": BROKER, "namespace": self.namespace},
             "spec": {}
         });
-        if backend == Backend::Memory {
-            self.put(
-                &format!("/api/v1/namespaces/{NAMESPACE}/configmaps/imc-channel"),
-                json!({
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": {"name": "imc-channel", "namespace": NAMESPACE},
-                    "data": {
-                        "channel-template-spec":
-                            "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\n"
-                    }
-                }),
-            )
-            .await?;
-            broker["metadata"]["annotations"] =
-                json!({"eventing.knative.dev/broker.class": "MTChannelBasedBroker"});
-            broker["spec"]["config"] =
-                json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "imc-channel"});
+        if let Some((class, config)) = channel.broker_config(&self.namespace) {
+            let kind = config["kind"].as_str().unwrap_or_default().to_owned();
+            let name = config["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let plural = format!("{}s", kind.to_ascii_lowercase());
+            self.put(&self.resource_path("api/v1", &plural, &name), config)
+                .await?;
+            broker["metadata"]["annotations"] = json!({"eventing.knative.dev/broker.class": class});
+            broker["spec"]["config"] = json!({"apiVersion": "v1", "kind": kind, "name": name});
         }
-        let path = format!("/apis/eventing.knative.dev/v1/namespaces/{NAMESPACE}/brokers/{BROKER}");
+        let path = self.resource_path("apis/eventing.knative.dev/v1", "brokers", BROKER);
         self.put(&path, broker).await?;
-        let expected = format!("{} channel", backend.name());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let expected = format!("{} channel", channel.name());
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let object = self.get(&path).await?;
             let conditions = object
@@ -834,7 +1042,7 @@ impl Rivulet {
                 };
             }
             if Instant::now() > deadline {
-                return Err(format!("broker not ready after 20 s: {object}"));
+                return Err(format!("broker not ready after 60 s: {object}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -856,18 +1064,21 @@ impl Rivulet {
                 } else {
                     format!("t{index:05}")
                 };
-                let body = json!({
+                let mut body = json!({
                     "apiVersion": "eventing.knative.dev/v1",
                     "kind": "Trigger",
-                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "metadata": {"name": name, "namespace": self.namespace},
                     "spec": {
                         "broker": BROKER,
                         "filters": kind.filters((!matching).then_some(index)),
                         "subscriber": {"uri": format!("http://{subscriber}/")}
                     }
                 });
-                let path =
-                    format!("/apis/eventing.knative.dev/v1/namespaces/{NAMESPACE}/triggers/{name}");
+                if matching {
+                    // Deliveries in flight, enough for a remote channel's round trips.
+                    body["metadata"]["annotations"] = json!({"rivulet.dev/parallelism": "64"});
+                }
+                let path = self.resource_path("apis/eventing.knative.dev/v1", "triggers", &name);
                 async move { self.put(&path, body).await }
             })
             .buffer_unordered(16)
@@ -878,7 +1089,10 @@ impl Rivulet {
 
     /// Waits until `expected` triggers report Ready.
     async fn await_triggers_ready(&self, expected: usize) -> Result<(), String> {
-        let path = format!("/apis/eventing.knative.dev/v1/namespaces/{NAMESPACE}/triggers");
+        let path = format!(
+            "/apis/eventing.knative.dev/v1/namespaces/{}/triggers",
+            self.namespace
+        );
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let list = self.get(&path).await?;
@@ -932,13 +1146,24 @@ impl Runtimes {
         })
     }
 
-    fn start_rivulet(&self, backend: Backend) -> Result<Rivulet, String> {
+    fn start_rivulet(&self, channel: Channel) -> Result<Rivulet, String> {
         let rivulet = self.sut.block_on(Rivulet::start())?;
-        self.load.block_on(rivulet.create_broker(backend))?;
+        if let Err(error) = self.load.block_on(rivulet.create_broker(channel)) {
+            let _ = self.stop_rivulet(rivulet);
+            return Err(error);
+        }
         Ok(rivulet)
     }
 
     fn stop_rivulet(&self, rivulet: Rivulet) -> Result<(), String> {
+        // Deleting the broker removes its topic, exchange or stream.
+        let path = rivulet.resource_path("apis/eventing.knative.dev/v1", "brokers", BROKER);
+        let url = format!("{}{path}", rivulet.server.base_url);
+        let _ = self.load.block_on(async {
+            let deleted = rivulet.client.delete(url).send().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            deleted
+        });
         let Rivulet {
             server, _data_dir, ..
         } = rivulet;
@@ -948,14 +1173,17 @@ impl Runtimes {
     }
 }
 
-fn broker_path() -> String {
-    format!("/{NAMESPACE}/{BROKER}")
-}
-
-fn load_spec(settings: &Settings, addr: SocketAddr, pace: Pace, connections: usize) -> LoadSpec {
+/// A generator of `connections` sending `payload` to `target` at `pace`.
+fn load_spec(
+    settings: &Settings,
+    target: Target,
+    payload: usize,
+    pace: Pace,
+    connections: usize,
+) -> LoadSpec {
     LoadSpec {
-        addr,
-        path: broker_path(),
+        target,
+        payload: self::payload(payload),
         connections,
         pace,
         warmup: settings.warmup,
@@ -963,110 +1191,238 @@ fn load_spec(settings: &Settings, addr: SocketAddr, pace: Pace, connections: usi
     }
 }
 
+impl Rivulet {
+    /// Ingress of the server's broker.
+    fn ingress(&self) -> Target {
+        Target::Http {
+            addr: self.addr(),
+            path: format!("/{}/{BROKER}", self.namespace),
+        }
+    }
+
+    /// Posts probe events (no send time) until the subscriber has one, then forgets them:
+    /// a remote channel's consumer may start reading after its trigger reports ready.
+    async fn await_delivery(&self, subscriber: &Subscriber) -> Result<(), String> {
+        let url = format!("{}/{}/{BROKER}", self.server.base_url, self.namespace);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while subscriber.received.load(Ordering::Relaxed) == 0 {
+            if Instant::now() > deadline {
+                return Err("no probe event reached the subscriber in 120 s".into());
+            }
+            let _ = self
+                .client
+                .post(&url)
+                .header("ce-specversion", "1.0")
+                .header("ce-id", "probe")
+                .header("ce-source", "/bench/probe")
+                .header("ce-type", EVENT_TYPE)
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        subscriber.received.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Who a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Rivulet,
+    /// The channel's baseline ([`Channel::baseline`]).
+    Baseline,
+}
+
 /// One line of the report.
 struct Row {
     section: &'static str,
+    channel: Channel,
+    system: System,
+    payload: usize,
     label: String,
     result: LoadResult,
     /// Subscriber-side end-to-end latency, microseconds.
     e2e_latency: Option<Histogram<u64>>,
+    /// The fixed rate of a latency row, events per second.
+    rate: Option<u32>,
     note: String,
 }
 
+impl Row {
+    /// The row's latency: end to end where measured, else the send round trip.
+    fn latency(&self) -> &Histogram<u64> {
+        self.e2e_latency
+            .as_ref()
+            .unwrap_or(&self.result.request_latency)
+    }
+
+    fn describes(&self, section: &str, channel: Channel, system: System, payload: usize) -> bool {
+        self.section == section
+            && self.channel == channel
+            && self.system == system
+            && self.payload == payload
+    }
+}
+
+fn row_label(channel: Channel, system: System, payload: usize) -> String {
+    let who = match system {
+        System::Rivulet => format!("Rivulet, {}", channel.name()),
+        System::Baseline => channel.baseline().to_owned(),
+    };
+    format!("{who}, {}", size_label(payload))
+}
+
+/// Events posted (or published) as fast as answered, no consumer.
 fn ingress_row(
     runtimes: &Runtimes,
     settings: &Settings,
-    backend: Option<Backend>,
+    channel: Channel,
+    system: System,
+    payload: usize,
 ) -> Result<Row, String> {
-    let (label, result) = match backend {
-        None => {
+    let spec = |target| load_spec(settings, target, payload, Pace::Max, settings.connections);
+    let result = match (system, channel.is_external()) {
+        (System::Baseline, false) => {
             let addr = runtimes
                 .sut
                 .block_on(start_bare_handler())
                 .map_err(|e| format!("bare handler: {e}"))?;
-            let spec = load_spec(settings, addr, Pace::Max, settings.connections);
-            (
-                "bare axum handler (202)".to_string(),
-                runtimes.load.block_on(run_load(spec, None))?,
-            )
+            let target = Target::Http {
+                addr,
+                path: format!("/{NAMESPACE}/{BROKER}"),
+            };
+            runtimes.load.block_on(run_load(spec(target), None))?
         }
-        Some(backend) => {
-            let rivulet = runtimes.start_rivulet(backend)?;
-            let spec = load_spec(settings, rivulet.addr(), Pace::Max, settings.connections);
-            let result = runtimes.load.block_on(run_load(spec, None));
+        (System::Baseline, true) => runtimes.load.block_on(async {
+            let raw = raw::open(channel, None).await?;
+            let result = run_load(spec(Target::Raw(raw.clone())), None).await;
+            raw.remove().await;
+            result
+        })?,
+        (System::Rivulet, _) => {
+            let rivulet = runtimes.start_rivulet(channel)?;
+            let result = runtimes
+                .load
+                .block_on(run_load(spec(rivulet.ingress()), None));
             runtimes.stop_rivulet(rivulet)?;
-            (format!("broker, {} channel", backend.name()), result?)
+            result?
         }
     };
     Ok(Row {
         section: "ingress",
-        label,
+        channel,
+        system,
+        payload,
+        label: row_label(channel, system, payload),
         result,
         e2e_latency: None,
+        rate: None,
         note: String::new(),
     })
 }
 
+/// Events from send to subscriber (or raw consumer): closed loop, or at `fixed_rate`.
 fn end_to_end_row(
     runtimes: &Runtimes,
     settings: &Settings,
-    backend: Backend,
-    fixed_rate: bool,
+    channel: Channel,
+    system: System,
+    payload: usize,
+    fixed_rate: Option<u32>,
 ) -> Result<Row, String> {
-    let credits = (!fixed_rate).then(|| Arc::new(Semaphore::new(E2E_WINDOW)));
-    let subscriber = Subscriber::new(credits.clone());
-    let subscriber_addr = runtimes
-        .load
-        .block_on(start_subscriber(subscriber.clone()))
-        .map_err(|e| format!("subscriber: {e}"))?;
-    let rivulet = runtimes.start_rivulet(backend)?;
-    let outcome = runtimes.load.block_on(async {
-        rivulet
-            .create_triggers(0..1, subscriber_addr, FilterKind::Exact, true)
-            .await?;
-        rivulet.await_triggers_ready(1).await?;
-        let spec = match credits {
-            Some(credits) => load_spec(
-                settings,
-                rivulet.addr(),
-                Pace::ClosedLoop(credits),
-                settings.connections,
-            ),
-            None => load_spec(
-                settings,
-                rivulet.addr(),
-                Pace::Fixed {
-                    per_second: FIXED_RATE,
-                },
-                FIXED_RATE_CONNECTIONS,
-            ),
-        };
-        run_load(spec, Some(subscriber.clone())).await
-    });
-    runtimes.stop_rivulet(rivulet)?;
-    let result = outcome?;
-    let received = subscriber.received.load(Ordering::Relaxed);
-    let note = if fixed_rate {
-        let mut note = format!("received {received} of {} accepted", result.accepted_total);
-        if result.late_sends > 0 {
-            note.push_str(&format!(", {} sends >2 ms late", result.late_sends));
-        }
-        note
+    let credits = fixed_rate
+        .is_none()
+        .then(|| Arc::new(Semaphore::new(E2E_WINDOW)));
+    let pace = match (&credits, fixed_rate) {
+        (_, Some(per_second)) => Pace::Fixed { per_second },
+        (Some(credits), None) => Pace::ClosedLoop(credits.clone()),
+        (None, None) => Pace::Max,
+    };
+    let connections = if fixed_rate.is_some() {
+        FIXED_RATE_CONNECTIONS
     } else {
-        format!("at most {E2E_WINDOW} events in flight")
+        settings.connections
+    };
+    let subscriber = Subscriber::new(None);
+    let result = match (system, channel.is_external()) {
+        (System::Baseline, false) => {
+            // The bare handler delivers nothing: its row is the send round trip.
+            let addr = runtimes
+                .sut
+                .block_on(start_bare_handler())
+                .map_err(|e| format!("bare handler: {e}"))?;
+            let target = Target::Http {
+                addr,
+                path: format!("/{NAMESPACE}/{BROKER}"),
+            };
+            let pace = if fixed_rate.is_some() {
+                pace
+            } else {
+                Pace::Max
+            };
+            let spec = load_spec(settings, target, payload, pace, connections);
+            runtimes.load.block_on(run_load(spec, None))?
+        }
+        (System::Baseline, true) => runtimes.load.block_on(async {
+            let raw = raw::open(channel, Some(subscriber.clone())).await?;
+            subscriber.set_credits(credits.clone());
+            let spec = load_spec(
+                settings,
+                Target::Raw(raw.clone()),
+                payload,
+                pace,
+                connections,
+            );
+            let result = run_load(spec, Some(subscriber.clone())).await;
+            raw.remove().await;
+            result
+        })?,
+        (System::Rivulet, _) => {
+            let subscriber_addr = runtimes
+                .load
+                .block_on(start_subscriber(subscriber.clone()))
+                .map_err(|e| format!("subscriber: {e}"))?;
+            let rivulet = runtimes.start_rivulet(channel)?;
+            let outcome = runtimes.load.block_on(async {
+                rivulet
+                    .create_triggers(0..1, subscriber_addr, FilterKind::Exact, true)
+                    .await?;
+                rivulet.await_triggers_ready(1).await?;
+                rivulet.await_delivery(&subscriber).await?;
+                subscriber.set_credits(credits.clone());
+                let spec = load_spec(settings, rivulet.ingress(), payload, pace, connections);
+                run_load(spec, Some(subscriber.clone())).await
+            });
+            runtimes.stop_rivulet(rivulet)?;
+            outcome?
+        }
+    };
+    let delivers = system == System::Rivulet || channel.is_external();
+    let received = subscriber.received.load(Ordering::Relaxed);
+    let note = match (fixed_rate, delivers) {
+        (_, false) => "send round trip".to_owned(),
+        (Some(_), true) => {
+            let mut note = format!("received {received} of {} accepted", result.accepted_total);
+            if result.late_sends > 0 {
+                note.push_str(&format!(", {} sends >2 ms late", result.late_sends));
+            }
+            note
+        }
+        (None, true) => format!("at most {E2E_WINDOW} events in flight"),
     };
     Ok(Row {
-        section: if fixed_rate {
+        section: if fixed_rate.is_some() {
             "e2e-latency"
         } else {
             "e2e-throughput"
         },
-        label: if fixed_rate {
-            format!("{} channel, {FIXED_RATE} ev/s", backend.name())
-        } else {
-            format!("{} channel, max", backend.name())
-        },
-        e2e_latency: fixed_rate.then(|| subscriber.latencies()),
+        channel,
+        system,
+        payload,
+        label: row_label(channel, system, payload),
+        e2e_latency: (fixed_rate.is_some() && delivers).then(|| subscriber.latencies()),
+        rate: fixed_rate,
         result,
         note,
     })
@@ -1078,7 +1434,7 @@ fn end_to_end_row(
 fn fanout_rows(
     runtimes: &Runtimes,
     settings: &Settings,
-    backend: Backend,
+    channel: Channel,
     kind: FilterKind,
 ) -> Result<Vec<Row>, String> {
     let subscriber = Subscriber::new(None);
@@ -1086,7 +1442,7 @@ fn fanout_rows(
         .load
         .block_on(start_subscriber(subscriber.clone()))
         .map_err(|e| format!("subscriber: {e}"))?;
-    let rivulet = runtimes.start_rivulet(backend)?;
+    let rivulet = runtimes.start_rivulet(channel)?;
     let mut rows = Vec::new();
     let mut created = 0;
     // Every event accepted so far on this server, warm-up included.
@@ -1111,7 +1467,8 @@ fn fanout_rows(
             subscriber.set_credits(Some(credits.clone()));
             let spec = load_spec(
                 settings,
-                rivulet.addr(),
+                rivulet.ingress(),
+                FANOUT_PAYLOAD,
                 Pace::ClosedLoop(credits),
                 settings.connections,
             );
@@ -1125,7 +1482,7 @@ fn fanout_rows(
             // Progress, as a large fan-out run takes minutes.
             eprintln!(
                 "bench: fanout {} {} {count}: {:.0} ev/s in, {:.1} µs/ev, setup {:.1} s",
-                backend.name(),
+                channel.name(),
                 kind.name(),
                 result.accepted_per_second,
                 server_micros_per_event(&result).unwrap_or(0.0),
@@ -1133,7 +1490,11 @@ fn fanout_rows(
             );
             rows.push(Row {
                 section: "fanout",
-                label: format!("{}, {}, {count} triggers", backend.name(), kind.name()),
+                channel,
+                system: System::Rivulet,
+                payload: FANOUT_PAYLOAD,
+                rate: None,
+                label: format!("{}, {}, {count} triggers", channel.name(), kind.name()),
                 result,
                 e2e_latency: None,
                 note: format!(
@@ -1208,11 +1569,16 @@ fn format_ms(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |ms| format!("{ms:.2}"))
 }
 
-fn results_path() -> PathBuf {
+/// Where the JSON, the summary and the plots go: `RIVULET_BENCH_OUT`, else
+/// `bench-results` in the target folder.
+fn results_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RIVULET_BENCH_OUT") {
+        return PathBuf::from(dir);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench-results").join("broker.json")
+    target.join("bench-results")
 }
 
 fn row_json(row: &Row) -> Value {
@@ -1228,13 +1594,20 @@ fn row_json(row: &Row) -> Value {
     };
     json!({
         "section": row.section,
+        "channel": row.channel.name(),
+        "system": match row.system {
+            System::Rivulet => "rivulet".to_owned(),
+            System::Baseline => row.channel.baseline().to_owned(),
+        },
+        "payload_bytes": row.payload,
         "label": row.label,
+        "fixed_rate": row.rate,
         "accepted_per_second": r.accepted_per_second,
         "delivered_per_second": r.delivered_per_second,
         "accepted_total": r.accepted_total,
         "refused_total": r.refused_total,
         "late_sends": r.late_sends,
-        "ingress_request_latency": latency(&r.request_latency),
+        "send_latency": latency(&r.request_latency),
         "end_to_end_latency": row.e2e_latency.as_ref().map(latency),
         "server_cpu_cores": r.cpu.server_cores,
         "load_cpu_cores": r.cpu.load_cores,
@@ -1251,9 +1624,10 @@ fn server_micros_per_event(result: &LoadResult) -> Option<f64> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<16} {:<34} {:>10} {:>10} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>8}  note",
+        "{:<15} {:<40} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>8}  note",
         "section",
         "row",
+        "rate",
         "in ev/s",
         "out ev/s",
         "p50 ms",
@@ -1266,12 +1640,12 @@ fn print_table(rows: &[Row]) {
     );
     for row in rows {
         let r = &row.result;
-        // Latency columns: end to end where measured, else the ingress round trip.
-        let latency = row.e2e_latency.as_ref().unwrap_or(&r.request_latency);
+        let latency = row.latency();
         println!(
-            "{:<16} {:<34} {:>10.0} {:>10} {:>8} {:>8} {:>8} {:>6.2} {:>6.2} {:>6.2} {:>8.1}  {}{}",
+            "{:<15} {:<40} {:>9} {:>9.0} {:>9} {:>8} {:>8} {:>8} {:>6.2} {:>6.2} {:>6.2} {:>8.1}  {}{}",
             row.section,
             row.label,
+            row.rate.map_or_else(|| "max".into(), |r| r.to_string()),
             r.accepted_per_second,
             r.delivered_per_second
                 .map_or_else(|| "-".into(), |d| format!("{d:.0}")),
@@ -1293,12 +1667,170 @@ fn print_table(rows: &[Row]) {
 }
 
 /// What the columns mean, printed under the table.
-const LEGEND: &str = "in ev/s: events answered 202 per second; out ev/s: events the subscriber received per second;
-latency: end to end (send -> subscriber) in the e2e rows, else the ingress round trip;
-srvCPU/genCPU: cores used by server threads / generator and subscriber threads; extCPU: cores used by other processes;
+const LEGEND: &str = "rate: the fixed send rate, or max; in ev/s: events accepted (202, or acknowledged by the server) per second;
+out ev/s: events the subscriber (or raw consumer) received per second;
+latency: send -> subscriber (or raw consumer) in the e2e-latency rows that deliver, else the send round trip;
+srvCPU/genCPU: cores used by server threads / generator, subscriber and raw-client threads; extCPU: cores used by other processes;
 µs/ev: server CPU time per accepted event.";
 
+/// The end-to-end throughput of a row: delivered, or accepted when nothing delivers.
+fn e2e_rate(row: &Row) -> f64 {
+    row.result
+        .delivered_per_second
+        .unwrap_or(row.result.accepted_per_second)
+}
+
+/// The fixed rate of a channel's latency rows: [`FIXED_RATE`], or half the slower end-to-end
+/// throughput measured for it when that is lower (so both rows run below saturation).
+fn fixed_rate(rows: &[Row], channel: Channel, payload: usize) -> u32 {
+    let slowest = rows
+        .iter()
+        .filter(|row| {
+            row.section == "e2e-throughput"
+                && row.channel == channel
+                && row.payload == payload
+                && (row.system == System::Rivulet || channel.is_external())
+        })
+        .map(e2e_rate)
+        .reduce(f64::min);
+    match slowest {
+        Some(rate) if rate / 2.0 < f64::from(FIXED_RATE) => ((rate / 20.0) as u32 * 10).max(10),
+        _ => FIXED_RATE,
+    }
+}
+
+/// A figure and how it compares with its baseline.
+fn versus(rivulet: f64, baseline: f64) -> String {
+    if baseline > 0.0 {
+        format!(
+            "{rivulet:.0} / {baseline:.0} ({:.0}%)",
+            rivulet * 100.0 / baseline
+        )
+    } else {
+        format!("{rivulet:.0} / -")
+    }
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> String {
+    [0.50, 0.99, 0.999]
+        .map(|q| format_ms(percentile_ms(histogram, q)))
+        .join(" / ")
+}
+
+/// The README table: per channel and payload, Rivulet beside its baseline.
+fn summary_markdown(rows: &[Row], settings: &Settings) -> String {
+    let mut text = String::from(
+        "| channel | payload | ingress ev/s: Rivulet / baseline | end to end ev/s: Rivulet / baseline | fixed rate ev/s | latency p50 / p99 / p99.9 ms: Rivulet | baseline |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let find = |section: &str, channel, system, payload| {
+        rows.iter()
+            .find(|row| row.describes(section, channel, system, payload))
+    };
+    for channel in &settings.channels {
+        for payload in &settings.payloads {
+            let pair = |section: &str, figure: fn(&Row) -> f64| match (
+                find(section, *channel, System::Rivulet, *payload),
+                find(section, *channel, System::Baseline, *payload),
+            ) {
+                (Some(rivulet), Some(baseline)) => versus(figure(rivulet), figure(baseline)),
+                (Some(rivulet), None) => versus(figure(rivulet), 0.0),
+                _ => "-".to_owned(),
+            };
+            let latency = |system| {
+                find("e2e-latency", *channel, system, *payload)
+                    .map_or_else(|| "-".to_owned(), |row| percentiles(row.latency()))
+            };
+            let rate = find("e2e-latency", *channel, System::Rivulet, *payload)
+                .and_then(|row| row.rate)
+                .map_or_else(|| "-".to_owned(), |r| r.to_string());
+            text.push_str(&format!(
+                "| {} | {} | {} | {} | {rate} | {} | {} |\n",
+                channel.name(),
+                size_label(*payload),
+                pair("ingress", |row| row.result.accepted_per_second),
+                pair("e2e-throughput", e2e_rate),
+                latency(System::Rivulet),
+                latency(System::Baseline),
+            ));
+        }
+    }
+    let fanout: Vec<&Row> = rows.iter().filter(|row| row.section == "fanout").collect();
+    if !fanout.is_empty() {
+        text.push_str(
+            "\n| fan-out (100 B) | triggers | ev/s | server µs per event |\n|---|---|---|---|\n",
+        );
+        for row in fanout {
+            text.push_str(&format!(
+                "| {} | {} | {:.0} | {:.1} |\n",
+                row.label.split(", ").take(2).collect::<Vec<_>>().join(", "),
+                row.label
+                    .rsplit(", ")
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches(" triggers"),
+                row.result.accepted_per_second,
+                server_micros_per_event(&row.result).unwrap_or(0.0),
+            ));
+        }
+    }
+    text
+}
+
+/// How the run compares with the aims of the benchmark, one line each.
+fn aims(rows: &[Row], settings: &Settings) -> Vec<String> {
+    let mut lines = Vec::new();
+    let find = |section: &str, channel, system, payload| {
+        rows.iter()
+            .find(|row| row.describes(section, channel, system, payload))
+    };
+    for payload in &settings.payloads {
+        if let (Some(rivulet), Some(bare)) = (
+            find("ingress", Channel::Memory, System::Rivulet, *payload),
+            find("ingress", Channel::Memory, System::Baseline, *payload),
+        ) {
+            lines.push(format!(
+                "ingress, memory channel / bare handler, {}: {:.2} (aim >= 0.70)",
+                size_label(*payload),
+                rivulet.result.accepted_per_second / bare.result.accepted_per_second.max(1e-9)
+            ));
+        }
+        for channel in Channel::ALL.into_iter().filter(|c| c.is_external()) {
+            if let (Some(rivulet), Some(raw)) = (
+                find("e2e-throughput", channel, System::Rivulet, *payload),
+                find("e2e-throughput", channel, System::Baseline, *payload),
+            ) {
+                lines.push(format!(
+                    "end to end, {} / {}, {}: {:.2} (aim >= 0.70)",
+                    channel.name(),
+                    channel.baseline(),
+                    size_label(*payload),
+                    e2e_rate(rivulet) / e2e_rate(raw).max(1e-9)
+                ));
+            }
+        }
+    }
+    for channel in [Channel::Memory, Channel::Embedded] {
+        let exact = |count: usize| {
+            rows.iter().find(|row| {
+                row.section == "fanout"
+                    && row.channel == channel
+                    && row.label == format!("{}, exact, {count} triggers", channel.name())
+            })
+        };
+        if let (Some(one), Some(thousand)) = (exact(1), exact(1_000)) {
+            lines.push(format!(
+                "fan-out, {}, 1,000 non-matching exact triggers / 1: {:.2} (aim >= 0.80)",
+                channel.name(),
+                thousand.result.accepted_per_second / one.result.accepted_per_second.max(1e-9)
+            ));
+        }
+    }
+    lines
+}
+
 fn main() {
+    rivulet::install_crypto_provider();
     if let Err(error) = run() {
         eprintln!("bench broker failed: {error}");
         std::process::exit(1);
@@ -1310,14 +1842,20 @@ fn run() -> Result<(), String> {
     let _ = epoch();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
-    println!("rivulet broker bench, {date}");
-    println!("machine: {cores} cores, {}", cpu_model());
+    let machine = format!("{cores} cores, {}", cpu_model());
+    println!("rivulet bench, {date}");
+    println!("machine: {machine}");
     println!(
-        "method: {} keep-alive HTTP/1.1 connections (hyper), binary-mode events with a {}-byte JSON payload; \
+        "method: {} keep-alive HTTP/1.1 connections (hyper) or raw-client tasks, binary-mode events with JSON payloads of {}; \
          {:.1} s warm-up then {:.1} s measured per row; server on runtime rv-sut (2 workers), \
-         generator and subscriber on runtime rv-load (2 workers), same process",
+         generator, subscriber and raw clients on runtime rv-load (2 workers), same process",
         settings.connections,
-        payload().len(),
+        settings
+            .payloads
+            .iter()
+            .map(|p| size_label(*p))
+            .collect::<Vec<_>>()
+            .join(", "),
         settings.warmup.as_secs_f64(),
         settings.measure.as_secs_f64()
     );
@@ -1325,26 +1863,69 @@ fn run() -> Result<(), String> {
 
     let runtimes = Runtimes::new().map_err(|e| format!("cannot build runtimes: {e}"))?;
     let started = Instant::now();
-    let mut rows = Vec::new();
-    // Ingress rows: bare handler, memory, embedded, in that order.
-    let mut ingress = None;
-    if settings.runs("ingress") {
-        for backend in [None, Some(Backend::Memory), Some(Backend::Embedded)] {
-            rows.push(ingress_row(&runtimes, &settings, backend)?);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut failures = Vec::new();
+    // A failed row (say, a server that is not running) is reported and the run goes on.
+    let mut keep = |rows: &mut Vec<Row>, row: Result<Row, String>, what: String| match row {
+        Ok(row) => {
+            eprintln!(
+                "bench: {} {}: {:.0} ev/s in",
+                row.section, row.label, row.result.accepted_per_second
+            );
+            rows.push(row);
         }
-        ingress = Some([0, 1, 2].map(|i| rows[i].result.accepted_per_second));
-    }
-    for (section, fixed_rate) in [("e2e-throughput", false), ("e2e-latency", true)] {
-        if settings.runs(section) {
-            for backend in [Backend::Memory, Backend::Embedded] {
-                rows.push(end_to_end_row(&runtimes, &settings, backend, fixed_rate)?);
+        Err(error) => {
+            eprintln!("bench: {what} failed: {error}");
+            failures.push(format!("{what}: {error}"));
+        }
+    };
+    let systems = [System::Baseline, System::Rivulet];
+    for section in ["ingress", "e2e-throughput", "e2e-latency"] {
+        if !settings.runs(section) {
+            continue;
+        }
+        for channel in &settings.channels {
+            for payload in &settings.payloads {
+                let rate = fixed_rate(&rows, *channel, *payload);
+                for system in systems {
+                    let row = match section {
+                        "ingress" => ingress_row(&runtimes, &settings, *channel, system, *payload),
+                        "e2e-throughput" => {
+                            end_to_end_row(&runtimes, &settings, *channel, system, *payload, None)
+                        }
+                        _ => end_to_end_row(
+                            &runtimes,
+                            &settings,
+                            *channel,
+                            system,
+                            *payload,
+                            Some(rate),
+                        ),
+                    };
+                    let what = format!("{section} {}", row_label(*channel, system, *payload));
+                    keep(&mut rows, row, what);
+                }
             }
         }
     }
     if settings.runs("fanout") {
-        for (kind, backends) in FANOUT_RUNS {
-            for backend in backends {
-                rows.extend(fanout_rows(&runtimes, &settings, *backend, kind)?);
+        for (kind, channels) in FANOUT_RUNS {
+            for channel in channels.iter().filter(|c| settings.channels.contains(c)) {
+                match fanout_rows(&runtimes, &settings, *channel, kind) {
+                    Ok(fanout) => rows.extend(fanout),
+                    Err(error) => {
+                        eprintln!(
+                            "bench: fan-out {} {} failed: {error}",
+                            channel.name(),
+                            kind.name()
+                        );
+                        failures.push(format!(
+                            "fan-out {} {}: {error}",
+                            channel.name(),
+                            kind.name()
+                        ));
+                    }
+                }
             }
         }
     }
@@ -1352,24 +1933,11 @@ fn run() -> Result<(), String> {
     print_table(&rows);
     println!("{LEGEND}");
     println!();
-    let ratio = ingress.map(|[bare, memory, embedded]| {
-        let over_bare = |rate: f64| if bare > 0.0 { rate / bare } else { 0.0 };
-        println!(
-            "ingress memory/bare = {:.2} (aim >= 0.50), embedded/bare = {:.2}",
-            over_bare(memory),
-            over_bare(embedded)
-        );
-        over_bare(memory)
-    });
-    let worst_p99 = rows
-        .iter()
-        .filter_map(|row| row.e2e_latency.as_ref())
-        .filter_map(|h| percentile_ms(h, 0.99))
-        .reduce(f64::max);
-    if let Some(worst_p99) = worst_p99 {
-        println!(
-            "end-to-end p99 at {FIXED_RATE} ev/s, worst channel = {worst_p99:.2} ms (aim < 10 ms)"
-        );
+    let summary = summary_markdown(&rows, &settings);
+    println!("{summary}");
+    let aims = aims(&rows, &settings);
+    for line in &aims {
+        println!("{line}");
     }
     println!("total bench time {:.0} s", started.elapsed().as_secs_f64());
 
@@ -1380,27 +1948,46 @@ fn run() -> Result<(), String> {
             "warmup_seconds": settings.warmup.as_secs_f64(),
             "measure_seconds": settings.measure.as_secs_f64(),
             "connections": settings.connections,
-            "fixed_rate": FIXED_RATE,
+            "channels": settings.channels.iter().map(|c| c.name()).collect::<Vec<_>>(),
+            "payload_bytes": settings.payloads,
+            "fixed_rate_max": FIXED_RATE,
             "fixed_rate_connections": FIXED_RATE_CONNECTIONS,
             "e2e_window": E2E_WINDOW,
-            "payload_bytes": payload().len(),
             "sections": SECTIONS
                 .iter()
                 .filter(|section| settings.runs(section))
                 .collect::<Vec<_>>(),
             "fanout_trigger_counts": settings.trigger_counts(),
+            "fanout_payload_bytes": FANOUT_PAYLOAD,
         },
-        "ingress_memory_over_bare": ratio,
-        "e2e_worst_p99_ms": worst_p99,
+        "aims": aims,
+        "failures": failures,
         "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
     });
-    let path = results_path();
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let dir = results_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(
+        "broker.json",
+        &serde_json::to_string_pretty(&report).map_err(|e| format!("JSON: {e}"))?,
+    )?;
+    write(
+        "broker.md",
+        &format!("Measured {date} on {machine}.\n\n{summary}"),
+    )?;
+    let title = format!("{date}, {machine}");
+    plots::write_all(&dir, &rows, &title)?;
+    println!("results, summary and plots written to {}", dir.display());
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} rows failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        ))
     }
-    let text = serde_json::to_string_pretty(&report).map_err(|e| format!("JSON: {e}"))?;
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    println!("results written to {}", path.display());
-    Ok(())
 }
