@@ -1156,13 +1156,20 @@ impl Runtimes {
     }
 
     fn stop_rivulet(&self, rivulet: Rivulet) -> Result<(), String> {
-        // Deleting the broker removes its topic, exchange or stream.
-        let path = rivulet.resource_path("apis/eventing.knative.dev/v1", "brokers", BROKER);
-        let url = format!("{}{path}", rivulet.server.base_url);
-        let _ = self.load.block_on(async {
-            let deleted = rivulet.client.delete(url).send().await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            deleted
+        // The matching trigger goes first, so its consumer has stopped when the broker's
+        // deletion removes the topic, exchange or stream (tansu 0.6 can fail for good when
+        // a topic is deleted under a consumer).
+        let trigger = rivulet.resource_path("apis/eventing.knative.dev/v1", "triggers", "match0");
+        let broker = rivulet.resource_path("apis/eventing.knative.dev/v1", "brokers", BROKER);
+        self.load.block_on(async {
+            for (path, pause) in [(trigger, 2_000), (broker, 500)] {
+                let url = format!("{}{path}", rivulet.server.base_url);
+                if let Ok(response) = rivulet.client.delete(url).send().await
+                    && response.status().is_success()
+                {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
         });
         let Rivulet {
             server, _data_dir, ..

@@ -208,6 +208,9 @@ mod kafka {
         async fn remove(&self) {
             if let Some(reader) = &self.reader {
                 reader.abort();
+                // tansu 0.6 can fail for good when a topic is deleted while a consumer of it
+                // still fetches: give the consumer time to close.
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
             let _ = self
                 .admin

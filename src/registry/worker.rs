@@ -283,14 +283,8 @@ impl Worker {
         self.tracked.insert(
             key.clone(),
             Tracked {
-                schema: None,
-                version: 0,
-                versions: Vec::new(),
-                sample: None,
-                data_schema: None,
-                data_content_type: None,
                 dirty: true,
-                last_write: None,
+                ..Tracked::from_object(&Value::Null)
             },
         );
         Ok(Some(key))
