@@ -8,6 +8,7 @@ pub mod cli;
 pub mod delivery;
 pub mod dispatcher;
 pub mod event;
+pub mod features;
 pub mod filter;
 pub mod ingress;
 pub mod metrics;

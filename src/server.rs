@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub store: StoreChoice,
     /// What this process does: everything (standalone), the controller, or the data plane.
     pub role: Role,
+    /// Feature flags from the command line; they win over the `config-features` ConfigMap.
+    pub features: crate::features::Features,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -67,6 +69,7 @@ impl Default for ServeOptions {
             registry: RegistrySettings::default(),
             store: StoreChoice::default(),
             role: Role::default(),
+            features: crate::features::Features::default(),
         }
     }
 }
@@ -186,6 +189,7 @@ pub async fn start_with_store(
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
             role: options.role,
+            features: crate::features::FeatureFlags::new(options.features.clone()),
         },
     );
     let shutdown = CancellationToken::new();

@@ -198,6 +198,18 @@ struct ServeArgs {
     /// controller resolved, writes no status (EventTypes aside) and creates no default broker.
     #[arg(long, env = "RIVULET_STORE", value_enum, default_value = "file")]
     store: crate::server::StoreChoice,
+    /// A Knative feature flag as NAME=VALUE (repeatable), over the `config-features`
+    /// ConfigMap: authentication-oidc=enabled, default-authorization-mode=deny-all,
+    /// transport-encryption=strict, ...
+    #[arg(long = "feature", value_name = "NAME=VALUE", value_parser = parse_feature)]
+    features: Vec<(String, String)>,
+}
+
+fn parse_feature(pair: &str) -> Result<(String, String), String> {
+    let mut check = crate::features::Features::default();
+    check.set_pair(pair).map_err(|e| e.to_string())?;
+    let (name, value) = pair.split_once('=').expect("checked above");
+    Ok((name.trim().to_string(), value.trim().to_string()))
 }
 
 #[derive(Debug, Args)]
@@ -332,6 +344,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut features = crate::features::Features::default();
+    for (name, value) in &args.features {
+        features.set(name, value)?;
+    }
     let options = crate::server::ServeOptions {
         config: args.config,
         listen: args.listen,
@@ -355,6 +371,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             crate::server::StoreChoice::File => crate::runtime::Role::Standalone,
             crate::server::StoreChoice::Kubernetes => crate::runtime::Role::DataPlane,
         },
+        features,
     };
     let store = options.store;
     let server = crate::server::start(options).await?;

@@ -135,6 +135,8 @@ pub struct Settings {
     pub default_parallelism: usize,
     /// How long a stopping trigger waits for its deliveries in flight.
     pub stop_grace: Duration,
+    /// Knative's feature flags in force (`config-features` and `--feature`).
+    pub features: crate::features::FeatureFlags,
 }
 
 /// Shared state of the reconcilers.
