@@ -303,7 +303,37 @@ pub enum Gate {
     Open,
 }
 
-fn caller_of(gate: &Gate, request: &Request) -> Result<Caller, Response> {
+/// Why a request was not authenticated; each becomes a 401 with a Bearer challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthenticated {
+    #[error(
+        "this API needs a token: send Authorization: Bearer TOKEN (the admin token is in admin.token in the server's data folder)"
+    )]
+    Missing,
+    #[error("the Authorization header must be `Bearer TOKEN`")]
+    Malformed,
+    #[error("the token is not valid")]
+    Invalid,
+}
+
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        let challenge = match self {
+            Unauthenticated::Missing => "Bearer realm=\"rivulet\"",
+            Unauthenticated::Malformed => "Bearer realm=\"rivulet\", error=\"invalid_request\"",
+            Unauthenticated::Invalid => "Bearer realm=\"rivulet\", error=\"invalid_token\"",
+        };
+        let mut response =
+            super::status_error(StatusCode::UNAUTHORIZED, "Unauthorized", self.to_string());
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        response
+    }
+}
+
+fn caller_of(gate: &Gate, request: &Request) -> Result<Caller, Unauthenticated> {
     let tokens = match gate {
         Gate::Open => {
             return Ok(Caller {
@@ -313,13 +343,10 @@ fn caller_of(gate: &Gate, request: &Request) -> Result<Caller, Response> {
         }
         Gate::Tokens(tokens) => tokens,
     };
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
-        return Err(unauthorized(
-            None,
-            "this API needs a token: send Authorization: Bearer TOKEN (the admin token is in \
-             admin.token in the server's data folder)",
-        ));
-    };
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(Unauthenticated::Missing)?;
     let token = value
         .to_str()
         .ok()
@@ -327,36 +354,16 @@ fn caller_of(gate: &Gate, request: &Request) -> Result<Caller, Response> {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    let Some(token) = token else {
-        return Err(unauthorized(
-            Some("invalid_request"),
-            "the Authorization header must be `Bearer TOKEN`",
-        ));
-    };
-    tokens
-        .caller(token)
-        .ok_or_else(|| unauthorized(Some("invalid_token"), "the token is not valid"))
-}
-
-fn unauthorized(error: Option<&str>, message: &str) -> Response {
-    let challenge = match error {
-        Some(error) => format!("Bearer realm=\"rivulet\", error=\"{error}\""),
-        None => "Bearer realm=\"rivulet\"".to_string(),
-    };
-    let mut response = super::status_error(StatusCode::UNAUTHORIZED, "Unauthorized", message);
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_str(&challenge).expect("a valid header value"),
-    );
-    response
+        .map(str::trim)
+        .ok_or(Unauthenticated::Malformed)?;
+    tokens.caller(token).ok_or(Unauthenticated::Invalid)
 }
 
 /// Middleware: the caller must hold a token, and an admin one for anything but reading.
 pub async fn require_token(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
     let caller = match caller_of(&gate, &request) {
         Ok(caller) => caller,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
     let needs = if reads && !request.uri().path().starts_with("/auth/tokens") {
@@ -403,21 +410,24 @@ async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Response {
     axum::Json(json!({"name": caller.name, "role": caller.role})).into_response()
 }
 
-fn token_store(gate: &Gate) -> Result<&Arc<Tokens>, Response> {
+fn token_store(gate: &Gate) -> Option<&Arc<Tokens>> {
     match gate {
-        Gate::Tokens(tokens) => Ok(tokens),
-        Gate::Open => Err(super::status_error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server runs with --api-auth none: it has no tokens",
-        )),
+        Gate::Tokens(tokens) => Some(tokens),
+        Gate::Open => None,
     }
 }
 
+fn no_tokens() -> Response {
+    super::status_error(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server runs with --api-auth none: it has no tokens",
+    )
+}
+
 async fn list_tokens(State(gate): State<Gate>) -> Response {
-    let tokens = match token_store(&gate) {
-        Ok(tokens) => tokens,
-        Err(response) => return response,
+    let Some(tokens) = token_store(&gate) else {
+        return no_tokens();
     };
     let mut items = vec![json!({"name": ADMIN_NAME, "role": Role::Admin})];
     items.extend(
@@ -432,9 +442,8 @@ async fn list_tokens(State(gate): State<Gate>) -> Response {
 }
 
 async fn create_token(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
-    let tokens = match token_store(&gate) {
-        Ok(tokens) => tokens,
-        Err(response) => return response,
+    let Some(tokens) = token_store(&gate) else {
+        return no_tokens();
     };
     let request: CreateToken = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -457,9 +466,8 @@ async fn create_token(State(gate): State<Gate>, body: axum::body::Bytes) -> Resp
 }
 
 async fn revoke_token(State(gate): State<Gate>, UrlPath(name): UrlPath<String>) -> Response {
-    let tokens = match token_store(&gate) {
-        Ok(tokens) => tokens,
-        Err(response) => return response,
+    let Some(tokens) = token_store(&gate) else {
+        return no_tokens();
     };
     match tokens.revoke(&name) {
         Ok(()) => axum::Json(json!({"name": name, "revoked": true})).into_response(),
