@@ -739,7 +739,7 @@ async fn a_failing_deployment_apply_is_reported_and_retried() {
 #[tokio::test]
 async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     let server = support::InProcessServer::start().await;
-    let base = server.base.clone();
+    let api = server.api.clone();
     let source = json!({
         "apiVersion": "sources.knative.dev/v1", "kind": "ContainerSource",
         "metadata": {"name": "heart", "namespace": "default"},
@@ -748,8 +748,8 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
             "sink": {"uri": "http://127.0.0.1:1/"}
         }
     });
-    support::apply(&base, &source).await;
-    let object = support::wait_status(&base, "ContainerSource", "default", "heart", "False").await;
+    support::apply(&api, &source).await;
+    let object = support::wait_status(&api, "ContainerSource", "default", "heart", "False").await;
     let ready = support::ready_condition(&object).unwrap();
     assert_eq!(ready["reason"], "KubernetesRequired");
     assert!(
@@ -764,7 +764,7 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     let mut both = sink_binding();
     both["metadata"]["namespace"] = json!("default");
     both["spec"]["subject"]["selector"] = json!({"matchLabels": {"app": "web"}});
-    let (code, body) = support::put(&base, &both).await;
+    let (code, body) = support::put(&api, &both).await;
     assert_eq!(code, 422, "{body}");
     assert!(body.to_string().contains("spec.subject"), "{body}");
 
@@ -772,7 +772,7 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     expressions["metadata"]["namespace"] = json!("default");
     expressions["spec"]["subject"] = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "selector": {"matchExpressions": [{"key": "app", "operator": "Matches", "values": ["w"]}]}});
-    let (code, body) = support::put(&base, &expressions).await;
+    let (code, body) = support::put(&api, &expressions).await;
     assert_eq!(code, 422, "{body}");
     let text = body.to_string();
     assert!(
@@ -782,7 +782,7 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     );
     expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
         json!({"key": "app", "operator": "In"});
-    let (code, body) = support::put(&base, &expressions).await;
+    let (code, body) = support::put(&api, &expressions).await;
     assert_eq!(code, 422, "{body}");
     assert!(
         body.to_string()
@@ -791,12 +791,12 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     );
     expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
         json!({"key": "app", "operator": "Exists", "values": ["web"]});
-    let (code, body) = support::put(&base, &expressions).await;
+    let (code, body) = support::put(&api, &expressions).await;
     assert_eq!(code, 422, "{body}");
     assert!(body.to_string().contains("must be empty"), "{body}");
     expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
         json!({"key": "app", "operator": "In", "values": ["a b"]});
-    let (code, body) = support::put(&base, &expressions).await;
+    let (code, body) = support::put(&api, &expressions).await;
     assert_eq!(code, 422, "{body}");
     assert!(
         body.to_string()
@@ -805,12 +805,12 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     );
     expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
         json!({"key": "app", "operator": "In", "values": ["web", "api"]});
-    let (code, body) = support::put(&base, &expressions).await;
+    let (code, body) = support::put(&api, &expressions).await;
     assert!(code == 200 || code == 201, "{code} {body}");
 
     let mut empty = source.clone();
     empty["spec"]["template"]["spec"]["containers"] = json!([]);
-    let (code, body) = support::put(&base, &empty).await;
+    let (code, body) = support::put(&api, &empty).await;
     assert_eq!(code, 422, "{body}");
     assert!(
         body.to_string().contains("spec.template.spec.containers"),

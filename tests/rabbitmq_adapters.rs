@@ -65,9 +65,8 @@ async fn publish(
     confirm.await.expect("confirm");
 }
 
-async fn delete(base: &str, path: &str) {
-    let response = http()
-        .delete(format!("{base}{path}"))
+async fn delete(api: &str, path: &str) {
+    let response = support::api_request(reqwest::Method::DELETE, format!("{api}{path}"))
         .send()
         .await
         .expect("DELETE answers");
@@ -206,7 +205,7 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
         "held-1 is unacknowledged, not ready"
     );
     delete(
-        &server.base,
+        &server.api,
         &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
     )
     .await;
@@ -402,7 +401,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
     assert_eq!(answer.status().as_u16(), 503);
 
     delete(
-        &server.base,
+        &server.api,
         &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
     )
     .await;
