@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub role: Role,
     /// Feature flags from the command line; they win over the `config-features` ConfigMap.
     pub features: crate::features::Features,
+    /// Where outbound requests (deliveries, sinks, sources) may go.
+    pub egress: crate::egress::EgressPolicy,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -70,6 +72,7 @@ impl Default for ServeOptions {
             store: StoreChoice::default(),
             role: Role::default(),
             features: crate::features::Features::default(),
+            egress: crate::egress::EgressPolicy::default(),
         }
     }
 }
@@ -174,7 +177,10 @@ pub async fn start_with_store(
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
     let shared = dispatcher::Shared {
-        sender: Sender::new(),
+        sender: Sender::with_egress(Arc::new(crate::egress::Egress::new(
+            options.egress.clone(),
+            Some(metrics.clone()),
+        ))),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };
