@@ -114,7 +114,7 @@ impl RunningServer {
 /// Opens the store, applies manifests, starts the control loop and the HTTP server.
 pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
-    std::fs::create_dir_all(&options.data_dir)
+    crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     let store = open_store(&options).await?;
     start_with_store(options, store).await
@@ -149,7 +149,7 @@ pub async fn start_with_store(
     store: Arc<dyn ResourceStore>,
 ) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
-    std::fs::create_dir_all(&options.data_dir)
+    crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     apply_manifests(&*store, &options.config).await?;
     // A cluster's brokers are the cluster's business: none is made up there.
