@@ -185,7 +185,7 @@ async fn a_name_resolving_to_a_denied_address_is_refused_after_dns() {
     let target = Subscriber::start().await;
     let sinks = "sinks.rivulet.dev/v1alpha1";
     adapters_support::apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": sinks,
             "kind": "HttpForwardSink",
@@ -198,7 +198,7 @@ async fn a_name_resolving_to_a_denied_address_is_refused_after_dns() {
     )
     .await;
     let sink =
-        adapters_support::wait_ready(&server.base, sinks, "HttpForwardSink", "to-localhost").await;
+        adapters_support::wait_ready(&server.api, sinks, "HttpForwardSink", "to-localhost").await;
     let sink_url = sink["status"]["address"]["url"].as_str().unwrap();
 
     let event = TestEvent::new("l-1", "com.example");

@@ -496,7 +496,10 @@ async fn secrets_are_read_by_name_and_never_listed() {
         vec![(200, secret)],
     )
     .await;
-    assert_eq!(found.unwrap().expect("the secret")["data"]["uri"], "YW1xcDovL3g=");
+    assert_eq!(
+        found.unwrap().expect("the secret")["data"]["uri"],
+        "YW1xcDovL3g="
+    );
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].method, "GET");
     assert_eq!(requests[0].path, "/api/v1/namespaces/team/secrets/creds");
