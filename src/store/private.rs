@@ -22,7 +22,16 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
             .create(path)?;
         let mode = std::fs::metadata(path)?.permissions().mode();
         if mode & 0o077 != 0 {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))?;
+            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)) {
+                Ok(()) => {}
+                // A volume's mount point belongs to the platform (root, group fsGroup), not to
+                // this user: what is created inside it is still private.
+                Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
+                        "the data folder is not ours to narrow; files inside it stay owner-only");
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(())
     }
