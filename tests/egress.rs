@@ -270,3 +270,47 @@ async fn what_a_target_answers_is_bounded() {
     );
     assert_eq!(dead.body.as_ref(), b"{}", "the original data, unchanged");
 }
+
+/// The flags on the real binary: `--egress-deny` reaches deliveries, and a malformed entry
+/// stops the start with a message saying what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_flags_set_the_policy() {
+    let Err(bad) = <rivulet::cli::Cli as clap::Parser>::try_parse_from([
+        "rivulet",
+        "serve",
+        "--egress-deny",
+        "10.0.0.1/8",
+    ]) else {
+        panic!("a bad entry was taken");
+    };
+    let bad = bad.to_string();
+    assert!(
+        bad.contains("host bits are set; the network is 10.0.0.0/8"),
+        "{bad}"
+    );
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let child = ChildServer::spawn(
+        data_dir.path(),
+        &[
+            "--egress-deny",
+            "127.0.0.0/8",
+            "--egress-allow",
+            "192.0.2.0/24",
+        ],
+    )
+    .await;
+    let server = Api::new(&child.base, &child.api);
+    server.wait_ready("Broker", NS, BROKER).await;
+    let sub = Subscriber::start().await;
+    server
+        .create_trigger(&trigger_to("from-flags", &sub.url(), None))
+        .await;
+    server
+        .send(NS, BROKER, &TestEvent::new("f-1", "com.example"))
+        .await;
+    server.wait_deliveries_final(NS, "from-flags", 1).await;
+    assert_eq!(outcome(&server, "from-flags", "failed").await, 1.0);
+    assert_eq!(server.metric(REFUSED, &[("reason", "denied")]).await, 1.0);
+    assert_eq!(sub.count(), 0);
+}
