@@ -312,6 +312,7 @@ pub async fn start_with_store(
     let api_app = api_app.layer(tower_http::trace::TraceLayer::new_for_http());
 
     let changes = store.watch();
+    ctx.refresh_features().await;
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
     ready.store(true, Ordering::Relaxed);

@@ -75,7 +75,10 @@ async fn requests_without_a_valid_token_get_401_with_a_challenge_and_no_secret()
             .to_string();
         assert!(challenge.starts_with("Bearer"), "{what}: {challenge:?}");
         let body = response.text().await.unwrap();
-        assert!(body.to_lowercase().contains("token"), "{what} says why: {body}");
+        assert!(
+            body.to_lowercase().contains("token"),
+            "{what} says why: {body}"
+        );
         assert!(!leaks(&body), "{what} leaked the secret: {body}");
     }
     // The server still has it, unchanged by the refused write.
