@@ -24,4 +24,7 @@ COPY --from=builder /usr/local/bin/rivulet /usr/local/bin/rivulet
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/rivulet"]
-CMD ["serve", "--listen=0.0.0.0:8080", "--data-dir=/tmp/rivulet"]
+# Events on every interface of the container; the resource API stays on the container's
+# loopback (reach it with `docker exec`, or publish it deliberately with --api-listen).
+# The Kubernetes manifests give their own flags.
+CMD ["serve", "--listen=0.0.0.0:8080", "--api-listen=127.0.0.1:8081", "--data-dir=/tmp/rivulet"]

@@ -7,6 +7,7 @@ pub mod cesql;
 pub mod cli;
 pub mod delivery;
 pub mod dispatcher;
+pub mod egress;
 pub mod event;
 pub mod features;
 pub mod filter;

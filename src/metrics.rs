@@ -73,6 +73,13 @@ pub struct RegistryDropLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabels {
+    /// `denied`, `not_allowed`, `metadata`, `link_local`, `unspecified`, `multicast`,
+    /// `broadcast`.
+    pub reason: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -101,6 +108,8 @@ pub struct Metrics {
     pub sink_retries: Family<AdapterLabels, Counter>,
     /// Ingress observations the EventType registry did not look at.
     pub eventtype_observations_dropped: Family<RegistryDropLabels, Counter>,
+    /// Outbound requests the egress policy refused, by reason.
+    pub egress_refused: Family<EgressLabels, Counter>,
     /// EventTypes created from traffic.
     pub eventtypes_autocreated: Counter,
     /// Writes of an EventType's inferred schema, sample or dataschema.
@@ -213,8 +222,15 @@ impl Metrics {
             "Writes of inferred schemas and samples to EventTypes",
             eventtype_status_writes.clone(),
         );
+        let egress_refused = Family::default();
+        registry.register(
+            "egress_refused",
+            "Outbound requests refused by the egress policy, by reason",
+            egress_refused.clone(),
+        );
         Metrics {
             registry,
+            egress_refused,
             eventtype_observations_dropped,
             eventtypes_autocreated,
             eventtype_status_writes,

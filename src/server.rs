@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub role: Role,
     /// Feature flags from the command line; they win over the `config-features` ConfigMap.
     pub features: crate::features::Features,
+    /// Where outbound requests (deliveries, sinks, sources) may go.
+    pub egress: crate::egress::EgressPolicy,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -81,6 +83,7 @@ impl Default for ServeOptions {
             store: StoreChoice::default(),
             role: Role::default(),
             features: crate::features::Features::default(),
+            egress: crate::egress::EgressPolicy::default(),
         }
     }
 }
@@ -136,7 +139,7 @@ impl RunningServer {
 /// Opens the store, applies manifests, starts the control loop and the HTTP server.
 pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
-    std::fs::create_dir_all(&options.data_dir)
+    crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     let store = open_store(&options).await?;
     start_with_store(options, store).await
@@ -208,7 +211,7 @@ pub async fn start_with_store(
 ) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
     check_api_auth(&options)?;
-    std::fs::create_dir_all(&options.data_dir)
+    crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     apply_manifests(&*store, &options.config).await?;
     // A cluster's brokers are the cluster's business: none is made up there.
@@ -246,7 +249,10 @@ pub async fn start_with_store(
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
     let shared = dispatcher::Shared {
-        sender: Sender::new(),
+        sender: Sender::with_egress(Arc::new(crate::egress::Egress::new(
+            options.egress.clone(),
+            Some(metrics.clone()),
+        ))),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };

@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -147,6 +150,7 @@ struct Objects {
     secrets: Vec<Secret>,
     namespaces: Vec<Namespace>,
     claims: Vec<PersistentVolumeClaim>,
+    network_policies: Vec<NetworkPolicy>,
 }
 
 impl Objects {
@@ -170,6 +174,9 @@ impl Objects {
             ("v1", "Secret") => self.secrets.push(typed(doc, origin)),
             ("v1", "Namespace") => self.namespaces.push(typed(doc, origin)),
             ("v1", "PersistentVolumeClaim") => self.claims.push(typed(doc, origin)),
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                self.network_policies.push(typed(doc, origin))
+            }
             _ => panic!("{origin}: unexpected kind {api_version:?} {kind:?}"),
         }
     }
@@ -257,8 +264,9 @@ fn plain_manifests() -> Objects {
         .collect();
     files.sort();
     assert!(
-        files.len() >= 6,
-        "expected the CRD, namespace, RBAC, config, controller and data-plane manifests, found {files:?}"
+        files.len() >= 7,
+        "expected the CRD, namespace, RBAC, config, controller, data-plane and network policy \
+         manifests, found {files:?}"
     );
     let mut objects = Objects::default();
     for file in files {
@@ -285,6 +293,11 @@ fn every_manifest_under_deploy_is_a_typed_kubernetes_object() {
         "controller, data plane and the addressable resolver"
     );
     assert_eq!(objects.cluster_role_bindings.len(), 3);
+    assert_eq!(
+        objects.network_policies.len(),
+        2,
+        "data plane and controller NetworkPolicies"
+    );
     for name in [
         "config-br-defaults",
         "kafka-broker-config",
@@ -329,15 +342,10 @@ fn check_workloads(objects: &Objects, origin: &str) {
                 .any(|sa| sa.metadata.name.as_deref() == Some(service_account)),
             "{origin}: {component} runs as {service_account:?}, which is not defined"
         );
-        let security = pod.security_context.as_ref().unwrap();
-        assert_eq!(
-            security.run_as_non_root,
-            Some(true),
-            "{origin}: {component}"
-        );
         let [container] = pod.containers.as_slice() else {
             panic!("{origin}: {component} should have one container");
         };
+        check_pod_security(pod, container, &format!("{origin}: {component}"));
         let args = container.args.clone().unwrap_or_default();
         assert_eq!(
             args.first().map(String::as_str),
@@ -348,6 +356,34 @@ fn check_workloads(objects: &Objects, origin: &str) {
             args.iter().any(|a| a == "--listen=0.0.0.0:8080"),
             "{origin}: {component} must listen on all interfaces"
         );
+        let ports = container.ports.clone().unwrap_or_default();
+        let port_named = |name: &str| {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port)
+        };
+        assert_eq!(port_named("http"), Some(8080), "{origin}: {component}");
+        if component == "data-plane" {
+            // Events on one listener; health and metrics on the other, which serves no
+            // resource API on Kubernetes.
+            let api_listen = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--api-listen="))
+                .unwrap_or_else(|| panic!("{origin}: the data plane needs --api-listen"));
+            let api_port: i32 = api_listen.rsplit(':').next().unwrap().parse().unwrap();
+            assert_ne!(api_port, 8080, "{origin}: two listeners, two ports");
+            assert_eq!(
+                port_named("metrics"),
+                Some(api_port),
+                "{origin}: the metrics port is --api-listen's"
+            );
+        } else {
+            assert!(
+                !args.iter().any(|a| a.starts_with("--api-listen")),
+                "{origin}: the controller has one listener"
+            );
+        }
         // The command line is one the binary takes.
         let parsed = <rivulet::cli::Cli as clap::Parser>::try_parse_from(
             std::iter::once("rivulet".to_string()).chain(args.iter().cloned()),
@@ -395,9 +431,6 @@ fn check_workloads(objects: &Objects, origin: &str) {
             .and_then(|r| r.requests.as_ref())
             .unwrap_or_else(|| panic!("{origin}: {component} has no resource requests"));
         assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
-        let container_security = container.security_context.as_ref().unwrap();
-        assert_eq!(container_security.allow_privilege_escalation, Some(false));
-        assert_eq!(container_security.read_only_root_filesystem, Some(true));
         assert_eq!(
             container.ports.as_ref().unwrap()[0].container_port,
             8080,
@@ -456,6 +489,213 @@ fn check_workloads(objects: &Objects, origin: &str) {
             "{origin}: Service selector"
         );
     }
+}
+
+/// Non-root with a fixed UID, read-only root, no privilege escalation, no capabilities,
+/// the runtime's default seccomp profile.
+fn check_pod_security(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    container: &k8s_openapi::api::core::v1::Container,
+    origin: &str,
+) {
+    let pod_security = pod.security_context.clone().unwrap_or_default();
+    let security = container.security_context.clone().unwrap_or_default();
+    assert_eq!(
+        security.run_as_non_root.or(pod_security.run_as_non_root),
+        Some(true),
+        "{origin}: runAsNonRoot"
+    );
+    let uid = security.run_as_user.or(pod_security.run_as_user);
+    assert!(
+        uid.is_some_and(|uid| uid > 0),
+        "{origin}: a fixed non-root UID, not {uid:?}"
+    );
+    assert_eq!(
+        security.allow_privilege_escalation,
+        Some(false),
+        "{origin}: allowPrivilegeEscalation"
+    );
+    assert_eq!(
+        security.read_only_root_filesystem,
+        Some(true),
+        "{origin}: readOnlyRootFilesystem"
+    );
+    assert_eq!(security.privileged, None, "{origin}: privileged");
+    let capabilities = security.capabilities.unwrap_or_default();
+    assert_eq!(
+        capabilities.drop,
+        Some(vec!["ALL".to_string()]),
+        "{origin}: capabilities drop ALL"
+    );
+    assert!(
+        capabilities.add.is_none_or(|add| add.is_empty()),
+        "{origin}: no capability added"
+    );
+    let seccomp = security
+        .seccomp_profile
+        .or(pod_security.seccomp_profile)
+        .map(|p| p.type_);
+    assert_eq!(
+        seccomp.as_deref(),
+        Some("RuntimeDefault"),
+        "{origin}: seccompProfile"
+    );
+    assert!(
+        pod.host_network != Some(true) && pod.host_pid != Some(true),
+        "{origin}: host namespaces"
+    );
+}
+
+fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+fn container_of<'a>(objects: &'a Objects, component: &str) -> &'a Container {
+    &objects
+        .deployment(component)
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
+/// The NetworkPolicy whose pod selector picks `component`'s pods.
+fn policy_for<'a>(objects: &'a Objects, component: &str) -> &'a NetworkPolicySpec {
+    let labels = pod_labels(objects.deployment(component));
+    objects
+        .network_policies
+        .iter()
+        .filter_map(|policy| policy.spec.as_ref())
+        .find(|spec| {
+            let selector = spec.pod_selector.clone().unwrap_or_default();
+            let wanted = selector.match_labels.clone().unwrap_or_default();
+            selector.match_expressions.is_none()
+                && wanted
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str)
+                    == Some(component)
+                && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .unwrap_or_else(|| panic!("no NetworkPolicy selects the {component} pods"))
+}
+
+/// The data plane's event port is open to the cluster, its metrics port only to the
+/// namespaces configured; the controller takes nothing.
+fn check_network_policies(objects: &Objects, origin: &str) {
+    let ingress_only = Some(vec!["Ingress".to_string()]);
+    let data_plane = policy_for(objects, "data-plane");
+    assert_eq!(data_plane.policy_types, ingress_only, "{origin}");
+    let named: BTreeSet<String> = container_of(objects, "data-plane")
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    let mut ports_seen = BTreeSet::new();
+    for rule in data_plane.ingress.iter().flatten() {
+        let ports = rule.ports.clone().unwrap_or_default();
+        assert!(
+            !ports.is_empty(),
+            "{origin}: a data-plane rule without ports admits every port"
+        );
+        let peers = rule.from.clone().unwrap_or_default();
+        assert!(
+            !peers.is_empty(),
+            "{origin}: a data-plane rule without `from` admits the world"
+        );
+        assert!(
+            peers.iter().all(|p| p.ip_block.is_none()),
+            "{origin}: no address block outside the cluster is admitted"
+        );
+        let from_whole_cluster = peers.iter().any(|peer| {
+            peer.pod_selector.is_none()
+                && peer.namespace_selector.as_ref().is_some_and(|s| {
+                    s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                        && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+                })
+        });
+        for port in ports {
+            let Some(IntOrString::String(name)) = port.port else {
+                panic!("{origin}: NetworkPolicy ports should name the container's ports");
+            };
+            assert!(named.contains(&name), "{origin}: no container port {name}");
+            match name.as_str() {
+                "http" => assert!(
+                    from_whole_cluster,
+                    "{origin}: events are taken from every namespace by default"
+                ),
+                "metrics" => assert!(
+                    !from_whole_cluster && peers.iter().all(|p| p.namespace_selector.is_some()),
+                    "{origin}: metrics only from the namespaces configured"
+                ),
+                other => panic!("{origin}: port {other} is admitted"),
+            }
+            ports_seen.insert(name);
+        }
+    }
+    assert_eq!(
+        ports_seen,
+        BTreeSet::from(["http".to_string(), "metrics".to_string()]),
+        "{origin}"
+    );
+
+    let controller = policy_for(objects, "controller");
+    assert_eq!(controller.policy_types, ingress_only, "{origin}");
+    assert!(
+        controller
+            .ingress
+            .as_ref()
+            .is_none_or(|rules| rules.is_empty()),
+        "{origin}: the controller takes no traffic (probes come from the kubelet)"
+    );
+}
+
+#[test]
+fn network_policies_admit_events_from_the_cluster_and_metrics_from_monitoring_only() {
+    check_network_policies(&plain_manifests(), "deploy/network-policy.yaml");
+}
+
+/// The image runs as a fixed non-root user, and its default command keeps the resource API
+/// on loopback.
+#[test]
+fn the_image_runs_as_non_root_and_binds_the_api_to_loopback() {
+    let dockerfile = read(&repo().join("Dockerfile"));
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("USER "))
+        .expect("a USER instruction");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric UID (runAsNonRoot needs one)");
+    assert!(uid > 0, "USER {user}");
+    let cmd = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("CMD "))
+        .expect("a CMD instruction");
+    let args: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    let api_listen = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--api-listen="))
+        .expect("the default command names --api-listen");
+    let addr: std::net::SocketAddr = api_listen.parse().unwrap();
+    assert!(addr.ip().is_loopback(), "--api-listen={api_listen}");
+    let parsed = <rivulet::cli::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("rivulet".to_string()).chain(args.iter().cloned()),
+    );
+    assert!(parsed.is_ok(), "CMD {args:?}: {}", parsed.unwrap_err());
 }
 
 #[test]
@@ -527,10 +767,23 @@ fn check_rbac(objects: &Objects, origin: &str) {
             );
         }
     }
-    for (group, resource) in [("", "configmaps"), ("", "secrets")] {
-        for verb in ["get", "list", "watch"] {
-            assert!(allows(controller, group, resource, verb));
-            assert!(allows(data_plane, group, resource, verb));
+    for verb in ["get", "list", "watch"] {
+        assert!(allows(controller, "", "configmaps", verb));
+        assert!(allows(data_plane, "", "configmaps", verb));
+    }
+    // Secrets: read by the name a resource gives, never listed or watched, by anyone.
+    assert!(allows(controller, "", "secrets", "get"));
+    assert!(allows(data_plane, "", "secrets", "get"));
+    for role in &objects.cluster_roles {
+        for rule in role.rules.iter().flatten() {
+            if rule.resources.iter().flatten().any(|r| r == "secrets") {
+                assert_eq!(
+                    rule.verbs,
+                    ["get"],
+                    "{origin}: {:?} may do more than get Secrets",
+                    role.metadata.name
+                );
+            }
         }
     }
     assert!(allows(controller, "", "events", "create"));
@@ -808,9 +1061,13 @@ import json, sys
 import helm_python as helm
 chart = helm.Chart.load(sys.argv[1])
 out = {}
-for backend in sys.argv[2:]:
+for backend in sys.argv[3:]:
     out[backend] = chart.render({"backend": backend}, name="rivulet", namespace="rivulet")
 out["lint"] = helm.lint(sys.argv[1], strict=True)
+out["variants"] = {
+    name: chart.render(values, name="rivulet", namespace="rivulet")
+    for name, values in json.loads(sys.argv[2]).items()
+}
 try:
     chart.render({"backend": "no-such-backend"}, name="rivulet", namespace="rivulet")
     out["bad_backend_refused"] = False
@@ -818,6 +1075,104 @@ except helm.HelmError:
     out["bad_backend_refused"] = True
 print(json.dumps(out))
 "#;
+
+/// Values rendered besides the defaults, to check what they change.
+fn variants() -> Value {
+    serde_json::json!({
+        "no-network-policy": {"backend": "kafka", "networkPolicy": {"enabled": false}},
+        "custom": {
+            "backend": "kafka",
+            "dataPlane": {"ingress": {"port": 9000}, "metrics": {"port": 9100}},
+            "egress": {"allow": ["hooks.example.com"], "deny": ["10.0.0.0/8"]},
+            "networkPolicy": {
+                "ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}],
+            },
+        },
+    })
+}
+
+/// The rendered objects of one set of values.
+fn rendered_objects(rendered: &Value, origin: &str) -> Objects {
+    let mut objects = Objects::default();
+    for (template, manifest) in rendered.as_object().unwrap() {
+        if template.ends_with(".yaml") {
+            objects.add_text(manifest.as_str().unwrap(), &format!("{origin}: {template}"));
+        }
+    }
+    objects
+}
+
+/// What the chart's listener, NetworkPolicy and egress values change.
+fn check_helm_variants(rendered: &Value) {
+    let off = rendered_objects(
+        &rendered["no-network-policy"],
+        "networkPolicy.enabled=false",
+    );
+    assert!(
+        off.network_policies.is_empty(),
+        "networkPolicy.enabled=false still renders NetworkPolicies"
+    );
+
+    let custom = rendered_objects(&rendered["custom"], "custom values");
+    let container = container_of(&custom, "data-plane");
+    let args = container.args.clone().unwrap_or_default();
+    assert!(
+        args.contains(&"--listen=0.0.0.0:9000".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--api-listen=0.0.0.0:9100".to_string()),
+        "{args:?}"
+    );
+    let ports: BTreeMap<String, i32> = container
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([("http".to_string(), 9000), ("metrics".to_string(), 9100)])
+    );
+    for component in ["data-plane", "controller"] {
+        let args = container_of(&custom, component)
+            .args
+            .clone()
+            .unwrap_or_default();
+        for flag in [
+            "--egress-allow=hooks.example.com",
+            "--egress-deny=10.0.0.0/8",
+        ] {
+            assert!(args.iter().any(|a| a == flag), "{component}: {args:?}");
+        }
+        let parsed = <rivulet::cli::Cli as clap::Parser>::try_parse_from(
+            std::iter::once("rivulet".to_string()).chain(args.iter().cloned()),
+        );
+        assert!(
+            parsed.is_ok(),
+            "{component}: {args:?}: {}",
+            parsed.unwrap_err()
+        );
+    }
+    let events_from: Vec<Value> = policy_for(&custom, "data-plane")
+        .ingress
+        .iter()
+        .flatten()
+        .filter(|rule| {
+            rule.ports
+                .iter()
+                .flatten()
+                .any(|p| p.port == Some(IntOrString::String("http".into())))
+        })
+        .flat_map(|rule| rule.from.iter().flatten())
+        .map(|peer| serde_json::to_value(peer).unwrap())
+        .collect();
+    assert_eq!(
+        events_from,
+        [serde_json::json!({"namespaceSelector": {"matchLabels": {"team": "a"}}})],
+        "networkPolicy.ingressFrom replaces the whole cluster"
+    );
+}
 
 /// A Python that can import `helm_python`: `RIVULET_HELM_PYTHON`, the test cache's venv, or
 /// `python3`.
@@ -851,6 +1206,7 @@ fn helm_chart_renders_valid_objects_for_every_backend() {
         .arg("-c")
         .arg(RENDER_SCRIPT)
         .arg(chart())
+        .arg(variants().to_string())
         .args(BACKENDS)
         .output()
         .expect("python runs");
@@ -872,6 +1228,7 @@ fn helm_chart_renders_valid_objects_for_every_backend() {
         .collect::<Vec<_>>();
     assert!(lint_errors.is_empty(), "helm lint: {lint_errors:?}");
 
+    check_helm_variants(&rendered["variants"]);
     let plain = plain_manifests();
     for backend in BACKENDS {
         let mut objects = Objects::default();
@@ -885,6 +1242,7 @@ fn helm_chart_renders_valid_objects_for_every_backend() {
         }
         let origin = format!("helm (backend {backend})");
         check_workloads(&objects, &origin);
+        check_network_policies(&objects, &origin);
         // The CRDs come from crds/, not templates; RBAC must still cover them.
         check_rbac(&objects, &origin);
         for component in ["controller", "data-plane"] {

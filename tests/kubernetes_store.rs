@@ -479,3 +479,43 @@ async fn watching_announces_what_the_initial_listing_finds() {
         other => panic!("expected Applied, got {other:?}"),
     }
 }
+
+/// Secrets are read by name (the roles grant `get` alone) and never listed: a listing is
+/// refused before any request reaches the API server.
+#[tokio::test]
+async fn secrets_are_read_by_name_and_never_listed() {
+    let (store, mut server) = store();
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "creds", "namespace": "team", "resourceVersion": "3"},
+        "data": {"uri": "YW1xcDovL3g="}
+    });
+    let (found, requests) = exchange(
+        &mut server,
+        store.get(kind("Secret"), "team", "creds"),
+        vec![(200, secret)],
+    )
+    .await;
+    assert_eq!(
+        found.unwrap().expect("the secret")["data"]["uri"],
+        "YW1xcDovL3g="
+    );
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].method, "GET");
+    assert_eq!(requests[0].path, "/api/v1/namespaces/team/secrets/creds");
+
+    for namespace in [Some("team"), None] {
+        let (listed, requests) = exchange(
+            &mut server,
+            store.list(kind("Secret"), namespace),
+            Vec::new(),
+        )
+        .await;
+        let error = listed.expect_err("listing Secrets is refused");
+        assert!(
+            matches!(error, StoreError::Api { code: 403, .. }),
+            "{error}"
+        );
+        assert!(requests.is_empty(), "no request was made: {requests:?}");
+    }
+}

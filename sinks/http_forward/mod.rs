@@ -182,7 +182,7 @@ impl Sink for HttpForward {
                 );
                 tracing::warn!(namespace = %self.labels.namespace, sink = %self.labels.name,
                     id = %event.id, error = %message, "event not forwarded");
-                if failure.status.is_none_or(is_retryable) {
+                if failure.status.map_or(failure.retryable(), is_retryable) {
                     Err(SinkError::Unavailable(message))
                 } else {
                     Err(SinkError::Refused(message))

@@ -205,6 +205,16 @@ struct ControllerArgs {
     /// How long SIGTERM waits for deliveries in flight.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Allow outbound requests only to this CIDR, address or host name (`*.domain` for the
+    /// names below it); repeatable. Without it every address is allowed except link-local,
+    /// cloud metadata, unspecified, multicast and broadcast ones (which an entry naming them
+    /// lifts).
+    #[arg(long = "egress-allow", value_name = "CIDR|HOST", value_parser = parse_egress_rule)]
+    egress_allow: Vec<crate::egress::EgressRule>,
+    /// Refuse outbound requests to this CIDR, address or host name; repeatable. Wins over
+    /// --egress-allow. Checked on the addresses a name resolves to.
+    #[arg(long = "egress-deny", value_name = "CIDR|HOST", value_parser = parse_egress_rule)]
+    egress_deny: Vec<crate::egress::EgressRule>,
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +279,22 @@ struct ServeArgs {
     /// transport-encryption=strict, ...
     #[arg(long = "feature", value_name = "NAME=VALUE", value_parser = parse_feature)]
     features: Vec<(String, String)>,
+    /// Allow outbound requests only to this CIDR, address or host name (`*.domain` for the
+    /// names below it); repeatable. Without it every address is allowed except link-local,
+    /// cloud metadata, unspecified, multicast and broadcast ones (which an entry naming them
+    /// lifts).
+    #[arg(long = "egress-allow", value_name = "CIDR|HOST", value_parser = parse_egress_rule)]
+    egress_allow: Vec<crate::egress::EgressRule>,
+    /// Refuse outbound requests to this CIDR, address or host name; repeatable. Wins over
+    /// --egress-allow. Checked on the addresses a name resolves to.
+    #[arg(long = "egress-deny", value_name = "CIDR|HOST", value_parser = parse_egress_rule)]
+    egress_deny: Vec<crate::egress::EgressRule>,
+}
+
+fn parse_egress_rule(entry: &str) -> Result<crate::egress::EgressRule, String> {
+    entry
+        .parse()
+        .map_err(|e: crate::egress::EgressRuleError| e.to_string())
 }
 
 fn parse_feature(pair: &str) -> Result<(String, String), String> {
@@ -443,6 +469,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             crate::server::StoreChoice::Kubernetes => crate::runtime::Role::DataPlane,
         },
         features,
+        egress: crate::egress::EgressPolicy::new(args.egress_allow, args.egress_deny),
     };
     let store = options.store;
     let server = crate::server::start(options).await?;
@@ -482,6 +509,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         },
         store: crate::server::StoreChoice::Kubernetes,
         role: crate::runtime::Role::Controller,
+        egress: crate::egress::EgressPolicy::new(args.egress_allow, args.egress_deny),
         ..Default::default()
     };
     let server = crate::server::start(options).await?;

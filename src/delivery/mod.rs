@@ -2,12 +2,14 @@
 //! retryable status codes, linear or exponential backoff with a cap, `Retry-After`, per-request
 //! timeout, replies, and the dead-letter sink with the `knativeerror*` extensions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use crate::egress::{self, Egress, EgressError};
 use crate::event::{self, Event, EventError, ExtensionValue};
 use crate::resources::validation::parse_duration;
 use crate::resources::{BackoffPolicy, DeliveryFormat, DeliverySpec};
@@ -151,10 +153,38 @@ pub struct Failure {
     retry_after: Option<Duration>,
 }
 
+impl Failure {
+    /// Whether another attempt could succeed (a refusal, a redirect or a `4xx` cannot).
+    pub fn retryable(&self) -> bool {
+        self.retryable
+    }
+
+    fn final_without_response(message: String) -> Self {
+        Failure {
+            status: None,
+            body: Bytes::new(),
+            message,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// The most of a failed response's body that is read: `knativeerrordata` keeps far less, and
+/// a target must not make Rivulet buffer what it likes.
+pub const FAILURE_BODY_LIMIT: usize = 64 * 1024;
+
+/// The largest successful response (a reply event) that is read.
+pub const REPLY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// How much of a target's answer goes into a log line.
+const LOGGED_BODY_PREFIX: usize = 128;
+
 /// Sends events over HTTP. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
+    egress: Arc<Egress>,
 }
 
 impl Default for Sender {
@@ -164,13 +194,26 @@ impl Default for Sender {
 }
 
 impl Sender {
+    /// A sender under the default egress policy (built-in refusals only), not counted in
+    /// metrics.
     pub fn new() -> Self {
+        Self::with_egress(Arc::new(Egress::default()))
+    }
+
+    /// A sender whose every request goes through `egress`.
+    pub fn with_egress(egress: Arc<Egress>) -> Self {
         crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = egress
+            .client_builder()
             .pool_max_idle_per_host(256)
             .build()
             .expect("a client with these settings builds");
-        Self { client }
+        Self { client, egress }
+    }
+
+    /// The egress policy this sender applies, for other components that call out.
+    pub fn egress(&self) -> &Arc<Egress> {
+        &self.egress
     }
 
     /// Delivers `event` to `uri` under `policy`: retries, then the dead-letter sink.
@@ -231,7 +274,8 @@ impl Sender {
                         return Err((failure, attempt));
                     }
                     let wait = policy.wait_before(attempt, failure.retry_after);
-                    tracing::debug!(%uri, attempt, ?wait, error = %failure.message, "delivery failed, retrying");
+                    tracing::debug!(%uri, attempt, ?wait, error = %failure.message,
+                        answer = %body_prefix(&failure.body), "delivery failed, retrying");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -245,9 +289,16 @@ impl Sender {
         body: Bytes,
         timeout: Duration,
     ) -> Result<(StatusCode, Option<Event>), Failure> {
+        let url = reqwest::Url::parse(uri).map_err(|error| {
+            Failure::final_without_response(format!("invalid destination URL {uri:?}: {error}"))
+        })?;
+        // IP-literal URLs never reach the resolver, which checks names after DNS.
+        if let Err(refused) = self.egress.check_url(&url) {
+            return Err(refusal_failure(&refused));
+        }
         let request = self
             .client
-            .post(uri)
+            .post(url)
             .headers(headers.clone())
             .header("prefer", HeaderValue::from_static("reply"))
             .timeout(timeout)
@@ -255,6 +306,9 @@ impl Sender {
         let response = match request.send().await {
             Ok(response) => response,
             Err(error) => {
+                if let Some(refused) = egress::refusal_in(&error) {
+                    return Err(refusal_failure(refused));
+                }
                 let message = if error.is_timeout() {
                     format!("no response within {timeout:?}")
                 } else {
@@ -271,8 +325,26 @@ impl Sender {
         };
         let status = response.status();
         let response_headers = response.headers().clone();
-        let body = match response.bytes().await {
-            Ok(body) => body,
+        let too_large = || Failure {
+            status: Some(StatusCode::BAD_GATEWAY),
+            body: Bytes::new(),
+            message: format!("the reply is larger than {REPLY_LIMIT} bytes"),
+            retryable: false,
+            retry_after: None,
+        };
+        let limit = if status.is_success() {
+            if response
+                .content_length()
+                .is_some_and(|length| length > REPLY_LIMIT as u64)
+            {
+                return Err(too_large());
+            }
+            REPLY_LIMIT
+        } else {
+            FAILURE_BODY_LIMIT
+        };
+        let (body, complete) = match read_bounded(response, limit).await {
+            Ok(read) => read,
             Err(error) => {
                 return Err(Failure {
                     status: Some(status),
@@ -283,6 +355,17 @@ impl Sender {
                 });
             }
         };
+        if status.is_redirection() {
+            return Err(Failure {
+                status: Some(status),
+                retry_after: None,
+                message: format!(
+                    "subscriber answered {status}; redirects are not followed (deliver to the final address)"
+                ),
+                body,
+                retryable: false,
+            });
+        }
         if !status.is_success() {
             return Err(Failure {
                 status: Some(status),
@@ -291,6 +374,9 @@ impl Sender {
                 body,
                 retryable: is_retryable(status),
             });
+        }
+        if !complete {
+            return Err(too_large());
         }
         match reply_of(status, &response_headers, body.clone()) {
             Ok(reply) => Ok((status, reply)),
@@ -303,6 +389,47 @@ impl Sender {
             }),
         }
     }
+}
+
+/// A refused destination: final (the policy will not change between attempts), and the
+/// dead-letter event's `knativeerrordata` says why, in Rivulet's words: nothing came from
+/// the target.
+fn refusal_failure(refused: &EgressError) -> Failure {
+    let message = refused.to_string();
+    Failure {
+        body: Bytes::from(message.clone()),
+        ..Failure::final_without_response(message)
+    }
+}
+
+/// Reads at most `limit` bytes of the body and stops there (the connection is then dropped
+/// rather than drained); whether the whole body was read.
+async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Bytes, bool), reqwest::Error> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body.freeze(), false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body.freeze(), true))
+}
+
+/// The start of a target's answer, for a log line: short, and escaped.
+fn body_prefix(body: &[u8]) -> String {
+    let end = body.len().min(LOGGED_BODY_PREFIX);
+    let mut text = String::from_utf8_lossy(&body[..end])
+        .escape_debug()
+        .to_string();
+    if body.len() > end {
+        text.push('…');
+    }
+    text
 }
 
 /// The reply event carried by a successful response, if any. A `202` is never a reply; a

@@ -43,9 +43,12 @@ fn group_dir(kind: &KindInfo) -> &str {
 }
 
 impl FileStore {
-    /// Opens the store under `root`, loading what an earlier run left there.
+    /// Opens the store under `root`, loading what an earlier run left there. Every folder
+    /// is kept 0700 and every file 0600 (Secrets are among them); looser modes an earlier
+    /// version left are narrowed here.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(root)?;
+        super::create_private_dir(root)?;
+        super::tighten_tree(root)?;
         let mut objects = BTreeMap::new();
         let mut resource_version = 0u64;
         for kind in kinds() {
@@ -104,13 +107,10 @@ impl FileStore {
     async fn persist(&self, path: PathBuf, object: &Value) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(object).expect("JSON values serialise");
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
             let dir = path.parent().expect("object paths have a parent");
-            std::fs::create_dir_all(dir)?;
+            super::create_private_dir(dir)?;
             let tmp = path.with_extension("json.tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
+            super::write_private(&tmp, &bytes)?;
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(dir)?.sync_all()
         })

@@ -12,9 +12,11 @@ use crate::resources::validation::ValidationError;
 
 mod file;
 mod kubernetes;
+mod private;
 
 pub use file::FileStore;
 pub use kubernetes::KubernetesStore;
+pub use private::{create_private_dir, tighten_tree, write_private};
 
 /// A change to a stored object. Status updates are not announced: reconcilers write them.
 #[derive(Debug, Clone)]

@@ -38,10 +38,14 @@ seccompProfile:
 {{- end -}}
 
 {{- define "rivulet.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
 {{- end -}}
 
 {{- define "rivulet.probes" -}}
