@@ -105,6 +105,10 @@ pub struct Metrics {
     pub eventtypes_autocreated: Counter,
     /// Writes of an EventType's inferred schema, sample or dataschema.
     pub eventtype_status_writes: Counter,
+    /// Serving certificates put in service after their files changed.
+    pub tls_certificate_reloads: Counter,
+    /// Changed certificate files that could not be used (the previous certificate stayed).
+    pub tls_certificate_reload_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -213,8 +217,22 @@ impl Metrics {
             "Writes of inferred schemas and samples to EventTypes",
             eventtype_status_writes.clone(),
         );
+        let tls_certificate_reloads = Counter::default();
+        registry.register(
+            "tls_certificate_reloads",
+            "Serving certificates put in service after their files changed",
+            tls_certificate_reloads.clone(),
+        );
+        let tls_certificate_reload_failures = Counter::default();
+        registry.register(
+            "tls_certificate_reload_failures",
+            "Changed certificate files refused; the previous certificate is still served",
+            tls_certificate_reload_failures.clone(),
+        );
         Metrics {
             registry,
+            tls_certificate_reloads,
+            tls_certificate_reload_failures,
             eventtype_observations_dropped,
             eventtypes_autocreated,
             eventtype_status_writes,

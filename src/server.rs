@@ -43,6 +43,9 @@ pub struct ServeOptions {
     pub role: Role,
     /// Feature flags from the command line; they win over the `config-features` ConfigMap.
     pub features: crate::features::Features,
+    /// The serving certificate (`--tls-cert`, `--tls-key`, `--tls-ca`); required when
+    /// `transport-encryption` is `permissive` or `strict`.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -70,6 +73,7 @@ impl Default for ServeOptions {
             store: StoreChoice::default(),
             role: Role::default(),
             features: crate::features::Features::default(),
+            tls: None,
         }
     }
 }
@@ -85,7 +89,10 @@ inventory::collect!(HttpRoutes);
 /// A server that is up.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    /// The URL clients reach the server at: `https://` when transport encryption is strict.
     pub base_url: String,
+    /// The https URL of the same listener, when a certificate is configured.
+    pub https_url: Option<String>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -171,10 +178,14 @@ pub async fn start_with_store(
         }
     });
 
+    let features = crate::features::FeatureFlags::new(options.features.clone());
+    let tls = load_tls(&options)?;
+    let https_base_url = tls.as_ref().map(|_| https_url_of(&base_url));
+
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
     let shared = dispatcher::Shared {
-        sender: Sender::new(),
+        sender: Sender::new().with_transport(crate::tls::TrustBundles::default(), features.clone()),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };
@@ -189,10 +200,32 @@ pub async fn start_with_store(
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
             role: options.role,
-            features: crate::features::FeatureFlags::new(options.features.clone()),
+            features: features.clone(),
+            tls: tls.clone(),
+            https_base_url: https_base_url.clone(),
         },
     );
     let shutdown = CancellationToken::new();
+    if let Some(tls) = &tls {
+        tls.spawn_watch(
+            metrics.tls_certificate_reloads.clone(),
+            metrics.tls_certificate_reload_failures.clone(),
+            shutdown.clone(),
+        );
+        // New CA certificates go into every https address.
+        let mut changes = tls.subscribe();
+        let ctx = ctx.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                ctx.resync().await;
+            }
+        });
+    }
     // Discovery runs beside ingress, fed through a bounded queue it never makes ingress wait on.
     let (observer, observations) = Observer::new(&metrics, options.registry.queue_capacity);
     ingress.set_observer(observer);
@@ -227,14 +260,29 @@ pub async fn start_with_store(
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
     let changes = store.watch();
+    // Trust bundles first, so the first deliveries already trust them.
+    if ctx.kube_client().is_some() {
+        tokio::spawn(crate::runtime::follow_trust_bundles(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+    } else {
+        crate::runtime::follow_trust_bundles(ctx.clone(), shutdown.clone()).await;
+    }
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%base_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
 
     let stop = shutdown.clone();
+    let strict =
+        features.current().transport_encryption == crate::features::TransportEncryption::Strict;
+    let client_url = match (&https_base_url, strict) {
+        (Some(https), true) => https.clone(),
+        _ => base_url.clone(),
+    };
     let task = tokio::spawn(async move {
-        let serving = axum::serve(listener, app).with_graceful_shutdown({
+        let serving = crate::tls::serve(listener, app, tls, features, {
             let stop = stop.clone();
             let ready = ready.clone();
             async move {
@@ -253,10 +301,48 @@ pub async fn start_with_store(
     });
     Ok(RunningServer {
         local_addr,
-        base_url,
+        base_url: client_url,
+        https_url: https_base_url,
         shutdown,
         task,
     })
+}
+
+/// The serving certificate, checked against the transport-encryption mode: permissive and
+/// strict need one. With `disabled`, a configured certificate is loaded (so a later switch
+/// of the flag can use it) but plain HTTP is served.
+fn load_tls(options: &ServeOptions) -> anyhow::Result<Option<Arc<crate::tls::CertReloader>>> {
+    use crate::features::TransportEncryption;
+    let mode = options.features.transport_encryption;
+    let Some(files) = &options.tls else {
+        if mode != TransportEncryption::Disabled {
+            anyhow::bail!(
+                "transport-encryption is {} but no certificate is configured: give --tls-cert FILE --tls-key FILE, or set transport-encryption=disabled",
+                if mode == TransportEncryption::Strict {
+                    "strict"
+                } else {
+                    "permissive"
+                }
+            );
+        }
+        return Ok(None);
+    };
+    let reloader =
+        crate::tls::CertReloader::load(files.clone()).context("cannot use the TLS certificate")?;
+    if mode == TransportEncryption::Disabled {
+        tracing::warn!(
+            "a TLS certificate is configured but transport-encryption is disabled: serving plain HTTP only (set --feature transport-encryption=permissive or strict)"
+        );
+    }
+    Ok(Some(reloader))
+}
+
+/// The https form of an http base URL (same host and port: one listener serves both).
+fn https_url_of(base_url: &str) -> String {
+    match base_url.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => base_url.to_string(),
+    }
 }
 
 /// A 404 that says what was asked for and what is served, rather than an empty body.

@@ -203,6 +203,35 @@ struct ServeArgs {
     /// transport-encryption=strict, ...
     #[arg(long = "feature", value_name = "NAME=VALUE", value_parser = parse_feature)]
     features: Vec<(String, String)>,
+    /// PEM certificate chain (leaf first) for https on --listen. Served when
+    /// transport-encryption is permissive (http and https on the same port) or strict (https
+    /// only; plain http gets 426). Read again every few seconds: a changed file is served to
+    /// new connections without a restart, and a bad one is logged while the previous
+    /// certificate stays.
+    #[arg(
+        long,
+        env = "RIVULET_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "RIVULET_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// PEM of the CA that signed --tls-cert, published as CACerts in brokers' https
+    /// addresses (default: the --tls-cert chain itself).
+    #[arg(
+        long,
+        env = "RIVULET_TLS_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_ca: Option<PathBuf>,
 }
 
 fn parse_feature(pair: &str) -> Result<(String, String), String> {
@@ -372,6 +401,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             crate::server::StoreChoice::Kubernetes => crate::runtime::Role::DataPlane,
         },
         features,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                ca: args.tls_ca,
+                ..crate::tls::TlsFiles::new(cert, key)
+            }),
+            _ => None,
+        },
     };
     let store = options.store;
     let server = crate::server::start(options).await?;

@@ -43,6 +43,8 @@ pub struct DeliveryPolicy {
     pub retry_after_max: Option<Duration>,
     pub format: DeliveryFormat,
     pub dead_letter_uri: Option<String>,
+    /// PEM CA certificates of the dead-letter sink (its `CACerts`), for https.
+    pub dead_letter_ca_certs: Option<String>,
 }
 
 impl DeliveryPolicy {
@@ -67,6 +69,7 @@ impl DeliveryPolicy {
             retry_after_max: duration(&spec.retry_after_max),
             format: spec.format.unwrap_or(DeliveryFormat::Binary),
             dead_letter_uri,
+            dead_letter_ca_certs: None,
         }
     }
 
@@ -151,10 +154,28 @@ pub struct Failure {
     retry_after: Option<Duration>,
 }
 
+impl Failure {
+    /// No request was made, and none will be: the target is refused as it stands.
+    fn refused(message: String) -> Self {
+        Failure {
+            status: None,
+            body: Bytes::new(),
+            message,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
 /// Sends events over HTTP. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Sender {
+    /// Trusts the system roots only.
     client: reqwest::Client,
+    /// Clients that also trust the trust bundles and a destination's `CACerts`.
+    clients: crate::tls::ClientCache,
+    /// `transport-encryption` strict refuses plain http targets.
+    features: Option<crate::features::FeatureFlags>,
 }
 
 impl Default for Sender {
@@ -163,19 +184,61 @@ impl Default for Sender {
     }
 }
 
+/// The one place delivery clients are configured; `extra_roots` are trusted beside the
+/// system roots.
+fn build_client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tls_certs_merge(extra_roots)
+        .build()
+}
+
 impl Sender {
     pub fn new() -> Self {
         crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .expect("a client with these settings builds");
-        Self { client }
+        let client = build_client(Vec::new()).expect("a client with these settings builds");
+        Self {
+            client,
+            clients: crate::tls::ClientCache::new(
+                crate::tls::TrustBundles::default(),
+                std::sync::Arc::new(build_client),
+            ),
+            features: None,
+        }
+    }
+
+    /// A sender that trusts `trust` (the trust-bundle ConfigMaps) and follows the
+    /// `transport-encryption` flag in `features`.
+    pub fn with_transport(
+        mut self,
+        trust: crate::tls::TrustBundles,
+        features: crate::features::FeatureFlags,
+    ) -> Self {
+        self.clients = crate::tls::ClientCache::new(trust, std::sync::Arc::new(build_client));
+        self.features = Some(features);
+        self
+    }
+
+    /// The trust bundles this sender trusts.
+    pub fn trust_bundles(&self) -> &crate::tls::TrustBundles {
+        self.clients.trust()
     }
 
     /// Delivers `event` to `uri` under `policy`: retries, then the dead-letter sink.
     pub async fn deliver(&self, uri: &str, event: &Event, policy: &DeliveryPolicy) -> Outcome {
-        let (failure, attempts) = match self.send_with_retries(uri, event, policy).await {
+        self.deliver_to(uri, None, event, policy).await
+    }
+
+    /// Like [`Sender::deliver`], trusting `ca_certs` (PEM, the destination's `CACerts`) for
+    /// an https `uri` beside the system roots and trust bundles.
+    pub async fn deliver_to(
+        &self,
+        uri: &str,
+        ca_certs: Option<&str>,
+        event: &Event,
+        policy: &DeliveryPolicy,
+    ) -> Outcome {
+        let (failure, attempts) = match self.send_with_retries(uri, ca_certs, event, policy).await {
             Ok((status, reply, attempts)) => {
                 return Outcome::Delivered {
                     status,
@@ -194,7 +257,12 @@ impl Sender {
         };
         let dead_letter = dead_letter_event(event, uri, &failure);
         match self
-            .send_with_retries(dead_letter_uri, &dead_letter, policy)
+            .send_with_retries(
+                dead_letter_uri,
+                policy.dead_letter_ca_certs.as_deref(),
+                &dead_letter,
+                policy,
+            )
             .await
         {
             Ok(_) => Outcome::DeadLettered { failure, attempts },
@@ -211,9 +279,15 @@ impl Sender {
     async fn send_with_retries(
         &self,
         uri: &str,
+        ca_certs: Option<&str>,
         event: &Event,
         policy: &DeliveryPolicy,
     ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
+        let client = match self.client_for(uri, ca_certs) {
+            Ok(client) => client,
+            // Trying again would not change the address or its certificates.
+            Err(message) => return Err((Failure::refused(message), 1)),
+        };
         let (headers, body) = match policy.format {
             DeliveryFormat::Binary => event::to_http_binary(event),
             DeliveryFormat::Json => event::to_http_structured(event),
@@ -222,7 +296,7 @@ impl Sender {
         loop {
             attempt += 1;
             match self
-                .send_once(uri, &headers, body.clone(), policy.timeout)
+                .send_once(&client, uri, &headers, body.clone(), policy.timeout)
                 .await
             {
                 Ok(delivered) => return Ok((delivered.0, delivered.1, attempt)),
@@ -238,15 +312,37 @@ impl Sender {
         }
     }
 
+    /// The client for `uri`: refused when transport encryption is strict and `uri` is plain
+    /// http (Knative's producers send to https only then); one that trusts `ca_certs` too
+    /// when given.
+    fn client_for(&self, uri: &str, ca_certs: Option<&str>) -> Result<reqwest::Client, String> {
+        let plain = uri
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        if plain
+            && self.features.as_ref().is_some_and(|f| {
+                f.current().transport_encryption == crate::features::TransportEncryption::Strict
+            })
+        {
+            return Err(format!(
+                "transport-encryption is strict: not delivering to {uri} over plain http; give the destination an https address"
+            ));
+        }
+        Ok(self
+            .clients
+            .client_for(ca_certs)?
+            .unwrap_or_else(|| self.client.clone()))
+    }
+
     async fn send_once(
         &self,
+        client: &reqwest::Client,
         uri: &str,
         headers: &HeaderMap,
         body: Bytes,
         timeout: Duration,
     ) -> Result<(StatusCode, Option<Event>), Failure> {
-        let request = self
-            .client
+        let request = client
             .post(uri)
             .headers(headers.clone())
             .header("prefer", HeaderValue::from_static("reply"))
@@ -399,6 +495,7 @@ mod tests {
             retry_after_max: None,
             format: DeliveryFormat::Binary,
             dead_letter_uri: None,
+            dead_letter_ca_certs: None,
         }
     }
 
