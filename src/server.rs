@@ -207,6 +207,7 @@ pub async fn start_with_store(
     );
     let shutdown = CancellationToken::new();
     if let Some(tls) = &tls {
+        ctx.dispatch.sender.trust_bundles().trust_own(&tls.ca_pem());
         tls.spawn_watch(
             metrics.tls_certificate_reloads.clone(),
             metrics.tls_certificate_reload_failures.clone(),
@@ -221,6 +222,9 @@ pub async fn start_with_store(
                 tokio::select! {
                     () = stop.cancelled() => return,
                     changed = changes.changed() => if changed.is_err() { return },
+                }
+                if let Some(tls) = &ctx.settings.tls {
+                    ctx.dispatch.sender.trust_bundles().trust_own(&tls.ca_pem());
                 }
                 ctx.resync().await;
             }

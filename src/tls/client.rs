@@ -72,6 +72,19 @@ impl TrustBundles {
         true
     }
 
+    /// Trusts the CA of Rivulet's own serving certificate, so that what it sends to its own
+    /// https addresses (sources to brokers, triggers to brokers) is verified like the rest.
+    pub fn trust_own(&self, ca_pem: &str) {
+        // No ConfigMap has an empty namespace: the key cannot clash with one.
+        let key = (String::new(), "serving certificate".to_string());
+        let pems = vec![ca_pem.to_string()];
+        let mut bundles = self.0.write().expect("lock poisoned");
+        if bundles.by_config_map.get(&key) != Some(&pems) {
+            bundles.by_config_map.insert(key, pems);
+            bundles.generation += 1;
+        }
+    }
+
     /// Forgets a deleted ConfigMap; whether it was a trust bundle.
     pub fn deleted(&self, namespace: &str, name: &str) -> bool {
         let mut bundles = self.0.write().expect("lock poisoned");
