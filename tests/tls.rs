@@ -86,6 +86,9 @@ struct TlsServer {
     http: String,
     /// `https://localhost:PORT`.
     https: String,
+    /// The resource API's listener, over http and https.
+    api_http: String,
+    api_https: String,
     _data_dir: tempfile::TempDir,
 }
 
@@ -103,20 +106,25 @@ impl TlsServer {
         let data_dir = tempfile::tempdir().unwrap();
         let mut options = ServeOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_path_buf(),
             tls: files,
             ..ServeOptions::default()
         };
         tune_for_tests(&mut options);
+        give_test_token(data_dir.path());
         options.features.set("transport-encryption", mode).unwrap();
         let server = rivulet::server::start(options)
             .await
             .expect("the server starts");
         let port = server.local_addr.port();
+        let api_port = server.api_addr.port();
         let this = TlsServer {
             server: Some(server),
             http: format!("http://127.0.0.1:{port}"),
             https: format!("https://localhost:{port}"),
+            api_http: format!("http://127.0.0.1:{api_port}"),
+            api_https: format!("https://localhost:{api_port}"),
             _data_dir: data_dir,
         };
         let client = trusting(ca);
@@ -149,7 +157,7 @@ fn broker_path() -> &'static str {
 async fn ready_broker(client: &reqwest::Client, base: &str) -> Value {
     let url = format!("{base}{}", broker_path());
     wait_for("broker default/default to be ready", WAIT, || {
-        let request = client.get(&url).send();
+        let request = client.get(&url).bearer_auth(TEST_TOKEN).send();
         async move {
             let broker: Value = request.await.ok()?.json().await.ok()?;
             (condition(&broker, "Ready")?["status"] == "True").then_some(broker)
@@ -209,7 +217,7 @@ async fn permissive_serves_http_and_https_on_one_port_and_publishes_both_address
         chain(&untrusted)
     );
 
-    let broker = ready_broker(&http(), &server.http).await;
+    let broker = ready_broker(&http(), &server.api_http).await;
     let status = &broker["status"];
     assert_eq!(status["address"]["name"], "http");
     assert_eq!(
@@ -261,7 +269,15 @@ async fn strict_refuses_plain_http_and_publishes_only_the_https_address() {
         .unwrap();
     assert_eq!(accepted, 202);
 
-    let broker = ready_broker(&client, &server.https).await;
+    // The resource API's listener follows the same mode.
+    let api_plain = http()
+        .get(format!("{}/readyz", server.api_http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api_plain.status(), 426);
+
+    let broker = ready_broker(&client, &server.api_https).await;
     let status = &broker["status"];
     let url = status["address"]["url"].as_str().unwrap();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
@@ -297,7 +313,7 @@ async fn a_replaced_certificate_is_served_without_restart_and_a_bad_one_is_refus
     let first = Ca::new("first CA");
     let files = first.write_into(dir.path());
     let server = TlsServer::start("permissive", Some(files.clone()), &first.pem()).await;
-    let api = Api::new(&server.http);
+    let api = Api::new(&server.http, &server.api_http);
     let readyz = format!("{}/readyz", server.https);
 
     let second = Ca::new("second CA");
@@ -439,7 +455,7 @@ async fn delivery_to_https_trusts_the_destination_cacerts_then_a_trust_bundle() 
     wait_for("delivery trusting the bundle", WAIT, || {
         n += 1;
         let id = format!("bundle-{n}");
-        let api = server.api.clone();
+        let api: Api = (*server).clone();
         let subscriber = &subscriber;
         async move {
             api.send("default", "default", &TestEvent::new(&id, "without-ca"))
@@ -481,4 +497,100 @@ async fn strict_mode_refuses_delivery_over_plain_http() {
         other => panic!("plain http under strict: {other:?}"),
     }
     assert_eq!(subscriber.count(), 0, "nothing was sent");
+}
+
+/// PUTs a manifest to the resource API with `client`; fails the test unless accepted.
+async fn apply_with(client: &reqwest::Client, api: &str, manifest: &Value) {
+    let kind = manifest["kind"].as_str().unwrap();
+    let name = manifest["metadata"]["name"].as_str().unwrap();
+    let response = client
+        .put(format!("{api}{}", resource_path(kind, "default", name)))
+        .bearer_auth(TEST_TOKEN)
+        .json(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "apply {kind} {name}: {}",
+        response.status()
+    );
+}
+
+#[tokio::test]
+async fn strict_delivery_goes_over_https_between_brokers_and_to_the_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("server CA");
+    let files = ca.write_into(dir.path());
+    let server = TlsServer::start("strict", Some(files), &ca.pem()).await;
+    let client = trusting(&ca.pem());
+    let subscriber_ca = Ca::new("subscriber CA");
+    let (cert, key) = subscriber_files(&subscriber_ca, dir.path());
+    let subscriber = Subscriber::with_tls(always(Reply::status(202)), &cert, &key).await;
+
+    apply_with(
+        &client,
+        &server.api_https,
+        &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+            "metadata": {"name": "second", "namespace": "default"}, "spec": {}
+        }),
+    )
+    .await;
+    // default -> second: a ref to a broker resolves to its https address and Rivulet's own CA.
+    apply_with(
+        &client,
+        &server.api_https,
+        &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "hop", "namespace": "default"},
+            "spec": {"broker": "default",
+                     "subscriber": {"ref": {"apiVersion": "eventing.knative.dev/v1",
+                                            "kind": "Broker", "name": "second"}}}
+        }),
+    )
+    .await;
+    apply_with(
+        &client,
+        &server.api_https,
+        &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "last", "namespace": "default"},
+            "spec": {"broker": "second",
+                     "subscriber": {"uri": subscriber.https_url(), "CACerts": subscriber_ca.pem()}}
+        }),
+    )
+    .await;
+    let hop = wait_for("trigger hop to be ready", WAIT, || {
+        let request = client
+            .get(format!(
+                "{}{}",
+                server.api_https,
+                resource_path("Trigger", "default", "hop")
+            ))
+            .bearer_auth(TEST_TOKEN)
+            .send();
+        async move {
+            let trigger: Value = request.await.ok()?.json().await.ok()?;
+            (condition(&trigger, "Ready")?["status"] == "True").then_some(trigger)
+        }
+    })
+    .await;
+    let hop_uri = hop["status"]["subscriberUri"].as_str().unwrap();
+    assert!(hop_uri.starts_with("https://"), "{hop_uri}");
+    assert_eq!(hop["status"]["subscriberCACerts"], ca.pem());
+
+    let mut n = 0;
+    wait_for("the event to pass both brokers", WAIT, || {
+        n += 1;
+        let id = format!("chain-{n}");
+        let (client, url) = (client.clone(), format!("{}/default/default", server.https));
+        let subscriber = &subscriber;
+        async move {
+            assert_eq!(post_event(&client, &url, &id).await.unwrap(), 202);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (subscriber.count() > 0).then_some(())
+        }
+    })
+    .await;
 }

@@ -132,6 +132,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The base URL brokers are addressed at (`http://127.0.0.1:8080`).
     pub base_url: String,
+    /// The base URL of the resource API listener (`http://127.0.0.1:8081`).
+    pub api_url: String,
     pub delivery: DeliveryDefaults,
     /// Deliveries in flight per trigger unless its annotation says otherwise.
     pub default_parallelism: usize,

@@ -237,6 +237,19 @@ mod tests {
     }
 
     #[test]
+    fn the_own_ca_is_trusted_and_replaced_not_accumulated() {
+        let trust = TrustBundles::default();
+        let (first, second) = (ca_pem(), ca_pem());
+        trust.trust_own(&first);
+        let (generation, pems) = trust.snapshot();
+        assert_eq!(pems, vec![first.clone()]);
+        trust.trust_own(&first);
+        assert_eq!(trust.snapshot().0, generation, "the same CA again changes nothing");
+        trust.trust_own(&second);
+        assert_eq!(trust.snapshot().1, vec![second]);
+    }
+
+    #[test]
     fn clients_are_reused_per_ca_and_rebuilt_when_bundles_change() {
         crate::install_crypto_provider();
         let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
