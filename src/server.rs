@@ -216,6 +216,8 @@ pub async fn start_with_store(
 ) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
     check_api_auth(&options)?;
+    // Before anything is bound or written: a certificate problem is a start error.
+    let tls = load_tls(&options)?;
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     apply_manifests(&*store, &options.config).await?;
@@ -252,7 +254,6 @@ pub async fn start_with_store(
     };
 
     let features = crate::features::FeatureFlags::new(options.features.clone());
-    let tls = load_tls(&options)?;
     let https_base_url = tls.as_ref().map(|_| https_url_of(&base_url));
 
     let metrics = Arc::new(Metrics::new());

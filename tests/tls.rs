@@ -292,6 +292,7 @@ async fn permissive_or_strict_without_a_certificate_is_refused_at_start() {
         let data_dir = tempfile::tempdir().unwrap();
         let mut options = ServeOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_path_buf(),
             ..ServeOptions::default()
         };

@@ -244,7 +244,11 @@ mod tests {
         let (generation, pems) = trust.snapshot();
         assert_eq!(pems, vec![first.clone()]);
         trust.trust_own(&first);
-        assert_eq!(trust.snapshot().0, generation, "the same CA again changes nothing");
+        assert_eq!(
+            trust.snapshot().0,
+            generation,
+            "the same CA again changes nothing"
+        );
         trust.trust_own(&second);
         assert_eq!(trust.snapshot().1, vec![second]);
     }
