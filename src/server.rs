@@ -354,6 +354,12 @@ pub async fn start_with_store(
     } else {
         crate::runtime::follow_trust_bundles(ctx.clone(), shutdown.clone()).await;
     }
+    ctx.refresh_features().await;
+    // The config-features ConfigMap may ask for TLS too.
+    if let Err(error) = check_tls_mode(features.current().transport_encryption, tls.is_some()) {
+        shutdown.cancel();
+        return Err(error);
+    }
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
     ready.store(true, Ordering::Relaxed);
@@ -420,17 +426,8 @@ pub async fn start_with_store(
 fn load_tls(options: &ServeOptions) -> anyhow::Result<Option<Arc<crate::tls::CertReloader>>> {
     use crate::features::TransportEncryption;
     let mode = options.features.transport_encryption;
+    check_tls_mode(mode, options.tls.is_some())?;
     let Some(files) = &options.tls else {
-        if mode != TransportEncryption::Disabled {
-            anyhow::bail!(
-                "transport-encryption is {} but no certificate is configured: give --tls-cert FILE --tls-key FILE, or set transport-encryption=disabled",
-                if mode == TransportEncryption::Strict {
-                    "strict"
-                } else {
-                    "permissive"
-                }
-            );
-        }
         return Ok(None);
     };
     let reloader =
@@ -441,6 +438,25 @@ fn load_tls(options: &ServeOptions) -> anyhow::Result<Option<Arc<crate::tls::Cer
         );
     }
     Ok(Some(reloader))
+}
+
+/// Permissive and strict transport encryption need a certificate.
+fn check_tls_mode(
+    mode: crate::features::TransportEncryption,
+    have_cert: bool,
+) -> anyhow::Result<()> {
+    use crate::features::TransportEncryption;
+    let name = match mode {
+        TransportEncryption::Disabled => return Ok(()),
+        TransportEncryption::Permissive => "permissive",
+        TransportEncryption::Strict => "strict",
+    };
+    if !have_cert {
+        anyhow::bail!(
+            "transport-encryption is {name} but no certificate is configured: give --tls-cert FILE --tls-key FILE, or set transport-encryption=disabled"
+        );
+    }
+    Ok(())
 }
 
 /// The https form of an http base URL (same host and port: one listener serves both).

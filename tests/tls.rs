@@ -113,7 +113,10 @@ impl TlsServer {
         };
         tune_for_tests(&mut options);
         give_test_token(data_dir.path());
-        options.features.set("transport-encryption", mode).unwrap();
+        // Disabled is the default; left unset, the config-features ConfigMap can change it.
+        if mode != "disabled" {
+            options.features.set("transport-encryption", mode).unwrap();
+        }
         let server = rivulet::server::start(options)
             .await
             .expect("the server starts");
@@ -127,9 +130,12 @@ impl TlsServer {
             api_https: format!("https://localhost:{api_port}"),
             _data_dir: data_dir,
         };
-        let client = trusting(ca);
-        let url = format!("{}/readyz", this.https);
-        wait_for("the server to answer over https", WAIT, || {
+        let (client, url) = if mode == "disabled" {
+            (http(), format!("{}/readyz", this.http))
+        } else {
+            (trusting(ca), format!("{}/readyz", this.https))
+        };
+        wait_for("the server to answer", WAIT, || {
             let request = client.get(&url).send();
             async move { request.await.ok().filter(|r| r.status().is_success()) }
         })
@@ -504,8 +510,11 @@ async fn strict_mode_refuses_delivery_over_plain_http() {
 async fn apply_with(client: &reqwest::Client, api: &str, manifest: &Value) {
     let kind = manifest["kind"].as_str().unwrap();
     let name = manifest["metadata"]["name"].as_str().unwrap();
+    let namespace = manifest["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
     let response = client
-        .put(format!("{api}{}", resource_path(kind, "default", name)))
+        .put(format!("{api}{}", resource_path(kind, namespace, name)))
         .bearer_auth(TEST_TOKEN)
         .json(manifest)
         .send()
@@ -594,4 +603,51 @@ async fn strict_delivery_goes_over_https_between_brokers_and_to_the_subscriber()
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_config_features_config_map_switches_a_running_server_to_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("switch CA");
+    let files = ca.write_into(dir.path());
+    let server = TlsServer::start("disabled", Some(files), &ca.pem()).await;
+    // Disabled: plain HTTP, even with a certificate.
+    let plain = post_event(&http(), &format!("{}/default/default", server.http), "d-1")
+        .await
+        .unwrap();
+    assert_eq!(plain, 202);
+    let broker = ready_broker(&http(), &server.api_http).await;
+    assert!(broker["status"].get("addresses").is_none());
+
+    apply_with(
+        &http(),
+        &server.api_http,
+        &json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "config-features", "namespace": "knative-eventing"},
+            "data": {"transport-encryption": "strict"}
+        }),
+    )
+    .await;
+    let ingress = format!("{}/default/default", server.http);
+    wait_for("plain http to be refused", WAIT, || {
+        let ingress = ingress.clone();
+        async move { (post_event(&http(), &ingress, "d-2").await.ok()? == 426).then_some(()) }
+    })
+    .await;
+    let client = trusting(&ca.pem());
+    let url = format!("{}{}", server.api_https, broker_path());
+    let address = wait_for("the broker's address to become https", WAIT, || {
+        let request = client.get(&url).bearer_auth(TEST_TOKEN).send();
+        async move {
+            let broker: Value = request.await.ok()?.json().await.ok()?;
+            let address = broker.pointer("/status/address")?.clone();
+            address["url"]
+                .as_str()?
+                .starts_with("https://")
+                .then_some(address)
+        }
+    })
+    .await;
+    assert_eq!(address["CACerts"], ca.pem());
 }

@@ -369,6 +369,35 @@ impl Context {
             .send((kind, namespace.to_string(), name.to_string()));
     }
 
+    /// Reads Knative's `config-features` ConfigMap and puts its flags (under the command
+    /// line's) in force; whether they changed.
+    pub async fn refresh_features(&self) -> bool {
+        let kind = Self::kind("ConfigMap");
+        let data = match self
+            .store
+            .get(
+                kind,
+                crate::features::CONFIG_NAMESPACE,
+                crate::features::CONFIG_NAME,
+            )
+            .await
+        {
+            Ok(object) => object.and_then(|o| o.get("data").cloned()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the config-features ConfigMap; flags unchanged");
+                return false;
+            }
+        };
+        let (changed, errors) = self.settings.features.apply_config_map(data.as_ref());
+        for error in errors {
+            tracing::warn!(%error, "config-features: flag ignored");
+        }
+        if changed {
+            tracing::info!(features = ?self.settings.features.current().all, "feature flags changed");
+        }
+        changed
+    }
+
     /// Reconciles everything in the store (at start, and after missing change notices), kind
     /// by kind in the reconcilers' order.
     pub async fn resync(self: &Arc<Self>) {

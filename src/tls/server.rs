@@ -226,6 +226,9 @@ pub async fn serve(
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    // The flags can change at run time (config-features): say once that TLS was asked for
+    // without a certificate, rather than per refused connection.
+    let mut warned = false;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -240,6 +243,13 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let mode = features.current().transport_encryption;
+        if mode != TransportEncryption::Disabled && acceptor.is_none() && !warned {
+            tracing::error!(
+                ?mode,
+                "transport-encryption asks for TLS but no certificate is configured (--tls-cert, --tls-key): https cannot be served"
+            );
+        }
+        warned = mode != TransportEncryption::Disabled && acceptor.is_none();
         let task = ConnectionTask {
             stream,
             mode,
