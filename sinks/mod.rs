@@ -299,14 +299,11 @@ pub async fn reconcile<K: SinkKind>(
             }
             parts.extend(built.conditions);
             parts.push(Condition::new("Addressable", true, "", ""));
-            status.address = Some(Addressable {
-                name: Some("http".into()),
-                url: format!(
-                    "{}{}",
-                    ctx.settings.base_url,
-                    sink_path(&namespace, K::PLURAL, &name)
-                ),
-            });
+            // https when transport encryption asks for it, like a broker's.
+            let (address, _) = ctx
+                .settings
+                .addresses_at(&sink_path(&namespace, K::PLURAL, &name));
+            status.address = Some(address);
         }
         Err(condition) => {
             served.0.write().expect("lock poisoned").remove(&map_key);

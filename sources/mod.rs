@@ -499,6 +499,7 @@ pub async fn reconcile<K: SourceKind>(
             status.address = prepared.address.map(|url| Addressable {
                 name: Some("http".into()),
                 url,
+                ..Addressable::default()
             });
         }
         _ => {

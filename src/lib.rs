@@ -22,6 +22,7 @@ pub mod sinks;
 #[path = "../sources/mod.rs"]
 pub mod sources;
 pub mod store;
+pub mod tls;
 
 pub use rivulet_channels as channels;
 

@@ -114,6 +114,10 @@ pub struct Metrics {
     pub eventtypes_autocreated: Counter,
     /// Writes of an EventType's inferred schema, sample or dataschema.
     pub eventtype_status_writes: Counter,
+    /// Serving certificates put in service after their files changed.
+    pub tls_certificate_reloads: Counter,
+    /// Changed certificate files that could not be used (the previous certificate stayed).
+    pub tls_certificate_reload_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -228,9 +232,23 @@ impl Metrics {
             "Outbound requests refused by the egress policy, by reason",
             egress_refused.clone(),
         );
+        let tls_certificate_reloads = Counter::default();
+        registry.register(
+            "tls_certificate_reloads",
+            "Serving certificates put in service after their files changed",
+            tls_certificate_reloads.clone(),
+        );
+        let tls_certificate_reload_failures = Counter::default();
+        registry.register(
+            "tls_certificate_reload_failures",
+            "Changed certificate files refused; the previous certificate is still served",
+            tls_certificate_reload_failures.clone(),
+        );
         Metrics {
             registry,
             egress_refused,
+            tls_certificate_reloads,
+            tls_certificate_reload_failures,
             eventtype_observations_dropped,
             eventtypes_autocreated,
             eventtype_status_writes,

@@ -53,6 +53,9 @@ pub struct ServeOptions {
     pub features: crate::features::Features,
     /// Where outbound requests (deliveries, sinks, sources) may go.
     pub egress: crate::egress::EgressPolicy,
+    /// The serving certificate (`--tls-cert`, `--tls-key`, `--tls-ca`); required when
+    /// `transport-encryption` is `permissive` or `strict`.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -84,6 +87,7 @@ impl Default for ServeOptions {
             role: Role::default(),
             features: crate::features::Features::default(),
             egress: crate::egress::EgressPolicy::default(),
+            tls: None,
         }
     }
 }
@@ -110,8 +114,12 @@ inventory::collect!(HttpRoutes);
 pub struct RunningServer {
     /// Where ingress listens, and the URL brokers are addressed under.
     pub local_addr: SocketAddr,
+    /// The URL clients reach the server at: `https://` when transport encryption is strict.
     pub base_url: String,
-    /// Where the resource API listens, and its URL.
+    /// The https URL of the ingress listener, when a certificate is configured.
+    pub https_url: Option<String>,
+    /// Where the resource API listens, and its URL (`https://` when transport encryption is
+    /// strict).
     pub api_addr: SocketAddr,
     pub api_url: String,
     shutdown: CancellationToken,
@@ -211,6 +219,8 @@ pub async fn start_with_store(
 ) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
     check_api_auth(&options)?;
+    // Before anything is bound or written: a certificate problem is a start error.
+    let tls = load_tls(&options)?;
     crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     apply_manifests(&*store, &options.config).await?;
@@ -246,13 +256,17 @@ pub async fn start_with_store(
         _ => None,
     };
 
+    let features = crate::features::FeatureFlags::new(options.features.clone());
+    let https_base_url = tls.as_ref().map(|_| https_url_of(&base_url));
+
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
     let shared = dispatcher::Shared {
         sender: Sender::with_egress(Arc::new(crate::egress::Egress::new(
             options.egress.clone(),
             Some(metrics.clone()),
-        ))),
+        )))
+        .with_transport(crate::tls::TrustBundles::default(), features.clone()),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };
@@ -268,10 +282,36 @@ pub async fn start_with_store(
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
             role: options.role,
-            features: crate::features::FeatureFlags::new(options.features.clone()),
+            features: features.clone(),
+            tls: tls.clone(),
+            https_base_url: https_base_url.clone(),
         },
     );
     let shutdown = CancellationToken::new();
+    if let Some(tls) = &tls {
+        ctx.dispatch.sender.trust_bundles().trust_own(&tls.ca_pem());
+        tls.spawn_watch(
+            metrics.tls_certificate_reloads.clone(),
+            metrics.tls_certificate_reload_failures.clone(),
+            shutdown.clone(),
+        );
+        // New CA certificates go into every https address.
+        let mut changes = tls.subscribe();
+        let ctx = ctx.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                if let Some(tls) = &ctx.settings.tls {
+                    ctx.dispatch.sender.trust_bundles().trust_own(&tls.ca_pem());
+                }
+                ctx.resync().await;
+            }
+        });
+    }
     // Discovery runs beside ingress, fed through a bounded queue it never makes ingress wait on.
     let (observer, observations) = Observer::new(&metrics, options.registry.queue_capacity);
     ingress.set_observer(observer);
@@ -312,13 +352,33 @@ pub async fn start_with_store(
     let api_app = api_app.layer(tower_http::trace::TraceLayer::new_for_http());
 
     let changes = store.watch();
+    // Trust bundles first, so the first deliveries already trust them.
+    if ctx.kube_client().is_some() {
+        tokio::spawn(crate::runtime::follow_trust_bundles(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+    } else {
+        crate::runtime::follow_trust_bundles(ctx.clone(), shutdown.clone()).await;
+    }
     ctx.refresh_features().await;
+    // The config-features ConfigMap may ask for TLS too.
+    if let Err(error) = check_tls_mode(features.current().transport_encryption, tls.is_some()) {
+        shutdown.cancel();
+        return Err(error);
+    }
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%base_url, %api_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
 
     let stop = shutdown.clone();
+    let strict =
+        features.current().transport_encryption == crate::features::TransportEncryption::Strict;
+    let (client_url, client_api_url) = match (&https_base_url, strict) {
+        (Some(https), true) => (https.clone(), https_url_of(&api_url)),
+        _ => (base_url.clone(), api_url.clone()),
+    };
     let task = tokio::spawn(async move {
         let stopped = {
             let stop = stop.clone();
@@ -332,10 +392,17 @@ pub async fn start_with_store(
                 }
             }
         };
-        let api_serving = axum::serve(api_listener, api_app).with_graceful_shutdown(stopped());
+        // Both listeners follow transport-encryption with the same certificate.
+        let api_serving = crate::tls::serve(
+            api_listener,
+            api_app,
+            tls.clone(),
+            features.clone(),
+            stopped(),
+        );
         let result = match (listener, ingress_app) {
             (Some(listener), Some(app)) => {
-                let ingress_serving = axum::serve(listener, app).with_graceful_shutdown(stopped());
+                let ingress_serving = crate::tls::serve(listener, app, tls, features, stopped());
                 let (ingress, api) = tokio::join!(ingress_serving, api_serving);
                 ingress.and(api)
             }
@@ -351,12 +418,60 @@ pub async fn start_with_store(
     });
     Ok(RunningServer {
         local_addr,
-        base_url,
+        base_url: client_url,
+        https_url: https_base_url,
         api_addr,
-        api_url,
+        api_url: client_api_url,
         shutdown,
         task,
     })
+}
+
+/// The serving certificate, checked against the transport-encryption mode: permissive and
+/// strict need one. With `disabled`, a configured certificate is loaded (so a later switch
+/// of the flag can use it) but plain HTTP is served.
+fn load_tls(options: &ServeOptions) -> anyhow::Result<Option<Arc<crate::tls::CertReloader>>> {
+    use crate::features::TransportEncryption;
+    let mode = options.features.transport_encryption;
+    check_tls_mode(mode, options.tls.is_some())?;
+    let Some(files) = &options.tls else {
+        return Ok(None);
+    };
+    let reloader =
+        crate::tls::CertReloader::load(files.clone()).context("cannot use the TLS certificate")?;
+    if mode == TransportEncryption::Disabled {
+        tracing::warn!(
+            "a TLS certificate is configured but transport-encryption is disabled: serving plain HTTP only (set --feature transport-encryption=permissive or strict)"
+        );
+    }
+    Ok(Some(reloader))
+}
+
+/// Permissive and strict transport encryption need a certificate.
+fn check_tls_mode(
+    mode: crate::features::TransportEncryption,
+    have_cert: bool,
+) -> anyhow::Result<()> {
+    use crate::features::TransportEncryption;
+    let name = match mode {
+        TransportEncryption::Disabled => return Ok(()),
+        TransportEncryption::Permissive => "permissive",
+        TransportEncryption::Strict => "strict",
+    };
+    if !have_cert {
+        anyhow::bail!(
+            "transport-encryption is {name} but no certificate is configured: give --tls-cert FILE --tls-key FILE, or set transport-encryption=disabled"
+        );
+    }
+    Ok(())
+}
+
+/// The https form of an http base URL (same host and port: one listener serves both).
+fn https_url_of(base_url: &str) -> String {
+    match base_url.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => base_url.to_string(),
+    }
 }
 
 /// A 404 that says what was asked for and what is served, rather than an empty body.

@@ -289,6 +289,35 @@ struct ServeArgs {
     /// --egress-allow. Checked on the addresses a name resolves to.
     #[arg(long = "egress-deny", value_name = "CIDR|HOST", value_parser = parse_egress_rule)]
     egress_deny: Vec<crate::egress::EgressRule>,
+    /// PEM certificate chain (leaf first) for https on --listen. Served when
+    /// transport-encryption is permissive (http and https on the same port) or strict (https
+    /// only; plain http gets 426). Read again every few seconds: a changed file is served to
+    /// new connections without a restart, and a bad one is logged while the previous
+    /// certificate stays.
+    #[arg(
+        long,
+        env = "RIVULET_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "RIVULET_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// PEM of the CA that signed --tls-cert, published as CACerts in brokers' https
+    /// addresses (default: the --tls-cert chain itself).
+    #[arg(
+        long,
+        env = "RIVULET_TLS_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_ca: Option<PathBuf>,
 }
 
 fn parse_egress_rule(entry: &str) -> Result<crate::egress::EgressRule, String> {
@@ -470,6 +499,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         features,
         egress: crate::egress::EgressPolicy::new(args.egress_allow, args.egress_deny),
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                ca: args.tls_ca,
+                ..crate::tls::TlsFiles::new(cert, key)
+            }),
+            _ => None,
+        },
     };
     let store = options.store;
     let server = crate::server::start(options).await?;

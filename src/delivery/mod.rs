@@ -45,6 +45,8 @@ pub struct DeliveryPolicy {
     pub retry_after_max: Option<Duration>,
     pub format: DeliveryFormat,
     pub dead_letter_uri: Option<String>,
+    /// PEM CA certificates of the dead-letter sink (its `CACerts`), for https.
+    pub dead_letter_ca_certs: Option<String>,
 }
 
 impl DeliveryPolicy {
@@ -69,6 +71,7 @@ impl DeliveryPolicy {
             retry_after_max: duration(&spec.retry_after_max),
             format: spec.format.unwrap_or(DeliveryFormat::Binary),
             dead_letter_uri,
+            dead_letter_ca_certs: None,
         }
     }
 
@@ -159,6 +162,7 @@ impl Failure {
         self.retryable
     }
 
+    /// No request was made, and none will be: the target is refused as it stands.
     fn final_without_response(message: String) -> Self {
         Failure {
             status: None,
@@ -183,14 +187,38 @@ const LOGGED_BODY_PREFIX: usize = 128;
 /// Sends events over HTTP. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Sender {
+    /// Trusts the system roots only.
     client: reqwest::Client,
     egress: Arc<Egress>,
+    /// Clients that also trust the trust bundles and a destination's `CACerts`.
+    clients: crate::tls::ClientCache,
+    /// `transport-encryption` strict refuses plain http targets.
+    features: Option<crate::features::FeatureFlags>,
 }
 
 impl Default for Sender {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The one place delivery clients are configured: under `egress`, trusting `extra_roots`
+/// beside the system roots.
+fn build_client(
+    egress: &Arc<Egress>,
+    extra_roots: Vec<reqwest::Certificate>,
+) -> reqwest::Result<reqwest::Client> {
+    egress
+        .client_builder()
+        .pool_max_idle_per_host(256)
+        .tls_certs_merge(extra_roots)
+        .build()
+}
+
+/// Builds clients for the TLS client cache, each under the same egress policy.
+fn client_factory(egress: &Arc<Egress>) -> crate::tls::BuildClient {
+    let egress = egress.clone();
+    Arc::new(move |roots| build_client(&egress, roots))
 }
 
 impl Sender {
@@ -203,12 +231,17 @@ impl Sender {
     /// A sender whose every request goes through `egress`.
     pub fn with_egress(egress: Arc<Egress>) -> Self {
         crate::install_crypto_provider();
-        let client = egress
-            .client_builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .expect("a client with these settings builds");
-        Self { client, egress }
+        let client =
+            build_client(&egress, Vec::new()).expect("a client with these settings builds");
+        Self {
+            client,
+            clients: crate::tls::ClientCache::new(
+                crate::tls::TrustBundles::default(),
+                client_factory(&egress),
+            ),
+            egress,
+            features: None,
+        }
     }
 
     /// The egress policy this sender applies, for other components that call out.
@@ -216,9 +249,38 @@ impl Sender {
         &self.egress
     }
 
+    /// A sender that trusts `trust` (the trust-bundle ConfigMaps) and follows the
+    /// `transport-encryption` flag in `features`.
+    pub fn with_transport(
+        mut self,
+        trust: crate::tls::TrustBundles,
+        features: crate::features::FeatureFlags,
+    ) -> Self {
+        self.clients = crate::tls::ClientCache::new(trust, client_factory(&self.egress));
+        self.features = Some(features);
+        self
+    }
+
+    /// The trust bundles this sender trusts.
+    pub fn trust_bundles(&self) -> &crate::tls::TrustBundles {
+        self.clients.trust()
+    }
+
     /// Delivers `event` to `uri` under `policy`: retries, then the dead-letter sink.
     pub async fn deliver(&self, uri: &str, event: &Event, policy: &DeliveryPolicy) -> Outcome {
-        let (failure, attempts) = match self.send_with_retries(uri, event, policy).await {
+        self.deliver_to(uri, None, event, policy).await
+    }
+
+    /// Like [`Sender::deliver`], trusting `ca_certs` (PEM, the destination's `CACerts`) for
+    /// an https `uri` beside the system roots and trust bundles.
+    pub async fn deliver_to(
+        &self,
+        uri: &str,
+        ca_certs: Option<&str>,
+        event: &Event,
+        policy: &DeliveryPolicy,
+    ) -> Outcome {
+        let (failure, attempts) = match self.send_with_retries(uri, ca_certs, event, policy).await {
             Ok((status, reply, attempts)) => {
                 return Outcome::Delivered {
                     status,
@@ -237,7 +299,12 @@ impl Sender {
         };
         let dead_letter = dead_letter_event(event, uri, &failure);
         match self
-            .send_with_retries(dead_letter_uri, &dead_letter, policy)
+            .send_with_retries(
+                dead_letter_uri,
+                policy.dead_letter_ca_certs.as_deref(),
+                &dead_letter,
+                policy,
+            )
             .await
         {
             Ok(_) => Outcome::DeadLettered { failure, attempts },
@@ -254,9 +321,15 @@ impl Sender {
     async fn send_with_retries(
         &self,
         uri: &str,
+        ca_certs: Option<&str>,
         event: &Event,
         policy: &DeliveryPolicy,
     ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
+        let client = match self.client_for(uri, ca_certs) {
+            Ok(client) => client,
+            // Trying again would not change the address or its certificates.
+            Err(message) => return Err((Failure::final_without_response(message), 1)),
+        };
         let (headers, body) = match policy.format {
             DeliveryFormat::Binary => event::to_http_binary(event),
             DeliveryFormat::Json => event::to_http_structured(event),
@@ -265,7 +338,7 @@ impl Sender {
         loop {
             attempt += 1;
             match self
-                .send_once(uri, &headers, body.clone(), policy.timeout)
+                .send_once(&client, uri, &headers, body.clone(), policy.timeout)
                 .await
             {
                 Ok(delivered) => return Ok((delivered.0, delivered.1, attempt)),
@@ -282,8 +355,31 @@ impl Sender {
         }
     }
 
+    /// The client for `uri`: refused when transport encryption is strict and `uri` is plain
+    /// http (Knative's producers send to https only then); one that trusts `ca_certs` too
+    /// when given.
+    fn client_for(&self, uri: &str, ca_certs: Option<&str>) -> Result<reqwest::Client, String> {
+        let plain = uri
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        if plain
+            && self.features.as_ref().is_some_and(|f| {
+                f.current().transport_encryption == crate::features::TransportEncryption::Strict
+            })
+        {
+            return Err(format!(
+                "transport-encryption is strict: not delivering to {uri} over plain http; give the destination an https address"
+            ));
+        }
+        Ok(self
+            .clients
+            .client_for(ca_certs)?
+            .unwrap_or_else(|| self.client.clone()))
+    }
+
     async fn send_once(
         &self,
+        client: &reqwest::Client,
         uri: &str,
         headers: &HeaderMap,
         body: Bytes,
@@ -296,8 +392,7 @@ impl Sender {
         if let Err(refused) = self.egress.check_url(&url) {
             return Err(refusal_failure(&refused));
         }
-        let request = self
-            .client
+        let request = client
             .post(url)
             .headers(headers.clone())
             .header("prefer", HeaderValue::from_static("reply"))
@@ -526,6 +621,7 @@ mod tests {
             retry_after_max: None,
             format: DeliveryFormat::Binary,
             dead_letter_uri: None,
+            dead_letter_ca_certs: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct TriggerDispatch {
     pub trigger: String,
     pub broker: String,
     pub subscriber_uri: String,
+    /// PEM CA certificates to trust at an https subscriber (its `CACerts`).
+    pub subscriber_ca_certs: Option<String>,
     pub filter: Filter,
     pub policy: DeliveryPolicy,
     /// One delivery at a time, in channel order (ordered mode on a channel without
@@ -243,7 +245,12 @@ async fn handle(
     let started = Instant::now();
     let outcome = shared
         .sender
-        .deliver(&dispatch.subscriber_uri, &event, &dispatch.policy)
+        .deliver_to(
+            &dispatch.subscriber_uri,
+            dispatch.subscriber_ca_certs.as_deref(),
+            &event,
+            &dispatch.policy,
+        )
         .await;
     metrics.latency.observe(started.elapsed().as_secs_f64());
     metrics.outcome(&outcome).inc();

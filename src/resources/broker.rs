@@ -42,6 +42,9 @@ pub struct BrokerStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Addressable>,
+    /// Every address, when there are several (http and https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<Addressable>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

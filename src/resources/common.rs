@@ -124,6 +124,9 @@ pub struct Addressable {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub url: String,
+    /// PEM CA certificates that sign the certificate served at an https `url`.
+    #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
+    pub ca_certs: Option<String>,
 }
 
 /// The current time in RFC 3339, seconds precision, UTC.

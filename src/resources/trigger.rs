@@ -89,8 +89,22 @@ pub struct TriggerStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_uri: Option<String>,
+    /// PEM CA certificates to trust at an https subscriber.
+    #[serde(
+        default,
+        rename = "subscriberCACerts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subscriber_ca_certs: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink_uri: Option<String>,
+    /// PEM CA certificates to trust at an https dead-letter sink.
+    #[serde(
+        default,
+        rename = "deadLetterSinkCACerts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dead_letter_sink_ca_certs: Option<String>,
 }
 
 inventory::submit! {

@@ -12,9 +12,7 @@ use super::{Action, Context, ReconcileError, conditions, generation};
 use crate::features;
 use crate::ingress::BrokerHandle;
 use crate::resources::validation::typed;
-use crate::resources::{
-    Addressable, BROKER_CLASS_ANNOTATION, Broker, BrokerStatus, Condition, KReference,
-};
+use crate::resources::{BROKER_CLASS_ANNOTATION, Broker, BrokerStatus, Condition, KReference};
 use crate::store::object_key;
 
 /// Which channel backend a broker uses, and its settings.
@@ -34,12 +32,19 @@ inventory::submit! {
 }
 
 // A changed ConfigMap or Secret may change the backend settings of brokers that name it.
+// A ConfigMap may also be a trust bundle for delivery.
 inventory::submit! {
     super::Reconciler {
         kind: "ConfigMap",
         order: 0,
-        reconcile: |object, ctx| Box::pin(reconcile_config_users(object, ctx)),
-        cleanup: |object, ctx| Box::pin(async move { reconcile_config_users(object, ctx).await.map(|_| ()) }),
+        reconcile: |object, ctx| Box::pin(async move {
+            super::trust::config_map_applied(object, ctx);
+            reconcile_config_users(object, ctx).await
+        }),
+        cleanup: |object, ctx| Box::pin(async move {
+            super::trust::config_map_deleted(object, ctx);
+            reconcile_config_users(object, ctx).await.map(|_| ())
+        }),
     }
 }
 inventory::submit! {
@@ -56,7 +61,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     ctx.ensure_finalizer(Context::kind("Broker"), object)
         .await?;
     let (namespace, name) = object_key(object);
-    let address = format!("{}/{namespace}/{name}", ctx.settings.base_url);
+    let (address, addresses) = ctx.settings.addresses_at(&format!("/{namespace}/{name}"));
     let mut parts = Vec::new();
     let mut action = Action::AwaitChange;
 
@@ -155,10 +160,8 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     let status = BrokerStatus {
         observed_generation: generation(object),
         conditions: conditions(parts),
-        address: ready.then(|| Addressable {
-            name: Some("http".into()),
-            url: address,
-        }),
+        address: ready.then_some(address),
+        addresses: addresses.filter(|_| ready),
         dead_letter_sink_uri: ctx
             .ingress
             .get(&namespace, &name)

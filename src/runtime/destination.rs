@@ -27,7 +27,25 @@ pub async fn resolve_destination(
 ) -> Result<String, String> {
     resolve(destination, namespace, ctx)
         .await
+        .map(|(url, _)| url)
         .map_err(|error| error.to_string())
+}
+
+/// Like [`resolve_destination`], with the CA certificates (PEM) to trust at the URL: the
+/// destination's own `CACerts`, else those the addressed object publishes.
+pub async fn resolve_destination_with_ca(
+    destination: &Destination,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<(String, Option<String>), String> {
+    let (url, ca_certs) = resolve(destination, namespace, ctx)
+        .await
+        .map_err(|error| error.to_string())?;
+    let own = destination
+        .ca_certs
+        .clone()
+        .filter(|pem| !pem.trim().is_empty());
+    Ok((url, own.or(ca_certs)))
 }
 
 /// Why a destination has no URL. Large parts are boxed: errors are rare, results many.
@@ -105,9 +123,13 @@ async fn resolve(
     destination: &Destination,
     namespace: &str,
     ctx: &Context,
-) -> Result<String, DestinationError> {
+) -> Result<(String, Option<String>), DestinationError> {
     let Some(reference) = &destination.reference else {
-        return destination.uri.clone().ok_or(DestinationError::Empty);
+        return destination
+            .uri
+            .clone()
+            .map(|uri| (uri, None))
+            .ok_or(DestinationError::Empty);
     };
     let target = Target::new(reference, namespace);
     let base = match served_kind(reference) {
@@ -119,15 +141,19 @@ async fn resolve(
                     .ca_certs
                     .as_deref()
                     .is_some_and(|c| !c.is_empty());
-                cluster::resolve(&client, ctx, target, tls).await?
+                (cluster::resolve(&client, ctx, target, tls).await?, None)
             }
             None => return Err(DestinationError::NotServed(target.into())),
         },
     };
-    Ok(match &destination.uri {
-        Some(relative) => join_relative(&base, relative),
-        None => base,
-    })
+    let (base, ca_certs) = base;
+    Ok((
+        match &destination.uri {
+            Some(relative) => join_relative(&base, relative),
+            None => base,
+        },
+        ca_certs,
+    ))
 }
 
 /// The kind Rivulet serves that a `ref` names, if it names one.
@@ -140,7 +166,7 @@ async fn from_store(
     kind: &'static KindInfo,
     target: Target,
     ctx: &Context,
-) -> Result<String, DestinationError> {
+) -> Result<(String, Option<String>), DestinationError> {
     let object = match ctx.store.get(kind, &target.namespace, &target.name).await {
         Ok(Some(object)) => object,
         Ok(None) => return Err(DestinationError::DoesNotExist(target.into())),
@@ -153,12 +179,12 @@ async fn from_store(
     };
     if kind.kind == "Broker" {
         // Known without waiting for the broker's status to be written.
-        return Ok(format!(
-            "{}/{}/{}",
-            ctx.settings.base_url, target.namespace, target.name
-        ));
+        let (address, _) = ctx
+            .settings
+            .addresses_at(&format!("/{}/{}", target.namespace, target.name));
+        return Ok((address.url, address.ca_certs));
     }
-    addressable::address_url(&object).map_err(|reason| DestinationError::NotAddressable {
+    addressable::address(&object).map_err(|reason| DestinationError::NotAddressable {
         target: target.into(),
         reason,
     })

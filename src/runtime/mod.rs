@@ -22,9 +22,11 @@ mod broker;
 mod destination;
 mod events;
 mod trigger;
+mod trust;
 
-pub use destination::resolve_destination;
+pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use events::ReadySummary;
+pub use trust::follow_trust_bundles;
 
 /// What a reconciler wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +141,47 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// Knative's feature flags in force (`config-features` and `--feature`).
     pub features: crate::features::FeatureFlags,
+    /// The serving certificate, when TLS is configured; its CA goes into https addresses.
+    pub tls: Option<Arc<crate::tls::CertReloader>>,
+    /// The base URL of the https addresses (`https://127.0.0.1:8080`), when TLS is
+    /// configured.
+    pub https_base_url: Option<String>,
+}
+
+impl Settings {
+    /// The address of something served at `path` under the base URL, and the list of its
+    /// addresses, as Knative publishes them per `transport-encryption`: `disabled` (or no
+    /// certificate) the http address alone; `permissive` the http address, and both the
+    /// https and http ones in the list; `strict` the https address alone. https addresses
+    /// carry `CACerts`.
+    pub fn addresses_at(
+        &self,
+        path: &str,
+    ) -> (
+        crate::resources::Addressable,
+        Option<Vec<crate::resources::Addressable>>,
+    ) {
+        use crate::features::TransportEncryption;
+        use crate::resources::Addressable;
+        let http = Addressable {
+            name: Some("http".into()),
+            url: format!("{}{path}", self.base_url),
+            ..Addressable::default()
+        };
+        let (Some(tls), Some(https_base)) = (&self.tls, &self.https_base_url) else {
+            return (http, None);
+        };
+        let https = Addressable {
+            name: Some("https".into()),
+            url: format!("{https_base}{path}"),
+            ca_certs: Some(tls.ca_pem()),
+        };
+        match self.features.current().transport_encryption {
+            TransportEncryption::Disabled => (http, None),
+            TransportEncryption::Permissive => (http.clone(), Some(vec![https, http])),
+            TransportEncryption::Strict => (https.clone(), Some(vec![https])),
+        }
+    }
 }
 
 /// Shared state of the reconcilers.
@@ -271,6 +314,27 @@ impl Context {
             .and_then(Value::as_str)
             .map(str::to_string)
             .ok_or_else(|| format!("waiting for the controller to resolve {status_field}"))
+    }
+
+    /// Like [`Context::resolve_for`], with the CA certificates to trust at the URL; the data
+    /// plane reads them from `ca_field` beside the URL.
+    pub async fn resolve_for_with_ca(
+        &self,
+        object: &Value,
+        status_field: &str,
+        ca_field: &str,
+        destination: &crate::resources::Destination,
+    ) -> Result<(String, Option<String>), String> {
+        if self.role() != Role::DataPlane {
+            let (namespace, _) = object_key(object);
+            return resolve_destination_with_ca(destination, &namespace, self).await;
+        }
+        let url = self.resolve_for(object, status_field, destination).await?;
+        let ca_certs = object
+            .pointer(ca_field)
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok((url, ca_certs))
     }
 
     /// Puts this process's finalizer on a kind whose deletion must remove backend resources

@@ -55,11 +55,17 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     let mut action = Action::AwaitChange;
     let retry_later = Action::Requeue(std::time::Duration::from_secs(5));
     let subscriber = ctx
-        .resolve_for(object, "/status/subscriberUri", &trigger.spec.subscriber)
+        .resolve_for_with_ca(
+            object,
+            "/status/subscriberUri",
+            "/status/subscriberCACerts",
+            &trigger.spec.subscriber,
+        )
         .await;
     match &subscriber {
-        Ok(uri) => {
+        Ok((uri, ca_certs)) => {
             status.subscriber_uri = Some(uri.clone());
+            status.subscriber_ca_certs = ca_certs.clone();
             parts.push(Condition::new("SubscriberResolved", true, "", ""));
         }
         Err(reason) => {
@@ -78,14 +84,22 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         _ => broker.as_ref().and_then(|b| b.delivery.clone()),
     };
     let mut dead_letter_uri = None;
+    let mut dead_letter_ca_certs = None;
     if let Some(sink) = delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
         match ctx
-            .resolve_for(object, "/status/deadLetterSinkUri", sink)
+            .resolve_for_with_ca(
+                object,
+                "/status/deadLetterSinkUri",
+                "/status/deadLetterSinkCACerts",
+                sink,
+            )
             .await
         {
-            Ok(uri) => {
+            Ok((uri, ca_certs)) => {
                 status.dead_letter_sink_uri = Some(uri.clone());
+                status.dead_letter_sink_ca_certs = ca_certs.clone();
                 dead_letter_uri = Some(uri);
+                dead_letter_ca_certs = ca_certs;
                 parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
             }
             Err(reason) => {
@@ -111,7 +125,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
 
     let all_ok = parts.iter().all(Condition::is_true);
     match (broker, subscriber, filter, all_ok) {
-        (Some(broker), Ok(subscriber_uri), Ok(filter), true) => {
+        (Some(broker), Ok((subscriber_uri, subscriber_ca_certs)), Ok(filter), true) => {
             let annotations = trigger.metadata.annotations.clone().unwrap_or_default();
             let ordered = annotations
                 .get(DELIVERY_ORDER_ANNOTATION)
@@ -133,11 +147,15 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                 trigger: name.clone(),
                 broker: trigger.spec.broker.clone(),
                 subscriber_uri,
-                policy: DeliveryPolicy::from_spec(
-                    delivery.as_ref(),
-                    dead_letter_uri,
-                    &ctx.settings.delivery,
-                ),
+                subscriber_ca_certs,
+                policy: DeliveryPolicy {
+                    dead_letter_ca_certs,
+                    ..DeliveryPolicy::from_spec(
+                        delivery.as_ref(),
+                        dead_letter_uri,
+                        &ctx.settings.delivery,
+                    )
+                },
                 filter,
                 ordered: ordered && !per_partition,
                 parallelism,

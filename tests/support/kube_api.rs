@@ -105,6 +105,8 @@ fn context_for(
             stop_grace: std::time::Duration::from_secs(1),
             role,
             features: Default::default(),
+            tls: None,
+            https_base_url: None,
         },
     );
     (ctx, handle)

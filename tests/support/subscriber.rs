@@ -184,6 +184,22 @@ impl Subscriber {
     }
 
     pub async fn with_script(script: Script) -> Subscriber {
+        Self::serve(script, None).await
+    }
+
+    /// A subscriber on https only, serving the certificate and key in these PEM files;
+    /// [`Subscriber::https_url`] is its address.
+    pub async fn with_tls(
+        script: Script,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Subscriber {
+        let tls = rivulet::tls::CertReloader::load(rivulet::tls::TlsFiles::new(cert, key))
+            .expect("the subscriber's certificate loads");
+        Self::serve(script, Some(tls)).await
+    }
+
+    async fn serve(script: Script, tls: Option<Arc<rivulet::tls::CertReloader>>) -> Subscriber {
         let state = Arc::new(SubscriberState {
             script,
             log: Mutex::default(),
@@ -200,17 +216,39 @@ impl Subscriber {
             .fallback(record_and_answer)
             .with_state(state.clone());
         let serve_stop = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(serve_stop.cancelled_owned())
-                .await;
-        });
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(serve_stop.cancelled_owned())
+                        .await;
+                });
+            }
+            Some(tls) => {
+                let mut strict = rivulet::features::Features::default();
+                strict
+                    .set("transport-encryption", "strict")
+                    .expect("a known flag");
+                tokio::spawn(rivulet::tls::serve(
+                    listener,
+                    app,
+                    Some(tls),
+                    rivulet::features::FeatureFlags::new(strict),
+                    serve_stop.cancelled_owned(),
+                ));
+            }
+        }
         Subscriber { addr, state, stop }
     }
 
     /// `http://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)
+    }
+
+    /// `https://localhost:PORT/`, for a subscriber started [`Subscriber::with_tls`].
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}/", self.addr.port())
     }
 
     /// `http://127.0.0.1:PORT/{path}` (`path` without leading slash).

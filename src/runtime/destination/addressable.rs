@@ -20,6 +20,12 @@ pub enum NotAddressable {
 /// the first of `status.addresses` when it lists any, else `status.address`. The URL must
 /// name a host. `status.url` is not an address and is not used.
 pub fn address_url(object: &Value) -> Result<String, NotAddressable> {
+    Ok(address(object)?.0)
+}
+
+/// The URL of an Addressable object, as [`address_url`], with the `CACerts` of the same
+/// address.
+pub fn address(object: &Value) -> Result<(String, Option<String>), NotAddressable> {
     let status = object.get("status");
     let listed = status
         .and_then(|s| s.get("addresses"))
@@ -50,7 +56,12 @@ pub fn address_url(object: &Value) -> Result<String, NotAddressable> {
             url: url.to_string(),
         });
     }
-    Ok(url.to_string())
+    let ca_certs = address
+        .get("CACerts")
+        .and_then(Value::as_str)
+        .filter(|pem| !pem.trim().is_empty())
+        .map(str::to_string);
+    Ok((url.to_string(), ca_certs))
 }
 
 /// A Kubernetes Service's URL as Knative writes it: `http://{name}.{namespace}.svc.{domain}`,

@@ -1,0 +1,653 @@
+//! TLS end to end: https ingress with certificates made here (a CA and a leaf for
+//! localhost/127.0.0.1), `transport-encryption` permissive and strict on one port, https
+//! addresses with `CACerts`, the certificate reloaded from its files, and delivery to https
+//! subscribers trusted through the destination's `CACerts` or a trust-bundle ConfigMap.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rivulet::server::{RunningServer, ServeOptions};
+use rivulet::tls::TlsFiles;
+use serde_json::{Value, json};
+use support::*;
+
+/// A certificate authority made for one test.
+struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        Ca {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A serving certificate for localhost and 127.0.0.1: (cert PEM, key PEM).
+    fn leaf(&self) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a fresh leaf and this CA into `dir` (tls.crt, tls.key, ca.crt).
+    fn write_into(&self, dir: &Path) -> TlsFiles {
+        let (cert, key) = self.leaf();
+        let files = tls_files(dir);
+        // The key first: a poll between the two writes sees a mismatch and keeps the old pair.
+        std::fs::write(&files.key, key).unwrap();
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(files.ca.as_ref().unwrap(), self.pem()).unwrap();
+        files
+    }
+}
+
+fn tls_files(dir: &Path) -> TlsFiles {
+    TlsFiles {
+        ca: Some(dir.join("ca.crt")),
+        reload_interval: Duration::from_millis(100),
+        ..TlsFiles::new(dir.join("tls.crt"), dir.join("tls.key"))
+    }
+}
+
+/// A client that trusts only `ca` (PEM) and opens a new connection per client.
+fn trusting(ca: &str) -> reqwest::Client {
+    rivulet::install_crypto_provider();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+struct TlsServer {
+    server: Option<RunningServer>,
+    /// `http://127.0.0.1:PORT`.
+    http: String,
+    /// `https://localhost:PORT`.
+    https: String,
+    /// The resource API's listener, over http and https.
+    api_http: String,
+    api_https: String,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shutdown_token().cancel();
+        }
+    }
+}
+
+impl TlsServer {
+    async fn start(mode: &str, files: Option<TlsFiles>, ca: &str) -> TlsServer {
+        init_tracing();
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut options = ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.path().to_path_buf(),
+            tls: files,
+            ..ServeOptions::default()
+        };
+        tune_for_tests(&mut options);
+        give_test_token(data_dir.path());
+        // Disabled is the default; left unset, the config-features ConfigMap can change it.
+        if mode != "disabled" {
+            options.features.set("transport-encryption", mode).unwrap();
+        }
+        let server = rivulet::server::start(options)
+            .await
+            .expect("the server starts");
+        let port = server.local_addr.port();
+        let api_port = server.api_addr.port();
+        let this = TlsServer {
+            server: Some(server),
+            http: format!("http://127.0.0.1:{port}"),
+            https: format!("https://localhost:{port}"),
+            api_http: format!("http://127.0.0.1:{api_port}"),
+            api_https: format!("https://localhost:{api_port}"),
+            _data_dir: data_dir,
+        };
+        let (client, url) = if mode == "disabled" {
+            (http(), format!("{}/readyz", this.http))
+        } else {
+            (trusting(ca), format!("{}/readyz", this.https))
+        };
+        wait_for("the server to answer", WAIT, || {
+            let request = client.get(&url).send();
+            async move { request.await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        this
+    }
+}
+
+async fn post_event(client: &reqwest::Client, url: &str, id: &str) -> reqwest::Result<u16> {
+    let event = TestEvent::new(id, "dev.rivulet.tls");
+    let response = client
+        .post(url)
+        .headers(event.headers())
+        .body(event.body.clone())
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+fn broker_path() -> &'static str {
+    "/apis/eventing.knative.dev/v1/namespaces/default/brokers/default"
+}
+
+/// Waits until the default broker is ready and returns it.
+async fn ready_broker(client: &reqwest::Client, base: &str) -> Value {
+    let url = format!("{base}{}", broker_path());
+    wait_for("broker default/default to be ready", WAIT, || {
+        let request = client.get(&url).bearer_auth(TEST_TOKEN).send();
+        async move {
+            let broker: Value = request.await.ok()?.json().await.ok()?;
+            (condition(&broker, "Ready")?["status"] == "True").then_some(broker)
+        }
+    })
+    .await
+}
+
+/// An event to hand to a sender directly.
+fn event(id: &str) -> rivulet::event::Event {
+    let (_, mut events) = rivulet::event::from_http(
+        &TestEvent::new(id, "dev.rivulet.tls").headers(),
+        bytes::Bytes::new(),
+    )
+    .unwrap();
+    events.remove(0)
+}
+
+/// The error chain of a failed request, to see why it failed.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn permissive_serves_http_and_https_on_one_port_and_publishes_both_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("permissive CA");
+    let files = ca.write_into(dir.path());
+    let server = TlsServer::start("permissive", Some(files), &ca.pem()).await;
+    let ingress = "/default/default";
+
+    let https = post_event(
+        &trusting(&ca.pem()),
+        &format!("{}{ingress}", server.https),
+        "s-1",
+    )
+    .await
+    .expect("https with the CA trusted works");
+    assert_eq!(https, 202);
+    let plain = post_event(&http(), &format!("{}{ingress}", server.http), "p-1")
+        .await
+        .expect("plain http works on the same port");
+    assert_eq!(plain, 202);
+    // A client that trusts only the system roots refuses the certificate.
+    let untrusted = post_event(&http(), &format!("{}{ingress}", server.https), "u-1")
+        .await
+        .expect_err("an unknown CA is refused");
+    assert!(
+        chain(&untrusted).to_lowercase().contains("certificate"),
+        "{}",
+        chain(&untrusted)
+    );
+
+    let broker = ready_broker(&http(), &server.api_http).await;
+    let status = &broker["status"];
+    assert_eq!(status["address"]["name"], "http");
+    assert_eq!(
+        status["address"]["url"],
+        format!("{}{ingress}", server.http)
+    );
+    assert!(status["address"].get("CACerts").is_none(), "{status}");
+    let addresses = status["addresses"].as_array().expect("addresses listed");
+    assert_eq!(addresses.len(), 2, "{status}");
+    assert_eq!(addresses[0]["name"], "https");
+    assert_eq!(
+        addresses[0]["url"],
+        format!(
+            "https://127.0.0.1:{}{ingress}",
+            server.https.rsplit(':').next().unwrap()
+        )
+    );
+    assert_eq!(addresses[0]["CACerts"], ca.pem());
+    assert_eq!(addresses[1]["name"], "http");
+}
+
+#[tokio::test]
+async fn strict_refuses_plain_http_and_publishes_only_the_https_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("strict CA");
+    let files = ca.write_into(dir.path());
+    let server = TlsServer::start("strict", Some(files), &ca.pem()).await;
+    assert!(
+        server
+            .server
+            .as_ref()
+            .unwrap()
+            .base_url
+            .starts_with("https://"),
+        "a strict server is reached over https"
+    );
+
+    let response = http()
+        .post(format!("{}/default/default", server.http))
+        .headers(TestEvent::new("p-1", "dev.rivulet.tls").headers())
+        .send()
+        .await
+        .expect("plain http gets an answer");
+    assert_eq!(response.status(), 426);
+    assert!(response.text().await.unwrap().contains("HTTPS is required"),);
+    let client = trusting(&ca.pem());
+    let accepted = post_event(&client, &format!("{}/default/default", server.https), "s-1")
+        .await
+        .unwrap();
+    assert_eq!(accepted, 202);
+
+    // The resource API's listener follows the same mode.
+    let api_plain = http()
+        .get(format!("{}/readyz", server.api_http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api_plain.status(), 426);
+
+    let broker = ready_broker(&client, &server.api_https).await;
+    let status = &broker["status"];
+    let url = status["address"]["url"].as_str().unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    assert_eq!(status["address"]["name"], "https");
+    assert_eq!(status["address"]["CACerts"], ca.pem());
+    assert_eq!(status["addresses"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn permissive_or_strict_without_a_certificate_is_refused_at_start() {
+    for mode in ["permissive", "strict"] {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut options = ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.path().to_path_buf(),
+            ..ServeOptions::default()
+        };
+        options.features.set("transport-encryption", mode).unwrap();
+        let error = match rivulet::server::start(options).await {
+            Ok(_) => panic!("{mode} without a certificate started"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains(mode) && error.contains("--tls-cert"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_without_restart_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Ca::new("first CA");
+    let files = first.write_into(dir.path());
+    let server = TlsServer::start("permissive", Some(files.clone()), &first.pem()).await;
+    let api = Api::new(&server.http, &server.api_http);
+    let readyz = format!("{}/readyz", server.https);
+
+    let second = Ca::new("second CA");
+    second.write_into(dir.path());
+    // New connections get the new certificate: only the second CA's clients get through.
+    wait_for("the second certificate to be served", WAIT, || {
+        let request = trusting(&second.pem()).get(&readyz).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+    assert!(
+        trusting(&first.pem()).get(&readyz).send().await.is_err(),
+        "the first certificate is no longer served"
+    );
+    // And https addresses publish the new CA.
+    wait_for(
+        "the broker's https address to carry the new CA",
+        WAIT,
+        || {
+            let broker = api.get("Broker", "default", "default");
+            let expected = second.pem();
+            async move {
+                let broker = broker.await?;
+                (broker.pointer("/status/addresses/0/CACerts")? == &json!(expected)).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        api.metric("rivulet_tls_certificate_reloads_total", &[])
+            .await
+            >= 1.0
+    );
+
+    // A certificate file that is not PEM: refused, counted, the second one stays.
+    std::fs::write(&files.cert, "not a certificate").unwrap();
+    api.wait_metric("rivulet_tls_certificate_reload_failures_total", &[], 1.0)
+        .await;
+    let still = trusting(&second.pem()).get(&readyz).send().await.unwrap();
+    assert!(still.status().is_success());
+}
+
+/// Writes a leaf of `ca` for a subscriber and returns (cert path, key path).
+fn subscriber_files(ca: &Ca, dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = ca.leaf();
+    let (cert_path, key_path) = (dir.join("sub.crt"), dir.join("sub.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    (cert_path, key_path)
+}
+
+#[tokio::test]
+async fn delivery_to_https_trusts_the_destination_cacerts_then_a_trust_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("subscriber CA");
+    let (cert, key) = subscriber_files(&ca, dir.path());
+    let subscriber = Subscriber::with_tls(always(Reply::status(202)), &cert, &key).await;
+    let dead_letters = Subscriber::start().await;
+    let server = TestServer::start().await;
+
+    // The CA given with the subscriber: delivered, and the trigger's status carries it.
+    let trusted = server
+        .create_trigger(&json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "with-ca", "namespace": "default"},
+            "spec": {"broker": "default",
+                     "filter": {"attributes": {"type": "with-ca"}},
+                     "subscriber": {"uri": subscriber.https_url(), "CACerts": ca.pem()}}
+        }))
+        .await;
+    assert_eq!(trusted["status"]["subscriberCACerts"], ca.pem());
+    server
+        .send("default", "default", &TestEvent::new("ca-1", "with-ca"))
+        .await;
+    subscriber.wait_for_matching(1, |r| r.id() == "ca-1").await;
+
+    // Without it: the certificate is refused and the event is dead-lettered, with no
+    // status code (there was no response).
+    server
+        .create_trigger(&json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "without-ca", "namespace": "default"},
+            "spec": {"broker": "default",
+                     "filter": {"attributes": {"type": "without-ca"}},
+                     "subscriber": {"uri": subscriber.https_url()},
+                     "delivery": {"retry": 0, "deadLetterSink": {"uri": dead_letters.url()}}}
+        }))
+        .await;
+    server
+        .send(
+            "default",
+            "default",
+            &TestEvent::new("no-ca-1", "without-ca"),
+        )
+        .await;
+    let dead = dead_letters
+        .wait_for_matching(1, |r| r.id() == "no-ca-1")
+        .await;
+    assert_eq!(
+        dead[0].attr("knativeerrordest").as_deref(),
+        Some(subscriber.https_url().as_str())
+    );
+    assert_eq!(dead[0].attr("knativeerrorcode"), None);
+    assert!(
+        !subscriber.requests().iter().any(|r| r.id() == "no-ca-1"),
+        "no request got through"
+    );
+
+    // Why, as the sender reports it: the certificate.
+    let outcome = rivulet::delivery::Sender::new()
+        .deliver(
+            &subscriber.https_url(),
+            &event("why-1"),
+            &rivulet::delivery::DeliveryPolicy::from_spec(None, None, &Default::default()),
+        )
+        .await;
+    match outcome {
+        rivulet::delivery::Outcome::Failed { failure, .. } => {
+            assert!(failure.status.is_none());
+            assert!(
+                failure.message.to_lowercase().contains("certificate"),
+                "{}",
+                failure.message
+            );
+        }
+        other => panic!("delivery without the CA: {other:?}"),
+    }
+
+    // A trust-bundle ConfigMap with the CA: the same trigger now delivers.
+    server
+        .apply(&json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "subscriber-ca", "namespace": "default",
+                         "labels": {"networking.knative.dev/trust-bundle": "true"}},
+            "data": {"ca.pem": ca.pem()}
+        }))
+        .await;
+    let mut n = 0;
+    wait_for("delivery trusting the bundle", WAIT, || {
+        n += 1;
+        let id = format!("bundle-{n}");
+        let api: Api = (*server).clone();
+        let subscriber = &subscriber;
+        async move {
+            api.send("default", "default", &TestEvent::new(&id, "without-ca"))
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            subscriber
+                .requests()
+                .iter()
+                .any(|r| r.id().starts_with("bundle-"))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_delivery_over_plain_http() {
+    let subscriber = Subscriber::start().await;
+    let mut strict = rivulet::features::Features::default();
+    strict.set("transport-encryption", "strict").unwrap();
+    let sender = rivulet::delivery::Sender::new().with_transport(
+        rivulet::tls::TrustBundles::default(),
+        rivulet::features::FeatureFlags::new(strict),
+    );
+    let policy = rivulet::delivery::DeliveryPolicy {
+        retry: 3,
+        ..rivulet::delivery::DeliveryPolicy::from_spec(None, None, &Default::default())
+    };
+    let outcome = sender
+        .deliver(&subscriber.url(), &event("plain-1"), &policy)
+        .await;
+    match outcome {
+        rivulet::delivery::Outcome::Failed {
+            failure, attempts, ..
+        } => {
+            assert_eq!(attempts, 1, "a refusal is not retried");
+            assert!(failure.message.contains("strict"), "{}", failure.message);
+        }
+        other => panic!("plain http under strict: {other:?}"),
+    }
+    assert_eq!(subscriber.count(), 0, "nothing was sent");
+}
+
+/// PUTs a manifest to the resource API with `client`; fails the test unless accepted.
+async fn apply_with(client: &reqwest::Client, api: &str, manifest: &Value) {
+    let kind = manifest["kind"].as_str().unwrap();
+    let name = manifest["metadata"]["name"].as_str().unwrap();
+    let namespace = manifest["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let response = client
+        .put(format!("{api}{}", resource_path(kind, namespace, name)))
+        .bearer_auth(TEST_TOKEN)
+        .json(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "apply {kind} {name}: {}",
+        response.status()
+    );
+}
+
+#[tokio::test]
+async fn strict_delivery_goes_over_https_between_brokers_and_to_the_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("server CA");
+    let files = ca.write_into(dir.path());
+    let server = TlsServer::start("strict", Some(files), &ca.pem()).await;
+    let client = trusting(&ca.pem());
+    let subscriber_ca = Ca::new("subscriber CA");
+    let (cert, key) = subscriber_files(&subscriber_ca, dir.path());
+    let subscriber = Subscriber::with_tls(always(Reply::status(202)), &cert, &key).await;
+
+    apply_with(
+        &client,
+        &server.api_https,
+        &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+            "metadata": {"name": "second", "namespace": "default"}, "spec": {}
+        }),
+    )
+    .await;
+    // default -> second: a ref to a broker resolves to its https address and Rivulet's own CA.
+    apply_with(
+        &client,
+        &server.api_https,
+        &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "hop", "namespace": "default"},
+            "spec": {"broker": "default",
+                     "subscriber": {"ref": {"apiVersion": "eventing.knative.dev/v1",
+                                            "kind": "Broker", "name": "second"}}}
+        }),
+    )
+    .await;
+    apply_with(
+        &client,
+        &server.api_https,
+        &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "last", "namespace": "default"},
+            "spec": {"broker": "second",
+                     "subscriber": {"uri": subscriber.https_url(), "CACerts": subscriber_ca.pem()}}
+        }),
+    )
+    .await;
+    let hop = wait_for("trigger hop to be ready", WAIT, || {
+        let request = client
+            .get(format!(
+                "{}{}",
+                server.api_https,
+                resource_path("Trigger", "default", "hop")
+            ))
+            .bearer_auth(TEST_TOKEN)
+            .send();
+        async move {
+            let trigger: Value = request.await.ok()?.json().await.ok()?;
+            (condition(&trigger, "Ready")?["status"] == "True").then_some(trigger)
+        }
+    })
+    .await;
+    let hop_uri = hop["status"]["subscriberUri"].as_str().unwrap();
+    assert!(hop_uri.starts_with("https://"), "{hop_uri}");
+    assert_eq!(hop["status"]["subscriberCACerts"], ca.pem());
+
+    let mut n = 0;
+    wait_for("the event to pass both brokers", WAIT, || {
+        n += 1;
+        let id = format!("chain-{n}");
+        let (client, url) = (client.clone(), format!("{}/default/default", server.https));
+        let subscriber = &subscriber;
+        async move {
+            assert_eq!(post_event(&client, &url, &id).await.unwrap(), 202);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (subscriber.count() > 0).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_config_features_config_map_switches_a_running_server_to_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("switch CA");
+    let files = ca.write_into(dir.path());
+    let server = TlsServer::start("disabled", Some(files), &ca.pem()).await;
+    // Disabled: plain HTTP, even with a certificate.
+    let plain = post_event(&http(), &format!("{}/default/default", server.http), "d-1")
+        .await
+        .unwrap();
+    assert_eq!(plain, 202);
+    let broker = ready_broker(&http(), &server.api_http).await;
+    assert!(broker["status"].get("addresses").is_none());
+
+    apply_with(
+        &http(),
+        &server.api_http,
+        &json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "config-features", "namespace": "knative-eventing"},
+            "data": {"transport-encryption": "strict"}
+        }),
+    )
+    .await;
+    let ingress = format!("{}/default/default", server.http);
+    wait_for("plain http to be refused", WAIT, || {
+        let ingress = ingress.clone();
+        async move { (post_event(&http(), &ingress, "d-2").await.ok()? == 426).then_some(()) }
+    })
+    .await;
+    let client = trusting(&ca.pem());
+    let url = format!("{}{}", server.api_https, broker_path());
+    let address = wait_for("the broker's address to become https", WAIT, || {
+        let request = client.get(&url).bearer_auth(TEST_TOKEN).send();
+        async move {
+            let broker: Value = request.await.ok()?.json().await.ok()?;
+            let address = broker.pointer("/status/address")?.clone();
+            address["url"]
+                .as_str()?
+                .starts_with("https://")
+                .then_some(address)
+        }
+    })
+    .await;
+    assert_eq!(address["CACerts"], ca.pem());
+}
