@@ -303,6 +303,7 @@ pub async fn reconcile<K: SinkKind>(
                     ctx.settings.base_url,
                     sink_path(&namespace, K::PLURAL, &name)
                 ),
+                audience: None,
             });
         }
         Err(condition) => {

@@ -43,6 +43,10 @@ pub struct ServeOptions {
     pub role: Role,
     /// Feature flags from the command line; they win over the `config-features` ConfigMap.
     pub features: crate::features::Features,
+    /// External OIDC issuers whose tokens ingress accepts (Rivulet always trusts itself).
+    pub oidc_issuers: Vec<String>,
+    /// An issuer's keys are refetched for an unknown `kid` at most this often.
+    pub oidc_jwks_refresh: Duration,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -70,6 +74,8 @@ impl Default for ServeOptions {
             store: StoreChoice::default(),
             role: Role::default(),
             features: crate::features::Features::default(),
+            oidc_issuers: Vec::new(),
+            oidc_jwks_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -173,8 +179,11 @@ pub async fn start_with_store(
 
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
+    let features = crate::features::FeatureFlags::new(options.features.clone());
+    let auth = crate::auth::setup::build(&options, &base_url, &*store, features.clone())?;
+    ingress.set_auth(auth.clone());
     let shared = dispatcher::Shared {
-        sender: Sender::new(),
+        sender: Sender::new().with_bearer(crate::auth::setup::bearer(&auth)),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };
@@ -189,7 +198,7 @@ pub async fn start_with_store(
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
             role: options.role,
-            features: crate::features::FeatureFlags::new(options.features.clone()),
+            features,
         },
     );
     let shutdown = CancellationToken::new();
@@ -218,6 +227,7 @@ pub async fn start_with_store(
         api::health_router(api_state)
     };
     if options.role.carries_events() {
+        app = app.merge(auth.issuer.clone().router());
         for routes in inventory::iter::<HttpRoutes>() {
             app = app.merge((routes.build)(ctx.clone()));
         }

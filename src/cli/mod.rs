@@ -203,6 +203,11 @@ struct ServeArgs {
     /// transport-encryption=strict, ...
     #[arg(long = "feature", value_name = "NAME=VALUE", value_parser = parse_feature)]
     features: Vec<(String, String)>,
+    /// An OIDC issuer whose tokens ingress accepts when authentication-oidc is enabled
+    /// (repeatable); its keys come from {URL}/.well-known/openid-configuration. Rivulet
+    /// always trusts its own issuer.
+    #[arg(long = "oidc-issuer", value_name = "URL")]
+    oidc_issuers: Vec<String>,
 }
 
 fn parse_feature(pair: &str) -> Result<(String, String), String> {
@@ -372,6 +377,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             crate::server::StoreChoice::Kubernetes => crate::runtime::Role::DataPlane,
         },
         features,
+        oidc_issuers: args.oidc_issuers,
+        ..crate::server::ServeOptions::default()
     };
     let store = options.store;
     let server = crate::server::start(options).await?;

@@ -2,12 +2,14 @@
 //! retryable status codes, linear or exponential backoff with a cap, `Retry-After`, per-request
 //! timeout, replies, and the dead-letter sink with the `knativeerror*` extensions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use crate::auth::{BearerSource, Identity};
 use crate::event::{self, Event, EventError, ExtensionValue};
 use crate::resources::validation::parse_duration;
 use crate::resources::{BackoffPolicy, DeliveryFormat, DeliverySpec};
@@ -43,6 +45,17 @@ pub struct DeliveryPolicy {
     pub retry_after_max: Option<Duration>,
     pub format: DeliveryFormat,
     pub dead_letter_uri: Option<String>,
+    /// Who sends and for which audiences it presents OIDC tokens.
+    pub auth: Option<DeliveryAuth>,
+}
+
+/// The OIDC side of a delivery: the sender's identity, and the audiences of the target and
+/// of the dead-letter sink (no token is sent to one without an audience).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAuth {
+    pub identity: Identity,
+    pub audience: Option<String>,
+    pub dead_letter_audience: Option<String>,
 }
 
 impl DeliveryPolicy {
@@ -67,6 +80,7 @@ impl DeliveryPolicy {
             retry_after_max: duration(&spec.retry_after_max),
             format: spec.format.unwrap_or(DeliveryFormat::Binary),
             dead_letter_uri,
+            auth: None,
         }
     }
 
@@ -155,6 +169,8 @@ pub struct Failure {
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
+    /// Bearer tokens for targets with an OIDC audience.
+    bearer: Option<Arc<dyn BearerSource>>,
 }
 
 impl Default for Sender {
@@ -170,12 +186,42 @@ impl Sender {
             .pool_max_idle_per_host(256)
             .build()
             .expect("a client with these settings builds");
-        Self { client }
+        Self {
+            client,
+            bearer: None,
+        }
+    }
+
+    /// Attaches tokens from `bearer` to requests whose target has an audience.
+    pub fn with_bearer(mut self, bearer: Arc<dyn BearerSource>) -> Self {
+        self.bearer = Some(bearer);
+        self
+    }
+
+    /// The `Authorization` value for a request to `audience`, if one is due. A token that
+    /// cannot be had fails the attempt (retryable: the token source may recover).
+    async fn authorization(
+        &self,
+        policy: &DeliveryPolicy,
+        audience: Option<&str>,
+    ) -> Result<Option<HeaderValue>, Failure> {
+        let (Some(bearer), Some(auth), Some(audience)) = (&self.bearer, &policy.auth, audience)
+        else {
+            return Ok(None);
+        };
+        match bearer.bearer(&auth.identity, audience).await {
+            Ok(None) => Ok(None),
+            Ok(Some(token)) => HeaderValue::try_from(format!("Bearer {token}"))
+                .map(Some)
+                .map_err(|_| Failure::local("the token is not a valid header value".into())),
+            Err(error) => Err(Failure::local(error.to_string())),
+        }
     }
 
     /// Delivers `event` to `uri` under `policy`: retries, then the dead-letter sink.
     pub async fn deliver(&self, uri: &str, event: &Event, policy: &DeliveryPolicy) -> Outcome {
-        let (failure, attempts) = match self.send_with_retries(uri, event, policy).await {
+        let audience = policy.auth.as_ref().and_then(|a| a.audience.as_deref());
+        let (failure, attempts) = match self.send_with_retries(uri, event, policy, audience).await {
             Ok((status, reply, attempts)) => {
                 return Outcome::Delivered {
                     status,
@@ -193,8 +239,12 @@ impl Sender {
             };
         };
         let dead_letter = dead_letter_event(event, uri, &failure);
+        let audience = policy
+            .auth
+            .as_ref()
+            .and_then(|a| a.dead_letter_audience.as_deref());
         match self
-            .send_with_retries(dead_letter_uri, &dead_letter, policy)
+            .send_with_retries(dead_letter_uri, &dead_letter, policy, audience)
             .await
         {
             Ok(_) => Outcome::DeadLettered { failure, attempts },
@@ -213,6 +263,7 @@ impl Sender {
         uri: &str,
         event: &Event,
         policy: &DeliveryPolicy,
+        audience: Option<&str>,
     ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
         let (headers, body) = match policy.format {
             DeliveryFormat::Binary => event::to_http_binary(event),
@@ -221,10 +272,18 @@ impl Sender {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self
-                .send_once(uri, &headers, body.clone(), policy.timeout)
-                .await
-            {
+            let sent = match self.authorization(policy, audience).await {
+                Ok(authorization) => {
+                    let mut headers = headers.clone();
+                    if let Some(value) = authorization {
+                        headers.insert(http::header::AUTHORIZATION, value);
+                    }
+                    self.send_once(uri, &headers, body.clone(), policy.timeout)
+                        .await
+                }
+                Err(failure) => Err(failure),
+            };
+            match sent {
                 Ok(delivered) => return Ok((delivered.0, delivered.1, attempt)),
                 Err(failure) => {
                     if !failure.retryable || attempt > policy.retry {
@@ -301,6 +360,19 @@ impl Sender {
                 retryable: false,
                 retry_after: None,
             }),
+        }
+    }
+}
+
+impl Failure {
+    /// A failure before anything was sent.
+    fn local(message: String) -> Self {
+        Failure {
+            status: None,
+            body: Bytes::new(),
+            message,
+            retryable: true,
+            retry_after: None,
         }
     }
 }
@@ -399,6 +471,7 @@ mod tests {
             retry_after_max: None,
             format: DeliveryFormat::Binary,
             dead_letter_uri: None,
+            auth: None,
         }
     }
 

@@ -89,8 +89,25 @@ pub struct TriggerStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_uri: Option<String>,
+    /// The OIDC audience of the resolved subscriber, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_audience: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink_uri: Option<String>,
+    /// The resolved dead-letter sink's OIDC audience, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink_audience: Option<String>,
+    /// The OIDC identity the trigger sends as (`serviceAccountName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthStatus>,
+}
+
+/// Knative's `AuthStatus`: the service account an object's senders use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 inventory::submit! {

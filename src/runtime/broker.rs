@@ -139,6 +139,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                         delivery: broker.spec.delivery.clone(),
                         dead_letter_uri,
                         config_fingerprint: fingerprint,
+                        labels: broker.metadata.labels.clone().unwrap_or_default(),
                     }));
                     parts.insert(
                         0,
@@ -151,13 +152,25 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     }
 
     let ready = parts.iter().all(Condition::is_true);
+    let target = crate::auth::TargetRef {
+        group: "eventing.knative.dev".into(),
+        kind: "Broker".into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        labels: broker.metadata.labels.clone().unwrap_or_default(),
+    };
+    let (policies, policies_ready) = super::eventpolicy::policies_status(ctx, &target);
+    parts.push(policies_ready);
+    let oidc = ctx.settings.features.current().authentication_oidc;
     let status = BrokerStatus {
         observed_generation: generation(object),
         conditions: conditions(parts),
         address: ready.then(|| Addressable {
             name: Some("http".into()),
             url: address,
+            audience: oidc.then(|| target.audience()),
         }),
+        policies,
         dead_letter_sink_uri: ctx
             .ingress
             .get(&namespace, &name)

@@ -20,6 +20,7 @@ use crate::store::{ResourceStore, StoreError, StoreEvent, object_key};
 
 mod broker;
 mod destination;
+mod eventpolicy;
 mod events;
 mod trigger;
 

@@ -109,6 +109,28 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         ));
     }
 
+    // Who the trigger sends as, and the audiences of what it sends to (Knative's names).
+    let identity =
+        crate::auth::Identity::for_resource("eventing.knative.dev", "Trigger", &namespace, &name);
+    let subscriber_audience =
+        crate::auth::destination_audience(&trigger.spec.subscriber, &namespace);
+    let dead_letter_audience = delivery
+        .as_ref()
+        .and_then(|d| d.dead_letter_sink.as_ref())
+        .and_then(|sink| crate::auth::destination_audience(sink, &namespace));
+    if ctx.settings.features.current().authentication_oidc {
+        status.subscriber_audience = subscriber_audience.clone();
+        status.dead_letter_sink_audience = dead_letter_audience.clone();
+        status.auth = Some(crate::resources::AuthStatus {
+            service_account_name: Some(identity.service_account.clone()),
+        });
+    }
+    let delivery_auth = crate::delivery::DeliveryAuth {
+        identity,
+        audience: subscriber_audience,
+        dead_letter_audience,
+    };
+
     let all_ok = parts.iter().all(Condition::is_true);
     match (broker, subscriber, filter, all_ok) {
         (Some(broker), Ok(subscriber_uri), Ok(filter), true) => {
@@ -133,11 +155,14 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                 trigger: name.clone(),
                 broker: trigger.spec.broker.clone(),
                 subscriber_uri,
-                policy: DeliveryPolicy::from_spec(
-                    delivery.as_ref(),
-                    dead_letter_uri,
-                    &ctx.settings.delivery,
-                ),
+                policy: DeliveryPolicy {
+                    auth: Some(delivery_auth),
+                    ..DeliveryPolicy::from_spec(
+                        delivery.as_ref(),
+                        dead_letter_uri,
+                        &ctx.settings.delivery,
+                    )
+                },
                 filter,
                 ordered: ordered && !per_partition,
                 parallelism,
