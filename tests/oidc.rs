@@ -308,3 +308,65 @@ async fn a_trigger_delivering_to_a_broker_is_admitted_with_rivulets_own_token() 
         post_with_token(&server.ingress_url("default", "second"), "hop-2", "t", None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn kubernetes_tokens_come_from_the_token_request_api_and_are_cached() {
+    use rivulet::auth::Identity;
+    use rivulet::auth::tokens::{CachedTokens, KubeTokens, TokenProvider};
+    use support::kube_api::{context, exchange};
+
+    let (ctx, mut server) = context();
+    let tokens = CachedTokens::new(std::sync::Arc::new(KubeTokens(
+        ctx.kube_client().expect("a Kubernetes client"),
+    )));
+    let identity = Identity::for_resource("eventing.knative.dev", "Trigger", "team", "t1");
+    let answer = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "metadata": {"name": "t1-oidc-eventing.knative.dev-trigger", "namespace": "team"},
+        "spec": {"audiences": ["eventing.knative.dev/broker/team/b"]},
+        "status": {"token": "issued-by-the-cluster", "expirationTimestamp": "2099-01-01T00:00:00Z"}
+    });
+    let audience = "eventing.knative.dev/broker/team/b";
+    let (token, requests) = exchange(
+        &mut server,
+        tokens.token(&identity, audience),
+        vec![(201, answer)],
+    )
+    .await;
+    assert_eq!(token.unwrap().value, "issued-by-the-cluster");
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(
+        request.path,
+        "/api/v1/namespaces/team/serviceaccounts/t1-oidc-eventing.knative.dev-trigger/token"
+    );
+    assert_eq!(request.body["kind"], "TokenRequest");
+    assert_eq!(request.body["spec"]["audiences"], json!([audience]));
+    assert_eq!(request.body["spec"]["expirationSeconds"], 3600);
+
+    // Cached until shortly before it expires: no second request.
+    let (again, requests) = exchange(&mut server, tokens.token(&identity, audience), vec![]).await;
+    assert_eq!(again.unwrap().value, "issued-by-the-cluster");
+    assert!(requests.is_empty(), "{requests:?}");
+
+    // A refusal from the API server is an error naming the subject, not a panic.
+    let (refused, _) = exchange(
+        &mut server,
+        tokens.token(&identity, "other-audience"),
+        vec![(
+            403,
+            support::kube_api::status_error(
+                403,
+                "Forbidden",
+                "cannot create serviceaccounts/token",
+            ),
+        )],
+    )
+    .await;
+    let error = refused.unwrap_err().to_string();
+    assert!(
+        error.contains("system:serviceaccount:team:t1-oidc-eventing.knative.dev-trigger"),
+        "{error}"
+    );
+}
