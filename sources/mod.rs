@@ -518,7 +518,12 @@ pub async fn reconcile<K: SourceKind>(
             status.address = prepared.address.map(|url| Addressable {
                 name: Some("http".into()),
                 url,
-                audience: None,
+                audience: ctx
+                    .settings
+                    .features
+                    .current()
+                    .authentication_oidc
+                    .then(|| crate::auth::audience(kind.group, K::KIND, &namespace, &name)),
             });
         }
         _ => {

@@ -353,3 +353,98 @@ async fn invalid_policies_are_refused_with_the_field_and_rule() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn replies_are_authorized_as_the_trigger_that_sent_them() {
+    let setup = Setup::start("deny-all").await;
+    let server = &setup.server;
+    let reply = support::TestEvent::new("the-reply", "com.example.reply");
+    let replier = support::Subscriber::with_script(support::script(move |request| {
+        if request.attr("type").as_deref() == Some("com.example.request") {
+            support::Reply::event(200, &reply)
+        } else {
+            support::Reply::status(202)
+        }
+    }))
+    .await;
+    let recorder = support::Recorder::start().await;
+    let sender = "system:serviceaccount:default:app";
+    for broker in ["open", "closed"] {
+        server.create_broker("default", broker, Value::Null).await;
+        server
+            .create_trigger(&json!({
+                "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+                "metadata": {"name": format!("{broker}-replier"), "namespace": "default"},
+                "spec": {"broker": broker, "subscriber": {"uri": replier.url()},
+                         "filter": {"attributes": {"type": "com.example.request"}}}
+            }))
+            .await;
+        server
+            .create_trigger(&json!({
+                "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+                "metadata": {"name": format!("{broker}-catch"), "namespace": "default"},
+                "spec": {"broker": broker, "subscriber": {"uri": recorder.url},
+                         "filter": {"attributes": {"type": "com.example.reply"}}}
+            }))
+            .await;
+    }
+    // On "open" the replying trigger is admitted by reference; on "closed" only the sender.
+    server
+        .apply(&policy(
+            "default",
+            "open-senders",
+            json!({
+                "to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "open"}}],
+                "from": [{"sub": sender},
+                         {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "name": "open-replier"}}]
+            }),
+        ))
+        .await;
+    server
+        .apply(&policy(
+            "default",
+            "closed-senders",
+            json!({
+                "to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "closed"}}],
+                "from": [{"sub": sender}]
+            }),
+        ))
+        .await;
+    let open = wait_policies(server, "default", "open", &["open-senders"]).await;
+    wait_policies(server, "default", "closed", &["closed-senders"]).await;
+    let policy = server
+        .wait_ready("EventPolicy", "default", "open-senders")
+        .await;
+    assert_eq!(
+        policy["status"]["from"][1],
+        "system:serviceaccount:default:open-replier-oidc-eventing.knative.dev-trigger"
+    );
+    assert_eq!(
+        condition(&open, "EventPoliciesReady").unwrap()["status"],
+        "True"
+    );
+
+    let (status, body) = setup
+        .send_as("default", "open", sender, "com.example.request")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let reply = recorder.wait_for_id("the-reply").await;
+    assert_eq!(reply.event.ty, "com.example.reply");
+
+    let (status, body) = setup
+        .send_as("default", "closed", sender, "com.example.request")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    server
+        .wait_metric(
+            "rivulet_trigger_replies_total",
+            &[("trigger", "closed-replier"), ("outcome", "refused")],
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        recorder.count(),
+        1,
+        "the refused reply never reached the broker's triggers"
+    );
+}

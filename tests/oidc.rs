@@ -370,3 +370,57 @@ async fn kubernetes_tokens_come_from_the_token_request_api_and_are_cached() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn source_and_sink_endpoints_take_only_authenticated_senders() {
+    let key = TestKey::generate("k");
+    let issuer = TestIssuer::start(vec![key.clone()]).await;
+    let server = server_trusting(&issuer, Duration::from_secs(10)).await;
+    let recorder = Recorder::start().await;
+    let sub = "system:serviceaccount:default:sender";
+
+    server
+        .apply(&json!({
+            "apiVersion": "sources.rivulet.dev/v1alpha1", "kind": "WebhookSource",
+            "metadata": {"name": "hook", "namespace": "default"},
+            "spec": {"sink": {"uri": recorder.url}}
+        }))
+        .await;
+    let hook = server.wait_ready("WebhookSource", "default", "hook").await;
+    let audience = "sources.rivulet.dev/webhooksource/default/hook";
+    assert_eq!(hook["status"]["address"]["audience"], audience);
+    let url = hook["status"]["address"]["url"].as_str().unwrap();
+    let (status, headers, _) = post_with_token(url, "w-1", "t", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let wrong = key.sign(&claims(&issuer.url, sub, BROKER_AUDIENCE));
+    let answer = post_with_token(url, "w-2", "t", Some(&wrong)).await;
+    assert_refused(&answer, &wrong, "audience");
+    let right = key.sign(&claims(&issuer.url, sub, audience));
+    let (status, _, body) = post_with_token(url, "w-3", "t", Some(&right)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        recorder.count(),
+        1,
+        "only the authenticated request got through"
+    );
+
+    server
+        .apply(&json!({
+            "apiVersion": "sinks.rivulet.dev/v1alpha1", "kind": "HttpForwardSink",
+            "metadata": {"name": "fwd", "namespace": "default"},
+            "spec": {"uri": recorder.url}
+        }))
+        .await;
+    let sink = server.wait_ready("HttpForwardSink", "default", "fwd").await;
+    let audience = "sinks.rivulet.dev/httpforwardsink/default/fwd";
+    assert_eq!(sink["status"]["address"]["audience"], audience);
+    let url = sink["status"]["address"]["url"].as_str().unwrap();
+    let (status, _, _) = post_with_token(url, "s-1", "t", None).await;
+    assert_eq!(status, 401);
+    let right = key.sign(&claims(&issuer.url, sub, audience));
+    let (status, _, body) = post_with_token(url, "s-2", "t", Some(&right)).await;
+    assert_eq!(status, 202, "{body}");
+    recorder.wait_for_id("s-2").await;
+    assert!(recorder.events().iter().all(|e| e.id != "s-1"));
+}

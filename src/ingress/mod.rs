@@ -239,6 +239,25 @@ impl Ingress {
         Ok(())
     }
 
+    /// Like [`Ingress::accept`] for a reply sent by `subject` (a trigger's OIDC identity):
+    /// with `authentication-oidc` on, the broker's EventPolicies decide as for any sender.
+    /// Replies never leave the process, so the identity needs no token to be believed.
+    pub async fn accept_from(
+        &self,
+        namespace: &str,
+        broker: &str,
+        events: Vec<Event>,
+        subject: &str,
+    ) -> Result<(), IngressError> {
+        if let Some(auth) = self.auth()
+            && auth.enabled()
+            && let Some(handle) = self.get(namespace, broker)
+        {
+            auth.authorize(&handle.target(), subject, &events)?;
+        }
+        self.accept(namespace, broker, events).await
+    }
+
     /// The HTTP routes of ingress.
     pub fn router(self: Arc<Self>) -> axum::Router {
         axum::Router::new()

@@ -387,6 +387,12 @@ pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
             "/apis/sources.knative.dev/v1/namespaces/{namespace}/{}s/{name}",
             kind.to_ascii_lowercase()
         ),
+        "WebhookSource" => format!(
+            "/apis/sources.rivulet.dev/v1alpha1/namespaces/{namespace}/webhooksources/{name}"
+        ),
+        "HttpForwardSink" => format!(
+            "/apis/sinks.rivulet.dev/v1alpha1/namespaces/{namespace}/httpforwardsinks/{name}"
+        ),
         "EventPolicy" => format!(
             "/apis/eventing.knative.dev/v1alpha1/namespaces/{namespace}/eventpolicies/{name}"
         ),
