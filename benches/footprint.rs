@@ -123,6 +123,8 @@ impl Row {
 struct Running {
     child: Child,
     base: String,
+    /// The resource API (Rivulet's own listener; the bare server's only one otherwise).
+    api: String,
     _data: Option<tempfile::TempDir>,
 }
 
@@ -137,6 +139,7 @@ impl Running {
     fn spawn(target: Target) -> Running {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
+        let mut api = format!("http://{listen}");
         let (mut command, data) = match target {
             Target::Bare => {
                 let mut command =
@@ -147,8 +150,12 @@ impl Running {
             Target::Rivulet => {
                 let data = tempfile::tempdir().expect("a data folder");
                 let mut command = Command::new(env!("CARGO_BIN_EXE_rivulet"));
+                let api_listen = format!("127.0.0.1:{}", free_port());
+                api = format!("http://{api_listen}");
+                // Loopback only: the benchmark applies triggers without a token.
                 command
-                    .args(["serve", "--listen", &listen, "--data-dir"])
+                    .args(["serve", "--listen", &listen, "--api-listen", &api_listen])
+                    .args(["--api-auth", "none", "--data-dir"])
                     .arg(data.path())
                     .env("RIVULET_LOG", "warn");
                 (command, Some(data))
@@ -163,6 +170,7 @@ impl Running {
         Running {
             child,
             base: format!("http://{listen}"),
+            api,
             _data: data,
         }
     }
@@ -196,7 +204,7 @@ async fn measure(target: Target, triggers: usize, seconds: u64) -> Row {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_mib = process.rss_mib("VmRSS:");
     let with_triggers_mib = if target == Target::Rivulet {
-        apply_triggers(&client, &process.base, triggers).await;
+        apply_triggers(&client, &process.api, triggers).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         Some(process.rss_mib("VmRSS:"))
     } else {

@@ -195,7 +195,10 @@ pub fn sink_path(namespace: &str, plural: &str, name: &str) -> String {
 }
 
 inventory::submit! {
-    HttpRoutes { build: routes }
+    HttpRoutes {
+        listener: crate::server::Listener::Ingress,
+        build: routes,
+    }
 }
 
 fn routes(ctx: Arc<Context>) -> axum::Router {

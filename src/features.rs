@@ -142,23 +142,37 @@ fn enabled_or_disabled(value: &str) -> Result<bool, String> {
 }
 
 /// The flags in force, shared by every part that reads them; replaced when the ConfigMap
-/// changes.
+/// changes. The command line's flags stay on top of whatever the ConfigMap says.
 #[derive(Debug, Clone, Default)]
-pub struct FeatureFlags(Arc<RwLock<Arc<Features>>>);
+pub struct FeatureFlags {
+    current: Arc<RwLock<Arc<Features>>>,
+    overrides: Arc<Features>,
+}
 
 impl FeatureFlags {
-    pub fn new(features: Features) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(features))))
+    /// The flags of the command line, in force until a ConfigMap adds to them.
+    pub fn new(overrides: Features) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(overrides.clone()))),
+            overrides: Arc::new(overrides),
+        }
+    }
+
+    /// Puts the `data` of a `config-features` ConfigMap in force (`None`: it was deleted);
+    /// whether anything changed, and the flags that could not be used.
+    pub fn apply_config_map(&self, data: Option<&Value>) -> (bool, Vec<FeatureError>) {
+        let (features, errors) = Features::from_config_map(data, &self.overrides);
+        (self.replace(features), errors)
     }
 
     /// The flags now.
     pub fn current(&self) -> Arc<Features> {
-        self.0.read().expect("lock poisoned").clone()
+        self.current.read().expect("lock poisoned").clone()
     }
 
     /// Puts `features` in force; whether anything changed.
     pub fn replace(&self, features: Features) -> bool {
-        let mut slot = self.0.write().expect("lock poisoned");
+        let mut slot = self.current.write().expect("lock poisoned");
         if **slot == features {
             return false;
         }
@@ -201,6 +215,28 @@ mod tests {
         assert_eq!(f.transport_encryption, TransportEncryption::Permissive);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].name, "default-authorization-mode");
+    }
+
+    #[test]
+    fn a_config_map_adds_to_the_command_line_and_its_removal_takes_back_only_its_part() {
+        let mut overrides = Features::default();
+        overrides
+            .set_pair("transport-encryption=permissive")
+            .unwrap();
+        let flags = FeatureFlags::new(overrides);
+        let data = json!({"authentication-oidc": "enabled", "transport-encryption": "disabled"});
+        let (changed, errors) = flags.apply_config_map(Some(&data));
+        assert!(changed && errors.is_empty());
+        let now = flags.current();
+        assert!(now.authentication_oidc);
+        assert_eq!(now.transport_encryption, TransportEncryption::Permissive);
+        let (changed, _) = flags.apply_config_map(None);
+        assert!(changed);
+        assert!(!flags.current().authentication_oidc);
+        assert_eq!(
+            flags.current().transport_encryption,
+            TransportEncryption::Permissive
+        );
     }
 
     #[test]

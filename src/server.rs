@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::{ApiAuth, Gate, Tokens};
 use crate::api::{self, ApiState};
 use crate::delivery::{DeliveryDefaults, Sender};
 use crate::dispatcher;
@@ -25,7 +26,14 @@ use crate::store::{FileStore, KubernetesStore, ResourceStore};
 pub struct ServeOptions {
     /// Manifest files or folders applied at start.
     pub config: Vec<PathBuf>,
+    /// Event ingress (broker paths, source and sink receive endpoints), and health.
     pub listen: SocketAddr,
+    /// The resource API, tokens, xRegistry and metrics, and health.
+    pub api_listen: SocketAddr,
+    /// How the resource API authenticates callers.
+    pub api_auth: ApiAuth,
+    /// Allow `--api-auth none` on an address other than loopback.
+    pub force_insecure_api: bool,
     pub data_dir: PathBuf,
     /// Largest request body ingress takes, in bytes.
     pub body_limit: usize,
@@ -64,6 +72,9 @@ impl Default for ServeOptions {
         Self {
             config: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            api_auth: ApiAuth::default(),
+            force_insecure_api: false,
             data_dir: PathBuf::from(".rivulet"),
             body_limit: 4 * 1024 * 1024,
             delivery: DeliveryDefaults::default(),
@@ -80,9 +91,19 @@ impl Default for ServeOptions {
     }
 }
 
+/// Which listener serves a set of routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `--listen`: where events come in; senders are authenticated per event (OIDC).
+    Ingress,
+    /// `--api-listen`: behind the API's bearer tokens.
+    Api,
+}
+
 /// HTTP routes a plug-in (a source or sink adapter) adds to the server, registered with
 /// `inventory::submit!` next to its code so the server needs no list of them.
 pub struct HttpRoutes {
+    pub listener: Listener,
     pub build: fn(Arc<Context>) -> axum::Router,
 }
 
@@ -90,8 +111,12 @@ inventory::collect!(HttpRoutes);
 
 /// A server that is up.
 pub struct RunningServer {
+    /// Where ingress listens, and the URL brokers are addressed under.
     pub local_addr: SocketAddr,
     pub base_url: String,
+    /// Where the resource API listens, and its URL.
+    pub api_addr: SocketAddr,
+    pub api_url: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -123,6 +148,42 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     start_with_store(options, store).await
 }
 
+/// Refuses `--api-auth none` where others could reach the API.
+fn check_api_auth(options: &ServeOptions) -> anyhow::Result<()> {
+    if options.api_auth == ApiAuth::None
+        && !options.api_listen.ip().is_loopback()
+        && !options.force_insecure_api
+        && options.role == Role::Standalone
+    {
+        anyhow::bail!(
+            "--api-auth none on {}: anyone who reaches that address could change every \
+             resource; listen on loopback (--api-listen 127.0.0.1:8081), keep token auth, or add \
+             --force-insecure-api",
+            options.api_listen
+        );
+    }
+    Ok(())
+}
+
+fn url_of(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    if addr.is_ipv6() && !addr.ip().is_unspecified() {
+        format!("http://[{host}]:{}", addr.port())
+    } else {
+        format!("http://{host}:{}", addr.port())
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
 async fn open_store(options: &ServeOptions) -> anyhow::Result<Arc<dyn ResourceStore>> {
     Ok(match options.store {
         StoreChoice::File => Arc::new(
@@ -152,6 +213,7 @@ pub async fn start_with_store(
     store: Arc<dyn ResourceStore>,
 ) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
+    check_api_auth(&options)?;
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     apply_manifests(&*store, &options.config).await?;
@@ -160,22 +222,32 @@ pub async fn start_with_store(
         ensure_default_broker(&*store).await?;
     }
 
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
-    let local_addr = listener.local_addr()?;
-    let base_url = options.advertised_url.clone().unwrap_or_else(|| {
-        let host = if local_addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            local_addr.ip().to_string()
-        };
-        if local_addr.is_ipv6() && !local_addr.ip().is_unspecified() {
-            format!("http://[{host}]:{}", local_addr.port())
-        } else {
-            format!("http://{host}:{}", local_addr.port())
-        }
-    });
+    // The controller takes no events: its one listener is the health and metrics one.
+    let listener = if options.role.carries_events() {
+        Some(bind(options.listen, "ingress").await?)
+    } else {
+        None
+    };
+    let api_listener = bind(options.api_listen, "resource API").await?;
+    let api_addr = api_listener.local_addr()?;
+    let api_url = url_of(api_addr);
+    let local_addr = match &listener {
+        Some(listener) => listener.local_addr()?,
+        None => api_addr,
+    };
+    let base_url = options
+        .advertised_url
+        .clone()
+        .unwrap_or_else(|| url_of(local_addr));
+    // Standalone, the resource API is Rivulet's own and needs its tokens; on Kubernetes the
+    // API server is the control plane and this listener serves health and metrics only.
+    let gate = match (options.role, options.api_auth) {
+        (Role::Standalone, ApiAuth::Token) => Some(Gate::Tokens(
+            Tokens::open(&options.data_dir).context("cannot open the API tokens")?,
+        )),
+        (Role::Standalone, ApiAuth::None) => Some(Gate::Open),
+        _ => None,
+    };
 
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
@@ -194,6 +266,7 @@ pub async fn start_with_store(
         Settings {
             data_dir: options.data_dir.clone(),
             base_url: base_url.clone(),
+            api_url: api_url.clone(),
             delivery: options.delivery.clone(),
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
@@ -220,39 +293,58 @@ pub async fn start_with_store(
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
-    // The controller takes no events and no resource writes: health and metrics only.
-    let mut app = if options.role.carries_events() {
-        api::router(api_state).merge(ingress.clone().router())
-    } else {
-        api::health_router(api_state)
+    let routes = |wanted: Listener| {
+        inventory::iter::<HttpRoutes>()
+            .filter(move |routes| routes.listener == wanted)
+            .fold(axum::Router::new(), |app, routes| {
+                app.merge((routes.build)(ctx.clone()))
+            })
     };
-    if options.role.carries_events() {
-        app = app.merge(auth.issuer.clone().router());
-        for routes in inventory::iter::<HttpRoutes>() {
-            app = app.merge((routes.build)(ctx.clone()));
-        }
+    let api_app = match gate {
+        Some(gate) => api::router(api_state.clone(), gate, routes(Listener::Api)),
+        None => api::metrics_only_router(api_state.clone()),
     }
-    let app = app
-        .fallback(unknown_path)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    .fallback(unknown_path);
+    let ingress_app = listener.as_ref().map(|_| {
+        api::health_router(ready.clone())
+            .merge(ingress.clone().router())
+            .merge(auth.issuer.clone().router())
+            .merge(routes(Listener::Ingress))
+            .fallback(unknown_path)
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+    });
+    let api_app = api_app.layer(tower_http::trace::TraceLayer::new_for_http());
 
     let changes = store.watch();
+    ctx.refresh_features().await;
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(%base_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
+    tracing::info!(%base_url, %api_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
 
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        let serving = axum::serve(listener, app).with_graceful_shutdown({
+        let stopped = {
             let stop = stop.clone();
             let ready = ready.clone();
-            async move {
-                stop.cancelled().await;
-                ready.store(false, Ordering::Relaxed);
+            move || {
+                let stop = stop.clone();
+                let ready = ready.clone();
+                async move {
+                    stop.cancelled().await;
+                    ready.store(false, Ordering::Relaxed);
+                }
             }
-        });
-        let result = serving.await;
+        };
+        let api_serving = axum::serve(api_listener, api_app).with_graceful_shutdown(stopped());
+        let result = match (listener, ingress_app) {
+            (Some(listener), Some(app)) => {
+                let ingress_serving = axum::serve(listener, app).with_graceful_shutdown(stopped());
+                let (ingress, api) = tokio::join!(ingress_serving, api_serving);
+                ingress.and(api)
+            }
+            _ => api_serving.await,
+        };
         // Intake has stopped: let deliveries in flight finish or hand them back.
         let _ = control.await;
         let _ = discovery.await;
@@ -264,6 +356,8 @@ pub async fn start_with_store(
     Ok(RunningServer {
         local_addr,
         base_url,
+        api_addr,
+        api_url,
         shutdown,
         task,
     })
@@ -277,7 +371,7 @@ async fn unknown_path(
     (
         axum::http::StatusCode::NOT_FOUND,
         format!(
-            "no such path: {method} {}; ingress is POST /{{namespace}}/{{broker}}, resources are under /apis/... and /api/v1/..., the xRegistry view under /xregistry\n",
+            "no such path: {method} {}; ingress (--listen) is POST /{{namespace}}/{{broker}}; resources under /apis/... and /api/v1/..., and the xRegistry view under /xregistry, are on the API listener (--api-listen)\n",
             uri.path()
         ),
     )

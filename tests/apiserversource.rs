@@ -614,7 +614,7 @@ async fn an_unknown_kind_is_reported_not_ready() {
 #[tokio::test]
 async fn standalone_mode_validates_and_says_kubernetes_is_required() {
     let server = support::InProcessServer::start().await;
-    let base = server.base.clone();
+    let api = server.api.clone();
     let mut object = source(
         "pods",
         json!({
@@ -623,8 +623,8 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
         }),
     );
     object["metadata"] = json!({"name": "pods", "namespace": "default"});
-    support::apply(&base, &object).await;
-    let stored = support::wait_status(&base, "ApiServerSource", "default", "pods", "False").await;
+    support::apply(&api, &object).await;
+    let stored = support::wait_status(&api, "ApiServerSource", "default", "pods", "False").await;
     let ready = support::ready_condition(&stored).unwrap();
     assert_eq!(ready["reason"], "KubernetesRequired");
     assert!(
@@ -652,7 +652,7 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
         for (key, value) in change.as_object().unwrap() {
             bad["spec"][key] = value.clone();
         }
-        let (code, body) = support::put(&base, &bad).await;
+        let (code, body) = support::put(&api, &bad).await;
         assert_eq!(code, 422, "{change}: {body}");
         assert!(body.to_string().contains(field), "{change}: {body}");
     }

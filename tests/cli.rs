@@ -14,6 +14,8 @@ fn rivulet() -> Command {
     let mut command = Command::new(support::binary());
     command
         .env_remove("RIVULET_SERVER")
+        .env_remove("RIVULET_INGRESS")
+        .env_remove("RIVULET_TOKEN")
         .env("RIVULET_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -21,10 +23,13 @@ fn rivulet() -> Command {
 }
 
 /// Runs `rivulet args...` against `server` and returns its output.
-async fn run(server: &str, args: &[&str]) -> Output {
+/// Runs the CLI against `server`'s resource API with the test token, and ingress for `send`.
+async fn run(server: &support::InProcessServer, args: &[&str]) -> Output {
     rivulet()
         .args(args)
-        .env("RIVULET_SERVER", server)
+        .env("RIVULET_SERVER", &server.api)
+        .env("RIVULET_INGRESS", &server.base)
+        .env("RIVULET_TOKEN", support::TEST_TOKEN)
         .output()
         .await
         .expect("the rivulet binary runs")
@@ -55,19 +60,19 @@ async fn apply_from_a_file_then_get_in_each_format_then_delete() {
     let file = dir.path().join("resources.yaml");
     std::fs::write(&file, BROKER_YAML).unwrap();
     let out = ok(
-        &run(&server.base, &["apply", "-f", file.to_str().unwrap()]).await,
+        &run(&server, &["apply", "-f", file.to_str().unwrap()]).await,
         "apply -f",
     );
     assert!(out.contains("broker/cli-broker created"), "{out}");
     assert!(out.contains("configmap/cli-config created"), "{out}");
     let out = ok(
-        &run(&server.base, &["apply", "-f", file.to_str().unwrap()]).await,
+        &run(&server, &["apply", "-f", file.to_str().unwrap()]).await,
         "apply -f again",
     );
     assert!(out.contains("broker/cli-broker configured"), "{out}");
-    support::wait_ready(&server.base, "Broker", "default", "cli-broker").await;
+    support::wait_ready(&server.api, "Broker", "default", "cli-broker").await;
 
-    let table = ok(&run(&server.base, &["get", "brokers"]).await, "get brokers");
+    let table = ok(&run(&server, &["get", "brokers"]).await, "get brokers");
     let header = table.lines().next().unwrap_or_default();
     assert!(
         header.contains("NAME") && header.contains("READY") && header.contains("URL"),
@@ -83,7 +88,7 @@ async fn apply_from_a_file_then_get_in_each_format_then_delete() {
     );
 
     let json = ok(
-        &run(&server.base, &["get", "broker", "cli-broker", "-o", "json"]).await,
+        &run(&server, &["get", "broker", "cli-broker", "-o", "json"]).await,
         "get -o json",
     );
     let object: Value = serde_json::from_str(&json).expect("-o json prints JSON");
@@ -91,27 +96,23 @@ async fn apply_from_a_file_then_get_in_each_format_then_delete() {
     assert_eq!(object["kind"], "Broker");
 
     let yaml = ok(
-        &run(
-            &server.base,
-            &["get", "configmap", "cli-config", "-o", "yaml"],
-        )
-        .await,
+        &run(&server, &["get", "configmap", "cli-config", "-o", "yaml"]).await,
         "get -o yaml",
     );
     let object: Value = serde_saphyr::from_str(&yaml).expect("-o yaml prints YAML");
     assert_eq!(object["data"]["key"], "value");
 
     let out = ok(
-        &run(&server.base, &["delete", "broker", "cli-broker"]).await,
+        &run(&server, &["delete", "broker", "cli-broker"]).await,
         "delete",
     );
     assert!(out.contains("broker/cli-broker deleted"), "{out}");
     assert!(
-        support::get(&server.base, "Broker", "default", "cli-broker")
+        support::get(&server.api, "Broker", "default", "cli-broker")
             .await
             .is_none()
     );
-    let again = run(&server.base, &["delete", "broker", "cli-broker"]).await;
+    let again = run(&server, &["delete", "broker", "cli-broker"]).await;
     assert!(!again.status.success(), "deleting a missing broker fails");
     assert!(
         text(&again.stderr).contains("not found"),
@@ -126,7 +127,8 @@ async fn apply_reads_stdin_and_reports_invalid_objects() {
     let server = InProcessServer::start().await;
     let mut child = rivulet()
         .args(["apply", "-f", "-"])
-        .env("RIVULET_SERVER", &server.base)
+        .env("RIVULET_SERVER", &server.api)
+        .env("RIVULET_TOKEN", support::TEST_TOKEN)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -139,7 +141,7 @@ async fn apply_reads_stdin_and_reports_invalid_objects() {
     let stdout = ok(&out, "apply -f -");
     assert!(stdout.contains("broker/cli-broker created"), "{stdout}");
     assert!(
-        support::get(&server.base, "ConfigMap", "default", "cli-config")
+        support::get(&server.api, "ConfigMap", "default", "cli-config")
             .await
             .is_some()
     );
@@ -151,7 +153,7 @@ async fn apply_reads_stdin_and_reports_invalid_objects() {
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bad\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:9/\n  filters:\n    - exact:\n        Type: x\n",
     )
     .unwrap();
-    let out = run(&server.base, &["apply", "-f", bad.to_str().unwrap()]).await;
+    let out = run(&server, &["apply", "-f", bad.to_str().unwrap()]).await;
     assert!(!out.status.success(), "an invalid object makes apply fail");
     let stderr = text(&out.stderr);
     assert!(
@@ -165,10 +167,10 @@ async fn apply_reads_stdin_and_reports_invalid_objects() {
 async fn send_posts_binary_and_structured_events_with_extensions() {
     let server = InProcessServer::start().await;
     let recorder = Recorder::start().await;
-    support::apply_trigger_ready(&server.base, "default", "all", "default", &recorder.url).await;
+    support::apply_trigger_ready(&server.api, "default", "all", "default", &recorder.url).await;
 
     let out = run(
-        &server.base,
+        &server,
         &[
             "send",
             "--type",
@@ -199,7 +201,7 @@ async fn send_posts_binary_and_structured_events_with_extensions() {
     assert_eq!(got.event.data.as_deref(), Some(&b"{\"a\":1}"[..]));
 
     let out = run(
-        &server.base,
+        &server,
         &[
             "send",
             "--structured",
@@ -225,7 +227,7 @@ async fn send_posts_binary_and_structured_events_with_extensions() {
     assert_eq!(got.event.data.as_deref(), Some(&b"hello"[..]));
 
     // An event the broker refuses is reported with the reason.
-    let out = run(&server.base, &["send", "--type", "x", "--ext", "Bad=1"]).await;
+    let out = run(&server, &["send", "--type", "x", "--ext", "Bad=1"]).await;
     assert!(!out.status.success(), "an invalid extension name fails");
     assert!(text(&out.stderr).contains("Bad"), "{}", text(&out.stderr));
     server.shutdown().await;
@@ -296,9 +298,8 @@ async fn display_prints_the_events_it_receives() {
         async move { request.await.ok().map(|_| ()) }
     })
     .await;
-    let out = run(
-        "http://127.0.0.1:9",
-        &[
+    let out = rivulet()
+        .args([
             "send",
             "--url",
             &url,
@@ -308,9 +309,10 @@ async fn display_prints_the_events_it_receives() {
             "shown-1",
             "--data",
             "{\"greeting\":\"hello display\"}",
-        ],
-    )
-    .await;
+        ])
+        .output()
+        .await
+        .expect("the rivulet binary runs");
     ok(&out, "send --url to display");
 
     let mut lines = tokio::io::BufReader::new(display.stdout.take().unwrap()).lines();
@@ -349,12 +351,14 @@ async fn every_subcommand_has_help_naming_its_flags() {
             &[
                 "--config",
                 "--listen",
+                "--api-listen",
+                "--api-auth",
                 "--data-dir",
                 "--body-limit",
                 "--shutdown-grace",
             ],
         ),
-        (&["apply", "--help"], &["--filename", "--server"]),
+        (&["apply", "--help"], &["--filename", "--server", "--token"]),
         (&["get", "--help"], &["--namespace", "--output", "--server"]),
         (&["delete", "--help"], &["--namespace", "--server"]),
         (
@@ -368,6 +372,7 @@ async fn every_subcommand_has_help_naming_its_flags() {
                 "--structured",
                 "--broker",
                 "--url",
+                "--ingress",
             ],
         ),
         (&["filter", "eval", "--help"], &["--trigger", "--event"]),
@@ -414,7 +419,10 @@ async fn commands_say_when_the_server_is_not_running() {
         &["send", "--type", "t"][..],
     ] {
         let mut command = rivulet();
-        command.args(args).env("RIVULET_SERVER", &nobody);
+        command
+            .args(args)
+            .env("RIVULET_SERVER", &nobody)
+            .env("RIVULET_INGRESS", &nobody);
         if args.contains(&"-") {
             command.stdin(Stdio::piped());
         }

@@ -1085,7 +1085,7 @@ async fn a_ref_to_an_unknown_kind_leaves_the_trigger_not_ready() {
 async fn applying_and_deleting_a_trigger_takes_effect_without_restart() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut child = ChildServer::spawn(data_dir.path(), &["--shutdown-grace", "200ms"]).await;
-    let server = Api::new(&child.base);
+    let server = Api::new(&child.base, &child.api);
     server.wait_ready("Broker", NS, BROKER).await;
     let sub = Subscriber::start().await;
     let temp = ordered(trigger(NS, "temp", BROKER, &sub.url_at("temp")));

@@ -404,9 +404,9 @@ async fn standalone_mode_still_refuses_kinds_it_does_not_serve() {
     let mut trigger = support::trigger("default", "to-service", "default", "http://unused");
     trigger["spec"]["subscriber"] =
         json!({"ref": {"apiVersion": "v1", "kind": "Service", "name": "web"}});
-    support::apply(&server.base, &trigger).await;
+    support::apply(&server.api, &trigger).await;
     let object =
-        support::wait_status(&server.base, "Trigger", "default", "to-service", "False").await;
+        support::wait_status(&server.api, "Trigger", "default", "to-service", "False").await;
     let resolved = support::condition(&object, "SubscriberResolved").expect("the condition");
     assert_eq!(resolved["status"], "False");
     let message = resolved["message"].as_str().unwrap();

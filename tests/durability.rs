@@ -53,8 +53,8 @@ async fn every_acknowledged_event_survives_kill_9() {
     let mut server = ChildServer::spawn(data.path(), &[]).await;
     let mut slow = support::trigger("default", "all", "default", &recorder.url);
     slow["metadata"]["annotations"] = json!({"rivulet.dev/parallelism": "1"});
-    apply(&server.base, &slow).await;
-    support::wait_ready(&server.base, "Trigger", "default", "all").await;
+    apply(&server.api, &slow).await;
+    support::wait_ready(&server.api, "Trigger", "default", "all").await;
 
     const PRODUCERS: usize = 4;
     let accepted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
@@ -138,32 +138,33 @@ async fn resources_and_their_status_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let recorder = Recorder::start().await;
     let mut server = ChildServer::spawn(data.path(), &[]).await;
-    let base = server.base.clone();
+    let api = server.api.clone();
     apply(
-        &base,
+        &api,
         &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "shop"}, "data": {"colour": "blue"}}),
     )
     .await;
-    apply(&base, &support::broker("shop", "orders")).await;
+    apply(&api, &support::broker("shop", "orders")).await;
     apply(
-        &base,
+        &api,
         &support::trigger("shop", "audit", "orders", &recorder.url),
     )
     .await;
-    let broker_before = support::wait_ready(&base, "Broker", "shop", "orders").await;
-    let trigger_before = support::wait_ready(&base, "Trigger", "shop", "audit").await;
+    let broker_before = support::wait_ready(&api, "Broker", "shop", "orders").await;
+    let trigger_before = support::wait_ready(&api, "Trigger", "shop", "audit").await;
     server.kill9();
 
     let server = ChildServer::spawn(data.path(), &[]).await;
     let base = server.base.clone();
-    let configmap = get(&base, "ConfigMap", "shop", "settings")
+    let api = server.api.clone();
+    let configmap = get(&api, "ConfigMap", "shop", "settings")
         .await
         .expect("the ConfigMap survives");
     assert_eq!(configmap["data"]["colour"], "blue");
-    let broker = get(&base, "Broker", "shop", "orders")
+    let broker = get(&api, "Broker", "shop", "orders")
         .await
         .expect("the broker survives");
-    let trigger = get(&base, "Trigger", "shop", "audit")
+    let trigger = get(&api, "Trigger", "shop", "audit")
         .await
         .expect("the trigger survives");
     for (before, after) in [(&broker_before, &broker), (&trigger_before, &trigger)] {
@@ -196,11 +197,12 @@ async fn sigterm_stops_cleanly_and_events_in_flight_are_not_lost() {
     recorder.set_status(503);
     let mut server = ChildServer::spawn(data.path(), &["--shutdown-grace", "1s"]).await;
     let base = server.base.clone();
+    let api = server.api.clone();
     let mut retrying = support::trigger("default", "slow", "default", &recorder.url);
     retrying["spec"]["delivery"] =
         json!({"retry": 100, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"});
-    apply(&base, &retrying).await;
-    support::wait_ready(&base, "Trigger", "default", "slow").await;
+    apply(&api, &retrying).await;
+    support::wait_ready(&api, "Trigger", "default", "slow").await;
 
     let ids: BTreeSet<String> = (0..20).map(|i| format!("inflight-{i}")).collect();
     for id in &ids {

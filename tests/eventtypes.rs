@@ -27,9 +27,7 @@ fn json_event(id: &str, ty: &str, source: &str, data: Value) -> TestEvent {
 }
 
 async fn get_json(server: &TestServer, path: &str) -> (u16, Value) {
-    let response = server
-        .client
-        .get(format!("{}{path}", server.base))
+    let response = support::api_request(reqwest::Method::GET, format!("{}{path}", server.api))
         .send()
         .await
         .expect("the server answers");
@@ -525,26 +523,25 @@ async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
             ]
         }
     });
-    let response = server
-        .client
-        .put(format!(
-            "{}{V1BETA3}/default/eventtypes/orders",
-            server.base
-        ))
-        .json(&manual)
-        .send()
-        .await
-        .unwrap();
+    let response = support::api_request(
+        reqwest::Method::PUT,
+        format!("{}{V1BETA3}/default/eventtypes/orders", server.api),
+    )
+    .json(&manual)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status().as_u16(), 201);
     let invalid = json!({"apiVersion": "eventing.knative.dev/v1beta3", "kind": "EventType",
         "metadata": {"name": "bad"}, "spec": {"attributes": [{"name": "source", "value": "/x"}]}});
-    let response = server
-        .client
-        .put(format!("{}{V1BETA3}/default/eventtypes/bad", server.base))
-        .json(&invalid)
-        .send()
-        .await
-        .unwrap();
+    let response = support::api_request(
+        reqwest::Method::PUT,
+        format!("{}{V1BETA3}/default/eventtypes/bad", server.api),
+    )
+    .json(&invalid)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status().as_u16(), 422);
 
     let legacy = json!({
@@ -552,16 +549,14 @@ async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
         "metadata": {"name": "legacy", "namespace": "default"},
         "spec": {"type": "com.example.legacy", "source": "/legacy", "broker": "default"}
     });
-    let response = server
-        .client
-        .put(format!(
-            "{}{V1BETA2}/default/eventtypes/legacy",
-            server.base
-        ))
-        .json(&legacy)
-        .send()
-        .await
-        .unwrap();
+    let response = support::api_request(
+        reqwest::Method::PUT,
+        format!("{}{V1BETA2}/default/eventtypes/legacy", server.api),
+    )
+    .json(&legacy)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status().as_u16(), 201);
     let (_, stored) = get_json(&server, &format!("{V1BETA3}/default/eventtypes/legacy")).await;
     assert_eq!(
@@ -701,11 +696,12 @@ async fn cli_lists_with_filters_and_shows_schema_and_sample() {
     .await;
 
     let run = |args: Vec<String>| {
-        let base = server.base.clone();
+        let api = server.api.clone();
         async move {
             let output = tokio::process::Command::new(support::binary())
                 .args(&args)
-                .env("RIVULET_SERVER", base)
+                .env("RIVULET_SERVER", api)
+                .env("RIVULET_TOKEN", support::TEST_TOKEN)
                 .env("RIVULET_LOG", "warn")
                 .output()
                 .await

@@ -388,7 +388,7 @@ async fn options_answers_allow_post_options() {
 async fn server_with_recorder() -> (InProcessServer, Recorder) {
     let server = InProcessServer::start().await;
     let recorder = Recorder::start().await;
-    support::apply_trigger_ready(&server.base, "default", "all", "default", &recorder.url).await;
+    support::apply_trigger_ready(&server.api, "default", "all", "default", &recorder.url).await;
     (server, recorder)
 }
 

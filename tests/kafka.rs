@@ -150,16 +150,16 @@ async fn server_with_broker(partitions: u32) -> (InProcessServer, String) {
     let server = InProcessServer::start_with(support::tune_for_tests).await;
     let namespace = unique("ns");
     apply(
-        &server.base,
+        &server.api,
         &config_map(&namespace, "kafka-config", partitions),
     )
     .await;
     apply(
-        &server.base,
+        &server.api,
         &kafka_broker(&namespace, "events", "kafka-config"),
     )
     .await;
-    wait_ready(&server.base, "Broker", &namespace, "events").await;
+    wait_ready(&server.api, "Broker", &namespace, "events").await;
     (server, namespace)
 }
 
@@ -204,13 +204,13 @@ async fn kafka_broker_stores_binary_mode_records_and_delivers_them() {
         Some(3),
         "the broker created its topic with default.topic.partitions"
     );
-    let broker = support::get(&server.base, "Broker", &namespace, "events")
+    let broker = support::get(&server.api, "Broker", &namespace, "events")
         .await
         .unwrap();
     assert!(broker.pointer("/status/address/url").is_some(), "{broker}");
 
     let recorder = Recorder::start().await;
-    support::apply_trigger_ready(&server.base, &namespace, "all", "events", &recorder.url).await;
+    support::apply_trigger_ready(&server.api, &namespace, "all", "events", &recorder.url).await;
     assert_eq!(
         post(
             &server.base,
@@ -277,8 +277,8 @@ async fn ordered_trigger_keeps_the_order_of_each_partition_key() {
     let mut trigger = support::trigger(&namespace, "ordered", "events", &recorder.url);
     trigger["metadata"]["annotations"] =
         json!({"kafka.eventing.knative.dev/delivery.order": "ordered"});
-    apply(&server.base, &trigger).await;
-    wait_ready(&server.base, "Trigger", &namespace, "ordered").await;
+    apply(&server.api, &trigger).await;
+    wait_ready(&server.api, "Trigger", &namespace, "ordered").await;
     let keys = ["a", "b", "c", "d"];
     for n in 0..15 {
         for key in keys {
@@ -331,8 +331,8 @@ async fn unordered_trigger_delivers_in_parallel() {
         "kafka.eventing.knative.dev/delivery.order": "unordered",
         "rivulet.dev/parallelism": "20"
     });
-    apply(&server.base, &trigger).await;
-    wait_ready(&server.base, "Trigger", &namespace, "parallel").await;
+    apply(&server.api, &trigger).await;
+    wait_ready(&server.api, "Trigger", &namespace, "parallel").await;
     for n in 0..40 {
         assert_eq!(
             post(&server.base, &namespace, &format!("u-{n}"), &[], "{}").await,
@@ -356,7 +356,7 @@ async fn deleting_a_trigger_deletes_its_group_and_deleting_the_broker_its_topic(
     let (server, namespace) = server_with_broker(1).await;
     let topic = format!("knative-broker-{namespace}-events");
     let recorder = Recorder::start().await;
-    support::apply_trigger_ready(&server.base, &namespace, "gone", "events", &recorder.url).await;
+    support::apply_trigger_ready(&server.api, &namespace, "gone", "events", &recorder.url).await;
     assert_eq!(post(&server.base, &namespace, "one", &[], "{}").await, 202);
     recorder.wait_for_id("one").await;
     let group = format!("{topic}.trigger-gone");
@@ -376,7 +376,7 @@ async fn deleting_a_trigger_deletes_its_group_and_deleting_the_broker_its_topic(
         "the trigger's consumer group {group} exists"
     );
 
-    support::Api::new(&server.base)
+    support::Api::new(&server.base, &server.api)
         .delete("Trigger", &namespace, "gone")
         .await;
     wait_for(
@@ -389,7 +389,7 @@ async fn deleting_a_trigger_deletes_its_group_and_deleting_the_broker_its_topic(
     )
     .await;
 
-    support::Api::new(&server.base)
+    support::Api::new(&server.base, &server.api)
         .delete("Broker", &namespace, "events")
         .await;
     let (s, t) = (servers.clone(), topic.clone());
@@ -412,14 +412,14 @@ async fn a_broker_without_bootstrap_servers_is_not_ready_and_says_why() {
     let server = InProcessServer::start_with(support::tune_for_tests).await;
     let namespace = unique("ns");
     apply(
-        &server.base,
+        &server.api,
         &json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": "empty", "namespace": namespace},
                 "data": {"default.topic.partitions": "1"}}),
     )
     .await;
-    apply(&server.base, &kafka_broker(&namespace, "events", "empty")).await;
-    let broker = support::wait_status(&server.base, "Broker", &namespace, "events", "False").await;
+    apply(&server.api, &kafka_broker(&namespace, "events", "empty")).await;
+    let broker = support::wait_status(&server.api, "Broker", &namespace, "events", "False").await;
     let text = broker.to_string();
     assert!(text.contains("bootstrap.servers"), "{text}");
     server.shutdown().await;

@@ -67,15 +67,15 @@ async fn kafka_sink_writes_binary_and_structured_records_after_the_acknowledgeme
     let server = InProcessServer::start_with(support::tune_for_tests).await;
     let binary_topic = unique("sink-binary");
     let structured_topic = unique("sink-structured");
-    apply(&server.base, &kafka_sink("binary", &binary_topic, "binary")).await;
+    apply(&server.api, &kafka_sink("binary", &binary_topic, "binary")).await;
     apply(
-        &server.base,
+        &server.api,
         &kafka_sink("structured", &structured_topic, "structured"),
     )
     .await;
     let version = "eventing.knative.dev/v1alpha1";
-    let binary = wait_ready(&server.base, version, "KafkaSink", "binary").await;
-    let structured = wait_ready(&server.base, version, "KafkaSink", "structured").await;
+    let binary = wait_ready(&server.api, version, "KafkaSink", "binary").await;
+    let structured = wait_ready(&server.api, version, "KafkaSink", "structured").await;
     let binary_url = binary["status"]["address"]["url"]
         .as_str()
         .unwrap()
@@ -128,9 +128,9 @@ async fn kafka_sink_answers_503_when_kafka_cannot_be_reached() {
         "metadata": {"name": "nowhere", "namespace": "default"},
         "spec": {"topic": "t", "bootstrapServers": [format!("127.0.0.1:{port}")], "contentMode": "binary"}
     });
-    apply(&server.base, &sink).await;
+    apply(&server.api, &sink).await;
     let ready = wait_ready(
-        &server.base,
+        &server.api,
         "eventing.knative.dev/v1alpha1",
         "KafkaSink",
         "nowhere",
@@ -235,9 +235,9 @@ async fn kafka_source_passes_cloudevents_through_and_wraps_other_records() {
             "sink": {"uri": recorder.url}
         }
     });
-    apply(&server.base, &source).await;
+    apply(&server.api, &source).await;
     wait_ready(
-        &server.base,
+        &server.api,
         "sources.knative.dev/v1beta1",
         "KafkaSource",
         "from-kafka",

@@ -148,9 +148,9 @@ async fn kill_9_of_rivulet_loses_no_acknowledged_event() {
         ("default.topic.replication.factor", "1".to_owned()),
     ];
     for resource in kafka_resources(&namespace, &settings, &recorder.url) {
-        apply(&server.base, &resource).await;
+        apply(&server.api, &resource).await;
     }
-    wait_ready(&server.base, "Trigger", &namespace, "all").await;
+    wait_ready(&server.api, "Trigger", &namespace, "all").await;
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -208,9 +208,9 @@ async fn kafka_outage_answers_503_and_recovers_by_itself() {
         ("delivery.timeout.ms", "3000".to_owned()),
     ];
     for resource in kafka_resources(&namespace, &settings, &recorder.url) {
-        apply(&server.base, &resource).await;
+        apply(&server.api, &resource).await;
     }
-    wait_ready(&server.base, "Trigger", &namespace, "all").await;
+    wait_ready(&server.api, "Trigger", &namespace, "all").await;
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -292,9 +292,9 @@ async fn rebalances_between_two_rivulets_lose_nothing() {
         })
         .await;
         for resource in kafka_resources(&namespace, &settings, &recorder.url) {
-            apply(&server.base, &resource).await;
+            apply(&server.api, &resource).await;
         }
-        wait_ready(&server.base, "Trigger", &namespace, "all").await;
+        wait_ready(&server.api, "Trigger", &namespace, "all").await;
         server
     };
     let first = start_first().await;
@@ -307,9 +307,9 @@ async fn rebalances_between_two_rivulets_lose_nothing() {
 
     let second = InProcessServer::start_with(support::tune_for_tests).await;
     for resource in kafka_resources(&namespace, &settings, &recorder.url) {
-        apply(&second.base, &resource).await;
+        apply(&second.api, &resource).await;
     }
-    wait_ready(&second.base, "Trigger", &namespace, "all").await;
+    wait_ready(&second.api, "Trigger", &namespace, "all").await;
     let joined_at = tally.accepted.lock().unwrap().len();
     wait_accepted(&tally, joined_at + 200, "200 more events while both serve").await;
 

@@ -55,10 +55,10 @@ async fn core_messages_reach_a_trigger_through_a_broker() {
     let server = TestServer::start().await;
     let recorder = Recorder::start().await;
     let name = unique("core");
-    support::apply(&server.base, &support::broker("default", &name)).await;
-    support::apply_trigger_ready(&server.base, "default", &name, &name, &recorder.url).await;
+    support::apply(&server.api, &support::broker("default", &name)).await;
+    support::apply_trigger_ready(&server.api, "default", &name, &name, &recorder.url).await;
     apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": SOURCES,
             "kind": "NatsSource",
@@ -72,7 +72,7 @@ async fn core_messages_reach_a_trigger_through_a_broker() {
         }),
     )
     .await;
-    let object = wait_ready(&server.base, SOURCES, "NatsSource", &name).await;
+    let object = wait_ready(&server.api, SOURCES, "NatsSource", &name).await;
     assert_eq!(
         object
             .pointer("/status/ceAttributes/0/type")
@@ -177,7 +177,7 @@ async fn jetstream_source_loses_nothing_while_the_sink_is_down() {
     }
     recorder.set_status(503);
     apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": SOURCES,
             "kind": "NatsSource",
@@ -193,7 +193,7 @@ async fn jetstream_source_loses_nothing_while_the_sink_is_down() {
         }),
     )
     .await;
-    wait_ready(&server.base, SOURCES, "NatsSource", &name).await;
+    wait_ready(&server.api, SOURCES, "NatsSource", &name).await;
     wait_for("failed deliveries while the sink is down", WAIT, || {
         let attempts = recorder.attempts().len();
         async move { (attempts >= COUNT + 2).then_some(()) }
@@ -271,12 +271,12 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
 
     // JetStream: 202 means the stream has it.
     apply(
-        &server.base,
+        &server.api,
         &sink("js", nats_url(), format!("{name}.js"), true),
     )
     .await;
     let js_url =
-        sink_address(&wait_ready(&server.base, SINKS, "NatsSink", &format!("{name}-js")).await);
+        sink_address(&wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-js")).await);
     assert_eq!(post(js_url, "js-1").await, 202);
     let stored = js
         .get_stream(&stream_name)
@@ -303,12 +303,12 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
 
     // JetStream on a subject no stream takes: refused, not lost silently.
     apply(
-        &server.base,
+        &server.api,
         &sink("nostream", nats_url(), format!("{name}.nowhere"), true),
     )
     .await;
     let nowhere = sink_address(
-        &wait_ready(&server.base, SINKS, "NatsSink", &format!("{name}-nostream")).await,
+        &wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-nostream")).await,
     );
     assert_eq!(post(nowhere, "nowhere-1").await, 502);
 
@@ -316,12 +316,12 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
     let mut subscriber = nats.subscribe(format!("{name}.core")).await.unwrap();
     nats.flush().await.unwrap();
     apply(
-        &server.base,
+        &server.api,
         &sink("core", nats_url(), format!("{name}.core"), false),
     )
     .await;
     let core_url =
-        sink_address(&wait_ready(&server.base, SINKS, "NatsSink", &format!("{name}-core")).await);
+        sink_address(&wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-core")).await);
     assert_eq!(post(core_url, "core-1").await, 202);
     let message = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
         .await
@@ -338,7 +338,7 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
 
     // NATS unreachable: 503.
     apply(
-        &server.base,
+        &server.api,
         &sink(
             "down",
             "nats://127.0.0.1:1".into(),
@@ -348,7 +348,7 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
     )
     .await;
     let down_url =
-        sink_address(&wait_ready(&server.base, SINKS, "NatsSink", &format!("{name}-down")).await);
+        sink_address(&wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-down")).await);
     assert_eq!(post(down_url, "down-1").await, 503);
     js.delete_stream(&stream_name).await.unwrap();
 }
@@ -391,7 +391,7 @@ async fn invalid_specs_are_refused_with_the_field_named() {
         ),
     ];
     for (object, field) in cases {
-        let (status, body) = put_object(&server.base, &object).await;
+        let (status, body) = put_object(&server.api, &object).await;
         assert_eq!(status, 422, "{object}: {body}");
         let message = body["message"].as_str().unwrap_or_default();
         assert!(message.contains(field), "{field} named in {body}");

@@ -269,13 +269,13 @@ async fn wait_all_delivered(recorder: &Recorder, ids: &BTreeSet<String>) {
 async fn setup(url: &str, data: &Path, ack_wait: &str, recorder: &Recorder) -> ChildServer {
     let server = ChildServer::spawn(data, &[]).await;
     for manifest in manifests(url, ack_wait) {
-        apply(&server.base, &manifest).await;
+        apply(&server.api, &manifest).await;
     }
-    support::wait_ready(&server.base, "Broker", NS, BROKER).await;
+    support::wait_ready(&server.api, "Broker", NS, BROKER).await;
     let mut all = support::trigger(NS, "all", BROKER, &recorder.url);
     all["metadata"]["annotations"] = json!({"rivulet.dev/parallelism": "4"});
-    apply(&server.base, &all).await;
-    support::wait_ready(&server.base, "Trigger", NS, "all").await;
+    apply(&server.api, &all).await;
+    support::wait_ready(&server.api, "Trigger", NS, "all").await;
     server
 }
 

@@ -424,3 +424,29 @@ async fn source_and_sink_endpoints_take_only_authenticated_senders() {
     recorder.wait_for_id("s-2").await;
     assert!(recorder.events().iter().all(|e| e.id != "s-1"));
 }
+
+#[tokio::test]
+async fn the_config_features_config_map_turns_oidc_on_while_running() {
+    let server = TestServer::start().await;
+    let url = server.ingress_url("default", "default");
+    assert_eq!(post_with_token(&url, "before", "t", None).await.0, 202);
+    server
+        .apply(&json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "config-features", "namespace": "knative-eventing"},
+            "data": {"authentication-oidc": "enabled"}
+        }))
+        .await;
+    support::wait_for(
+        "the broker to publish its audience",
+        support::WAIT,
+        || async {
+            let broker = server.get("Broker", "default", "default").await?;
+            (broker["status"]["address"]["audience"] == BROKER_AUDIENCE).then_some(())
+        },
+    )
+    .await;
+    let (status, headers, _) = post_with_token(&url, "after", "t", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+}

@@ -38,7 +38,7 @@ async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
     let server = TestServer::start().await;
     let recorder = Recorder::start().await;
     let broker = unique("deliver");
-    rabbitmq_broker_ready(&server.base, &broker).await;
+    rabbitmq_broker_ready(&server.api, &broker).await;
     let only_a = json!({
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Trigger",
@@ -115,7 +115,7 @@ async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
         async move { (!queue_exists(connection, &queue).await).then_some(()) }
     })
     .await;
-    delete_broker(&server.base, NS, &broker).await;
+    delete_broker(&server.api, NS, &broker).await;
     wait_for("the broker's queues to go", support::WAIT, || {
         let connection = &connection;
         let queue = everything_queue.clone();
@@ -161,7 +161,7 @@ async fn rabbitmq_broker_config_selects_quorum_queues() {
             "password": uri.password().unwrap_or("guest"),
         }
     });
-    apply(&server.base, &secret_object).await;
+    apply(&server.api, &secret_object).await;
     let config = json!({
         "apiVersion": "eventing.knative.dev/v1alpha1",
         "kind": "RabbitmqBrokerConfig",
@@ -171,22 +171,24 @@ async fn rabbitmq_broker_config_selects_quorum_queues() {
             "queueType": "quorum"
         }
     });
-    let response = http()
-        .put(format!(
+    let response = support::api_request(
+        reqwest::Method::PUT,
+        format!(
             "{}/apis/eventing.knative.dev/v1alpha1/namespaces/{NS}/rabbitmqbrokerconfigs/{broker}",
-            server.base
-        ))
-        .json(&config)
-        .send()
-        .await
-        .expect("PUT reaches the server");
+            server.api
+        ),
+    )
+    .json(&config)
+    .send()
+    .await
+    .expect("PUT reaches the server");
     assert!(response.status().is_success(), "{}", response.status());
     apply(
-        &server.base,
+        &server.api,
         &rabbitmq_broker(NS, &broker, "RabbitmqBrokerConfig", &broker),
     )
     .await;
-    support::wait_ready(&server.base, "Broker", NS, &broker).await;
+    support::wait_ready(&server.api, "Broker", NS, &broker).await;
     server
         .create_trigger(&support::trigger(NS, "q", &broker, &recorder.url))
         .await;
@@ -215,7 +217,7 @@ async fn rabbitmq_broker_config_selects_quorum_queues() {
         .await;
     let error = declared.expect_err("the trigger's queue is not a classic queue");
     assert!(error.to_string().contains("quorum"), "{error}");
-    delete_broker(&server.base, NS, &broker).await;
+    delete_broker(&server.api, NS, &broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +225,7 @@ async fn ordered_trigger_gets_events_in_order() {
     let server = TestServer::start().await;
     let recorder = Recorder::start().await;
     let broker = unique("ordered");
-    rabbitmq_broker_ready(&server.base, &broker).await;
+    rabbitmq_broker_ready(&server.api, &broker).await;
     let trigger = with_annotation(
         support::trigger(NS, "in-order", &broker, &recorder.url),
         "kafka.eventing.knative.dev/delivery.order",
@@ -252,7 +254,7 @@ async fn ordered_trigger_gets_events_in_order() {
         async move { (queue_depth(connection, &queue).await == 0).then_some(()) }
     })
     .await;
-    delete_broker(&server.base, NS, &broker).await;
+    delete_broker(&server.api, NS, &broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,17 +262,17 @@ async fn a_broker_config_without_uri_is_reported() {
     let server = TestServer::start().await;
     let broker = unique("nouri");
     apply(
-        &server.base,
+        &server.api,
         &json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": broker, "namespace": NS}, "data": {"queueType": "quorum"}}),
     )
     .await;
     apply(
-        &server.base,
+        &server.api,
         &rabbitmq_broker(NS, &broker, "ConfigMap", &broker),
     )
     .await;
-    let object = support::wait_status(&server.base, "Broker", NS, &broker, "False").await;
+    let object = support::wait_status(&server.api, "Broker", NS, &broker, "False").await;
     let message = support::condition(&object, "IngressReady").expect("IngressReady")["message"]
         .as_str()
         .unwrap_or_default()
@@ -286,14 +288,14 @@ async fn every_acknowledged_event_survives_kill_9_of_rivulet() {
     recorder.set_delay(Duration::from_millis(10));
     let mut server = ChildServer::spawn(data.path(), &[]).await;
     let broker = unique("kill");
-    rabbitmq_broker_ready(&server.base, &broker).await;
+    rabbitmq_broker_ready(&server.api, &broker).await;
     let slow = with_annotation(
         support::trigger(NS, "all", &broker, &recorder.url),
         "rivulet.dev/parallelism",
         "1",
     );
-    apply(&server.base, &slow).await;
-    support::wait_ready(&server.base, "Trigger", NS, "all").await;
+    apply(&server.api, &slow).await;
+    support::wait_ready(&server.api, "Trigger", NS, "all").await;
 
     let accepted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -369,5 +371,5 @@ async fn every_acknowledged_event_survives_kill_9_of_rivulet() {
         accepted.len(),
         recorder.count()
     );
-    delete_broker(&server.base, NS, &broker).await;
+    delete_broker(&server.api, NS, &broker).await;
 }

@@ -100,16 +100,16 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
     let channel = connection.create_channel().await.unwrap();
     declare_topic(&channel, &exchange).await;
     support::apply(
-        &server.base,
+        &server.api,
         &uri_secret("default", &format!("{name}-secret"), &rabbitmq_uri()),
     )
     .await;
     apply(
-        &server.base,
+        &server.api,
         &source(&name, &name, Some(&exchange), &recorder.url),
     )
     .await;
-    let object = wait_ready(&server.base, SOURCES, "RabbitmqSource", &name).await;
+    let object = wait_ready(&server.api, SOURCES, "RabbitmqSource", &name).await;
     wait_consumed(&connection, &name).await;
     assert_eq!(
         object
@@ -256,7 +256,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
         .await
         .unwrap();
     apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": SINKS,
             "kind": "RabbitmqSink",
@@ -265,19 +265,19 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
         }),
     )
     .await;
-    let object = wait_ready(&server.base, SINKS, "RabbitmqSink", &name).await;
+    let object = wait_ready(&server.api, SINKS, "RabbitmqSink", &name).await;
     let sink_url = object["status"]["address"]["url"]
         .as_str()
         .expect("an address")
         .to_owned();
     // The source reads what the sink writes.
     support::apply(
-        &server.base,
+        &server.api,
         &uri_secret("default", &format!("{name}-secret"), &rabbitmq_uri()),
     )
     .await;
     apply(
-        &server.base,
+        &server.api,
         &source(
             &name,
             &format!("{name}.source"),
@@ -286,7 +286,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
         ),
     )
     .await;
-    wait_ready(&server.base, SOURCES, "RabbitmqSource", &name).await;
+    wait_ready(&server.api, SOURCES, "RabbitmqSource", &name).await;
     wait_consumed(&connection, &format!("{name}.source")).await;
 
     let post = |id: &str, ty: &str| {
@@ -376,7 +376,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
 
     // An unreachable RabbitMQ is 503.
     apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": SINKS,
             "kind": "RabbitmqSink",
@@ -385,7 +385,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
         }),
     )
     .await;
-    let down = wait_ready(&server.base, SINKS, "RabbitmqSink", &format!("{name}-down")).await;
+    let down = wait_ready(&server.api, SINKS, "RabbitmqSink", &format!("{name}-down")).await;
     let down_url = down["status"]["address"]["url"]
         .as_str()
         .unwrap()

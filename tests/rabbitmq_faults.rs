@@ -59,13 +59,13 @@ async fn rabbitmq_outage_gives_503_and_loses_no_accepted_event() {
     let recorder = Recorder::start().await;
     let broker = unique("outage");
     let secret = format!("{broker}-rabbitmq");
-    apply(&server.base, &uri_secret(NS, &secret, &rabbitmq_uri())).await;
+    apply(&server.api, &uri_secret(NS, &secret, &rabbitmq_uri())).await;
     apply(
-        &server.base,
+        &server.api,
         &rabbitmq_broker(NS, &broker, "Secret", &secret),
     )
     .await;
-    support::wait_ready(&server.base, "Broker", NS, &broker).await;
+    support::wait_ready(&server.api, "Broker", NS, &broker).await;
     let trigger = with_annotation(
         support::trigger(NS, "all", &broker, &recorder.url),
         "rivulet.dev/parallelism",
@@ -202,5 +202,5 @@ async fn rabbitmq_outage_gives_503_and_loses_no_accepted_event() {
     );
     let others = other_answers.lock().unwrap().clone();
     assert!(others.is_empty(), "answers other than 202/503: {others:?}");
-    delete_broker(&server.base, NS, &broker).await;
+    delete_broker(&server.api, NS, &broker).await;
 }

@@ -6,14 +6,13 @@ mod support;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use support::{InProcessServer, Recorder, apply, broker, condition, get, http, put, trigger};
+use support::{InProcessServer, Recorder, apply, broker, condition, get, put, trigger};
 
 const BROKERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/brokers";
 const TRIGGERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/triggers";
 
 async fn list_names(base: &str, collection: &str) -> Vec<String> {
-    let list: Value = http()
-        .get(format!("{base}{collection}"))
+    let list: Value = support::api_request(reqwest::Method::GET, format!("{base}{collection}"))
         .send()
         .await
         .unwrap()
@@ -29,8 +28,7 @@ async fn list_names(base: &str, collection: &str) -> Vec<String> {
 }
 
 async fn delete(base: &str, path: &str) -> u16 {
-    http()
-        .delete(format!("{base}{path}"))
+    support::api_request(reqwest::Method::DELETE, format!("{base}{path}"))
         .send()
         .await
         .unwrap()
@@ -41,7 +39,7 @@ async fn delete(base: &str, path: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_can_be_put_read_listed_and_deleted() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
+    let base = &server.api;
     let (status, created) = put(base, &broker("default", "orders")).await;
     assert_eq!(status, 201, "the first PUT creates: {created}");
     assert!(
@@ -63,8 +61,7 @@ async fn brokers_can_be_put_read_listed_and_deleted() {
 
     // YAML is accepted too.
     let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: from-yaml\nspec: {}\n";
-    let response = http()
-        .put(format!("{base}{BROKERS}/from-yaml"))
+    let response = support::api_request(reqwest::Method::PUT, format!("{base}{BROKERS}/from-yaml"))
         .header("content-type", "application/yaml")
         .body(yaml)
         .send()
@@ -92,7 +89,7 @@ async fn brokers_can_be_put_read_listed_and_deleted() {
         "ingress of a deleted broker to answer 404",
         support::WAIT,
         || async {
-            (support::post_binary(base, "default/orders", "late", "t", "{}").await == 404)
+            (support::post_binary(&server.base, "default/orders", "late", "t", "{}").await == 404)
                 .then_some(())
         },
     )
@@ -103,7 +100,7 @@ async fn brokers_can_be_put_read_listed_and_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_can_be_put_read_listed_and_deleted() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
+    let base = &server.api;
     let (status, _) = put(
         base,
         &trigger("default", "t1", "default", "http://127.0.0.1:9/"),
@@ -124,30 +121,29 @@ async fn triggers_can_be_put_read_listed_and_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_for_another_kind_or_name_is_refused() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
-    let response = http()
-        .put(format!("{base}{BROKERS}/other-name"))
-        .json(&broker("default", "orders"))
-        .send()
-        .await
-        .unwrap();
+    let base = &server.api;
+    let response =
+        support::api_request(reqwest::Method::PUT, format!("{base}{BROKERS}/other-name"))
+            .json(&broker("default", "orders"))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("metadata.name"));
-    let response = http()
-        .put(format!("{base}{TRIGGERS}/orders"))
+    let response = support::api_request(reqwest::Method::PUT, format!("{base}{TRIGGERS}/orders"))
         .json(&broker("default", "orders"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("Broker"));
-    let response = http()
-        .get(format!(
-            "{base}/apis/eventing.knative.dev/v1/namespaces/default/widgets"
-        ))
-        .send()
-        .await
-        .unwrap();
+    let response = support::api_request(
+        reqwest::Method::GET,
+        format!("{base}/apis/eventing.knative.dev/v1/namespaces/default/widgets"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), 404, "unknown kinds are 404");
     server.shutdown().await;
 }
@@ -167,7 +163,7 @@ fn trigger_with(spec_changes: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_objects_are_refused_with_422_naming_field_and_rule() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
+    let base = &server.api;
     let cases: Vec<(&str, Value, &[&str])> = vec![
         (
             "legacy filter attribute with upper case",
@@ -283,15 +279,14 @@ async fn invalid_objects_are_refused_with_422_naming_field_and_rule() {
     for (what, object, words) in &cases {
         let kind = object["kind"].as_str().unwrap();
         let name = object["metadata"]["name"].as_str().unwrap();
-        let response = http()
-            .put(format!(
-                "{base}{}",
-                support::resource_path(kind, "default", name)
-            ))
-            .json(object)
-            .send()
-            .await
-            .unwrap();
+        let response = support::api_request(
+            reqwest::Method::PUT,
+            format!("{base}{}", support::resource_path(kind, "default", name)),
+        )
+        .json(object)
+        .send()
+        .await
+        .unwrap();
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         let message = body["message"].as_str().unwrap_or_default();
@@ -335,7 +330,7 @@ fn configmap(name: &str, data: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn immutable_fields_cannot_change_on_update() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
+    let base = &server.api;
     apply(base, &configmap("cfg-a", json!({}))).await;
     apply(base, &configmap("cfg-b", json!({}))).await;
     apply(
@@ -394,13 +389,13 @@ async fn immutable_fields_cannot_change_on_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_ready_address_and_subscriber_uri() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
+    let base = &server.api;
     let recorder = Recorder::start().await;
     apply(base, &broker("default", "shop")).await;
     let shop = support::wait_ready(base, "Broker", "default", "shop").await;
     assert_eq!(
         shop.pointer("/status/address/url").and_then(Value::as_str),
-        Some(format!("{base}/default/shop").as_str())
+        Some(format!("{}/default/shop", server.base).as_str())
     );
     apply(base, &trigger("default", "shop-all", "shop", &recorder.url)).await;
     let t = support::wait_ready(base, "Trigger", "default", "shop-all").await;
@@ -418,7 +413,7 @@ async fn status_reports_ready_address_and_subscriber_uri() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_for_a_missing_broker_waits_and_becomes_ready_with_it() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
+    let base = &server.api;
     let recorder = Recorder::start().await;
     apply(base, &trigger("default", "early", "later", &recorder.url)).await;
     let t = support::wait_status(base, "Trigger", "default", "early", "False").await;
@@ -436,7 +431,7 @@ async fn a_trigger_for_a_missing_broker_waits_and_becomes_ready_with_it() {
     support::wait_ready(base, "Trigger", "default", "early").await;
     // And it delivers.
     assert_eq!(
-        support::post_binary(base, "default/later", "via-later", "t", "{}").await,
+        support::post_binary(&server.base, "default/later", "via-later", "t", "{}").await,
         202
     );
     recorder.wait_for_id("via-later").await;
@@ -446,7 +441,7 @@ async fn a_trigger_for_a_missing_broker_waits_and_becomes_ready_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_config_the_default_broker_exists() {
     let server = InProcessServer::start().await;
-    let b = support::wait_ready(&server.base, "Broker", "default", "default").await;
+    let b = support::wait_ready(&server.api, "Broker", "default", "default").await;
     assert!(b.pointer("/status/address/url").is_some());
     assert_eq!(
         support::post_binary(&server.base, "default/default", "d1", "t", "{}").await,
@@ -471,7 +466,7 @@ async fn a_config_folder_of_multi_document_yaml_applies_everything() {
     std::fs::write(config.path().join("README.txt"), "not a manifest").unwrap();
     let path = config.path().to_path_buf();
     let server = InProcessServer::start_with(|o| o.config = vec![path]).await;
-    let base = &server.base;
+    let base = &server.api;
     support::wait_ready(base, "Broker", "team", "alpha").await;
     support::wait_ready(base, "Broker", "team", "beta").await;
     assert!(get(base, "ConfigMap", "team", "mem").await.is_some());
@@ -483,7 +478,7 @@ async fn a_config_folder_of_multi_document_yaml_applies_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_channel_template_picks_the_memory_channel_and_no_config_the_embedded_log() {
     let server = InProcessServer::start().await;
-    let base = &server.base;
+    let base = &server.api;
     apply(
         base,
         &configmap(

@@ -32,14 +32,20 @@ async fn server_with_schema() -> (TestServer, String) {
             .data("application/json", data.to_string());
         server.send("default", "default", &event).await;
     }
-    let base = server.base.clone();
+    let api = server.api.clone();
     let name = wait_for("the order EventType at schema version 2", WAIT, || {
-        let base = base.clone();
+        let api = api.clone();
         async move {
             let url = format!(
-                "{base}/apis/eventing.knative.dev/v1beta3/namespaces/default/eventtypes?type={TYPE}"
+                "{api}/apis/eventing.knative.dev/v1beta3/namespaces/default/eventtypes?type={TYPE}"
             );
-            let list: Value = http().get(url).send().await.ok()?.json().await.ok()?;
+            let list: Value = support::api_request(reqwest::Method::GET, url)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
             let item = list["items"].as_array()?.first()?.clone();
             (item["status"]["schemaVersion"] == 2)
                 .then(|| item["metadata"]["name"].as_str().unwrap().to_string())
@@ -53,7 +59,8 @@ async fn scaffold(server: &TestServer, name: &str, lang: &str, dir: &Path) {
     let output = Command::new(support::binary())
         .args(["eventtypes", "scaffold", name, "--lang", lang, "--output"])
         .arg(dir)
-        .env("RIVULET_SERVER", &server.base)
+        .env("RIVULET_SERVER", &server.api)
+        .env("RIVULET_TOKEN", support::TEST_TOKEN)
         .env("RIVULET_LOG", "warn")
         .output()
         .await
@@ -67,7 +74,8 @@ async fn scaffold(server: &TestServer, name: &str, lang: &str, dir: &Path) {
     let again = Command::new(support::binary())
         .args(["eventtypes", "scaffold", name, "--lang", lang, "--output"])
         .arg(dir)
-        .env("RIVULET_SERVER", &server.base)
+        .env("RIVULET_SERVER", &server.api)
+        .env("RIVULET_TOKEN", support::TEST_TOKEN)
         .output()
         .await
         .unwrap();

@@ -81,7 +81,7 @@ async fn a_forward_target_down_for_a_while_loses_nothing_and_retries_are_counted
     let port = free_port();
     // The trigger comes first: it resolves its subscriber once the sink has an address.
     apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
@@ -94,7 +94,7 @@ async fn a_forward_target_down_for_a_while_loses_nothing_and_retries_are_counted
     )
     .await;
     apply(
-        &server.base,
+        &server.api,
         &forward_sink(
             "forward",
             &format!("http://127.0.0.1:{port}/"),
@@ -102,13 +102,13 @@ async fn a_forward_target_down_for_a_while_loses_nothing_and_retries_are_counted
         ),
     )
     .await;
-    let sink = wait_ready(&server.base, SINKS, "HttpForwardSink", "forward").await;
+    let sink = wait_ready(&server.api, SINKS, "HttpForwardSink", "forward").await;
     assert_eq!(
         sink["status"]["address"]["url"],
         format!("{}/sinks/default/httpforwardsinks/forward", server.base)
     );
     let trigger = wait_ready(
-        &server.base,
+        &server.api,
         "eventing.knative.dev/v1",
         "Trigger",
         "to-forward",
@@ -183,7 +183,7 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
     let server = TestServer::start().await;
     let target = Recorder::start().await;
     apply(
-        &server.base,
+        &server.api,
         &forward_sink(
             "strict",
             &target.url,
@@ -193,7 +193,7 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
     .await;
     let down_port = free_port();
     apply(
-        &server.base,
+        &server.api,
         &forward_sink(
             "nowhere",
             &format!("http://127.0.0.1:{down_port}/"),
@@ -201,12 +201,12 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
         ),
     )
     .await;
-    let strict = wait_ready(&server.base, SINKS, "HttpForwardSink", "strict").await;
+    let strict = wait_ready(&server.api, SINKS, "HttpForwardSink", "strict").await;
     let strict_url = strict["status"]["address"]["url"]
         .as_str()
         .unwrap()
         .to_string();
-    let nowhere = wait_ready(&server.base, SINKS, "HttpForwardSink", "nowhere").await;
+    let nowhere = wait_ready(&server.api, SINKS, "HttpForwardSink", "nowhere").await;
     let nowhere_url = nowhere["status"]["address"]["url"]
         .as_str()
         .unwrap()
@@ -247,7 +247,7 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
     assert_eq!(post_event(&unknown, "x", "t", "{}").await, 404);
 
     let (status, body) = adapters_support::put_object(
-        &server.base,
+        &server.api,
         &forward_sink("bad", "ftp://example.com/", json!({})),
     )
     .await;
@@ -258,14 +258,16 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
     );
 
     // Deleted: no longer served.
-    let response = http()
-        .delete(format!(
+    let response = support::api_request(
+        reqwest::Method::DELETE,
+        format!(
             "{}/apis/sinks.rivulet.dev/v1alpha1/namespaces/default/httpforwardsinks/strict",
-            server.base
-        ))
-        .send()
-        .await
-        .unwrap();
+            server.api
+        ),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
     wait_for("the deleted sink to stop answering", WAIT, || async {
         (post_event(&strict_url, "gone", "t", "{}").await == 404).then_some(())
@@ -311,11 +313,15 @@ spec: {}
     )
     .unwrap();
     let port = free_port();
+    let api_port = free_port();
+    support::give_test_token(&data_dir.path().join("data"));
     let mut child = KillOnDrop(
         Command::new(binary())
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--api-listen")
+            .arg(format!("127.0.0.1:{api_port}"))
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
             .arg("--config")
@@ -340,10 +346,11 @@ spec: {}
         });
     }
     let base = format!("http://127.0.0.1:{port}");
+    let api = format!("http://127.0.0.1:{api_port}");
     let result = tokio::time::timeout(Duration::from_secs(60), async {
         wait_until_ready(&base).await;
         wait_ready(
-            &base,
+            &api,
             "eventing.knative.dev/v1",
             "Trigger",
             "show-everything",

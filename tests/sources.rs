@@ -45,7 +45,7 @@ async fn ping_source_every_second_reaches_a_trigger_through_the_broker() {
     let server = TestServer::start().await;
     let subscriber = Recorder::start().await;
     apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
@@ -64,10 +64,10 @@ async fn ping_source_every_second_reaches_a_trigger_through_the_broker() {
         json!({"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}}),
     );
     source["spec"]["ceOverrides"] = json!({"extensions": {"team": "blue"}});
-    apply(&server.base, &source).await;
+    apply(&server.api, &source).await;
 
     let status = wait_ready(
-        &server.base,
+        &server.api,
         "sources.knative.dev/v1",
         "PingSource",
         "every-second",
@@ -133,7 +133,7 @@ async fn a_restarted_ping_source_does_not_fire_a_tick_again() {
     };
     let first = start(data_dir.path().to_path_buf()).await;
     apply(
-        &first.base,
+        &first.api,
         &ping_source("restart", "* * * * * *", json!({"uri": subscriber.url})),
     )
     .await;
@@ -183,7 +183,7 @@ async fn a_sink_down_for_a_while_loses_nothing_and_retries_are_counted() {
     let subscriber = Recorder::start().await;
     subscriber.set_status(503);
     apply(
-        &server.base,
+        &server.api,
         &ping_source("patient", "* * * * * *", json!({"uri": subscriber.url})),
     )
     .await;
@@ -201,14 +201,16 @@ async fn a_sink_down_for_a_while_loses_nothing_and_retries_are_counted() {
     .await;
     // Stop the source so the counters settle, then compare.
     let kind = "PingSource";
-    let response = http()
-        .delete(format!(
+    let response = support::api_request(
+        reqwest::Method::DELETE,
+        format!(
             "{}/apis/sources.knative.dev/v1/namespaces/default/pingsources/patient",
-            server.base
-        ))
-        .send()
-        .await
-        .unwrap();
+            server.api
+        ),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
     wait_for("deliveries in flight to finish", WAIT, || async {
         let failed = server
@@ -274,7 +276,7 @@ async fn webhook_with_a_good_and_a_bad_signature() {
     let server = TestServer::start().await;
     let sink = Recorder::start().await;
     apply(
-        &server.base,
+        &server.api,
         &json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -283,9 +285,9 @@ async fn webhook_with_a_good_and_a_bad_signature() {
         }),
     )
     .await;
-    apply(&server.base, &webhook("github", &sink.url, true)).await;
+    apply(&server.api, &webhook("github", &sink.url, true)).await;
     let object = wait_ready(
-        &server.base,
+        &server.api,
         "sources.rivulet.dev/v1alpha1",
         "WebhookSource",
         "github",
@@ -345,9 +347,9 @@ async fn webhook_with_a_good_and_a_bad_signature() {
 async fn webhook_answers_only_after_the_sink_accepted() {
     let server = TestServer::start().await;
     let sink = Recorder::start().await;
-    apply(&server.base, &webhook("plain", &sink.url, false)).await;
+    apply(&server.api, &webhook("plain", &sink.url, false)).await;
     let object = wait_ready(
-        &server.base,
+        &server.api,
         "sources.rivulet.dev/v1alpha1",
         "WebhookSource",
         "plain",
@@ -405,7 +407,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
     let server = TestServer::start().await;
     let mut both = ping_source("both", "* * * * *", json!({"uri": "http://127.0.0.1:9/"}));
     both["spec"]["dataBase64"] = json!("aGk=");
-    let (status, body) = put_object(&server.base, &both).await;
+    let (status, body) = put_object(&server.api, &both).await;
     assert_eq!(status, 422);
     assert!(
         body["message"]
@@ -420,7 +422,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
         p["spec"]["timezone"] = json!("Europe/Atlantis");
         p
     };
-    let (status, body) = put_object(&server.base, &bad_zone).await;
+    let (status, body) = put_object(&server.api, &bad_zone).await;
     assert_eq!(status, 422);
     assert!(
         body["message"].as_str().unwrap().contains("spec.timezone"),
@@ -428,7 +430,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
     );
 
     let (status, body) = put_object(
-        &server.base,
+        &server.api,
         &ping_source(
             "cron",
             "every minute",
@@ -444,7 +446,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
 
     // A ref to a broker that does not exist is accepted but not ready, with the reason.
     apply(
-        &server.base,
+        &server.api,
         &ping_source(
             "orphan",
             "@every 1h",
@@ -454,7 +456,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
     .await;
     let object = wait_for("the orphan's status", WAIT, || async {
         let object = get_object(
-            &server.base,
+            &server.api,
             "sources.knative.dev/v1",
             "PingSource",
             "orphan",
@@ -515,7 +517,7 @@ async fn readme_examples_apply_and_become_ready() {
             rivulet::resources::parse_manifests(block, &format!("README example {}", index + 1))
                 .unwrap_or_else(|e| panic!("{e}"));
         for manifest in manifests {
-            let (status, body) = put_object(&server.base, &manifest.object).await;
+            let (status, body) = put_object(&server.api, &manifest.object).await;
             assert!(
                 status == 200 || status == 201,
                 "README example {}: {body}",
@@ -531,7 +533,7 @@ async fn readme_examples_apply_and_become_ready() {
             continue;
         }
         let name = object["metadata"]["name"].as_str().unwrap();
-        wait_ready(&server.base, api_version, kind, name).await;
+        wait_ready(&server.api, api_version, kind, name).await;
     }
     server.shutdown().await;
 }

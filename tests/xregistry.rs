@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 use support::{TestEvent, TestServer, WAIT, wait_for};
 
 async fn get(server: &TestServer, path: &str) -> (u16, Value) {
-    let response = server
-        .client
-        .get(format!("{}{path}", server.base))
+    let response = support::api_request(reqwest::Method::GET, format!("{}{path}", server.api))
         .send()
         .await
         .expect("the server answers");
@@ -73,7 +71,7 @@ async fn the_registry_documents_follow_the_xregistry_model() {
     })
     .await;
     assert_eq!(root["xid"], "/");
-    assert_eq!(root["self"], format!("{}/xregistry", server.base));
+    assert_eq!(root["self"], format!("{}/xregistry", server.api));
     assert!(root["specversion"].is_string() && root["epoch"].is_u64());
     assert_eq!(root["messagegroupscount"], 2);
     let shop = &root["messagegroups"]["default.shop"];
@@ -111,7 +109,7 @@ async fn the_registry_documents_follow_the_xregistry_model() {
     assert!(plain.get("messagegroups").is_none(), "{plain}");
     assert_eq!(
         plain["messagegroupsurl"],
-        format!("{}/xregistry/messagegroups", server.base)
+        format!("{}/xregistry/messagegroups", server.api)
     );
     assert_eq!(plain["schemagroupscount"], 2);
     let (_, groups) = get(&server, "/xregistry/messagegroups?inline=messages").await;

@@ -937,6 +937,9 @@ impl Rivulet {
         let data_dir = tempfile::tempdir().map_err(|e| format!("no temporary folder: {e}"))?;
         let options = ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            // Loopback only: the benchmark drives the resource API without a token.
+            api_auth: rivulet::api::auth::ApiAuth::None,
             data_dir: data_dir.path().to_path_buf(),
             shutdown_grace: Duration::from_secs(1),
             ..ServeOptions::default()
@@ -957,7 +960,7 @@ impl Rivulet {
     }
 
     async fn put(&self, path: &str, body: Value) -> Result<(), String> {
-        let url = format!("{}{path}", self.server.base_url);
+        let url = format!("{}{path}", self.server.api_url);
         let response = self
             .client
             .put(&url)
@@ -975,7 +978,7 @@ impl Rivulet {
     }
 
     async fn get(&self, path: &str) -> Result<Value, String> {
-        let url = format!("{}{path}", self.server.base_url);
+        let url = format!("{}{path}", self.server.api_url);
         let response = self
             .client
             .get(&url)
@@ -1163,7 +1166,7 @@ impl Runtimes {
         let broker = rivulet.resource_path("apis/eventing.knative.dev/v1", "brokers", BROKER);
         self.load.block_on(async {
             for (path, pause) in [(trigger, 2_000), (broker, 500)] {
-                let url = format!("{}{path}", rivulet.server.base_url);
+                let url = format!("{}{path}", rivulet.server.api_url);
                 if let Ok(response) = rivulet.client.delete(url).send().await
                     && response.status().is_success()
                 {

@@ -119,7 +119,10 @@ inventory::submit! {
 }
 
 inventory::submit! {
-    HttpRoutes { build: routes }
+    HttpRoutes {
+        listener: crate::server::Listener::Ingress,
+        build: routes,
+    }
 }
 
 /// When no `delivery` is set: a few quick retries, since the caller is waiting.

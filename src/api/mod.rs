@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+pub mod auth;
+
 use crate::metrics::Metrics;
 use crate::resources::{KindInfo, ServedVersion, find_kind, find_served_version};
 use crate::store::{Applied, ResourceStore, StoreError};
@@ -49,18 +51,37 @@ type Params = BTreeMap<String, String>;
 /// The largest manifest the API takes.
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Health, readiness and metrics: all the controller serves.
-pub fn health_router(state: ApiState) -> Router {
+/// Health and readiness, served unauthenticated on every listener.
+pub fn health_router(ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(ready)
 }
 
-/// Health, metrics and the resource API.
-pub fn router(state: ApiState) -> Router {
-    health_router(state.clone()).merge(resource_router(state))
+/// Health and metrics without authentication: what the controller and the Kubernetes data
+/// plane serve (on Kubernetes a NetworkPolicy guards the port; resources are the Kubernetes
+/// API's business).
+pub fn metrics_only_router(state: ApiState) -> Router {
+    health_router(state.ready.clone()).merge(
+        Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(state),
+    )
+}
+
+/// The resource API listener: health, then metrics, resources, tokens and `extra` routes
+/// behind `gate`.
+pub fn router(state: ApiState, gate: auth::Gate, extra: Router) -> Router {
+    let guarded = resource_router(state.clone())
+        .route("/metrics", get(metrics).with_state(state.clone()))
+        .merge(auth::routes(gate.clone()))
+        .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            auth::require_token,
+        ));
+    health_router(state.ready.clone()).merge(guarded)
 }
 
 fn resource_router(state: ApiState) -> Router {
@@ -86,8 +107,8 @@ fn resource_router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> Response {
+    if ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -174,6 +195,23 @@ fn store_error(error: StoreError) -> Response {
 }
 
 /// How a kind is served at a path: as stored, or converted from the stored version.
+/// Stands in for each Secret value in responses; not base64, so applying it back fails
+/// loudly instead of storing a placeholder.
+const REDACTED: &str = "<redacted>";
+
+/// A Secret with its keys kept and its values replaced: values are write-only through the API.
+fn redact_secret(mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.remove("stringData");
+        if let Some(Value::Object(data)) = map.get_mut("data") {
+            for value in data.values_mut() {
+                *value = Value::String(REDACTED.into());
+            }
+        }
+    }
+    object
+}
+
 #[derive(Clone, Copy)]
 enum Served {
     Stored(&'static KindInfo),
@@ -203,8 +241,11 @@ impl Served {
     }
 
     /// A stored object as this version shows it.
+    /// What a client sees of a stored object: the served version, and never a Secret's
+    /// values.
     fn view(self, object: Value) -> Value {
         match self {
+            Served::Stored(kind) if kind.kind == "Secret" => redact_secret(object),
             Served::Stored(_) => object,
             Served::Converted(version, _) => (version.downgrade)(object),
         }
@@ -300,6 +341,22 @@ async fn put_one(
         Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
     let kind = served.stored();
+    if kind.kind == "Secret"
+        && ["data", "stringData"].iter().any(|field| {
+            object
+                .get(field)
+                .and_then(Value::as_object)
+                .is_some_and(|values| values.values().any(|v| v == REDACTED))
+        })
+    {
+        return status_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "a Secret value is {REDACTED:?}: the API never returns Secret values, so send the real ones"
+            ),
+        );
+    }
     if let Some(declared) = object.get("kind").and_then(Value::as_str)
         && declared != kind.kind
     {

@@ -15,6 +15,66 @@ pub(super) fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// A Rivulet server's resource API, and a client that carries its token.
+pub struct Remote {
+    pub url: String,
+    pub client: reqwest::Client,
+    /// Where the token came from, for the hint on a 401.
+    token_origin: Option<String>,
+}
+
+impl Remote {
+    /// `token` from `--token`/`RIVULET_TOKEN`, else the admin token in `data_dir`.
+    pub fn new(url: &str, token: Option<&str>, data_dir: &std::path::Path) -> Remote {
+        crate::install_crypto_provider();
+        let (token, token_origin) = match token {
+            Some(token) => (Some(token.trim().to_string()), Some("--token".to_string())),
+            None => match crate::api::auth::read_admin_token(data_dir) {
+                Some(token) => (
+                    Some(token),
+                    Some(
+                        data_dir
+                            .join(crate::api::auth::ADMIN_TOKEN_FILE)
+                            .display()
+                            .to_string(),
+                    ),
+                ),
+                None => (None, None),
+            },
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token
+            && let Ok(mut value) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("a client with these settings builds");
+        Remote {
+            url: url.trim_end_matches('/').to_string(),
+            client,
+            token_origin,
+        }
+    }
+
+    /// Turns an error response into a message, with a hint when the token was the problem.
+    pub async fn failure(&self, response: reqwest::Response) -> String {
+        let status = response.status();
+        let message = failure(response).await;
+        match (status.as_u16(), &self.token_origin) {
+            (401, None) => format!(
+                "{message} (no token: pass --token, set RIVULET_TOKEN, or run where --data-dir holds the server's admin.token)"
+            ),
+            (401, Some(origin)) => format!("{message} (token from {origin})"),
+            _ => message,
+        }
+    }
+}
+
 pub(super) fn object_url(server: &str, kind: &KindInfo, namespace: &str, name: &str) -> String {
     format!(
         "{}{}/{name}",
@@ -36,14 +96,15 @@ pub(super) async fn failure(response: reqwest::Response) -> String {
 
 /// GETs `url` from the Rivulet server at `server` and returns the JSON body; a refusal
 /// becomes an error carrying what the server said.
-pub(super) async fn get_json(server: &str, url: &str) -> anyhow::Result<Value> {
-    let response = http()
+pub(super) async fn get_json(remote: &Remote, url: &str) -> anyhow::Result<Value> {
+    let response = remote
+        .client
         .get(url)
         .send()
         .await
-        .map_err(|e| unreachable(server, e))?;
+        .map_err(|e| unreachable(&remote.url, e))?;
     if !response.status().is_success() {
-        bail!("{}", failure(response).await);
+        bail!("{}", remote.failure(response).await);
     }
     Ok(response.json().await?)
 }
@@ -61,7 +122,7 @@ fn find_kind(name: &str) -> anyhow::Result<&'static KindInfo> {
     })
 }
 
-pub async fn apply(server: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub async fn apply(remote: &Remote, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut manifests = Vec::new();
     for path in files {
         if path.as_os_str() == "-" {
@@ -83,7 +144,6 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> 
     if manifests.is_empty() {
         bail!("no objects found in the given manifests");
     }
-    let client = http();
     let mut failed = false;
     for manifest in manifests {
         let namespace = manifest
@@ -101,19 +161,20 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> 
             failed = true;
             continue;
         };
-        let url = object_url(server, manifest.kind, &namespace, name);
-        let response = client
+        let url = object_url(&remote.url, manifest.kind, &namespace, name);
+        let response = remote
+            .client
             .put(&url)
             .json(&manifest.object)
             .send()
             .await
-            .map_err(|e| unreachable(server, e))?;
+            .map_err(|e| unreachable(&remote.url, e))?;
         let label = format!("{}/{name}", manifest.kind.kind.to_ascii_lowercase());
         match response.status().as_u16() {
             201 => println!("{label} created"),
             200 => println!("{label} configured"),
             _ => {
-                eprintln!("{label}: {}", failure(response).await);
+                eprintln!("{label}: {}", remote.failure(response).await);
                 failed = true;
             }
         }
@@ -126,7 +187,7 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn get(
-    server: &str,
+    remote: &Remote,
     kind_name: &str,
     name: Option<&str>,
     namespace: &str,
@@ -134,14 +195,10 @@ pub async fn get(
 ) -> anyhow::Result<ExitCode> {
     let kind = find_kind(kind_name)?;
     let url = match name {
-        Some(name) => object_url(server, kind, namespace, name),
-        None => format!(
-            "{}{}",
-            server.trim_end_matches('/'),
-            kind.collection_path(namespace)
-        ),
+        Some(name) => object_url(&remote.url, kind, namespace, name),
+        None => format!("{}{}", remote.url, kind.collection_path(namespace)),
     };
-    let body = get_json(server, &url).await?;
+    let body = get_json(remote, &url).await?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&body)?),
@@ -210,19 +267,20 @@ fn print_table(kind: &KindInfo, items: &[Value]) {
 }
 
 pub async fn delete(
-    server: &str,
+    remote: &Remote,
     kind_name: &str,
     name: &str,
     namespace: &str,
 ) -> anyhow::Result<ExitCode> {
     let kind = find_kind(kind_name)?;
-    let response = http()
-        .delete(object_url(server, kind, namespace, name))
+    let response = remote
+        .client
+        .delete(object_url(&remote.url, kind, namespace, name))
         .send()
         .await
-        .map_err(|e| unreachable(server, e))?;
+        .map_err(|e| unreachable(&remote.url, e))?;
     if !response.status().is_success() {
-        bail!("{}", failure(response).await);
+        bail!("{}", remote.failure(response).await);
     }
     println!("{}/{name} deleted", kind.kind.to_ascii_lowercase());
     Ok(ExitCode::SUCCESS)
@@ -238,7 +296,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or(("default", &args.broker));
             format!(
                 "{}/{namespace}/{broker}",
-                args.server.server.trim_end_matches('/')
+                args.ingress.trim_end_matches('/')
             )
         }
     };
@@ -285,7 +343,10 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| match &args.url {
             Some(_) => anyhow::anyhow!("cannot reach {url}: {e}"),
-            None => unreachable(&args.server.server, e),
+            None => anyhow::anyhow!(
+                "cannot reach Rivulet's ingress at {} ({e}); is `rivulet serve` running? (--ingress picks another)",
+                args.ingress
+            ),
         })?;
     if response.status().is_success() {
         println!("sent {} ({})", parsed.id, response.status());

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::client::{get_json, object_url};
+use super::client::{Remote, get_json, object_url};
 use super::{OutputFormat, ServerArg};
 use crate::registry::scaffold::{self, Lang};
 use crate::resources::eventtype::{attribute_of, broker_of};
@@ -102,7 +102,7 @@ pub async fn run(command: EventTypesCommand) -> anyhow::Result<ExitCode> {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
-            list(&server.server, &namespace, &params, output).await
+            list(&server.remote(), &namespace, &params, output).await
         }
         EventTypesCommand::Show {
             name,
@@ -110,7 +110,7 @@ pub async fn run(command: EventTypesCommand) -> anyhow::Result<ExitCode> {
             output,
             server,
         } => {
-            let object = fetch(&server.server, &namespace, &name).await?;
+            let object = fetch(&server.remote(), &namespace, &name).await?;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&object)?),
                 OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&object)?),
@@ -126,7 +126,7 @@ pub async fn run(command: EventTypesCommand) -> anyhow::Result<ExitCode> {
             namespace,
             server,
         } => {
-            let object = fetch(&server.server, &namespace, &name).await?;
+            let object = fetch(&server.remote(), &namespace, &name).await?;
             if object.pointer("/status/schema").is_none() {
                 eprintln!(
                     "note: {name} has no inferred schema yet (no JSON payload seen); the payload is left untyped"
@@ -144,28 +144,24 @@ pub async fn run(command: EventTypesCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn fetch(server: &str, namespace: &str, name: &str) -> anyhow::Result<Value> {
-    get_json(server, &object_url(server, kind(), namespace, name)).await
+async fn fetch(remote: &Remote, namespace: &str, name: &str) -> anyhow::Result<Value> {
+    get_json(remote, &object_url(&remote.url, kind(), namespace, name)).await
 }
 
 async fn list(
-    server: &str,
+    remote: &Remote,
     namespace: &str,
     params: &[(&str, String)],
     output: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
-    let mut url = format!(
-        "{}{}",
-        server.trim_end_matches('/'),
-        kind().collection_path(namespace)
-    );
+    let mut url = format!("{}{}", remote.url, kind().collection_path(namespace));
     if !params.is_empty() {
         let query = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
         url = format!("{url}?{query}");
     }
-    let body = get_json(server, &url).await?;
+    let body = get_json(remote, &url).await?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&body)?),

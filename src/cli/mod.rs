@@ -11,14 +11,18 @@ mod client;
 mod eventtypes;
 mod local;
 
-const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+/// The resource API's default address (`rivulet serve --api-listen`).
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
+/// Ingress's default address (`rivulet serve --listen`).
+const DEFAULT_INGRESS: &str = "http://127.0.0.1:8080";
 
 /// Rivulet: a CloudEvents broker that speaks the Knative Eventing API.
 ///
 /// Start a server with `rivulet serve`; it has a broker `default/default` ready at
-/// http://127.0.0.1:8080/default/default. Apply Knative Broker and Trigger YAML with
-/// `rivulet apply -f`, send events with `rivulet send` (or curl), and watch them arrive with
-/// `rivulet display`.
+/// http://127.0.0.1:8080/default/default, and its resource API on http://127.0.0.1:8081
+/// (token in .rivulet/admin.token, which the CLI finds). Apply Knative Broker and Trigger YAML
+/// with `rivulet apply -f`, send events with `rivulet send` (or curl), and watch them arrive
+/// with `rivulet display`.
 #[derive(Debug, Parser)]
 #[command(name = "rivulet", version, propagate_version = true)]
 pub struct Cli {
@@ -111,16 +115,66 @@ enum Command {
     /// Listen for CloudEvents and print each one (an event display sink).
     Display {
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8081")]
+        #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
     },
+    /// Manage the resource API's tokens: `viewer` tokens read, `admin` tokens also write.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (it is shown once; the server keeps only its digest).
+    Create {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// A name to list and revoke it by (default: the role and a random suffix).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List the tokens' names and roles.
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Revoke a token by name.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TokenRole {
+    Viewer,
+    Admin,
 }
 
 #[derive(Debug, Args)]
 pub struct ServerArg {
-    /// URL of the Rivulet server.
+    /// URL of the Rivulet server's resource API (its --api-listen).
     #[arg(long, env = "RIVULET_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// Bearer token for the resource API; without it, RIVULET_TOKEN, then the admin token in
+    /// --data-dir.
+    #[arg(long, env = "RIVULET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The server's data folder, where its admin.token is found.
+    #[arg(long, env = "RIVULET_DATA_DIR", default_value = ".rivulet")]
+    data_dir: PathBuf,
+}
+
+impl ServerArg {
+    fn remote(&self) -> client::Remote {
+        client::Remote::new(&self.server, self.token.as_deref(), &self.data_dir)
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -132,7 +186,7 @@ enum OutputFormat {
 
 #[derive(Debug, Args)]
 struct ControllerArgs {
-    /// Address for health and metrics.
+    /// Address for health and metrics (the controller serves nothing else).
     #[arg(long, env = "RIVULET_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Folder for the state of the sources the controller runs (PingSource's last tick).
@@ -159,9 +213,21 @@ struct ServeArgs {
     /// `default/default` is created if it does not exist.
     #[arg(short, long)]
     config: Vec<PathBuf>,
-    /// Address for ingress, the resource API, health and metrics.
+    /// Address for event ingress (brokers, source and sink endpoints) and health.
     #[arg(long, env = "RIVULET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address for the resource API, token management, xRegistry, metrics and health. With
+    /// --store kubernetes it serves health and metrics only.
+    #[arg(long, env = "RIVULET_API_LISTEN", default_value = "127.0.0.1:8081")]
+    api_listen: SocketAddr,
+    /// How the resource API authenticates: `token` (bearer tokens; the admin token is
+    /// written to --data-dir/admin.token at first start) or `none` (anyone reaching the
+    /// API is admin; refused on a non-loopback --api-listen without --force-insecure-api).
+    #[arg(long, env = "RIVULET_API_AUTH", value_enum, default_value = "token")]
+    api_auth: crate::api::auth::ApiAuth,
+    /// Allow --api-auth none on an address other than loopback.
+    #[arg(long)]
+    force_insecure_api: bool,
     /// Folder for resources and the embedded channel's data.
     #[arg(long, env = "RIVULET_DATA_DIR", default_value = ".rivulet")]
     data_dir: PathBuf,
@@ -222,9 +288,12 @@ struct SendArgs {
     /// Broker as NAMESPACE/NAME (or just NAME in namespace default).
     #[arg(long, default_value = "default/default", conflicts_with = "url")]
     broker: String,
-    /// Post to this URL instead of a broker of --server.
+    /// Post to this URL instead of a broker of --ingress.
     #[arg(long)]
     url: Option<String>,
+    /// URL of the Rivulet server's ingress (its --listen).
+    #[arg(long, env = "RIVULET_INGRESS", default_value = DEFAULT_INGRESS)]
+    ingress: String,
     #[arg(long = "type", required = true)]
     ty: String,
     #[arg(long, default_value = "rivulet-cli")]
@@ -249,8 +318,6 @@ struct SendArgs {
     /// Send in structured mode (application/cloudevents+json) instead of binary.
     #[arg(long)]
     structured: bool,
-    #[command(flatten)]
-    server: ServerArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,20 +380,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Controller(args) => controller(args).await,
-        Command::Apply { files, server } => client::apply(&server.server, &files).await,
+        Command::Apply { files, server } => client::apply(&server.remote(), &files).await,
         Command::Get {
             kind,
             name,
             namespace,
             output,
             server,
-        } => client::get(&server.server, &kind, name.as_deref(), &namespace, output).await,
+        } => client::get(&server.remote(), &kind, name.as_deref(), &namespace, output).await,
         Command::Delete {
             kind,
             name,
             namespace,
             server,
-        } => client::delete(&server.server, &kind, &name, &namespace).await,
+        } => client::delete(&server.remote(), &kind, &name, &namespace).await,
+        Command::Token { command } => token(command).await,
         Command::Send(args) => client::send(args).await,
         Command::Filter {
             command: FilterCommand::Eval { trigger, event },
@@ -356,6 +424,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = crate::server::ServeOptions {
         config: args.config,
         listen: args.listen,
+        api_listen: args.api_listen,
+        api_auth: args.api_auth,
+        force_insecure_api: args.force_insecure_api,
         data_dir: args.data_dir,
         body_limit: args.body_limit,
         delivery: crate::delivery::DeliveryDefaults {
@@ -384,12 +455,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = crate::server::start(options).await?;
     match store {
         crate::server::StoreChoice::File => eprintln!(
-            "rivulet serving on {} (broker default/default: {}/default/default)",
-            server.base_url, server.base_url
+            "rivulet serving events on {} (broker default/default: {}/default/default), resource API on {}",
+            server.base_url, server.base_url, server.api_url
         ),
         crate::server::StoreChoice::Kubernetes => eprintln!(
-            "rivulet serving on {} (resources from the Kubernetes API server)",
-            server.base_url
+            "rivulet serving events on {}, health and metrics on {} (resources from the Kubernetes API server)",
+            server.base_url, server.api_url
         ),
     }
     let token = server.shutdown_token();
@@ -404,7 +475,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let options = crate::server::ServeOptions {
-        listen: args.listen,
+        api_listen: args.listen,
         data_dir: args.data_dir,
         delivery: crate::delivery::DeliveryDefaults {
             timeout: args.delivery_timeout,
@@ -423,7 +494,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let server = crate::server::start(options).await?;
     eprintln!(
         "rivulet controller reconciling the cluster's resources (health on {})",
-        server.local_addr
+        server.api_addr
     );
     let token = server.shutdown_token();
     tokio::spawn(async move {
@@ -432,6 +503,60 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         token.cancel();
     });
     server.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create { role, name, server } => {
+            let role = match role {
+                TokenRole::Viewer => "viewer",
+                TokenRole::Admin => "admin",
+            };
+            let name = name.unwrap_or_else(|| {
+                format!("{role}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+            });
+            let remote = server.remote();
+            let response = remote
+                .client
+                .post(format!("{}/auth/tokens", remote.url))
+                .json(&serde_json::json!({"name": name, "role": role}))
+                .send()
+                .await
+                .map_err(|e| client::unreachable(&remote.url, e))?;
+            if !response.status().is_success() {
+                anyhow::bail!("{}", remote.failure(response).await);
+            }
+            let body: serde_json::Value = response.json().await?;
+            eprintln!("token {name} ({role}) created; it is shown once:");
+            println!("{}", body["token"].as_str().unwrap_or_default());
+        }
+        TokenCommand::List { server } => {
+            let remote = server.remote();
+            let body = client::get_json(&remote, &format!("{}/auth/tokens", remote.url)).await?;
+            println!("{:<32} ROLE", "NAME");
+            for item in body["items"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {}",
+                    item["name"].as_str().unwrap_or_default(),
+                    item["role"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        TokenCommand::Revoke { name, server } => {
+            let remote = server.remote();
+            let response = remote
+                .client
+                .delete(format!("{}/auth/tokens/{name}", remote.url))
+                .send()
+                .await
+                .map_err(|e| client::unreachable(&remote.url, e))?;
+            if !response.status().is_success() {
+                anyhow::bail!("{}", remote.failure(response).await);
+            }
+            println!("token {name} revoked");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -30,13 +30,13 @@ const SPEC_VERSION: &str = "1.0-rc2";
 const ENVELOPE: &str = "CloudEvents/1.0";
 
 inventory::submit! {
-    crate::server::HttpRoutes { build: routes }
+    crate::server::HttpRoutes { listener: crate::server::Listener::Api, build: routes }
 }
 
 fn routes(ctx: Arc<Context>) -> Router {
     let state = View {
         store: ctx.store.clone(),
-        base: ctx.settings.base_url.trim_end_matches('/').to_string(),
+        base: ctx.settings.api_url.trim_end_matches('/').to_string(),
     };
     Router::new()
         .route(ROOT, get(root))

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::{Action, Context, ReconcileError, conditions, generation};
+use crate::features;
 use crate::ingress::BrokerHandle;
 use crate::resources::validation::typed;
 use crate::resources::{
@@ -223,6 +224,15 @@ pub async fn reconcile_config_users(
 ) -> Result<Action, ReconcileError> {
     let (namespace, name) = object_key(config);
     let (namespace, name) = (namespace.as_str(), name.as_str());
+    if (namespace, name) == (features::CONFIG_NAMESPACE, features::CONFIG_NAME)
+        && config.get("kind").and_then(Value::as_str) == Some("ConfigMap")
+        && ctx.refresh_features().await
+    {
+        // Addresses, audiences and policies depend on the flags: reconcile everything, in a
+        // task of its own since this runs inside a reconcile.
+        let ctx = ctx.clone();
+        tokio::spawn(async move { ctx.resync().await });
+    }
     let kind = Context::kind("Broker");
     for broker in ctx.store.list(kind, None).await? {
         let (broker_ns, _) = object_key(&broker);

@@ -131,6 +131,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The base URL brokers are addressed at (`http://127.0.0.1:8080`).
     pub base_url: String,
+    /// The base URL of the resource API listener (`http://127.0.0.1:8081`).
+    pub api_url: String,
     pub delivery: DeliveryDefaults,
     /// Deliveries in flight per trigger unless its annotation says otherwise.
     pub default_parallelism: usize,
@@ -302,6 +304,35 @@ impl Context {
         let _ = self
             .requeue
             .send((kind, namespace.to_string(), name.to_string()));
+    }
+
+    /// Reads Knative's `config-features` ConfigMap and puts its flags (under the command
+    /// line's) in force; whether they changed.
+    pub async fn refresh_features(&self) -> bool {
+        let kind = Self::kind("ConfigMap");
+        let data = match self
+            .store
+            .get(
+                kind,
+                crate::features::CONFIG_NAMESPACE,
+                crate::features::CONFIG_NAME,
+            )
+            .await
+        {
+            Ok(object) => object.and_then(|o| o.get("data").cloned()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the config-features ConfigMap; flags unchanged");
+                return false;
+            }
+        };
+        let (changed, errors) = self.settings.features.apply_config_map(data.as_ref());
+        for error in errors {
+            tracing::warn!(%error, "config-features: flag ignored");
+        }
+        if changed {
+            tracing::info!(features = ?self.settings.features.current().all, "feature flags changed");
+        }
+        changed
     }
 
     /// Reconciles everything in the store (at start, and after missing change notices), kind

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::support::{WAIT, http, wait_for};
+use super::support::{WAIT, api_request, wait_for};
 
 /// PUTs any served kind through the resource API; returns status and body.
 pub async fn put_object(base: &str, object: &Value) -> (u16, Value) {
@@ -18,12 +18,14 @@ pub async fn put_object(base: &str, object: &Value) -> (u16, Value) {
         .and_then(Value::as_str)
         .unwrap_or("default");
     let name = object["metadata"]["name"].as_str().expect("a name");
-    let response = http()
-        .put(format!("{base}{}/{name}", kind.collection_path(namespace)))
-        .json(object)
-        .send()
-        .await
-        .expect("the resource API answers");
+    let response = api_request(
+        reqwest::Method::PUT,
+        format!("{base}{}/{name}", kind.collection_path(namespace)),
+    )
+    .json(object)
+    .send()
+    .await
+    .expect("the resource API answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -38,14 +40,16 @@ pub async fn apply(base: &str, object: &Value) {
 
 pub async fn get_object(base: &str, api_version: &str, kind: &str, name: &str) -> Value {
     let kind = rivulet::resources::find_kind_by_name(Some(api_version), kind).expect("served");
-    http()
-        .get(format!("{base}{}/{name}", kind.collection_path("default")))
-        .send()
-        .await
-        .expect("the resource API answers")
-        .json()
-        .await
-        .expect("JSON")
+    api_request(
+        reqwest::Method::GET,
+        format!("{base}{}/{name}", kind.collection_path("default")),
+    )
+    .send()
+    .await
+    .expect("the resource API answers")
+    .json()
+    .await
+    .expect("JSON")
 }
 
 /// Waits until the object's `Ready` condition is `True`; returns the object.

@@ -139,10 +139,10 @@ pub async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
         .is_ok()
 }
 
-/// Deletes a broker through the resource API at `base` and waits until Rivulet removed its
+/// Deletes a broker through the resource API at `api` and waits until Rivulet removed its
 /// exchange from RabbitMQ, so a test does not end (and stop the server) before the cleanup.
-pub async fn delete_broker(base: &str, namespace: &str, broker: &str) {
-    super::support::Api::new(base)
+pub async fn delete_broker(api: &str, namespace: &str, broker: &str) {
+    super::support::Api::new(api, api)
         .delete("Broker", namespace, broker)
         .await;
     let connection = connect().await;

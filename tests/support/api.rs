@@ -32,7 +32,7 @@ pub fn tune_for_tests(options: &mut ServeOptions) {
 /// An [`InProcessServer`] with [`tune_for_tests`] settings; dereferences to its [`Api`] and
 /// stops when dropped. With no `config`, broker `default/default` exists.
 pub struct TestServer {
-    pub api: Api,
+    client: Api,
     inner: InProcessServer,
 }
 
@@ -50,7 +50,7 @@ impl TestServer {
         })
         .await;
         TestServer {
-            api: Api::new(&inner.base),
+            client: Api::new(&inner.base, &inner.api),
             inner,
         }
     }
@@ -78,22 +78,25 @@ impl Drop for TestServer {
 impl Deref for TestServer {
     type Target = Api;
     fn deref(&self) -> &Api {
-        &self.api
+        &self.client
     }
 }
 
-/// A client of one Rivulet server (in process or child) by base URL.
+/// A client of one Rivulet server (in process or child) by its two URLs.
 #[derive(Clone)]
 pub struct Api {
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// Ingress: `http://127.0.0.1:PORT`, no trailing slash.
     pub base: String,
+    /// The resource API, likewise.
+    pub api: String,
     pub client: reqwest::Client,
 }
 
 impl Api {
-    pub fn new(base: &str) -> Api {
+    pub fn new(base: &str, api: &str) -> Api {
         Api {
             base: base.trim_end_matches('/').to_string(),
+            api: api.trim_end_matches('/').to_string(),
             client: http(),
         }
     }
@@ -105,31 +108,28 @@ impl Api {
 
     /// PUTs a manifest; returns the status code and the answer.
     pub async fn try_apply(&self, manifest: &Value) -> (u16, Value) {
-        super::put(&self.base, manifest).await
+        super::put(&self.api, manifest).await
     }
 
     /// PUTs a manifest, fails the test unless accepted; returns the stored object.
     pub async fn apply(&self, manifest: &Value) -> Value {
-        super::apply(&self.base, manifest).await
+        super::apply(&self.api, manifest).await
     }
 
     /// An object, or `None` when it does not exist.
     pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-        super::get(&self.base, kind, namespace, name).await
+        super::get(&self.api, kind, namespace, name).await
     }
 
     /// Deletes an object; fails the test unless the server answers 200.
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        let response = self
-            .client
-            .delete(format!(
-                "{}{}",
-                self.base,
-                resource_path(kind, namespace, name)
-            ))
-            .send()
-            .await
-            .expect("the resource API answers");
+        let response = super::api_request(
+            reqwest::Method::DELETE,
+            format!("{}{}", self.api, resource_path(kind, namespace, name)),
+        )
+        .send()
+        .await
+        .expect("the resource API answers");
         let status = response.status();
         assert_eq!(
             status,
@@ -237,8 +237,7 @@ impl Api {
 
     /// The `/metrics` text.
     pub async fn metrics_text(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.base))
+        super::api_request(reqwest::Method::GET, format!("{}/metrics", self.api))
             .send()
             .await
             .expect("/metrics answers")

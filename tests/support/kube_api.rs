@@ -99,6 +99,7 @@ fn context_for(
         Settings {
             data_dir: data_dir.to_path_buf(),
             base_url: "http://rivulet.test".into(),
+            api_url: "http://rivulet-api.test".into(),
             delivery: DeliveryDefaults::default(),
             default_parallelism: 1,
             stop_grace: std::time::Duration::from_secs(1),

@@ -32,6 +32,32 @@ use serde_json::Value;
 /// How long the wait functions allow for something that should happen soon.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The admin token every test server gets (written into its data dir before it starts, as an
+/// operator may do); the resource API helpers send it.
+pub const TEST_TOKEN: &str = "rvt_test_admin_token_for_the_test_suite_only";
+
+/// Writes [`TEST_TOKEN`] as the admin token of a server that will use `data_dir`.
+pub fn give_test_token(data_dir: &Path) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(data_dir).expect("the data dir can be made");
+    let path = data_dir.join("admin.token");
+    if !path.exists() {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("the token file can be written");
+        writeln!(file, "{TEST_TOKEN}").expect("the token file can be written");
+    }
+}
+
+/// A request to the resource API, with the test admin token.
+pub fn api_request(method: reqwest::Method, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+    http().request(method, url).bearer_auth(TEST_TOKEN)
+}
+
 /// An HTTP client for tests.
 pub fn http() -> reqwest::Client {
     rivulet::install_crypto_provider();
@@ -69,7 +95,10 @@ pub fn free_port() -> u16 {
 
 /// A server running in this process, with its own data dir.
 pub struct InProcessServer {
+    /// Ingress's URL.
     pub base: String,
+    /// The resource API's URL.
+    pub api: String,
     pub server: Option<RunningServer>,
     pub data_dir: tempfile::TempDir,
 }
@@ -80,17 +109,21 @@ impl InProcessServer {
         let data_dir = tempfile::tempdir().expect("a temp dir");
         let mut options = ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.path().to_path_buf(),
             ..ServeOptions::default()
         };
         configure(&mut options);
+        give_test_token(&options.data_dir);
         let server = rivulet::server::start(options)
             .await
             .expect("the server starts");
         let base = server.base_url.clone();
+        let api = server.api_url.clone();
         wait_until_ready(&base).await;
         Self {
             base,
+            api,
             server: Some(server),
             data_dir,
         }
@@ -131,8 +164,12 @@ pub fn binary() -> PathBuf {
 /// A `rivulet serve` child process.
 pub struct ChildServer {
     pub child: Child,
+    /// Ingress's URL and port.
     pub base: String,
     pub port: u16,
+    /// The resource API's URL and port.
+    pub api: String,
+    pub api_port: u16,
     pub data_dir: PathBuf,
 }
 
@@ -141,10 +178,14 @@ impl ChildServer {
     /// until it is ready. Its logs go to this process's stderr (shown when a test fails).
     pub async fn spawn(data_dir: &Path, extra_args: &[&str]) -> Self {
         let port = free_port();
+        let api_port = free_port();
+        give_test_token(data_dir);
         let child = Command::new(binary())
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--api-listen")
+            .arg(format!("127.0.0.1:{api_port}"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
@@ -159,6 +200,8 @@ impl ChildServer {
             child,
             base,
             port,
+            api: format!("http://127.0.0.1:{api_port}"),
+            api_port,
             data_dir: data_dir.to_path_buf(),
         };
         server.wait_ready().await;
@@ -402,7 +445,7 @@ pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
     }
 }
 
-/// PUTs an object (JSON) to the resource API; returns status and body.
+/// PUTs an object (JSON) to the resource API at `base`; returns status and body.
 pub async fn put(base: &str, object: &Value) -> (u16, Value) {
     let kind = object["kind"].as_str().expect("object has a kind");
     let namespace = object
@@ -413,12 +456,14 @@ pub async fn put(base: &str, object: &Value) -> (u16, Value) {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .expect("object has a name");
-    let response = http()
-        .put(format!("{base}{}", resource_path(kind, namespace, name)))
-        .json(object)
-        .send()
-        .await
-        .expect("PUT reaches the server");
+    let response = api_request(
+        reqwest::Method::PUT,
+        format!("{base}{}", resource_path(kind, namespace, name)),
+    )
+    .json(object)
+    .send()
+    .await
+    .expect("PUT reaches the server");
     let status = response.status().as_u16();
     let body = response.json().await.unwrap_or(Value::Null);
     (status, body)
@@ -437,11 +482,13 @@ pub async fn apply(base: &str, object: &Value) -> Value {
 
 /// GETs an object; `None` on 404.
 pub async fn get(base: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-    let response = http()
-        .get(format!("{base}{}", resource_path(kind, namespace, name)))
-        .send()
-        .await
-        .expect("GET reaches the server");
+    let response = api_request(
+        reqwest::Method::GET,
+        format!("{base}{}", resource_path(kind, namespace, name)),
+    )
+    .send()
+    .await
+    .expect("GET reaches the server");
     match response.status().as_u16() {
         404 => None,
         200 => Some(response.json().await.expect("GET answers JSON")),
