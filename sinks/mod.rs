@@ -232,6 +232,10 @@ async fn receive(
         )
             .into_response();
     };
+    let request = match authorize(&ctx, served.kind, &namespace, &name, request).await {
+        Ok(request) => request,
+        Err(refused) => return refused,
+    };
     let result = handle(&*served.sink, request).await;
     let (outcome, count) = match &result {
         Ok(count) => ("accepted", *count as u64),
@@ -255,6 +259,44 @@ async fn receive(
             error.into_response()
         }
     }
+}
+
+/// With `authentication-oidc` on, a sink takes only senders with a valid token for its
+/// audience whom its EventPolicies (or the default authorization mode) admit; the request
+/// comes back with its body read, for the sink to take.
+async fn authorize(
+    ctx: &Context,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+    request: Request,
+) -> Result<Request, Response> {
+    let Some(auth) = ctx.ingress.auth().filter(|auth| auth.enabled()) else {
+        return Ok(request);
+    };
+    let target = crate::auth::TargetRef {
+        group: find_kind_by_name(None, kind)
+            .map(|k| k.group.to_string())
+            .unwrap_or_default(),
+        kind: kind.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        labels: Default::default(),
+    };
+    let (parts, body) = request.into_parts();
+    let subject = auth
+        .authenticate(&target, &parts.headers)
+        .await
+        .map_err(IntoResponse::into_response)?
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        SinkError::Invalid(format!("the body is larger than {BODY_LIMIT} bytes")).into_response()
+    })?;
+    let (_, events) = event::from_http(&parts.headers, body.clone())
+        .map_err(|e| SinkError::Invalid(e.to_string()).into_response())?;
+    auth.authorize(&target, &subject, &events)
+        .map_err(IntoResponse::into_response)?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
 }
 
 /// The generic sink reconciler: builds the sink, serves it at its address, writes the status,
@@ -300,9 +342,15 @@ pub async fn reconcile<K: SinkKind>(
             parts.extend(built.conditions);
             parts.push(Condition::new("Addressable", true, "", ""));
             // https when transport encryption asks for it, like a broker's.
+            let audience = ctx
+                .settings
+                .features
+                .current()
+                .authentication_oidc
+                .then(|| crate::auth::audience(kind.group, K::KIND, &namespace, &name));
             let (address, _) = ctx
                 .settings
-                .addresses_at(&sink_path(&namespace, K::PLURAL, &name));
+                .addresses_at(&sink_path(&namespace, K::PLURAL, &name), audience);
             status.address = Some(address);
         }
         Err(condition) => {

@@ -478,8 +478,27 @@ pub async fn reconcile<K: SourceKind>(
             let overrides = K::ce_overrides(&resource)
                 .map(|o| o.extensions.clone())
                 .unwrap_or_default();
-            let policy =
-                DeliveryPolicy::from_spec(Some(&delivery), dead_letter_uri, &ctx.settings.delivery);
+            // The source sends as its OIDC identity, with a token when the sink has an audience.
+            let policy = DeliveryPolicy {
+                auth: Some(crate::delivery::DeliveryAuth {
+                    identity: crate::auth::Identity::for_resource(
+                        kind.group,
+                        K::KIND,
+                        &namespace,
+                        &name,
+                    ),
+                    audience: crate::auth::destination_audience(K::sink(&resource), &namespace),
+                    dead_letter_audience: delivery
+                        .dead_letter_sink
+                        .as_ref()
+                        .and_then(|d| crate::auth::destination_audience(d, &namespace)),
+                }),
+                ..DeliveryPolicy::from_spec(
+                    Some(&delivery),
+                    dead_letter_uri,
+                    &ctx.settings.delivery,
+                )
+            };
             let fingerprint = format!("{uri}|{overrides:?}|{policy:?}|{}", prepared.fingerprint);
             let client = SinkClient::new(
                 uri,
@@ -499,6 +518,12 @@ pub async fn reconcile<K: SourceKind>(
             status.address = prepared.address.map(|url| Addressable {
                 name: Some("http".into()),
                 url,
+                audience: ctx
+                    .settings
+                    .features
+                    .current()
+                    .authentication_oidc
+                    .then(|| crate::auth::audience(kind.group, K::KIND, &namespace, &name)),
                 ..Addressable::default()
             });
         }

@@ -56,6 +56,10 @@ pub struct ServeOptions {
     /// The serving certificate (`--tls-cert`, `--tls-key`, `--tls-ca`); required when
     /// `transport-encryption` is `permissive` or `strict`.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// External OIDC issuers whose tokens ingress accepts (Rivulet always trusts itself).
+    pub oidc_issuers: Vec<String>,
+    /// An issuer's keys are refetched for an unknown `kid` at most this often.
+    pub oidc_jwks_refresh: Duration,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -88,6 +92,8 @@ impl Default for ServeOptions {
             features: crate::features::Features::default(),
             egress: crate::egress::EgressPolicy::default(),
             tls: None,
+            oidc_issuers: Vec::new(),
+            oidc_jwks_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -261,12 +267,15 @@ pub async fn start_with_store(
 
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
+    let auth = crate::auth::setup::build(&options, &base_url, &*store, features.clone())?;
+    ingress.set_auth(auth.clone());
     let shared = dispatcher::Shared {
         sender: Sender::with_egress(Arc::new(crate::egress::Egress::new(
             options.egress.clone(),
             Some(metrics.clone()),
         )))
-        .with_transport(crate::tls::TrustBundles::default(), features.clone()),
+        .with_transport(crate::tls::TrustBundles::default(), features.clone())
+        .with_bearer(crate::auth::setup::bearer(&auth)),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };
@@ -345,6 +354,7 @@ pub async fn start_with_store(
     let ingress_app = listener.as_ref().map(|_| {
         api::health_router(ready.clone())
             .merge(ingress.clone().router())
+            .merge(auth.issuer.clone().router())
             .merge(routes(Listener::Ingress))
             .fallback(unknown_path)
             .layer(tower_http::trace::TraceLayer::new_for_http())

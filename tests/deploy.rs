@@ -814,12 +814,13 @@ fn check_rbac(objects: &Objects, origin: &str) {
     }
     // The data plane only reads, except that ingress creates EventTypes for the events it
     // sees (a server-side apply: create and patch) and writes their inferred schemas into
-    // their status.
+    // their status, and that senders ask for OIDC tokens (TokenRequest).
     for rule in data_plane.rules.iter().flatten() {
         let resources = rule.resources.clone().unwrap_or_default();
         let allowed: &[&str] = match resources.as_slice() {
             [r] if r == "eventtypes" => &["get", "list", "watch", "create", "patch"],
             [r] if r == "eventtypes/status" => &["get", "patch"],
+            [r] if r == "serviceaccounts/token" => &["create"],
             _ => &["get", "list", "watch"],
         };
         for verb in &rule.verbs {

@@ -1205,7 +1205,11 @@ async fn a_changed_config_map_or_secret_reconciles_the_brokers_naming_it() {
             "{kind}"
         );
         let status = written_status(&requests[2], &broker_path("orders"));
-        assert_conditions(status, &all_true(&["IngressReady", "Addressable"]), kind);
+        assert_conditions(
+            status,
+            &all_true(&["IngressReady", "Addressable", "EventPoliciesReady"]),
+            kind,
+        );
         assert_eq!(
             condition(status, "IngressReady")["message"],
             "memory channel",
@@ -1240,7 +1244,11 @@ async fn a_deleted_config_map_leaves_the_brokers_naming_it_not_ready() {
     let status = written_status(&requests[2], &broker_path("orders"));
     assert_conditions(
         status,
-        &[("Ready", "False"), ("IngressReady", "False")],
+        &[
+            ("Ready", "False"),
+            ("IngressReady", "False"),
+            ("EventPoliciesReady", "True"),
+        ],
         "Broker",
     );
     let ingress = condition(status, "IngressReady");
@@ -1354,7 +1362,7 @@ async fn a_changed_rabbitmq_broker_config_reconciles_its_broker_on_rabbitmq() {
     let status = written_status(&requests[3], &broker_path(&name));
     assert_conditions(
         status,
-        &all_true(&["IngressReady", "Addressable"]),
+        &all_true(&["IngressReady", "Addressable", "EventPoliciesReady"]),
         "Broker",
     );
     assert_eq!(

@@ -413,6 +413,22 @@ async fn receive(
         );
     };
     let (parts, body) = request.into_parts();
+    // With authentication-oidc on, the sender's token is checked before the body is read.
+    let target = crate::auth::TargetRef {
+        group: "sources.rivulet.dev".into(),
+        kind: "WebhookSource".into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        labels: Default::default(),
+    };
+    let auth = ctx.ingress.auth().cloned();
+    let subject = match &auth {
+        Some(auth) => match auth.authenticate(&target, &parts.headers).await {
+            Ok(subject) => subject,
+            Err(refused) => return refused.into_response(),
+        },
+        None => None,
+    };
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(body) => body,
         Err(_) => {
@@ -442,6 +458,11 @@ async fn receive(
         Ok(event) => event,
         Err(reason) => return answer(StatusCode::BAD_REQUEST, reason),
     };
+    if let (Some(auth), Some(subject)) = (&auth, &subject)
+        && let Err(refused) = auth.authorize(&target, subject, std::slice::from_ref(&event))
+    {
+        return refused.into_response();
+    }
     let id = event.id.clone();
     match endpoint.sink.send(event).await {
         Ok(_) => answer(StatusCode::ACCEPTED, format!("accepted as event {id}")),

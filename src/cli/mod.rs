@@ -318,6 +318,11 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_ca: Option<PathBuf>,
+    /// An OIDC issuer whose tokens ingress accepts when authentication-oidc is enabled
+    /// (repeatable); its keys come from {URL}/.well-known/openid-configuration. Rivulet
+    /// always trusts its own issuer.
+    #[arg(long = "oidc-issuer", value_name = "URL")]
+    oidc_issuers: Vec<String>,
 }
 
 fn parse_egress_rule(entry: &str) -> Result<crate::egress::EgressRule, String> {
@@ -506,6 +511,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }),
             _ => None,
         },
+        oidc_issuers: args.oidc_issuers,
+        ..crate::server::ServeOptions::default()
     };
     let store = options.store;
     let server = crate::server::start(options).await?;

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use crate::auth::{BearerSource, Identity};
 use crate::egress::{self, Egress, EgressError};
 use crate::event::{self, Event, EventError, ExtensionValue};
 use crate::resources::validation::parse_duration;
@@ -47,6 +48,17 @@ pub struct DeliveryPolicy {
     pub dead_letter_uri: Option<String>,
     /// PEM CA certificates of the dead-letter sink (its `CACerts`), for https.
     pub dead_letter_ca_certs: Option<String>,
+    /// Who sends and for which audiences it presents OIDC tokens.
+    pub auth: Option<DeliveryAuth>,
+}
+
+/// The OIDC side of a delivery: the sender's identity, and the audiences of the target and
+/// of the dead-letter sink (no token is sent to one without an audience).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAuth {
+    pub identity: Identity,
+    pub audience: Option<String>,
+    pub dead_letter_audience: Option<String>,
 }
 
 impl DeliveryPolicy {
@@ -72,6 +84,7 @@ impl DeliveryPolicy {
             format: spec.format.unwrap_or(DeliveryFormat::Binary),
             dead_letter_uri,
             dead_letter_ca_certs: None,
+            auth: None,
         }
     }
 
@@ -194,6 +207,8 @@ pub struct Sender {
     clients: crate::tls::ClientCache,
     /// `transport-encryption` strict refuses plain http targets.
     features: Option<crate::features::FeatureFlags>,
+    /// Bearer tokens for targets with an OIDC audience.
+    bearer: Option<Arc<dyn BearerSource>>,
 }
 
 impl Default for Sender {
@@ -241,6 +256,7 @@ impl Sender {
             ),
             egress,
             features: None,
+            bearer: None,
         }
     }
 
@@ -266,6 +282,32 @@ impl Sender {
         self.clients.trust()
     }
 
+    /// Attaches tokens from `bearer` to requests whose target has an audience.
+    pub fn with_bearer(mut self, bearer: Arc<dyn BearerSource>) -> Self {
+        self.bearer = Some(bearer);
+        self
+    }
+
+    /// The `Authorization` value for a request to `audience`, if one is due. A token that
+    /// cannot be had fails the attempt (retryable: the token source may recover).
+    async fn authorization(
+        &self,
+        policy: &DeliveryPolicy,
+        audience: Option<&str>,
+    ) -> Result<Option<HeaderValue>, Failure> {
+        let (Some(bearer), Some(auth), Some(audience)) = (&self.bearer, &policy.auth, audience)
+        else {
+            return Ok(None);
+        };
+        match bearer.bearer(&auth.identity, audience).await {
+            Ok(None) => Ok(None),
+            Ok(Some(token)) => HeaderValue::try_from(format!("Bearer {token}"))
+                .map(Some)
+                .map_err(|_| Failure::local("the token is not a valid header value".into())),
+            Err(error) => Err(Failure::local(error.to_string())),
+        }
+    }
+
     /// Delivers `event` to `uri` under `policy`: retries, then the dead-letter sink.
     pub async fn deliver(&self, uri: &str, event: &Event, policy: &DeliveryPolicy) -> Outcome {
         self.deliver_to(uri, None, event, policy).await
@@ -280,7 +322,11 @@ impl Sender {
         event: &Event,
         policy: &DeliveryPolicy,
     ) -> Outcome {
-        let (failure, attempts) = match self.send_with_retries(uri, ca_certs, event, policy).await {
+        let audience = policy.auth.as_ref().and_then(|a| a.audience.as_deref());
+        let (failure, attempts) = match self
+            .send_with_retries(uri, ca_certs, event, policy, audience)
+            .await
+        {
             Ok((status, reply, attempts)) => {
                 return Outcome::Delivered {
                     status,
@@ -298,12 +344,17 @@ impl Sender {
             };
         };
         let dead_letter = dead_letter_event(event, uri, &failure);
+        let audience = policy
+            .auth
+            .as_ref()
+            .and_then(|a| a.dead_letter_audience.as_deref());
         match self
             .send_with_retries(
                 dead_letter_uri,
                 policy.dead_letter_ca_certs.as_deref(),
                 &dead_letter,
                 policy,
+                audience,
             )
             .await
         {
@@ -324,6 +375,7 @@ impl Sender {
         ca_certs: Option<&str>,
         event: &Event,
         policy: &DeliveryPolicy,
+        audience: Option<&str>,
     ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
         let client = match self.client_for(uri, ca_certs) {
             Ok(client) => client,
@@ -337,10 +389,18 @@ impl Sender {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self
-                .send_once(&client, uri, &headers, body.clone(), policy.timeout)
-                .await
-            {
+            let sent = match self.authorization(policy, audience).await {
+                Ok(authorization) => {
+                    let mut headers = headers.clone();
+                    if let Some(value) = authorization {
+                        headers.insert(http::header::AUTHORIZATION, value);
+                    }
+                    self.send_once(&client, uri, &headers, body.clone(), policy.timeout)
+                        .await
+                }
+                Err(failure) => Err(failure),
+            };
+            match sent {
                 Ok(delivered) => return Ok((delivered.0, delivered.1, attempt)),
                 Err(failure) => {
                     if !failure.retryable || attempt > policy.retry {
@@ -527,6 +587,19 @@ fn body_prefix(body: &[u8]) -> String {
     text
 }
 
+impl Failure {
+    /// A failure before anything was sent.
+    fn local(message: String) -> Self {
+        Failure {
+            status: None,
+            body: Bytes::new(),
+            message,
+            retryable: true,
+            retry_after: None,
+        }
+    }
+}
+
 /// The reply event carried by a successful response, if any. A `202` is never a reply; a
 /// response without CloudEvents headers or content type carries none.
 fn reply_of(
@@ -622,6 +695,7 @@ mod tests {
             format: DeliveryFormat::Binary,
             dead_letter_uri: None,
             dead_letter_ca_certs: None,
+            auth: None,
         }
     }
 

@@ -315,15 +315,31 @@ async fn publish_reply(
         return;
     }
     reply.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
+    let subject = dispatch
+        .policy
+        .auth
+        .as_ref()
+        .map(|a| a.identity.subject())
+        .unwrap_or_default();
     let mut wait = Duration::from_millis(100);
     for attempt in 1..=5 {
         match shared
             .ingress
-            .accept(&dispatch.namespace, &dispatch.broker, vec![reply.clone()])
+            .accept_from(
+                &dispatch.namespace,
+                &dispatch.broker,
+                vec![reply.clone()],
+                &subject,
+            )
             .await
         {
             Ok(()) => {
                 count("published");
+                return;
+            }
+            Err(error @ IngressError::Auth(_)) => {
+                tracing::warn!(trigger = %dispatch.trigger, %error, "reply refused by the broker's EventPolicies");
+                count("refused");
                 return;
             }
             Err(error @ IngressError::Invalid(_)) => {

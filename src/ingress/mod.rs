@@ -1,7 +1,7 @@
 //! Broker ingress: `POST /{namespace}/{broker}` takes CloudEvents (binary, structured or
 //! batched), stamps them, and answers `202` only once the broker's channel has them durably.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use axum::body::Body;
@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rivulet_channels::{Channel, ChannelError};
 
+use crate::auth::{Auth, AuthError, TargetRef};
 use crate::event::{self, Event, EventError, ExtensionValue};
 use crate::metrics::{BrokerLabels, IngressLabels, Metrics};
 use crate::registry::Observer;
@@ -36,6 +37,21 @@ pub struct BrokerHandle {
     pub dead_letter_uri: Option<String>,
     /// Identity of the configuration the channel was opened with, to notice changes.
     pub config_fingerprint: String,
+    /// The broker's labels, which EventPolicy selectors match.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl BrokerHandle {
+    /// The broker as an EventPolicy target.
+    pub fn target(&self) -> TargetRef {
+        TargetRef {
+            group: "eventing.knative.dev".into(),
+            kind: "Broker".into(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+        }
+    }
 }
 
 /// Why ingress refused events; each maps to the contract's status code.
@@ -49,6 +65,8 @@ pub enum IngressError {
     TooLarge { limit: usize },
     #[error("{0}")]
     Channel(#[from] ChannelError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 impl IngressError {
@@ -61,12 +79,16 @@ impl IngressError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngressError::Auth(error) => error.status(),
         }
     }
 }
 
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
+        if let IngressError::Auth(error) = self {
+            return error.into_response();
+        }
         let status = self.status();
         (
             status,
@@ -129,6 +151,8 @@ pub struct Ingress {
     body_limit: usize,
     /// Event-type discovery, told about accepted events without being waited for.
     observer: OnceLock<Observer>,
+    /// OIDC authentication and EventPolicy authorization, once set.
+    auth: OnceLock<Arc<Auth>>,
 }
 
 impl Ingress {
@@ -138,7 +162,18 @@ impl Ingress {
             metrics,
             body_limit,
             observer: OnceLock::new(),
+            auth: OnceLock::new(),
         }
+    }
+
+    /// Checks senders' tokens and EventPolicies from now on (once).
+    pub fn set_auth(&self, auth: Arc<Auth>) {
+        let _ = self.auth.set(auth);
+    }
+
+    /// OIDC and EventPolicy state, when set.
+    pub fn auth(&self) -> Option<&Arc<Auth>> {
+        self.auth.get()
     }
 
     /// Hands accepted events to event-type discovery from now on (once).
@@ -202,6 +237,25 @@ impl Ingress {
         let events = publish(&handle, events).await?;
         self.observe(&handle, events);
         Ok(())
+    }
+
+    /// Like [`Ingress::accept`] for a reply sent by `subject` (a trigger's OIDC identity):
+    /// with `authentication-oidc` on, the broker's EventPolicies decide as for any sender.
+    /// Replies never leave the process, so the identity needs no token to be believed.
+    pub async fn accept_from(
+        &self,
+        namespace: &str,
+        broker: &str,
+        events: Vec<Event>,
+        subject: &str,
+    ) -> Result<(), IngressError> {
+        if let Some(auth) = self.auth()
+            && auth.enabled()
+            && let Some(handle) = self.get(namespace, broker)
+        {
+            auth.authorize(&handle.target(), subject, &events)?;
+        }
+        self.accept(namespace, broker, events).await
     }
 
     /// The HTTP routes of ingress.
@@ -294,6 +348,12 @@ async fn receive(
     request: Request,
 ) -> Result<usize, IngressError> {
     let (parts, body) = request.into_parts();
+    // Who sends is settled before the body is read, so anonymous senders cost little.
+    let target = entry.handle.target();
+    let subject = match ingress.auth() {
+        Some(auth) => auth.authenticate(&target, &parts.headers).await?,
+        None => None,
+    };
     let limit = ingress.body_limit;
     let declared = parts
         .headers
@@ -307,6 +367,9 @@ async fn receive(
         .await
         .map_err(|_| IngressError::TooLarge { limit })?;
     let (_, events) = event::from_http(&parts.headers, body)?;
+    if let (Some(auth), Some(subject)) = (ingress.auth(), &subject) {
+        auth.authorize(&target, subject, &events)?;
+    }
     let count = events.len();
     entry.counters.received.inc_by(count as u64);
     let events = publish(&entry.handle, events).await?;

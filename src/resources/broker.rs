@@ -49,6 +49,9 @@ pub struct BrokerStatus {
     pub dead_letter_sink_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// The EventPolicies that apply to the broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<super::eventpolicy::AppliedEventPolicyRef>,
 }
 
 inventory::submit! {

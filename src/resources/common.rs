@@ -28,7 +28,7 @@ pub struct Destination {
     /// PEM CA certificates to trust for this destination (accepted, used for https).
     #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
     pub ca_certs: Option<String>,
-    /// OIDC audience (accepted for compatibility).
+    /// OIDC audience of the destination: Rivulet's senders present a token for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
 }
@@ -127,6 +127,9 @@ pub struct Addressable {
     /// PEM CA certificates that sign the certificate served at an https `url`.
     #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
     pub ca_certs: Option<String>,
+    /// The OIDC audience of tokens for this address (when `authentication-oidc` is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 /// The current time in RFC 3339, seconds precision, UTC.

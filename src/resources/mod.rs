@@ -6,6 +6,7 @@
 mod broker;
 mod common;
 mod crds;
+pub mod eventpolicy;
 pub mod eventtype;
 mod kinds;
 mod manifest;
@@ -25,7 +26,9 @@ pub use kinds::{
     find_served_version_by_kind, kinds,
 };
 pub use manifest::{Manifest, manifest_files, parse_manifests};
-pub use trigger::{SubscriptionsApiFilter, Trigger, TriggerFilter, TriggerSpec, TriggerStatus};
+pub use trigger::{
+    AuthStatus, SubscriptionsApiFilter, Trigger, TriggerFilter, TriggerSpec, TriggerStatus,
+};
 
 /// Annotation naming the broker implementation.
 pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";

@@ -105,6 +105,23 @@ pub struct TriggerStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub dead_letter_sink_ca_certs: Option<String>,
+    /// The OIDC audience of the resolved subscriber, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_audience: Option<String>,
+    /// The resolved dead-letter sink's OIDC audience, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink_audience: Option<String>,
+    /// The OIDC identity the trigger sends as (`serviceAccountName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthStatus>,
+}
+
+/// Knative's `AuthStatus`: the service account an object's senders use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 inventory::submit! {

@@ -61,7 +61,12 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     ctx.ensure_finalizer(Context::kind("Broker"), object)
         .await?;
     let (namespace, name) = object_key(object);
-    let (address, addresses) = ctx.settings.addresses_at(&format!("/{namespace}/{name}"));
+    let oidc = ctx.settings.features.current().authentication_oidc;
+    let audience =
+        oidc.then(|| crate::auth::audience("eventing.knative.dev", "Broker", &namespace, &name));
+    let (address, addresses) = ctx
+        .settings
+        .addresses_at(&format!("/{namespace}/{name}"), audience);
     let mut parts = Vec::new();
     let mut action = Action::AwaitChange;
 
@@ -145,6 +150,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                         delivery: broker.spec.delivery.clone(),
                         dead_letter_uri,
                         config_fingerprint: fingerprint,
+                        labels: broker.metadata.labels.clone().unwrap_or_default(),
                     }));
                     parts.insert(
                         0,
@@ -157,11 +163,21 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     }
 
     let ready = parts.iter().all(Condition::is_true);
+    let target = crate::auth::TargetRef {
+        group: "eventing.knative.dev".into(),
+        kind: "Broker".into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        labels: broker.metadata.labels.clone().unwrap_or_default(),
+    };
+    let (policies, policies_ready) = super::eventpolicy::policies_status(ctx, &target);
+    parts.push(policies_ready);
     let status = BrokerStatus {
         observed_generation: generation(object),
         conditions: conditions(parts),
         address: ready.then_some(address),
         addresses: addresses.filter(|_| ready),
+        policies,
         dead_letter_sink_uri: ctx
             .ingress
             .get(&namespace, &name)

@@ -181,7 +181,7 @@ async fn from_store(
         // Known without waiting for the broker's status to be written.
         let (address, _) = ctx
             .settings
-            .addresses_at(&format!("/{}/{}", target.namespace, target.name));
+            .addresses_at(&format!("/{}/{}", target.namespace, target.name), None);
         return Ok((address.url, address.ca_certs));
     }
     addressable::address(&object).map_err(|reason| DestinationError::NotAddressable {

@@ -20,6 +20,7 @@ use crate::store::{ResourceStore, StoreError, StoreEvent, object_key};
 
 mod broker;
 mod destination;
+mod eventpolicy;
 mod events;
 mod trigger;
 mod trust;
@@ -157,6 +158,7 @@ impl Settings {
     pub fn addresses_at(
         &self,
         path: &str,
+        audience: Option<String>,
     ) -> (
         crate::resources::Addressable,
         Option<Vec<crate::resources::Addressable>>,
@@ -166,6 +168,7 @@ impl Settings {
         let http = Addressable {
             name: Some("http".into()),
             url: format!("{}{path}", self.base_url),
+            audience: audience.clone(),
             ..Addressable::default()
         };
         let (Some(tls), Some(https_base)) = (&self.tls, &self.https_base_url) else {
@@ -175,6 +178,7 @@ impl Settings {
             name: Some("https".into()),
             url: format!("{https_base}{path}"),
             ca_certs: Some(tls.ca_pem()),
+            audience,
         };
         match self.features.current().transport_encryption {
             TransportEncryption::Disabled => (http, None),

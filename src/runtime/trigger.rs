@@ -123,6 +123,28 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         ));
     }
 
+    // Who the trigger sends as, and the audiences of what it sends to (Knative's names).
+    let identity =
+        crate::auth::Identity::for_resource("eventing.knative.dev", "Trigger", &namespace, &name);
+    let subscriber_audience =
+        crate::auth::destination_audience(&trigger.spec.subscriber, &namespace);
+    let dead_letter_audience = delivery
+        .as_ref()
+        .and_then(|d| d.dead_letter_sink.as_ref())
+        .and_then(|sink| crate::auth::destination_audience(sink, &namespace));
+    if ctx.settings.features.current().authentication_oidc {
+        status.subscriber_audience = subscriber_audience.clone();
+        status.dead_letter_sink_audience = dead_letter_audience.clone();
+        status.auth = Some(crate::resources::AuthStatus {
+            service_account_name: Some(identity.service_account.clone()),
+        });
+    }
+    let delivery_auth = crate::delivery::DeliveryAuth {
+        identity,
+        audience: subscriber_audience,
+        dead_letter_audience,
+    };
+
     let all_ok = parts.iter().all(Condition::is_true);
     match (broker, subscriber, filter, all_ok) {
         (Some(broker), Ok((subscriber_uri, subscriber_ca_certs)), Ok(filter), true) => {
@@ -150,6 +172,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                 subscriber_ca_certs,
                 policy: DeliveryPolicy {
                     dead_letter_ca_certs,
+                    auth: Some(delivery_auth),
                     ..DeliveryPolicy::from_spec(
                         delivery.as_ref(),
                         dead_letter_uri,

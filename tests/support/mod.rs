@@ -10,6 +10,7 @@
 
 mod api;
 pub mod kube_api;
+pub mod oidc;
 mod subscriber;
 
 // Not every test file uses them.
@@ -428,6 +429,15 @@ pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
         "ContainerSource" | "SinkBinding" | "ApiServerSource" => format!(
             "/apis/sources.knative.dev/v1/namespaces/{namespace}/{}s/{name}",
             kind.to_ascii_lowercase()
+        ),
+        "WebhookSource" => format!(
+            "/apis/sources.rivulet.dev/v1alpha1/namespaces/{namespace}/webhooksources/{name}"
+        ),
+        "HttpForwardSink" => format!(
+            "/apis/sinks.rivulet.dev/v1alpha1/namespaces/{namespace}/httpforwardsinks/{name}"
+        ),
+        "EventPolicy" => format!(
+            "/apis/eventing.knative.dev/v1alpha1/namespaces/{namespace}/eventpolicies/{name}"
         ),
         "ConfigMap" => format!("/api/v1/namespaces/{namespace}/configmaps/{name}"),
         "Secret" => format!("/api/v1/namespaces/{namespace}/secrets/{name}"),
