@@ -5,7 +5,6 @@
 //! `admin.token` (mode 0600) so the CLI on the same machine can find it.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -218,7 +217,7 @@ impl Tokens {
 
     fn save(&self, tokens: &[StoredToken]) -> Result<(), (StatusCode, String)> {
         let bytes = serde_json::to_vec_pretty(tokens).expect("tokens serialise");
-        write_private(&self.folder.join(TOKENS_FILE), &bytes).map_err(|e| {
+        crate::store::replace_private(&self.folder.join(TOKENS_FILE), &bytes).map_err(|e| {
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot save the token list: {e}"),
@@ -251,12 +250,11 @@ fn read_or_create_admin_token(data_dir: &Path) -> Result<String, TokenError> {
             if token.is_empty() {
                 return Err(TokenError::EmptyAdminToken { path });
             }
-            tighten(&path);
             Ok(token)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = new_token();
-            write_private(&path, format!("{token}\n").as_bytes())
+            crate::store::replace_private(&path, format!("{token}\n").as_bytes())
                 .map_err(|source| TokenError::Io { path, source })?;
             Ok(token)
         }
@@ -269,30 +267,6 @@ pub fn read_admin_token(data_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE)).ok()?;
     let token = text.trim();
     (!token.is_empty()).then(|| token.to_string())
-}
-
-/// Writes `bytes` to `path` readable by the owner only, replacing it whole.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    tighten(&temporary);
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
-}
-
-/// Makes a file the owner's alone (an earlier version may have left it readable by others).
-fn tighten(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot make the file private");
-    }
 }
 
 /// Authentication of one API listener.

@@ -2,7 +2,6 @@
 //! OpenID discovery document served on the ingress listener, and tokens minted for Rivulet's
 //! own senders.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,7 +62,7 @@ impl LocalIssuer {
                 .map_err(|_| error("cannot generate a key".into()))?
                 .as_ref()
                 .to_vec();
-                write_private(&path, &der).map_err(|e| error(e.to_string()))?;
+                crate::store::replace_private(&path, &der).map_err(|e| error(e.to_string()))?;
                 der
             }
             Err(e) => return Err(error(e.to_string())),
@@ -179,22 +178,6 @@ impl LocalIssuer {
                 }),
             )
     }
-}
-
-/// Writes a file only its owner can read, atomically (a crash leaves the old or the new one).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
 }
 
 #[cfg(test)]

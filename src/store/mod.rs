@@ -16,7 +16,7 @@ mod private;
 
 pub use file::FileStore;
 pub use kubernetes::KubernetesStore;
-pub use private::{create_private_dir, tighten_tree, write_private};
+pub use private::{create_private_dir, replace_private, tighten_tree, write_private};
 
 /// A change to a stored object. Status updates are not announced: reconcilers write them.
 #[derive(Debug, Clone)]

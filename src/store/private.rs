@@ -74,6 +74,15 @@ pub fn tighten_tree(root: &Path) -> io::Result<()> {
     }
 }
 
+/// Replaces `path` with `bytes`, readable by the owner only, atomically: written to a
+/// temporary file beside it, flushed, then renamed over it, so a crash leaves the old or the
+/// new content.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    write_private(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
+
 /// Writes `bytes` to `path` as a new file readable by the owner only (an existing file's
 /// mode is reset too), and flushes it to disk.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
