@@ -813,3 +813,91 @@ async fn the_config_features_config_map_switches_a_running_server_to_strict() {
     .await;
     assert_eq!(address["CACerts"], ca.pem());
 }
+
+/// On a cluster no Secret is watched: the certificate's Secret is read again by name (a
+/// `get`, never a list or watch) and a change is put in service.
+#[tokio::test]
+async fn on_kubernetes_the_secret_is_read_by_name_and_a_change_is_served() {
+    use std::sync::{Arc, Mutex};
+    use support::kube_api::{Reply, answer, serve};
+
+    rivulet::install_crypto_provider();
+    let first = Ca::new("first cluster CA");
+    let (cert, key) = first.leaf();
+    let secret = tls_secret("serving-cert", &cert, &key, Some(&first.pem()));
+    let reloader = rivulet::tls::CertReloader::from_secret(
+        "default/serving-cert".parse().unwrap(),
+        Some(&secret),
+    )
+    .unwrap();
+    let current = Arc::new(Mutex::new(secret));
+
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let store = rivulet::store::KubernetesStore::new(kube::Client::new(service, "default"));
+    let served = current.clone();
+    let requests = serve(handle, move |_| {
+        Reply::Now(answer(200, &served.lock().unwrap().clone()))
+    });
+    let metrics = Arc::new(rivulet::metrics::Metrics::new());
+    let ingress = Arc::new(rivulet::ingress::Ingress::new(metrics.clone(), 1 << 20));
+    let data_dir = tempfile::tempdir().unwrap();
+    let ctx = rivulet::runtime::Context::new(
+        Arc::new(store),
+        ingress.clone(),
+        rivulet::dispatcher::Shared {
+            sender: rivulet::delivery::Sender::new(),
+            ingress,
+            metrics: metrics.clone(),
+        },
+        rivulet::runtime::Settings {
+            data_dir: data_dir.path().to_path_buf(),
+            base_url: "http://rivulet.test".into(),
+            api_url: "http://rivulet-api.test".into(),
+            delivery: rivulet::delivery::DeliveryDefaults::default(),
+            default_parallelism: 1,
+            stop_grace: Duration::from_secs(1),
+            role: rivulet::runtime::Role::DataPlane,
+            features: Default::default(),
+            tls: Some(reloader.clone()),
+            https_base_url: Some("https://rivulet.test".into()),
+        },
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn(rivulet::runtime::follow_tls_secret(ctx, stop.clone()));
+
+    // The Secret changes after the first read; a later read finds the change.
+    wait_for("the first read of the Secret", WAIT, || {
+        let read = !requests.all().is_empty();
+        async move { read.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        reloader.ca_pem(),
+        first.pem(),
+        "an unchanged Secret is kept"
+    );
+    let second = Ca::new("second cluster CA");
+    let (cert, key) = second.leaf();
+    *current.lock().unwrap() = tls_secret("serving-cert", &cert, &key, Some(&second.pem()));
+    wait_for("the changed Secret to be served", WAIT, || {
+        let done = reloader.ca_pem() == second.pem();
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(metrics.tls_certificate_reloads.get(), 1);
+    stop.cancel();
+    follower.await.unwrap();
+    let seen = requests.all();
+    assert!(!seen.is_empty());
+    for request in seen {
+        assert_eq!(request.method, "GET");
+        assert_eq!(
+            request.path,
+            "/api/v1/namespaces/default/secrets/serving-cert"
+        );
+        assert!(!request.is_watch(), "Secrets are not watched");
+    }
+}
