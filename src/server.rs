@@ -56,6 +56,9 @@ pub struct ServeOptions {
     /// The serving certificate (`--tls-cert`, `--tls-key`, `--tls-ca`); required when
     /// `transport-encryption` is `permissive` or `strict`.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The serving certificate from a TLS Secret in the store instead (`--tls-secret`),
+    /// followed as it changes.
+    pub tls_secret: Option<crate::tls::SecretRef>,
     /// External OIDC issuers whose tokens ingress accepts (Rivulet always trusts itself).
     pub oidc_issuers: Vec<String>,
     /// An issuer's keys are refetched for an unknown `kid` at most this often.
@@ -92,6 +95,7 @@ impl Default for ServeOptions {
             features: crate::features::Features::default(),
             egress: crate::egress::EgressPolicy::default(),
             tls: None,
+            tls_secret: None,
             oidc_issuers: Vec::new(),
             oidc_jwks_refresh: Duration::from_secs(10),
         }
@@ -230,6 +234,11 @@ pub async fn start_with_store(
     crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
     apply_manifests(&*store, &options.config).await?;
+    // The Secret may come with the manifests just applied.
+    let tls = match &options.tls_secret {
+        Some(secret) => Some(load_tls_secret(secret, &*store).await?),
+        None => tls,
+    };
     // A cluster's brokers are the cluster's business: none is made up there.
     if options.config.is_empty() && options.store == StoreChoice::File {
         ensure_default_broker(&*store).await?;
@@ -304,6 +313,10 @@ pub async fn start_with_store(
             metrics.tls_certificate_reload_failures.clone(),
             shutdown.clone(),
         );
+        tokio::spawn(crate::runtime::follow_tls_secret(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
         // New CA certificates go into every https address.
         let mut changes = tls.subscribe();
         let ctx = ctx.clone();
@@ -437,24 +450,45 @@ pub async fn start_with_store(
     })
 }
 
-/// The serving certificate, checked against the transport-encryption mode: permissive and
-/// strict need one. With `disabled`, a configured certificate is loaded (so a later switch
-/// of the flag can use it) but plain HTTP is served.
+/// The serving certificate from files, checked against the transport-encryption mode:
+/// permissive and strict need one (from files or a Secret). With `disabled`, a configured
+/// certificate is loaded (so a later switch of the flag can use it) but plain HTTP is served.
 fn load_tls(options: &ServeOptions) -> anyhow::Result<Option<Arc<crate::tls::CertReloader>>> {
     use crate::features::TransportEncryption;
     let mode = options.features.transport_encryption;
-    check_tls_mode(mode, options.tls.is_some())?;
+    if options.tls.is_some() && options.tls_secret.is_some() {
+        anyhow::bail!(
+            "give the TLS certificate as files (--tls-cert, --tls-key) or as a Secret (--tls-secret), not both"
+        );
+    }
+    check_tls_mode(mode, options.tls.is_some() || options.tls_secret.is_some())?;
+    if mode == TransportEncryption::Disabled
+        && (options.tls.is_some() || options.tls_secret.is_some())
+    {
+        tracing::warn!(
+            "a TLS certificate is configured but transport-encryption is disabled: serving plain HTTP only (set --feature transport-encryption=permissive or strict)"
+        );
+    }
     let Some(files) = &options.tls else {
         return Ok(None);
     };
     let reloader =
         crate::tls::CertReloader::load(files.clone()).context("cannot use the TLS certificate")?;
-    if mode == TransportEncryption::Disabled {
-        tracing::warn!(
-            "a TLS certificate is configured but transport-encryption is disabled: serving plain HTTP only (set --feature transport-encryption=permissive or strict)"
-        );
-    }
     Ok(Some(reloader))
+}
+
+/// The serving certificate from its Secret in the store, read by name.
+async fn load_tls_secret(
+    secret: &crate::tls::SecretRef,
+    store: &dyn ResourceStore,
+) -> anyhow::Result<Arc<crate::tls::CertReloader>> {
+    let kind = find_kind_by_name(None, "Secret").expect("Secret is registered");
+    let object = store
+        .get(kind, &secret.namespace, &secret.name)
+        .await
+        .with_context(|| format!("--tls-secret: cannot read {secret}"))?;
+    crate::tls::CertReloader::from_secret(secret.clone(), object.as_ref())
+        .context("--tls-secret: cannot use the TLS certificate")
 }
 
 /// Permissive and strict transport encryption need a certificate.
@@ -470,7 +504,7 @@ fn check_tls_mode(
     };
     if !have_cert {
         anyhow::bail!(
-            "transport-encryption is {name} but no certificate is configured: give --tls-cert FILE --tls-key FILE, or set transport-encryption=disabled"
+            "transport-encryption is {name} but no certificate is configured: give --tls-cert FILE --tls-key FILE (or --tls-secret NAMESPACE/NAME), or set transport-encryption=disabled"
         );
     }
     Ok(())

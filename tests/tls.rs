@@ -102,15 +102,23 @@ impl Drop for TlsServer {
 
 impl TlsServer {
     async fn start(mode: &str, files: Option<TlsFiles>, ca: &str) -> TlsServer {
+        Self::start_with(mode, |options| options.tls = files, ca).await
+    }
+
+    async fn start_with(
+        mode: &str,
+        configure: impl FnOnce(&mut ServeOptions),
+        ca: &str,
+    ) -> TlsServer {
         init_tracing();
         let data_dir = tempfile::tempdir().unwrap();
         let mut options = ServeOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             api_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_path_buf(),
-            tls: files,
             ..ServeOptions::default()
         };
+        configure(&mut options);
         tune_for_tests(&mut options);
         give_test_token(data_dir.path());
         // Disabled is the default; left unset, the config-features ConfigMap can change it.
@@ -361,6 +369,160 @@ async fn a_replaced_certificate_is_served_without_restart_and_a_bad_one_is_refus
         .await;
     let still = trusting(&second.pem()).get(&readyz).send().await.unwrap();
     assert!(still.status().is_success());
+}
+
+/// A Kubernetes TLS Secret `default/{name}` with `data` in base64: `tls.crt` and `tls.key`
+/// as given, `ca.crt` when `ca` is.
+fn tls_secret(name: &str, cert: &str, key: &str, ca: Option<&str>) -> Value {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let mut data = json!({"tls.crt": b64(cert), "tls.key": b64(key)});
+    if let Some(ca) = ca {
+        data["ca.crt"] = json!(b64(ca));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "kubernetes.io/tls",
+        "data": data
+    })
+}
+
+/// Writes `manifests` as a JSON list file for `--config` and returns its path.
+fn config_file(dir: &Path, manifests: &[Value]) -> PathBuf {
+    let path = dir.join("config.json");
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": manifests});
+    std::fs::write(&path, serde_json::to_vec(&list).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_certificate_comes_from_a_secret_and_follows_it_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Ca::new("first secret CA");
+    let (cert, key) = first.leaf();
+    let config = config_file(
+        dir.path(),
+        &[
+            tls_secret("serving-cert", &cert, &key, Some(&first.pem())),
+            json!({
+                "apiVersion": "eventing.knative.dev/v1",
+                "kind": "Broker",
+                "metadata": {"name": "default", "namespace": "default"},
+                "spec": {}
+            }),
+        ],
+    );
+    // start_with waits for /readyz over https trusting the first CA only: the Secret's
+    // certificate is the one served.
+    let server = TlsServer::start_with(
+        "permissive",
+        |options| {
+            options.config = vec![config];
+            options.tls_secret = Some("default/serving-cert".parse().unwrap());
+        },
+        &first.pem(),
+    )
+    .await;
+    let api = Api::new(&server.http, &server.api_http);
+    let readyz = format!("{}/readyz", server.https);
+    let broker = ready_broker(&http(), &server.api_http).await;
+    assert_eq!(
+        broker.pointer("/status/addresses/0/CACerts"),
+        Some(&json!(first.pem())),
+        "the Secret's ca.crt is published"
+    );
+
+    // A new Secret through the resource API: served to new connections, no restart.
+    let second = Ca::new("second secret CA");
+    let (cert, key) = second.leaf();
+    apply_with(
+        &http(),
+        &server.api_http,
+        &tls_secret("serving-cert", &cert, &key, Some(&second.pem())),
+    )
+    .await;
+    wait_for("the Secret's new certificate to be served", WAIT, || {
+        let request = trusting(&second.pem()).get(&readyz).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+    assert!(
+        trusting(&first.pem()).get(&readyz).send().await.is_err(),
+        "the first certificate is no longer served"
+    );
+    wait_for(
+        "the broker's https address to carry the new CA",
+        WAIT,
+        || {
+            let broker = api.get("Broker", "default", "default");
+            let expected = second.pem();
+            async move {
+                let broker = broker.await?;
+                (broker.pointer("/status/addresses/0/CACerts")? == &json!(expected)).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        api.metric("rivulet_tls_certificate_reloads_total", &[])
+            .await
+            >= 1.0
+    );
+
+    // A Secret whose tls.crt is not a certificate: refused, counted, the second one stays.
+    apply_with(
+        &http(),
+        &server.api_http,
+        &tls_secret("serving-cert", "not a certificate", &key, None),
+    )
+    .await;
+    api.wait_metric("rivulet_tls_certificate_reload_failures_total", &[], 1.0)
+        .await;
+    let still = trusting(&second.pem()).get(&readyz).send().await.unwrap();
+    assert!(still.status().is_success());
+}
+
+#[tokio::test]
+async fn a_missing_or_incomplete_tls_secret_is_a_start_error_naming_it() {
+    let ca = Ca::new("start CA");
+    let (cert, _) = ca.leaf();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (None, "Secret default/serving-cert does not exist"),
+        (
+            Some(tls_secret("serving-cert", &cert, "", None)),
+            r#"data["tls.key"]"#,
+        ),
+    ];
+    for (secret, expected) in cases {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut options = ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.path().to_path_buf(),
+            tls_secret: Some("default/serving-cert".parse().unwrap()),
+            ..ServeOptions::default()
+        };
+        if let Some(mut secret) = secret {
+            // No tls.key at all.
+            secret["data"].as_object_mut().unwrap().remove("tls.key");
+            options.config = vec![config_file(dir.path(), &[secret])];
+        }
+        options
+            .features
+            .set("transport-encryption", "strict")
+            .unwrap();
+        let error = match rivulet::server::start(options).await {
+            Ok(_) => panic!("started without a usable Secret ({expected})"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains("--tls-secret") && error.contains(expected),
+            "{error}"
+        );
+    }
 }
 
 /// Writes a leaf of `ca` for a subscriber and returns (cert path, key path).
@@ -650,4 +812,92 @@ async fn the_config_features_config_map_switches_a_running_server_to_strict() {
     })
     .await;
     assert_eq!(address["CACerts"], ca.pem());
+}
+
+/// On a cluster no Secret is watched: the certificate's Secret is read again by name (a
+/// `get`, never a list or watch) and a change is put in service.
+#[tokio::test]
+async fn on_kubernetes_the_secret_is_read_by_name_and_a_change_is_served() {
+    use std::sync::{Arc, Mutex};
+    use support::kube_api::{Reply, answer, serve};
+
+    rivulet::install_crypto_provider();
+    let first = Ca::new("first cluster CA");
+    let (cert, key) = first.leaf();
+    let secret = tls_secret("serving-cert", &cert, &key, Some(&first.pem()));
+    let reloader = rivulet::tls::CertReloader::from_secret(
+        "default/serving-cert".parse().unwrap(),
+        Some(&secret),
+    )
+    .unwrap();
+    let current = Arc::new(Mutex::new(secret));
+
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let store = rivulet::store::KubernetesStore::new(kube::Client::new(service, "default"));
+    let served = current.clone();
+    let requests = serve(handle, move |_| {
+        Reply::Now(answer(200, &served.lock().unwrap().clone()))
+    });
+    let metrics = Arc::new(rivulet::metrics::Metrics::new());
+    let ingress = Arc::new(rivulet::ingress::Ingress::new(metrics.clone(), 1 << 20));
+    let data_dir = tempfile::tempdir().unwrap();
+    let ctx = rivulet::runtime::Context::new(
+        Arc::new(store),
+        ingress.clone(),
+        rivulet::dispatcher::Shared {
+            sender: rivulet::delivery::Sender::new(),
+            ingress,
+            metrics: metrics.clone(),
+        },
+        rivulet::runtime::Settings {
+            data_dir: data_dir.path().to_path_buf(),
+            base_url: "http://rivulet.test".into(),
+            api_url: "http://rivulet-api.test".into(),
+            delivery: rivulet::delivery::DeliveryDefaults::default(),
+            default_parallelism: 1,
+            stop_grace: Duration::from_secs(1),
+            role: rivulet::runtime::Role::DataPlane,
+            features: Default::default(),
+            tls: Some(reloader.clone()),
+            https_base_url: Some("https://rivulet.test".into()),
+        },
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn(rivulet::runtime::follow_tls_secret(ctx, stop.clone()));
+
+    // The Secret changes after the first read; a later read finds the change.
+    wait_for("the first read of the Secret", WAIT, || {
+        let read = !requests.all().is_empty();
+        async move { read.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        reloader.ca_pem(),
+        first.pem(),
+        "an unchanged Secret is kept"
+    );
+    let second = Ca::new("second cluster CA");
+    let (cert, key) = second.leaf();
+    *current.lock().unwrap() = tls_secret("serving-cert", &cert, &key, Some(&second.pem()));
+    wait_for("the changed Secret to be served", WAIT, || {
+        let done = reloader.ca_pem() == second.pem();
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(metrics.tls_certificate_reloads.get(), 1);
+    stop.cancel();
+    follower.await.unwrap();
+    let seen = requests.all();
+    assert!(!seen.is_empty());
+    for request in seen {
+        assert_eq!(request.method, "GET");
+        assert_eq!(
+            request.path,
+            "/api/v1/namespaces/default/secrets/serving-cert"
+        );
+        assert!(!request.is_watch(), "Secrets are not watched");
+    }
 }

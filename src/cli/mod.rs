@@ -318,6 +318,20 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_ca: Option<PathBuf>,
+    /// Take the https certificate from this Kubernetes TLS Secret in the resource store
+    /// instead of files: data["tls.crt"] (chain, leaf first), data["tls.key"] and optional
+    /// data["ca.crt"] (published as CACerts; default: the chain), base64 as in Kubernetes.
+    /// Read at start (missing or unusable: the server does not start); a changed Secret is
+    /// served to new connections without a restart, and a bad one is logged while the
+    /// previous certificate stays. With --store kubernetes it is read by name, every 10 s.
+    #[arg(
+        long,
+        env = "RIVULET_TLS_SECRET",
+        value_name = "NAMESPACE/NAME",
+        value_parser = parse_tls_secret,
+        conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"]
+    )]
+    tls_secret: Option<crate::tls::SecretRef>,
     /// An OIDC issuer whose tokens ingress accepts when authentication-oidc is enabled
     /// (repeatable); its keys come from {URL}/.well-known/openid-configuration. Rivulet
     /// always trusts its own issuer.
@@ -329,6 +343,11 @@ fn parse_egress_rule(entry: &str) -> Result<crate::egress::EgressRule, String> {
     entry
         .parse()
         .map_err(|e: crate::egress::EgressRuleError| e.to_string())
+}
+
+fn parse_tls_secret(text: &str) -> Result<crate::tls::SecretRef, String> {
+    text.parse()
+        .map_err(|e: crate::tls::TlsError| e.to_string())
 }
 
 fn parse_feature(pair: &str) -> Result<(String, String), String> {
@@ -511,6 +530,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }),
             _ => None,
         },
+        tls_secret: args.tls_secret,
         oidc_issuers: args.oidc_issuers,
         ..crate::server::ServeOptions::default()
     };
@@ -630,5 +650,41 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from([&["rivulet", "serve"], args].concat())?;
+        match cli.command {
+            Command::Serve(args) => Ok(args),
+            _ => unreachable!("serve was asked for"),
+        }
+    }
+
+    #[test]
+    fn tls_secret_is_namespace_slash_name_and_excludes_the_files() {
+        let args = serve_args(&["--tls-secret", "knative-eventing/broker-tls"]).unwrap();
+        assert_eq!(
+            args.tls_secret.map(|s| s.to_string()).as_deref(),
+            Some("Secret knative-eventing/broker-tls")
+        );
+        let error = serve_args(&["--tls-secret", "broker-tls"]).unwrap_err();
+        assert!(error.to_string().contains("NAMESPACE/NAME"), "{error}");
+        let error = serve_args(&[
+            "--tls-secret",
+            "ns/name",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

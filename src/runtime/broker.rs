@@ -32,7 +32,8 @@ inventory::submit! {
 }
 
 // A changed ConfigMap or Secret may change the backend settings of brokers that name it.
-// A ConfigMap may also be a trust bundle for delivery.
+// A ConfigMap may also be a trust bundle for delivery; a Secret may hold the serving
+// certificate.
 inventory::submit! {
     super::Reconciler {
         kind: "ConfigMap",
@@ -51,8 +52,14 @@ inventory::submit! {
     super::Reconciler {
         kind: "Secret",
         order: 0,
-        reconcile: |object, ctx| Box::pin(reconcile_config_users(object, ctx)),
-        cleanup: |object, ctx| Box::pin(async move { reconcile_config_users(object, ctx).await.map(|_| ()) }),
+        reconcile: |object, ctx| Box::pin(async move {
+            super::tls_secret::secret_changed(object, Some(object), ctx);
+            reconcile_config_users(object, ctx).await
+        }),
+        cleanup: |object, ctx| Box::pin(async move {
+            super::tls_secret::secret_changed(object, None, ctx);
+            reconcile_config_users(object, ctx).await.map(|_| ())
+        }),
     }
 }
 

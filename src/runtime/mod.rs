@@ -22,11 +22,13 @@ mod broker;
 mod destination;
 mod eventpolicy;
 mod events;
+mod tls_secret;
 mod trigger;
 mod trust;
 
 pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use events::ReadySummary;
+pub use tls_secret::follow_tls_secret;
 pub use trust::follow_trust_bundles;
 
 /// What a reconciler wants next.

@@ -18,7 +18,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{TlsError, TlsFiles, certificates, private_key, read};
+use super::{Pems, SecretRef, TlsError, TlsFiles, certificates, private_key};
 use crate::features::{FeatureFlags, TransportEncryption};
 
 /// The first byte of a TLS record carrying a handshake: a client speaking TLS starts with it,
@@ -29,12 +29,22 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// an idle connection must not hold a shutdown up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The serving certificate as last read from its files. New handshakes get the newest one;
-/// a new file that cannot be used keeps the previous certificate in service.
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// Files, polled for changes.
+    Files(TlsFiles),
+    /// A TLS Secret in the resource store, handed over by whoever sees it change
+    /// ([`CertReloader::update_from_secret`]).
+    Secret(SecretRef),
+}
+
+/// The serving certificate as last read from its source. New handshakes get the newest one;
+/// a new certificate that cannot be used keeps the previous one in service.
 pub struct CertReloader {
-    files: TlsFiles,
+    source: CertSource,
     current: RwLock<Arc<Loaded>>,
-    /// The bytes last read (used or refused), so a bad file is reported once, not per poll.
+    /// The bytes last seen (used or refused), so a bad one is reported once, not per poll.
     last_seen: Mutex<Vec<u8>>,
     changed: tokio::sync::watch::Sender<u64>,
 }
@@ -48,7 +58,7 @@ struct Loaded {
 impl std::fmt::Debug for CertReloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertReloader")
-            .field("files", &self.files)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -56,35 +66,105 @@ impl std::fmt::Debug for CertReloader {
 impl CertReloader {
     /// Reads the files once; an error here is an error at start.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let (bytes, loaded) = load(&files)?;
+        let pems = Pems::read(&files)?;
+        Self::new(CertSource::Files(files), pems)
+    }
+
+    /// Takes the certificate from the Secret `object` (None: it does not exist); an error
+    /// here is an error at start.
+    pub fn from_secret(
+        secret: SecretRef,
+        object: Option<&serde_json::Value>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let pems = secret.pems(object)?;
+        let seen = secret_fingerprint(object);
+        let this = Self::new(CertSource::Secret(secret), pems)?;
+        *this.last_seen.lock().expect("lock poisoned") = seen;
+        Ok(this)
+    }
+
+    fn new(source: CertSource, pems: Pems) -> Result<Arc<Self>, TlsError> {
+        let seen = pems_fingerprint(&pems);
+        let loaded = load(pems)?;
         let (changed, _) = tokio::sync::watch::channel(0);
         Ok(Arc::new(Self {
-            files,
+            source,
             current: RwLock::new(Arc::new(loaded)),
-            last_seen: Mutex::new(bytes),
+            last_seen: Mutex::new(seen),
             changed,
         }))
     }
 
+    pub fn source(&self) -> &CertSource {
+        &self.source
+    }
+
+    /// The Secret the certificate comes from, if it comes from one.
+    pub fn secret(&self) -> Option<&SecretRef> {
+        match &self.source {
+            CertSource::Secret(secret) => Some(secret),
+            CertSource::Files(_) => None,
+        }
+    }
+
     /// Reads the files again: `Ok(true)` when a new certificate is now served, `Ok(false)`
-    /// when nothing changed since the last read, an error when the new files cannot be used
-    /// (the previous certificate stays).
+    /// when nothing changed since the last read (or the source is not files), an error when
+    /// the new files cannot be used (the previous certificate stays).
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let bytes = raw(&self.files)?;
+        let CertSource::Files(files) = &self.source else {
+            return Ok(false);
+        };
+        let pems = Pems::read(files)?;
+        self.update(pems_fingerprint(&pems), || Ok(pems))
+    }
+
+    /// The certificate's Secret as it now is (None: deleted): `Ok(true)` when a new
+    /// certificate is now served, `Ok(false)` when the Secret's values did not change since
+    /// last seen (or the source is not this Secret), an error when the new values cannot be
+    /// used (the previous certificate stays).
+    pub fn update_from_secret(&self, object: Option<&serde_json::Value>) -> Result<bool, TlsError> {
+        let Some(secret) = self.secret() else {
+            return Ok(false);
+        };
+        self.update(secret_fingerprint(object), || secret.pems(object))
+    }
+
+    /// Puts the certificate of `pems` in service unless `seen` was already seen.
+    fn update(
+        &self,
+        seen: Vec<u8>,
+        pems: impl FnOnce() -> Result<Pems, TlsError>,
+    ) -> Result<bool, TlsError> {
         {
             let mut last = self.last_seen.lock().expect("lock poisoned");
-            if *last == bytes {
+            if *last == seen {
                 return Ok(false);
             }
-            *last = bytes;
+            *last = seen;
         }
-        let (_, loaded) = load(&self.files)?;
+        let loaded = load(pems()?)?;
         *self.current.write().expect("lock poisoned") = Arc::new(loaded);
         self.changed.send_modify(|n| *n += 1);
         Ok(true)
     }
 
-    /// Polls the files until `stop`, counting reloads and refused files.
+    /// Counts and logs the outcome of a reload or update.
+    pub fn report(&self, outcome: Result<bool, TlsError>, reloads: &Counter, failures: &Counter) {
+        match outcome {
+            Ok(true) => {
+                reloads.inc();
+                tracing::info!(source = ?self.source, "serving certificate reloaded");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                failures.inc();
+                tracing::error!(%error, "new serving certificate refused; the previous one is still served");
+            }
+        }
+    }
+
+    /// Polls the files until `stop`, counting reloads and refused files. A Secret is not
+    /// polled here: its changes come through the resource store.
     pub fn spawn_watch(
         self: &Arc<Self>,
         reloads: Counter,
@@ -93,24 +173,17 @@ impl CertReloader {
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(this.files.reload_interval);
+            let CertSource::Files(files) = &this.source else {
+                return;
+            };
+            let mut ticks = tokio::time::interval(files.reload_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = ticks.tick() => {}
                 }
-                match this.reload() {
-                    Ok(true) => {
-                        reloads.inc();
-                        tracing::info!(cert = %this.files.cert.display(), "serving certificate reloaded");
-                    }
-                    Ok(false) => {}
-                    Err(error) => {
-                        failures.inc();
-                        tracing::error!(%error, "new serving certificate refused; the previous one is still served");
-                    }
-                }
+                this.report(this.reload(), &reloads, &failures);
             }
         })
     }
@@ -125,7 +198,7 @@ impl CertReloader {
         self.changed.subscribe()
     }
 
-    /// A rustls server configuration whose certificate follows the files, offering HTTP/2
+    /// A rustls server configuration whose certificate follows its source, offering HTTP/2
     /// and HTTP/1.1.
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -145,44 +218,45 @@ impl ResolvesServerCert for CertReloader {
     }
 }
 
-/// The three files' bytes together, to notice any change.
-fn raw(files: &TlsFiles) -> Result<Vec<u8>, TlsError> {
-    let mut bytes = read(&files.cert)?;
-    bytes.extend(read(&files.key)?);
-    if let Some(ca) = &files.ca {
-        bytes.extend(read(ca)?);
+/// The three PEMs' bytes together, to notice any change.
+fn pems_fingerprint(pems: &Pems) -> Vec<u8> {
+    let mut bytes = pems.cert.bytes.clone();
+    bytes.extend(&pems.key.bytes);
+    if let Some(ca) = &pems.ca {
+        bytes.extend(&ca.bytes);
     }
-    Ok(bytes)
+    bytes
 }
 
-fn load(files: &TlsFiles) -> Result<(Vec<u8>, Loaded), TlsError> {
-    let bytes = raw(files)?;
-    let cert_name = files.cert.display().to_string();
-    let key_name = files.key.display().to_string();
-    let cert_pem = read(&files.cert)?;
-    let chain = certificates(&cert_pem, &cert_name)?;
-    let key = private_key(&read(&files.key)?, &key_name)?;
+/// A Secret's values, to notice any change (empty: no Secret). Metadata changes (labels,
+/// resourceVersion) do not count.
+fn secret_fingerprint(object: Option<&serde_json::Value>) -> Vec<u8> {
+    object.map_or_else(Vec::new, |object| {
+        let values = [object.get("data"), object.get("stringData")];
+        serde_json::to_vec(&values).unwrap_or_default()
+    })
+}
+
+fn load(pems: Pems) -> Result<Loaded, TlsError> {
+    let chain = certificates(&pems.cert.bytes, &pems.cert.origin)?;
+    let key = private_key(&pems.key.bytes, &pems.key.origin)?;
     let provider = rustls::crypto::ring::default_provider();
     let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| TlsError::Mismatch {
-        cert: cert_name.clone(),
-        key: key_name,
+        cert: pems.cert.origin.clone(),
+        key: pems.key.origin.clone(),
         message: e.to_string(),
     })?;
-    let ca_pem = match &files.ca {
+    let ca_pem = match &pems.ca {
         Some(ca) => {
-            let pem = read(ca)?;
-            certificates(&pem, &ca.display().to_string())?;
-            String::from_utf8_lossy(&pem).into_owned()
+            certificates(&ca.bytes, &ca.origin)?;
+            String::from_utf8_lossy(&ca.bytes).into_owned()
         }
-        None => String::from_utf8_lossy(&cert_pem).into_owned(),
+        None => String::from_utf8_lossy(&pems.cert.bytes).into_owned(),
     };
-    Ok((
-        bytes,
-        Loaded {
-            key: Arc::new(key),
-            ca_pem,
-        },
-    ))
+    Ok(Loaded {
+        key: Arc::new(key),
+        ca_pem,
+    })
 }
 
 /// What to do with one accepted connection.
@@ -246,7 +320,7 @@ pub async fn serve(
         if mode != TransportEncryption::Disabled && acceptor.is_none() && !warned {
             tracing::error!(
                 ?mode,
-                "transport-encryption asks for TLS but no certificate is configured (--tls-cert, --tls-key): https cannot be served"
+                "transport-encryption asks for TLS but no certificate is configured (--tls-cert and --tls-key, or --tls-secret): https cannot be served"
             );
         }
         warned = mode != TransportEncryption::Disabled && acceptor.is_none();
@@ -415,6 +489,108 @@ mod tests {
         assert!(error.to_string().contains("no PEM certificate"), "{error}");
         assert!(!reloader.reload().unwrap());
         assert_eq!(served(&reloader), second_der);
+    }
+
+    fn tls_secret(cert: &str, key: &str) -> serde_json::Value {
+        use base64::Engine as _;
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"namespace": "ns", "name": "serving"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(cert), "tls.key": b64(key)}
+        })
+    }
+
+    #[test]
+    fn a_secret_update_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
+        let secret: SecretRef = "ns/serving".parse().unwrap();
+        let (cert, key, first_der) = self_signed();
+        let reloader =
+            CertReloader::from_secret(secret.clone(), Some(&tls_secret(&cert, &key))).unwrap();
+        assert_eq!(served(&reloader), first_der);
+        assert_eq!(reloader.ca_pem(), cert);
+        assert_eq!(reloader.secret(), Some(&secret));
+        assert!(
+            !reloader
+                .update_from_secret(Some(&tls_secret(&cert, &key)))
+                .unwrap(),
+            "the same values are not a reload"
+        );
+        assert!(
+            !reloader.reload().unwrap(),
+            "a Secret is not polled as files"
+        );
+
+        let (cert, key, second_der) = self_signed();
+        let mut second = tls_secret(&cert, &key);
+        assert!(reloader.update_from_secret(Some(&second)).unwrap());
+        assert_eq!(served(&reloader), second_der);
+
+        // No tls.key: refused naming the Secret and the key, once; the second one stays.
+        second["data"].as_object_mut().unwrap().remove("tls.key");
+        let error = reloader.update_from_secret(Some(&second)).unwrap_err();
+        assert!(
+            error.to_string().contains("Secret ns/serving")
+                && error.to_string().contains("tls.key"),
+            "{error}"
+        );
+        assert!(!reloader.update_from_secret(Some(&second)).unwrap());
+        // Not base64.
+        second["data"]["tls.key"] = "%%%".into();
+        let error = reloader.update_from_secret(Some(&second)).unwrap_err();
+        assert!(error.to_string().contains("not base64"), "{error}");
+        // Deleted.
+        let error = reloader.update_from_secret(None).unwrap_err();
+        assert!(matches!(error, TlsError::SecretMissing { .. }), "{error}");
+        assert_eq!(served(&reloader), second_der);
+
+        // stringData (plain text) is read too, and a ca.crt is published as the CA.
+        let (cert, key, third_der) = self_signed();
+        let (ca, _, _) = self_signed();
+        let third = serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "serving"},
+            "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca}
+        });
+        assert!(reloader.update_from_secret(Some(&third)).unwrap());
+        assert_eq!(served(&reloader), third_der);
+        assert_eq!(reloader.ca_pem(), ca);
+    }
+
+    #[test]
+    fn a_missing_or_incomplete_secret_at_start_is_an_error_naming_it() {
+        let secret: SecretRef = "ns/serving".parse().unwrap();
+        let error = CertReloader::from_secret(secret.clone(), None).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("Secret ns/serving does not exist"),
+            "{error}"
+        );
+        let (cert, _, _) = self_signed();
+        let error =
+            CertReloader::from_secret(secret, Some(&tls_secret(&cert, "not a key"))).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(r#"Secret ns/serving data["tls.key"]"#),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_secret_is_named_namespace_slash_name() {
+        let secret: SecretRef = "knative-eventing/broker-tls".parse().unwrap();
+        assert_eq!(secret.namespace, "knative-eventing");
+        assert_eq!(secret.name, "broker-tls");
+        for bad in ["broker-tls", "/x", "ns/", "a/b/c", "NS/x"] {
+            let error = bad.parse::<SecretRef>().unwrap_err();
+            assert!(
+                error.to_string().contains("NAMESPACE/NAME"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]
