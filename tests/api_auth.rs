@@ -504,3 +504,88 @@ async fn the_kubernetes_data_plane_serves_no_resource_api() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A password in a RabbitMQ URI Secret, used by a broker whose server cannot be reached, shows
+/// up in no log line (at debug level), no status and no API answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_stay_out_of_logs_and_status() {
+    const PASSWORD: &str = "pw-never-in-logs-42";
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("state");
+    support::give_test_token(&data_dir);
+    let log_path = data.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (port, api_port) = (support::free_port(), support::free_port());
+    let mut child = std::process::Command::new(support::binary())
+        .args(["serve", "--log", "debug"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{api_port}");
+    support::wait_until_ready(&api).await;
+
+    // Port 1 on loopback: nothing listens, so connecting fails and is logged and reported.
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "rabbit", "namespace": "default"},
+        "stringData": {"uri": format!("amqp://rivulet:{PASSWORD}@127.0.0.1:1/%2f")}
+    });
+    support::apply(&api, &secret).await;
+    support::apply(
+        &api,
+        &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+            "metadata": {"name": "leaky", "namespace": "default",
+                "annotations": {"eventing.knative.dev/broker.class": "RabbitMQBroker"}},
+            "spec": {"config": {"apiVersion": "v1", "kind": "Secret", "name": "rabbit"}}
+        }),
+    )
+    .await;
+    let broker = support::wait_status(&api, "Broker", "default", "leaky", "False").await;
+    // Give the connection attempts time to be logged, retries included.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let answers = [
+        broker.to_string(),
+        api_request(
+            Method::GET,
+            format!("{api}/api/v1/namespaces/default/secrets/rabbit"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap(),
+        api_request(Method::GET, format!("{api}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    ];
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logged.contains("RabbitMQ") || logged.contains("amqp"),
+        "the failed connection is logged at all: {logged}"
+    );
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
+    for (what, text) in [("log", &logged)]
+        .into_iter()
+        .chain(answers.iter().map(|a| ("answer", a)))
+    {
+        assert!(
+            !text.contains(PASSWORD) && !text.contains(&encoded),
+            "the password leaked into a {what}: {text}"
+        );
+    }
+}
