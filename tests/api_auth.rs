@@ -305,14 +305,9 @@ async fn each_listener_serves_only_its_plane() {
 async fn first_start_writes_a_private_admin_token_that_the_cli_finds() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("state");
-    let server = rivulet::server::start(ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: data_dir.clone(),
-        ..ServeOptions::default()
-    })
-    .await
-    .unwrap();
+    let server = rivulet::server::start(support::loopback_options(&data_dir))
+        .await
+        .unwrap();
     let token_file = data_dir.join("admin.token");
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "admin.token is the owner's alone");
@@ -398,14 +393,9 @@ async fn first_start_writes_a_private_admin_token_that_the_cli_finds() {
     server.shutdown().await.unwrap();
 
     // A restart keeps the same admin token.
-    let again = rivulet::server::start(ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: data_dir.clone(),
-        ..ServeOptions::default()
-    })
-    .await
-    .unwrap();
+    let again = rivulet::server::start(support::loopback_options(&data_dir))
+        .await
+        .unwrap();
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
     again.shutdown().await.unwrap();
 }
@@ -414,11 +404,9 @@ async fn first_start_writes_a_private_admin_token_that_the_cli_finds() {
 async fn running_without_auth_is_refused_off_loopback_unless_forced() {
     let data = tempfile::tempdir().unwrap();
     let options = ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
         api_auth: ApiAuth::None,
-        data_dir: data.path().to_path_buf(),
-        ..ServeOptions::default()
+        ..support::loopback_options(data.path())
     };
     let error = match rivulet::server::start(options.clone()).await {
         Ok(_) => panic!("--api-auth none on 0.0.0.0 must be refused"),
@@ -469,12 +457,9 @@ async fn the_kubernetes_data_plane_serves_no_resource_api() {
     store.apply(kind, secret()).await.unwrap();
     let server = rivulet::server::start_with_store(
         ServeOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: data.path().to_path_buf(),
             store: rivulet::server::StoreChoice::Kubernetes,
             role: rivulet::runtime::Role::DataPlane,
-            ..ServeOptions::default()
+            ..support::loopback_options(data.path())
         },
         store,
     )

@@ -93,6 +93,16 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Default options with both listeners on free loopback ports and `data_dir`.
+pub fn loopback_options(data_dir: &Path) -> ServeOptions {
+    ServeOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data_dir.to_path_buf(),
+        ..ServeOptions::default()
+    }
+}
+
 /// A server running in this process, with its own data dir.
 pub struct InProcessServer {
     /// Ingress's URL.
@@ -107,12 +117,7 @@ impl InProcessServer {
     /// Starts a server on a free port with default options changed by `configure`.
     pub async fn start_with(configure: impl FnOnce(&mut ServeOptions)) -> Self {
         let data_dir = tempfile::tempdir().expect("a temp dir");
-        let mut options = ServeOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: data_dir.path().to_path_buf(),
-            ..ServeOptions::default()
-        };
+        let mut options = loopback_options(data_dir.path());
         configure(&mut options);
         give_test_token(&options.data_dir);
         let server = rivulet::server::start(options)
