@@ -276,15 +276,23 @@ pub async fn start_with_store(
 
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
-    let auth = crate::auth::setup::build(&options, &base_url, &*store, features.clone())?;
+    // One egress policy for every outbound call: deliveries and OIDC key fetches alike.
+    let egress = Arc::new(crate::egress::Egress::new(
+        options.egress.clone(),
+        Some(metrics.clone()),
+    ));
+    let auth = crate::auth::setup::build(
+        &options,
+        &base_url,
+        &*store,
+        features.clone(),
+        egress.clone(),
+    )?;
     ingress.set_auth(auth.clone());
     let shared = dispatcher::Shared {
-        sender: Sender::with_egress(Arc::new(crate::egress::Egress::new(
-            options.egress.clone(),
-            Some(metrics.clone()),
-        )))
-        .with_transport(crate::tls::TrustBundles::default(), features.clone())
-        .with_bearer(crate::auth::setup::bearer(&auth)),
+        sender: Sender::with_egress(egress)
+            .with_transport(crate::tls::TrustBundles::default(), features.clone())
+            .with_bearer(crate::auth::setup::bearer(&auth)),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };

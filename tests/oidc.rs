@@ -146,6 +146,36 @@ async fn an_unknown_kid_refetches_the_keys_so_rotation_is_honoured() {
 }
 
 #[tokio::test]
+async fn issuer_key_fetches_go_through_the_egress_policy() {
+    let key = TestKey::generate("k1");
+    let issuer = TestIssuer::start(vec![key.clone()]).await;
+    let url = issuer.url.clone();
+    let server = TestServer::start_with(move |options| {
+        options
+            .features
+            .set_pair("authentication-oidc=enabled")
+            .unwrap();
+        options.oidc_issuers = vec![url];
+        options.egress =
+            rivulet::egress::EgressPolicy::new(Vec::new(), vec!["127.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    let token = key.sign(&claims(
+        &issuer.url,
+        "system:serviceaccount:default:sender",
+        BROKER_AUDIENCE,
+    ));
+    let url = server.ingress_url("default", "default");
+    let (status, _, body) = post_with_token(&url, "e-1", "t", Some(&token)).await;
+    assert_eq!(
+        status, 401,
+        "keys from a denied address are not fetched: {body}"
+    );
+    assert_eq!(issuer.jwks_fetches(), 0);
+    assert!(server.metric("rivulet_egress_refused_total", &[]).await >= 1.0);
+}
+
+#[tokio::test]
 async fn unknown_kids_cannot_force_a_storm_of_key_fetches() {
     let key = TestKey::generate("k1");
     let issuer = TestIssuer::start(vec![key.clone()]).await;

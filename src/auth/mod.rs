@@ -241,6 +241,7 @@ pub mod setup {
         base_url: &str,
         store: &dyn ResourceStore,
         features: FeatureFlags,
+        egress: Arc<crate::egress::Egress>,
     ) -> anyhow::Result<Arc<Auth>> {
         let issuer = Arc::new(
             LocalIssuer::load_or_create(&options.data_dir, base_url)
@@ -253,6 +254,7 @@ pub mod setup {
             issuer.clone(),
             &options.oidc_issuers,
             options.oidc_jwks_refresh,
+            egress,
         );
         let source: Arc<dyn TokenProvider> = match (options.role, store.kube_client()) {
             (Role::Standalone, _) | (_, None) => Arc::new(LocalTokens(issuer.clone())),

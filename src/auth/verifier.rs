@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 
 use super::AuthError;
 use super::issuer::{DISCOVERY_PATH, LocalIssuer};
+use crate::egress::Egress;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECONDS: u64 = 30;
@@ -50,18 +51,25 @@ pub struct Verifier {
     local: Arc<LocalIssuer>,
     local_key: Key,
     trusted: HashSet<String>,
+    /// Fetches discovery documents and keys under the egress policy.
     http: reqwest::Client,
+    egress: Arc<Egress>,
     refresh: Duration,
     cache: Mutex<HashMap<String, IssuerKeys>>,
 }
 
 impl Verifier {
     /// Trusts `local` and `issuers`; refetches an issuer's keys on an unknown `kid` at most
-    /// once per `refresh`.
-    pub fn new(local: Arc<LocalIssuer>, issuers: &[String], refresh: Duration) -> Self {
+    /// once per `refresh`; fetches only where `egress` allows.
+    pub fn new(
+        local: Arc<LocalIssuer>,
+        issuers: &[String],
+        refresh: Duration,
+        egress: Arc<Egress>,
+    ) -> Self {
         crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
+        let http = egress
+            .client_builder()
             .timeout(FETCH_TIMEOUT)
             .build()
             .expect("a client with these settings builds");
@@ -77,6 +85,7 @@ impl Verifier {
             local,
             local_key,
             http,
+            egress,
             refresh,
             cache: Mutex::default(),
         }
@@ -211,9 +220,14 @@ impl Verifier {
     }
 
     async fn fetch_json(&self, url: &str) -> Result<Value, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url} is not a URL: {e}"))?;
+        // IP-literal URLs never reach the policy's resolver.
+        self.egress
+            .check_url(&parsed)
+            .map_err(|e| format!("GET {url}: {e}"))?;
         let mut response = self
             .http
-            .get(url)
+            .get(parsed)
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
@@ -329,7 +343,7 @@ mod tests {
     #[tokio::test]
     async fn rivulets_own_tokens_verify_for_their_audience_only() {
         let issuer = local();
-        let verifier = Verifier::new(issuer.clone(), &[], Duration::from_secs(10));
+        let verifier = Verifier::new(issuer.clone(), &[], Duration::from_secs(10), Arc::default());
         let (token, _) = issuer
             .mint(
                 "system:serviceaccount:ns:sa",
@@ -346,7 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn untrusted_issuers_and_garbage_are_refused() {
-        let verifier = Verifier::new(local(), &[], Duration::from_secs(10));
+        let verifier = Verifier::new(local(), &[], Duration::from_secs(10), Arc::default());
         let der = ring::signature::EcdsaKeyPair::generate_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &ring::rand::SystemRandom::new(),
