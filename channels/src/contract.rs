@@ -14,6 +14,9 @@
 //! The second argument is evaluated once per case and must give a [`ContractFixture`] (or a
 //! [`ChannelConfig`]); use a fresh broker name or data folder each time. The crate using the
 //! macro needs `tokio` with the `macros` and `rt-multi-thread` features.
+//!
+//! Backends bounded in size that free space on acknowledgement also run
+//! [`full_channel_refuses_until_acknowledged`] with a config giving a small bound.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -703,6 +706,53 @@ pub async fn destroy_removes_subscriptions_and_events(backend: &str, config: &Ch
     subscribe(&channel, SUBSCRIPTION, &all_events()).await;
     let subscription = consume(&channel, SUBSCRIPTION).await;
     assert_only_marker_pending(&channel, &*subscription).await;
+    channel.destroy().await.expect("destroy");
+}
+
+/// For backends bounded in size that free space as events are acknowledged (not in
+/// [`channel_contract_tests!`](crate::channel_contract_tests), since not every backend has
+/// such a bound): `config` must bound the channel to well under 10,000 events of 8 KiB.
+/// Past the bound, publishing fails with [`ChannelError::Full`] and stores nothing; once
+/// the subscription has acknowledged what it holds, publishing works again, and every event
+/// that was accepted is delivered.
+pub async fn full_channel_refuses_until_acknowledged(backend: &str, config: &ChannelConfig) {
+    let channel = open(backend, config).await;
+    subscribe(&channel, SUBSCRIPTION, &all_events()).await;
+    let data = Bytes::from(vec![b'x'; 8 * 1024]);
+    let big = |n: usize| Envelope {
+        data: Some(data.clone()),
+        ..event(n)
+    };
+    let mut accepted = 0;
+    loop {
+        assert!(accepted < 10_000, "{backend}: never refused an event");
+        match within("publish", channel.publish(vec![big(accepted)])).await {
+            Ok(()) => accepted += 1,
+            Err(ChannelError::Full(_)) => break,
+            Err(other) => panic!("{backend}: expected a full channel, got {other}"),
+        }
+    }
+    assert!(accepted > 0, "{backend}: refused the first event");
+    let subscription = consume(&channel, SUBSCRIPTION).await;
+    let received = receive_exactly(&*subscription, accepted).await;
+    assert_eq!(ids(&received), expected_ids(0..accepted));
+    ack_all(&*subscription, &received).await;
+    within("publish after acknowledgements", async {
+        loop {
+            match channel.publish(vec![big(accepted)]).await {
+                Ok(()) => break,
+                Err(ChannelError::Full(_)) => tokio::time::sleep(QUIET / 10).await,
+                Err(other) => panic!("{backend}: publishing after acks failed: {other}"),
+            }
+        }
+    })
+    .await;
+    let next = receive_exactly(&*subscription, 1).await;
+    assert_eq!(
+        ids(&next),
+        expected_ids([accepted]),
+        "the refused event was stored"
+    );
     channel.destroy().await.expect("destroy");
 }
 
