@@ -16,7 +16,8 @@ pub struct BrokerLabels {
 pub struct IngressLabels {
     pub namespace: String,
     pub broker: String,
-    /// `accepted`, `refused` (4xx) or `unavailable` (5xx).
+    /// `accepted`, `refused` (4xx), `full` (503 with `Retry-After`: the channel is at its
+    /// bound) or `unavailable` (other 5xx).
     pub outcome: &'static str,
 }
 
@@ -112,6 +113,8 @@ pub struct Metrics {
     pub egress_refused: Family<EgressLabels, Counter>,
     /// EventTypes created from traffic.
     pub eventtypes_autocreated: Counter,
+    /// Events whose EventType was not created because their broker is at its cap.
+    pub eventtypes_capped: Family<BrokerLabels, Counter>,
     /// Writes of an EventType's inferred schema, sample or dataschema.
     pub eventtype_status_writes: Counter,
     /// Serving certificates put in service after their files changed.
@@ -220,6 +223,12 @@ impl Metrics {
             "EventTypes created from broker traffic",
             eventtypes_autocreated.clone(),
         );
+        let eventtypes_capped = Family::default();
+        registry.register(
+            "eventtypes_capped",
+            "Events accepted without an EventType because their broker has --eventtype-max-per-broker auto-created EventTypes",
+            eventtypes_capped.clone(),
+        );
         let eventtype_status_writes = Counter::default();
         registry.register(
             "eventtype_status_writes",
@@ -251,6 +260,7 @@ impl Metrics {
             tls_certificate_reload_failures,
             eventtype_observations_dropped,
             eventtypes_autocreated,
+            eventtypes_capped,
             eventtype_status_writes,
             events_received,
             ingress_events,

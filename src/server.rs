@@ -16,7 +16,7 @@ use crate::delivery::{DeliveryDefaults, Sender};
 use crate::dispatcher;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
-use crate::registry::{Observer, RegistrySettings, StatusLock, worker::Worker};
+use crate::registry::{CappedBrokers, Observer, RegistrySettings, StatusLock, worker::Worker};
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests};
 use crate::runtime::{Context, Role, Settings};
 use crate::store::{FileStore, KubernetesStore, ResourceStore};
@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub advertised_url: Option<String>,
     /// Event-type discovery: auto-creation, its bounds and write rate.
     pub registry: RegistrySettings,
+    /// Bytes a memory channel holds at most unless its broker's config sets `maxBytes`.
+    pub memory_channel_max_bytes: u64,
     /// Where resources are kept.
     pub store: StoreChoice,
     /// What this process does: everything (standalone), the controller, or the data plane.
@@ -90,6 +92,7 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(5),
             advertised_url: None,
             registry: RegistrySettings::default(),
+            memory_channel_max_bytes: rivulet_channels::memory::DEFAULT_MAX_BYTES,
             store: StoreChoice::default(),
             role: Role::default(),
             features: crate::features::Features::default(),
@@ -313,6 +316,9 @@ pub async fn start_with_store(
             https_base_url: https_base_url.clone(),
         },
     );
+    ctx.extensions.set(crate::runtime::MemoryChannelMaxBytes(
+        options.memory_channel_max_bytes,
+    ));
     let shutdown = CancellationToken::new();
     if let Some(tls) = &tls {
         ctx.dispatch.sender.trust_bundles().trust_own(&tls.ca_pem());
@@ -352,6 +358,14 @@ pub async fn start_with_store(
             metrics.clone(),
             ctx.extensions.get_or_default::<StatusLock>(),
         )
+        .report_caps(ctx.extensions.get_or_default::<CappedBrokers>(), {
+            let ctx = Arc::downgrade(&ctx);
+            move |namespace, broker| {
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.requeue_now(Context::kind("Broker"), namespace, broker);
+                }
+            }
+        })
         .run(observations, shutdown.clone()),
     );
     let ready = Arc::new(AtomicBool::new(false));

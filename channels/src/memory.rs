@@ -438,8 +438,14 @@ mod tests {
     async fn space_frees_only_once_every_subscription_acknowledged() {
         let one = size_of(&event("1"));
         let channel = MemoryChannel::with_max_bytes(3 * one);
-        channel.ensure_subscription("fast", &all_events()).await.unwrap();
-        channel.ensure_subscription("hung", &all_events()).await.unwrap();
+        channel
+            .ensure_subscription("fast", &all_events())
+            .await
+            .unwrap();
+        channel
+            .ensure_subscription("hung", &all_events())
+            .await
+            .unwrap();
         channel
             .publish(vec![event("1"), event("2"), event("3")])
             .await
@@ -452,7 +458,11 @@ mod tests {
         for received in fast.receive(3).await.unwrap() {
             fast.ack(received.id).await.unwrap();
         }
-        assert_eq!(channel.used_bytes(), 3 * one, "the hung one still holds them");
+        assert_eq!(
+            channel.used_bytes(),
+            3 * one,
+            "the hung one still holds them"
+        );
         assert!(matches!(
             channel.publish(vec![event("4")]).await,
             Err(ChannelError::Full(_))
@@ -464,14 +474,21 @@ mod tests {
         assert_eq!(channel.used_bytes(), 2 * one);
         channel.publish(vec![event("4")]).await.unwrap();
         let rest: Vec<_> = hung.receive(10).await.unwrap();
-        assert_eq!(rest.len(), 3, "nothing refused was stored, nothing taken was lost");
+        assert_eq!(
+            rest.len(),
+            3,
+            "nothing refused was stored, nothing taken was lost"
+        );
     }
 
     #[tokio::test]
     async fn a_refused_batch_stores_nothing_and_deletion_frees_space() {
         let one = size_of(&event("1"));
         let channel = MemoryChannel::with_max_bytes(2 * one);
-        channel.ensure_subscription("s", &all_events()).await.unwrap();
+        channel
+            .ensure_subscription("s", &all_events())
+            .await
+            .unwrap();
         channel.publish(vec![event("1")]).await.unwrap();
         assert!(matches!(
             channel.publish(vec![event("2"), event("3")]).await,
@@ -491,7 +508,10 @@ mod tests {
     #[tokio::test]
     async fn an_event_larger_than_the_bound_still_enters_an_empty_channel() {
         let channel = MemoryChannel::with_max_bytes(16);
-        channel.ensure_subscription("s", &all_events()).await.unwrap();
+        channel
+            .ensure_subscription("s", &all_events())
+            .await
+            .unwrap();
         channel.publish(vec![event("big")]).await.unwrap();
         assert!(matches!(
             channel.publish(vec![event("next")]).await,
@@ -513,7 +533,10 @@ mod tests {
         ));
         assert!(open_memory(config("0")).await.is_err());
         let channel = open_memory(config("1Ki")).await.unwrap();
-        channel.ensure_subscription("s", &all_events()).await.unwrap();
+        channel
+            .ensure_subscription("s", &all_events())
+            .await
+            .unwrap();
         let big = |id: &str| Envelope {
             data: Some(bytes::Bytes::from(vec![b'x'; 600])),
             ..event(id)

@@ -268,6 +268,17 @@ struct ServeArgs {
     /// further sources share one EventType whose source is left open.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
     eventtype_sources_per_type: u32,
+    /// EventTypes auto-created per broker at most. Past it, events are still accepted (202)
+    /// but get no EventType; they are counted in rivulet_eventtypes_capped_total and the
+    /// broker is logged once. EventTypes applied by hand are not counted nor limited.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    eventtype_max_per_broker: u32,
+    /// Bytes of events a memory channel (a broker whose channel template is
+    /// InMemoryChannel) holds at most, unless the broker's config sets maxBytes. An event
+    /// counts until every trigger has acknowledged it; when full, ingress answers 503 with
+    /// Retry-After. A number of bytes or a size such as 64Mi or 1G.
+    #[arg(long, default_value = "256Mi", value_parser = parse_byte_size)]
+    memory_channel_max_bytes: u64,
     /// Where resources are kept: `file` (JSON files under --data-dir) or `kubernetes` (the API
     /// server of the in-cluster service account or of the kubeconfig). With `kubernetes` this
     /// process is the data plane beside `rivulet controller`: it delivers to what the
@@ -337,6 +348,15 @@ struct ServeArgs {
     /// always trusts its own issuer.
     #[arg(long = "oidc-issuer", value_name = "URL")]
     oidc_issuers: Vec<String>,
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    rivulet_channels::parse_size(text)
+        .filter(|n| *n > 0)
+        .map(|n| n as u64)
+        .ok_or_else(|| {
+            format!("{text:?} is not a size; expected bytes such as 268435456, 256Mi or 1G")
+        })
 }
 
 fn parse_egress_rule(entry: &str) -> Result<crate::egress::EgressRule, String> {
@@ -513,8 +533,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         registry: crate::registry::RegistrySettings {
             autocreate: !args.no_eventtype_autocreate,
             max_sources_per_type: args.eventtype_sources_per_type as usize,
+            max_per_broker: args.eventtype_max_per_broker as usize,
             ..Default::default()
         },
+        memory_channel_max_bytes: args.memory_channel_max_bytes,
         store: args.store,
         // Beside a controller, the serving process is the data plane.
         role: match args.store {

@@ -23,6 +23,9 @@ pub const ARRIVAL_TIME: &str = "knativearrivaltime";
 pub const BROKER_TTL: &str = "knativebrokerttl";
 /// The TTL given to events that arrive without one.
 pub const DEFAULT_TTL: i32 = 255;
+/// `Retry-After` (seconds) of the 503 answered while a broker's channel is full: space
+/// frees as subscribers acknowledge, so trying again soon is reasonable.
+pub const FULL_RETRY_AFTER_SECS: u64 = 1;
 
 /// A ready broker: its channel and what its triggers inherit.
 pub struct BrokerHandle {
@@ -75,9 +78,9 @@ impl IngressError {
             IngressError::UnknownBroker { .. } => StatusCode::NOT_FOUND,
             IngressError::Invalid(_) => StatusCode::BAD_REQUEST,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngressError::Channel(ChannelError::Unavailable(_) | ChannelError::Closed) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IngressError::Channel(
+                ChannelError::Unavailable(_) | ChannelError::Closed | ChannelError::Full(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Auth(error) => error.status(),
         }
@@ -90,6 +93,23 @@ impl IntoResponse for IngressError {
             return error.into_response();
         }
         let status = self.status();
+        if let IngressError::Channel(ChannelError::Full(_)) = &self {
+            return (
+                status,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    ),
+                    (
+                        header::RETRY_AFTER,
+                        HeaderValue::from(FULL_RETRY_AFTER_SECS),
+                    ),
+                ],
+                format!("{self}; try again later\n"),
+            )
+                .into_response();
+        }
         (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -106,6 +126,7 @@ struct BrokerCounters {
     accepted: Counter,
     refused: Counter,
     unavailable: Counter,
+    full: Counter,
 }
 
 impl BrokerCounters {
@@ -131,6 +152,7 @@ impl BrokerCounters {
             accepted: outcome("accepted"),
             refused: outcome("refused"),
             unavailable: outcome("unavailable"),
+            full: outcome("full"),
         }
     }
 }
@@ -328,6 +350,13 @@ async fn post_events(
         Ok(count) => {
             entry.counters.accepted.inc_by(count as u64);
             StatusCode::ACCEPTED.into_response()
+        }
+        Err(IngressError::Channel(ChannelError::Full(reason))) => {
+            // The sender keeps the events and is told when to try again: pushed back, not
+            // dropped. Debug only, since a full channel refuses every request for a while.
+            tracing::debug!(%namespace, %broker, %reason, "ingress pushed back: channel full");
+            entry.counters.full.inc();
+            IngressError::Channel(ChannelError::Full(reason)).into_response()
         }
         Err(error) => {
             if error.status().is_server_error() {

@@ -22,6 +22,17 @@ pub struct BackendChoice {
     pub settings: BTreeMap<String, String>,
 }
 
+/// The byte bound of memory channels whose broker config sets no `maxBytes`
+/// (`--memory-channel-max-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryChannelMaxBytes(pub u64);
+
+impl Default for MemoryChannelMaxBytes {
+    fn default() -> Self {
+        Self(rivulet_channels::memory::DEFAULT_MAX_BYTES)
+    }
+}
+
 inventory::submit! {
     super::Reconciler {
         kind: "Broker",
@@ -179,9 +190,28 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     };
     let (policies, policies_ready) = super::eventpolicy::policies_status(ctx, &target);
     parts.push(policies_ready);
+    let mut conditions = conditions(parts);
+    if let Some(cap) = ctx
+        .extensions
+        .get_or_default::<crate::registry::CappedBrokers>()
+        .get(&namespace, &name)
+    {
+        // Informational: the broker works, only discovery stopped for new types.
+        conditions.push(Condition {
+            severity: Some("Info".into()),
+            ..Condition::new(
+                "EventTypesAutoCreated",
+                false,
+                "CapReached",
+                format!(
+                    "{cap} EventTypes were auto-created for this broker, the most allowed (--eventtype-max-per-broker); events of new types are accepted but get no EventType (counted in rivulet_eventtypes_capped_total)"
+                ),
+            )
+        });
+    }
     let status = BrokerStatus {
         observed_generation: generation(object),
-        conditions: conditions(parts),
+        conditions,
         address: ready.then_some(address),
         addresses: addresses.filter(|_| ready),
         policies,
@@ -304,10 +334,19 @@ pub async fn choose_backend(
             "broker class {class} needs spec.config naming its backend configuration"
         ));
     }
-    Ok(BackendChoice {
-        backend,
-        settings: settings.unwrap_or_default(),
-    })
+    let mut settings = settings.unwrap_or_default();
+    if backend == "memory" {
+        // The server-wide default, unless the broker's config sets its own.
+        settings
+            .entry(rivulet_channels::memory::MAX_BYTES_KEY.to_owned())
+            .or_insert_with(|| {
+                ctx.extensions
+                    .get_or_default::<MemoryChannelMaxBytes>()
+                    .0
+                    .to_string()
+            });
+    }
+    Ok(BackendChoice { backend, settings })
 }
 
 /// The backend a Knative channel template (`channel-template-spec`) names.

@@ -26,6 +26,7 @@ mod tls_secret;
 mod trigger;
 mod trust;
 
+pub use broker::MemoryChannelMaxBytes;
 pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use events::ReadySummary;
 pub use tls_secret::follow_tls_secret;
@@ -221,6 +222,11 @@ impl Extensions {
             .expect("lock poisoned")
             .get_or_insert_default::<T>()
             .clone()
+    }
+
+    /// Sets the value of type `T` (a setting made at start, read by a plug-in later).
+    pub fn set<T: Clone + Send + Sync + 'static>(&self, value: T) {
+        self.0.lock().expect("lock poisoned").insert(value);
     }
 }
 
