@@ -80,6 +80,15 @@ pub struct EgressLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryFailureLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// Why the last attempt failed: `response_too_large`, `timeout`, `network`, `status`,
+    /// `redirect`, `malformed_reply`, `refused`, `local`.
+    pub reason: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -118,6 +127,9 @@ pub struct Metrics {
     pub tls_certificate_reloads: Counter,
     /// Changed certificate files that could not be used (the previous certificate stayed).
     pub tls_certificate_reload_failures: Counter,
+    /// Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt
+    /// failed.
+    pub delivery_failures: Family<DeliveryFailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -244,8 +256,15 @@ impl Metrics {
             "Changed certificate files refused; the previous certificate is still served",
             tls_certificate_reload_failures.clone(),
         );
+        let delivery_failures = Family::default();
+        registry.register(
+            "trigger_delivery_failures",
+            "Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt failed",
+            delivery_failures.clone(),
+        );
         Metrics {
             registry,
+            delivery_failures,
             egress_refused,
             tls_certificate_reloads,
             tls_certificate_reload_failures,

@@ -291,6 +291,7 @@ pub async fn start_with_store(
     ingress.set_auth(auth.clone());
     let shared = dispatcher::Shared {
         sender: Sender::with_egress(egress)
+            .with_response_limit(options.delivery.max_response_body)
             .with_transport(crate::tls::TrustBundles::default(), features.clone())
             .with_bearer(crate::auth::setup::bearer(&auth)),
         ingress: ingress.clone(),

@@ -337,6 +337,11 @@ struct ServeArgs {
     /// always trusts its own issuer.
     #[arg(long = "oidc-issuer", value_name = "URL")]
     oidc_issuers: Vec<String>,
+    /// Largest successful subscriber response (a reply event) read, in bytes; beyond it the
+    /// delivery attempt fails without reading further and the event goes to the dead-letter
+    /// sink (if any) with the reason in knativeerrordata.
+    #[arg(long, default_value_t = crate::delivery::REPLY_LIMIT)]
+    max_response_body: usize,
 }
 
 fn parse_egress_rule(entry: &str) -> Result<crate::egress::EgressRule, String> {
@@ -506,6 +511,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         delivery: crate::delivery::DeliveryDefaults {
             timeout: args.delivery_timeout,
             backoff_cap: args.backoff_cap,
+            max_response_body: args.max_response_body,
         },
         default_parallelism: args.parallelism.max(1),
         shutdown_grace: args.shutdown_grace,
@@ -563,6 +569,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         delivery: crate::delivery::DeliveryDefaults {
             timeout: args.delivery_timeout,
             backoff_cap: args.backoff_cap,
+            ..Default::default()
         },
         shutdown_grace: args.shutdown_grace,
         advertised_url: Some(args.advertised_url),
