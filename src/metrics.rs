@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -81,6 +82,19 @@ pub struct EgressLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `ingress` (`--listen`) or `api` (`--api-listen`).
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionCloseLabels {
+    pub listener: &'static str,
+    /// `idle`, `header_timeout`, `headers_too_large`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryFailureLabels {
     pub namespace: String,
     pub trigger: String,
@@ -127,6 +141,18 @@ pub struct Metrics {
     pub tls_certificate_reloads: Counter,
     /// Changed certificate files that could not be used (the previous certificate stayed).
     pub tls_certificate_reload_failures: Counter,
+    /// Connections open per listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// The connection limit per listener.
+    pub connections_limit: Family<ListenerLabels, Gauge>,
+    /// Connections closed at once because the listener was at its limit.
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    /// Connections the server closed: idle, headers too slow or too large.
+    pub connections_closed: Family<ConnectionCloseLabels, Counter>,
+    /// Requests answered 408 because they took longer than the request timeout.
+    pub request_timeouts: Family<ListenerLabels, Counter>,
+    /// The open-files soft limit in force.
+    pub open_files_limit: Gauge,
     /// Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt
     /// failed.
     pub delivery_failures: Family<DeliveryFailureLabels, Counter>,
@@ -256,6 +282,42 @@ impl Metrics {
             "Changed certificate files refused; the previous certificate is still served",
             tls_certificate_reload_failures.clone(),
         );
+        let connections_open = Family::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open, per listener",
+            connections_open.clone(),
+        );
+        let connections_limit = Family::default();
+        registry.register(
+            "connections_limit",
+            "The connection limit of each listener (--max-connections)",
+            connections_limit.clone(),
+        );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because the listener was at its connection limit",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed, by reason (idle, header_timeout, headers_too_large)",
+            connections_closed.clone(),
+        );
+        let request_timeouts = Family::default();
+        registry.register(
+            "http_request_timeouts",
+            "Requests answered 408 after the request timeout",
+            request_timeouts.clone(),
+        );
+        let open_files_limit = Gauge::default();
+        registry.register(
+            "open_files_limit",
+            "The open-files soft limit of the process",
+            open_files_limit.clone(),
+        );
         let delivery_failures = Family::default();
         registry.register(
             "trigger_delivery_failures",
@@ -264,6 +326,12 @@ impl Metrics {
         );
         Metrics {
             registry,
+            connections_open,
+            connections_limit,
+            connections_refused,
+            connections_closed,
+            request_timeouts,
+            open_files_limit,
             delivery_failures,
             egress_refused,
             tls_certificate_reloads,
