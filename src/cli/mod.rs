@@ -39,7 +39,7 @@ enum Command {
     ///
     /// Resources come from --config files and from the resource API; they and the events
     /// in durable channels are kept in --data-dir and survive restarts.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the Kubernetes controller: reconcile the custom resources in the cluster.
     ///
     /// It resolves destinations, creates and removes backend resources (topics, exchanges,
@@ -494,7 +494,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Controller(args) => controller(args).await,
         Command::Apply { files, server } => client::apply(&server.remote(), &files).await,
         Command::Get {
@@ -715,7 +715,7 @@ mod tests {
     fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         let cli = Cli::try_parse_from([&["rivulet", "serve"], args].concat())?;
         match cli.command {
-            Command::Serve(args) => Ok(args),
+            Command::Serve(args) => Ok(*args),
             _ => unreachable!("serve was asked for"),
         }
     }
