@@ -427,6 +427,20 @@ async fn too_many_or_too_large_headers_get_431() {
             .await
             >= 4.0
     );
+    // HTTP/2 bounds the header list the same way.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(server.ingress_url(NS, BROKER))
+        .headers(large.clone())
+        .body(event.body.clone())
+        .send()
+        .await
+        .expect("an HTTP/2 answer");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 431, "a 20 KiB header over HTTP/2");
 
     let mut within = event.headers();
     for n in 0..20 {
