@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -81,6 +82,28 @@ pub struct EgressLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `ingress` (`--listen`) or `api` (`--api-listen`).
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionCloseLabels {
+    pub listener: &'static str,
+    /// `idle`, `header_timeout`, `headers_too_large`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryFailureLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// Why the last attempt failed: `response_too_large`, `timeout`, `network`, `status`,
+    /// `redirect`, `malformed_reply`, `refused`, `local`.
+    pub reason: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -121,6 +144,21 @@ pub struct Metrics {
     pub tls_certificate_reloads: Counter,
     /// Changed certificate files that could not be used (the previous certificate stayed).
     pub tls_certificate_reload_failures: Counter,
+    /// Connections open per listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// The connection limit per listener.
+    pub connections_limit: Family<ListenerLabels, Gauge>,
+    /// Connections closed at once because the listener was at its limit.
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    /// Connections the server closed: idle, headers too slow or too large.
+    pub connections_closed: Family<ConnectionCloseLabels, Counter>,
+    /// Requests answered 408 because they took longer than the request timeout.
+    pub request_timeouts: Family<ListenerLabels, Counter>,
+    /// The open-files soft limit in force.
+    pub open_files_limit: Gauge,
+    /// Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt
+    /// failed.
+    pub delivery_failures: Family<DeliveryFailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -253,8 +291,57 @@ impl Metrics {
             "Changed certificate files refused; the previous certificate is still served",
             tls_certificate_reload_failures.clone(),
         );
+        let connections_open = Family::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open, per listener",
+            connections_open.clone(),
+        );
+        let connections_limit = Family::default();
+        registry.register(
+            "connections_limit",
+            "The connection limit of each listener (--max-connections)",
+            connections_limit.clone(),
+        );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because the listener was at its connection limit",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed, by reason (idle, header_timeout, headers_too_large)",
+            connections_closed.clone(),
+        );
+        let request_timeouts = Family::default();
+        registry.register(
+            "http_request_timeouts",
+            "Requests answered 408 after the request timeout",
+            request_timeouts.clone(),
+        );
+        let open_files_limit = Gauge::default();
+        registry.register(
+            "open_files_limit",
+            "The open-files soft limit of the process",
+            open_files_limit.clone(),
+        );
+        let delivery_failures = Family::default();
+        registry.register(
+            "trigger_delivery_failures",
+            "Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt failed",
+            delivery_failures.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_limit,
+            connections_refused,
+            connections_closed,
+            request_timeouts,
+            open_files_limit,
+            delivery_failures,
             egress_refused,
             tls_certificate_reloads,
             tls_certificate_reload_failures,

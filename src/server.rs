@@ -65,6 +65,8 @@ pub struct ServeOptions {
     pub oidc_issuers: Vec<String>,
     /// An issuer's keys are refetched for an unknown `kid` at most this often.
     pub oidc_jwks_refresh: Duration,
+    /// Timeouts, connection and header limits of both listeners.
+    pub listeners: crate::listener::ListenerLimits,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -101,6 +103,7 @@ impl Default for ServeOptions {
             tls_secret: None,
             oidc_issuers: Vec::new(),
             oidc_jwks_refresh: Duration::from_secs(10),
+            listeners: crate::listener::ListenerLimits::default(),
         }
     }
 }
@@ -278,6 +281,7 @@ pub async fn start_with_store(
     let https_base_url = tls.as_ref().map(|_| https_url_of(&base_url));
 
     let metrics = Arc::new(Metrics::new());
+    let guards = listener_guards(&options, &metrics);
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
     // One egress policy for every outbound call: deliveries and OIDC key fetches alike.
     let egress = Arc::new(crate::egress::Egress::new(
@@ -294,6 +298,7 @@ pub async fn start_with_store(
     ingress.set_auth(auth.clone());
     let shared = dispatcher::Shared {
         sender: Sender::with_egress(egress)
+            .with_response_limit(options.delivery.max_response_body)
             .with_transport(crate::tls::TrustBundles::default(), features.clone())
             .with_bearer(crate::auth::setup::bearer(&auth)),
         ingress: ingress.clone(),
@@ -443,11 +448,13 @@ pub async fn start_with_store(
             api_app,
             tls.clone(),
             features.clone(),
+            guards.api,
             stopped(),
         );
         let result = match (listener, ingress_app) {
             (Some(listener), Some(app)) => {
-                let ingress_serving = crate::tls::serve(listener, app, tls, features, stopped());
+                let ingress_serving =
+                    crate::tls::serve(listener, app, tls, features, guards.ingress, stopped());
                 let (ingress, api) = tokio::join!(ingress_serving, api_serving);
                 ingress.and(api)
             }
@@ -470,6 +477,37 @@ pub async fn start_with_store(
         shutdown,
         task,
     })
+}
+
+struct ListenerGuards {
+    ingress: crate::listener::ListenerGuard,
+    api: crate::listener::ListenerGuard,
+}
+
+/// Raises the open-files limit, then sets each listener's connection limit below it.
+fn listener_guards(options: &ServeOptions, metrics: &Metrics) -> ListenerGuards {
+    use crate::listener::{ListenerGuard, connection_limit, raise_open_files_limit};
+    let open_files = raise_open_files_limit();
+    if let Some(limit) = open_files {
+        metrics
+            .open_files_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+    let limits = &options.listeners;
+    let listeners = if options.role.carries_events() { 2 } else { 1 };
+    let max_connections = connection_limit(limits, open_files, listeners);
+    tracing::info!(
+        max_connections,
+        open_files_limit = ?open_files,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        request_timeout = ?limits.request_timeout,
+        "listener limits"
+    );
+    ListenerGuards {
+        ingress: ListenerGuard::new("ingress", limits, max_connections, metrics),
+        api: ListenerGuard::new("api", limits, max_connections, metrics),
+    }
 }
 
 /// The serving certificate from files, checked against the transport-encryption mode:

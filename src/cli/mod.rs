@@ -39,7 +39,7 @@ enum Command {
     ///
     /// Resources come from --config files and from the resource API; they and the events
     /// in durable channels are kept in --data-dir and survive restarts.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the Kubernetes controller: reconcile the custom resources in the cluster.
     ///
     /// It resolves destinations, creates and removes backend resources (topics, exchanges,
@@ -348,6 +348,48 @@ struct ServeArgs {
     /// always trusts its own issuer.
     #[arg(long = "oidc-issuer", value_name = "URL")]
     oidc_issuers: Vec<String>,
+    /// Largest successful subscriber response (a reply event) read, in bytes; beyond it the
+    /// delivery attempt fails without reading further and the event goes to the dead-letter
+    /// sink (if any) with the reason in knativeerrordata.
+    #[arg(long, default_value_t = crate::delivery::REPLY_LIMIT)]
+    max_response_body: usize,
+    /// A new connection must send its first request's headers (after the TLS handshake, if
+    /// any) within this, and each HTTP/1 request's headers, including the wait for the next
+    /// request on a kept-alive connection, must arrive within it; else the connection is
+    /// closed.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2, and any
+    /// connection between requests).
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    idle_timeout: Duration,
+    /// A request whose body is not received and answered within this gets 408.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    request_timeout: Duration,
+    /// Connections open at once per listener; further ones are closed on arrival (counted in
+    /// rivulet_connections_refused_total). Default: what the open-files limit leaves room
+    /// for (1024 files kept aside, the rest shared by the listeners), between 64 and 10000.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Header fields per request; more get 431.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    max_headers: u32,
+    /// Bytes of request line and headers (HTTP/1) or of the header list (HTTP/2); more get
+    /// 431. At least 8192.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
+    max_header_bytes: u32,
+    /// Streams one HTTP/2 connection may have open at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_concurrent_streams: u32,
+}
+
+/// A duration above zero: a zero timeout would close every connection at once.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than zero (e.g. 10s)".into());
+    }
+    Ok(duration)
 }
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {
@@ -472,7 +514,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Controller(args) => controller(args).await,
         Command::Apply { files, server } => client::apply(&server.remote(), &files).await,
         Command::Get {
@@ -526,6 +568,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         delivery: crate::delivery::DeliveryDefaults {
             timeout: args.delivery_timeout,
             backoff_cap: args.backoff_cap,
+            max_response_body: args.max_response_body,
         },
         default_parallelism: args.parallelism.max(1),
         shutdown_grace: args.shutdown_grace,
@@ -554,6 +597,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         tls_secret: args.tls_secret,
         oidc_issuers: args.oidc_issuers,
+        listeners: crate::listener::ListenerLimits {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            request_timeout: args.request_timeout,
+            max_connections: args.max_connections.map(|n| n as usize),
+            max_headers: args.max_headers as usize,
+            max_header_bytes: args.max_header_bytes as usize,
+            http2_max_concurrent_streams: args.http2_max_concurrent_streams,
+        },
         ..crate::server::ServeOptions::default()
     };
     let store = options.store;
@@ -585,6 +637,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         delivery: crate::delivery::DeliveryDefaults {
             timeout: args.delivery_timeout,
             backoff_cap: args.backoff_cap,
+            ..Default::default()
         },
         shutdown_grace: args.shutdown_grace,
         advertised_url: Some(args.advertised_url),
@@ -684,7 +737,7 @@ mod tests {
     fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         let cli = Cli::try_parse_from([&["rivulet", "serve"], args].concat())?;
         match cli.command {
-            Command::Serve(args) => Ok(args),
+            Command::Serve(args) => Ok(*args),
             _ => unreachable!("serve was asked for"),
         }
     }

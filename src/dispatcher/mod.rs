@@ -255,6 +255,17 @@ async fn handle(
     metrics.latency.observe(started.elapsed().as_secs_f64());
     metrics.outcome(&outcome).inc();
     metrics.retries.inc_by(u64::from(outcome.attempts() - 1));
+    if let Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } = &outcome {
+        shared
+            .metrics
+            .delivery_failures
+            .get_or_create(&crate::metrics::DeliveryFailureLabels {
+                namespace: dispatch.namespace.clone(),
+                trigger: dispatch.trigger.clone(),
+                reason: failure.reason,
+            })
+            .inc();
+    }
     match outcome {
         Outcome::Delivered { reply, .. } => {
             if let Some(reply) = reply {
