@@ -359,7 +359,7 @@ async fn cli_refuses_without_force_and_prints_the_numbers_with_it() {
         String::from_utf8_lossy(&forced.stderr)
     );
     assert!(
-        stdout.contains("0 dead-lettered, 4 dropped"),
+        stdout.contains("broker/cli-held deleted") && stdout.contains("0 dead-lettered, 4 dropped"),
         "the numbers are printed: {stdout}"
     );
     assert!(server.get("Broker", NS, "cli-held").await.is_none());

@@ -294,12 +294,28 @@ pub async fn delete(
     }
     let answer: Value =
         serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
-    match answer.get("message").and_then(Value::as_str) {
-        // Brokers and triggers: what became of their undelivered events.
-        Some(message) if answer.get("kind").and_then(Value::as_str) == Some("Status") => {
-            println!("{message}");
-        }
-        _ => println!("{}/{name} deleted", kind.kind.to_ascii_lowercase()),
+    let deleted = format!("{}/{name} deleted", kind.kind.to_ascii_lowercase());
+    // Brokers and triggers: what became of their undelivered events.
+    let count = |field: &str| {
+        answer
+            .pointer(&format!("/undelivered/{field}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let (drained, dead_lettered, dropped) =
+        (count("drained"), count("deadLettered"), count("dropped"));
+    if answer.get("kind").and_then(Value::as_str) != Some("Status") {
+        println!("{deleted}");
+    } else if answer.get("undelivered").is_some_and(Value::is_null) {
+        // The drain outlasted the answer; the server says where to look.
+        let message = answer.get("message").and_then(Value::as_str).unwrap_or("");
+        println!("{deleted}; {message}");
+    } else if drained + dead_lettered + dropped == 0 {
+        println!("{deleted}");
+    } else {
+        println!(
+            "{deleted}; its undelivered events: {drained} finished delivery within the grace period, {dead_lettered} dead-lettered, {dropped} dropped"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -225,18 +225,16 @@ pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), Reconcile
     let (namespace, name) = object_key(object);
     let handle = ctx.ingress.remove(&namespace, &name);
     // The consumers are taken here so that the drain stops them, not the triggers' reconcile.
+    let kind = Context::kind("Trigger");
     let mut triggers = Vec::new();
-    for trigger in ctx
-        .store
-        .list(Context::kind("Trigger"), Some(&namespace))
-        .await?
-    {
+    for trigger in ctx.store.list(kind, Some(&namespace)).await? {
         if trigger.pointer("/spec/broker").and_then(Value::as_str) == Some(name.as_str()) {
             let running = ctx.take_trigger(&namespace, &object_key(&trigger).1).await;
+            // Not ready any more: the broker is gone.
+            Box::pin(ctx.reconcile_applied(kind, &trigger)).await;
             triggers.push((trigger, running));
         }
     }
-    reconcile_triggers_of(&namespace, &name, ctx).await;
     let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
         for running in triggers.into_iter().filter_map(|(_, running)| running) {
             tokio::spawn(running.stop_for_good(ctx.settings.delete_grace));
