@@ -104,6 +104,23 @@ pub struct DeliveryFailureLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeletionLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// `drained` (in flight, finished within the grace period), `dead_lettered`, `dropped`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// `deleted`: the trigger (or its broker) was deleted before the event was delivered
+    /// and no dead-letter sink took it.
+    pub reason: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -134,6 +151,10 @@ pub struct Metrics {
     pub eventtype_observations_dropped: Family<RegistryDropLabels, Counter>,
     /// Outbound requests the egress policy refused, by reason.
     pub egress_refused: Family<EgressLabels, Counter>,
+    /// Undelivered events of deleted triggers and brokers, by what became of them.
+    pub deletion_events: Family<DeletionLabels, Counter>,
+    /// Events lost without delivery or dead-lettering, by reason.
+    pub events_dropped: Family<DroppedLabels, Counter>,
     /// EventTypes created from traffic.
     pub eventtypes_autocreated: Counter,
     /// Events whose EventType was not created because their broker is at its cap.
@@ -279,6 +300,18 @@ impl Metrics {
             "Outbound requests refused by the egress policy, by reason",
             egress_refused.clone(),
         );
+        let deletion_events = Family::default();
+        registry.register(
+            "deletion_events",
+            "Undelivered events of deleted triggers and brokers (drained, dead_lettered, dropped)",
+            deletion_events.clone(),
+        );
+        let events_dropped = Family::default();
+        registry.register(
+            "events_dropped",
+            "Events lost without delivery or dead-lettering, by reason",
+            events_dropped.clone(),
+        );
         let tls_certificate_reloads = Counter::default();
         registry.register(
             "tls_certificate_reloads",
@@ -343,6 +376,8 @@ impl Metrics {
             open_files_limit,
             delivery_failures,
             egress_refused,
+            deletion_events,
+            events_dropped,
             tls_certificate_reloads,
             tls_certificate_reload_failures,
             eventtype_observations_dropped,

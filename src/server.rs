@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub default_parallelism: usize,
     /// How long shutdown waits for deliveries in flight.
     pub shutdown_grace: Duration,
+    /// How long deleting a broker or trigger waits for its deliveries in flight.
+    pub delete_grace: Duration,
     /// The URL brokers advertise; by default `http://` + the listen address.
     pub advertised_url: Option<String>,
     /// Event-type discovery: auto-creation, its bounds and write rate.
@@ -92,6 +94,7 @@ impl Default for ServeOptions {
             delivery: DeliveryDefaults::default(),
             default_parallelism: 64,
             shutdown_grace: Duration::from_secs(5),
+            delete_grace: crate::runtime::DEFAULT_DELETE_GRACE,
             advertised_url: None,
             registry: RegistrySettings::default(),
             memory_channel_max_bytes: rivulet_channels::memory::DEFAULT_MAX_BYTES,
@@ -315,6 +318,7 @@ pub async fn start_with_store(
             delivery: options.delivery.clone(),
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
+            delete_grace: options.delete_grace,
             role: options.role,
             features: features.clone(),
             tls: tls.clone(),
@@ -378,6 +382,7 @@ pub async fn start_with_store(
         store: store.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
+        runtime: Some(ctx.clone()),
     };
     let routes = |wanted: Listener| {
         inventory::iter::<HttpRoutes>()

@@ -860,6 +860,7 @@ async fn on_kubernetes_the_secret_is_read_by_name_and_a_change_is_served() {
             delivery: rivulet::delivery::DeliveryDefaults::default(),
             default_parallelism: 1,
             stop_grace: Duration::from_secs(1),
+            delete_grace: Duration::from_secs(1),
             role: rivulet::runtime::Role::DataPlane,
             features: Default::default(),
             tls: Some(reloader.clone()),

@@ -84,6 +84,7 @@ macro_rules! channel_contract_tests {
             consume_of_unknown_subscription_fails,
             data_and_attributes_round_trip,
             destroy_removes_subscriptions_and_events,
+            backlog_counts_what_is_not_acknowledged,
         );
     };
     (@cases $backend:expr, $fixture:expr; $($case:ident),* $(,)?) => {
@@ -768,4 +769,54 @@ pub fn config(
         data_dir: data_dir.into(),
         settings: BTreeMap::new(),
     }
+}
+
+/// Waits until the subscription's backlog is `expected` (backends may count a moment late).
+async fn assert_backlog(channel: &Arc<dyn Channel>, expected: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    loop {
+        let backlog = channel.backlog(SUBSCRIPTION).await.expect("backlog");
+        if backlog == Some(expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: backlog {backlog:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn backlog_counts_what_is_not_acknowledged(backend: &str, config: &ChannelConfig) {
+    let channel = open(backend, config).await;
+    subscribe(&channel, SUBSCRIPTION, &all_events()).await;
+    if channel
+        .backlog(SUBSCRIPTION)
+        .await
+        .expect("backlog")
+        .is_none()
+    {
+        eprintln!("skipped: backend {backend} does not count its backlog (documented)");
+        channel.destroy().await.expect("destroy");
+        return;
+    }
+    assert!(
+        matches!(
+            channel.backlog("no-such-subscription").await,
+            Err(ChannelError::UnknownSubscription(_))
+        ),
+        "an unknown subscription is an error"
+    );
+    assert_backlog(&channel, 0, "nothing published").await;
+    publish(&channel, (0..5).map(event).collect()).await;
+    assert_backlog(&channel, 5, "five waiting").await;
+    let subscription = consume(&channel, SUBSCRIPTION).await;
+    let received = receive_exactly(&*subscription, 5).await;
+    // Handed out and unacknowledged still counts: deleting now would lose them.
+    assert_backlog(&channel, 5, "five handed out").await;
+    ack_all(&*subscription, &received[..2]).await;
+    assert_backlog(&channel, 3, "two acknowledged").await;
+    ack_all(&*subscription, &received[2..]).await;
+    assert_backlog(&channel, 0, "all acknowledged").await;
+    channel.destroy().await.expect("destroy");
 }

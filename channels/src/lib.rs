@@ -92,6 +92,14 @@ pub trait Channel: Send + Sync + 'static {
     /// handed out earlier and never acknowledged are delivered again.
     async fn consume(&self, name: &str) -> Result<Arc<dyn Subscription>, ChannelError>;
 
+    /// How many events the subscription holds that were not acknowledged yet (waiting, or
+    /// handed out to a consumer and unfinished), so deleting it can say what would be lost.
+    /// `None` when the backend cannot tell cheaply. Events the trigger's filter would refuse
+    /// may be among them on backends that route by a conservative prefilter.
+    async fn backlog(&self, _name: &str) -> Result<Option<u64>, ChannelError> {
+        Ok(None)
+    }
+
     /// Removes a subscription and whatever it still holds.
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError>;
 

@@ -275,6 +275,16 @@ impl Channel for MemoryChannel {
         }))
     }
 
+    async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
+        let registry = self.registry()?;
+        let state = registry
+            .subscriptions
+            .get(name)
+            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
+        let queue = lock(&state.queue);
+        Ok(Some((queue.pending.len() + queue.in_flight.len()) as u64))
+    }
+
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError> {
         let mut registry = self.registry()?;
         registry.index.remove(name);

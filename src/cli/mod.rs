@@ -71,12 +71,18 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Delete a resource.
+    /// Delete a resource. A broker or trigger that still holds undelivered events is only
+    /// deleted with --force.
     Delete {
         kind: String,
         name: String,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Delete a broker or trigger even though it holds undelivered events: deliveries in
+        /// flight get the server's --delete-grace, the rest go to the dead-letter sink where
+        /// one is set and are dropped (and counted) otherwise.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -257,6 +263,10 @@ struct ServeArgs {
     /// How long SIGTERM waits for deliveries in flight before handing them back.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// How long deleting a broker or trigger waits for its deliveries in flight; what is
+    /// still undelivered then goes to the dead-letter sink, or is dropped and counted.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    delete_grace: Duration,
     /// URL brokers advertise in status.address.url (default: http:// + --listen).
     #[arg(long)]
     advertised_url: Option<String>,
@@ -528,8 +538,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             kind,
             name,
             namespace,
+            force,
             server,
-        } => client::delete(&server.remote(), &kind, &name, &namespace).await,
+        } => client::delete(&server.remote(), &kind, &name, &namespace, force).await,
         Command::Token { command } => token(command).await,
         Command::Send(args) => client::send(args).await,
         Command::Filter {
@@ -572,6 +583,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         default_parallelism: args.parallelism.max(1),
         shutdown_grace: args.shutdown_grace,
+        delete_grace: args.delete_grace,
         advertised_url: args.advertised_url,
         registry: crate::registry::RegistrySettings {
             autocreate: !args.no_eventtype_autocreate,

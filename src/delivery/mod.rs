@@ -386,6 +386,42 @@ impl Sender {
         }
     }
 
+    /// Sends `event` straight to the policy's dead-letter sink, without trying `destination`:
+    /// for events that will never be delivered (their trigger or broker was deleted).
+    /// `why` becomes `knativeerrordata`, as a refusal's reason does.
+    pub async fn dead_letter(
+        &self,
+        event: &Event,
+        destination: &str,
+        why: &str,
+        policy: &DeliveryPolicy,
+    ) -> Result<(), Failure> {
+        let Some(dead_letter_uri) = &policy.dead_letter_uri else {
+            return Err(Failure::final_without_response(
+                "no dead-letter sink".into(),
+            ));
+        };
+        let failure = Failure {
+            body: Bytes::from(why.to_owned()),
+            ..Failure::final_without_response(why.to_owned())
+        };
+        let dead_letter = dead_letter_event(event, destination, &failure);
+        let audience = policy
+            .auth
+            .as_ref()
+            .and_then(|a| a.dead_letter_audience.as_deref());
+        self.send_with_retries(
+            dead_letter_uri,
+            policy.dead_letter_ca_certs.as_deref(),
+            &dead_letter,
+            policy,
+            audience,
+        )
+        .await
+        .map(drop)
+        .map_err(|(failure, _)| failure)
+    }
+
     /// Attempts delivery `1 + retry` times at most. A malformed reply is final: sending the
     /// same event again would not make the reply valid.
     async fn send_with_retries(

@@ -599,6 +599,31 @@ impl Channel for NatsChannel {
         Ok(Arc::new(NatsSubscription { live }))
     }
 
+    async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
+        self.check_open()?;
+        let mut consumer: PullConsumer =
+            match self.stream().get_consumer(&consumer_name(name)).await {
+                Ok(consumer) => consumer,
+                Err(error)
+                    if is_error_code(
+                        &*error,
+                        &[ErrorCode::CONSUMER_NOT_FOUND, ErrorCode::STREAM_NOT_FOUND],
+                    ) =>
+                {
+                    return Err(ChannelError::UnknownSubscription(name.to_owned()));
+                }
+                Err(error) => {
+                    return Err(unavailable(&format!("opening consumer {name:?}"), error));
+                }
+            };
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| unavailable(&format!("reading consumer {name:?}"), e))?;
+        // Waiting to be pulled, and pulled but not acknowledged.
+        Ok(Some(info.num_pending + info.num_ack_pending as u64))
+    }
+
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError> {
         self.check_open()?;
         let known = lock(&self.subscriptions).remove(name);
