@@ -80,8 +80,11 @@ const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// ever longer tail of acknowledgements to redeliver after a crash.
 const MAX_NON_DURABLE_COMMITS: u32 = 256;
 
-/// Version tag in front of every encoded envelope, so the encoding can evolve.
-const ENVELOPE_FORMAT: u8 = 1;
+/// Version tag in front of every encoded envelope, so the encoding can evolve. Format 1 is
+/// the bare encoding; format 2 (written now) puts a CRC-32 of it first, so that damage
+/// inside a record is found (redb checks page checksums only when verifying the file).
+const ENVELOPE_FORMAT: u8 = 2;
+const ENVELOPE_FORMAT_UNCHECKED: u8 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct StoredEnvelope<'a> {
@@ -100,20 +103,32 @@ fn encode_envelope(envelope: &Envelope) -> Result<Vec<u8>, ChannelError> {
             .collect(),
         data: envelope.data.as_deref(),
     };
-    let mut encoded = vec![ENVELOPE_FORMAT];
+    let mut encoded = vec![ENVELOPE_FORMAT, 0, 0, 0, 0];
     postcard::to_io(&stored, &mut encoded)
         .map_err(|e| ChannelError::Corrupt(format!("cannot encode event: {e}")))?;
+    let checksum = crc32fast::hash(&encoded[5..]);
+    encoded[1..5].copy_from_slice(&checksum.to_le_bytes());
     Ok(encoded)
 }
 
 fn decode_envelope(seq: u64, encoded: &[u8]) -> Result<Envelope, ChannelError> {
     let corrupt = |why: String| ChannelError::Corrupt(format!("stored event {seq}: {why}"));
-    let (format, body) = encoded
+    let (format, rest) = encoded
         .split_first()
         .ok_or_else(|| corrupt("empty record".into()))?;
-    if *format != ENVELOPE_FORMAT {
-        return Err(corrupt(format!("unknown format {format}")));
-    }
+    let body = match *format {
+        ENVELOPE_FORMAT => {
+            let (checksum, body) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| corrupt("record cut short".into()))?;
+            if u32::from_le_bytes(*checksum) != crc32fast::hash(body) {
+                return Err(corrupt("checksum mismatch".into()));
+            }
+            body
+        }
+        ENVELOPE_FORMAT_UNCHECKED => rest,
+        other => return Err(corrupt(format!("unknown format {other}"))),
+    };
     let stored: StoredEnvelope<'_> =
         postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
     Ok(Envelope {
@@ -169,7 +184,11 @@ fn storage_fault_of(path: &Path, error: &redb::Error) -> Option<StorageFault> {
         redb::Error::Backend(other) => (false, other.to_string()),
         _ => return None,
     };
-    let what = if full { "storage full" } else { "storage failed" };
+    let what = if full {
+        "storage full"
+    } else {
+        "storage failed"
+    };
     Some(StorageFault {
         full,
         message: format!(
@@ -503,8 +522,12 @@ fn open_existing(path: &Path, verify: bool) -> Result<Database, ChannelError> {
     let shown = path.display().to_string();
     let mut builder = Database::builder();
     builder.set_check_integrity_on_open(verify);
+    // Called with each step of the repair; said once.
+    let said = AtomicBool::new(false);
     builder.set_repair_callback(move |_| {
-        tracing::warn!(path = %shown, "embedded log was not closed cleanly; rolling back to its last durable commit");
+        if !said.swap(true, Ordering::Relaxed) {
+            tracing::warn!(path = %shown, "embedded log was not closed cleanly; rolling back to its last durable commit");
+        }
     });
     builder.open(path).map_err(|error| match error {
         redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -561,17 +584,28 @@ pub fn check_file(path: &Path) -> Result<(), ChannelError> {
         let database = open_existing(&path, true)?;
         let transaction = database.begin_read().map_err(storage)?;
         let unreadable = |e: redb::StorageError| damaged(&path, &format!("unreadable ({e})"));
-        let subscriptions = transaction.open_table(SUBSCRIPTIONS).map_err(storage)?;
-        for entry in subscriptions.iter().map_err(unreadable)? {
-            let (name, encoded) = entry.map_err(unreadable)?;
-            decode_subscription(name.value(), encoded.value())
-                .map_err(|e| damaged(&path, &e.to_string()))?;
+        // A log that never got its tables (created, then stopped at once) is an empty log.
+        match transaction.open_table(SUBSCRIPTIONS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(other) => return Err(storage(other)),
+            Ok(subscriptions) => {
+                for entry in subscriptions.iter().map_err(unreadable)? {
+                    let (name, encoded) = entry.map_err(unreadable)?;
+                    decode_subscription(name.value(), encoded.value())
+                        .map_err(|e| damaged(&path, &e.to_string()))?;
+                }
+            }
         }
-        let events = transaction.open_table(EVENTS).map_err(storage)?;
-        for entry in events.iter().map_err(unreadable)? {
-            let (seq, encoded) = entry.map_err(unreadable)?;
-            decode_envelope(seq.value(), encoded.value())
-                .map_err(|e| damaged(&path, &e.to_string()))?;
+        match transaction.open_table(EVENTS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(other) => return Err(storage(other)),
+            Ok(events) => {
+                for entry in events.iter().map_err(unreadable)? {
+                    let (seq, encoded) = entry.map_err(unreadable)?;
+                    decode_envelope(seq.value(), encoded.value())
+                        .map_err(|e| damaged(&path, &e.to_string()))?;
+                }
+            }
         }
         Ok(())
     });
@@ -608,7 +642,9 @@ fn salvage_inner(from: &Path, into: &Path) -> Result<Salvaged, ChannelError> {
     if std::fs::metadata(from)?.len() == 0 {
         // An empty file holds nothing to salvage: the new log is empty.
         let database = create_salvage_target(into)?;
-        database.begin_write().map_err(storage)?.commit().map_err(storage)?;
+        let transaction = database.begin_write().map_err(storage)?;
+        Tables::open(&transaction).map_err(storage)?;
+        transaction.commit().map_err(storage)?;
         return Ok(report);
     }
     let source = match open_existing(from, true) {
@@ -873,7 +909,10 @@ impl Writer {
         self.index = opened.index;
         self.next_seq = opened.next_seq;
         self.non_durable_commits = 0;
-        *self.database.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(database));
+        *self
+            .database
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(database));
         Ok(())
     }
 
@@ -1045,7 +1084,11 @@ impl Writer {
     }
 
     fn reload_index(&mut self) -> Result<(), ChannelError> {
-        let transaction = self.database().map_err(storage)?.begin_read().map_err(storage)?;
+        let transaction = self
+            .database()
+            .map_err(storage)?
+            .begin_read()
+            .map_err(storage)?;
         let subscriptions = transaction.open_table(SUBSCRIPTIONS).map_err(storage)?;
         let mut index = RoutingIndex::new();
         for entry in subscriptions.iter().map_err(storage)? {
@@ -1324,6 +1367,17 @@ mod tests {
             decode_envelope(2, &encode_envelope(&empty).unwrap()).unwrap(),
             empty
         );
+        let mut flipped = encode_envelope(&envelope).unwrap();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            decode_envelope(5, &flipped),
+            Err(ChannelError::Corrupt(_))
+        ));
+        // Records written before checksums still read.
+        let mut unchecked = vec![ENVELOPE_FORMAT_UNCHECKED];
+        unchecked.extend_from_slice(&encode_envelope(&envelope).unwrap()[5..]);
+        assert_eq!(decode_envelope(6, &unchecked).unwrap(), envelope);
         assert!(matches!(
             decode_envelope(3, &[9, 9]),
             Err(ChannelError::Corrupt(_))
@@ -1500,6 +1554,59 @@ mod tests {
             .map(|r| r.envelope.attribute("id").unwrap().to_owned())
             .collect();
         assert_eq!(ids, ["2", "3"]);
+    }
+
+    #[tokio::test]
+    async fn garbage_in_the_middle_is_found_and_the_rest_salvaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
+            channel
+                .ensure_subscription("s", &SubscriptionSpec::default())
+                .await
+                .unwrap();
+            for n in 0..40 {
+                let mut envelope = event(&n.to_string(), "a");
+                envelope.data = Some(Bytes::from(format!("MARK{n:02}{}", "x".repeat(3000))));
+                channel.publish(vec![envelope]).await.unwrap();
+            }
+            channel.path().to_path_buf()
+        };
+        // Garble every copy of one event's data: a page in use, in the middle of the file.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let marker = b"MARK20";
+        let mut garbled = 0;
+        for start in 0..bytes.len() - marker.len() {
+            if &bytes[start..start + marker.len()] == marker {
+                bytes[start..start + 64].fill(0x5A);
+                garbled += 1;
+            }
+        }
+        assert!(garbled > 0);
+        std::fs::write(&path, &bytes).unwrap();
+
+        match check_file(&path) {
+            Err(ChannelError::Corrupt(message)) => assert!(message.contains("b.redb"), "{message}"),
+            other => panic!("garbage was not found: {other:?}"),
+        }
+        let rebuilt = dir.path().join("rebuilt.redb");
+        let kept = salvage_file(&path, &rebuilt).unwrap();
+        assert!(kept.events >= 30, "{kept:?}");
+        check_file(&rebuilt).unwrap();
+        // What was kept is intact: no garbled data passed for an event.
+        std::fs::rename(&rebuilt, &path).unwrap();
+        let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
+        let consumer = channel.consume("s").await.unwrap();
+        let got = consumer.receive(100).await.unwrap();
+        assert_eq!(got.len() as u64, kept.events);
+        for received in got {
+            let id: usize = received.envelope.attribute("id").unwrap().parse().unwrap();
+            let data = received.envelope.data.as_ref().unwrap();
+            assert!(
+                data.starts_with(format!("MARK{id:02}").as_bytes()),
+                "event {id} garbled"
+            );
+        }
     }
 
     #[tokio::test]
