@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -80,6 +81,14 @@ pub struct EgressLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageLabels {
+    /// `embedded_log` or `resource_store`.
+    pub component: &'static str,
+    /// `full` (no space or over quota) or `failed` (another I/O error).
+    pub kind: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -118,6 +127,12 @@ pub struct Metrics {
     pub tls_certificate_reloads: Counter,
     /// Changed certificate files that could not be used (the previous certificate stayed).
     pub tls_certificate_reload_failures: Counter,
+    /// 1 while a disk Rivulet writes to is full (events are refused with 503), else 0.
+    pub storage_full: Gauge,
+    /// 1 while writes fail for another reason than a full disk, else 0.
+    pub storage_failed: Gauge,
+    /// Storage fault episodes begun, by component and kind.
+    pub storage_faults: Family<StorageLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -244,8 +259,29 @@ impl Metrics {
             "Changed certificate files refused; the previous certificate is still served",
             tls_certificate_reload_failures.clone(),
         );
+        let storage_full = Gauge::default();
+        registry.register(
+            "storage_full",
+            "1 while a disk Rivulet writes to is full and events are refused, else 0",
+            storage_full.clone(),
+        );
+        let storage_failed = Gauge::default();
+        registry.register(
+            "storage_failed",
+            "1 while writes fail for another reason than a full disk, else 0",
+            storage_failed.clone(),
+        );
+        let storage_faults = Family::default();
+        registry.register(
+            "storage_faults",
+            "Storage fault episodes begun, by component and kind (full, failed)",
+            storage_faults.clone(),
+        );
         Metrics {
             registry,
+            storage_full,
+            storage_failed,
+            storage_faults,
             egress_refused,
             tls_certificate_reloads,
             tls_certificate_reload_failures,

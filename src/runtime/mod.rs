@@ -22,6 +22,7 @@ mod broker;
 mod destination;
 mod eventpolicy;
 mod events;
+pub mod storage;
 mod tls_secret;
 mod trigger;
 mod trust;
