@@ -121,6 +121,14 @@ pub struct DroppedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageLabels {
+    /// `embedded_log` or `resource_store`.
+    pub component: &'static str,
+    /// `full` (no space or over quota) or `failed` (another I/O error).
+    pub kind: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -180,6 +188,12 @@ pub struct Metrics {
     /// Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt
     /// failed.
     pub delivery_failures: Family<DeliveryFailureLabels, Counter>,
+    /// 1 while a disk Rivulet writes to is full (events are refused with 503), else 0.
+    pub storage_full: Gauge,
+    /// 1 while writes fail for another reason than a full disk, else 0.
+    pub storage_failed: Gauge,
+    /// Storage fault episodes begun, by component and kind.
+    pub storage_faults: Family<StorageLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -366,6 +380,24 @@ impl Metrics {
             "Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt failed",
             delivery_failures.clone(),
         );
+        let storage_full = Gauge::default();
+        registry.register(
+            "storage_full",
+            "1 while a disk Rivulet writes to is full and events are refused, else 0",
+            storage_full.clone(),
+        );
+        let storage_failed = Gauge::default();
+        registry.register(
+            "storage_failed",
+            "1 while writes fail for another reason than a full disk, else 0",
+            storage_failed.clone(),
+        );
+        let storage_faults = Family::default();
+        registry.register(
+            "storage_faults",
+            "Storage fault episodes begun, by component and kind (full, failed)",
+            storage_faults.clone(),
+        );
         Metrics {
             registry,
             connections_open,
@@ -375,6 +407,9 @@ impl Metrics {
             request_timeouts,
             open_files_limit,
             delivery_failures,
+            storage_full,
+            storage_failed,
+            storage_faults,
             egress_refused,
             deletion_events,
             events_dropped,

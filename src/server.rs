@@ -168,6 +168,15 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
     crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
+    // Damaged files are reported before anything opens (and would replace) them.
+    let data_dir = options.data_dir.clone();
+    let damage = tokio::task::spawn_blocking(move || crate::store::check::check(&data_dir))
+        .await
+        .context("checking the data dir failed")?
+        .with_context(|| format!("cannot check the data dir {}", options.data_dir.display()))?;
+    if !damage.is_empty() {
+        anyhow::bail!(crate::store::check::refusal(&options.data_dir, &damage));
+    }
     let store = open_store(&options).await?;
     start_with_store(options, store).await
 }
@@ -378,11 +387,13 @@ pub async fn start_with_store(
         .run(observations, shutdown.clone()),
     );
     let ready = Arc::new(AtomicBool::new(false));
+    let storage_health = Arc::new(crate::runtime::storage::StorageHealth::default());
     let api_state = ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
         runtime: Some(ctx.clone()),
+        storage: storage_health.clone(),
     };
     let routes = |wanted: Listener| {
         inventory::iter::<HttpRoutes>()
@@ -397,7 +408,7 @@ pub async fn start_with_store(
     }
     .fallback(unknown_path);
     let ingress_app = listener.as_ref().map(|_| {
-        api::health_router(ready.clone())
+        api::health_router(ready.clone(), storage_health.clone())
             .merge(ingress.clone().router())
             .merge(auth.issuer.clone().router())
             .merge(routes(Listener::Ingress))
@@ -424,6 +435,12 @@ pub async fn start_with_store(
     }
     ctx.resync().await;
     let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
+    tokio::spawn(crate::runtime::storage::watch(
+        ctx.clone(),
+        storage_health,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%base_url, %api_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
 

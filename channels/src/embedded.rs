@@ -19,8 +19,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,7 +34,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::routing::RoutingIndex;
 use crate::{
     Backend, Channel, ChannelConfig, ChannelError, Envelope, OpenChannel, Prefilter, Received,
-    Subscription, SubscriptionSpec,
+    StorageFault, Subscription, SubscriptionSpec,
 };
 
 inventory::submit! {
@@ -62,6 +63,13 @@ const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscr
 /// Small named counters.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// Written and removed again to find out whether the disk takes writes after a fault.
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+/// How much the probe writes: enough to need fresh pages, little enough to be harmless.
+const PROBE_BYTES: usize = 64 * 1024;
+/// First and longest wait between recovery attempts after a storage fault.
+const RECOVERY_FIRST_WAIT: Duration = Duration::from_millis(250);
+const RECOVERY_LONGEST_WAIT: Duration = Duration::from_secs(2);
 
 /// Most requests applied in one transaction.
 const MAX_OPS_PER_COMMIT: usize = 1024;
@@ -72,8 +80,11 @@ const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// ever longer tail of acknowledgements to redeliver after a crash.
 const MAX_NON_DURABLE_COMMITS: u32 = 256;
 
-/// Version tag in front of every encoded envelope, so the encoding can evolve.
-const ENVELOPE_FORMAT: u8 = 1;
+/// Version tag in front of every encoded envelope, so the encoding can evolve. Format 1 is
+/// the bare encoding; format 2 (written now) puts a CRC-32 of it first, so that damage
+/// inside a record is found (redb checks page checksums only when verifying the file).
+const ENVELOPE_FORMAT: u8 = 2;
+const ENVELOPE_FORMAT_UNCHECKED: u8 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct StoredEnvelope<'a> {
@@ -92,20 +103,32 @@ fn encode_envelope(envelope: &Envelope) -> Result<Vec<u8>, ChannelError> {
             .collect(),
         data: envelope.data.as_deref(),
     };
-    let mut encoded = vec![ENVELOPE_FORMAT];
+    let mut encoded = vec![ENVELOPE_FORMAT, 0, 0, 0, 0];
     postcard::to_io(&stored, &mut encoded)
         .map_err(|e| ChannelError::Corrupt(format!("cannot encode event: {e}")))?;
+    let checksum = crc32fast::hash(&encoded[5..]);
+    encoded[1..5].copy_from_slice(&checksum.to_le_bytes());
     Ok(encoded)
 }
 
 fn decode_envelope(seq: u64, encoded: &[u8]) -> Result<Envelope, ChannelError> {
     let corrupt = |why: String| ChannelError::Corrupt(format!("stored event {seq}: {why}"));
-    let (format, body) = encoded
+    let (format, rest) = encoded
         .split_first()
         .ok_or_else(|| corrupt("empty record".into()))?;
-    if *format != ENVELOPE_FORMAT {
-        return Err(corrupt(format!("unknown format {format}")));
-    }
+    let body = match *format {
+        ENVELOPE_FORMAT => {
+            let (checksum, body) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| corrupt("record cut short".into()))?;
+            if u32::from_le_bytes(*checksum) != crc32fast::hash(body) {
+                return Err(corrupt("checksum mismatch".into()));
+            }
+            body
+        }
+        ENVELOPE_FORMAT_UNCHECKED => rest,
+        other => return Err(corrupt(format!("unknown format {other}"))),
+    };
     let stored: StoredEnvelope<'_> =
         postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
     Ok(Envelope {
@@ -150,6 +173,38 @@ fn decode_subscription(name: &str, encoded: &[u8]) -> Result<SubscriptionSpec, C
 /// Any redb failure: the log cannot take or give events right now.
 fn storage(error: impl std::fmt::Display) -> ChannelError {
     ChannelError::Unavailable(format!("embedded log: {error}"))
+}
+
+/// The storage fault behind a failed write, if it was one: an I/O error (or redb refusing
+/// to go on after one) rather than a logic or data error.
+fn storage_fault_of(path: &Path, error: &redb::Error) -> Option<StorageFault> {
+    let (full, why) = match error {
+        redb::Error::Io(io) => (io_error_means_full(io), io.to_string()),
+        redb::Error::PreviousIo => (false, "an earlier write failed".to_owned()),
+        redb::Error::Backend(other) => (false, other.to_string()),
+        _ => return None,
+    };
+    let what = if full {
+        "storage full"
+    } else {
+        "storage failed"
+    };
+    Some(StorageFault {
+        full,
+        message: format!(
+            "{what}: cannot write the embedded log {}: {why}; events are refused until writes \
+             succeed again (retried in the background)",
+            path.display()
+        ),
+    })
+}
+
+/// ENOSPC or EDQUOT.
+pub fn io_error_means_full(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,6 +257,13 @@ impl SubscriptionState {
 
 type SubscriptionStates = Mutex<HashMap<String, Arc<SubscriptionState>>>;
 
+/// The open database; empty while the writer recovers from a storage fault (redb refuses
+/// every operation after a failed write until the file is opened again).
+type DatabaseSlot = RwLock<Option<Arc<Database>>>;
+
+/// The storage fault being recovered from, if any.
+type FaultCell = Mutex<Option<StorageFault>>;
+
 type Reply<T> = oneshot::Sender<Result<T, ChannelError>>;
 
 enum WriteRequest {
@@ -244,7 +306,8 @@ impl WriteRequest {
 /// What the channel and its consumers share; dropping the last of them stops the writer and
 /// closes the database.
 struct Shared {
-    database: Arc<Database>,
+    database: Arc<DatabaseSlot>,
+    fault: Arc<FaultCell>,
     path: PathBuf,
     states: Arc<SubscriptionStates>,
     requests: Option<mpsc::Sender<WriteRequest>>,
@@ -261,12 +324,37 @@ impl Shared {
         Ok(())
     }
 
+    fn check_writable(&self) -> Result<(), ChannelError> {
+        self.check_open()?;
+        match &*lock(&self.fault) {
+            Some(fault) => Err(ChannelError::Unavailable(fault.message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The open database, or why there is none right now.
+    fn database(&self) -> Result<Arc<Database>, ChannelError> {
+        self.check_open()?;
+        let database = self
+            .database
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match database {
+            Some(database) => Ok(database),
+            None => Err(self.check_writable().err().unwrap_or_else(|| {
+                ChannelError::Unavailable("embedded log is being reopened".into())
+            })),
+        }
+    }
+
     /// Hands a request to the writer and waits for its answer.
     async fn write<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> WriteRequest,
     ) -> Result<T, ChannelError> {
-        self.check_open()?;
+        // Refused at once while the disk is full, rather than queued behind the recovery.
+        self.check_writable()?;
         let requests = self.requests.as_ref().ok_or(ChannelError::Closed)?;
         let (reply, answer) = oneshot::channel();
         requests
@@ -317,7 +405,8 @@ impl EmbeddedChannel {
             max_in_flight,
             next_seq,
         } = opened;
-        let database = Arc::new(database);
+        let database = Arc::new(RwLock::new(Some(Arc::new(database))));
+        let fault = Arc::new(Mutex::new(None));
         let states: Arc<SubscriptionStates> = Arc::new(Mutex::new(
             max_in_flight
                 .into_iter()
@@ -327,7 +416,9 @@ impl EmbeddedChannel {
         let commits = Arc::new(AtomicU64::new(0));
         let (requests, incoming) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let writer = Writer {
+            path: path.clone(),
             database: Arc::clone(&database),
+            fault: Arc::clone(&fault),
             states: Arc::clone(&states),
             index,
             next_seq,
@@ -340,6 +431,7 @@ impl EmbeddedChannel {
         Ok(Self {
             shared: Arc::new(Shared {
                 database,
+                fault,
                 path,
                 states,
                 requests: Some(requests),
@@ -368,16 +460,30 @@ struct OpenedDatabase {
     next_seq: u64,
 }
 
+/// What start-up and `rivulet store repair` say about a damaged log file.
+fn damaged(path: &Path, what: &str) -> ChannelError {
+    ChannelError::Corrupt(format!(
+        "embedded log {}: {what}; nothing was changed. `rivulet store repair` keeps every \
+         intact record and moves the damaged file aside",
+        path.display()
+    ))
+}
+
+/// Opens the log file of a broker, creating it when there is none. A file that exists but is
+/// empty is refused: redb would silently start a new log in it, and whatever was queued in
+/// the old one would be gone without a word.
 fn open_database(path: &Path) -> Result<OpenedDatabase, ChannelError> {
-    if let Some(folder) = path.parent() {
-        std::fs::create_dir_all(folder)?;
-    }
-    let database = Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => {
-            ChannelError::Unavailable(format!("embedded log {} is already open", path.display()))
+    let database = match std::fs::metadata(path) {
+        Ok(metadata) if metadata.len() == 0 => {
+            return Err(damaged(
+                path,
+                "the file is empty (zero bytes) where the log must be",
+            ));
         }
-        other => storage(format!("cannot open {}: {other}", path.display())),
-    })?;
+        Ok(_) => open_existing(path, false)?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => create_new(path)?,
+        Err(error) => return Err(error.into()),
+    };
     // Create every table up front so readers never meet a missing one.
     let transaction = database.begin_write().map_err(storage)?;
     let mut index = RoutingIndex::new();
@@ -409,10 +515,253 @@ fn open_database(path: &Path) -> Result<OpenedDatabase, ChannelError> {
     })
 }
 
+/// Opens an existing log file. redb rolls a file that was not closed cleanly back to its last
+/// durable commit: a torn last write is a normal crash artefact, logged here. With `verify`,
+/// every page's checksum is checked first, so damage is reported rather than met later.
+fn open_existing(path: &Path, verify: bool) -> Result<Database, ChannelError> {
+    let shown = path.display().to_string();
+    let mut builder = Database::builder();
+    builder.set_check_integrity_on_open(verify);
+    // Called with each step of the repair; said once.
+    let said = AtomicBool::new(false);
+    builder.set_repair_callback(move |_| {
+        if !said.swap(true, Ordering::Relaxed) {
+            tracing::warn!(path = %shown, "embedded log was not closed cleanly; rolling back to its last durable commit");
+        }
+    });
+    builder.open(path).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            ChannelError::Unavailable(format!("embedded log {} is already open", path.display()))
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+            damaged(path, &format!("the file is corrupt ({why})"))
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            damaged(path, &format!("the file is truncated ({io})"))
+        }
+        other => storage(format!("cannot open {}: {other}", path.display())),
+    })
+}
+
+/// Creates a new log file under a temporary name and renames it into place once redb has
+/// written its header, so an empty file at `path` is never a crash artefact.
+fn create_new(path: &Path) -> Result<Database, ChannelError> {
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    let temporary = path.with_extension("redb.new");
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error.into()),
+    }
+    let database = Database::create(&temporary)
+        .map_err(|e| storage(format!("cannot create {}: {e}", temporary.display())))?;
+    let transaction = database.begin_write().map_err(storage)?;
+    transaction.commit().map_err(storage)?;
+    drop(database);
+    std::fs::rename(&temporary, path)?;
+    if let Some(folder) = path.parent() {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    open_existing(path, false)
+}
+
+/// Checks a log file without changing it (the server must not be running): every page's
+/// checksum and every stored record. Says what is wrong, naming the file.
+pub fn check_file(path: &Path) -> Result<(), ChannelError> {
+    let path = path.to_path_buf();
+    // redb may panic on a file damaged outside it; that is a finding, not a crash.
+    let outcome = std::panic::catch_unwind(move || -> Result<(), ChannelError> {
+        if std::fs::metadata(&path)?.len() == 0 {
+            return Err(damaged(
+                &path,
+                "the file is empty (zero bytes) where the log must be",
+            ));
+        }
+        let database = open_existing(&path, true)?;
+        let transaction = database.begin_read().map_err(storage)?;
+        let unreadable = |e: redb::StorageError| damaged(&path, &format!("unreadable ({e})"));
+        // A log that never got its tables (created, then stopped at once) is an empty log.
+        match transaction.open_table(SUBSCRIPTIONS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(other) => return Err(storage(other)),
+            Ok(subscriptions) => {
+                for entry in subscriptions.iter().map_err(unreadable)? {
+                    let (name, encoded) = entry.map_err(unreadable)?;
+                    decode_subscription(name.value(), encoded.value())
+                        .map_err(|e| damaged(&path, &e.to_string()))?;
+                }
+            }
+        }
+        match transaction.open_table(EVENTS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(other) => return Err(storage(other)),
+            Ok(events) => {
+                for entry in events.iter().map_err(unreadable)? {
+                    let (seq, encoded) = entry.map_err(unreadable)?;
+                    decode_envelope(seq.value(), encoded.value())
+                        .map_err(|e| damaged(&path, &e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    });
+    outcome.unwrap_or_else(|_| {
+        Err(ChannelError::Corrupt(
+            "the embedded log is damaged: reading it failed".into(),
+        ))
+    })
+}
+
+/// What [`salvage_file`] kept.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Salvaged {
+    /// Events still queued for at least one subscription.
+    pub events: u64,
+    pub subscriptions: u64,
+    /// Records that could not be read back and were left behind.
+    pub lost_records: u64,
+}
+
+/// Builds a new log at `into` from whatever can be read from the damaged log at `from`:
+/// every subscription and every queued event that decodes. `from` is not changed.
+pub fn salvage_file(from: &Path, into: &Path) -> Result<Salvaged, ChannelError> {
+    let (from, into) = (from.to_path_buf(), into.to_path_buf());
+    std::panic::catch_unwind(move || salvage_inner(&from, &into)).unwrap_or_else(|_| {
+        Err(ChannelError::Corrupt(
+            "the damaged log could not be read at all".into(),
+        ))
+    })
+}
+
+fn salvage_inner(from: &Path, into: &Path) -> Result<Salvaged, ChannelError> {
+    let mut report = Salvaged::default();
+    if std::fs::metadata(from)?.len() == 0 {
+        // An empty file holds nothing to salvage: the new log is empty.
+        let database = create_salvage_target(into)?;
+        let transaction = database.begin_write().map_err(storage)?;
+        Tables::open(&transaction).map_err(storage)?;
+        transaction.commit().map_err(storage)?;
+        return Ok(report);
+    }
+    let source = match open_existing(from, true) {
+        Ok(database) => database,
+        // Past what redb repairs itself: read what the pages still give.
+        Err(ChannelError::Corrupt(_)) => open_existing(from, false)?,
+        Err(other) => return Err(other),
+    };
+    let read = source.begin_read().map_err(storage)?;
+    let mut subscriptions = Vec::new();
+    if let Ok(table) = read.open_table(SUBSCRIPTIONS)
+        && let Ok(entries) = table.iter()
+    {
+        for entry in entries {
+            match entry {
+                Ok((name, encoded))
+                    if decode_subscription(name.value(), encoded.value()).is_ok() =>
+                {
+                    subscriptions.push((name.value().to_owned(), encoded.value().to_vec()));
+                }
+                _ => report.lost_records += 1,
+            }
+        }
+    }
+    let mut events = std::collections::BTreeMap::new();
+    if let Ok(table) = read.open_table(EVENTS)
+        && let Ok(entries) = table.iter()
+    {
+        for entry in entries {
+            match entry {
+                Ok((seq, encoded)) if decode_envelope(seq.value(), encoded.value()).is_ok() => {
+                    events.insert(seq.value(), encoded.value().to_vec());
+                }
+                _ => report.lost_records += 1,
+            }
+        }
+    }
+    let known: HashSet<&str> = subscriptions.iter().map(|(n, _)| n.as_str()).collect();
+    let mut queued: Vec<(String, u64)> = Vec::new();
+    if let Ok(table) = read.open_table(QUEUE)
+        && let Ok(entries) = table.iter()
+    {
+        for entry in entries {
+            match entry {
+                Ok((key, _)) => {
+                    let (name, seq) = key.value();
+                    if known.contains(name) && events.contains_key(&seq) {
+                        queued.push((name.to_owned(), seq));
+                    } else {
+                        report.lost_records += 1;
+                    }
+                }
+                Err(_) => report.lost_records += 1,
+            }
+        }
+    }
+    let next_seq = read
+        .open_table(META)
+        .ok()
+        .and_then(|meta| meta.get(NEXT_SEQ).ok().flatten().map(|v| v.value()))
+        .unwrap_or(0)
+        .max(events.keys().next_back().map_or(0, |last| last + 1));
+    drop(read);
+    drop(source);
+
+    let target = create_salvage_target(into)?;
+    let mut transaction = target.begin_write().map_err(storage)?;
+    transaction
+        .set_durability(Durability::Immediate)
+        .map_err(storage)?;
+    {
+        let mut tables = Tables::open(&transaction).map_err(storage)?;
+        for (name, encoded) in &subscriptions {
+            tables
+                .subscriptions
+                .insert(name.as_str(), encoded.as_slice())
+                .map_err(storage)?;
+        }
+        let mut holders: HashMap<u64, u32> = HashMap::new();
+        for (name, seq) in &queued {
+            tables
+                .queue
+                .insert((name.as_str(), *seq), ())
+                .map_err(storage)?;
+            *holders.entry(*seq).or_default() += 1;
+        }
+        for (seq, count) in &holders {
+            tables
+                .events
+                .insert(*seq, events[seq].as_slice())
+                .map_err(storage)?;
+            tables.refcounts.insert(*seq, *count).map_err(storage)?;
+        }
+        tables.meta.insert(NEXT_SEQ, next_seq).map_err(storage)?;
+        report.events = holders.len() as u64;
+        report.subscriptions = subscriptions.len() as u64;
+    }
+    transaction.commit().map_err(storage)?;
+    Ok(report)
+}
+
+/// A new, empty log file at `into`.
+fn create_salvage_target(into: &Path) -> Result<Database, ChannelError> {
+    match std::fs::remove_file(into) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error.into()),
+    }
+    Database::create(into).map_err(|e| storage(format!("cannot create {}: {e}", into.display())))
+}
+
 /// The single writer: owns the routing index and the sequence counter, so routing and storing
 /// happen in the order of commits.
 struct Writer {
-    database: Arc<Database>,
+    path: PathBuf,
+    database: Arc<DatabaseSlot>,
+    fault: Arc<FaultCell>,
     states: Arc<SubscriptionStates>,
     index: RoutingIndex,
     next_seq: u64,
@@ -474,6 +823,9 @@ impl Writer {
                 }
             }
             self.commit_batch(&mut batch);
+            if lock(&self.fault).is_some() && !self.recover(&mut incoming) {
+                return;
+            }
         }
         if self.non_durable_commits > 0 {
             // Make the last acknowledgements durable before the database closes.
@@ -483,8 +835,89 @@ impl Writer {
         }
     }
 
+    /// The open database; the writer only runs while there is one.
+    fn database(&self) -> Result<Arc<Database>, redb::Error> {
+        self.database
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(redb::Error::PreviousIo)
+    }
+
+    /// After a failed write redb refuses everything until the file is opened again. Closes
+    /// it, then reopens it and writes a probe, with growing waits, until that works; requests
+    /// arriving meanwhile are refused. Returns false when the channel was dropped meanwhile.
+    fn recover(&mut self, incoming: &mut mpsc::Receiver<WriteRequest>) -> bool {
+        // Readers hold the database only while reading; the reopen waits for them to let go.
+        self.database
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut wait = RECOVERY_FIRST_WAIT;
+        loop {
+            loop {
+                match incoming.try_recv() {
+                    Ok(request) => {
+                        let refusal = lock(&self.fault)
+                            .as_ref()
+                            .map(|fault| fault.message.clone())
+                            .unwrap_or_default();
+                        request.answer(Err(ChannelError::Unavailable(refusal)));
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                }
+            }
+            std::thread::sleep(wait);
+            match self.reopen() {
+                Ok(()) => {
+                    *lock(&self.fault) = None;
+                    tracing::warn!(path = %self.path.display(), "embedded log takes writes again");
+                    // Consumers that failed to read meanwhile look again.
+                    for state in lock(&self.states).values() {
+                        state.changed.notify_waiters();
+                    }
+                    return true;
+                }
+                Err(error) => {
+                    tracing::debug!(path = %self.path.display(), %error, "embedded log still cannot write");
+                    wait = (wait * 2).min(RECOVERY_LONGEST_WAIT);
+                }
+            }
+        }
+    }
+
+    /// Opens the file again (redb rolls back to the last durable commit) and proves with a
+    /// durable probe write that it takes writes again.
+    fn reopen(&mut self) -> Result<(), ChannelError> {
+        let opened = open_database(&self.path)?;
+        let database = opened.database;
+        let probe = || -> Result<(), redb::Error> {
+            let mut transaction = database.begin_write()?;
+            transaction.set_durability(Durability::Immediate)?;
+            transaction
+                .open_table(PROBE)?
+                .insert("probe", vec![0u8; PROBE_BYTES].as_slice())?;
+            transaction.commit()?;
+            let mut transaction = database.begin_write()?;
+            transaction.set_durability(Durability::Immediate)?;
+            transaction.open_table(PROBE)?.remove("probe")?;
+            transaction.commit()?;
+            Ok(())
+        };
+        probe().map_err(storage)?;
+        self.index = opened.index;
+        self.next_seq = opened.next_seq;
+        self.non_durable_commits = 0;
+        *self
+            .database
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(database));
+        Ok(())
+    }
+
     fn commit_empty_durably(&mut self) -> Result<(), redb::Error> {
-        let mut transaction = self.database.begin_write()?;
+        let mut transaction = self.database()?.begin_write()?;
         transaction.set_durability(Durability::Immediate)?;
         transaction.commit()?;
         self.non_durable_commits = 0;
@@ -507,17 +940,25 @@ impl Writer {
                 Ok(())
             }
             Err(error) => {
-                tracing::error!(%error, "embedded log: commit failed");
                 // Nothing was stored: undo what was changed in memory along the way.
                 self.next_seq = seq_before;
-                if let Err(reload) = self.reload_index() {
-                    tracing::error!(error = %reload, "embedded log: cannot reload subscriptions");
+                if let Some(fault) = storage_fault_of(&self.path, &error) {
+                    // Reopening reloads the subscriptions; the database refuses reads now.
+                    tracing::error!(path = %self.path.display(), %error, full = fault.full, "embedded log: write failed; refusing events until the disk takes writes again");
+                    let refusal = fault.message.clone();
+                    *lock(&self.fault) = Some(fault);
+                    Err(refusal)
+                } else {
+                    tracing::error!(%error, "embedded log: commit failed");
+                    if let Err(reload) = self.reload_index() {
+                        tracing::error!(error = %reload, "embedded log: cannot reload subscriptions");
+                    }
+                    Err(format!("embedded log: {error}"))
                 }
-                Err(error.to_string())
             }
         };
         for request in batch.drain(..) {
-            request.answer(result.clone().map_err(storage));
+            request.answer(result.clone().map_err(ChannelError::Unavailable));
         }
     }
 
@@ -528,7 +969,7 @@ impl Writer {
         batch: &[WriteRequest],
         force_durable: bool,
     ) -> Result<(Committed, bool), redb::Error> {
-        let mut transaction = self.database.begin_write()?;
+        let mut transaction = self.database()?.begin_write()?;
         let mut committed = Committed::default();
         {
             let mut tables = Tables::open(&transaction)?;
@@ -643,7 +1084,11 @@ impl Writer {
     }
 
     fn reload_index(&mut self) -> Result<(), ChannelError> {
-        let transaction = self.database.begin_read().map_err(storage)?;
+        let transaction = self
+            .database()
+            .map_err(storage)?
+            .begin_read()
+            .map_err(storage)?;
         let subscriptions = transaction.open_table(SUBSCRIPTIONS).map_err(storage)?;
         let mut index = RoutingIndex::new();
         for entry in subscriptions.iter().map_err(storage)? {
@@ -754,8 +1199,12 @@ impl Channel for EmbeddedChannel {
         }
     }
 
+    fn storage_fault(&self) -> Option<StorageFault> {
+        lock(&self.shared.fault).clone()
+    }
+
     async fn ready(&self) -> Result<(), ChannelError> {
-        self.shared.check_open()?;
+        self.shared.check_writable()?;
         match &self.shared.requests {
             Some(requests) if !requests.is_closed() => Ok(()),
             _ => Err(ChannelError::Unavailable(
@@ -841,7 +1290,7 @@ impl Subscription for EmbeddedSubscription {
                 (reader.next_seq, room)
             };
             if room > 0 {
-                let database = Arc::clone(&self.shared.database);
+                let database = self.shared.database()?;
                 let name = Arc::clone(&self.name);
                 let batch =
                     tokio::task::spawn_blocking(move || read_queue(&database, &name, from, room))
@@ -877,14 +1326,18 @@ impl Subscription for EmbeddedSubscription {
             return Ok(());
         }
         let subscription = Arc::clone(&self.name);
-        self.shared
+        let written = self
+            .shared
             .write(|reply| WriteRequest::Ack {
                 subscription,
                 seq: id,
                 reply,
             })
-            .await?;
+            .await;
+        // The event was dealt with either way; an acknowledgement that was not written (disk
+        // full) frees its slot too, and the event is delivered again after a restart.
         lock(&self.reader).in_flight.remove(&id);
+        written?;
         self.state.changed.notify_waiters();
         Ok(())
     }
@@ -913,7 +1366,7 @@ mod tests {
     }
 
     fn count_rows(channel: &EmbeddedChannel) -> (u64, u64, u64) {
-        let transaction = channel.shared.database.begin_read().unwrap();
+        let transaction = channel.shared.database().unwrap().begin_read().unwrap();
         let events = transaction.open_table(EVENTS).unwrap().len().unwrap();
         let queue = transaction.open_table(QUEUE).unwrap().len().unwrap();
         let refcounts = transaction.open_table(REFCOUNTS).unwrap().len().unwrap();
@@ -939,6 +1392,17 @@ mod tests {
             decode_envelope(2, &encode_envelope(&empty).unwrap()).unwrap(),
             empty
         );
+        let mut flipped = encode_envelope(&envelope).unwrap();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            decode_envelope(5, &flipped),
+            Err(ChannelError::Corrupt(_))
+        ));
+        // Records written before checksums still read.
+        let mut unchecked = vec![ENVELOPE_FORMAT_UNCHECKED];
+        unchecked.extend_from_slice(&encode_envelope(&envelope).unwrap()[5..]);
+        assert_eq!(decode_envelope(6, &unchecked).unwrap(), envelope);
         assert!(matches!(
             decode_envelope(3, &[9, 9]),
             Err(ChannelError::Corrupt(_))
@@ -1055,6 +1519,119 @@ mod tests {
             channel.publish(vec![event("1", "a")]).await,
             Err(ChannelError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_empty_log_file_is_refused_not_started_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("channels/ns/b.redb");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        match EmbeddedChannel::open(&config(dir.path())).await {
+            Err(ChannelError::Corrupt(message)) => {
+                assert!(message.contains("zero bytes"), "{message}");
+                assert!(message.contains("b.redb"), "{message}");
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("an empty log file was taken as a new log"),
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left alone");
+        assert!(matches!(check_file(&path), Err(ChannelError::Corrupt(_))));
+    }
+
+    #[tokio::test]
+    async fn salvage_keeps_queued_events_and_subscriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
+            channel
+                .ensure_subscription("s", &SubscriptionSpec::default())
+                .await
+                .unwrap();
+            channel
+                .publish(vec![event("1", "a"), event("2", "a"), event("3", "a")])
+                .await
+                .unwrap();
+            let consumer = channel.consume("s").await.unwrap();
+            let first = consumer.receive(1).await.unwrap();
+            consumer.ack(first[0].id).await.unwrap();
+            channel.path().to_path_buf()
+        };
+        check_file(&path).unwrap();
+        let rebuilt = dir.path().join("rebuilt.redb");
+        let kept = salvage_file(&path, &rebuilt).unwrap();
+        assert_eq!(
+            kept,
+            Salvaged {
+                events: 2,
+                subscriptions: 1,
+                lost_records: 0
+            }
+        );
+        std::fs::rename(&rebuilt, &path).unwrap();
+        let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
+        let consumer = channel.consume("s").await.unwrap();
+        let ids: Vec<_> = consumer
+            .receive(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.envelope.attribute("id").unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["2", "3"]);
+    }
+
+    #[tokio::test]
+    async fn garbage_in_the_middle_is_found_and_the_rest_salvaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
+            channel
+                .ensure_subscription("s", &SubscriptionSpec::default())
+                .await
+                .unwrap();
+            for n in 0..40 {
+                let mut envelope = event(&n.to_string(), "a");
+                envelope.data = Some(Bytes::from(format!("MARK{n:02}{}", "x".repeat(3000))));
+                channel.publish(vec![envelope]).await.unwrap();
+            }
+            channel.path().to_path_buf()
+        };
+        // Garble every copy of one event's data: a page in use, in the middle of the file.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let marker = b"MARK20";
+        let mut garbled = 0;
+        for start in 0..bytes.len() - marker.len() {
+            if &bytes[start..start + marker.len()] == marker {
+                bytes[start..start + 64].fill(0x5A);
+                garbled += 1;
+            }
+        }
+        assert!(garbled > 0);
+        std::fs::write(&path, &bytes).unwrap();
+
+        match check_file(&path) {
+            Err(ChannelError::Corrupt(message)) => assert!(message.contains("b.redb"), "{message}"),
+            other => panic!("garbage was not found: {other:?}"),
+        }
+        let rebuilt = dir.path().join("rebuilt.redb");
+        let kept = salvage_file(&path, &rebuilt).unwrap();
+        assert!(kept.events >= 30, "{kept:?}");
+        check_file(&rebuilt).unwrap();
+        // What was kept is intact: no garbled data passed for an event.
+        std::fs::rename(&rebuilt, &path).unwrap();
+        let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
+        let consumer = channel.consume("s").await.unwrap();
+        let got = consumer.receive(100).await.unwrap();
+        assert_eq!(got.len() as u64, kept.events);
+        for received in got {
+            let id: usize = received.envelope.attribute("id").unwrap().parse().unwrap();
+            let data = received.envelope.data.as_ref().unwrap();
+            assert!(
+                data.starts_with(format!("MARK{id:02}").as_bytes()),
+                "event {id} garbled"
+            );
+        }
     }
 
     #[tokio::test]

@@ -115,6 +115,21 @@ pub trait Channel: Send + Sync + 'static {
     fn has_partitions(&self) -> bool {
         false
     }
+
+    /// The local storage fault the channel is recovering from, if any (the embedded log on a
+    /// full disk). Cheap: readiness and broker status ask often.
+    fn storage_fault(&self) -> Option<StorageFault> {
+        None
+    }
+}
+
+/// Why a channel's local storage cannot take writes right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFault {
+    /// The filesystem is full or over quota (as opposed to another I/O failure).
+    pub full: bool,
+    /// What failed, naming the file.
+    pub message: String,
 }
 
 /// One consumer's view of a subscription.

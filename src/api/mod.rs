@@ -17,6 +17,7 @@ pub mod auth;
 
 use crate::metrics::Metrics;
 use crate::resources::{KindInfo, ServedVersion, find_kind, find_served_version};
+use crate::runtime::storage::StorageHealth;
 use crate::store::{Applied, ResourceStore, StoreError};
 
 /// State of the API handlers.
@@ -29,6 +30,8 @@ pub struct ApiState {
     /// The runtime, where this process carries events: deleting a broker or trigger asks it
     /// what would be left undelivered and waits for its drain.
     pub runtime: Option<Arc<crate::runtime::Context>>,
+    /// Storage faults (a full disk) that make the server not ready.
+    pub storage: Arc<StorageHealth>,
 }
 
 /// Query parameters a kind's list understands (`?broker=...`), registered with
@@ -55,18 +58,18 @@ type Params = BTreeMap<String, String>;
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Health and readiness, served unauthenticated on every listener.
-pub fn health_router(ready: Arc<AtomicBool>) -> Router {
+pub fn health_router(ready: Arc<AtomicBool>, storage: Arc<StorageHealth>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(ready)
+        .with_state((ready, storage))
 }
 
 /// Health and metrics without authentication: what the controller and the Kubernetes data
 /// plane serve (on Kubernetes a NetworkPolicy guards the port; resources are the Kubernetes
 /// API's business).
 pub fn metrics_only_router(state: ApiState) -> Router {
-    health_router(state.ready.clone()).merge(
+    health_router(state.ready.clone(), state.storage.clone()).merge(
         Router::new()
             .route("/metrics", get(metrics))
             .with_state(state),
@@ -84,7 +87,7 @@ pub fn router(state: ApiState, gate: auth::Gate, extra: Router) -> Router {
             gate,
             auth::require_token,
         ));
-    health_router(state.ready.clone()).merge(guarded)
+    health_router(state.ready.clone(), state.storage.clone()).merge(guarded)
 }
 
 fn resource_router(state: ApiState) -> Router {
@@ -110,11 +113,17 @@ fn resource_router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(ready): State<Arc<AtomicBool>>) -> Response {
-    if ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+async fn readyz(State((ready, storage)): State<(Arc<AtomicBool>, Arc<StorageHealth>)>) -> Response {
+    if !ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    match storage.problem() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {problem}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -166,6 +175,14 @@ fn store_error(error: StoreError) -> Response {
         }
         StoreError::NotFound { .. } => {
             status_error(StatusCode::NOT_FOUND, "NotFound", error.to_string())
+        }
+        // A full disk passes; the resource was not stored.
+        StoreError::Io(ref io) if rivulet_channels::embedded::io_error_means_full(io) => {
+            status_error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "InsufficientStorage",
+                error.to_string(),
+            )
         }
         StoreError::Io(_) => status_error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -129,6 +129,31 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Check or repair the files in a data dir (resources and embedded logs); the server
+    /// must not be running.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// List damaged files (empty, truncated, garbled); exits 1 when there are any. Changes
+    /// nothing.
+    Check {
+        /// The data dir `rivulet serve` uses.
+        #[arg(long, env = "RIVULET_DATA_DIR", default_value = ".rivulet")]
+        data_dir: PathBuf,
+    },
+    /// Keep every intact record of each damaged file and move the file aside as
+    /// NAME.damaged-TIME: an embedded log is rebuilt from its readable events and
+    /// subscriptions; a damaged resource file is moved aside, to be applied again.
+    Repair {
+        /// The data dir `rivulet serve` uses.
+        #[arg(long, env = "RIVULET_DATA_DIR", default_value = ".rivulet")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -542,6 +567,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             server,
         } => client::delete(&server.remote(), &kind, &name, &namespace, force).await,
         Command::Token { command } => token(command).await,
+        Command::Store { command } => store(command).await,
         Command::Send(args) => client::send(args).await,
         Command::Filter {
             command: FilterCommand::Eval { trigger, event },
@@ -558,6 +584,43 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Crds { output } => local::crds(output.as_deref()),
         Command::Display { listen } => {
             crate::sinks::display::serve(listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StoreCommand::Check { data_dir } => {
+            let damage = tokio::task::spawn_blocking(move || {
+                crate::store::check::check(&data_dir).map(|damage| (data_dir, damage))
+            })
+            .await??;
+            let (data_dir, damage) = damage;
+            if damage.is_empty() {
+                println!("{}: no damaged files", data_dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{}", crate::store::check::refusal(&data_dir, &damage));
+            Ok(ExitCode::FAILURE)
+        }
+        StoreCommand::Repair { data_dir } => {
+            let repaired = tokio::task::spawn_blocking(move || {
+                crate::store::check::repair(&data_dir).map(|repaired| (data_dir, repaired))
+            })
+            .await??;
+            let (data_dir, repaired) = repaired;
+            if repaired.is_empty() {
+                println!("{}: no damaged files", data_dir.display());
+            }
+            for item in repaired {
+                println!(
+                    "{}: {} (the damaged file is now {})",
+                    item.path.display(),
+                    item.outcome,
+                    item.moved_to.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -57,6 +57,9 @@ impl BrokerHandle {
     }
 }
 
+/// The `Retry-After` of a 503: storage recovery probes at least every 2 s.
+const RETRY_AFTER_SECONDS: &str = "5";
+
 /// Why ingress refused events; each maps to the contract's status code.
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -110,12 +113,20 @@ impl IntoResponse for IngressError {
             )
                 .into_response();
         }
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("{self}\n"),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A full disk or a backend outage passes; tell senders when to try again.
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 
@@ -241,6 +252,16 @@ impl Ingress {
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
         self.entry(namespace, name).map(|entry| entry.handle)
+    }
+
+    /// Every broker ingress serves.
+    pub fn handles(&self) -> Vec<Arc<BrokerHandle>> {
+        self.brokers
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .flat_map(|in_namespace| in_namespace.values().map(|entry| entry.handle.clone()))
+            .collect()
     }
 
     /// Stamps events and publishes them to the broker's channel; returns once durable.

@@ -161,6 +161,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                     } else if dead_letter.is_some() {
                         parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
                     }
+                    let channel_fault = channel.storage_fault();
                     ctx.ingress.insert(Arc::new(BrokerHandle {
                         namespace: namespace.clone(),
                         name: name.clone(),
@@ -171,10 +172,23 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                         config_fingerprint: fingerprint,
                         labels: broker.metadata.labels.clone().unwrap_or_default(),
                     }));
-                    parts.insert(
-                        0,
-                        Condition::new("IngressReady", true, "", format!("{backend} channel")),
-                    );
+                    let ingress_ready = match channel_fault {
+                        None => {
+                            Condition::new("IngressReady", true, "", format!("{backend} channel"))
+                        }
+                        Some(fault) => {
+                            // Checked again when the fault goes (see `storage::watch`) and
+                            // meanwhile now and then.
+                            action = Action::Requeue(Duration::from_secs(5));
+                            let reason = if fault.full {
+                                "StorageFull"
+                            } else {
+                                "StorageFailed"
+                            };
+                            Condition::new("IngressReady", false, reason, fault.message)
+                        }
+                    };
+                    parts.insert(0, ingress_ready);
                     parts.insert(1, Condition::new("Addressable", true, "", ""));
                 }
             }

@@ -23,6 +23,7 @@ mod destination;
 mod drain;
 mod eventpolicy;
 mod events;
+pub mod storage;
 mod tls_secret;
 mod trigger;
 mod trust;

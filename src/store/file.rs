@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, broadcast};
 
+use rivulet_channels::StorageFault;
+
 use super::{Applied, ResourceStore, StoreError, StoreEvent, normalise, object_key};
 use crate::resources::{KindInfo, kinds, now_rfc3339};
 
@@ -18,6 +20,8 @@ pub struct FileStore {
     root: PathBuf,
     objects: Mutex<State>,
     changes: broadcast::Sender<StoreEvent>,
+    /// Set while writes fail (disk full); cleared by the next write or probe that works.
+    fault: std::sync::Mutex<Option<StorageFault>>,
 }
 
 struct State {
@@ -45,7 +49,9 @@ fn group_dir(kind: &KindInfo) -> &str {
 impl FileStore {
     /// Opens the store under `root`, loading what an earlier run left there. Every folder
     /// is kept 0700 and every file 0600 (Secrets are among them); looser modes an earlier
-    /// version left are narrowed here.
+    /// version left are narrowed here. A file that cannot be read back is refused, naming it
+    /// (`rivulet store repair` moves it aside); a half-written `.json.tmp` a crash left is
+    /// removed, the object keeps its previous file.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         super::create_private_dir(root)?;
         super::tighten_tree(root)?;
@@ -59,19 +65,27 @@ impl FileStore {
             for ns_entry in namespaces.flatten() {
                 for file in std::fs::read_dir(ns_entry.path())?.flatten() {
                     let path = file.path();
+                    if path.to_str().is_some_and(|p| p.ends_with(".json.tmp")) {
+                        tracing::warn!(path = %path.display(), "removing a resource file a crash left half-written");
+                        std::fs::remove_file(&path)?;
+                        continue;
+                    }
                     if path.extension().and_then(|e| e.to_str()) != Some("json") {
                         continue;
                     }
-                    let object: Value = match std::fs::read(&path)
+                    let object: Value = std::fs::read(&path)
                         .map_err(|e| e.to_string())
                         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                    {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::warn!(path = %path.display(), error = %e, "skipping unreadable resource file");
-                            continue;
-                        }
-                    };
+                        .map_err(|e| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!(
+                                    "resource file {} is damaged ({e}); `rivulet store repair` \
+                                     moves it aside",
+                                    path.display()
+                                ),
+                            )
+                        })?;
                     if let Some(rv) = object
                         .pointer("/metadata/resourceVersion")
                         .and_then(Value::as_str)
@@ -92,7 +106,15 @@ impl FileStore {
                 resource_version,
             }),
             changes,
+            fault: std::sync::Mutex::new(None),
         })
+    }
+
+    fn set_fault(&self, fault: Option<StorageFault>) {
+        *self
+            .fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
     }
 
     fn path(&self, kind: &KindInfo, namespace: &str, name: &str) -> PathBuf {
@@ -106,17 +128,41 @@ impl FileStore {
     /// Writes atomically: a crash leaves either the old or the new file.
     async fn persist(&self, path: PathBuf, object: &Value) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(object).expect("JSON values serialise");
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let shown = path.display().to_string();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let dir = path.parent().expect("object paths have a parent");
             super::create_private_dir(dir)?;
             let tmp = path.with_extension("json.tmp");
-            super::write_private(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &path)?;
+            // A failed write (disk full) leaves no half-written file behind.
+            let written =
+                super::write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written?;
             std::fs::File::open(dir)?.sync_all()
         })
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
-        Ok(())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match written {
+            Ok(()) => {
+                self.set_fault(None);
+                Ok(())
+            }
+            Err(error) => {
+                let full = rivulet_channels::embedded::io_error_means_full(&error);
+                let what = if full {
+                    "storage full"
+                } else {
+                    "storage failed"
+                };
+                self.set_fault(Some(StorageFault {
+                    full,
+                    message: format!("{what}: cannot write the resource file {shown}: {error}"),
+                }));
+                Err(error.into())
+            }
+        }
     }
 }
 
@@ -273,6 +319,29 @@ impl ResourceStore for FileStore {
 
     fn watch(&self) -> broadcast::Receiver<StoreEvent> {
         self.changes.subscribe()
+    }
+
+    fn storage_fault(&self) -> Option<StorageFault> {
+        self.fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn probe_storage(&self) {
+        if self.storage_fault().is_none() {
+            return;
+        }
+        let probe = self.root.join(".probe.tmp");
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let outcome = super::write_private(&probe, &vec![0u8; 64 * 1024]);
+            let _ = std::fs::remove_file(&probe);
+            outcome
+        })
+        .await;
+        if let Ok(Ok(())) = written {
+            self.set_fault(None);
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use crate::resources::KindInfo;
 use crate::resources::validation::ValidationError;
 
+pub mod check;
 mod file;
 mod kubernetes;
 mod private;
@@ -134,6 +135,15 @@ pub trait ResourceStore: Send + Sync + 'static {
     fn kube_client_as(&self, _user: &str) -> Option<Result<kube::Client, StoreError>> {
         None
     }
+
+    /// The local storage fault writes last failed with (a full disk), if any.
+    fn storage_fault(&self) -> Option<rivulet_channels::StorageFault> {
+        None
+    }
+
+    /// While there is a storage fault, finds out whether writes work again (and clears it
+    /// if so).
+    async fn probe_storage(&self) {}
 
     /// The URL of the Kubernetes API server behind this store, when it is known.
     fn kube_cluster_url(&self) -> Option<String> {
