@@ -69,6 +69,8 @@ fn base64_encode(text: &str) -> String {
 struct Backend {
     broker: Value,
     config: Value,
+    /// Whether the backend tells a redelivery apart (RabbitMQ, NATS; not Kafka).
+    reports_redeliveries: bool,
 }
 
 fn broker(name: &str, class: &str, config_kind: &str) -> Value {
@@ -87,6 +89,7 @@ fn rabbitmq(name: &str) -> Backend {
         config: json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": format!("{name}-config"), "namespace": NS},
             "data": {"uri": base64_encode(&rabbitmq_support::rabbitmq_uri())}}),
+        reports_redeliveries: true,
     }
 }
 
@@ -98,6 +101,7 @@ fn nats(name: &str) -> Backend {
             "data": {"url": std::env::var("RIVULET_NATS_URL")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
                 "storage": "memory"}}),
+        reports_redeliveries: true,
     }
 }
 
@@ -110,6 +114,7 @@ fn kafka(name: &str) -> Backend {
         config: json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": format!("{name}-config"), "namespace": NS},
             "data": data}),
+        reports_redeliveries: false,
     }
 }
 
@@ -376,7 +381,7 @@ async fn redelivered(replicas: &[ChildServer]) -> f64 {
     for replica in replicas {
         total += metric_sum(
             &metrics_of(replica).await,
-            "rivulet_trigger_redeliveries_total",
+            "rivulet_trigger_redelivered_events_total",
             &[],
         );
     }
@@ -543,6 +548,14 @@ async fn scale_out(backend: Backend) {
         unexpected.is_empty(),
         "answers other than 202, 503 or no answer from a killed replica: {refused:?}"
     );
+    if backend.reports_redeliveries {
+        let duplicates: usize = duplicates.values().sum();
+        assert!(
+            redeliveries >= duplicates as f64,
+            "every duplicate the subscriber saw was a redelivery the replicas counted \
+             ({redeliveries} counted, {duplicates} duplicates)"
+        );
+    }
     drop(controller);
 }
 

@@ -835,6 +835,7 @@ impl Subscription for EmbeddedSubscription {
                         .map(|(id, envelope)| Received {
                             id,
                             envelope: Arc::new(envelope),
+                            redelivered: false,
                         })
                         .collect());
                 }

@@ -222,7 +222,11 @@ impl Subscription for MemorySubscription {
                         break;
                     };
                     queue.in_flight.insert(id, Arc::clone(&envelope));
-                    batch.push(Received { id, envelope });
+                    batch.push(Received {
+                        id,
+                        envelope,
+                        redelivered: false,
+                    });
                 }
                 if !batch.is_empty() {
                     return Ok(batch);

@@ -51,6 +51,7 @@ struct TriggerMetrics {
     matched: Counter,
     rejected: Counter,
     retries: Counter,
+    redelivered: Counter,
     latency: Histogram,
     delivered: Counter,
     dead_lettered: Counter,
@@ -77,6 +78,7 @@ impl TriggerMetrics {
             matched: metrics.filter_matched.get_or_create(&labels).clone(),
             rejected: metrics.filter_rejected.get_or_create(&labels).clone(),
             retries: metrics.retries.get_or_create(&labels).clone(),
+            redelivered: metrics.redelivered.get_or_create(&labels).clone(),
             latency: metrics.delivery_latency.get_or_create(&labels).clone(),
             delivered: outcome("delivered"),
             dead_lettered: outcome("dead_lettered"),
@@ -209,6 +211,11 @@ async fn handle(
     shared: &Shared,
     received: Received,
 ) {
+    if received.redelivered {
+        // At least once: the subscriber may see this event twice.
+        metrics.redelivered.inc();
+        tracing::debug!(trigger = %dispatch.trigger, "the channel handed an event out again");
+    }
     let event = match Event::from_envelope(&received.envelope) {
         Ok(event) => event,
         Err(error) => {

@@ -615,6 +615,7 @@ impl RabbitSubscription {
                 Some(Received {
                     id,
                     envelope: Arc::new(envelope),
+                    redelivered: delivery.redelivered,
                 })
             }
             outcome => {
