@@ -93,14 +93,16 @@ fn rabbitmq(name: &str) -> Backend {
     }
 }
 
+fn nats_url() -> String {
+    std::env::var("RIVULET_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
 fn nats(name: &str) -> Backend {
     Backend {
         broker: broker(name, "NatsJetStreamBroker", "ConfigMap"),
         config: json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": format!("{name}-config"), "namespace": NS},
-            "data": {"url": std::env::var("RIVULET_NATS_URL")
-                .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
-                "storage": "memory"}}),
+            "data": {"url": nats_url(), "storage": "memory"}}),
         reports_redeliveries: true,
     }
 }
@@ -556,7 +558,38 @@ async fn scale_out(backend: Backend) {
              ({redeliveries} counted, {duplicates} duplicates)"
         );
     }
+
+    // Deleted through the controller, which removes what it made in the backend.
+    for (plural, object) in triggers
+        .iter()
+        .map(|t| ("triggers", t))
+        .chain([("brokers", &backend.broker)])
+    {
+        let mut deleting = object.clone();
+        let finalizer = format!("{plural}.eventing.knative.dev");
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-11-26T12:00:00Z");
+        deleting["metadata"]["finalizers"] = json!([finalizer]);
+        kube.update(deleting);
+        let name = object["metadata"]["name"].as_str().unwrap();
+        wait_finalizer_released(&kube, plural, name).await;
+    }
     drop(controller);
+}
+
+/// Waits until the controller took its finalizer off the object: its cleanup is done.
+async fn wait_finalizer_released(kube: &KubeServer, plural: &str, name: &str) {
+    let path = format!("/apis/eventing.knative.dev/v1/namespaces/{NS}/{plural}/{name}");
+    wait_for(
+        &format!("the controller to finish deleting {plural}/{name}"),
+        Duration::from_secs(30),
+        || {
+            let released = kube.writes().iter().any(|write| {
+                write.path == path && write.body["metadata"]["finalizers"] == json!([])
+            });
+            async move { released.then_some(()) }
+        },
+    )
+    .await;
 }
 
 /// One backend at a time: each runs four processes beside a steady load.
@@ -568,18 +601,43 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_three_replicas_share_work_and_survive_a_kill() {
     let _turn = one_at_a_time().await;
-    scale_out(rabbitmq(&rabbitmq_support::unique("scale"))).await;
+    let broker = rabbitmq_support::unique("scale");
+    scale_out(rabbitmq(&broker)).await;
+    let connection = rabbitmq_support::connect().await;
+    assert!(
+        !rabbitmq_support::exchange_exists(&connection, &format!("rivulet.{NS}.{broker}")).await,
+        "deleting the broker removed its exchange"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_three_replicas_share_work_and_survive_a_kill() {
     let _turn = one_at_a_time().await;
-    scale_out(nats(&rabbitmq_support::unique("scale"))).await;
+    let broker = rabbitmq_support::unique("scale");
+    scale_out(nats(&broker)).await;
+    let client = rivulet_channels::nats::async_nats::connect(nats_url())
+        .await
+        .expect("NATS is reachable");
+    let stream = rivulet_channels::nats::stream_name(NS, &broker).expect("a stream name");
+    assert!(
+        rivulet_channels::nats::async_nats::jetstream::new(client)
+            .get_stream(&stream)
+            .await
+            .is_err(),
+        "deleting the broker removed its stream {stream}"
+    );
 }
 
 #[cfg(feature = "kafka-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_three_replicas_share_work_and_survive_a_kill() {
     let _turn = one_at_a_time().await;
-    scale_out(kafka(&kafka_support::unique("scale"))).await;
+    let broker = kafka_support::unique("scale");
+    scale_out(kafka(&broker)).await;
+    let topic = format!("knative-broker-{NS}-{broker}");
+    assert_eq!(
+        kafka_support::partitions_of(&kafka_support::bootstrap(), &topic),
+        None,
+        "deleting the broker removed its topic"
+    );
 }

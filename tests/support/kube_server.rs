@@ -1,11 +1,13 @@
 //! A Kubernetes API server on a real socket, for `rivulet serve --store kubernetes` and
-//! `rivulet controller` run as child processes (a kubeconfig points them at it). It holds a
-//! fixed set of objects: lists and gets answer from them, watches stay open with nothing
-//! new, and writes (status, finalizers, Kubernetes Events) are answered with what was sent
-//! and recorded, so a test can see what a controller wrote.
+//! `rivulet controller` run as child processes (a kubeconfig points them at it). It holds
+//! the objects a test gives it: lists and gets answer from them, and watches stream the
+//! changes the test makes with [`KubeServer::update`]. Writes from the processes (status,
+//! finalizers, Kubernetes Events) are answered with what was sent and recorded, not stored,
+//! so a test sees what a controller wrote and decides itself what the others see.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
@@ -26,9 +28,15 @@ pub struct Write {
     pub body: Value,
 }
 
+/// (plural, namespace, name, object)
+type Stored = (String, String, String, Value);
+
 struct ServerState {
-    /// (plural, namespace, name, object)
-    objects: Vec<(String, String, String, Value)>,
+    objects: Mutex<Vec<Stored>>,
+    /// The resourceVersion of the last change.
+    version: AtomicU64,
+    /// Each change as (plural, namespace, watch event), for the open watches.
+    changes: tokio::sync::broadcast::Sender<(String, String, Value)>,
     writes: Mutex<Vec<Write>>,
     /// Requests answered 404 because nothing here matched them, for diagnosis.
     unknown: Mutex<Vec<String>>,
@@ -46,31 +54,12 @@ impl KubeServer {
     pub async fn start(objects: Vec<Value>) -> KubeServer {
         let objects = objects
             .into_iter()
-            .map(|object| {
-                let kind = object["kind"].as_str().expect("an object has a kind");
-                let plural = match kind {
-                    "Secret" => "secrets".to_string(),
-                    "ConfigMap" => "configmaps".to_string(),
-                    other => find_kind_by_name(None, other)
-                        .unwrap_or_else(|| panic!("no kind {other}"))
-                        .plural
-                        .to_string(),
-                };
-                let namespace = object["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let name = object["metadata"]["name"]
-                    .as_str()
-                    .expect("an object has a name")
-                    .to_string();
-                let mut object = object;
-                object["metadata"]["resourceVersion"] = json!("1");
-                (plural, namespace, name, object)
-            })
+            .map(|object| stored(object, 1))
             .collect();
         let state = Arc::new(ServerState {
-            objects,
+            objects: Mutex::new(objects),
+            version: AtomicU64::new(1),
+            changes: tokio::sync::broadcast::channel(64).0,
             writes: Mutex::default(),
             unknown: Mutex::default(),
         });
@@ -106,6 +95,21 @@ impl KubeServer {
         path
     }
 
+    /// Replaces the stored object of the same kind, namespace and name with `object`, and
+    /// tells the watches (a `MODIFIED` event).
+    pub fn update(&self, object: Value) {
+        let version = self.state.version.fetch_add(1, Ordering::SeqCst) + 1;
+        let (plural, namespace, name, object) = stored(object, version);
+        let mut objects = self.state.objects.lock().unwrap();
+        objects.retain(|(p, ns, n, _)| !(*p == plural && *ns == namespace && *n == name));
+        objects.push((plural.clone(), namespace.clone(), name, object.clone()));
+        let _ = self.state.changes.send((
+            plural,
+            namespace,
+            json!({"type": "MODIFIED", "object": object}),
+        ));
+    }
+
     /// Every PATCH, POST, PUT and DELETE received, in order.
     pub fn writes(&self) -> Vec<Write> {
         self.state.writes.lock().unwrap().clone()
@@ -121,6 +125,29 @@ impl Drop for KubeServer {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// An object as stored, at resourceVersion `version`.
+fn stored(mut object: Value, version: u64) -> Stored {
+    let kind = object["kind"].as_str().expect("an object has a kind");
+    let plural = match kind {
+        "Secret" => "secrets".to_string(),
+        "ConfigMap" => "configmaps".to_string(),
+        other => find_kind_by_name(None, other)
+            .unwrap_or_else(|| panic!("no kind {other}"))
+            .plural
+            .to_string(),
+    };
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("an object has a name")
+        .to_string();
+    object["metadata"]["resourceVersion"] = json!(version.to_string());
+    (plural, namespace, name, object)
 }
 
 /// The parts of an API path: plural, namespace (if namespaced), name and subresource.
@@ -177,40 +204,64 @@ async fn answer(State(state): State<Arc<ServerState>>, request: Request) -> Resp
     let Some((plural, namespace, name)) = parse_path(&path) else {
         return not_found(format!("{method} {path}?{query}"));
     };
-    let in_scope = |(p, ns, _, _): &&(String, String, String, Value)| {
+    let in_scope = move |p: &String, ns: &String| {
         *p == plural && namespace.as_ref().is_none_or(|wanted| wanted == ns)
     };
     match name {
-        Some(name) => match state
-            .objects
-            .iter()
-            .filter(in_scope)
-            .find(|(_, _, n, _)| *n == name)
-        {
-            Some((_, _, _, object)) => json_response(200, object),
-            None => not_found(format!("{method} {path}")),
-        },
+        Some(name) => {
+            let found = state
+                .objects
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(p, ns, n, _)| in_scope(p, ns) && *n == name)
+                .map(|(_, _, _, object)| object.clone());
+            match found {
+                Some(object) => json_response(200, &object),
+                None => not_found(format!("{method} {path}")),
+            }
+        }
         None if query.split('&').any(|pair| pair == "watch=true") => {
-            // Nothing ever changes: the watch stays open until the client goes away.
+            // Changes made from now on, one JSON document a line, until the client goes
+            // away. (Changes between a list and its watch are not replayed: tests change
+            // objects only once every process is running.)
+            let changes = state.changes.subscribe();
+            let events = futures::stream::unfold(changes, move |mut changes| {
+                let in_scope = in_scope.clone();
+                async move {
+                    loop {
+                        match changes.recv().await {
+                            Ok((p, ns, event)) if in_scope(&p, &ns) => {
+                                let mut line = serde_json::to_vec(&event).unwrap();
+                                line.push(b'\n');
+                                return Some((Ok::<_, Infallible>(Bytes::from(line)), changes));
+                            }
+                            Ok(_) => continue,
+                            Err(_) => return None,
+                        }
+                    }
+                }
+            });
             Response::builder()
                 .status(200)
                 .header("content-type", "application/json")
-                .body(Body::from_stream(futures::stream::pending::<
-                    Result<Bytes, Infallible>,
-                >()))
+                .body(Body::from_stream(events))
                 .unwrap()
         }
         None => {
             let items: Vec<Value> = state
                 .objects
+                .lock()
+                .unwrap()
                 .iter()
-                .filter(in_scope)
+                .filter(|(p, ns, _, _)| in_scope(p, ns))
                 .map(|(_, _, _, object)| object.clone())
                 .collect();
+            let version = state.version.load(Ordering::SeqCst).to_string();
             json_response(
                 200,
                 &json!({"apiVersion": "v1", "kind": "List",
-                    "metadata": {"resourceVersion": "1"}, "items": items}),
+                    "metadata": {"resourceVersion": version}, "items": items}),
             )
         }
     }
