@@ -449,6 +449,51 @@ async fn scale_out(backend: Backend) {
     }
     let urls = Arc::new(Mutex::new(replicas.iter().map(ingress).collect::<Vec<_>>()));
 
+    // Warm-up until every replica delivers: each has its share of the work (on Kafka, the
+    // consumer groups have settled on three members), so nothing moves under the steady load.
+    let warmup = Arc::new(Load::default());
+    let senders = start_load("warmup", urls.clone(), warmup.clone(), REPLICAS);
+    wait_for(
+        "every replica to deliver warm-up events",
+        Duration::from_secs(60),
+        || {
+            let replicas = &replicas;
+            async move {
+                for replica in replicas {
+                    if delivered_by(replica).await == 0.0 {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
+    warmup.stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let accepted = warmup.accepted.lock().unwrap().clone();
+    check_delivered(&subscriber, "warmup", &accepted).await;
+    // The subscriber records a request before its answer reaches the replica: wait until
+    // the replicas counted every warm-up delivery.
+    let warmup_deliveries = subscriber.count();
+    let before_steady = wait_for(
+        "the replicas to count the warm-up deliveries",
+        Duration::from_secs(10),
+        || {
+            let replicas = &replicas;
+            async move {
+                let mut shares = Vec::new();
+                for replica in replicas {
+                    shares.push(delivered_by(replica).await as usize);
+                }
+                (shares.iter().sum::<usize>() >= warmup_deliveries).then_some(shares)
+            }
+        },
+    )
+    .await;
+
     // Steady load: exactly once, shared by all three.
     let steady = Arc::new(Load::default());
     let senders = start_load("steady", urls.clone(), steady.clone(), REPLICAS * 2);
@@ -477,11 +522,11 @@ async fn scale_out(backend: Backend) {
         "the replicas to count their deliveries",
         Duration::from_secs(10),
         || {
-            let replicas = &replicas;
+            let (replicas, before_steady) = (&replicas, &before_steady);
             async move {
                 let mut shares = Vec::new();
-                for replica in replicas {
-                    shares.push(delivered_by(replica).await as usize);
+                for (replica, before) in replicas.iter().zip(before_steady) {
+                    shares.push(delivered_by(replica).await as usize - before);
                 }
                 (shares.iter().sum::<usize>() >= expected).then_some(shares)
             }
