@@ -441,7 +441,7 @@ async fn scale_out(backend: Backend) {
             &format!("replica {i} to accept events"),
             Duration::from_secs(30),
             || async move {
-                (post(client, &url, &format!("warmup-{}", i * 3 + 2)).await == Some(202))
+                (post(client, url, &format!("warmup-{}", i * 3 + 2)).await == Some(202))
                     .then_some(())
             },
         )
