@@ -144,6 +144,8 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Attempts beyond the first, per trigger.
     pub retries: Family<TriggerLabels, Counter>,
+    /// Events the channel handed out again after an unacknowledged hand-out, per trigger.
+    pub redelivered: Family<TriggerLabels, Counter>,
     /// Seconds from taking an event off the channel to its final outcome.
     pub delivery_latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     pub replies: Family<ReplyLabels, Counter>,
@@ -246,6 +248,13 @@ impl Metrics {
             "trigger_delivery_retries",
             "Delivery attempts beyond the first",
             retries.clone(),
+        );
+        let redelivered = Family::default();
+        registry.register(
+            "trigger_redelivered_events",
+            "Events the channel handed out again because an earlier hand-out was never \
+             acknowledged (a replica crashed or lost its connection; RabbitMQ and NATS only)",
+            redelivered.clone(),
         );
         let delivery_latency: Family<TriggerLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
@@ -426,6 +435,7 @@ impl Metrics {
             filter_errors,
             deliveries,
             retries,
+            redelivered,
             delivery_latency,
             replies,
             source_events,

@@ -452,6 +452,9 @@ pub async fn prefilter_routes_only_matching_events(backend: &str, config: &Chann
     channel.destroy().await.expect("destroy");
 }
 
+/// The backends that mark a redelivery as such ([`Received::redelivered`]).
+const TELLS_REDELIVERIES: [&str; 2] = ["rabbitmq", "nats"];
+
 pub async fn unacked_events_are_redelivered_to_a_new_consumer(
     backend: &str,
     config: &ChannelConfig,
@@ -461,11 +464,21 @@ pub async fn unacked_events_are_redelivered_to_a_new_consumer(
     publish(&channel, (0..5).map(event).collect()).await;
     let first = consume(&channel, SUBSCRIPTION).await;
     let received = receive_exactly(&*first, 5).await;
+    assert!(
+        received.iter().all(|r| !r.redelivered),
+        "a first hand-out is no redelivery"
+    );
     ack_all(&*first, &[received[1].clone(), received[3].clone()]).await;
 
     let second = consume(&channel, SUBSCRIPTION).await;
     let redelivered = receive_exactly(&*second, 3).await;
     assert_eq!(ids(&redelivered), expected_ids([0, 2, 4]));
+    if TELLS_REDELIVERIES.contains(&backend) {
+        assert!(
+            redelivered.iter().all(|r| r.redelivered),
+            "events handed out again are marked as redelivered"
+        );
+    }
     ack_all(&*second, &redelivered).await;
 
     let third = consume(&channel, SUBSCRIPTION).await;

@@ -1309,6 +1309,7 @@ impl Subscription for EmbeddedSubscription {
                         .map(|(id, envelope)| Received {
                             id,
                             envelope: Arc::new(envelope),
+                            redelivered: false,
                         })
                         .collect());
                 }

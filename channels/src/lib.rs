@@ -71,6 +71,11 @@ pub struct Received {
     /// Opaque, unique within the subscription; pass it to [`Subscription::ack`].
     pub id: u64,
     pub envelope: Arc<Envelope>,
+    /// The backend handed this event out before and it was never acknowledged (a consumer
+    /// crashed or lost its connection): delivering it may make a duplicate. Only RabbitMQ
+    /// (its `redelivered` flag) and NATS JetStream (a delivery count above one) can tell;
+    /// the other backends always say `false`.
+    pub redelivered: bool,
 }
 
 /// A channel for one broker.

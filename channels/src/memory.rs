@@ -351,7 +351,11 @@ impl Subscription for MemorySubscription {
                     };
                     let envelope = Arc::clone(&stored.envelope);
                     queue.in_flight.insert(id, stored);
-                    batch.push(Received { id, envelope });
+                    batch.push(Received {
+                        id,
+                        envelope,
+                        redelivered: false,
+                    });
                 }
                 if !batch.is_empty() {
                     return Ok(batch);

@@ -52,6 +52,7 @@ struct TriggerMetrics {
     matched: Counter,
     rejected: Counter,
     retries: Counter,
+    redelivered: Counter,
     latency: Histogram,
     delivered: Counter,
     dead_lettered: Counter,
@@ -78,6 +79,7 @@ impl TriggerMetrics {
             matched: metrics.filter_matched.get_or_create(&labels).clone(),
             rejected: metrics.filter_rejected.get_or_create(&labels).clone(),
             retries: metrics.retries.get_or_create(&labels).clone(),
+            redelivered: metrics.redelivered.get_or_create(&labels).clone(),
             latency: metrics.delivery_latency.get_or_create(&labels).clone(),
             delivered: outcome("delivered"),
             dead_lettered: outcome("dead_lettered"),
@@ -284,6 +286,11 @@ async fn handle(
     shared: &Shared,
     received: Received,
 ) {
+    if received.redelivered {
+        // At least once: the subscriber may see this event twice.
+        metrics.redelivered.inc();
+        tracing::debug!(trigger = %dispatch.trigger, "the channel handed an event out again");
+    }
     let event = match Event::from_envelope(&received.envelope) {
         Ok(event) => event,
         Err(error) => {

@@ -10,6 +10,7 @@
 
 mod api;
 pub mod kube_api;
+pub mod kube_server;
 pub mod oidc;
 mod subscriber;
 
@@ -182,6 +183,15 @@ impl ChildServer {
     /// Starts `rivulet serve` on a free port with `data_dir` and extra arguments, and waits
     /// until it is ready. Its logs go to this process's stderr (shown when a test fails).
     pub async fn spawn(data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::spawn_with_env(data_dir, extra_args, &[]).await
+    }
+
+    /// Like [`ChildServer::spawn`], with extra environment variables (e.g. `KUBECONFIG`).
+    pub async fn spawn_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let port = free_port();
         let api_port = free_port();
         give_test_token(data_dir);
@@ -194,6 +204,7 @@ impl ChildServer {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("RIVULET_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

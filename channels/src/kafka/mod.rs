@@ -631,6 +631,8 @@ impl Subscription for KafkaSubscription {
             .map(|h| Received {
                 id: h.id,
                 envelope: h.item,
+                // A record read again after a rebalance looks like any other.
+                redelivered: false,
             })
             .collect())
     }

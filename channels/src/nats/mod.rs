@@ -679,6 +679,8 @@ struct Held {
     /// Where acknowledgements for this delivery go.
     reply: Subject,
     envelope: Arc<Envelope>,
+    /// JetStream delivered it more than once.
+    redelivered: bool,
 }
 
 #[derive(Default)]
@@ -811,8 +813,8 @@ impl Live {
         let Some(reply) = message.reply.clone() else {
             return;
         };
-        let seq = match message.info() {
-            Ok(info) => info.stream_sequence,
+        let (seq, redelivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered > 1),
             Err(error) => {
                 tracing::warn!(%error, "ignoring a JetStream message without delivery information");
                 return;
@@ -847,6 +849,7 @@ impl Live {
                         seq,
                         reply: reply.clone(),
                         envelope: Arc::new(envelope),
+                        redelivered,
                     });
                 }
                 false
@@ -977,6 +980,7 @@ impl Subscription for NatsSubscription {
                         batch.push(Received {
                             id: held.seq,
                             envelope: held.envelope,
+                            redelivered: held.redelivered,
                         });
                     }
                     drop(queue);

@@ -656,6 +656,7 @@ impl RabbitSubscription {
                 Some(Received {
                     id,
                     envelope: Arc::new(envelope),
+                    redelivered: delivery.redelivered,
                 })
             }
             outcome => {
