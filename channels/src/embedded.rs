@@ -1156,12 +1156,11 @@ impl Channel for EmbeddedChannel {
     }
 
     async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
-        self.shared.check_open()?;
         if self.shared.state(name).is_none() {
             return Err(ChannelError::UnknownSubscription(name.to_owned()));
         }
         // The queue holds exactly what the subscription has not acknowledged.
-        let database = Arc::clone(&self.shared.database);
+        let database = self.shared.database()?;
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || {
             let transaction = database.begin_read().map_err(storage)?;
