@@ -51,6 +51,16 @@ pub struct ReplyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub namespace: String,
+    pub broker: String,
+    /// The trigger that dropped the event; empty when ingress refused it.
+    pub trigger: String,
+    /// `ttl`: the event's hop count (`knativebrokerttl`) was exhausted (an event loop).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdapterLabels {
     /// The source or sink kind (`PingSource`, `HttpForwardSink`, ...).
     pub kind: &'static str,
@@ -98,6 +108,8 @@ pub struct Metrics {
     /// Seconds from taking an event off the channel to its final outcome.
     pub delivery_latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     pub replies: Family<ReplyLabels, Counter>,
+    /// Events not delivered or not accepted on purpose, by reason.
+    pub events_dropped: Family<DropLabels, Counter>,
     /// Events a source adapter produced, by delivery outcome.
     pub source_events: Family<AdapterOutcomeLabels, Counter>,
     /// Delivery attempts beyond the first, per source.
@@ -184,6 +196,12 @@ impl Metrics {
             "Reply events by outcome (published, ttl_exhausted, invalid, unavailable)",
             replies.clone(),
         );
+        let events_dropped = Family::default();
+        registry.register(
+            "events_dropped",
+            "Events dropped instead of delivered or accepted, by reason (ttl: hop count exhausted)",
+            events_dropped.clone(),
+        );
         let source_events = Family::default();
         registry.register(
             "source_events",
@@ -261,6 +279,7 @@ impl Metrics {
             retries,
             delivery_latency,
             replies,
+            events_dropped,
             source_events,
             source_retries,
             sink_events,
