@@ -577,6 +577,8 @@ async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
     );
     assert_eq!(dead.attr("knativeerrordest"), Some(sub.url_at("sub")));
     assert_eq!(dead.attr("knativeerrorcode").as_deref(), Some("500"));
+    // The dead-letter delivery is a hop like any other: the TTL the broker held, less one.
+    assert_eq!(dead.header("ce-knativebrokerttl"), Some("254"));
     assert_eq!(
         dead.attr("knativeerrordata"),
         Some(base64::engine::general_purpose::STANDARD.encode(error_body))

@@ -201,6 +201,40 @@ async fn deep_json_is_refused_without_harm_and_moderate_nesting_passes() {
     let answer: Value = response.json().await.unwrap();
     let message = answer["message"].as_str().unwrap_or_default();
     assert!(message.contains("more than 64 levels"), "{answer}");
+    // YAML: its parser holds it to the same depth, in flow and block style.
+    let block: String = (0..1_000)
+        .map(|level| format!("{}k:\n", "  ".repeat(level)))
+        .collect();
+    for yaml in [
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: deep\nspec:\n  x: {}\n",
+            nested(100_000)
+        ),
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: deep\nx:\n{}",
+            block
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        ),
+    ] {
+        let response = support::api_request(
+            reqwest::Method::PUT,
+            format!(
+                "{}{}",
+                server.api,
+                support::resource_path("Broker", NS, "deep")
+            ),
+        )
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 400);
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
     assert!(server.get("Broker", NS, BROKER).await.is_some());
     assert_eq!(sub.count(), 1, "nothing refused was delivered");
 }
