@@ -356,6 +356,15 @@ async fn names_labels_and_annotations_follow_kubernetes_rules() {
             &["metadata.name", "DNS label"],
         ),
         (
+            "trigger filter on an attribute name over 64 characters",
+            {
+                let mut t = trigger(NS, "checked", BROKER, "http://127.0.0.1:9/");
+                t["spec"]["filters"] = json!([{"exact": {"a".repeat(65): "x"}}]);
+                t
+            },
+            &["spec.filters[0].exact", "at most 64"],
+        ),
+        (
             "Kafka broker whose topic name would be over 249 characters",
             {
                 let mut b = broker(&"k".repeat(240));

@@ -373,6 +373,16 @@ pub fn validate_trigger(trigger: &Trigger) -> Result {
 }
 
 fn validate_attribute_name(field: &str, name: &str) -> Result {
+    let limit = crate::event::limits::MAX_ATTRIBUTE_NAME_LEN;
+    if name.len() > limit {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "attribute name is {} characters long; at most {limit} are accepted",
+                name.len()
+            ),
+        ));
+    }
     if ATTRIBUTE_NAME.is_match(name) {
         Ok(())
     } else {
