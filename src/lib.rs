@@ -13,6 +13,7 @@ pub mod event;
 pub mod features;
 pub mod filter;
 pub mod ingress;
+pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod resources;

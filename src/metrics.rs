@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -16,7 +17,8 @@ pub struct BrokerLabels {
 pub struct IngressLabels {
     pub namespace: String,
     pub broker: String,
-    /// `accepted`, `refused` (4xx) or `unavailable` (5xx).
+    /// `accepted`, `refused` (4xx), `full` (503 with `Retry-After`: the channel is at its
+    /// bound) or `unavailable` (other 5xx).
     pub outcome: &'static str,
 }
 
@@ -51,16 +53,6 @@ pub struct ReplyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    pub namespace: String,
-    pub broker: String,
-    /// The trigger that dropped the event; empty when ingress refused it.
-    pub trigger: String,
-    /// `ttl`: the event's hop count (`knativebrokerttl`) was exhausted (an event loop).
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdapterLabels {
     /// The source or sink kind (`PingSource`, `HttpForwardSink`, ...).
     pub kind: &'static str,
@@ -90,6 +82,46 @@ pub struct EgressLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `ingress` (`--listen`) or `api` (`--api-listen`).
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionCloseLabels {
+    pub listener: &'static str,
+    /// `idle`, `header_timeout`, `headers_too_large`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryFailureLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// Why the last attempt failed: `response_too_large`, `timeout`, `network`, `status`,
+    /// `redirect`, `malformed_reply`, `refused`, `local`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeletionLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// `drained` (in flight, finished within the grace period), `dead_lettered`, `dropped`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// `deleted`: the trigger (or its broker) was deleted before the event was delivered
+    /// and no dead-letter sink took it. `ttl`: the event's hop count (`knativebrokerttl`)
+    /// ran out (an event loop); `trigger` is empty when ingress refused it.
+    pub reason: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -108,8 +140,6 @@ pub struct Metrics {
     /// Seconds from taking an event off the channel to its final outcome.
     pub delivery_latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     pub replies: Family<ReplyLabels, Counter>,
-    /// Events not delivered or not accepted on purpose, by reason.
-    pub events_dropped: Family<DropLabels, Counter>,
     /// Events a source adapter produced, by delivery outcome.
     pub source_events: Family<AdapterOutcomeLabels, Counter>,
     /// Delivery attempts beyond the first, per source.
@@ -122,14 +152,35 @@ pub struct Metrics {
     pub eventtype_observations_dropped: Family<RegistryDropLabels, Counter>,
     /// Outbound requests the egress policy refused, by reason.
     pub egress_refused: Family<EgressLabels, Counter>,
+    /// Undelivered events of deleted triggers and brokers, by what became of them.
+    pub deletion_events: Family<DeletionLabels, Counter>,
+    /// Events lost without delivery or dead-lettering, by reason.
+    pub events_dropped: Family<DroppedLabels, Counter>,
     /// EventTypes created from traffic.
     pub eventtypes_autocreated: Counter,
+    /// Events whose EventType was not created because their broker is at its cap.
+    pub eventtypes_capped: Family<BrokerLabels, Counter>,
     /// Writes of an EventType's inferred schema, sample or dataschema.
     pub eventtype_status_writes: Counter,
     /// Serving certificates put in service after their files changed.
     pub tls_certificate_reloads: Counter,
     /// Changed certificate files that could not be used (the previous certificate stayed).
     pub tls_certificate_reload_failures: Counter,
+    /// Connections open per listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// The connection limit per listener.
+    pub connections_limit: Family<ListenerLabels, Gauge>,
+    /// Connections closed at once because the listener was at its limit.
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    /// Connections the server closed: idle, headers too slow or too large.
+    pub connections_closed: Family<ConnectionCloseLabels, Counter>,
+    /// Requests answered 408 because they took longer than the request timeout.
+    pub request_timeouts: Family<ListenerLabels, Counter>,
+    /// The open-files soft limit in force.
+    pub open_files_limit: Gauge,
+    /// Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt
+    /// failed.
+    pub delivery_failures: Family<DeliveryFailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -196,12 +247,6 @@ impl Metrics {
             "Reply events by outcome (published, ttl_exhausted, invalid, unavailable)",
             replies.clone(),
         );
-        let events_dropped = Family::default();
-        registry.register(
-            "events_dropped",
-            "Events dropped instead of delivered or accepted, by reason (ttl: hop count exhausted)",
-            events_dropped.clone(),
-        );
         let source_events = Family::default();
         registry.register(
             "source_events",
@@ -238,6 +283,12 @@ impl Metrics {
             "EventTypes created from broker traffic",
             eventtypes_autocreated.clone(),
         );
+        let eventtypes_capped = Family::default();
+        registry.register(
+            "eventtypes_capped",
+            "Events accepted without an EventType because their broker has --eventtype-max-per-broker auto-created EventTypes",
+            eventtypes_capped.clone(),
+        );
         let eventtype_status_writes = Counter::default();
         registry.register(
             "eventtype_status_writes",
@@ -249,6 +300,18 @@ impl Metrics {
             "egress_refused",
             "Outbound requests refused by the egress policy, by reason",
             egress_refused.clone(),
+        );
+        let deletion_events = Family::default();
+        registry.register(
+            "deletion_events",
+            "Undelivered events of deleted triggers and brokers (drained, dead_lettered, dropped)",
+            deletion_events.clone(),
+        );
+        let events_dropped = Family::default();
+        registry.register(
+            "events_dropped",
+            "Events lost without delivery or dead-lettering, by reason",
+            events_dropped.clone(),
         );
         let tls_certificate_reloads = Counter::default();
         registry.register(
@@ -262,13 +325,65 @@ impl Metrics {
             "Changed certificate files refused; the previous certificate is still served",
             tls_certificate_reload_failures.clone(),
         );
+        let connections_open = Family::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open, per listener",
+            connections_open.clone(),
+        );
+        let connections_limit = Family::default();
+        registry.register(
+            "connections_limit",
+            "The connection limit of each listener (--max-connections)",
+            connections_limit.clone(),
+        );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because the listener was at its connection limit",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed, by reason (idle, header_timeout, headers_too_large)",
+            connections_closed.clone(),
+        );
+        let request_timeouts = Family::default();
+        registry.register(
+            "http_request_timeouts",
+            "Requests answered 408 after the request timeout",
+            request_timeouts.clone(),
+        );
+        let open_files_limit = Gauge::default();
+        registry.register(
+            "open_files_limit",
+            "The open-files soft limit of the process",
+            open_files_limit.clone(),
+        );
+        let delivery_failures = Family::default();
+        registry.register(
+            "trigger_delivery_failures",
+            "Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt failed",
+            delivery_failures.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_limit,
+            connections_refused,
+            connections_closed,
+            request_timeouts,
+            open_files_limit,
+            delivery_failures,
             egress_refused,
+            deletion_events,
+            events_dropped,
             tls_certificate_reloads,
             tls_certificate_reload_failures,
             eventtype_observations_dropped,
             eventtypes_autocreated,
+            eventtypes_capped,
             eventtype_status_writes,
             events_received,
             ingress_events,
@@ -279,7 +394,6 @@ impl Metrics {
             retries,
             delivery_latency,
             replies,
-            events_dropped,
             source_events,
             source_retries,
             sink_events,

@@ -16,7 +16,7 @@ use crate::delivery::{DeliveryDefaults, Sender};
 use crate::dispatcher;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
-use crate::registry::{Observer, RegistrySettings, StatusLock, worker::Worker};
+use crate::registry::{CappedBrokers, Observer, RegistrySettings, StatusLock, worker::Worker};
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests};
 use crate::runtime::{Context, Role, Settings};
 use crate::store::{FileStore, KubernetesStore, ResourceStore};
@@ -41,10 +41,14 @@ pub struct ServeOptions {
     pub default_parallelism: usize,
     /// How long shutdown waits for deliveries in flight.
     pub shutdown_grace: Duration,
+    /// How long deleting a broker or trigger waits for its deliveries in flight.
+    pub delete_grace: Duration,
     /// The URL brokers advertise; by default `http://` + the listen address.
     pub advertised_url: Option<String>,
     /// Event-type discovery: auto-creation, its bounds and write rate.
     pub registry: RegistrySettings,
+    /// Bytes a memory channel holds at most unless its broker's config sets `maxBytes`.
+    pub memory_channel_max_bytes: u64,
     /// Where resources are kept.
     pub store: StoreChoice,
     /// What this process does: everything (standalone), the controller, or the data plane.
@@ -63,6 +67,8 @@ pub struct ServeOptions {
     pub oidc_issuers: Vec<String>,
     /// An issuer's keys are refetched for an unknown `kid` at most this often.
     pub oidc_jwks_refresh: Duration,
+    /// Timeouts, connection and header limits of both listeners.
+    pub listeners: crate::listener::ListenerLimits,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -88,8 +94,10 @@ impl Default for ServeOptions {
             delivery: DeliveryDefaults::default(),
             default_parallelism: 64,
             shutdown_grace: Duration::from_secs(5),
+            delete_grace: crate::runtime::DEFAULT_DELETE_GRACE,
             advertised_url: None,
             registry: RegistrySettings::default(),
+            memory_channel_max_bytes: rivulet_channels::memory::DEFAULT_MAX_BYTES,
             store: StoreChoice::default(),
             role: Role::default(),
             features: crate::features::Features::default(),
@@ -98,6 +106,7 @@ impl Default for ServeOptions {
             tls_secret: None,
             oidc_issuers: Vec::new(),
             oidc_jwks_refresh: Duration::from_secs(10),
+            listeners: crate::listener::ListenerLimits::default(),
         }
     }
 }
@@ -275,6 +284,7 @@ pub async fn start_with_store(
     let https_base_url = tls.as_ref().map(|_| https_url_of(&base_url));
 
     let metrics = Arc::new(Metrics::new());
+    let guards = listener_guards(&options, &metrics);
     let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
     // One egress policy for every outbound call: deliveries and OIDC key fetches alike.
     let egress = Arc::new(crate::egress::Egress::new(
@@ -291,6 +301,7 @@ pub async fn start_with_store(
     ingress.set_auth(auth.clone());
     let shared = dispatcher::Shared {
         sender: Sender::with_egress(egress)
+            .with_response_limit(options.delivery.max_response_body)
             .with_transport(crate::tls::TrustBundles::default(), features.clone())
             .with_bearer(crate::auth::setup::bearer(&auth)),
         ingress: ingress.clone(),
@@ -307,12 +318,16 @@ pub async fn start_with_store(
             delivery: options.delivery.clone(),
             default_parallelism: options.default_parallelism,
             stop_grace: options.shutdown_grace,
+            delete_grace: options.delete_grace,
             role: options.role,
             features: features.clone(),
             tls: tls.clone(),
             https_base_url: https_base_url.clone(),
         },
     );
+    ctx.extensions.set(crate::runtime::MemoryChannelMaxBytes(
+        options.memory_channel_max_bytes,
+    ));
     let shutdown = CancellationToken::new();
     if let Some(tls) = &tls {
         ctx.dispatch.sender.trust_bundles().trust_own(&tls.ca_pem());
@@ -352,6 +367,14 @@ pub async fn start_with_store(
             metrics.clone(),
             ctx.extensions.get_or_default::<StatusLock>(),
         )
+        .report_caps(ctx.extensions.get_or_default::<CappedBrokers>(), {
+            let ctx = Arc::downgrade(&ctx);
+            move |namespace, broker| {
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.requeue_now(Context::kind("Broker"), namespace, broker);
+                }
+            }
+        })
         .run(observations, shutdown.clone()),
     );
     let ready = Arc::new(AtomicBool::new(false));
@@ -359,6 +382,7 @@ pub async fn start_with_store(
         store: store.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
+        runtime: Some(ctx.clone()),
     };
     let routes = |wanted: Listener| {
         inventory::iter::<HttpRoutes>()
@@ -429,11 +453,13 @@ pub async fn start_with_store(
             api_app,
             tls.clone(),
             features.clone(),
+            guards.api,
             stopped(),
         );
         let result = match (listener, ingress_app) {
             (Some(listener), Some(app)) => {
-                let ingress_serving = crate::tls::serve(listener, app, tls, features, stopped());
+                let ingress_serving =
+                    crate::tls::serve(listener, app, tls, features, guards.ingress, stopped());
                 let (ingress, api) = tokio::join!(ingress_serving, api_serving);
                 ingress.and(api)
             }
@@ -456,6 +482,37 @@ pub async fn start_with_store(
         shutdown,
         task,
     })
+}
+
+struct ListenerGuards {
+    ingress: crate::listener::ListenerGuard,
+    api: crate::listener::ListenerGuard,
+}
+
+/// Raises the open-files limit, then sets each listener's connection limit below it.
+fn listener_guards(options: &ServeOptions, metrics: &Metrics) -> ListenerGuards {
+    use crate::listener::{ListenerGuard, connection_limit, raise_open_files_limit};
+    let open_files = raise_open_files_limit();
+    if let Some(limit) = open_files {
+        metrics
+            .open_files_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+    let limits = &options.listeners;
+    let listeners = if options.role.carries_events() { 2 } else { 1 };
+    let max_connections = connection_limit(limits, open_files, listeners);
+    tracing::info!(
+        max_connections,
+        open_files_limit = ?open_files,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        request_timeout = ?limits.request_timeout,
+        "listener limits"
+    );
+    ListenerGuards {
+        ingress: ListenerGuard::new("ingress", limits, max_connections, metrics),
+        api: ListenerGuard::new("api", limits, max_connections, metrics),
+    }
 }
 
 /// The serving certificate from files, checked against the transport-encryption mode:

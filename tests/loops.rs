@@ -293,7 +293,7 @@ async fn ingress_refuses_an_event_with_no_hop_left() {
         server
             .metric(
                 DROPPED,
-                &[("broker", BROKER), ("trigger", ""), ("reason", "ttl")]
+                &[("namespace", NS), ("trigger", ""), ("reason", "ttl")]
             )
             .await,
         4.0

@@ -6,6 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rivulet::server::{RunningServer, ServeOptions};
@@ -859,6 +860,7 @@ async fn on_kubernetes_the_secret_is_read_by_name_and_a_change_is_served() {
             delivery: rivulet::delivery::DeliveryDefaults::default(),
             default_parallelism: 1,
             stop_grace: Duration::from_secs(1),
+            delete_grace: Duration::from_secs(1),
             role: rivulet::runtime::Role::DataPlane,
             features: Default::default(),
             tls: Some(reloader.clone()),
@@ -900,4 +902,77 @@ async fn on_kubernetes_the_secret_is_read_by_name_and_a_change_is_served() {
         );
         assert!(!request.is_watch(), "Secrets are not watched");
     }
+}
+
+/// The listener limits hold on TLS connections too: a socket that never starts its
+/// handshake, one that stops halfway through a request's headers after the handshake, and
+/// one that never sends a request are all closed after the header read timeout, while an
+/// https sender is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_tls_connections_are_closed_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("limits CA");
+    let files = ca.write_into(dir.path());
+    let server = TlsServer::start_with(
+        "permissive",
+        |options| {
+            options.tls = Some(files);
+            options.listeners.header_read_timeout = Duration::from_secs(2);
+        },
+        &ca.pem(),
+    )
+    .await;
+    let addr = server.http.trim_start_matches("http://").to_string();
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut no_request = connector.connect(name.clone(), tcp).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut half_headers = connector.connect(name, tcp).await.unwrap();
+    half_headers
+        .write_all(b"POST /default/default HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    half_headers.flush().await.unwrap();
+
+    let https = post_event(
+        &trusting(&ca.pem()),
+        &format!("{}/default/default", server.https),
+        "tls-limits-1",
+    )
+    .await
+    .expect("https works beside the slow connections");
+    assert_eq!(https, 202);
+
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(WAIT, async {
+        // Plain reads: 0 bytes (or an error) is the server closing.
+        while matches!(silent.read(&mut buffer).await, Ok(n) if n > 0) {}
+        while matches!(no_request.read(&mut buffer).await, Ok(n) if n > 0) {}
+        let mut answer = Vec::new();
+        let _ = half_headers.read_to_end(&mut answer).await;
+        answer
+    })
+    .await
+    .expect("all three connections are closed by the server");
+    assert!(
+        !String::from_utf8_lossy(&closed).starts_with("HTTP/1.1 2"),
+        "the incomplete request was not served"
+    );
 }

@@ -14,6 +14,9 @@
 //! The second argument is evaluated once per case and must give a [`ContractFixture`] (or a
 //! [`ChannelConfig`]); use a fresh broker name or data folder each time. The crate using the
 //! macro needs `tokio` with the `macros` and `rt-multi-thread` features.
+//!
+//! Backends bounded in size that free space on acknowledgement also run
+//! [`full_channel_refuses_until_acknowledged`] with a config giving a small bound.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -81,6 +84,7 @@ macro_rules! channel_contract_tests {
             consume_of_unknown_subscription_fails,
             data_and_attributes_round_trip,
             destroy_removes_subscriptions_and_events,
+            backlog_counts_what_is_not_acknowledged,
         );
     };
     (@cases $backend:expr, $fixture:expr; $($case:ident),* $(,)?) => {
@@ -706,6 +710,53 @@ pub async fn destroy_removes_subscriptions_and_events(backend: &str, config: &Ch
     channel.destroy().await.expect("destroy");
 }
 
+/// For backends bounded in size that free space as events are acknowledged (not in
+/// [`channel_contract_tests!`](crate::channel_contract_tests), since not every backend has
+/// such a bound): `config` must bound the channel to well under 10,000 events of 8 KiB.
+/// Past the bound, publishing fails with [`ChannelError::Full`] and stores nothing; once
+/// the subscription has acknowledged what it holds, publishing works again, and every event
+/// that was accepted is delivered.
+pub async fn full_channel_refuses_until_acknowledged(backend: &str, config: &ChannelConfig) {
+    let channel = open(backend, config).await;
+    subscribe(&channel, SUBSCRIPTION, &all_events()).await;
+    let data = Bytes::from(vec![b'x'; 8 * 1024]);
+    let big = |n: usize| Envelope {
+        data: Some(data.clone()),
+        ..event(n)
+    };
+    let mut accepted = 0;
+    loop {
+        assert!(accepted < 10_000, "{backend}: never refused an event");
+        match within("publish", channel.publish(vec![big(accepted)])).await {
+            Ok(()) => accepted += 1,
+            Err(ChannelError::Full(_)) => break,
+            Err(other) => panic!("{backend}: expected a full channel, got {other}"),
+        }
+    }
+    assert!(accepted > 0, "{backend}: refused the first event");
+    let subscription = consume(&channel, SUBSCRIPTION).await;
+    let received = receive_exactly(&*subscription, accepted).await;
+    assert_eq!(ids(&received), expected_ids(0..accepted));
+    ack_all(&*subscription, &received).await;
+    within("publish after acknowledgements", async {
+        loop {
+            match channel.publish(vec![big(accepted)]).await {
+                Ok(()) => break,
+                Err(ChannelError::Full(_)) => tokio::time::sleep(QUIET / 10).await,
+                Err(other) => panic!("{backend}: publishing after acks failed: {other}"),
+            }
+        }
+    })
+    .await;
+    let next = receive_exactly(&*subscription, 1).await;
+    assert_eq!(
+        ids(&next),
+        expected_ids([accepted]),
+        "the refused event was stored"
+    );
+    channel.destroy().await.expect("destroy");
+}
+
 /// A [`ChannelConfig`] without backend settings, for tests.
 pub fn config(
     namespace: &str,
@@ -718,4 +769,54 @@ pub fn config(
         data_dir: data_dir.into(),
         settings: BTreeMap::new(),
     }
+}
+
+/// Waits until the subscription's backlog is `expected` (backends may count a moment late).
+async fn assert_backlog(channel: &Arc<dyn Channel>, expected: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    loop {
+        let backlog = channel.backlog(SUBSCRIPTION).await.expect("backlog");
+        if backlog == Some(expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: backlog {backlog:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn backlog_counts_what_is_not_acknowledged(backend: &str, config: &ChannelConfig) {
+    let channel = open(backend, config).await;
+    subscribe(&channel, SUBSCRIPTION, &all_events()).await;
+    if channel
+        .backlog(SUBSCRIPTION)
+        .await
+        .expect("backlog")
+        .is_none()
+    {
+        eprintln!("skipped: backend {backend} does not count its backlog (documented)");
+        channel.destroy().await.expect("destroy");
+        return;
+    }
+    assert!(
+        matches!(
+            channel.backlog("no-such-subscription").await,
+            Err(ChannelError::UnknownSubscription(_))
+        ),
+        "an unknown subscription is an error"
+    );
+    assert_backlog(&channel, 0, "nothing published").await;
+    publish(&channel, (0..5).map(event).collect()).await;
+    assert_backlog(&channel, 5, "five waiting").await;
+    let subscription = consume(&channel, SUBSCRIPTION).await;
+    let received = receive_exactly(&*subscription, 5).await;
+    // Handed out and unacknowledged still counts: deleting now would lose them.
+    assert_backlog(&channel, 5, "five handed out").await;
+    ack_all(&*subscription, &received[..2]).await;
+    assert_backlog(&channel, 3, "two acknowledged").await;
+    ack_all(&*subscription, &received[2..]).await;
+    assert_backlog(&channel, 0, "all acknowledged").await;
+    channel.destroy().await.expect("destroy");
 }

@@ -728,6 +728,31 @@ impl Channel for EmbeddedChannel {
         }))
     }
 
+    async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
+        self.shared.check_open()?;
+        if self.shared.state(name).is_none() {
+            return Err(ChannelError::UnknownSubscription(name.to_owned()));
+        }
+        // The queue holds exactly what the subscription has not acknowledged.
+        let database = Arc::clone(&self.shared.database);
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let transaction = database.begin_read().map_err(storage)?;
+            let queue = transaction.open_table(QUEUE).map_err(storage)?;
+            let mut count = 0u64;
+            for entry in queue
+                .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                .map_err(storage)?
+            {
+                entry.map_err(storage)?;
+                count += 1;
+            }
+            Ok(Some(count))
+        })
+        .await
+        .map_err(|e| storage(format!("counting the queue failed: {e}")))?
+    }
+
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError> {
         let name = name.to_owned();
         self.shared

@@ -92,6 +92,14 @@ pub trait Channel: Send + Sync + 'static {
     /// handed out earlier and never acknowledged are delivered again.
     async fn consume(&self, name: &str) -> Result<Arc<dyn Subscription>, ChannelError>;
 
+    /// How many events the subscription holds that were not acknowledged yet (waiting, or
+    /// handed out to a consumer and unfinished), so deleting it can say what would be lost.
+    /// `None` when the backend cannot tell cheaply. Events the trigger's filter would refuse
+    /// may be among them on backends that route by a conservative prefilter.
+    async fn backlog(&self, _name: &str) -> Result<Option<u64>, ChannelError> {
+        Ok(None)
+    }
+
     /// Removes a subscription and whatever it still holds.
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError>;
 
@@ -128,6 +136,10 @@ pub enum ChannelError {
     /// The backend cannot be reached or refused the write; ingress answers 503.
     #[error("channel unavailable: {0}")]
     Unavailable(String),
+    /// The channel holds as much as it may; it takes events again once subscribers catch
+    /// up. Ingress answers 503 with `Retry-After`.
+    #[error("channel full: {0}")]
+    Full(String),
     /// The backend's configuration is wrong (bad URL, missing key).
     #[error("channel misconfigured: {0}")]
     Config(String),
@@ -149,6 +161,7 @@ impl ChannelError {
     pub fn kind(&self) -> &'static str {
         match self {
             ChannelError::Unavailable(_) => "unavailable",
+            ChannelError::Full(_) => "full",
             ChannelError::Config(_) => "config",
             ChannelError::UnknownSubscription(_) => "unknown_subscription",
             ChannelError::Closed => "closed",
@@ -156,6 +169,33 @@ impl ChannelError {
             ChannelError::Io(_) => "io",
         }
     }
+}
+
+/// Reads a byte size: a plain number, or one with a K/M/G/T (powers of 1000) or Ki/Mi/Gi/Ti
+/// (powers of 1024) suffix; `-1` means no limit.
+pub fn parse_size(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if text == "-1" {
+        return Some(-1);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: i64 = digits.parse().ok()?;
+    let factor: i64 = match suffix.trim().trim_end_matches(['B', 'b']) {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor).filter(|n| *n > 0)
 }
 
 /// Everything a backend needs to open the channel of one broker.

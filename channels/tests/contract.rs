@@ -9,6 +9,13 @@ mod memory {
         "memory",
         contract::config("contract", "memory", std::env::temp_dir())
     );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_channel_refuses_until_acknowledged() {
+        let mut config = contract::config("contract", "memory", std::env::temp_dir());
+        config.settings.insert("maxBytes".into(), "64Ki".into());
+        contract::full_channel_refuses_until_acknowledged("memory", &config).await;
+    }
 }
 
 mod embedded {

@@ -26,6 +26,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// False until start-up is done, and again while shutting down.
     pub ready: Arc<AtomicBool>,
+    /// The runtime, where this process carries events: deleting a broker or trigger asks it
+    /// what would be left undelivered and waits for its drain.
+    pub runtime: Option<Arc<crate::runtime::Context>>,
 }
 
 /// Query parameters a kind's list understands (`?broker=...`), registered with
@@ -415,11 +418,145 @@ async fn put_one(
     }
 }
 
-async fn delete_one(state: ApiState, served: Served, namespace: &str, name: &str) -> Response {
-    match state.store.delete(served.stored(), namespace, name).await {
-        Ok(object) => axum::Json(served.view(object)).into_response(),
-        Err(e) => store_error(e),
+async fn delete_one(
+    state: ApiState,
+    served: Served,
+    namespace: &str,
+    name: &str,
+    params: &Params,
+) -> Response {
+    let kind = served.stored();
+    let holds_events =
+        kind.group == "eventing.knative.dev" && matches!(kind.kind, "Broker" | "Trigger");
+    let Some(runtime) = state.runtime.clone().filter(|_| holds_events) else {
+        return match state.store.delete(kind, namespace, name).await {
+            Ok(object) => axum::Json(served.view(object)).into_response(),
+            Err(e) => store_error(e),
+        };
+    };
+    let force = match params.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return status_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("query parameter force must be true or false, not {other:?}"),
+            );
+        }
+    };
+    // Kubernetes clients may send their standard delete options; they change nothing here
+    // (a dry run would, so it is refused like any unknown parameter).
+    const KUBERNETES_DELETE_OPTIONS: [&str; 3] = [
+        "gracePeriodSeconds",
+        "propagationPolicy",
+        "orphanDependents",
+    ];
+    if let Some(other) = params
+        .keys()
+        .find(|key| key.as_str() != "force" && !KUBERNETES_DELETE_OPTIONS.contains(&key.as_str()))
+    {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "DELETE takes the query parameter force (and Kubernetes' delete options), not {other:?}"
+            ),
+        );
     }
+    let what = format!("{} {namespace}/{name}", kind.kind.to_ascii_lowercase());
+    if !force {
+        match runtime.undelivered(kind.kind, namespace, name).await {
+            Ok(counts) => {
+                let total: u64 = counts.iter().filter_map(|(_, count)| *count).sum();
+                if total > 0 {
+                    return undelivered_conflict(kind, &what, name, total, &counts);
+                }
+            }
+            Err(error) => {
+                return status_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!(
+                        "cannot tell how many undelivered events {what} holds ({error}); delete with ?force=true to go ahead anyway"
+                    ),
+                );
+            }
+        }
+    }
+    let outcome = runtime.watch_deletion(kind.kind, namespace, name);
+    if let Err(e) = state.store.delete(kind, namespace, name).await {
+        return store_error(e);
+    }
+    // The drain takes the grace period at most, then the leftovers' dead-lettering.
+    let limit = runtime.settings.delete_grace + DRAIN_MARGIN;
+    let (message, report) = match tokio::time::timeout(limit, outcome).await {
+        Ok(Ok(report)) => (
+            format!(
+                "{what} deleted: {} in flight finished delivery, {} dead-lettered, {} dropped",
+                report.drained, report.dead_lettered, report.dropped
+            ),
+            Some(report),
+        ),
+        _ => (
+            format!(
+                "{what} deleted; its undelivered events are still being drained (the log and the rivulet_deletion_events metric will say what became of them)"
+            ),
+            None,
+        ),
+    };
+    axum::Json(json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Success",
+        "code": 200,
+        "message": message,
+        "details": {"name": name, "group": kind.group, "kind": kind.plural},
+        "undelivered": report,
+    }))
+    .into_response()
+}
+
+/// How long a deletion's answer waits for the drain beyond the grace period.
+const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `409`: the object holds undelivered events and the caller did not say `force`.
+fn undelivered_conflict(
+    kind: &KindInfo,
+    what: &str,
+    name: &str,
+    total: u64,
+    counts: &[(String, Option<u64>)],
+) -> Response {
+    let causes: Vec<Value> = counts
+        .iter()
+        .filter_map(|(trigger, count)| {
+            count.filter(|c| *c > 0).map(|count| {
+                json!({
+                    "reason": "UndeliveredEvents",
+                    "field": format!("trigger {trigger}"),
+                    "message": format!("{count} undelivered events"),
+                })
+            })
+        })
+        .collect();
+    let message = format!(
+        "{what} holds {total} undelivered events; deleting it sends them to the dead-letter sink where one is set and drops the rest. Delete with ?force=true (rivulet delete --force) to go ahead"
+    );
+    (
+        StatusCode::CONFLICT,
+        axum::Json(json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Failure",
+            "reason": "Conflict",
+            "message": message,
+            "code": 409,
+            "details": {"name": name, "group": kind.group, "kind": kind.plural, "causes": causes},
+            "undelivered": total,
+        })),
+    )
+        .into_response()
 }
 
 async fn list_grouped(
@@ -469,9 +606,10 @@ async fn put_grouped(
 async fn delete_grouped(
     State(state): State<ApiState>,
     Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+    Query(params): Query<Params>,
 ) -> Response {
     match Served::find(&group, &version, &plural) {
-        Some(served) => delete_one(state, served, &namespace, &name).await,
+        Some(served) => delete_one(state, served, &namespace, &name, &params).await,
         None => unknown_kind(&group, &version, &plural),
     }
 }
@@ -512,9 +650,10 @@ async fn put_core(
 async fn delete_core(
     State(state): State<ApiState>,
     Path((version, namespace, plural, name)): Path<(String, String, String, String)>,
+    Query(params): Query<Params>,
 ) -> Response {
     match Served::find("", &version, &plural) {
-        Some(served) => delete_one(state, served, &namespace, &name).await,
+        Some(served) => delete_one(state, served, &namespace, &name, &params).await,
         None => unknown_kind("", &version, &plural),
     }
 }

@@ -271,18 +271,52 @@ pub async fn delete(
     kind_name: &str,
     name: &str,
     namespace: &str,
+    force: bool,
 ) -> anyhow::Result<ExitCode> {
     let kind = find_kind(kind_name)?;
+    let mut url = object_url(&remote.url, kind, namespace, name);
+    if force {
+        url.push_str("?force=true");
+    }
     let response = remote
         .client
-        .delete(object_url(&remote.url, kind, namespace, name))
+        .delete(url)
         .send()
         .await
         .map_err(|e| unreachable(&remote.url, e))?;
+    if response.status() == reqwest::StatusCode::CONFLICT && !force {
+        // The server refuses to drop undelivered events unasked; its message has the count.
+        let message = remote.failure(response).await;
+        bail!("{message}\nrun again with --force to delete it anyway");
+    }
     if !response.status().is_success() {
         bail!("{}", remote.failure(response).await);
     }
-    println!("{}/{name} deleted", kind.kind.to_ascii_lowercase());
+    let answer: Value =
+        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
+    let deleted = format!("{}/{name} deleted", kind.kind.to_ascii_lowercase());
+    // Brokers and triggers: what became of their undelivered events.
+    let count = |field: &str| {
+        answer
+            .pointer(&format!("/undelivered/{field}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let (drained, dead_lettered, dropped) =
+        (count("drained"), count("deadLettered"), count("dropped"));
+    if answer.get("kind").and_then(Value::as_str) != Some("Status") {
+        println!("{deleted}");
+    } else if answer.get("undelivered").is_some_and(Value::is_null) {
+        // The drain outlasted the answer; the server says where to look.
+        let message = answer.get("message").and_then(Value::as_str).unwrap_or("");
+        println!("{deleted}; {message}");
+    } else if drained + dead_lettered + dropped == 0 {
+        println!("{deleted}");
+    } else {
+        println!(
+            "{deleted}; its undelivered events: {drained} finished delivery within the grace period, {dead_lettered} dead-lettered, {dropped} dropped"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -39,7 +39,7 @@ enum Command {
     ///
     /// Resources come from --config files and from the resource API; they and the events
     /// in durable channels are kept in --data-dir and survive restarts.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the Kubernetes controller: reconcile the custom resources in the cluster.
     ///
     /// It resolves destinations, creates and removes backend resources (topics, exchanges,
@@ -71,12 +71,18 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Delete a resource.
+    /// Delete a resource. A broker or trigger that still holds undelivered events is only
+    /// deleted with --force.
     Delete {
         kind: String,
         name: String,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Delete a broker or trigger even though it holds undelivered events: deliveries in
+        /// flight get the server's --delete-grace, the rest go to the dead-letter sink where
+        /// one is set and are dropped (and counted) otherwise.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -257,6 +263,10 @@ struct ServeArgs {
     /// How long SIGTERM waits for deliveries in flight before handing them back.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// How long deleting a broker or trigger waits for its deliveries in flight; what is
+    /// still undelivered then goes to the dead-letter sink, or is dropped and counted.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    delete_grace: Duration,
     /// URL brokers advertise in status.address.url (default: http:// + --listen).
     #[arg(long)]
     advertised_url: Option<String>,
@@ -268,6 +278,17 @@ struct ServeArgs {
     /// further sources share one EventType whose source is left open.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
     eventtype_sources_per_type: u32,
+    /// EventTypes auto-created per broker at most. Past it, events are still accepted (202)
+    /// but get no EventType; they are counted in rivulet_eventtypes_capped_total and the
+    /// broker is logged once. EventTypes applied by hand are not counted nor limited.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    eventtype_max_per_broker: u32,
+    /// Bytes of events a memory channel (a broker whose channel template is
+    /// InMemoryChannel) holds at most, unless the broker's config sets maxBytes. An event
+    /// counts until every trigger has acknowledged it; when full, ingress answers 503 with
+    /// Retry-After. A number of bytes or a size such as 64Mi or 1G.
+    #[arg(long, default_value = "256Mi", value_parser = parse_byte_size)]
+    memory_channel_max_bytes: u64,
     /// Where resources are kept: `file` (JSON files under --data-dir) or `kubernetes` (the API
     /// server of the in-cluster service account or of the kubeconfig). With `kubernetes` this
     /// process is the data plane beside `rivulet controller`: it delivers to what the
@@ -337,6 +358,57 @@ struct ServeArgs {
     /// always trusts its own issuer.
     #[arg(long = "oidc-issuer", value_name = "URL")]
     oidc_issuers: Vec<String>,
+    /// Largest successful subscriber response (a reply event) read, in bytes; beyond it the
+    /// delivery attempt fails without reading further and the event goes to the dead-letter
+    /// sink (if any) with the reason in knativeerrordata.
+    #[arg(long, default_value_t = crate::delivery::REPLY_LIMIT)]
+    max_response_body: usize,
+    /// A new connection must send its first request's headers (after the TLS handshake, if
+    /// any) within this, and each HTTP/1 request's headers, including the wait for the next
+    /// request on a kept-alive connection, must arrive within it; else the connection is
+    /// closed.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2, and any
+    /// connection between requests).
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    idle_timeout: Duration,
+    /// A request whose body is not received and answered within this gets 408.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    request_timeout: Duration,
+    /// Connections open at once per listener; further ones are closed on arrival (counted in
+    /// rivulet_connections_refused_total). Default: what the open-files limit leaves room
+    /// for (1024 files kept aside, the rest shared by the listeners), between 64 and 10000.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Header fields per request; more get 431.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    max_headers: u32,
+    /// Bytes of request line and headers (HTTP/1) or of the header list (HTTP/2); more get
+    /// 431. At least 8192.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
+    max_header_bytes: u32,
+    /// Streams one HTTP/2 connection may have open at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_concurrent_streams: u32,
+}
+
+/// A duration above zero: a zero timeout would close every connection at once.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than zero (e.g. 10s)".into());
+    }
+    Ok(duration)
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    rivulet_channels::parse_size(text)
+        .filter(|n| *n > 0)
+        .map(|n| n as u64)
+        .ok_or_else(|| {
+            format!("{text:?} is not a size; expected bytes such as 268435456, 256Mi or 1G")
+        })
 }
 
 fn parse_egress_rule(entry: &str) -> Result<crate::egress::EgressRule, String> {
@@ -452,7 +524,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Controller(args) => controller(args).await,
         Command::Apply { files, server } => client::apply(&server.remote(), &files).await,
         Command::Get {
@@ -466,8 +538,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             kind,
             name,
             namespace,
+            force,
             server,
-        } => client::delete(&server.remote(), &kind, &name, &namespace).await,
+        } => client::delete(&server.remote(), &kind, &name, &namespace, force).await,
         Command::Token { command } => token(command).await,
         Command::Send(args) => client::send(args).await,
         Command::Filter {
@@ -506,15 +579,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         delivery: crate::delivery::DeliveryDefaults {
             timeout: args.delivery_timeout,
             backoff_cap: args.backoff_cap,
+            max_response_body: args.max_response_body,
         },
         default_parallelism: args.parallelism.max(1),
         shutdown_grace: args.shutdown_grace,
+        delete_grace: args.delete_grace,
         advertised_url: args.advertised_url,
         registry: crate::registry::RegistrySettings {
             autocreate: !args.no_eventtype_autocreate,
             max_sources_per_type: args.eventtype_sources_per_type as usize,
+            max_per_broker: args.eventtype_max_per_broker as usize,
             ..Default::default()
         },
+        memory_channel_max_bytes: args.memory_channel_max_bytes,
         store: args.store,
         // Beside a controller, the serving process is the data plane.
         role: match args.store {
@@ -532,6 +609,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         tls_secret: args.tls_secret,
         oidc_issuers: args.oidc_issuers,
+        listeners: crate::listener::ListenerLimits {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            request_timeout: args.request_timeout,
+            max_connections: args.max_connections.map(|n| n as usize),
+            max_headers: args.max_headers as usize,
+            max_header_bytes: args.max_header_bytes as usize,
+            http2_max_concurrent_streams: args.http2_max_concurrent_streams,
+        },
         ..crate::server::ServeOptions::default()
     };
     let store = options.store;
@@ -563,6 +649,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         delivery: crate::delivery::DeliveryDefaults {
             timeout: args.delivery_timeout,
             backoff_cap: args.backoff_cap,
+            ..Default::default()
         },
         shutdown_grace: args.shutdown_grace,
         advertised_url: Some(args.advertised_url),
@@ -662,7 +749,7 @@ mod tests {
     fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         let cli = Cli::try_parse_from([&["rivulet", "serve"], args].concat())?;
         match cli.command {
-            Command::Serve(args) => Ok(args),
+            Command::Serve(args) => Ok(*args),
             _ => unreachable!("serve was asked for"),
         }
     }

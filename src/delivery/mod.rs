@@ -22,6 +22,9 @@ pub struct DeliveryDefaults {
     pub timeout: Duration,
     /// No backoff (nor `Retry-After`) waits longer than this.
     pub backoff_cap: Duration,
+    /// The largest successful response (a reply event) read from a subscriber, in bytes;
+    /// a larger one fails the attempt.
+    pub max_response_body: usize,
 }
 
 impl Default for DeliveryDefaults {
@@ -29,6 +32,7 @@ impl Default for DeliveryDefaults {
         Self {
             timeout: Duration::from_secs(30),
             backoff_cap: Duration::from_secs(60),
+            max_response_body: REPLY_LIMIT,
         }
     }
 }
@@ -165,6 +169,9 @@ pub struct Failure {
     /// The response body (for `knativeerrordata`).
     pub body: Bytes,
     pub message: String,
+    /// Why, in one word for a metric label: `response_too_large`, `timeout`, `network`,
+    /// `status`, `redirect`, `malformed_reply`, `refused`, `local`.
+    pub reason: &'static str,
     retryable: bool,
     retry_after: Option<Duration>,
 }
@@ -181,6 +188,7 @@ impl Failure {
             status: None,
             body: Bytes::new(),
             message,
+            reason: "refused",
             retryable: false,
             retry_after: None,
         }
@@ -191,7 +199,8 @@ impl Failure {
 /// a target must not make Rivulet buffer what it likes.
 pub const FAILURE_BODY_LIMIT: usize = 64 * 1024;
 
-/// The largest successful response (a reply event) that is read.
+/// The largest successful response (a reply event) that is read, unless configured otherwise
+/// ([`DeliveryDefaults::max_response_body`]).
 pub const REPLY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// How much of a target's answer goes into a log line.
@@ -209,6 +218,8 @@ pub struct Sender {
     features: Option<crate::features::FeatureFlags>,
     /// Bearer tokens for targets with an OIDC audience.
     bearer: Option<Arc<dyn BearerSource>>,
+    /// The most of a successful response that is read.
+    response_limit: usize,
 }
 
 impl Default for Sender {
@@ -257,6 +268,7 @@ impl Sender {
             egress,
             features: None,
             bearer: None,
+            response_limit: REPLY_LIMIT,
         }
     }
 
@@ -280,6 +292,13 @@ impl Sender {
     /// The trust bundles this sender trusts.
     pub fn trust_bundles(&self) -> &crate::tls::TrustBundles {
         self.clients.trust()
+    }
+
+    /// Reads at most `limit` bytes of a successful response; beyond it the attempt fails
+    /// and the rest is not read (the connection is dropped).
+    pub fn with_response_limit(mut self, limit: usize) -> Self {
+        self.response_limit = limit;
+        self
     }
 
     /// Attaches tokens from `bearer` to requests whose target has an audience.
@@ -365,6 +384,42 @@ impl Sender {
                 dead_letter_error: Some(dead_letter_failure),
             },
         }
+    }
+
+    /// Sends `event` straight to the policy's dead-letter sink, without trying `destination`:
+    /// for events that will never be delivered (their trigger or broker was deleted).
+    /// `why` becomes `knativeerrordata`, as a refusal's reason does.
+    pub async fn dead_letter(
+        &self,
+        event: &Event,
+        destination: &str,
+        why: &str,
+        policy: &DeliveryPolicy,
+    ) -> Result<(), Failure> {
+        let Some(dead_letter_uri) = &policy.dead_letter_uri else {
+            return Err(Failure::final_without_response(
+                "no dead-letter sink".into(),
+            ));
+        };
+        let failure = Failure {
+            body: Bytes::from(why.to_owned()),
+            ..Failure::final_without_response(why.to_owned())
+        };
+        let dead_letter = dead_letter_event(event, destination, &failure);
+        let audience = policy
+            .auth
+            .as_ref()
+            .and_then(|a| a.dead_letter_audience.as_deref());
+        self.send_with_retries(
+            dead_letter_uri,
+            policy.dead_letter_ca_certs.as_deref(),
+            &dead_letter,
+            policy,
+            audience,
+        )
+        .await
+        .map(drop)
+        .map_err(|(failure, _)| failure)
     }
 
     /// Attempts delivery `1 + retry` times at most. A malformed reply is final: sending the
@@ -464,15 +519,19 @@ impl Sender {
                 if let Some(refused) = egress::refusal_in(&error) {
                     return Err(refusal_failure(refused));
                 }
-                let message = if error.is_timeout() {
-                    format!("no response within {timeout:?}")
+                let (message, reason) = if error.is_timeout() {
+                    (format!("no response within {timeout:?}"), "timeout")
                 } else {
-                    format!("request failed: {}", error_chain(&error))
+                    (
+                        format!("request failed: {}", error_chain(&error)),
+                        "network",
+                    )
                 };
                 return Err(Failure {
                     status: None,
                     body: Bytes::new(),
                     message,
+                    reason,
                     retryable: true,
                     retry_after: None,
                 });
@@ -480,21 +539,31 @@ impl Sender {
         };
         let status = response.status();
         let response_headers = response.headers().clone();
-        let too_large = || Failure {
-            status: Some(StatusCode::BAD_GATEWAY),
-            body: Bytes::new(),
-            message: format!("the reply is larger than {REPLY_LIMIT} bytes"),
-            retryable: false,
-            retry_after: None,
+        let reply_limit = self.response_limit;
+        // Sending the event again would bring the same answer. The reason goes where the
+        // body would (`knativeerrordata`): what the subscriber sent was not kept.
+        let too_large = || {
+            let message = format!(
+                "the subscriber's response ({status}) is larger than the response limit of \
+                 {reply_limit} bytes (--max-response-body); it was not read further"
+            );
+            Failure {
+                status: Some(StatusCode::BAD_GATEWAY),
+                body: Bytes::from(message.clone()),
+                message,
+                reason: "response_too_large",
+                retryable: false,
+                retry_after: None,
+            }
         };
         let limit = if status.is_success() {
             if response
                 .content_length()
-                .is_some_and(|length| length > REPLY_LIMIT as u64)
+                .is_some_and(|length| length > reply_limit as u64)
             {
                 return Err(too_large());
             }
-            REPLY_LIMIT
+            reply_limit
         } else {
             FAILURE_BODY_LIMIT
         };
@@ -505,6 +574,7 @@ impl Sender {
                     status: Some(status),
                     body: Bytes::new(),
                     message: format!("reading the response failed: {}", error_chain(&error)),
+                    reason: "network",
                     retryable: true,
                     retry_after: None,
                 });
@@ -517,6 +587,7 @@ impl Sender {
                 message: format!(
                     "subscriber answered {status}; redirects are not followed (deliver to the final address)"
                 ),
+                reason: "redirect",
                 body,
                 retryable: false,
             });
@@ -526,6 +597,7 @@ impl Sender {
                 status: Some(status),
                 retry_after: retry_after(&response_headers),
                 message: format!("subscriber answered {status}"),
+                reason: "status",
                 body,
                 retryable: is_retryable(status),
             });
@@ -539,6 +611,7 @@ impl Sender {
                 status: Some(StatusCode::BAD_GATEWAY),
                 body,
                 message: format!("malformed reply: {error}"),
+                reason: "malformed_reply",
                 retryable: false,
                 retry_after: None,
             }),
@@ -594,6 +667,7 @@ impl Failure {
             status: None,
             body: Bytes::new(),
             message,
+            reason: "local",
             retryable: true,
             retry_after: None,
         }
@@ -745,6 +819,7 @@ mod tests {
             status: Some(StatusCode::INTERNAL_SERVER_ERROR),
             body: Bytes::from(vec![b'x'; 5000]),
             message: String::new(),
+            reason: "status",
             retryable: true,
             retry_after: None,
         };

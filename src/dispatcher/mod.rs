@@ -5,7 +5,7 @@
 //! or failing subscriber never holds up another trigger.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rivulet_channels::{ChannelError, Received, Subscription};
@@ -18,7 +18,7 @@ use crate::event::{Event, ExtensionValue};
 use crate::filter::{self, Filter};
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
 use crate::metrics::{
-    DeliveryLabels, DropLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels,
+    DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -89,9 +89,8 @@ impl TriggerMetrics {
             failed: outcome("failed"),
             ttl_dropped: metrics
                 .events_dropped
-                .get_or_create(&DropLabels {
+                .get_or_create(&DroppedLabels {
                     namespace: dispatch.namespace.clone(),
-                    broker: dispatch.broker.clone(),
                     trigger: dispatch.trigger.clone(),
                     reason: "ttl",
                 })
@@ -112,10 +111,47 @@ impl TriggerMetrics {
 /// A running trigger consumer.
 pub struct Running {
     stop: CancellationToken,
+    /// Deliveries still going give up, unacknowledged (after a deletion's grace period).
+    abandon: CancellationToken,
     tasks: TaskTracker,
+    /// Events taken off the subscription and not acknowledged yet.
+    unfinished: Arc<AtomicU64>,
+    /// What the consumer was started with.
+    pub dispatch: Arc<TriggerDispatch>,
+}
+
+/// What stopping a consumer for good left behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Events the consumer held at the stop that were finished (delivered, dead-lettered or
+    /// filtered out, then acknowledged) within the grace period.
+    pub finished: u64,
+    /// Events it held and gave up on unacknowledged; the subscription still has them.
+    pub abandoned: u64,
 }
 
 impl Running {
+    /// Stops taking new events, waits up to `grace` for deliveries in flight, then abandons
+    /// the rest unacknowledged and waits for them to let go, so the subscription can be
+    /// consumed by someone else right after. Says how many events ended which way.
+    pub async fn stop_for_good(self, grace: Duration) -> Stopped {
+        self.stop.cancel();
+        self.tasks.close();
+        let held = self.unfinished.load(Ordering::SeqCst);
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            self.abandon.cancel();
+            self.tasks.wait().await;
+        }
+        let abandoned = self.unfinished.load(Ordering::SeqCst);
+        Stopped {
+            finished: held.saturating_sub(abandoned),
+            abandoned,
+        }
+    }
+
     /// Stops taking new events and waits up to `grace` for deliveries in flight. What is
     /// still unfinished then stays unacknowledged and is delivered again later.
     pub async fn stop(self, grace: Duration) {
@@ -138,27 +174,63 @@ pub fn spawn(
 ) -> Running {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let abandon = CancellationToken::new();
+    let unfinished = Arc::new(AtomicU64::new(0));
     let metrics = Arc::new(TriggerMetrics::new(&shared.metrics, &dispatch));
     let dispatch = Arc::new(dispatch);
     tasks.spawn(consume(
-        dispatch,
-        metrics,
-        subscription,
-        shared,
+        Consumer {
+            dispatch: dispatch.clone(),
+            metrics,
+            subscription,
+            shared,
+            abandon: abandon.clone(),
+            unfinished: unfinished.clone(),
+        },
         stop.clone(),
         tasks.clone(),
     ));
-    Running { stop, tasks }
+    Running {
+        stop,
+        abandon,
+        tasks,
+        unfinished,
+        dispatch,
+    }
 }
 
-async fn consume(
+/// What each delivery of one trigger's consumer shares.
+#[derive(Clone)]
+struct Consumer {
     dispatch: Arc<TriggerDispatch>,
     metrics: Arc<TriggerMetrics>,
     subscription: Arc<dyn Subscription>,
     shared: Shared,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
+    abandon: CancellationToken,
+    unfinished: Arc<AtomicU64>,
+}
+
+impl Consumer {
+    /// Handles one event; it stays counted as unfinished when abandoned before its ack.
+    async fn handle(&self, received: Received) {
+        let finished = tokio::select! {
+            () = handle(
+                &self.dispatch,
+                &self.metrics,
+                &*self.subscription,
+                &self.shared,
+                received,
+            ) => true,
+            () = self.abandon.cancelled() => false,
+        };
+        if finished {
+            self.unfinished.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn consume(consumer: Consumer, stop: CancellationToken, tasks: TaskTracker) {
+    let (dispatch, subscription) = (consumer.dispatch.clone(), consumer.subscription.clone());
     let parallelism = if dispatch.ordered {
         1
     } else {
@@ -188,28 +260,29 @@ async fn consume(
                 }
             }
         };
+        consumer
+            .unfinished
+            .fetch_add(batch.len() as u64, Ordering::SeqCst);
         let mut first = Some(first);
         for received in batch {
+            // Once stopped, the rest of the batch stays unacknowledged for the next consumer.
+            if stop.is_cancelled() {
+                break;
+            }
             let permit = match first.take() {
                 Some(permit) => permit,
-                None => slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore never closed"),
+                None => tokio::select! {
+                    _ = stop.cancelled() => break,
+                    permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                },
             };
             if dispatch.ordered {
-                handle(&dispatch, &metrics, &*subscription, &shared, received).await;
+                consumer.handle(received).await;
                 drop(permit);
             } else {
-                let (dispatch, metrics, subscription, shared) = (
-                    dispatch.clone(),
-                    metrics.clone(),
-                    subscription.clone(),
-                    shared.clone(),
-                );
+                let consumer = consumer.clone();
                 tasks.spawn(async move {
-                    handle(&dispatch, &metrics, &*subscription, &shared, received).await;
+                    consumer.handle(received).await;
                     drop(permit);
                 });
             }
@@ -291,6 +364,17 @@ async fn handle(
     metrics.latency.observe(started.elapsed().as_secs_f64());
     metrics.outcome(&outcome).inc();
     metrics.retries.inc_by(u64::from(outcome.attempts() - 1));
+    if let Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } = &outcome {
+        shared
+            .metrics
+            .delivery_failures
+            .get_or_create(&crate::metrics::DeliveryFailureLabels {
+                namespace: dispatch.namespace.clone(),
+                trigger: dispatch.trigger.clone(),
+                reason: failure.reason,
+            })
+            .inc();
+    }
     match outcome {
         Outcome::Delivered { reply, .. } => {
             if let Some(reply) = reply {

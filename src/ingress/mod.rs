@@ -13,7 +13,7 @@ use rivulet_channels::{Channel, ChannelError};
 
 use crate::auth::{Auth, AuthError, TargetRef};
 use crate::event::{self, Event, EventError, ExtensionValue};
-use crate::metrics::{BrokerLabels, DropLabels, IngressLabels, Metrics};
+use crate::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
 use crate::registry::Observer;
 use crate::resources::DeliverySpec;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +27,9 @@ pub const BROKER_TTL: &str = "knativebrokerttl";
 /// The TTL given to events that arrive without one, and the most an event may carry: a
 /// larger value is lowered to it, so no sender can make a loop practically endless.
 pub const DEFAULT_TTL: i32 = 255;
+/// `Retry-After` (seconds) of the 503 answered while a broker's channel is full: space
+/// frees as subscribers acknowledge, so trying again soon is reasonable.
+pub const FULL_RETRY_AFTER_SECS: u64 = 1;
 
 /// A ready broker: its channel and what its triggers inherit.
 pub struct BrokerHandle {
@@ -89,9 +92,9 @@ impl IngressError {
             IngressError::UnknownBroker { .. } => StatusCode::NOT_FOUND,
             IngressError::Invalid(_) | IngressError::TtlExhausted { .. } => StatusCode::BAD_REQUEST,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngressError::Channel(ChannelError::Unavailable(_) | ChannelError::Closed) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IngressError::Channel(
+                ChannelError::Unavailable(_) | ChannelError::Closed | ChannelError::Full(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Auth(error) => error.status(),
         }
@@ -104,6 +107,23 @@ impl IntoResponse for IngressError {
             return error.into_response();
         }
         let status = self.status();
+        if let IngressError::Channel(ChannelError::Full(_)) = &self {
+            return (
+                status,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    ),
+                    (
+                        header::RETRY_AFTER,
+                        HeaderValue::from(FULL_RETRY_AFTER_SECS),
+                    ),
+                ],
+                format!("{self}; try again later\n"),
+            )
+                .into_response();
+        }
         (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -123,6 +143,7 @@ struct BrokerCounters {
     ttl_dropped: Counter,
     /// Whether a TTL drop was logged already: a loop logs once, not once per event.
     ttl_logged: Arc<AtomicBool>,
+    full: Counter,
 }
 
 impl BrokerCounters {
@@ -150,14 +171,14 @@ impl BrokerCounters {
             unavailable: outcome("unavailable"),
             ttl_dropped: metrics
                 .events_dropped
-                .get_or_create(&DropLabels {
+                .get_or_create(&DroppedLabels {
                     namespace: namespace.to_string(),
-                    broker: broker.to_string(),
                     trigger: String::new(),
                     reason: "ttl",
                 })
                 .clone(),
             ttl_logged: Arc::default(),
+            full: outcome("full"),
         }
     }
 }
@@ -376,6 +397,13 @@ async fn post_events(
         Ok(count) => {
             entry.counters.accepted.inc_by(count as u64);
             StatusCode::ACCEPTED.into_response()
+        }
+        Err(IngressError::Channel(ChannelError::Full(reason))) => {
+            // The sender keeps the events and is told when to try again: pushed back, not
+            // dropped. Debug only, since a full channel refuses every request for a while.
+            tracing::debug!(%namespace, %broker, %reason, "ingress pushed back: channel full");
+            entry.counters.full.inc();
+            IngressError::Channel(ChannelError::Full(reason)).into_response()
         }
         Err(error) => {
             if let IngressError::TtlExhausted { exhausted, .. } = &error {

@@ -5,10 +5,14 @@
 //! `rivulet_eventtype_observations_dropped_total`), so discovery never slows or fails
 //! ingress. A background worker ([`worker`]) creates an EventType for each new
 //! (broker, type, source pattern), infers the payload schema ([`schema`]) and writes it to the
-//! EventType's status only when it changed, at most once per `min_write_interval`.
+//! EventType's status only when it changed, at most once per `min_write_interval`. A broker
+//! gets at most `max_per_broker` auto-created EventTypes; events past it are counted in
+//! `rivulet_eventtypes_capped_total` and get none.
 //! [`query`] filters EventType lists, [`xregistry`] serves the CloudEvents xRegistry view,
 //! [`scaffold`] writes function skeletons from a schema.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +33,9 @@ pub use reconcile::{
     EVENT_TYPE_KNOWN, StatusLock, event_type_condition, exact_type_filter, known_event_type,
 };
 
+/// The default of [`RegistrySettings::max_per_broker`].
+pub const DEFAULT_MAX_PER_BROKER: usize = 1000;
+
 /// How discovery behaves; part of `rivulet serve`'s options.
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
@@ -44,6 +51,10 @@ pub struct RegistrySettings {
     pub min_write_interval: Duration,
     /// Schema versions kept per EventType.
     pub max_schema_versions: usize,
+    /// EventTypes auto-created per broker at most (`--eventtype-max-per-broker`). Past it,
+    /// events are still accepted but new classes get no EventType; EventTypes applied by
+    /// hand do not count and are not limited.
+    pub max_per_broker: usize,
 }
 
 impl Default for RegistrySettings {
@@ -54,7 +65,33 @@ impl Default for RegistrySettings {
             max_sources_per_type: 20,
             min_write_interval: Duration::from_secs(1),
             max_schema_versions: 10,
+            max_per_broker: DEFAULT_MAX_PER_BROKER,
         }
+    }
+}
+
+/// Brokers at their cap of auto-created EventTypes, with the cap: filled by the discovery
+/// worker, shown by the Broker reconciler as an informational condition.
+#[derive(Clone, Default)]
+pub struct CappedBrokers(Arc<Mutex<HashMap<(String, String), usize>>>);
+
+impl CappedBrokers {
+    /// Records whether a broker is at its cap; true when that changed.
+    pub fn set(&self, namespace: &str, broker: &str, cap: Option<usize>) -> bool {
+        let mut capped = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), broker.to_string());
+        match cap {
+            Some(max) => capped.insert(key, max) != Some(max),
+            None => capped.remove(&key).is_some(),
+        }
+    }
+
+    /// The cap a broker is at, if it is.
+    pub fn get(&self, namespace: &str, broker: &str) -> Option<usize> {
+        let capped = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        capped
+            .get(&(namespace.to_string(), broker.to_string()))
+            .copied()
     }
 }
 

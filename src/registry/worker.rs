@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::pattern::{self, WILDCARD};
 use super::reconcile::StatusLock;
-use super::{Observation, RegistrySettings, schema};
+use super::{CappedBrokers, Observation, RegistrySettings, schema};
 use crate::event::Event;
-use crate::metrics::Metrics;
+use crate::metrics::{BrokerLabels, Metrics};
 use crate::resources::eventtype::{
     AUTOCREATED_LABEL, BROKER_LABEL, SchemaVersion, attribute, attribute_of, broker_of,
     broker_reference,
@@ -24,6 +24,9 @@ use crate::store::{ResourceStore, StoreError};
 const SAMPLE_DATA_LIMIT: usize = 16 * 1024;
 /// How long an event class without an EventType waits before the store is asked again.
 const UNTRACKED_RETRY: Duration = Duration::from_secs(5);
+/// Remembered event classes without an EventType (untracked or capped) at most; past it
+/// they are forgotten, so a flood of distinct types cannot grow the worker's memory.
+const MAX_REMEMBERED_MISSES: usize = 10_000;
 /// How often pending writes are looked at.
 const FLUSH_TICK: Duration = Duration::from_millis(100);
 /// Once this many inferred schemas in a row changed nothing, the schema counts as stable...
@@ -37,11 +40,32 @@ const STABLE_SAMPLE_EVERY: u32 = 32;
 type ClassKey = (String, String, String, String);
 /// (namespace, EventType name).
 type ObjectKey = (String, String);
+/// (namespace, broker).
+type BrokerKey = (String, String);
 
 enum Target {
     EventType(ObjectKey),
     /// No EventType and none may be created; look again after the instant.
     Untracked(Instant),
+    /// No EventType because the broker is at its cap; look again after the instant.
+    Capped(Instant),
+}
+
+/// What looking a class up found.
+enum Resolved {
+    EventType(ObjectKey),
+    /// None exists and auto-creation is off.
+    Untracked,
+    /// None exists and the broker has as many auto-created EventTypes as it may.
+    Capped,
+}
+
+/// Auto-created EventTypes of one broker, counted from the store.
+struct BrokerCount {
+    count: usize,
+    counted_at: Instant,
+    /// The cap was reported (logged) and the broker has not gone below it since.
+    cap_reported: bool,
 }
 
 /// What the worker knows about one EventType.
@@ -96,7 +120,14 @@ pub struct Worker {
     /// Source patterns with their own class, per (namespace, broker, type).
     patterns: HashMap<(String, String, String), usize>,
     tracked: HashMap<ObjectKey, Tracked>,
+    autocreated: HashMap<BrokerKey, BrokerCount>,
+    capped: CappedBrokers,
+    /// Told (namespace, broker) when a broker reaches its cap or goes below it again.
+    on_cap_change: Option<CapChange>,
 }
+
+/// Called with (namespace, broker) when a broker's cap state changes.
+type CapChange = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 impl Worker {
     pub fn new(
@@ -114,6 +145,29 @@ impl Worker {
             classes: HashMap::new(),
             patterns: HashMap::new(),
             tracked: HashMap::new(),
+            autocreated: HashMap::new(),
+            capped: CappedBrokers::default(),
+            on_cap_change: None,
+        }
+    }
+
+    /// Records brokers at their cap in `capped` and calls `changed` when one reaches it or
+    /// goes below it again (so the broker's status can say so).
+    pub fn report_caps(
+        mut self,
+        capped: CappedBrokers,
+        changed: impl Fn(&str, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.capped = capped;
+        self.on_cap_change = Some(Box::new(changed));
+        self
+    }
+
+    fn set_capped(&self, namespace: &str, broker: &str, cap: Option<usize>) {
+        if self.capped.set(namespace, broker, cap)
+            && let Some(changed) = &self.on_cap_change
+        {
+            changed(namespace, broker);
         }
     }
 
@@ -194,28 +248,89 @@ impl Worker {
                 return Ok(Some(key.clone()));
             }
             Some(Target::Untracked(retry_at)) if Instant::now() < *retry_at => return Ok(None),
+            Some(Target::Capped(retry_at)) if Instant::now() < *retry_at => {
+                self.count_capped(namespace, broker);
+                return Ok(None);
+            }
             _ => {}
         }
-        let found = self.resolve(&class, event).await?;
+        let resolved = self.resolve(&class, event).await?;
         let is_new = !self.classes.contains_key(&class);
-        let target = match &found {
-            Some(key) => Target::EventType(key.clone()),
-            None => Target::Untracked(Instant::now() + UNTRACKED_RETRY),
+        let retry_at = Instant::now() + UNTRACKED_RETRY;
+        let (target, found) = match resolved {
+            Resolved::EventType(key) => (Target::EventType(key.clone()), Some(key)),
+            Resolved::Untracked => (Target::Untracked(retry_at), None),
+            Resolved::Capped => {
+                self.count_capped(namespace, broker);
+                (Target::Capped(retry_at), None)
+            }
         };
+        if found.is_none() && self.classes.len() >= self.tracked.len() + MAX_REMEMBERED_MISSES {
+            self.classes
+                .retain(|_, t| matches!(t, Target::EventType(_)));
+        }
         self.classes.insert(class.clone(), target);
-        if is_new && class.3 != WILDCARD {
+        // Only sources that got an EventType use up the type's source slots.
+        if is_new && found.is_some() && class.3 != WILDCARD {
             *self.patterns.entry(triple).or_default() += 1;
         }
         Ok(found)
     }
 
+    /// Counts an event that gets no EventType because its broker is at the cap.
+    fn count_capped(&self, namespace: &str, broker: &str) {
+        self.metrics
+            .eventtypes_capped
+            .get_or_create(&BrokerLabels {
+                namespace: namespace.to_string(),
+                broker: broker.to_string(),
+            })
+            .inc();
+    }
+
+    /// Whether the broker may get one more auto-created EventType. The count comes from the
+    /// store, so a restart keeps the cap and deleted EventTypes free their place; at the cap
+    /// it is read again at most every [`UNTRACKED_RETRY`].
+    async fn may_autocreate(&mut self, namespace: &str, broker: &str) -> Result<bool, StoreError> {
+        let key = (namespace.to_string(), broker.to_string());
+        let max = self.settings.max_per_broker;
+        let stale = match self.autocreated.get(&key) {
+            None => true,
+            Some(known) => known.count >= max && known.counted_at.elapsed() >= UNTRACKED_RETRY,
+        };
+        if stale {
+            let count = self
+                .store
+                .list(self.kind, Some(namespace))
+                .await?
+                .iter()
+                .filter(|o| is_autocreated_for(o, broker))
+                .count();
+            let entry = self.autocreated.entry(key.clone()).or_insert(BrokerCount {
+                count,
+                counted_at: Instant::now(),
+                cap_reported: false,
+            });
+            entry.count = count;
+            entry.counted_at = Instant::now();
+        }
+        let known = self.autocreated.get_mut(&key).expect("counted above");
+        let below = known.count < max;
+        // Reported when the cap is reached, and again when the broker goes below it.
+        let report = known.cap_reported == below;
+        known.cap_reported = !below;
+        if report {
+            self.set_capped(namespace, broker, (!below).then_some(max));
+            if !below {
+                tracing::warn!(%namespace, %broker, max, "broker reached its cap of auto-created EventTypes (--eventtype-max-per-broker): events of new types are still accepted but get no EventType; counted in rivulet_eventtypes_capped_total");
+            }
+        }
+        Ok(below)
+    }
+
     /// Finds the EventType of a class in the store (auto-created or applied by hand), or
     /// creates it when auto-creation is on.
-    async fn resolve(
-        &mut self,
-        class: &ClassKey,
-        event: &Event,
-    ) -> Result<Option<ObjectKey>, StoreError> {
+    async fn resolve(&mut self, class: &ClassKey, event: &Event) -> Result<Resolved, StoreError> {
         let (namespace, broker, event_type, source) = class;
         let name = pattern::eventtype_name(broker, event_type, source);
         let existing = match self.store.get(self.kind, namespace, &name).await? {
@@ -250,10 +365,13 @@ impl Worker {
             self.tracked
                 .entry(key.clone())
                 .or_insert_with(|| Tracked::from_object(&object));
-            return Ok(Some(key));
+            return Ok(Resolved::EventType(key));
         }
         if !self.settings.autocreate {
-            return Ok(None);
+            return Ok(Resolved::Untracked);
+        }
+        if !self.may_autocreate(namespace, broker).await? {
+            return Ok(Resolved::Capped);
         }
         // Owned by its broker, so Kubernetes' garbage collector removes it with the broker.
         let broker_kind =
@@ -277,6 +395,12 @@ impl Worker {
             broker_uid.as_deref(),
         );
         self.store.apply(self.kind, manifest).await?;
+        if let Some(known) = self
+            .autocreated
+            .get_mut(&(namespace.clone(), broker.clone()))
+        {
+            known.count += 1;
+        }
         self.metrics.eventtypes_autocreated.inc();
         tracing::info!(%namespace, %broker, r#type = %event_type, %source, %name, "event type discovered");
         let key = (namespace.clone(), name);
@@ -287,7 +411,7 @@ impl Worker {
                 ..Tracked::from_object(&Value::Null)
             },
         );
-        Ok(Some(key))
+        Ok(Resolved::EventType(key))
     }
 
     /// Writes changed EventTypes whose last write is old enough (all of them when `force`).
@@ -429,6 +553,13 @@ fn refine(tracked: &mut Tracked, event: &Event, max_versions: usize) {
         tracked.sample = Some(sample_of(event));
         tracked.dirty = true;
     }
+}
+
+/// Whether `object` is an EventType auto-created for `broker`.
+fn is_autocreated_for(object: &Value, broker: &str) -> bool {
+    let labels = object.pointer("/metadata/labels");
+    let label = |name: &str| labels.and_then(|l| l.get(name)).and_then(Value::as_str);
+    label(AUTOCREATED_LABEL) == Some("true") && label(BROKER_LABEL) == Some(broker)
 }
 
 /// Whether data with this content type is JSON (no content type means JSON in CloudEvents).

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use super::drain::{self, DrainReport};
 use super::{Action, Context, ReconcileError, conditions, generation};
 use crate::features;
 use crate::ingress::BrokerHandle;
@@ -20,6 +21,17 @@ use crate::store::object_key;
 pub struct BackendChoice {
     pub backend: String,
     pub settings: BTreeMap<String, String>,
+}
+
+/// The byte bound of memory channels whose broker config sets no `maxBytes`
+/// (`--memory-channel-max-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryChannelMaxBytes(pub u64);
+
+impl Default for MemoryChannelMaxBytes {
+    fn default() -> Self {
+        Self(rivulet_channels::memory::DEFAULT_MAX_BYTES)
+    }
 }
 
 inventory::submit! {
@@ -179,9 +191,28 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     };
     let (policies, policies_ready) = super::eventpolicy::policies_status(ctx, &target);
     parts.push(policies_ready);
+    let mut conditions = conditions(parts);
+    if let Some(cap) = ctx
+        .extensions
+        .get_or_default::<crate::registry::CappedBrokers>()
+        .get(&namespace, &name)
+    {
+        // Informational: the broker works, only discovery stopped for new types.
+        conditions.push(Condition {
+            severity: Some("Info".into()),
+            ..Condition::new(
+                "EventTypesAutoCreated",
+                false,
+                "CapReached",
+                format!(
+                    "{cap} EventTypes were auto-created for this broker, the most allowed (--eventtype-max-per-broker); events of new types are accepted but get no EventType (counted in rivulet_eventtypes_capped_total)"
+                ),
+            )
+        });
+    }
     let status = BrokerStatus {
         observed_generation: generation(object),
-        conditions: conditions(parts),
+        conditions,
         address: ready.then_some(address),
         addresses: addresses.filter(|_| ready),
         policies,
@@ -217,17 +248,51 @@ async fn reconcile_triggers_of(namespace: &str, broker: &str, ctx: &Arc<Context>
 }
 
 /// A broker is gone: close its ingress, stop its triggers and, where this process owns
-/// backend resources, remove its channel's (topic, exchange, stream, log).
+/// backend resources, drain what their subscriptions still hold (grace for deliveries in
+/// flight, the rest to the dead-letter sinks or counted dropped) and remove its channel's
+/// storage (topic, exchange, stream, log).
 pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
     let (namespace, name) = object_key(object);
     let handle = ctx.ingress.remove(&namespace, &name);
-    reconcile_triggers_of(&namespace, &name, ctx).await;
-    if let Some(handle) = handle
-        && ctx.role().owns_backend_resources()
-    {
-        handle.channel.destroy().await?;
+    // The consumers are taken here so that the drain stops them, not the triggers' reconcile.
+    let kind = Context::kind("Trigger");
+    let mut triggers = Vec::new();
+    for trigger in ctx.store.list(kind, Some(&namespace)).await? {
+        if trigger.pointer("/spec/broker").and_then(Value::as_str) == Some(name.as_str()) {
+            let running = ctx.take_trigger(&namespace, &object_key(&trigger).1).await;
+            // Not ready any more: the broker is gone.
+            Box::pin(ctx.reconcile_applied(kind, &trigger)).await;
+            triggers.push((trigger, running));
+        }
     }
-    Ok(())
+    let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
+        for running in triggers.into_iter().filter_map(|(_, running)| running) {
+            tokio::spawn(running.stop_for_good(ctx.settings.delete_grace));
+        }
+        ctx.deletions
+            .finish("Broker", &namespace, &name, DrainReport::default());
+        return Ok(());
+    };
+    let work = {
+        let ctx = ctx.clone();
+        async move {
+            let report = drain::drain_triggers(&ctx, &handle.channel, triggers).await;
+            if report != DrainReport::default() {
+                tracing::info!(
+                    %namespace,
+                    broker = %name,
+                    drained = report.drained,
+                    dead_lettered = report.dead_lettered,
+                    dropped = report.dropped,
+                    "broker deleted with undelivered events"
+                );
+            }
+            let destroyed = handle.channel.destroy().await;
+            ctx.deletions.finish("Broker", &namespace, &name, report);
+            destroyed.map_err(ReconcileError::from)
+        }
+    };
+    super::run_deletion(ctx, "Broker", object, work).await
 }
 
 /// A ConfigMap or Secret changed: reconcile the brokers whose `spec.config` names it.
@@ -304,10 +369,19 @@ pub async fn choose_backend(
             "broker class {class} needs spec.config naming its backend configuration"
         ));
     }
-    Ok(BackendChoice {
-        backend,
-        settings: settings.unwrap_or_default(),
-    })
+    let mut settings = settings.unwrap_or_default();
+    if backend == "memory" {
+        // The server-wide default, unless the broker's config sets its own.
+        settings
+            .entry(rivulet_channels::memory::MAX_BYTES_KEY.to_owned())
+            .or_insert_with(|| {
+                ctx.extensions
+                    .get_or_default::<MemoryChannelMaxBytes>()
+                    .0
+                    .to_string()
+            });
+    }
+    Ok(BackendChoice { backend, settings })
 }
 
 /// The backend a Knative channel template (`channel-template-spec`) names.

@@ -20,13 +20,16 @@ use crate::store::{ResourceStore, StoreError, StoreEvent, object_key};
 
 mod broker;
 mod destination;
+mod drain;
 mod eventpolicy;
 mod events;
 mod tls_secret;
 mod trigger;
 mod trust;
 
+pub use broker::MemoryChannelMaxBytes;
 pub use destination::{resolve_destination, resolve_destination_with_ca};
+pub use drain::{DEFAULT_DELETE_GRACE, DrainReport};
 pub use events::ReadySummary;
 pub use tls_secret::follow_tls_secret;
 pub use trust::follow_trust_bundles;
@@ -142,6 +145,9 @@ pub struct Settings {
     pub default_parallelism: usize,
     /// How long a stopping trigger waits for its deliveries in flight.
     pub stop_grace: Duration,
+    /// How long deleting a trigger or broker waits for its deliveries in flight before what
+    /// is left goes to the dead-letter sink (or is dropped, counted).
+    pub delete_grace: Duration,
     /// Knative's feature flags in force (`config-features` and `--feature`).
     pub features: crate::features::FeatureFlags,
     /// The serving certificate, when TLS is configured; its CA goes into https addresses.
@@ -207,6 +213,8 @@ pub struct Context {
     /// Objects whose cleanup already ran when their finalizer was removed, by uid, so their
     /// final deletion does not run it again.
     finalized: std::sync::Mutex<HashSet<String>>,
+    /// Deletions whose drain outcome a request waits for.
+    deletions: drain::DeletionWaiters,
 }
 
 /// Per-runtime state of plug-ins, by type, so the runtime keeps no field per plug-in.
@@ -221,6 +229,11 @@ impl Extensions {
             .expect("lock poisoned")
             .get_or_insert_default::<T>()
             .clone()
+    }
+
+    /// Sets the value of type `T` (a setting made at start, read by a plug-in later).
+    pub fn set<T: Clone + Send + Sync + 'static>(&self, value: T) {
+        self.0.lock().expect("lock poisoned").insert(value);
     }
 }
 
@@ -243,6 +256,7 @@ impl Context {
             extensions: Extensions::default(),
             events: events::EventState::default(),
             finalized: std::sync::Mutex::default(),
+            deletions: drain::DeletionWaiters::default(),
         })
     }
 
@@ -560,6 +574,81 @@ impl Context {
         }
     }
 
+    /// Takes a trigger's consumer out of service, for its deletion to stop.
+    async fn take_trigger(&self, namespace: &str, name: &str) -> Option<Running> {
+        self.triggers
+            .lock()
+            .await
+            .remove(&(namespace.to_string(), name.to_string()))
+            .map(|(_, running)| running)
+    }
+
+    /// How many undelivered events deleting a Broker or Trigger would leave behind, per
+    /// trigger (`None` where the backend cannot count); empty for other kinds.
+    pub async fn undelivered(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<(String, Option<u64>)>, ReconcileError> {
+        let (broker, triggers) = match kind {
+            "Trigger" => {
+                let Some(trigger) = self
+                    .store
+                    .get(Self::kind("Trigger"), namespace, name)
+                    .await?
+                else {
+                    return Ok(Vec::new());
+                };
+                let broker = trigger
+                    .pointer("/spec/broker")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                (broker, vec![name.to_owned()])
+            }
+            "Broker" => {
+                let triggers = self
+                    .store
+                    .list(Self::kind("Trigger"), Some(namespace))
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.pointer("/spec/broker").and_then(Value::as_str) == Some(name))
+                    .map(|t| object_key(&t).1)
+                    .collect();
+                (name.to_owned(), triggers)
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let Some(handle) = self.ingress.get(namespace, &broker) else {
+            return Ok(Vec::new());
+        };
+        let mut counts = Vec::new();
+        for trigger in triggers {
+            match handle
+                .channel
+                .backlog(&trigger::subscription_name(&trigger))
+                .await
+            {
+                Ok(count) => counts.push((trigger, count)),
+                Err(rivulet_channels::ChannelError::UnknownSubscription(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The outcome of the deletion of a Broker or Trigger, once its drain is done; ask before
+    /// deleting it from the store.
+    pub fn watch_deletion(
+        &self,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+    ) -> tokio::sync::oneshot::Receiver<DrainReport> {
+        self.deletions.wait(kind, namespace, name)
+    }
+
     async fn stop_trigger(&self, namespace: &str, name: &str) {
         let old = self
             .triggers
@@ -618,6 +707,27 @@ impl Context {
             }
         }
     }
+}
+
+/// Runs the drain and removal of a deleted object. Standalone runs it beside the control
+/// loop, which must not stall for a grace period; the controller waits for it, so a failure
+/// keeps the finalizer and is tried again.
+async fn run_deletion(
+    ctx: &Arc<Context>,
+    kind: &'static str,
+    object: &Value,
+    work: impl std::future::Future<Output = Result<(), ReconcileError>> + Send + 'static,
+) -> Result<(), ReconcileError> {
+    if ctx.role() == Role::Controller {
+        return work.await;
+    }
+    let (namespace, name) = object_key(object);
+    tokio::spawn(async move {
+        if let Err(error) = work.await {
+            tracing::warn!(kind, %namespace, %name, %error, "cleanup after deletion failed");
+        }
+    });
+    Ok(())
 }
 
 /// A condition list as JSON, with `Ready` derived from the others.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rivulet_channels::SubscriptionSpec;
 use serde_json::{Value, json};
 
+use super::drain::{self, DrainReport};
 use super::{Action, Context, ReconcileError, conditions, generation};
 use crate::delivery::DeliveryPolicy;
 use crate::dispatcher::{self, TriggerDispatch};
@@ -230,22 +231,37 @@ pub fn subscription_name(trigger: &str) -> String {
 }
 
 /// A trigger is gone: stop its consumer and, where this process owns backend resources,
-/// remove its subscription (queue, consumer).
+/// drain what its subscription still holds (grace for deliveries in flight, the rest to the
+/// dead-letter sink or counted dropped), then remove the subscription (queue, consumer).
 pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
     let (namespace, name) = object_key(object);
-    ctx.stop_trigger(&namespace, &name).await;
-    if !ctx.role().owns_backend_resources() {
-        return Ok(());
-    }
+    let running = ctx.take_trigger(&namespace, &name).await;
     let broker = object
         .pointer("/spec/broker")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if let Some(handle) = ctx.ingress.get(&namespace, broker) {
-        handle
-            .channel
-            .delete_subscription(&subscription_name(&name))
-            .await?;
-    }
-    Ok(())
+    let handle = ctx.ingress.get(&namespace, broker);
+    let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
+        // The data plane lets go of what it holds (the controller drains it); without a
+        // broker the broker's deletion drained it already.
+        if let Some(running) = running {
+            tokio::spawn(running.stop_for_good(ctx.settings.delete_grace));
+        }
+        ctx.deletions
+            .finish("Trigger", &namespace, &name, DrainReport::default());
+        return Ok(());
+    };
+    let work = {
+        let (ctx, object) = (ctx.clone(), object.clone());
+        async move {
+            let report = drain::drain_trigger(&ctx, &handle.channel, &object, running).await;
+            let removed = handle
+                .channel
+                .delete_subscription(&subscription_name(&name))
+                .await;
+            ctx.deletions.finish("Trigger", &namespace, &name, report);
+            removed.map_err(ReconcileError::from)
+        }
+    };
+    super::run_deletion(ctx, "Trigger", object, work).await
 }

@@ -10,24 +10,20 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Pems, SecretRef, TlsError, TlsFiles, certificates, private_key};
 use crate::features::{FeatureFlags, TransportEncryption};
+use crate::listener::{Activity, ListenerGuard};
 
 /// The first byte of a TLS record carrying a handshake: a client speaking TLS starts with it,
 /// no HTTP request line does.
 const TLS_HANDSHAKE: u8 = 0x16;
-
-/// How long a new connection may take to send its first byte and finish the TLS handshake;
-/// an idle connection must not hold a shutdown up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,19 +282,21 @@ pub fn classify(mode: TransportEncryption, have_cert: bool, first: Option<u8>) -
 /// `disabled` serves plain HTTP (a configured certificate is then unused); `permissive`
 /// serves TLS to clients whose first byte opens a TLS handshake and plain HTTP to the rest,
 /// on the same port; `strict` serves TLS only and answers plain HTTP with
-/// `426 Upgrade Required`.
+/// `426 Upgrade Required`. `guard` bounds connections, their idleness and their requests.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<CertReloader>>,
     features: FeatureFlags,
+    guard: ListenerGuard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tls
         .as_ref()
         .map(|tls| tokio_rustls::TlsAcceptor::from(tls.server_config()));
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(guard.http_builder());
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     // The flags can change at run time (config-features): say once that TLS was asked for
     // without a certificate, rather than per refused connection.
@@ -316,6 +314,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Over the limit the connection is closed here, before it costs a task.
+        let Some(slot) = guard.admit(peer) else {
+            drop(stream);
+            continue;
+        };
         let mode = features.current().transport_encryption;
         if mode != TransportEncryption::Disabled && acceptor.is_none() && !warned {
             tracing::error!(
@@ -330,16 +333,20 @@ pub async fn serve(
             acceptor: acceptor.clone(),
             app: app.clone(),
             builder: builder.clone(),
-            watcher: graceful.watcher(),
+            guard: guard.clone(),
+            closing: closing.clone(),
         };
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = task.run().await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
     Ok(())
 }
 
@@ -349,49 +356,55 @@ struct ConnectionTask {
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    guard: ListenerGuard,
+    /// Cancelled when the server stops: connections close once their requests are answered.
+    closing: CancellationToken,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ConnectionTask {
     async fn run(self) -> Result<(), BoxError> {
+        // The first byte and the TLS handshake count against the time to send headers.
+        let handshake_timeout = self.guard.limits().header_read_timeout;
         let first = if self.mode == TransportEncryption::Disabled {
             None
         } else {
             let mut byte = [0u8; 1];
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.stream.peek(&mut byte)).await {
+            match tokio::time::timeout(handshake_timeout, self.stream.peek(&mut byte)).await {
                 Ok(Ok(0)) | Err(_) => return Ok(()),
                 Ok(Ok(_)) => Some(byte[0]),
                 Ok(Err(error)) => return Err(error.into()),
             }
         };
-        let service = TowerToHyperService::new(self.app);
+        let activity = Arc::new(Activity::default());
+        let service = self.guard.service(self.app, activity.clone());
+        let guard = &self.guard;
         match (
             classify(self.mode, self.acceptor.is_some(), first),
             self.acceptor,
         ) {
             (Connection::Tls, Some(acceptor)) => {
-                let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(self.stream))
+                let stream = tokio::time::timeout(handshake_timeout, acceptor.accept(self.stream))
                     .await
                     .map_err(|_| "TLS handshake timed out")??;
                 let conn = self
                     .builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                self.watcher.watch(conn).await
+                guard.drive(conn, &activity, &self.closing).await
             }
             (Connection::Refuse, _) | (Connection::Tls, None) => {
                 let refuse = hyper::service::service_fn(refusal);
                 let conn = self
                     .builder
                     .serve_connection(TokioIo::new(self.stream), refuse);
-                self.watcher.watch(conn).await
+                guard.drive(conn, &activity, &self.closing).await
             }
             (Connection::Plain, _) => {
                 let conn = self
                     .builder
                     .serve_connection_with_upgrades(TokioIo::new(self.stream), service);
-                self.watcher.watch(conn).await
+                guard.drive(conn, &activity, &self.closing).await
             }
         }
     }
@@ -627,6 +640,12 @@ mod tests {
             app,
             Some(reloader),
             FeatureFlags::new(features),
+            ListenerGuard::new(
+                "test",
+                &crate::listener::ListenerLimits::default(),
+                64,
+                &crate::metrics::Metrics::new(),
+            ),
             stop.clone().cancelled_owned(),
         ));
         let plain = reqwest::get(format!("http://127.0.0.1:{port}/"))

@@ -103,6 +103,7 @@ fn context_for(
             delivery: DeliveryDefaults::default(),
             default_parallelism: 1,
             stop_grace: std::time::Duration::from_secs(1),
+            delete_grace: std::time::Duration::from_secs(1),
             role,
             features: Default::default(),
             tls: None,

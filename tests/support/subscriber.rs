@@ -234,6 +234,12 @@ impl Subscriber {
                     app,
                     Some(tls),
                     rivulet::features::FeatureFlags::new(strict),
+                    rivulet::listener::ListenerGuard::new(
+                        "subscriber",
+                        &rivulet::listener::ListenerLimits::default(),
+                        1024,
+                        &rivulet::metrics::Metrics::new(),
+                    ),
                     serve_stop.cancelled_owned(),
                 ));
             }

@@ -205,32 +205,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (number.is_empty() && seen_unit).then_some(total)
 }
 
-/// Reads a byte size: a plain number, or one with a K/M/G/T (powers of 1000) or Ki/Mi/Gi/Ti
-/// (powers of 1024) suffix; `-1` means no limit.
-pub fn parse_size(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if text == "-1" {
-        return Some(-1);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    let number: i64 = digits.parse().ok()?;
-    let factor: i64 = match suffix.trim().trim_end_matches(['B', 'b']) {
-        "" => 1,
-        "K" | "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    number.checked_mul(factor).filter(|n| *n > 0)
-}
+pub use crate::parse_size;
 
 /// Connects to NATS with the options every Rivulet component uses: a bounded connection
 /// timeout, and reconnection without end once connected.
@@ -622,6 +597,31 @@ impl Channel for NatsChannel {
         }
         Live::start(&live);
         Ok(Arc::new(NatsSubscription { live }))
+    }
+
+    async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
+        self.check_open()?;
+        let mut consumer: PullConsumer =
+            match self.stream().get_consumer(&consumer_name(name)).await {
+                Ok(consumer) => consumer,
+                Err(error)
+                    if is_error_code(
+                        &*error,
+                        &[ErrorCode::CONSUMER_NOT_FOUND, ErrorCode::STREAM_NOT_FOUND],
+                    ) =>
+                {
+                    return Err(ChannelError::UnknownSubscription(name.to_owned()));
+                }
+                Err(error) => {
+                    return Err(unavailable(&format!("opening consumer {name:?}"), error));
+                }
+            };
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| unavailable(&format!("reading consumer {name:?}"), e))?;
+        // Waiting to be pulled, and pulled but not acknowledged.
+        Ok(Some(info.num_pending + info.num_ack_pending as u64))
     }
 
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError> {

@@ -30,7 +30,7 @@ pub mod amqp;
 pub mod link;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -164,6 +164,8 @@ struct ConsumerControl {
     changed: Notify,
     /// The consumer's current AMQP channel.
     channel: Mutex<Option<lapin::Channel>>,
+    /// Events handed out and not acknowledged: RabbitMQ's message count leaves them out.
+    held: AtomicUsize,
 }
 
 impl ConsumerControl {
@@ -294,6 +296,30 @@ impl Shared {
                 Ok(true)
             }
             Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(unavailable("queue.declare", e)),
+        }
+    }
+
+    /// The messages ready in a queue (not those delivered and unacknowledged), or `None`
+    /// when it does not exist.
+    async fn queue_message_count(&self, queue: &str) -> Result<Option<u32>, ChannelError> {
+        let channel = self.link.channel().await?;
+        match channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(declared) => {
+                let _ = channel.close(200, "done".into()).await;
+                Ok(Some(declared.message_count()))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(unavailable("queue.declare", e)),
         }
     }
@@ -496,6 +522,19 @@ impl Channel for RabbitChannel {
         }))
     }
 
+    async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
+        self.shared.check_open()?;
+        let queue = self.shared.queue(name);
+        let Some(waiting) = self.shared.queue_message_count(&queue).await? else {
+            return Err(ChannelError::UnknownSubscription(name.to_owned()));
+        };
+        let held = lock(&self.shared.subscriptions)
+            .get(name)
+            .and_then(|known| known.consumer.as_ref())
+            .map_or(0, |consumer| consumer.held.load(Ordering::SeqCst));
+        Ok(Some(u64::from(waiting) + held as u64))
+    }
+
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError> {
         self.shared.check_open()?;
         let known = lock(&self.shared.subscriptions).remove(name);
@@ -570,6 +609,7 @@ impl RabbitSubscription {
         let channel = self.shared.link.channel().await?;
         // Deliveries of an earlier channel are void now: RabbitMQ delivers them again.
         lock(&self.in_flight).clear();
+        self.control.held.store(0, Ordering::SeqCst);
         *lock(&self.control.channel) = Some(channel.clone());
         if self.control.is_closed() {
             let _ = channel.close(200, "closed".into()).await;
@@ -612,6 +652,7 @@ impl RabbitSubscription {
             Ok(Some(envelope)) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 lock(&self.in_flight).insert(id, delivery.acker);
+                self.control.held.fetch_add(1, Ordering::SeqCst);
                 Some(Received {
                     id,
                     envelope: Arc::new(envelope),
@@ -697,6 +738,7 @@ impl Subscription for RabbitSubscription {
             // Unknown, repeated, or void after a reconnect: RabbitMQ redelivers the message.
             return Ok(());
         };
+        self.control.held.fetch_sub(1, Ordering::SeqCst);
         match acker.ack(lapin::options::BasicAckOptions::default()).await {
             Ok(true) => {}
             Ok(false) => {
