@@ -117,7 +117,8 @@ pub struct DroppedLabels {
     pub namespace: String,
     pub trigger: String,
     /// `deleted`: the trigger (or its broker) was deleted before the event was delivered
-    /// and no dead-letter sink took it.
+    /// and no dead-letter sink took it. `ttl`: the event's hop count (`knativebrokerttl`)
+    /// ran out (an event loop); `trigger` is empty when ingress refused it.
     pub reason: &'static str,
 }
 

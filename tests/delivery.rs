@@ -245,7 +245,7 @@ async fn binary_mode_attributes_and_data_arrive_unchanged() {
             "event {}: data must arrive byte for byte",
             event.id
         );
-        // Only the broker's own extensions are added.
+        // Only the broker's own extensions are added (the TTL less this delivery's hop).
         let mut added: Vec<&str> = got
             .headers
             .keys()
@@ -260,7 +260,7 @@ async fn binary_mode_attributes_and_data_arrive_unchanged() {
             "event {}",
             event.id
         );
-        assert_eq!(got.header("ce-knativebrokerttl"), Some("255"));
+        assert_eq!(got.header("ce-knativebrokerttl"), Some("254"));
     }
     assert_eq!(
         received[1].header("ce-specversion"),
@@ -577,6 +577,8 @@ async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
     );
     assert_eq!(dead.attr("knativeerrordest"), Some(sub.url_at("sub")));
     assert_eq!(dead.attr("knativeerrorcode").as_deref(), Some("500"));
+    // The dead-letter delivery is a hop like any other: the TTL the broker held, less one.
+    assert_eq!(dead.header("ce-knativebrokerttl"), Some("254"));
     assert_eq!(
         dead.attr("knativeerrordata"),
         Some(base64::engine::general_purpose::STANDARD.encode(error_body))
@@ -675,7 +677,8 @@ async fn trigger_delivery_replaces_broker_delivery_entirely() {
 // Replies
 // ---------------------------------------------------------------------------------------
 
-/// A reply event (200 with CloudEvent headers) re-enters the broker with its TTL decremented.
+/// A reply event (200 with CloudEvent headers) re-enters the broker with the TTL its parent
+/// was delivered with (255 less one); its own delivery takes one more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_reenter_the_broker_with_decremented_ttl() {
     let server = server().await;
@@ -710,7 +713,11 @@ async fn replies_reenter_the_broker_with_decremented_ttl() {
     let got = sub.wait_for_matching(1, |r| r.path == "/b").await.remove(0);
     assert_eq!(got.id(), "reply-of-a-1");
     assert_eq!(got.attr("type").as_deref(), Some("com.example.b"));
-    assert_eq!(got.header("ce-knativebrokerttl"), Some("254"));
+    assert_eq!(
+        sub.requests_at("/a")[0].header("ce-knativebrokerttl"),
+        Some("254")
+    );
+    assert_eq!(got.header("ce-knativebrokerttl"), Some("253"));
     assert_eq!(got.body, Bytes::from_static(br#"{"answer":42}"#));
     assert_eq!(
         sub.requests_at("/a")[0].header("prefer"),
@@ -812,9 +819,10 @@ async fn malformed_replies_are_failed_deliveries() {
 }
 
 /// A subscriber that answers every event with a reply of the same type makes a loop; the
-/// broker TTL ends it. With `knativebrokerttl: 5` the subscriber sees TTLs 5, 4, 3, 2, 1:
-/// each reply is published with its parent's TTL less one, and the reply to the event with
-/// TTL 1 would have TTL 0, so it is dropped. Five deliveries: the original and four replies.
+/// broker TTL ends it. With `knativebrokerttl: 5` the subscriber sees TTLs 4, 3, 2, 1: each
+/// delivery carries the TTL less one and each reply re-enters with its parent's delivered
+/// TTL. The last reply re-enters with TTL 1, which has no hop left: the trigger drops it and
+/// counts it. Four deliveries: the original and three replies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_loops_are_stopped_by_the_broker_ttl() {
     let server = server().await;
@@ -837,32 +845,26 @@ async fn reply_loops_are_stopped_by_the_broker_ttl() {
         .await;
     server
         .wait_metric(
-            REPLIES,
-            &[("trigger", "loop"), ("outcome", "ttl_exhausted")],
+            "rivulet_events_dropped_total",
+            &[("trigger", "loop"), ("reason", "ttl")],
             1.0,
         )
         .await;
-    // The TTL is exhausted only after the fifth delivery, and nothing re-entered after it.
+    // The TTL is exhausted only after the fourth delivery, and nothing was delivered after it.
     let requests = sub.requests();
-    assert_eq!(
-        ids(&requests),
-        ["loop", "loop+", "loop++", "loop+++", "loop++++"]
-    );
+    assert_eq!(ids(&requests), ["loop", "loop+", "loop++", "loop+++"]);
     let ttls: Vec<Option<&str>> = requests
         .iter()
         .map(|r| r.header("ce-knativebrokerttl"))
         .collect();
-    assert_eq!(
-        ttls,
-        [Some("5"), Some("4"), Some("3"), Some("2"), Some("1")]
-    );
+    assert_eq!(ttls, [Some("4"), Some("3"), Some("2"), Some("1")]);
     assert_eq!(
         server
             .metric(REPLIES, &[("trigger", "loop"), ("outcome", "published")])
             .await,
         4.0
     );
-    assert_eq!(outcome_count(&server, "loop", "delivered").await, 5.0);
+    assert_eq!(outcome_count(&server, "loop", "delivered").await, 4.0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -226,7 +226,25 @@ pub fn database_path(config: &ChannelConfig) -> Result<PathBuf, ChannelError> {
         .data_dir
         .join("channels")
         .join(&config.namespace)
-        .join(format!("{}.redb", config.broker)))
+        .join(database_file_name(&config.broker)))
+}
+
+/// A broker's database file. A broker name may have 253 characters, more than a file name
+/// holds with its extension (255 bytes): a long one is cut and made unique by a digest.
+/// Names that fit keep the plain name earlier versions used.
+fn database_file_name(broker: &str) -> String {
+    const KEPT: usize = 200;
+    if broker.len() + ".redb".len() <= 255 {
+        return format!("{broker}.redb");
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(broker.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut end = KEPT;
+    while !broker.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}-{hex}.redb", &broker[..end])
 }
 
 /// In-memory state of one subscription, shared by the writer and the consumers.

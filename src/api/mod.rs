@@ -335,6 +335,12 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
     if content_type.contains("yaml") {
         return serde_saphyr::from_slice(body).map_err(|e| format!("body is not valid YAML: {e}"));
     }
+    // YAML is bounded by its parser's own depth budget (64); JSON is checked here, without
+    // recursion, before it is parsed.
+    if body.trim_ascii_start().starts_with(b"{") || body.trim_ascii_start().starts_with(b"[") {
+        crate::event::limits::check_json_depth("body", body, crate::event::limits::MAX_JSON_DEPTH)
+            .map_err(|e| e.0)?;
+    }
     serde_json::from_slice(body).or_else(|json_error| {
         serde_saphyr::from_slice(body)
             .map_err(|_| format!("body is neither valid JSON ({json_error}) nor YAML"))

@@ -5,7 +5,7 @@
 //! or failing subscriber never holds up another trigger.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rivulet_channels::{ChannelError, Received, Subscription};
@@ -17,7 +17,9 @@ use crate::delivery::{DeliveryPolicy, Outcome, Sender};
 use crate::event::{Event, ExtensionValue};
 use crate::filter::{self, Filter};
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
-use crate::metrics::{DeliveryLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels};
+use crate::metrics::{
+    DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -57,6 +59,9 @@ struct TriggerMetrics {
     delivered: Counter,
     dead_lettered: Counter,
     failed: Counter,
+    ttl_dropped: Counter,
+    /// Whether a TTL drop was logged already: a loop logs once, not once per event.
+    ttl_logged: AtomicBool,
 }
 
 impl TriggerMetrics {
@@ -84,6 +89,15 @@ impl TriggerMetrics {
             delivered: outcome("delivered"),
             dead_lettered: outcome("dead_lettered"),
             failed: outcome("failed"),
+            ttl_dropped: metrics
+                .events_dropped
+                .get_or_create(&DroppedLabels {
+                    namespace: dispatch.namespace.clone(),
+                    trigger: dispatch.trigger.clone(),
+                    reason: "ttl",
+                })
+                .clone(),
+            ttl_logged: AtomicBool::new(false),
         }
     }
 
@@ -291,7 +305,7 @@ async fn handle(
         metrics.redelivered.inc();
         tracing::debug!(trigger = %dispatch.trigger, "the channel handed an event out again");
     }
-    let event = match Event::from_envelope(&received.envelope) {
+    let mut event = match Event::from_envelope(&received.envelope) {
         Ok(event) => event,
         Err(error) => {
             // Only ingress writes to channels, so this is corruption, not user input.
@@ -324,6 +338,26 @@ async fn handle(
             return;
         }
     }
+    // Every delivery is a hop: it carries one less, so whatever brings the event back into a
+    // broker (the subscriber being one, a sink and a source, a reply) brings the lower count.
+    let ttl = ttl_of(&event) - 1;
+    if ttl <= 0 {
+        metrics.ttl_dropped.inc();
+        if !metrics.ttl_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                namespace = %dispatch.namespace,
+                trigger = %dispatch.trigger,
+                id = %event.id,
+                source = %event.source,
+                "event dropped: its broker TTL is exhausted (an event loop?); further drops by this trigger are only counted in rivulet_events_dropped_total"
+            );
+        } else {
+            tracing::debug!(trigger = %dispatch.trigger, id = %event.id, "event dropped: broker TTL exhausted");
+        }
+        ack(dispatch, subscription, received.id).await;
+        return;
+    }
+    event.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
     let started = Instant::now();
     let outcome = shared
         .sender
@@ -383,14 +417,15 @@ async fn ack(dispatch: &TriggerDispatch, subscription: &dyn Subscription, id: u6
     }
 }
 
-/// Sends a reply back into the broker with the parent's TTL less one; at zero it is dropped.
+/// Sends a reply back into the broker with the TTL its parent was delivered with (already one
+/// less than the broker held); at zero it is dropped.
 async fn publish_reply(
     dispatch: &TriggerDispatch,
     shared: &Shared,
     parent: &Event,
     mut reply: Event,
 ) {
-    let ttl = ttl_of(parent) - 1;
+    let ttl = ttl_of(parent);
     let count = |outcome| {
         shared
             .metrics

@@ -12,7 +12,9 @@ use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 
 use super::json_format::{BASE64_LENIENT, parse_batch, parse_structured, to_json};
-use super::{AttributeOrigin, Event, EventError, SpecVersion, event_from_string_attributes};
+use super::{
+    AttributeOrigin, Event, EventError, SpecVersion, event_from_string_attributes, limits,
+};
 
 /// How an event travelled over HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,8 +38,23 @@ const HEADER_PREFIX: &str = "ce-";
 /// `utf8_percent_encode`).
 const HEADER_VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
-/// Reads the CloudEvent(s) of an HTTP request or response.
+/// Reads the CloudEvent(s) of an HTTP request or response, within the bounds of
+/// [`super::limits`].
 pub fn from_http(headers: &HeaderMap, body: Bytes) -> Result<(HttpMode, Vec<Event>), EventError> {
+    let (mode, events) = from_http_unbounded(headers, body)?;
+    for (index, event) in events.iter().enumerate() {
+        limits::check_event_limits(event).map_err(|EventError(why)| match mode {
+            HttpMode::Batch => EventError(format!("batch event {index}: {why}")),
+            _ => EventError(why),
+        })?;
+    }
+    Ok((mode, events))
+}
+
+fn from_http_unbounded(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(HttpMode, Vec<Event>), EventError> {
     let content_type = match headers.get(CONTENT_TYPE) {
         Some(value) => Some(
             value

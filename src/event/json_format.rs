@@ -30,6 +30,9 @@ pub(crate) const BASE64_LENIENT: base64::engine::GeneralPurpose =
 pub fn parse_structured(json: &[u8]) -> Result<Event, EventError> {
     let text = std::str::from_utf8(json)
         .map_err(|e| EventError(format!("the event is not valid UTF-8 JSON: {e}")))?;
+    // Counted without recursion before parsing: raw `data` is not parsed into values, so
+    // nothing else would bound it.
+    super::limits::check_json_depth("the event", json, super::limits::MAX_JSON_DEPTH)?;
     let raw: &RawValue = serde_json::from_str(text)
         .map_err(|e| EventError(format!("the event is not valid JSON: {e}")))?;
     event_from_raw(raw)
@@ -40,6 +43,8 @@ pub fn parse_structured(json: &[u8]) -> Result<Event, EventError> {
 pub fn parse_batch(json: &[u8]) -> Result<Vec<Event>, EventError> {
     let text = std::str::from_utf8(json)
         .map_err(|e| EventError(format!("the batch is not valid UTF-8 JSON: {e}")))?;
+    // One level more for the batch's own array.
+    super::limits::check_json_depth("the batch", json, super::limits::MAX_JSON_DEPTH + 1)?;
     let raw: &RawValue = serde_json::from_str(text)
         .map_err(|e| EventError(format!("the batch is not valid JSON: {e}")))?;
     if !raw.get().starts_with('[') {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 mod http_binding;
 mod json_format;
+pub mod limits;
 
 pub use http_binding::{HttpMode, from_http, to_http_binary, to_http_structured};
 pub use json_format::{parse_batch, parse_structured, to_json};

@@ -2,6 +2,7 @@
 //! batched), stamps them, and answers `202` only once the broker's channel has them durably.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use axum::body::Body;
@@ -12,16 +13,19 @@ use rivulet_channels::{Channel, ChannelError};
 
 use crate::auth::{Auth, AuthError, TargetRef};
 use crate::event::{self, Event, EventError, ExtensionValue};
-use crate::metrics::{BrokerLabels, IngressLabels, Metrics};
+use crate::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
 use crate::registry::Observer;
 use crate::resources::DeliverySpec;
 use prometheus_client::metrics::counter::Counter;
 
 /// Extension stamped with the time ingress accepted the event.
 pub const ARRIVAL_TIME: &str = "knativearrivaltime";
-/// Extension counting how many more times an event may re-enter a broker as a reply.
+/// Extension counting how many more hops an event may make: every delivery out of a trigger
+/// (to its subscriber, its dead-letter sink, or as a reply) carries it less one, so an event
+/// that comes back into a broker by any path ends its loop when the count runs out.
 pub const BROKER_TTL: &str = "knativebrokerttl";
-/// The TTL given to events that arrive without one.
+/// The TTL given to events that arrive without one, and the most an event may carry: a
+/// larger value is lowered to it, so no sender can make a loop practically endless.
 pub const DEFAULT_TTL: i32 = 255;
 /// `Retry-After` (seconds) of the 503 answered while a broker's channel is full: space
 /// frees as subscribers acknowledge, so trying again soon is reasonable.
@@ -67,6 +71,16 @@ pub enum IngressError {
     UnknownBroker { namespace: String, name: String },
     #[error("not a valid CloudEvent: {0}")]
     Invalid(#[from] EventError),
+    #[error(
+        "event {id} has {BROKER_TTL} {ttl}: it has made as many hops as its TTL allows \
+         (an event loop?) and is not accepted"
+    )]
+    TtlExhausted {
+        id: String,
+        ttl: i32,
+        /// How many events of the request had no hop left.
+        exhausted: usize,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("{0}")]
@@ -79,7 +93,7 @@ impl IngressError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngressError::UnknownBroker { .. } => StatusCode::NOT_FOUND,
-            IngressError::Invalid(_) => StatusCode::BAD_REQUEST,
+            IngressError::Invalid(_) | IngressError::TtlExhausted { .. } => StatusCode::BAD_REQUEST,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::Channel(
                 ChannelError::Unavailable(_) | ChannelError::Closed | ChannelError::Full(_),
@@ -137,6 +151,9 @@ struct BrokerCounters {
     accepted: Counter,
     refused: Counter,
     unavailable: Counter,
+    ttl_dropped: Counter,
+    /// Whether a TTL drop was logged already: a loop logs once, not once per event.
+    ttl_logged: Arc<AtomicBool>,
     full: Counter,
 }
 
@@ -163,6 +180,15 @@ impl BrokerCounters {
             accepted: outcome("accepted"),
             refused: outcome("refused"),
             unavailable: outcome("unavailable"),
+            ttl_dropped: metrics
+                .events_dropped
+                .get_or_create(&DroppedLabels {
+                    namespace: namespace.to_string(),
+                    trigger: String::new(),
+                    reason: "ttl",
+                })
+                .clone(),
+            ttl_logged: Arc::default(),
             full: outcome("full"),
         }
     }
@@ -321,6 +347,7 @@ async fn publish(
     mut events: Vec<Event>,
 ) -> Result<Vec<Event>, IngressError> {
     let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    check_ttl(&events)?;
     let mut envelopes = Vec::with_capacity(events.len());
     for event in &mut events {
         stamp(event, &arrival)?;
@@ -333,12 +360,32 @@ async fn publish(
     Ok(events)
 }
 
-/// Adds the arrival time and, when missing, the broker TTL; refuses a TTL that is not an
-/// integer.
+/// Refuses the request when an event has no hop left (TTL zero or below), as Knative's
+/// ingress does: storing it would only have every trigger drop it.
+fn check_ttl(events: &[Event]) -> Result<(), IngressError> {
+    let mut exhausted = events.iter().filter_map(|event| {
+        let ttl = event.attribute(BROKER_TTL)?.parse::<i32>().ok()?;
+        (ttl <= 0).then_some((event, ttl))
+    });
+    let Some((first, ttl)) = exhausted.next() else {
+        return Ok(());
+    };
+    Err(IngressError::TtlExhausted {
+        id: first.id.clone(),
+        ttl,
+        exhausted: 1 + exhausted.count(),
+    })
+}
+
+/// Adds the arrival time and the broker TTL (the default when missing, lowered to it when
+/// above); refuses a TTL that is not an integer.
 fn stamp(event: &mut Event, arrival: &str) -> Result<(), IngressError> {
     event.set_extension(ARRIVAL_TIME, ExtensionValue::String(arrival.to_string()));
     match event.attribute(BROKER_TTL).map(|v| v.parse::<i32>()) {
         None => event.set_extension(BROKER_TTL, ExtensionValue::Integer(DEFAULT_TTL)),
+        Some(Ok(ttl)) if ttl > DEFAULT_TTL => {
+            event.set_extension(BROKER_TTL, ExtensionValue::Integer(DEFAULT_TTL));
+        }
         Some(Ok(_)) => {}
         Some(Err(_)) => {
             return Err(EventError(format!("extension {BROKER_TTL} must be an integer")).into());
@@ -380,6 +427,12 @@ async fn post_events(
             IngressError::Channel(ChannelError::Full(reason)).into_response()
         }
         Err(error) => {
+            if let IngressError::TtlExhausted { exhausted, .. } = &error {
+                entry.counters.ttl_dropped.inc_by(*exhausted as u64);
+                if !entry.counters.ttl_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%namespace, %broker, %error, "ingress drops events whose TTL is exhausted (an event loop?); further drops are only counted in rivulet_events_dropped_total");
+                }
+            }
             if error.status().is_server_error() {
                 tracing::warn!(%namespace, %broker, %error, "ingress could not store events");
                 entry.counters.unavailable.inc();

@@ -56,7 +56,8 @@ pub(crate) fn check_label_key(field: &str, key: &str) -> Result<()> {
         return Err(ValidationError::new(
             field,
             format!(
-                "{key:?} is not a label key (an optional DNS subdomain and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+                "{} is not a label key (an optional DNS subdomain and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+                shorten(key)
             ),
         ));
     }
@@ -69,7 +70,8 @@ pub(crate) fn check_label_value(field: &str, value: &str) -> Result<()> {
         return Err(ValidationError::new(
             field,
             format!(
-                "{value:?} is not a label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+                "{} is not a label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+                shorten(value)
             ),
         ));
     }
@@ -87,26 +89,125 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration> {
     Ok(parsed.into())
 }
 
+/// Kinds whose name Kubernetes requires to be a DNS label (at most 63 characters) rather
+/// than a subdomain: their name becomes a label value of what runs them.
+const LABEL_NAMED_KINDS: &[&str] = &["ContainerSource"];
+
+/// The most bytes all annotations of an object may take together, keys included, as in
+/// Kubernetes.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+fn check_dns_subdomain(field: &str, text: &str) -> Result {
+    if text.is_empty() || text.len() > 253 || !is_dns_subdomain(text) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{} is not a DNS subdomain: at most 253 characters ({} given) of lower-case \
+                 letters, digits, '-' and '.', starting and ending with a letter or digit",
+                shorten(text),
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_dns_label(field: &str, text: &str) -> Result {
+    if text.is_empty() || text.len() > 63 || !is_dns_subdomain(text) || text.contains('.') {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{} is not a DNS label: at most 63 characters ({} given) of lower-case \
+                 letters, digits and '-', starting and ending with a letter or digit",
+                shorten(text),
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A value quoted for a message, cut short when long so the message stays readable.
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= 64 {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(48).collect();
+        format!("{head:?}...")
+    }
+}
+
 /// Checks `metadata.name` and `metadata.namespace` of any object.
 pub fn validate_metadata(object: &Value) -> Result {
     let name = object
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .ok_or_else(|| ValidationError::new("metadata.name", "is required"))?;
-    if name.len() > 253 || !DNS_LABEL.is_match(name) {
-        return Err(ValidationError::new(
-            "metadata.name",
-            format!("{name:?} must be a lower-case DNS name (a-z, 0-9, '-', '.')"),
-        ));
-    }
+    check_dns_subdomain("metadata.name", name)?;
     if let Some(ns) = object.pointer("/metadata/namespace") {
         let ns = ns
             .as_str()
             .ok_or_else(|| ValidationError::new("metadata.namespace", "must be a string"))?;
-        if ns.len() > 63 || !DNS_LABEL.is_match(ns) || ns.contains('.') {
+        check_dns_label("metadata.namespace", ns)?;
+    }
+    Ok(())
+}
+
+/// Checks an object's metadata as the Kubernetes API server does for `kind`: name and
+/// namespace, `generateName`, label keys and values, annotation keys and their total size.
+pub fn validate_object_meta(kind: &str, object: &Value) -> Result {
+    let meta = object.get("metadata");
+    if let Some(prefix) = meta.and_then(|m| m.get("generateName")) {
+        let prefix = prefix
+            .as_str()
+            .ok_or_else(|| ValidationError::new("metadata.generateName", "must be a string"))?;
+        // A prefix may end with '-': a generated suffix follows it.
+        let masked = match prefix.strip_suffix('-') {
+            Some(head) => format!("{head}a"),
+            None => prefix.to_string(),
+        };
+        check_dns_subdomain("metadata.generateName", &masked)?;
+    }
+    validate_metadata(object)?;
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    if LABEL_NAMED_KINDS.contains(&kind) {
+        check_dns_label("metadata.name", name).map_err(|e| {
+            ValidationError::new(
+                e.field,
+                format!("{} (a {kind}'s name is used as a label value)", e.message),
+            )
+        })?;
+    }
+    if let Some(labels) = meta.and_then(|m| m.get("labels")) {
+        let labels = labels
+            .as_object()
+            .ok_or_else(|| ValidationError::new("metadata.labels", "must be a mapping"))?;
+        for (key, value) in labels {
+            check_label_key(&format!("metadata.labels[{}]", shorten(key)), key)?;
+            let value = value.as_str().ok_or_else(|| {
+                ValidationError::new(format!("metadata.labels[{key}]"), "must be a string")
+            })?;
+            check_label_value(&format!("metadata.labels[{key}]"), value)?;
+        }
+    }
+    if let Some(annotations) = meta.and_then(|m| m.get("annotations")) {
+        let annotations = annotations
+            .as_object()
+            .ok_or_else(|| ValidationError::new("metadata.annotations", "must be a mapping"))?;
+        let mut total = 0usize;
+        for (key, value) in annotations {
+            check_label_key(&format!("metadata.annotations[{}]", shorten(key)), key)?;
+            let value = value.as_str().ok_or_else(|| {
+                ValidationError::new(format!("metadata.annotations[{key}]"), "must be a string")
+            })?;
+            total += key.len() + value.len();
+        }
+        if total > MAX_ANNOTATIONS_BYTES {
             return Err(ValidationError::new(
-                "metadata.namespace",
-                format!("{ns:?} must be a lower-case DNS label"),
+                "metadata.annotations",
+                format!(
+                    "take {total} bytes together; at most {MAX_ANNOTATIONS_BYTES} (256 KiB) are allowed"
+                ),
             ));
         }
     }
@@ -129,6 +230,7 @@ pub fn validate_broker_value(new: &Value, old: Option<&Value>) -> Result {
     validate_metadata(new)?;
     let broker: Broker = typed(new)?;
     validate_broker(&broker)?;
+    validate_backend_names(&broker)?;
     if let Some(old) = old {
         let old: Broker = typed(old)?;
         validate_broker_update(&old, &broker)?;
@@ -147,6 +249,36 @@ pub fn validate_broker(broker: &Broker) -> Result {
     }
     if let Some(delivery) = &broker.spec.delivery {
         validate_delivery("spec.delivery", delivery)?;
+    }
+    Ok(())
+}
+
+/// Refuses names whose backend object (named after namespace and broker, as Knative names
+/// them) would be longer than the backend allows: Kafka topics hold 249 characters, NATS
+/// stream names 255.
+fn validate_backend_names(broker: &Broker) -> Result {
+    let namespace = broker.metadata.namespace.as_deref().unwrap_or("default");
+    let name = broker.metadata.name.as_deref().unwrap_or_default();
+    let (backend, derived, limit) = match annotation(&broker.metadata, BROKER_CLASS_ANNOTATION) {
+        Some("Kafka") => (
+            "Kafka topic",
+            format!("knative-broker-{namespace}-{name}"),
+            249,
+        ),
+        Some("NatsJetStreamBroker") => {
+            ("NATS stream", format!("KN_BROKER_{namespace}_{name}"), 255)
+        }
+        _ => return Ok(()),
+    };
+    if derived.len() > limit {
+        return Err(ValidationError::new(
+            "metadata.name",
+            format!(
+                "is too long for this broker class: its {backend} name would have {} characters, \
+                 at most {limit} are allowed; use a shorter name or namespace",
+                derived.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -241,6 +373,16 @@ pub fn validate_trigger(trigger: &Trigger) -> Result {
 }
 
 fn validate_attribute_name(field: &str, name: &str) -> Result {
+    let limit = crate::event::limits::MAX_ATTRIBUTE_NAME_LEN;
+    if name.len() > limit {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "attribute name is {} characters long; at most {limit} are accepted",
+                name.len()
+            ),
+        ));
+    }
     if ATTRIBUTE_NAME.is_match(name) {
         Ok(())
     } else {

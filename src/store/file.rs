@@ -38,6 +38,26 @@ fn key(kind: &'static KindInfo, namespace: &str, name: &str) -> Key {
     )
 }
 
+/// The file of an object. Names may have 253 characters, more than a file name may hold
+/// with its extensions (255 bytes), so long ones are cut and made unique by a digest; the
+/// object is read back from the file's content, never from its name.
+fn file_name(name: &str) -> String {
+    const KEPT: usize = 200;
+    // Names that fit keep their plain file (with room for the ".json.tmp" of a write), as
+    // earlier versions wrote it.
+    if name.len() + ".json.tmp".len() <= 255 {
+        return format!("{name}.json");
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut end = KEPT;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}-{hex}.json", &name[..end])
+}
+
 fn group_dir(kind: &KindInfo) -> &str {
     if kind.group.is_empty() {
         "core"
@@ -122,7 +142,7 @@ impl FileStore {
             .join(group_dir(kind))
             .join(kind.plural)
             .join(namespace)
-            .join(format!("{name}.json"))
+            .join(file_name(name))
     }
 
     /// Writes atomically: a crash leaves either the old or the new file.

@@ -167,6 +167,7 @@ pub(crate) fn normalise(kind: &KindInfo, mut object: Value) -> Result<Value, Sto
     if let Some(meta) = metadata.as_object_mut() {
         meta.entry("namespace").or_insert_with(|| json!("default"));
     }
+    crate::resources::validation::validate_object_meta(kind.kind, &object)?;
     Ok(object)
 }
 
