@@ -157,6 +157,9 @@ const CONTENT_TYPES: &[&str] = &[
     "application/cloudevents+xml",
 ];
 
+/// Header names and raw values, in order.
+type Headers = Vec<(String, Vec<u8>)>;
+
 fn header_name() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => proptest::sample::select(HEADER_NAMES).prop_map(str::to_string),
@@ -174,7 +177,7 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// A binary-mode header set: the required attributes, each usually there, plus others.
-fn binary_headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+fn binary_headers() -> impl Strategy<Value = Headers> {
     let base = [
         ("ce-specversion", "1.0"),
         ("ce-id", "id-1"),
@@ -186,7 +189,7 @@ fn binary_headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
         proptest::collection::vec((header_name(), header_value()), 0..4),
     )
         .prop_map(move |(keep, extra)| {
-            let mut all: Vec<(String, Vec<u8>)> = base
+            let mut all: Headers = base
                 .iter()
                 .zip(keep)
                 .filter(|(_, keep)| *keep)
@@ -197,12 +200,12 @@ fn binary_headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
         })
 }
 
-fn content_type(value: &str) -> Vec<(String, Vec<u8>)> {
+fn content_type(value: &str) -> Headers {
     vec![("content-type".to_string(), value.as_bytes().to_vec())]
 }
 
 /// A request's headers and body, in each mode, some of it broken.
-fn request() -> impl Strategy<Value = (Vec<(String, Vec<u8>)>, Vec<u8>)> {
+fn request() -> impl Strategy<Value = (Headers, Vec<u8>)> {
     prop_oneof![
         (
             binary_headers(),
@@ -584,7 +587,7 @@ async fn ingress_answers_generated_requests_without_server_errors() {
     let client = support::http();
     let strategy = request();
     let mut runner = TestRunner::new(Config::with_cases(96));
-    let mut requests: Vec<(Vec<(String, Vec<u8>)>, Vec<u8>)> = Vec::new();
+    let mut requests: Vec<(Headers, Vec<u8>)> = Vec::new();
     for _ in 0..96 {
         let tree = strategy.new_tree(&mut runner).expect("generate a request");
         requests.push(tree.current());
