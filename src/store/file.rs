@@ -138,10 +138,13 @@ impl ResourceStore for FileStore {
         namespace: Option<&str>,
     ) -> Result<Vec<Value>, StoreError> {
         let state = self.objects.lock().await;
+        // Objects are ordered by kind, then namespace: read only the range asked for, so that
+        // listing a small kind beside thousands of triggers stays cheap.
+        let from = key(kind, namespace.unwrap_or_default(), "");
         Ok(state
             .objects
-            .iter()
-            .filter(|((g, p, ns, _), _)| {
+            .range(from..)
+            .take_while(|((g, p, ns, _), _)| {
                 *g == kind.group && *p == kind.plural && namespace.is_none_or(|n| n == ns)
             })
             .map(|(_, v)| v.clone())
