@@ -182,6 +182,13 @@ impl ChildServer {
     /// Starts `rivulet serve` on a free port with `data_dir` and extra arguments, and waits
     /// until it is ready. Its logs go to this process's stderr (shown when a test fails).
     pub async fn spawn(data_dir: &Path, extra_args: &[&str]) -> Self {
+        let mut server = Self::spawn_unready(data_dir, extra_args);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Like [`ChildServer::spawn`], without waiting for readiness.
+    pub fn spawn_unready(data_dir: &Path, extra_args: &[&str]) -> Self {
         let port = free_port();
         let api_port = free_port();
         give_test_token(data_dir);
@@ -201,19 +208,18 @@ impl ChildServer {
             .spawn()
             .expect("the rivulet binary starts");
         let base = format!("http://127.0.0.1:{port}");
-        let mut server = Self {
+        Self {
             child,
             base,
             port,
             api: format!("http://127.0.0.1:{api_port}"),
             api_port,
             data_dir: data_dir.to_path_buf(),
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until `/readyz` answers 200; panics if the process exits first.
+    pub async fn wait_ready(&mut self) {
         let client = http();
         let url = format!("{}/readyz", self.base);
         let deadline = Instant::now() + WAIT;
