@@ -437,10 +437,15 @@ impl Context {
         let kind = Self::kind("Trigger");
         let count = deferred.len();
         for trigger in deferred {
-            // Changed since it was listed: the control loop reconciles the newer version.
-            let (namespace, name) = object_key(&trigger);
-            if let Ok(Some(current)) = self.store.get(kind, &namespace, &name).await {
-                self.reconcile_applied(kind, &current).await;
+            let object = match trigger {
+                Listed::Object(object) => Some(object),
+                // Read now: it may have changed meanwhile.
+                Listed::Key(namespace, name) => {
+                    self.store.get(kind, &namespace, &name).await.ok().flatten()
+                }
+            };
+            if let Some(object) = object {
+                self.reconcile_applied(kind, &object).await;
             }
         }
         if count > 0 {
@@ -454,7 +459,7 @@ impl Context {
 
     /// Reconciles every kind in order; with `defer_settled`, returns the settled triggers
     /// (see [`Context::resync_at_start`]) instead of reconciling them.
-    async fn resync_kinds(self: &Arc<Self>, defer_settled: bool) -> Vec<Value> {
+    async fn resync_kinds(self: &Arc<Self>, defer_settled: bool) -> Vec<Listed> {
         let mut reconcilers: Vec<&Reconciler> = inventory::iter::<Reconciler>().collect();
         reconcilers.sort_by_key(|r| r.order);
         let mut settled_brokers = HashSet::new();
@@ -468,14 +473,35 @@ impl Context {
             if kind.group.is_empty() {
                 continue;
             }
-            let objects = match self.store.list(kind, None).await {
-                Ok(objects) => objects,
+            // One object at a time where reads are cheap: thousands of triggers parsed at
+            // once would make the start's peak memory.
+            let listed: Vec<Listed> = match self.store.list_local_keys(kind).await {
+                Ok(Some(keys)) => keys
+                    .into_iter()
+                    .map(|(namespace, name)| Listed::Key(namespace, name))
+                    .collect(),
+                Ok(None) => match self.store.list(kind, None).await {
+                    Ok(objects) => objects.into_iter().map(Listed::Object).collect(),
+                    Err(error) => {
+                        tracing::error!(%error, kind = kind.kind, "listing failed");
+                        continue;
+                    }
+                },
                 Err(error) => {
                     tracing::error!(%error, kind = kind.kind, "listing failed");
                     continue;
                 }
             };
-            for object in objects {
+            for entry in listed {
+                let object = match &entry {
+                    Listed::Object(object) => object.clone(),
+                    Listed::Key(namespace, name) => {
+                        match self.store.get(kind, namespace, name).await {
+                            Ok(Some(object)) => object,
+                            _ => continue,
+                        }
+                    }
+                };
                 if defer_settled && kind.kind == "Broker" && is_settled(&object) {
                     settled_brokers.insert(object_key(&object));
                 }
@@ -487,7 +513,7 @@ impl Context {
                         .unwrap_or_default()
                         .to_string();
                     if settled_brokers.contains(&(namespace, broker)) {
-                        deferred.push(object);
+                        deferred.push(entry);
                         continue;
                     }
                 }
@@ -692,6 +718,12 @@ impl Context {
             }
         }
     }
+}
+
+/// An object a resync goes through: read already, or to be read when its turn comes.
+enum Listed {
+    Object(Value),
+    Key(String, String),
 }
 
 tokio::task_local! {
