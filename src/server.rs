@@ -387,10 +387,14 @@ pub async fn start_with_store(
     // than leaving connections unanswered), and the resource API is up.
     let ingress_app = ingress_app.map(|app| {
         app.layer(axum::middleware::from_fn_with_state(
-            ready.clone(),
+            (ready.clone(), true),
             refuse_until_ready,
         ))
     });
+    let api_app = api_app.layer(axum::middleware::from_fn_with_state(
+        (ready.clone(), false),
+        refuse_until_ready,
+    ));
     let (control_tx, control_rx) = tokio::sync::oneshot::channel::<tokio::task::JoinHandle<()>>();
     let stop = shutdown.clone();
     let serving_ctx = ctx.clone();
@@ -559,23 +563,31 @@ fn https_url_of(base_url: &str) -> String {
     }
 }
 
-/// Ingress while brokers are loaded at start (and once shutdown began): 503 with
+/// While brokers are loaded at start (and once shutdown began): `/readyz` says so, and with
+/// `refuse_events` (the ingress listener) every other request but `/healthz` gets 503 with
 /// `Retry-After`, as for a channel that cannot take events, so senders retry instead of
-/// taking a 404 for an unknown broker. Health answers all along.
+/// taking a 404 for a broker not loaded yet. Answered here, ahead of request tracing, which
+/// would log each as a failure.
 async fn refuse_until_ready(
-    axum::extract::State(ready): axum::extract::State<Arc<AtomicBool>>,
+    axum::extract::State((ready, refuse_events)): axum::extract::State<(Arc<AtomicBool>, bool)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let health = matches!(request.uri().path(), "/healthz" | "/readyz");
-    if health || ready.load(Ordering::Relaxed) {
+    let path = request.uri().path();
+    if ready.load(Ordering::Relaxed) || path == "/healthz" || (!refuse_events && path != "/readyz")
+    {
         return next.run(request).await;
     }
+    let message = if path == "/readyz" {
+        "not ready: brokers are being loaded\n"
+    } else {
+        "rivulet is starting: brokers are being loaded\n"
+    };
     (
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         [(axum::http::header::RETRY_AFTER, "1")],
-        "rivulet is starting: brokers are being loaded\n",
+        message,
     )
         .into_response()
 }

