@@ -148,7 +148,9 @@ async fn many_triggers_ingress_serves_soon_after_restart() {
     // First start: every trigger is new and gets its subscription before ingress serves.
     let mut server = ChildServer::spawn_unready(&data, &["--config", config_arg]);
     let first_start = Instant::now();
-    let refused = post_when_serving(&mut server, "first", Duration::from_secs(300)).await;
+    // Every trigger is written, subscribed and given a status: fsyncs, many per trigger.
+    let first_bound = Duration::from_secs(60) + Duration::from_millis(60) * triggers as u32;
+    let refused = post_when_serving(&mut server, "first", first_bound).await;
     eprintln!(
         "{triggers} triggers: first start took {:?} ({refused} attempts refused)",
         first_start.elapsed()
