@@ -5,7 +5,7 @@
 //!
 //! `RIVULET_TEST_TRIGGERS` changes the trigger count: 1,000 by default, so that the first
 //! start (every trigger new: a store write, a subscription and a status each) stays within
-//! a minute in a debug build; `RIVULET_TEST_TRIGGERS=10000` checks the issue's figure (the
+//! a minute in a debug build; `RIVULET_TEST_TRIGGERS=10000` checks the full figure (the
 //! first start then takes minutes in a debug build; the restart stays within the bound).
 
 mod support;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use support::{ChildServer, Recorder, http, wait_for};
 
 const PROBE_TYPE: &str = "dev.rivulet.many.probe";
-/// The issue asks for 5 s; a debug build on a loaded machine gets generous slack.
+/// The requirement is 5 s; a debug build on a loaded machine gets generous slack.
 const RESTART_BOUND: Duration = Duration::from_secs(20);
 
 /// Writes the broker and the triggers into `folder`, a file per thousand (a manifest file
