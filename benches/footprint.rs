@@ -1,8 +1,9 @@
-//! Footprint of `rivulet serve`: start-up time to ready and resident memory idle, with 1,000
-//! triggers, and under load, measured beside a bare HTTP server in the same run.
+//! Footprint of `rivulet serve`: start-up time to ready and resident memory idle, with
+//! 10,000 triggers, and under load, and the time from a restart to the first `202`, measured
+//! beside a bare HTTP server in the same run.
 //!
 //! Run with `cargo bench --bench footprint` (release build). `RIVULET_BENCH_TRIGGERS` sets
-//! the trigger count (default 1,000) and `RIVULET_BENCH_SECONDS` the load duration
+//! the trigger count (default 10,000) and `RIVULET_BENCH_SECONDS` the load duration
 //! (default 5).
 //!
 //! Method:
@@ -16,6 +17,9 @@
 //!   (exact `type` filters that match nothing, subscriber `http://127.0.0.1:9/`) and waiting
 //!   until the last is Ready; and the peak (`VmHWM`) after posting events with 32 connections
 //!   for the load duration.
+//! - Restart: the process is stopped with `kill -9` and started again on the same data folder
+//!   (with its triggers); from spawning to the first `202` from ingress for a posted event,
+//!   and `VmRSS` 10 s later, once the triggers have resumed. The bare server restarts empty.
 //!
 //! The table goes to stdout and a JSON copy to `$CARGO_TARGET_DIR/bench-results/footprint.json`.
 
@@ -39,7 +43,7 @@ fn main() {
         return;
     }
     rivulet::install_crypto_provider();
-    let triggers: usize = env_number("RIVULET_BENCH_TRIGGERS", 1_000);
+    let triggers: usize = env_number("RIVULET_BENCH_TRIGGERS", 10_000);
     let seconds: u64 = env_number("RIVULET_BENCH_SECONDS", 5);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -58,19 +62,28 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<34} {:>12} {:>10} {:>18} {:>16} {:>12}",
-        "process", "ready ms", "idle MiB", "+triggers MiB", "peak load MiB", "events/s"
+        "{:<34} {:>12} {:>10} {:>18} {:>16} {:>12} {:>18} {:>20}",
+        "process",
+        "ready ms",
+        "idle MiB",
+        "+triggers MiB",
+        "peak load MiB",
+        "events/s",
+        "restart→202 ms",
+        "after restart MiB"
     );
     for row in &rows {
         println!(
-            "{:<34} {:>12.1} {:>10.1} {:>18} {:>16.1} {:>12.0}",
+            "{:<34} {:>12.1} {:>10.1} {:>18} {:>16.1} {:>12.0} {:>18.1} {:>20.1}",
             row.name,
             row.ready_ms,
             row.idle_mib,
             row.with_triggers_mib
                 .map_or_else(|| "–".to_owned(), |m| format!("{m:.1}")),
             row.peak_mib,
-            row.events_per_second
+            row.events_per_second,
+            row.restart_to_accept_ms,
+            row.after_restart_mib
         );
     }
     let path = results_path();
@@ -104,6 +117,8 @@ struct Row {
     with_triggers_mib: Option<f64>,
     peak_mib: f64,
     events_per_second: f64,
+    restart_to_accept_ms: f64,
+    after_restart_mib: f64,
 }
 
 impl Row {
@@ -115,6 +130,8 @@ impl Row {
             "with_triggers_mib": self.with_triggers_mib,
             "peak_load_mib": self.peak_mib,
             "events_per_second": self.events_per_second,
+            "restart_to_first_202_ms": self.restart_to_accept_ms,
+            "after_restart_mib": self.after_restart_mib,
         })
     }
 }
@@ -126,6 +143,9 @@ struct Running {
     /// The resource API (Rivulet's own listener; the bare server's only one otherwise).
     api: String,
     _data: Option<tempfile::TempDir>,
+    /// How to start it again on the same ports and data folder.
+    command: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Running {
@@ -161,6 +181,13 @@ impl Running {
                 (command, Some(data))
             }
         };
+        let program = std::iter::once(command.get_program().to_owned())
+            .chain(command.get_args().map(ToOwned::to_owned))
+            .collect();
+        let env = command
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+            .collect();
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -172,7 +199,23 @@ impl Running {
             base: format!("http://{listen}"),
             api,
             _data: data,
+            command: program,
+            env,
         }
+    }
+
+    /// `kill -9`, then the same command again.
+    fn kill9_and_respawn(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the process starts again");
     }
 
     fn rss_mib(&self, field: &str) -> f64 {
@@ -212,6 +255,13 @@ async fn measure(target: Target, triggers: usize, seconds: u64) -> Row {
     };
     let events_per_second = load(&process.base, Duration::from_secs(seconds)).await;
     let peak_mib = process.rss_mib("VmHWM:");
+    let mut process = process;
+    let restarted = Instant::now();
+    process.kill9_and_respawn();
+    wait_accepting(&client, &process.base).await;
+    let restart_to_accept_ms = restarted.elapsed().as_secs_f64() * 1_000.0;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after_restart_mib = process.rss_mib("VmRSS:");
     Row {
         name: match target {
             Target::Bare => "bare axum server answering 202",
@@ -222,6 +272,32 @@ async fn measure(target: Target, triggers: usize, seconds: u64) -> Row {
         with_triggers_mib,
         peak_mib,
         events_per_second,
+        restart_to_accept_ms,
+        after_restart_mib,
+    }
+}
+
+/// Posts one event until ingress answers `202`.
+async fn wait_accepting(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let response = client
+            .post(format!("{base}/default/default"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "restart-probe")
+            .header("ce-source", "/bench/footprint")
+            .header("ce-type", "dev.rivulet.bench.load")
+            .body("{}")
+            .send()
+            .await;
+        if response.is_ok_and(|r| r.status() == reqwest::StatusCode::ACCEPTED) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} never took an event again"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -418,40 +418,27 @@ pub async fn start_with_store(
     let api_app = api_app.layer(tower_http::trace::TraceLayer::new_for_http());
 
     let changes = store.watch();
-    // Trust bundles first, so the first deliveries already trust them.
-    if ctx.kube_client().is_some() {
-        tokio::spawn(crate::runtime::follow_trust_bundles(
-            ctx.clone(),
-            shutdown.clone(),
-        ));
-    } else {
-        crate::runtime::follow_trust_bundles(ctx.clone(), shutdown.clone()).await;
-    }
-    ctx.refresh_features().await;
-    // The config-features ConfigMap may ask for TLS too.
-    if let Err(error) = check_tls_mode(features.current().transport_encryption, tls.is_some()) {
-        shutdown.cancel();
-        return Err(error);
-    }
-    ctx.resync().await;
-    let control = tokio::spawn(ctx.clone().run(changes, shutdown.clone()));
-    tokio::spawn(crate::runtime::storage::watch(
-        ctx.clone(),
-        storage_health,
-        metrics.clone(),
-        shutdown.clone(),
+    // Serve from now on: while brokers are loaded, `/readyz` and ingress answer 503 (rather
+    // than leaving connections unanswered), and the resource API is up.
+    let ingress_app = ingress_app.map(|app| {
+        app.layer(axum::middleware::from_fn_with_state(
+            (ready.clone(), true),
+            refuse_until_ready,
+        ))
+    });
+    let api_app = api_app.layer(axum::middleware::from_fn_with_state(
+        (ready.clone(), false),
+        refuse_until_ready,
     ));
-    ready.store(true, Ordering::Relaxed);
-    tracing::info!(%base_url, %api_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
-
+    let (control_tx, control_rx) = tokio::sync::oneshot::channel::<tokio::task::JoinHandle<()>>();
     let stop = shutdown.clone();
-    let strict =
-        features.current().transport_encryption == crate::features::TransportEncryption::Strict;
-    let (client_url, client_api_url) = match (&https_base_url, strict) {
-        (Some(https), true) => (https.clone(), https_url_of(&api_url)),
-        _ => (base_url.clone(), api_url.clone()),
-    };
+    let serving_ctx = ctx.clone();
+    let serving_features = features.clone();
+    let serving_tls = tls.clone();
+    let serving_ready = ready.clone();
     let task = tokio::spawn(async move {
+        let (ctx, features, tls, ready) =
+            (serving_ctx, serving_features, serving_tls, serving_ready);
         let stopped = {
             let stop = stop.clone();
             let ready = ready.clone();
@@ -483,13 +470,63 @@ pub async fn start_with_store(
             _ => api_serving.await,
         };
         // Intake has stopped: let deliveries in flight finish or hand them back.
-        let _ = control.await;
+        if let Ok(control) = control_rx.await {
+            let _ = control.await;
+        }
         let _ = discovery.await;
         crate::sources::stop_all(&ctx).await;
         ctx.stop_all().await;
         tracing::info!("rivulet stopped");
         result.context("HTTP server failed")
     });
+
+    // Trust bundles first, so the first deliveries already trust them.
+    if ctx.kube_client().is_some() {
+        tokio::spawn(crate::runtime::follow_trust_bundles(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+    } else {
+        crate::runtime::follow_trust_bundles(ctx.clone(), shutdown.clone()).await;
+    }
+    ctx.refresh_features().await;
+    // The config-features ConfigMap may ask for TLS too.
+    if let Err(error) = check_tls_mode(features.current().transport_encryption, tls.is_some()) {
+        shutdown.cancel();
+        return Err(error);
+    }
+    // The control loop brings brokers up, says when ingress can take events, resumes the
+    // triggers that were settled before, then follows changes.
+    let (serving_tx, serving_rx) = tokio::sync::oneshot::channel::<()>();
+    let control = tokio::spawn({
+        let (ctx, ready, shutdown) = (ctx.clone(), ready.clone(), shutdown.clone());
+        async move {
+            ctx.resync_at_start(|| {
+                ready.store(true, Ordering::Relaxed);
+                let _ = serving_tx.send(());
+            })
+            .await;
+            ctx.run(changes, shutdown).await;
+        }
+    });
+    let _ = control_tx.send(control);
+    tokio::spawn(crate::runtime::storage::watch(
+        ctx.clone(),
+        storage_health,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    // Returned once ingress takes events, as before; a start that fails meanwhile shows in
+    // the task.
+    let _ = serving_rx.await;
+    tracing::info!(%base_url, %api_url, data_dir = %options.data_dir.display(), store = ?options.store, role = ?options.role, "rivulet is serving");
+
+    let strict =
+        features.current().transport_encryption == crate::features::TransportEncryption::Strict;
+    let (client_url, client_api_url) = match (&https_base_url, strict) {
+        (Some(https), true) => (https.clone(), https_url_of(&api_url)),
+        _ => (base_url.clone(), api_url.clone()),
+    };
     Ok(RunningServer {
         local_addr,
         base_url: client_url,
@@ -598,6 +635,35 @@ fn https_url_of(base_url: &str) -> String {
         Some(rest) => format!("https://{rest}"),
         None => base_url.to_string(),
     }
+}
+
+/// While brokers are loaded at start (and once shutdown began): `/readyz` says so, and with
+/// `refuse_events` (the ingress listener) every other request but `/healthz` gets 503 with
+/// `Retry-After`, as for a channel that cannot take events, so senders retry instead of
+/// taking a 404 for a broker not loaded yet. Answered here, ahead of request tracing, which
+/// would log each as a failure.
+async fn refuse_until_ready(
+    axum::extract::State((ready, refuse_events)): axum::extract::State<(Arc<AtomicBool>, bool)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = request.uri().path();
+    if ready.load(Ordering::Relaxed) || path == "/healthz" || (!refuse_events && path != "/readyz")
+    {
+        return next.run(request).await;
+    }
+    let message = if path == "/readyz" {
+        "not ready: brokers are being loaded\n"
+    } else {
+        "rivulet is starting: brokers are being loaded\n"
+    };
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        message,
+    )
+        .into_response()
 }
 
 /// A 404 that says what was asked for and what is served, rather than an empty body.

@@ -826,6 +826,8 @@ struct Committed {
     /// Subscriptions that got events.
     fed: HashSet<String>,
     ensured: Vec<(String, usize)>,
+    /// Whether a subscription was written (not merely ensured as it was stored).
+    subscriptions_written: bool,
     deleted: Vec<String>,
 }
 
@@ -1002,7 +1004,7 @@ impl Writer {
         // which at-least-once delivery allows.
         let durable = force_durable
             || !committed.fed.is_empty()
-            || !committed.ensured.is_empty()
+            || committed.subscriptions_written
             || !committed.deleted.is_empty();
         transaction.set_durability(if durable {
             Durability::Immediate
@@ -1053,9 +1055,19 @@ impl Writer {
                 encoded,
                 ..
             } => {
-                tables
+                // Every trigger ensures its subscription at every start: when it is stored as
+                // asked, only the routing index (which keeps the full prefilter in memory)
+                // changes, and the commit needs no fsync.
+                let stored = tables
                     .subscriptions
-                    .insert(name.as_str(), encoded.as_slice())?;
+                    .get(name.as_str())?
+                    .is_some_and(|stored| stored.value() == encoded.as_slice());
+                if !stored {
+                    tables
+                        .subscriptions
+                        .insert(name.as_str(), encoded.as_slice())?;
+                    committed.subscriptions_written = true;
+                }
                 self.index.insert(name, spec.prefilter.clone());
                 committed.ensured.push((name.clone(), spec.max_in_flight));
             }

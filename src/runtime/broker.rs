@@ -250,6 +250,11 @@ fn drop_handle(namespace: &str, name: &str, ctx: &Context) {
 
 /// Reconciles the triggers that name this broker.
 async fn reconcile_triggers_of(namespace: &str, broker: &str, ctx: &Arc<Context>) {
+    // A resync reconciles every trigger after the brokers: doing it here too would double
+    // the work of a start with thousands of triggers.
+    if Context::in_resync() {
+        return;
+    }
     let kind = Context::kind("Trigger");
     let Ok(triggers) = ctx.store.list(kind, Some(namespace)).await else {
         return;

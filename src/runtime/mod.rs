@@ -300,6 +300,12 @@ impl Context {
         }
         self.events
             .record_ready(kind, namespace, name, ReadySummary::of(&status));
+        let mut status = status;
+        if let Ok(Some(current)) = self.store.get(kind, namespace, name).await
+            && let Some(written) = current.get("status")
+        {
+            keep_transition_times(&mut status, written);
+        }
         match self.store.put_status(kind, namespace, name, status).await {
             // Deleted meanwhile: nothing to report on.
             Err(StoreError::NotFound { .. }) => Ok(()),
@@ -419,11 +425,60 @@ impl Context {
         changed
     }
 
-    /// Reconciles everything in the store (at start, and after missing change notices), kind
-    /// by kind in the reconcilers' order.
+    /// Reconciles everything in the store (after missing change notices), kind by kind in
+    /// the reconcilers' order.
     pub async fn resync(self: &Arc<Self>) {
+        let deferred = RESYNCING.scope((), self.resync_kinds(false)).await;
+        debug_assert!(deferred.is_empty());
+    }
+
+    /// Reconciles everything in the store at start, and calls `serving` as soon as ingress
+    /// can take events: every broker (and everything but settled triggers) reconciled.
+    ///
+    /// A trigger that was Ready at its current generation on a broker that was too keeps its
+    /// subscription in the channel across a restart (the channel routes to it before its
+    /// consumer attaches), so it is brought back after `serving`: with thousands of triggers
+    /// ingress would otherwise wait for all of them. Any other trigger is reconciled first,
+    /// so that an event accepted once ingress is serving reaches every trigger.
+    pub async fn resync_at_start(self: &Arc<Self>, serving: impl FnOnce()) {
+        let started = std::time::Instant::now();
+        let deferred = RESYNCING.scope((), self.resync_kinds(true)).await;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            deferred_triggers = deferred.len(),
+            "brokers are served"
+        );
+        serving();
+        let kind = Self::kind("Trigger");
+        let count = deferred.len();
+        for trigger in deferred {
+            let object = match trigger {
+                Listed::Object(object) => Some(object),
+                // Read now: it may have changed meanwhile.
+                Listed::Key(namespace, name) => {
+                    self.store.get(kind, &namespace, &name).await.ok().flatten()
+                }
+            };
+            if let Some(object) = object {
+                self.reconcile_applied(kind, &object).await;
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                triggers = count,
+                "settled triggers resumed"
+            );
+        }
+    }
+
+    /// Reconciles every kind in order; with `defer_settled`, returns the settled triggers
+    /// (see [`Context::resync_at_start`]) instead of reconciling them.
+    async fn resync_kinds(self: &Arc<Self>, defer_settled: bool) -> Vec<Listed> {
         let mut reconcilers: Vec<&Reconciler> = inventory::iter::<Reconciler>().collect();
         reconcilers.sort_by_key(|r| r.order);
+        let mut settled_brokers = HashSet::new();
+        let mut deferred = Vec::new();
         for reconciler in reconcilers {
             let Some(kind) = find_kind_by_name(None, reconciler.kind) else {
                 continue;
@@ -433,15 +488,60 @@ impl Context {
             if kind.group.is_empty() {
                 continue;
             }
-            match self.store.list(kind, None).await {
-                Ok(objects) => {
-                    for object in objects {
-                        self.reconcile_applied(kind, &object).await;
+            // One object at a time where reads are cheap: thousands of triggers parsed at
+            // once would make the start's peak memory.
+            let listed: Vec<Listed> = match self.store.list_local_keys(kind).await {
+                Ok(Some(keys)) => keys
+                    .into_iter()
+                    .map(|(namespace, name)| Listed::Key(namespace, name))
+                    .collect(),
+                Ok(None) => match self.store.list(kind, None).await {
+                    Ok(objects) => objects.into_iter().map(Listed::Object).collect(),
+                    Err(error) => {
+                        tracing::error!(%error, kind = kind.kind, "listing failed");
+                        continue;
+                    }
+                },
+                Err(error) => {
+                    tracing::error!(%error, kind = kind.kind, "listing failed");
+                    continue;
+                }
+            };
+            for entry in listed {
+                let object = match &entry {
+                    Listed::Object(object) => object.clone(),
+                    Listed::Key(namespace, name) => {
+                        match self.store.get(kind, namespace, name).await {
+                            Ok(Some(object)) => object,
+                            _ => continue,
+                        }
+                    }
+                };
+                if defer_settled && kind.kind == "Broker" && is_settled(&object) {
+                    settled_brokers.insert(object_key(&object));
+                }
+                if defer_settled && kind.kind == "Trigger" && is_settled(&object) {
+                    let (namespace, _) = object_key(&object);
+                    let broker = object
+                        .pointer("/spec/broker")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    if settled_brokers.contains(&(namespace, broker)) {
+                        deferred.push(entry);
+                        continue;
                     }
                 }
-                Err(error) => tracing::error!(%error, kind = kind.kind, "listing failed"),
+                self.reconcile_applied(kind, &object).await;
             }
         }
+        deferred
+    }
+
+    /// Whether a broker may leave its triggers to a resync in progress, which reconciles
+    /// every trigger after the brokers anyway.
+    pub(crate) fn in_resync() -> bool {
+        RESYNCING.try_with(|()| ()).is_ok()
     }
 
     fn reconciler(kind: &KindInfo) -> Option<&'static Reconciler> {
@@ -729,6 +829,60 @@ async fn run_deletion(
         }
     });
     Ok(())
+}
+
+/// An object a resync goes through: read already, or to be read when its turn comes.
+enum Listed {
+    Object(Value),
+    Key(String, String),
+}
+
+tokio::task_local! {
+    /// Set while a resync reconciles every object kind by kind.
+    static RESYNCING: ();
+}
+
+/// Ready at its current generation, as last written.
+fn is_settled(object: &Value) -> bool {
+    let observed = object
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    let ready = object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    ready && observed.is_some() && observed == generation(object)
+}
+
+/// Gives each condition of `status` that says what it said in `written` (ignoring the time)
+/// the time it last changed there, as Knative does: a reconcile that changes nothing then
+/// writes nothing, which keeps a restart with thousands of objects from rewriting them all.
+fn keep_transition_times(status: &mut Value, written: &Value) {
+    const TIME: &str = "lastTransitionTime";
+    let Some(before) = written.get("conditions").and_then(Value::as_array) else {
+        return;
+    };
+    let Some(now) = status.get_mut("conditions").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for condition in now.iter_mut().filter_map(Value::as_object_mut) {
+        let Some(old) = before
+            .iter()
+            .filter_map(Value::as_object)
+            .find(|old| old.get("type") == condition.get("type"))
+        else {
+            continue;
+        };
+        let same = old.len() == condition.len()
+            && old
+                .iter()
+                .all(|(key, value)| key == TIME || condition.get(key) == Some(value));
+        if let (true, Some(time)) = (same, old.get(TIME)) {
+            condition.insert(TIME.to_string(), time.clone());
+        }
+    }
 }
 
 /// A condition list as JSON, with `Ready` derived from the others.

@@ -194,13 +194,21 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                 .channel
                 .ensure_subscription(&subscription_name, &spec)
                 .await?;
-            let fingerprint = format!(
-                "{:p}|{}|{:?}|{:?}",
-                Arc::as_ptr(&broker.channel),
-                broker.config_fingerprint,
-                dispatch,
-                spec
-            );
+            // Kept per running trigger: a hash of the configuration rather than its text,
+            // which is kilobytes per trigger once thousands run.
+            let fingerprint = {
+                use std::hash::{Hash as _, Hasher as _};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                format!(
+                    "{:p}|{}|{:?}|{:?}",
+                    Arc::as_ptr(&broker.channel),
+                    broker.config_fingerprint,
+                    dispatch,
+                    spec
+                )
+                .hash(&mut hasher);
+                format!("{:016x}", hasher.finish())
+            };
             let key = (namespace.clone(), name.clone());
             // The controller provisions the subscription; the data plane consumes it.
             if ctx.role().carries_events() && !ctx.is_running_with(&key, &fingerprint).await {

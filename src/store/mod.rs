@@ -82,6 +82,16 @@ pub trait ResourceStore: Send + Sync + 'static {
         namespace: Option<&str>,
     ) -> Result<Vec<Value>, StoreError>;
 
+    /// The (namespace, name) of the objects of `kind`, when this store reads objects from
+    /// memory, so that walking thousands of them can read one at a time instead of holding
+    /// them all parsed; `None` where every read is a request (then list the objects).
+    async fn list_local_keys(
+        &self,
+        _kind: &'static KindInfo,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        Ok(None)
+    }
+
     /// Validates and stores an object (create or replace; its status is kept). Fills in
     /// `metadata.namespace` (default `default`), `uid`, `creationTimestamp`, `generation`
     /// (bumped when the spec changes) and `resourceVersion`.

@@ -192,6 +192,21 @@ impl ChildServer {
         extra_args: &[&str],
         env: &[(&str, &Path)],
     ) -> Self {
+        let mut server = Self::spawn_unready_with_env(data_dir, extra_args, env);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Like [`ChildServer::spawn`], without waiting for readiness.
+    pub fn spawn_unready(data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::spawn_unready_with_env(data_dir, extra_args, &[])
+    }
+
+    fn spawn_unready_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let port = free_port();
         let api_port = free_port();
         give_test_token(data_dir);
@@ -212,19 +227,18 @@ impl ChildServer {
             .spawn()
             .expect("the rivulet binary starts");
         let base = format!("http://127.0.0.1:{port}");
-        let mut server = Self {
+        Self {
             child,
             base,
             port,
             api: format!("http://127.0.0.1:{api_port}"),
             api_port,
             data_dir: data_dir.to_path_buf(),
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until `/readyz` answers 200; panics if the process exits first.
+    pub async fn wait_ready(&mut self) {
         let client = http();
         let url = format!("{}/readyz", self.base);
         let deadline = Instant::now() + WAIT;
