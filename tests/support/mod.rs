@@ -202,11 +202,7 @@ impl ChildServer {
         Self::spawn_unready_with_env(data_dir, extra_args, &[])
     }
 
-    fn spawn_unready_with_env(
-        data_dir: &Path,
-        extra_args: &[&str],
-        env: &[(&str, &Path)],
-    ) -> Self {
+    fn spawn_unready_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &Path)]) -> Self {
         let port = free_port();
         let api_port = free_port();
         give_test_token(data_dir);
