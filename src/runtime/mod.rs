@@ -301,7 +301,11 @@ impl Context {
         self.events
             .record_ready(kind, namespace, name, ReadySummary::of(&status));
         let mut status = status;
-        if let Ok(Some(current)) = self.store.get(kind, namespace, name).await
+        // A local store reads cheaply, and keeping unchanged conditions' times there lets a
+        // restart with thousands of objects write nothing. On Kubernetes the read would be
+        // one more API request per status write, so the status is written as before.
+        if self.kube_client().is_none()
+            && let Ok(Some(current)) = self.store.get(kind, namespace, name).await
             && let Some(written) = current.get("status")
         {
             keep_transition_times(&mut status, written);
