@@ -121,11 +121,17 @@ impl Api {
         super::get(&self.api, kind, namespace, name).await
     }
 
-    /// Deletes an object; fails the test unless the server answers 200.
+    /// Deletes an object, forced: events it still holds are dead-lettered or dropped rather
+    /// than refusing the delete (tests/deletion.rs covers the refusal). Fails the test unless
+    /// the server answers 200.
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) {
         let response = super::api_request(
             reqwest::Method::DELETE,
-            format!("{}{}", self.api, resource_path(kind, namespace, name)),
+            format!(
+                "{}{}?force=true",
+                self.api,
+                resource_path(kind, namespace, name)
+            ),
         )
         .send()
         .await
