@@ -90,4 +90,5 @@ cargo fmt --all -- --check
 echo "test.sh: cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "test.sh: cargo test"
-cargo test --workspace --features rivulet/kafka-tests
+# Every test binary runs even when an earlier one fails, so one failure hides no other.
+cargo test --workspace --no-fail-fast --features rivulet/kafka-tests
