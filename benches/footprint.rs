@@ -23,12 +23,15 @@
 //!
 //! The table goes to stdout and a JSON copy to `$CARGO_TARGET_DIR/bench-results/footprint.json`.
 
-use std::net::{SocketAddr, TcpListener};
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::{bare_server, env_number, free_port};
 
 use serde_json::{Value, json};
 
@@ -402,38 +405,6 @@ async fn load(base: &str, duration: Duration) -> f64 {
         let _ = worker.await;
     }
     accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
-}
-
-/// The baseline: a bare axum server on two tokio workers answering 202 to every request.
-fn bare_server(listen: &str) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .expect("the bare server binds");
-        let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::ACCEPTED });
-        axum::serve(listener, app)
-            .await
-            .expect("the bare server runs");
-    });
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 fn results_path() -> PathBuf {

@@ -21,13 +21,16 @@
 //! `benches/results/soak.svg` (copied to `docs/soak.svg`). The run fails if an accepted event
 //! was never delivered.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{bare_server, env_number, free_port};
 
 use plotters::prelude::*;
 use serde_json::json;
@@ -754,36 +757,4 @@ fn plot(path: &Path, report: &Report, settings: &Settings) -> Result<(), String>
         .draw()
         .map_err(|e| failed(e.to_string()))?;
     root.present().map_err(|e| failed(e.to_string()))
-}
-
-/// The baseline: a bare axum server on two tokio workers answering 202 to every request.
-fn bare_server(listen: &str) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .expect("the bare server binds");
-        let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::ACCEPTED });
-        axum::serve(listener, app)
-            .await
-            .expect("the bare server runs");
-    });
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
