@@ -145,7 +145,15 @@ async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
     };
     let recorder = Recorder::start().await;
     let server = ChildServer::spawn(&disk.path, &[]).await;
-    support::apply_trigger_ready(&server.api, "default", "all", "default", &recorder.url).await;
+    let mut trigger = support::trigger("default", "all", "default", &recorder.url);
+    // The subscriber refuses while the disk fills: a delivered event would free its pages for
+    // the next one, and a fast machine could then take events for ever without the log
+    // needing more room. Retries enough that nothing is given up meanwhile.
+    trigger["spec"]["delivery"] =
+        json!({"retry": 10000, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"});
+    apply(&server.api, &trigger).await;
+    support::wait_ready(&server.api, "Trigger", "default", "all").await;
+    recorder.set_status(503);
 
     let mut accepted = BTreeSet::new();
     for n in 0..20 {
@@ -206,6 +214,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
     assert!(text.contains("rivulet_storage_full 1"), "{text}");
 
     std::fs::remove_file(&filler).unwrap();
+    recorder.set_status(202);
     wait_for("readyz 200 on both listeners", RECOVERY, || async {
         let ingress = readyz(&server.base).await.0;
         let api = readyz(&server.api).await.0;
