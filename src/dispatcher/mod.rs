@@ -4,8 +4,8 @@
 //! Each trigger runs on its own task with its own bound on deliveries in flight, so a slow
 //! or failing subscriber never holds up another trigger.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rivulet_channels::{ChannelError, Received, Subscription};
@@ -49,64 +49,123 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
-/// A trigger's metric handles, looked up once rather than per event.
+/// A trigger's metric handles, each looked up on its first use and kept: per event a lookup
+/// would cost a map access, and creating them all up front would give ten thousand idle
+/// triggers a histogram each (memory and scrape size) before any event flows, where Knative
+/// shows a trigger's series once it has data.
 struct TriggerMetrics {
-    matched: Counter,
-    rejected: Counter,
-    retries: Counter,
-    redelivered: Counter,
-    latency: Histogram,
-    delivered: Counter,
-    dead_lettered: Counter,
-    failed: Counter,
-    ttl_dropped: Counter,
+    metrics: Arc<Metrics>,
+    namespace: String,
+    trigger: String,
+    matched: OnceLock<Counter>,
+    rejected: OnceLock<Counter>,
+    retries: OnceLock<Counter>,
+    redelivered: OnceLock<Counter>,
+    latency: OnceLock<Histogram>,
+    delivered: OnceLock<Counter>,
+    dead_lettered: OnceLock<Counter>,
+    failed: OnceLock<Counter>,
+    ttl_dropped: OnceLock<Counter>,
     /// Whether a TTL drop was logged already: a loop logs once, not once per event.
     ttl_logged: AtomicBool,
 }
 
 impl TriggerMetrics {
-    fn new(metrics: &Metrics, dispatch: &TriggerDispatch) -> Self {
-        let labels = TriggerLabels {
+    fn new(metrics: &Arc<Metrics>, dispatch: &TriggerDispatch) -> Self {
+        TriggerMetrics {
+            metrics: metrics.clone(),
             namespace: dispatch.namespace.clone(),
             trigger: dispatch.trigger.clone(),
-        };
-        let outcome = |outcome| {
-            metrics
-                .deliveries
-                .get_or_create(&DeliveryLabels {
-                    namespace: dispatch.namespace.clone(),
-                    trigger: dispatch.trigger.clone(),
-                    outcome,
-                })
-                .clone()
-        };
-        TriggerMetrics {
-            matched: metrics.filter_matched.get_or_create(&labels).clone(),
-            rejected: metrics.filter_rejected.get_or_create(&labels).clone(),
-            retries: metrics.retries.get_or_create(&labels).clone(),
-            redelivered: metrics.redelivered.get_or_create(&labels).clone(),
-            latency: metrics.delivery_latency.get_or_create(&labels).clone(),
-            delivered: outcome("delivered"),
-            dead_lettered: outcome("dead_lettered"),
-            failed: outcome("failed"),
-            ttl_dropped: metrics
-                .events_dropped
-                .get_or_create(&DroppedLabels {
-                    namespace: dispatch.namespace.clone(),
-                    trigger: dispatch.trigger.clone(),
-                    reason: "ttl",
-                })
-                .clone(),
+            matched: OnceLock::new(),
+            rejected: OnceLock::new(),
+            retries: OnceLock::new(),
+            redelivered: OnceLock::new(),
+            latency: OnceLock::new(),
+            delivered: OnceLock::new(),
+            dead_lettered: OnceLock::new(),
+            failed: OnceLock::new(),
+            ttl_dropped: OnceLock::new(),
             ttl_logged: AtomicBool::new(false),
         }
     }
 
-    fn outcome(&self, outcome: &Outcome) -> &Counter {
-        match outcome {
-            Outcome::Delivered { .. } => &self.delivered,
-            Outcome::DeadLettered { .. } => &self.dead_lettered,
-            Outcome::Failed { .. } => &self.failed,
+    fn labels(&self) -> TriggerLabels {
+        TriggerLabels {
+            namespace: self.namespace.clone(),
+            trigger: self.trigger.clone(),
         }
+    }
+
+    fn matched(&self) -> &Counter {
+        self.matched.get_or_init(|| {
+            self.metrics
+                .filter_matched
+                .get_or_create(&self.labels())
+                .clone()
+        })
+    }
+
+    fn rejected(&self) -> &Counter {
+        self.rejected.get_or_init(|| {
+            self.metrics
+                .filter_rejected
+                .get_or_create(&self.labels())
+                .clone()
+        })
+    }
+
+    fn retries(&self) -> &Counter {
+        self.retries
+            .get_or_init(|| self.metrics.retries.get_or_create(&self.labels()).clone())
+    }
+
+    fn redelivered(&self) -> &Counter {
+        self.redelivered.get_or_init(|| {
+            self.metrics
+                .redelivered
+                .get_or_create(&self.labels())
+                .clone()
+        })
+    }
+
+    fn latency(&self) -> &Histogram {
+        self.latency.get_or_init(|| {
+            self.metrics
+                .delivery_latency
+                .get_or_create(&self.labels())
+                .clone()
+        })
+    }
+
+    fn ttl_dropped(&self) -> &Counter {
+        self.ttl_dropped.get_or_init(|| {
+            self.metrics
+                .events_dropped
+                .get_or_create(&DroppedLabels {
+                    namespace: self.namespace.clone(),
+                    trigger: self.trigger.clone(),
+                    reason: "ttl",
+                })
+                .clone()
+        })
+    }
+
+    fn outcome(&self, outcome: &Outcome) -> &Counter {
+        let (cell, label) = match outcome {
+            Outcome::Delivered { .. } => (&self.delivered, "delivered"),
+            Outcome::DeadLettered { .. } => (&self.dead_lettered, "dead_lettered"),
+            Outcome::Failed { .. } => (&self.failed, "failed"),
+        };
+        cell.get_or_init(|| {
+            self.metrics
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    namespace: self.namespace.clone(),
+                    trigger: self.trigger.clone(),
+                    outcome: label,
+                })
+                .clone()
+        })
     }
 }
 
@@ -302,7 +361,7 @@ async fn handle(
 ) {
     if received.redelivered {
         // At least once: the subscriber may see this event twice.
-        metrics.redelivered.inc();
+        metrics.redelivered().inc();
         tracing::debug!(trigger = %dispatch.trigger, "the channel handed an event out again");
     }
     let mut event = match Event::from_envelope(&received.envelope) {
@@ -316,10 +375,10 @@ async fn handle(
     };
     match dispatch.filter.evaluate(&event) {
         filter::Outcome::Match => {
-            metrics.matched.inc();
+            metrics.matched().inc();
         }
         filter::Outcome::NoMatch => {
-            metrics.rejected.inc();
+            metrics.rejected().inc();
             ack(dispatch, subscription, received.id).await;
             return;
         }
@@ -333,7 +392,7 @@ async fn handle(
                     kind,
                 })
                 .inc();
-            metrics.rejected.inc();
+            metrics.rejected().inc();
             ack(dispatch, subscription, received.id).await;
             return;
         }
@@ -342,7 +401,7 @@ async fn handle(
     // broker (the subscriber being one, a sink and a source, a reply) brings the lower count.
     let ttl = ttl_of(&event) - 1;
     if ttl <= 0 {
-        metrics.ttl_dropped.inc();
+        metrics.ttl_dropped().inc();
         if !metrics.ttl_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 namespace = %dispatch.namespace,
@@ -368,9 +427,9 @@ async fn handle(
             &dispatch.policy,
         )
         .await;
-    metrics.latency.observe(started.elapsed().as_secs_f64());
+    metrics.latency().observe(started.elapsed().as_secs_f64());
     metrics.outcome(&outcome).inc();
-    metrics.retries.inc_by(u64::from(outcome.attempts() - 1));
+    metrics.retries().inc_by(u64::from(outcome.attempts() - 1));
     if let Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } = &outcome {
         shared
             .metrics
