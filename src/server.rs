@@ -476,6 +476,9 @@ pub async fn start_with_store(
         let _ = discovery.await;
         crate::sources::stop_all(&ctx).await;
         ctx.stop_all().await;
+        for broker in ctx.ingress.handles() {
+            broker.channel.close().await;
+        }
         tracing::info!("rivulet stopped");
         result.context("HTTP server failed")
     });

@@ -111,6 +111,11 @@ pub trait Channel: Send + Sync + 'static {
     /// Removes the channel's storage (topic, stream, exchange, files) for good.
     async fn destroy(&self) -> Result<(), ChannelError>;
 
+    /// Lets go of what this process holds at shutdown and waits until it is let go (Kafka
+    /// consumers leave their groups, so partitions move to other replicas at once, and no
+    /// client thread outlives the process's shutdown). Stored events and subscriptions stay.
+    async fn close(&self) {}
+
     /// Whether the backend can take events right now.
     async fn ready(&self) -> Result<(), ChannelError>;
 

@@ -423,6 +423,11 @@ impl KafkaChannel {
 
 #[async_trait]
 impl Channel for KafkaChannel {
+    async fn close(&self) {
+        let names: Vec<String> = lock(&self.subscriptions).keys().cloned().collect();
+        futures::future::join_all(names.iter().map(|name| self.stop_consumers(name))).await;
+    }
+
     async fn publish(&self, events: Vec<Envelope>) -> Result<(), ChannelError> {
         let encoded: Vec<_> = events.iter().map(binding::to_binary).collect();
         let records = encoded.into_iter().map(|record| {
