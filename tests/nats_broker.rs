@@ -287,3 +287,57 @@ async fn a_bad_nats_setting_is_reported_on_the_broker() {
         "the condition names the setting: {condition}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_refuses_events_with_retry_after() {
+    let server = TestServer::start().await;
+    let broker = unique("nats-full");
+    server
+        .apply(&config_map(
+            &broker,
+            json!({"url": nats_url(), "storage": "file", "maxAge": "1h", "maxBytes": "8192"}),
+        ))
+        .await;
+    server
+        .apply(&nats_broker(&broker, "NatsJetStreamBroker", &broker))
+        .await;
+    server.wait_ready("Broker", NS, &broker).await;
+
+    let data = "x".repeat(1024);
+    let mut accepted = 0;
+    let mut refusal = None;
+    for n in 0..64 {
+        let event = TestEvent::new(&format!("e{n}"), "test.full").data("text/plain", data.clone());
+        let response = http_post(&server, &broker, &event).await;
+        match response.status().as_u16() {
+            202 => accepted += 1,
+            503 => {
+                refusal = Some(response);
+                break;
+            }
+            other => panic!("ingress answered {other} for a full stream"),
+        }
+    }
+    let refusal = refusal.expect("ingress refuses once the stream reached maxBytes");
+    assert!(accepted > 0, "events fit before the stream is full");
+    assert!(
+        refusal.headers().get("retry-after").is_some(),
+        "a full stream's 503 says when to retry"
+    );
+    let body = refusal.text().await.unwrap_or_default();
+    assert!(
+        body.contains("maxBytes"),
+        "the refusal names the limit: {body}"
+    );
+    server.delete("Broker", NS, &broker).await;
+}
+
+async fn http_post(server: &TestServer, broker: &str, event: &TestEvent) -> reqwest::Response {
+    support::http()
+        .post(server.ingress_url(NS, broker))
+        .headers(event.headers())
+        .body(event.body.clone())
+        .send()
+        .await
+        .expect("ingress answers")
+}

@@ -311,6 +311,20 @@ fn unavailable(what: &str, error: impl std::fmt::Display) -> ChannelError {
     ChannelError::Unavailable(format!("NATS JetStream: {what}: {error}"))
 }
 
+/// A refused publish: `Full` when the stream reached its `maxBytes` (or a message limit) and,
+/// with discard-new, takes nothing more until events age out, so senders are told to come
+/// back later; otherwise the server is unavailable.
+fn publish_refused(error: impl std::fmt::Display) -> ChannelError {
+    let text = error.to_string();
+    if text.contains("maximum bytes exceeded") || text.contains("maximum messages exceeded") {
+        ChannelError::Full(format!(
+            "the broker's NATS JetStream stream is full (its maxBytes limit): {text}"
+        ))
+    } else {
+        unavailable("publish acknowledgement", text)
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -519,8 +533,7 @@ impl Channel for NatsChannel {
             acks.push(ack);
         }
         for ack in acks {
-            ack.await
-                .map_err(|e| unavailable("publish acknowledgement", e))?;
+            ack.await.map_err(publish_refused)?;
         }
         Ok(())
     }
