@@ -14,6 +14,7 @@ pub mod features;
 pub mod filter;
 pub mod ingress;
 pub mod listener;
+pub mod log_throttle;
 pub mod metrics;
 pub mod registry;
 pub mod resources;

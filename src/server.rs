@@ -413,9 +413,9 @@ pub async fn start_with_store(
             .merge(auth.issuer.clone().router())
             .merge(routes(Listener::Ingress))
             .fallback(unknown_path)
-            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .layer(http_trace())
     });
-    let api_app = api_app.layer(tower_http::trace::TraceLayer::new_for_http());
+    let api_app = api_app.layer(http_trace());
 
     let changes = store.watch();
     // Serve from now on: while brokers are loaded, `/readyz` and ingress answer 503 (rather
@@ -725,4 +725,20 @@ async fn ensure_default_broker(store: &dyn ResourceStore) -> anyhow::Result<()> 
             .await?;
     }
     Ok(())
+}
+
+/// Request tracing at debug level, 5xx answers included: the handlers log the causes of
+/// their failures themselves (throttled where a fault fails every request), and a line per
+/// failed request would flood the log during an outage. Metrics count every answer.
+fn http_trace() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    tower_http::trace::DefaultMakeSpan,
+    tower_http::trace::DefaultOnRequest,
+    tower_http::trace::DefaultOnResponse,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    tower_http::trace::DefaultOnFailure,
+> {
+    tower_http::trace::TraceLayer::new_for_http()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
 }

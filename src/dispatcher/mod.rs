@@ -17,6 +17,7 @@ use crate::delivery::{DeliveryPolicy, Outcome, Sender};
 use crate::event::{Event, ExtensionValue};
 use crate::filter::{self, Filter};
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
+use crate::log_throttle::LogThrottle;
 use crate::metrics::{
     DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels,
 };
@@ -68,6 +69,8 @@ struct TriggerMetrics {
     ttl_dropped: OnceLock<Counter>,
     /// Whether a TTL drop was logged already: a loop logs once, not once per event.
     ttl_logged: AtomicBool,
+    /// Acknowledgements fail for every event while the channel cannot write (a full disk).
+    ack_failure_log: LogThrottle,
 }
 
 impl TriggerMetrics {
@@ -86,6 +89,7 @@ impl TriggerMetrics {
             failed: OnceLock::new(),
             ttl_dropped: OnceLock::new(),
             ttl_logged: AtomicBool::new(false),
+            ack_failure_log: LogThrottle::default(),
         }
     }
 
@@ -369,7 +373,7 @@ async fn handle(
         Err(error) => {
             // Only ingress writes to channels, so this is corruption, not user input.
             tracing::error!(trigger = %dispatch.trigger, %error, "dropping an unreadable event from the channel");
-            ack(dispatch, subscription, received.id).await;
+            ack(dispatch, metrics, subscription, received.id).await;
             return;
         }
     };
@@ -379,7 +383,7 @@ async fn handle(
         }
         filter::Outcome::NoMatch => {
             metrics.rejected().inc();
-            ack(dispatch, subscription, received.id).await;
+            ack(dispatch, metrics, subscription, received.id).await;
             return;
         }
         filter::Outcome::EvaluationError(kind) => {
@@ -393,7 +397,7 @@ async fn handle(
                 })
                 .inc();
             metrics.rejected().inc();
-            ack(dispatch, subscription, received.id).await;
+            ack(dispatch, metrics, subscription, received.id).await;
             return;
         }
     }
@@ -413,7 +417,7 @@ async fn handle(
         } else {
             tracing::debug!(trigger = %dispatch.trigger, id = %event.id, "event dropped: broker TTL exhausted");
         }
-        ack(dispatch, subscription, received.id).await;
+        ack(dispatch, metrics, subscription, received.id).await;
         return;
     }
     event.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
@@ -466,13 +470,22 @@ async fn handle(
             );
         }
     }
-    ack(dispatch, subscription, received.id).await;
+    ack(dispatch, metrics, subscription, received.id).await;
 }
 
-async fn ack(dispatch: &TriggerDispatch, subscription: &dyn Subscription, id: u64) {
+async fn ack(
+    dispatch: &TriggerDispatch,
+    metrics: &TriggerMetrics,
+    subscription: &dyn Subscription,
+    id: u64,
+) {
     if let Err(error) = subscription.ack(id).await {
         // The event will be delivered again: at least once.
-        tracing::warn!(trigger = %dispatch.trigger, %error, "acknowledgement failed");
+        if let Some(suppressed) = metrics.ack_failure_log.allow() {
+            tracing::warn!(trigger = %dispatch.trigger, %error, suppressed, "acknowledgement failed; the event will be delivered again (suppressed: how many more since the last such line)");
+        } else {
+            tracing::debug!(trigger = %dispatch.trigger, %error, "acknowledgement failed");
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use rivulet_channels::{Channel, ChannelError};
 
 use crate::auth::{Auth, AuthError, TargetRef};
 use crate::event::{self, Event, EventError, ExtensionValue};
+use crate::log_throttle::LogThrottle;
 use crate::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
 use crate::registry::Observer;
 use crate::resources::DeliverySpec;
@@ -155,6 +156,8 @@ struct BrokerCounters {
     /// Whether a TTL drop was logged already: a loop logs once, not once per event.
     ttl_logged: Arc<AtomicBool>,
     full: Counter,
+    /// Storage and backend failures fail every request while they last: one line per interval.
+    unavailable_log: Arc<LogThrottle>,
 }
 
 impl BrokerCounters {
@@ -190,6 +193,7 @@ impl BrokerCounters {
                 .clone(),
             ttl_logged: Arc::default(),
             full: outcome("full"),
+            unavailable_log: Arc::default(),
         }
     }
 }
@@ -434,8 +438,12 @@ async fn post_events(
                 }
             }
             if error.status().is_server_error() {
-                tracing::warn!(%namespace, %broker, %error, "ingress could not store events");
                 entry.counters.unavailable.inc();
+                if let Some(suppressed) = entry.counters.unavailable_log.allow() {
+                    tracing::warn!(%namespace, %broker, %error, suppressed, "ingress could not store events (suppressed: how many more since the last such line)");
+                } else {
+                    tracing::debug!(%namespace, %broker, %error, "ingress could not store events");
+                }
             } else {
                 tracing::debug!(%namespace, %broker, %error, "ingress refused a request");
                 entry.counters.refused.inc();
