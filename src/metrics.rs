@@ -96,6 +96,14 @@ pub struct ConnectionCloseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiveFailureLabels {
+    pub namespace: String,
+    pub trigger: String,
+    /// The channel error's kind: `unavailable`, `corrupt`, `storage`, ...
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryFailureLabels {
     pub namespace: String,
     pub trigger: String,
@@ -191,6 +199,8 @@ pub struct Metrics {
     /// Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt
     /// failed.
     pub delivery_failures: Family<DeliveryFailureLabels, Counter>,
+    /// A trigger's failed reads from its subscription (each retried 500 ms later).
+    pub receive_failures: Family<ReceiveFailureLabels, Counter>,
     /// 1 while a disk Rivulet writes to is full (events are refused with 503), else 0.
     pub storage_full: Gauge,
     /// 1 while writes fail for another reason than a full disk, else 0.
@@ -390,6 +400,12 @@ impl Metrics {
             "Deliveries that ended undelivered (dead-lettered or failed), by why the last attempt failed",
             delivery_failures.clone(),
         );
+        let receive_failures = Family::default();
+        registry.register(
+            "trigger_receive_failures",
+            "Failed reads of a trigger's subscription from its channel, by error kind; the trigger retries every 500 ms and delivers nothing meanwhile",
+            receive_failures.clone(),
+        );
         let storage_full = Gauge::default();
         registry.register(
             "storage_full",
@@ -417,6 +433,7 @@ impl Metrics {
             request_timeouts,
             open_files_limit,
             delivery_failures,
+            receive_failures,
             storage_full,
             storage_failed,
             storage_faults,

@@ -19,7 +19,8 @@ use crate::filter::{self, Filter};
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
 use crate::log_throttle::LogThrottle;
 use crate::metrics::{
-    DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReplyLabels, TriggerLabels,
+    DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReceiveFailureLabels, ReplyLabels,
+    TriggerLabels,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -71,6 +72,8 @@ struct TriggerMetrics {
     ttl_logged: AtomicBool,
     /// Acknowledgements fail for every event while the channel cannot write (a full disk).
     ack_failure_log: LogThrottle,
+    /// Reads fail every 500 ms while the channel's backend is down.
+    receive_failure_log: LogThrottle,
 }
 
 impl TriggerMetrics {
@@ -90,6 +93,7 @@ impl TriggerMetrics {
             ttl_dropped: OnceLock::new(),
             ttl_logged: AtomicBool::new(false),
             ack_failure_log: LogThrottle::default(),
+            receive_failure_log: LogThrottle::default(),
         }
     }
 
@@ -142,16 +146,30 @@ impl TriggerMetrics {
     }
 
     fn ttl_dropped(&self) -> &Counter {
-        self.ttl_dropped.get_or_init(|| {
-            self.metrics
-                .events_dropped
-                .get_or_create(&DroppedLabels {
-                    namespace: self.namespace.clone(),
-                    trigger: self.trigger.clone(),
-                    reason: "ttl",
-                })
-                .clone()
-        })
+        self.ttl_dropped.get_or_init(|| self.dropped("ttl"))
+    }
+
+    /// The trigger's count of events dropped for `reason` (looked up each time: rare).
+    fn dropped(&self, reason: &'static str) -> Counter {
+        self.metrics
+            .events_dropped
+            .get_or_create(&DroppedLabels {
+                namespace: self.namespace.clone(),
+                trigger: self.trigger.clone(),
+                reason,
+            })
+            .clone()
+    }
+
+    fn receive_failed(&self, error: &ChannelError) {
+        self.metrics
+            .receive_failures
+            .get_or_create(&ReceiveFailureLabels {
+                namespace: self.namespace.clone(),
+                trigger: self.trigger.clone(),
+                kind: error.kind(),
+            })
+            .inc();
     }
 
     fn outcome(&self, outcome: &Outcome) -> &Counter {
@@ -317,7 +335,10 @@ async fn consume(consumer: Consumer, stop: CancellationToken, tasks: TaskTracker
             Ok(batch) => batch,
             Err(ChannelError::Closed) => return,
             Err(error) => {
-                tracing::warn!(trigger = %dispatch.trigger, %error, "receiving from the channel failed; retrying");
+                consumer.metrics.receive_failed(&error);
+                if let Some(suppressed) = consumer.metrics.receive_failure_log.allow() {
+                    tracing::warn!(trigger = %dispatch.trigger, %error, suppressed, "receiving from the channel failed; retrying every 500 ms (suppressed: how many more failures since the last such line)");
+                }
                 drop(first);
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -373,6 +394,7 @@ async fn handle(
         Err(error) => {
             // Only ingress writes to channels, so this is corruption, not user input.
             tracing::error!(trigger = %dispatch.trigger, %error, "dropping an unreadable event from the channel");
+            metrics.dropped("unreadable").inc();
             ack(dispatch, metrics, subscription, received.id).await;
             return;
         }
@@ -556,4 +578,66 @@ async fn publish_reply(
     }
     tracing::error!(trigger = %dispatch.trigger, id = %reply.id, "reply lost: the broker's channel stayed unavailable");
     count("unavailable");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A subscription whose every read fails, as a corrupt record or a dead backend does.
+    struct Unreadable {
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Subscription for Unreadable {
+        async fn receive(&self, _max: usize) -> Result<Vec<Received>, ChannelError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Err(ChannelError::Corrupt(
+                "stored event 7: checksum mismatch".into(),
+            ))
+        }
+
+        async fn ack(&self, _id: u64) -> Result<(), ChannelError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_reads_are_retried_and_counted_by_kind() {
+        let metrics = Arc::new(Metrics::new());
+        let shared = Shared {
+            sender: Sender::new(),
+            ingress: Arc::new(Ingress::new(metrics.clone(), 1 << 20)),
+            metrics: metrics.clone(),
+        };
+        let dispatch = TriggerDispatch {
+            namespace: "default".into(),
+            trigger: "stuck".into(),
+            broker: "default".into(),
+            subscriber_uri: "http://127.0.0.1:9/".into(),
+            subscriber_ca_certs: None,
+            filter: Filter::Everything,
+            policy: DeliveryPolicy::from_spec(None, None, &Default::default()),
+            ordered: false,
+            parallelism: 4,
+        };
+        let subscription = Arc::new(Unreadable {
+            reads: AtomicUsize::new(0),
+        });
+        let running = spawn(dispatch, subscription.clone(), shared);
+        tokio::time::sleep(Duration::from_millis(1_250)).await;
+        let reads = subscription.reads.load(Ordering::SeqCst);
+        assert_eq!(reads, 3, "read at once, then every 500 ms");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "rivulet_trigger_receive_failures_total{namespace=\"default\",trigger=\"stuck\",kind=\"corrupt\"} 3"
+            ),
+            "{text}"
+        );
+        running.stop_for_good(Duration::ZERO).await;
+    }
 }
