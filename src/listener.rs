@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::log_throttle::LogThrottle;
 use crate::metrics::{ConnectionCloseLabels, ListenerLabels, Metrics};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -135,13 +136,9 @@ pub struct ListenerGuard {
     closed_header_timeout: Counter,
     closed_headers_too_large: Counter,
     request_timeouts: Counter,
-    /// When a refusal was last logged and how many came since: one line per interval, not
-    /// one per refused connection.
-    refusal_log: Arc<Mutex<(Option<Instant>, u64)>>,
+    /// Refused connections are logged once per interval, not one line each.
+    refusal_log: Arc<LogThrottle>,
 }
-
-/// Refused connections are logged at most this often.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl ListenerGuard {
     /// `name` labels the metrics (`ingress`, `api`).
@@ -176,7 +173,7 @@ impl ListenerGuard {
             closed_header_timeout: closed("header_timeout"),
             closed_headers_too_large: closed("headers_too_large"),
             request_timeouts: metrics.request_timeouts.get_or_create(&listener).clone(),
-            refusal_log: Arc::new(Mutex::new((None, 0))),
+            refusal_log: Arc::default(),
         }
     }
 
@@ -197,18 +194,15 @@ impl ListenerGuard {
             }
             Err(_) => {
                 self.refused.inc();
-                let mut log = self.refusal_log.lock().expect("lock poisoned");
-                log.1 += 1;
-                if log.0.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                if let Some(suppressed) = self.refusal_log.allow() {
                     tracing::warn!(
                         listener = self.name,
                         %peer,
                         max_connections = self.max_connections,
-                        refused = log.1,
+                        refused = suppressed + 1,
                         "connection limit reached: new connections are closed until some end \
                          (--max-connections)"
                     );
-                    *log = (Some(Instant::now()), 0);
                 }
                 None
             }

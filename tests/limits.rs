@@ -512,3 +512,52 @@ async fn an_idle_kept_alive_connection_is_closed() {
     })
     .await;
 }
+
+/// `rivulet display` listens under the same default limits as `rivulet serve`: a request
+/// whose headers exceed `--max-header-bytes` (64 KiB; hyper alone would take about 400 KiB)
+/// gets 431, an event within them is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_display_command_has_the_listener_limits() {
+    let port = free_port();
+    let mut display = std::process::Command::new(binary())
+        .args(["display", "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rivulet display starts");
+    let url = format!("http://127.0.0.1:{port}/");
+    let event = TestEvent::new("display-1", "com.example.display");
+    wait_for("rivulet display to listen", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { http().get(&url).send().await.ok().map(|_| ()) }
+    })
+    .await;
+
+    let mut large = event.headers();
+    large.insert(
+        "x-large",
+        axum::http::HeaderValue::from_str(&"a".repeat(100 * 1024)).unwrap(),
+    );
+    let refused = http()
+        .post(&url)
+        .headers(large)
+        .body(event.body.clone())
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status(), 431, "a 100 KiB header");
+
+    let accepted = http()
+        .post(&url)
+        .headers(event.headers())
+        .body(event.body.clone())
+        .send()
+        .await
+        .expect("an answer");
+    assert!(accepted.status().is_success(), "{}", accepted.status());
+    let _ = display.kill();
+    let output = display.wait_with_output().expect("output is read");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("display-1"), "{printed}");
+}

@@ -95,14 +95,32 @@ pub fn router(output: Output) -> axum::Router {
     super::router(Arc::new(Display::new(output)))
 }
 
-/// Serves the display sink on `listen`, printing to stdout, until the process ends.
+/// Serves the display sink on `listen`, printing to stdout, until the process ends, under
+/// the same listener limits `rivulet serve` has by default (timeouts, connections, headers).
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+    use crate::listener::{ListenerGuard, ListenerLimits, connection_limit};
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!(
         "event display listening on http://{}",
         listener.local_addr()?
     );
-    axum::serve(listener, super::router(Arc::new(Display::stdout()))).await?;
+    let limits = ListenerLimits::default();
+    let open_files = crate::listener::raise_open_files_limit();
+    let guard = ListenerGuard::new(
+        "event_display",
+        &limits,
+        connection_limit(&limits, open_files, 1),
+        &crate::metrics::Metrics::new(),
+    );
+    crate::tls::serve(
+        listener,
+        super::router(Arc::new(Display::stdout())),
+        None,
+        crate::features::FeatureFlags::default(),
+        guard,
+        std::future::pending(),
+    )
+    .await?;
     Ok(())
 }
 
