@@ -724,6 +724,11 @@ async fn replies_reenter_the_broker_with_decremented_ttl() {
         Some("reply"),
         "deliveries ask for a reply"
     );
+    assert_eq!(
+        sub.requests_at("/a")[0].header("kn-namespace"),
+        Some(NS),
+        "deliveries name the trigger's namespace, as Knative's dispatchers do"
+    );
     server
         .wait_metric(REPLIES, &[("trigger", "a"), ("outcome", "published")], 1.0)
         .await;

@@ -37,6 +37,9 @@ impl Default for DeliveryDefaults {
     }
 }
 
+/// The header naming the namespace of the trigger, source or sink that sends an event.
+pub const KN_NAMESPACE: &str = "kn-namespace";
+
 /// A delivery spec resolved into numbers and URLs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryPolicy {
@@ -437,10 +440,18 @@ impl Sender {
             // Trying again would not change the address or its certificates.
             Err(message) => return Err((Failure::final_without_response(message), 1)),
         };
-        let (headers, body) = match policy.format {
+        let (mut headers, body) = match policy.format {
             DeliveryFormat::Binary => event::to_http_binary(event),
             DeliveryFormat::Json => event::to_http_structured(event),
         };
+        // The sender's namespace, as Knative's dispatchers say it to every destination.
+        if let Some(namespace) = policy
+            .auth
+            .as_ref()
+            .and_then(|auth| HeaderValue::from_str(&auth.identity.namespace).ok())
+        {
+            headers.insert(KN_NAMESPACE, namespace);
+        }
         let mut attempt = 0u32;
         loop {
             attempt += 1;
