@@ -6,6 +6,7 @@
 mod broker;
 mod common;
 mod crds;
+pub mod defaults;
 pub mod eventpolicy;
 pub mod eventtype;
 mod kinds;

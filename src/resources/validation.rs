@@ -291,9 +291,12 @@ fn annotation<'a>(
 }
 
 pub fn validate_broker_update(old: &Broker, new: &Broker) -> Result {
+    // A broker stored without a class (before classes were defaulted) has the default one.
     let (old_class, new_class) = (
-        annotation(&old.metadata, BROKER_CLASS_ANNOTATION),
-        annotation(&new.metadata, BROKER_CLASS_ANNOTATION),
+        annotation(&old.metadata, BROKER_CLASS_ANNOTATION)
+            .or(Some(super::defaults::DEFAULT_BROKER_CLASS)),
+        annotation(&new.metadata, BROKER_CLASS_ANNOTATION)
+            .or(Some(super::defaults::DEFAULT_BROKER_CLASS)),
     );
     if old_class != new_class {
         return Err(ValidationError::new(
@@ -480,15 +483,10 @@ pub fn validate_destination(field: &str, destination: &Destination) -> Result {
             field,
             "needs a ref or a uri (or both)",
         )),
+        // Any absolute URI, as Knative admits: one Rivulet cannot deliver to (another scheme
+        // than http and https) fails at delivery, with the reason in the delivery's failure.
         (None, Some(uri)) => match url::Url::parse(uri) {
-            Ok(url) if url.scheme() == "http" || url.scheme() == "https" => Ok(()),
-            Ok(url) => Err(ValidationError::new(
-                format!("{field}.uri"),
-                format!(
-                    "scheme {:?} is not supported; use http or https",
-                    url.scheme()
-                ),
-            )),
+            Ok(_) => Ok(()),
             Err(e) => Err(ValidationError::new(
                 format!("{field}.uri"),
                 format!("{uri:?} is not an absolute URL: {e}"),

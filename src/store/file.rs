@@ -48,6 +48,27 @@ impl Stored {
     }
 }
 
+/// The broker defaults of the stored `config-br-defaults` ConfigMap, if there is one; an
+/// unreadable one counts as none (with a warning), as a missing one does.
+fn broker_defaults(state: &State) -> crate::resources::defaults::BrokerDefaults {
+    use crate::resources::defaults::{
+        BROKER_DEFAULTS_NAME, BROKER_DEFAULTS_NAMESPACE, BrokerDefaults,
+    };
+    let config_maps =
+        crate::resources::find_kind_by_name(None, "ConfigMap").expect("ConfigMap is registered");
+    let Some(stored) = state.objects.get(&key(
+        config_maps,
+        BROKER_DEFAULTS_NAMESPACE,
+        BROKER_DEFAULTS_NAME,
+    )) else {
+        return BrokerDefaults::default();
+    };
+    BrokerDefaults::from_config_map(&stored.value()).unwrap_or_else(|error| {
+        tracing::warn!(%error, "broker defaults ignored");
+        BrokerDefaults::default()
+    })
+}
+
 fn key(kind: &'static KindInfo, namespace: &str, name: &str) -> Key {
     (
         kind.group,
@@ -266,6 +287,8 @@ impl ResourceStore for FileStore {
             .objects
             .get(&key(kind, &namespace, &name))
             .map(Stored::value);
+        let broker_defaults = broker_defaults(&state);
+        crate::resources::defaults::set_defaults(kind, &mut object, old.as_ref(), &broker_defaults);
         (kind.validate)(&object, old.as_ref())?;
 
         let meta = object["metadata"].as_object_mut().expect("checked above");

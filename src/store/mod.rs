@@ -171,7 +171,11 @@ pub(crate) fn normalise(kind: &KindInfo, mut object: Value) -> Result<Value, Sto
     map.insert("apiVersion".into(), json!(kind.api_version()));
     map.insert("kind".into(), json!(kind.kind));
     if !kind.group.is_empty() {
-        map.entry("spec").or_insert_with(|| json!({}));
+        // `spec:` written with nothing after it is YAML's null: the same as no spec.
+        let spec = map.entry("spec").or_insert_with(|| json!({}));
+        if spec.is_null() {
+            *spec = json!({});
+        }
     }
     let metadata = map.entry("metadata").or_insert_with(|| json!({}));
     if let Some(meta) = metadata.as_object_mut() {
