@@ -1204,3 +1204,47 @@ async fn metrics_count_deliveries_by_outcome() {
     assert_eq!(ingress("accepted"), 5.0, "{text}");
     assert_eq!(ingress("refused"), 1.0, "{text}");
 }
+
+/// Any absolute URI is admitted as a subscriber, as in Knative; a scheme Rivulet cannot send to
+/// fails at delivery, at once (no retries), and the event goes to the dead-letter sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_with_an_unusual_scheme_is_admitted_and_fails_at_delivery() {
+    let server = server().await;
+    let sub = Subscriber::start().await;
+    server
+        .create_trigger(&retrying(
+            "mail",
+            "mailto:ops@example.com",
+            json!({"retry": 5, "backoffDelay": "PT0.05S", "deadLetterSink": {"uri": sub.url_at("dls")}}),
+        ))
+        .await;
+    server
+        .send(NS, BROKER, &TestEvent::new("m-1", "com.example.mail"))
+        .await;
+    let dead = sub
+        .wait_for_matching(1, |r| r.path == "/dls")
+        .await
+        .remove(0);
+    assert_eq!(dead.id(), "m-1");
+    assert_eq!(
+        dead.attr("knativeerrordest").as_deref(),
+        Some("mailto:ops@example.com")
+    );
+    server
+        .wait_metric(
+            DELIVERIES,
+            &[("trigger", "mail"), ("outcome", "dead_lettered")],
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        server
+            .metric(
+                "rivulet_trigger_delivery_retries_total",
+                &[("trigger", "mail")]
+            )
+            .await,
+        0.0,
+        "an unsupported scheme is not retried"
+    );
+}

@@ -93,6 +93,18 @@ pub fn validate_http_forward_sink(spec: &HttpForwardSinkSpec) -> Result<(), Vali
         ..Destination::default()
     };
     validate_destination("spec", &as_destination)?;
+    // Rivulet's own kind, so it can refuse at admission what it could never forward to.
+    if let Ok(url) = url::Url::parse(&spec.uri)
+        && !matches!(url.scheme(), "http" | "https")
+    {
+        return Err(ValidationError::new(
+            "spec.uri",
+            format!(
+                "scheme {:?} is not supported; use http or https",
+                url.scheme()
+            ),
+        ));
+    }
     if let Some(delivery) = &spec.delivery {
         validate_delivery("spec.delivery", delivery)?;
     }

@@ -514,6 +514,12 @@ impl Sender {
         let url = reqwest::Url::parse(uri).map_err(|error| {
             Failure::final_without_response(format!("invalid destination URL {uri:?}: {error}"))
         })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Failure::final_without_response(format!(
+                "cannot deliver to {uri}: scheme {:?} is not supported, only http and https",
+                url.scheme()
+            )));
+        }
         // IP-literal URLs never reach the resolver, which checks names after DNS.
         if let Err(refused) = self.egress.check_url(&url) {
             return Err(refusal_failure(&refused));
