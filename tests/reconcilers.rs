@@ -793,7 +793,7 @@ async fn a_trigger_naming_a_new_sink_is_reconciled_with_the_sink_address() {
     assert_eq!(status["subscriberUri"], case.url());
     assert_conditions(
         status,
-        &all_true(&["BrokerReady", "SubscriberResolved"]),
+        &all_true(&["BrokerReady", "SubscriberResolved", "DependencyReady"]),
         "Trigger",
     );
 }

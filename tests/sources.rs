@@ -537,3 +537,63 @@ async fn readme_examples_apply_and_become_ready() {
     }
     server.shutdown().await;
 }
+
+/// Knative's `knative.dev/dependency` annotation: the trigger is not Ready while the source it
+/// names is missing, and becomes Ready once the source is; a malformed annotation is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_waits_for_its_dependency_to_be_ready() {
+    let server = TestServer::start().await;
+    let subscriber = Recorder::start().await;
+    let trigger = |dependency: &str| {
+        json!({
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": {
+                "name": "waits",
+                "namespace": "default",
+                "annotations": {"knative.dev/dependency": dependency}
+            },
+            "spec": {"broker": "default", "subscriber": {"uri": subscriber.url}}
+        })
+    };
+    let (status, body) = put_object(&server.api, &trigger("{\"kind\": \"PingSource\"}")).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("knative.dev/dependency"),
+        "{body}"
+    );
+
+    apply(
+        &server.api,
+        &trigger(
+            r#"{"kind":"PingSource","name":"heartbeat","apiVersion":"sources.knative.dev/v1"}"#,
+        ),
+    )
+    .await;
+    let missing = server
+        .wait_condition("Trigger", "default", "waits", "DependencyReady", "False")
+        .await;
+    assert_eq!(missing["reason"], "DependencyDoesNotExist", "{missing}");
+    server
+        .wait_condition("Trigger", "default", "waits", "Ready", "False")
+        .await;
+
+    apply(
+        &server.api,
+        &ping_source(
+            "heartbeat",
+            "0 0 1 1 *",
+            json!({"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}}),
+        ),
+    )
+    .await;
+    server
+        .wait_condition("Trigger", "default", "waits", "DependencyReady", "True")
+        .await;
+    server
+        .wait_condition("Trigger", "default", "waits", "Ready", "True")
+        .await;
+}

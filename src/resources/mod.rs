@@ -28,7 +28,8 @@ pub use kinds::{
 };
 pub use manifest::{Manifest, manifest_files, parse_manifests};
 pub use trigger::{
-    AuthStatus, SubscriptionsApiFilter, Trigger, TriggerFilter, TriggerSpec, TriggerStatus,
+    AuthStatus, DEPENDENCY_ANNOTATION, DependencyReference, SubscriptionsApiFilter, Trigger,
+    TriggerFilter, TriggerSpec, TriggerStatus, parse_dependency,
 };
 
 /// Annotation naming the broker implementation.

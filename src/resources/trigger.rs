@@ -139,3 +139,34 @@ inventory::submit! {
         crd: <Trigger as kube::CustomResourceExt>::crd,
     }
 }
+
+/// Knative's `knative.dev/dependency` annotation on a Trigger: the object it waits for.
+pub const DEPENDENCY_ANNOTATION: &str = "knative.dev/dependency";
+
+/// The object a dependency annotation names.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DependencyReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// Reads a dependency annotation: JSON with `apiVersion`, `kind` and `name`.
+pub fn parse_dependency(text: &str) -> Result<DependencyReference, String> {
+    let reference: DependencyReference = serde_json::from_str(text).map_err(|e| {
+        format!("Unable to unmarshal objectReference from dependency annotation of trigger: {e}")
+    })?;
+    for (field, value) in [
+        ("apiVersion", &reference.api_version),
+        ("kind", &reference.kind),
+        ("name", &reference.name),
+    ] {
+        if value.is_empty() {
+            return Err(format!("the dependency annotation needs {field}"));
+        }
+    }
+    Ok(reference)
+}

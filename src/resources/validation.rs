@@ -352,6 +352,22 @@ pub fn validate_trigger(trigger: &Trigger) -> Result {
     if let Some(delivery) = &trigger.spec.delivery {
         validate_delivery("spec.delivery", delivery)?;
     }
+    if let Some(dependency) = annotation(&trigger.metadata, super::DEPENDENCY_ANNOTATION) {
+        let field = format!("metadata.annotations[{}]", super::DEPENDENCY_ANNOTATION);
+        let reference = super::parse_dependency(dependency)
+            .map_err(|message| ValidationError::new(&field, message))?;
+        let namespace = trigger.metadata.namespace.as_deref().unwrap_or("default");
+        if reference
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns != namespace)
+        {
+            return Err(ValidationError::new(
+                field,
+                "namespace must be the trigger's own (or left out)",
+            ));
+        }
+    }
     if let Some(order) = annotation(&trigger.metadata, DELIVERY_ORDER_ANNOTATION)
         && order != "ordered"
         && order != "unordered"

@@ -13,7 +13,8 @@ use crate::dispatcher::{self, TriggerDispatch};
 use crate::filter::Filter;
 use crate::resources::validation::typed;
 use crate::resources::{
-    Condition, DELIVERY_ORDER_ANNOTATION, PARALLELISM_ANNOTATION, Trigger, TriggerStatus,
+    Condition, DELIVERY_ORDER_ANNOTATION, DEPENDENCY_ANNOTATION, PARALLELISM_ANNOTATION, Trigger,
+    TriggerStatus, parse_dependency,
 };
 use crate::store::object_key;
 
@@ -220,6 +221,13 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         _ => ctx.stop_trigger(&namespace, &name).await,
     }
 
+    // Part of Ready, but events flow meanwhile, as in Knative: the dependency (a source
+    // that sends to the broker) only says whether the whole is up.
+    let (dependency, settled) = dependency_condition(&trigger, &namespace, ctx).await;
+    if !settled {
+        action = retry_later;
+    }
+    parts.push(dependency);
     status.conditions = conditions(parts);
     // A warning beside Ready, never part of it.
     if ctx.role().writes_status()
@@ -231,6 +239,113 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
         .await?;
     Ok(action)
+}
+
+/// The `DependencyReady` condition: True without a `knative.dev/dependency` annotation, else
+/// the named object's readiness (in the trigger's namespace), with Knative's reasons; and
+/// whether it is settled (no need to look again until something changes).
+async fn dependency_condition(
+    trigger: &Trigger,
+    namespace: &str,
+    ctx: &Context,
+) -> (Condition, bool) {
+    const TYPE: &str = "DependencyReady";
+    let unknown = |reason: &str, message: String| {
+        let mut condition = Condition::new(TYPE, false, reason, message);
+        condition.status = "Unknown".into();
+        condition
+    };
+    let Some(annotation) = trigger
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DEPENDENCY_ANNOTATION))
+    else {
+        return (Condition::new(TYPE, true, "", ""), true);
+    };
+    let reference = match parse_dependency(annotation) {
+        Ok(reference) => reference,
+        Err(message) => return (Condition::new(TYPE, false, "ReferenceError", message), true),
+    };
+    let group = reference
+        .api_version
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g);
+    let Some(kind) = crate::resources::kinds()
+        .into_iter()
+        .find(|k| k.group == group && k.kind == reference.kind)
+    else {
+        return (
+            unknown(
+                "ListerDoesNotExist",
+                format!(
+                    "kind {} of {} is not served here, so its readiness is unknown",
+                    reference.kind, reference.api_version
+                ),
+            ),
+            false,
+        );
+    };
+    let object = match ctx.store.get(kind, namespace, &reference.name).await {
+        Ok(Some(object)) => object,
+        Ok(None) => {
+            let message = format!(
+                "Dependency does not exist: {} {namespace}/{} not found",
+                reference.kind, reference.name
+            );
+            return (
+                Condition::new(TYPE, false, "DependencyDoesNotExist", message),
+                false,
+            );
+        }
+        Err(error) => {
+            return (
+                unknown(
+                    "DependencyGetFailed",
+                    format!("Failed to get dependency: {error}"),
+                ),
+                false,
+            );
+        }
+    };
+    if generation(&object)
+        != object
+            .pointer("/status/observedGeneration")
+            .and_then(Value::as_i64)
+    {
+        return (
+            unknown(
+                "GenerationNotEqual",
+                "the dependency has not reconciled its latest generation yet".into(),
+            ),
+            false,
+        );
+    }
+    let ready = object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|all| all.iter().find(|c| c["type"] == "Ready"));
+    let text = |field: &str| {
+        ready
+            .and_then(|c| c[field].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    match ready.and_then(|c| c["status"].as_str()) {
+        None => (
+            unknown(
+                "DependencyNotConfigured",
+                "Dependency has not yet been reconciled.".into(),
+            ),
+            false,
+        ),
+        Some("True") => (Condition::new(TYPE, true, "", ""), true),
+        Some("False") => (
+            Condition::new(TYPE, false, &text("reason"), text("message")),
+            false,
+        ),
+        Some(_) => (unknown(&text("reason"), text("message")), false),
+    }
 }
 
 /// The channel subscription of a trigger.
