@@ -143,6 +143,8 @@ pub struct RunningServer {
     pub api_url: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// This process's hold on the data folder, let go when the server is dropped.
+    data_dir_lock: Option<std::fs::File>,
 }
 
 impl RunningServer {
@@ -168,6 +170,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::install_crypto_provider();
     crate::store::create_private_dir(&options.data_dir)
         .with_context(|| format!("cannot create the data dir {}", options.data_dir.display()))?;
+    let lock = crate::store::lock::lock_data_dir(&options.data_dir)?;
     // Damaged files are reported before anything opens (and would replace) them.
     let data_dir = options.data_dir.clone();
     let damage = tokio::task::spawn_blocking(move || crate::store::check::check(&data_dir))
@@ -178,7 +181,9 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         anyhow::bail!(crate::store::check::refusal(&options.data_dir, &damage));
     }
     let store = open_store(&options).await?;
-    start_with_store(options, store).await
+    let mut server = start_with_store(options, store).await?;
+    server.data_dir_lock = Some(lock);
+    Ok(server)
 }
 
 /// Refuses `--api-auth none` where others could reach the API.
@@ -538,6 +543,7 @@ pub async fn start_with_store(
         api_url: client_api_url,
         shutdown,
         task,
+        data_dir_lock: None,
     })
 }
 

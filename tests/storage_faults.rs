@@ -385,3 +385,19 @@ async fn a_zero_length_log_stops_the_start_instead_of_starting_empty() {
     support::wait_ready(&server.api, "Broker", "default", "default").await;
     assert_eq!(post(&server.base, "after-repair").await.status(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_a_data_folder_in_use_stops_with_a_message() {
+    let data = tempfile::tempdir().unwrap();
+    let first = ChildServer::spawn(data.path(), &[]).await;
+    let output = serve_expecting_refusal(data.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another rivulet process") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+    // The first one is unaffected.
+    assert_eq!(post(&first.base, "still-served").await.status(), 202);
+    drop(first);
+}

@@ -13,6 +13,7 @@ use crate::resources::validation::ValidationError;
 pub mod check;
 mod file;
 mod kubernetes;
+pub mod lock;
 mod private;
 
 pub use file::FileStore;
