@@ -250,3 +250,87 @@ async fn sigterm_when_idle_exits_with_success() {
     let status = server.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "got {status}");
 }
+
+/// Nobody reads stderr any more (the pipe's reader is gone): the server still serves and
+/// SIGTERM still stops it, at once, with success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_when_stderr_is_a_closed_pipe() {
+    let data = tempfile::tempdir().unwrap();
+    let (listen, api) = (support::free_port(), support::free_port());
+    let mut child = std::process::Command::new(support::binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RIVULET_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rivulet serve starts");
+    drop(child.stderr.take());
+    let base = format!("http://127.0.0.1:{listen}");
+    support::wait_for(
+        "ingress to take events",
+        Duration::from_secs(60),
+        || async {
+            (support::post_binary(&base, "default/default", "closed-stderr", "t", "{}").await
+                == 202)
+                .then_some(())
+        },
+    )
+    .await;
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(terminated.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait works") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rivulet serve ignored SIGTERM with stderr closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "got {status}");
+}
+
+/// Logs written to a pipe or a file carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let (listen, api) = (support::free_port(), support::free_port());
+    let mut child = std::process::Command::new(support::binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RIVULET_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rivulet serve starts");
+    let base = format!("http://127.0.0.1:{listen}");
+    support::wait_for(
+        "ingress to take events",
+        Duration::from_secs(60),
+        || async {
+            (support::post_binary(&base, "default/default", "plain-log", "t", "{}").await == 202)
+                .then_some(())
+        },
+    )
+    .await;
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("output is read");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("rivulet is serving"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
+    );
+}

@@ -531,7 +531,9 @@ pub fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
+        // Colour only for a person at a terminal, never in a file or a log collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     crate::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -541,7 +543,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            say(&format!("error: {error:#}"));
             ExitCode::FAILURE
         }
     }
@@ -685,21 +687,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let store = options.store;
     let server = crate::server::start(options).await?;
-    match store {
-        crate::server::StoreChoice::File => eprintln!(
+    say(&match store {
+        crate::server::StoreChoice::File => format!(
             "rivulet serving events on {} (broker default/default: {}/default/default), resource API on {}",
             server.base_url, server.base_url, server.api_url
         ),
-        crate::server::StoreChoice::Kubernetes => eprintln!(
+        crate::server::StoreChoice::Kubernetes => format!(
             "rivulet serving events on {}, health and metrics on {} (resources from the Kubernetes API server)",
             server.base_url, server.api_url
         ),
-    }
+    });
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stopping: no new events taken, finishing deliveries in flight");
+        // Stop first: writing the log line can fail or block (stderr closed or not read).
         token.cancel();
+        tracing::info!("stopping: no new events taken, finishing deliveries in flight");
     });
     server.wait().await?;
     Ok(ExitCode::SUCCESS)
@@ -726,15 +729,15 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let server = crate::server::start(options).await?;
-    eprintln!(
+    say(&format!(
         "rivulet controller reconciling the cluster's resources (health on {})",
         server.api_addr
-    );
+    ));
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stopping the controller");
         token.cancel();
+        tracing::info!("stopping the controller");
     });
     server.wait().await?;
     Ok(ExitCode::SUCCESS)
@@ -792,6 +795,29 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Log lines to stderr. A failed write (stderr closed, its reader gone) is dropped without a
+/// word: the subscriber would otherwise report it on stderr, which panics, and a server must
+/// go on serving (and stop on SIGTERM) whether or not anyone reads its log.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// A line for the operator on stderr; a closed or broken stderr is no reason to stop serving
+/// (`eprintln!` would panic).
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 async fn wait_for_signal() {
