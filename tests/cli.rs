@@ -87,6 +87,38 @@ async fn apply_from_a_file_then_get_in_each_format_then_delete() {
         "{row}"
     );
 
+    // -A: every namespace, with a NAMESPACE column; -o wide: the class and age too.
+    support::apply(&server.api, &support::broker("team-a", "other")).await;
+    let all = ok(&run(&server, &["get", "brokers", "-A"]).await, "get -A");
+    assert!(
+        all.lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("NAMESPACE"),
+        "{all}"
+    );
+    for (namespace, name) in [("default", "cli-broker"), ("team-a", "other")] {
+        assert!(
+            all.lines()
+                .any(|l| l.starts_with(namespace) && l.contains(&format!(" {name} "))),
+            "{namespace}/{name} in {all}"
+        );
+    }
+    let wide = ok(
+        &run(&server, &["get", "brokers", "-o", "wide"]).await,
+        "get -o wide",
+    );
+    let header = wide.lines().next().unwrap_or_default();
+    assert!(header.contains("CLASS") && header.contains("AGE"), "{wide}");
+    assert!(wide.contains("MTChannelBasedBroker"), "{wide}");
+    let refused = run(&server, &["get", "configmaps", "-A"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("--all-namespaces"),
+        "{}",
+        text(&refused.stderr)
+    );
+
     let json = ok(
         &run(&server, &["get", "broker", "cli-broker", "-o", "json"]).await,
         "get -o json",
@@ -359,7 +391,22 @@ async fn every_subcommand_has_help_naming_its_flags() {
             ],
         ),
         (&["apply", "--help"], &["--filename", "--server", "--token"]),
-        (&["get", "--help"], &["--namespace", "--output", "--server"]),
+        (
+            &["get", "--help"],
+            &[
+                "--namespace",
+                "--all-namespaces",
+                "--output",
+                "wide",
+                "--server",
+                // Every kind is listed, not a sample.
+                "PingSource",
+                "SinkBinding",
+                "EventPolicy",
+                "ConfigMap",
+                "Trigger",
+            ],
+        ),
         (&["delete", "--help"], &["--namespace", "--server"]),
         (
             &["send", "--help"],
@@ -376,7 +423,8 @@ async fn every_subcommand_has_help_naming_its_flags() {
             ],
         ),
         (&["filter", "eval", "--help"], &["--trigger", "--event"]),
-        (&["cesql", "eval", "--help"], &["--event"]),
+        (&["cesql", "eval", "--help"], &["--event", "-o, --output"]),
+        (&["crds", "--help"], &["-o, --output", "--to"]),
         (&["display", "--help"], &["--listen"]),
         (&["serve", "--help"], &["--no-eventtype-autocreate"]),
         (
@@ -389,7 +437,7 @@ async fn every_subcommand_has_help_naming_its_flags() {
         ),
         (
             &["eventtypes", "scaffold", "--help"],
-            &["--lang", "--output", "rust", "typescript", "python"],
+            &["--lang", "--dir", "rust", "typescript", "python"],
         ),
     ];
     for (args, flags) in cases {
@@ -474,4 +522,27 @@ async fn serve_with_the_kubernetes_store_says_when_no_cluster_is_configured() {
     assert!(stderr.contains("--store kubernetes"), "{stderr}");
     assert!(stderr.contains("kubeconfig"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `cesql eval` without `--event` evaluates a constant expression, and says what is missing
+/// when the expression reads attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cesql_eval_without_an_event_says_what_is_missing() {
+    let constant = rivulet()
+        .args(["cesql", "eval", "1 + 2 = 3"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(ok(&constant, "a constant expression").trim(), "true");
+    let reads = rivulet()
+        .args(["cesql", "eval", "type = 'x' AND subject = 'y'"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!reads.status.success(), "no event to evaluate against");
+    let message = text(&reads.stderr);
+    assert!(
+        message.contains("type") && message.contains("--event"),
+        "{message}"
+    );
 }

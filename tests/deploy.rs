@@ -76,16 +76,16 @@ fn crds_command_prints_and_writes_the_generated_crds() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("crds.yaml");
     let written = Command::new(binary)
-        .args(["crds", "--output"])
+        .args(["crds", "--to"])
         .arg(&file)
         .env("RIVULET_LOG", "warn")
         .output()
         .expect("rivulet runs");
     assert!(
         written.status.success(),
-        "rivulet crds --output failed: {written:?}"
+        "rivulet crds --to failed: {written:?}"
     );
-    assert!(written.stdout.is_empty(), "--output printed to stdout too");
+    assert!(written.stdout.is_empty(), "--to printed to stdout too");
     assert_eq!(read(&file), generated);
 }
 

@@ -186,34 +186,63 @@ pub async fn apply(remote: &Remote, files: &[PathBuf]) -> anyhow::Result<ExitCod
     })
 }
 
+/// Which namespaces `get` looks in.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Namespace(&'a str),
+    AllNamespaces,
+}
+
 pub async fn get(
     remote: &Remote,
     kind_name: &str,
     name: Option<&str>,
-    namespace: &str,
+    scope: Scope<'_>,
     output: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let kind = find_kind(kind_name)?;
-    let url = match name {
-        Some(name) => object_url(&remote.url, kind, namespace, name),
-        None => format!("{}{}", remote.url, kind.collection_path(namespace)),
+    let url = match (name, scope) {
+        (Some(name), Scope::Namespace(namespace)) => object_url(&remote.url, kind, namespace, name),
+        (Some(_), Scope::AllNamespaces) => {
+            bail!("--all-namespaces lists a kind; to show one object, name its --namespace")
+        }
+        (None, Scope::Namespace(namespace)) => {
+            format!("{}{}", remote.url, kind.collection_path(namespace))
+        }
+        (None, Scope::AllNamespaces) if kind.group.is_empty() => {
+            bail!("--all-namespaces is not served for {}s", kind.kind)
+        }
+        (None, Scope::AllNamespaces) => {
+            format!("{}/apis/{}/{}", remote.url, kind.api_version(), kind.plural)
+        }
     };
     let body = get_json(remote, &url).await?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&body)?),
-        OutputFormat::Table => {
+        OutputFormat::Table | OutputFormat::Wide => {
             let items = match body.get("items").and_then(Value::as_array) {
                 Some(items) => items.clone(),
                 None => vec![body],
             };
-            print_table(kind, &items);
+            let columns = Columns {
+                namespace: matches!(scope, Scope::AllNamespaces),
+                wide: matches!(output, OutputFormat::Wide),
+            };
+            print_table(kind, &items, columns);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(kind: &KindInfo, items: &[Value]) {
+/// The optional columns of a table.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    namespace: bool,
+    wide: bool,
+}
+
+fn print_table(kind: &KindInfo, items: &[Value], columns: Columns) {
     let text = |v: &Value, pointer: &str| {
         v.pointer(pointer)
             .and_then(Value::as_str)
@@ -232,37 +261,88 @@ fn print_table(kind: &KindInfo, items: &[Value]) {
         }
     };
     type Column = Box<dyn Fn(&Value) -> String>;
-    let (extra_header, extra): (&str, Column) = match kind.kind {
-        "Broker" => ("URL", Box::new(move |v| text(v, "/status/address/url"))),
-        "Trigger" => (
-            "BROKER  SUBSCRIBER_URI",
-            Box::new(move |v| {
-                format!(
-                    "{}  {}",
-                    text(v, "/spec/broker"),
-                    text(v, "/status/subscriberUri")
-                )
-            }),
-        ),
-        _ => ("", Box::new(|_| String::new())),
+    let mut extra: Vec<(&str, Column)> = match kind.kind {
+        "Broker" => vec![("URL", Box::new(move |v| text(v, "/status/address/url")))],
+        "Trigger" => vec![
+            ("BROKER", Box::new(move |v| text(v, "/spec/broker"))),
+            (
+                "SUBSCRIBER_URI",
+                Box::new(move |v| text(v, "/status/subscriberUri")),
+            ),
+        ],
+        _ => Vec::new(),
     };
+    if columns.wide {
+        match kind.kind {
+            "Broker" => extra.push((
+                "CLASS",
+                Box::new(move |v| {
+                    text(
+                        v,
+                        "/metadata/annotations/eventing.knative.dev~1broker.class",
+                    )
+                }),
+            )),
+            "Trigger" => extra.push((
+                "FILTER",
+                Box::new(|v| {
+                    let filters = v
+                        .pointer("/spec/filters")
+                        .filter(|f| f.as_array().is_some_and(|a| !a.is_empty()));
+                    filters
+                        .or(v.pointer("/spec/filter"))
+                        .map(Value::to_string)
+                        .unwrap_or_default()
+                }),
+            )),
+            _ => {}
+        }
+        extra.push((
+            "AGE",
+            Box::new(move |v| age(&text(v, "/metadata/creationTimestamp"))),
+        ));
+    }
     if items.is_empty() {
         eprintln!("No resources found.");
         return;
     }
-    println!(
-        "{:<28} {:<8} {:<24} {extra_header}",
-        "NAME", "READY", "REASON"
-    );
+    let mut header = Vec::new();
+    if columns.namespace {
+        header.push(format!("{:<20}", "NAMESPACE"));
+    }
+    header.push(format!("{:<28} {:<8} {:<24}", "NAME", "READY", "REASON"));
+    header.extend(extra.iter().map(|(name, _)| name.to_string()));
+    println!("{}", header.join(" ").trim_end());
     for item in items {
         let (status, reason) = ready(item);
-        println!(
-            "{:<28} {:<8} {:<24} {}",
+        let mut row = Vec::new();
+        if columns.namespace {
+            row.push(format!("{:<20}", text(item, "/metadata/namespace")));
+        }
+        row.push(format!(
+            "{:<28} {:<8} {:<24}",
             text(item, "/metadata/name"),
             status,
-            reason,
-            extra(item)
-        );
+            reason
+        ));
+        row.extend(extra.iter().map(|(_, column)| column(item)));
+        println!("{}", row.join(" ").trim_end());
+    }
+}
+
+/// How long ago an RFC 3339 time was, as kubectl shows it (`45s`, `12m`, `3h`, `5d`).
+fn age(created: &str) -> String {
+    let Ok(created) = chrono::DateTime::parse_from_rfc3339(created) else {
+        return String::new();
+    };
+    let seconds = (chrono::Utc::now() - created.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
     }
 }
 

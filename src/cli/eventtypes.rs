@@ -36,7 +36,7 @@ pub enum EventTypesCommand {
         query: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
-        /// Output: table (default), yaml or json.
+        /// Output: table (default), wide, yaml or json.
         #[arg(short, long, default_value = "table")]
         output: OutputFormat,
         #[command(flatten)]
@@ -47,7 +47,8 @@ pub enum EventTypesCommand {
         name: String,
         #[arg(short, long, default_value = "default")]
         namespace: String,
-        /// Output: table (readable text, default), yaml or json (the whole object).
+        /// Output: table (readable text, default; wide is the same), yaml or json (the whole
+        /// object).
         #[arg(short, long, default_value = "table")]
         output: OutputFormat,
         #[command(flatten)]
@@ -64,8 +65,8 @@ pub enum EventTypesCommand {
         #[arg(long, value_enum)]
         lang: Lang,
         /// Folder to write the project to (default: ./NAME-LANG).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Overwrite files that already exist.
         #[arg(long)]
         force: bool,
@@ -114,14 +115,14 @@ pub async fn run(command: EventTypesCommand) -> anyhow::Result<ExitCode> {
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&object)?),
                 OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&object)?),
-                OutputFormat::Table => print!("{}", describe(&object)),
+                OutputFormat::Table | OutputFormat::Wide => print!("{}", describe(&object)),
             }
             Ok(ExitCode::SUCCESS)
         }
         EventTypesCommand::Scaffold {
             name,
             lang,
-            output,
+            dir,
             force,
             namespace,
             server,
@@ -134,7 +135,7 @@ pub async fn run(command: EventTypesCommand) -> anyhow::Result<ExitCode> {
             }
             let files = scaffold::generate(&object, lang)?;
             let lang_name = format!("{lang:?}").to_lowercase();
-            let dir = output.unwrap_or_else(|| PathBuf::from(format!("{name}-{lang_name}")));
+            let dir = dir.unwrap_or_else(|| PathBuf::from(format!("{name}-{lang_name}")));
             scaffold::write(&dir, &files, force)?;
             for file in &files {
                 println!("wrote {}", dir.join(&file.path).display());
@@ -165,7 +166,7 @@ async fn list(
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&body)?),
-        OutputFormat::Table => {
+        OutputFormat::Table | OutputFormat::Wide => {
             let items = body["items"].as_array().cloned().unwrap_or_default();
             if items.is_empty() {
                 eprintln!("No event types found.");

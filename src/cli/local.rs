@@ -59,11 +59,20 @@ pub fn cesql_eval(
         crate::cesql::Expression::parse(expression).map_err(|e| anyhow::anyhow!("{e}"))?;
     let event = match event {
         Some(path) => read_event(path)?,
-        // Without --event, attributes are all missing: fine for constant expressions.
-        None => crate::event::parse_structured(
-            br#"{"specversion":"1.0","id":"cli","source":"rivulet-cli","type":"rivulet.cli"}"#,
-        )
-        .expect("the built-in event is valid"),
+        // Without --event only an expression that reads no attribute has a meaning.
+        None => {
+            let read = attributes_read(&compiled);
+            if !read.is_empty() {
+                anyhow::bail!(
+                    "the expression reads {}; give the event to evaluate it against with --event FILE (structured JSON)",
+                    read.join(", ")
+                );
+            }
+            crate::event::parse_structured(
+                br#"{"specversion":"1.0","id":"cli","source":"rivulet-cli","type":"rivulet.cli"}"#,
+            )
+            .expect("the built-in event is valid")
+        }
     };
     let evaluation = compiled.evaluate(&event);
     let error_kind = evaluation.error.as_ref().map(|e| e.kind());
@@ -100,17 +109,49 @@ pub fn cesql_eval(
 }
 
 /// `rivulet crds`: the CRDs as YAML, to stdout or to `output`.
-pub fn crds(output: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let yaml = crate::resources::crds_yaml()?;
-    match output {
-        Some(path) => std::fs::write(path, yaml)
+pub fn crds(format: super::OutputFormat, to: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let text = match format {
+        super::OutputFormat::Yaml => crate::resources::crds_yaml()?,
+        // A Kubernetes List, which `kubectl apply -f` takes as it takes the YAML documents.
+        super::OutputFormat::Json => {
+            let list = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": crate::resources::crds()?,
+            });
+            format!("{}\n", serde_json::to_string_pretty(&list)?)
+        }
+        other => anyhow::bail!(
+            "crds prints yaml or json, not {}",
+            format!("{other:?}").to_lowercase()
+        ),
+    };
+    match to {
+        Some(path) => std::fs::write(path, text)
             .with_context(|| format!("cannot write {}", path.display()))?,
         None => {
             use std::io::Write as _;
             std::io::stdout()
-                .write_all(yaml.as_bytes())
+                .write_all(text.as_bytes())
                 .context("cannot write to stdout")?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The attributes an expression reads when evaluated (against an event that has none).
+fn attributes_read(expression: &crate::cesql::Expression) -> Vec<String> {
+    struct Probe(std::cell::RefCell<Vec<String>>);
+    impl crate::cesql::EventAttributes for Probe {
+        fn attribute(&self, name: &str) -> Option<crate::cesql::Value<'_>> {
+            let mut read = self.0.borrow_mut();
+            if !read.iter().any(|n| n == name) {
+                read.push(name.to_string());
+            }
+            None
+        }
+    }
+    let probe = Probe(std::cell::RefCell::default());
+    let _ = expression.evaluate(&probe);
+    probe.0.into_inner()
 }

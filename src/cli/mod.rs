@@ -58,14 +58,23 @@ enum Command {
     },
     /// List resources of a kind, or show one.
     ///
-    /// KIND is a kind or plural name: broker(s), trigger(s), eventtype(s), configmap(s),
-    /// secret(s).
+    /// KIND is a kind name or its plural, in any case (broker, Brokers, triggers, ...); the
+    /// list of every kind follows.
+    #[command(after_long_help = kinds_help())]
     Get {
         kind: String,
         name: Option<String>,
-        #[arg(short, long, default_value = "default")]
+        #[arg(
+            short,
+            long,
+            default_value = "default",
+            conflicts_with = "all_namespaces"
+        )]
         namespace: String,
-        /// Output: table (default), yaml or json.
+        /// List the kind in every namespace (not for one NAME, nor for ConfigMaps and Secrets).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Output: table (default), wide (more columns), yaml or json.
         #[arg(short, long, default_value = "table")]
         output: OutputFormat,
         #[command(flatten)]
@@ -114,9 +123,12 @@ enum Command {
     /// These are the CRDs to install before running Rivulet on Kubernetes; deploy/crds.yaml
     /// holds the same output.
     Crds {
+        /// Output: yaml (default) or json.
+        #[arg(short, long, default_value = "yaml")]
+        output: OutputFormat,
         /// Write to this file instead of stdout.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        to: Option<PathBuf>,
     },
     /// Listen for CloudEvents and print each one (an event display sink).
     Display {
@@ -211,8 +223,23 @@ impl ServerArg {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum OutputFormat {
     Table,
+    Wide,
     Yaml,
     Json,
+}
+
+/// Every kind `get`, `delete` and `apply` take, for `get --help`.
+fn kinds_help() -> String {
+    let mut text = String::from("Kinds:\n");
+    for kind in crate::resources::kinds() {
+        text.push_str(&format!(
+            "  {:<28} {:<32} {}\n",
+            kind.kind,
+            kind.plural,
+            kind.api_version()
+        ));
+    }
+    text
 }
 
 #[derive(Debug, Args)]
@@ -513,7 +540,7 @@ enum CesqlCommand {
         #[arg(long)]
         event: Option<PathBuf>,
         /// Output: text (default) or json.
-        #[arg(long, default_value = "text")]
+        #[arg(short, long, default_value = "text")]
         output: String,
     },
 }
@@ -558,9 +585,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             kind,
             name,
             namespace,
+            all_namespaces,
             output,
             server,
-        } => client::get(&server.remote(), &kind, name.as_deref(), &namespace, output).await,
+        } => {
+            let scope = if all_namespaces {
+                client::Scope::AllNamespaces
+            } else {
+                client::Scope::Namespace(&namespace)
+            };
+            client::get(&server.remote(), &kind, name.as_deref(), scope, output).await
+        }
         Command::Delete {
             kind,
             name,
@@ -583,7 +618,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
         } => local::cesql_eval(&expression, event.as_deref(), &output),
         Command::EventTypes { command } => eventtypes::run(command).await,
-        Command::Crds { output } => local::crds(output.as_deref()),
+        Command::Crds { output, to } => local::crds(output, to.as_deref()),
         Command::Display { listen } => {
             crate::sinks::display::serve(listen).await?;
             Ok(ExitCode::SUCCESS)

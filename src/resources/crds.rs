@@ -86,7 +86,7 @@ fn version_names(crd: &CustomResourceDefinition) -> Vec<&str> {
 pub fn crds_yaml() -> Result<String, CrdError> {
     let mut out = String::from(
         "# CustomResourceDefinitions generated from Rivulet's resource types.\n\
-         # Do not edit: regenerate with `rivulet crds --output FILE`.\n",
+         # Do not edit: regenerate with `rivulet crds --to FILE`.\n",
     );
     for crd in crds()? {
         out.push_str("---\n");
