@@ -57,7 +57,7 @@ async fn server_with_schema() -> (TestServer, String) {
 
 async fn scaffold(server: &TestServer, name: &str, lang: &str, dir: &Path) {
     let output = Command::new(support::binary())
-        .args(["eventtypes", "scaffold", name, "--lang", lang, "--output"])
+        .args(["eventtypes", "scaffold", name, "--lang", lang, "--dir"])
         .arg(dir)
         .env("RIVULET_SERVER", &server.api)
         .env("RIVULET_TOKEN", support::TEST_TOKEN)
@@ -72,7 +72,7 @@ async fn scaffold(server: &TestServer, name: &str, lang: &str, dir: &Path) {
     );
     // A second run refuses to overwrite.
     let again = Command::new(support::binary())
-        .args(["eventtypes", "scaffold", name, "--lang", lang, "--output"])
+        .args(["eventtypes", "scaffold", name, "--lang", lang, "--dir"])
         .arg(dir)
         .env("RIVULET_SERVER", &server.api)
         .env("RIVULET_TOKEN", support::TEST_TOKEN)
@@ -196,9 +196,25 @@ async fn python_function_receives_a_typed_event_over_http() {
     assert!(line.contains("note=None"), "{line}");
     assert_eq!(function.post_structured(&order()).await, 202);
     assert!(function.next_line().await.contains("evt-2"));
-    // A payload without a required field does not fit the type.
+    // A payload without a required field, or with a field of another type, does not fit.
     assert_eq!(function.post(&json!({"orderId": 1})).await, 400);
+    assert_eq!(function.post(&mistyped()).await, 400);
+    assert_eq!(function.post(&mistyped_line()).await, 400);
     server.shutdown().await;
+}
+
+/// The order with `orderId` a string: the schema says integer.
+fn mistyped() -> Value {
+    let mut order = order();
+    order["orderId"] = json!("nine");
+    order
+}
+
+/// The order with a line's `qty` a boolean, inside the array.
+fn mistyped_line() -> Value {
+    let mut order = order();
+    order["lines"][0]["qty"] = json!(true);
+    order
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,5 +347,9 @@ async fn typescript_function_type_checks_and_receives_an_event() {
     let line = function.next_line().await;
     assert!(line.contains(TYPE) && line.contains("\"Cleo\""), "{line}");
     assert_eq!(function.post_structured(&order()).await, 202);
+    assert!(function.next_line().await.contains(TYPE));
+    assert_eq!(function.post(&json!({"orderId": 1})).await, 400);
+    assert_eq!(function.post(&mistyped()).await, 400);
+    assert_eq!(function.post(&mistyped_line()).await, 400);
     server.shutdown().await;
 }

@@ -85,7 +85,7 @@ fn main_rs(target: &Target, model: &Model) -> String {
 }
 
 const MAIN_TEMPLATE: &str = r#"//! A function for `__EVENT_TYPE__` events: point a Trigger's subscriber at it.
-//! Listens on $PORT (default 8080), takes CloudEvents over HTTP in binary or structured mode.
+//! Listens on $PORT (default 8082), takes CloudEvents over HTTP in binary or structured mode.
 
 mod payload;
 
@@ -164,7 +164,7 @@ async fn receive(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8082".into());
     let listener = tokio::net::TcpListener::bind(format!("0.0.0.0:{port}")).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, Router::new().route("/", post(receive))).await
@@ -197,7 +197,7 @@ tokio = {{ version = "1", features = ["macros", "rt-multi-thread", "net"] }}
         GeneratedFile::new(
             "README.md",
             format!(
-                "# {}\n\nA function for `{}` events.\n\n```sh\nPORT=8081 cargo run\n```\n\nThe payload types are in `src/payload.rs`; your code goes in `handle` in `src/main.rs`.\n",
+                "# {}\n\nA function for `{}` events.\n\n```sh\nPORT=8082 cargo run\n```\n\nThe payload types are in `src/payload.rs`; your code goes in `handle` in `src/main.rs`.\n",
                 target.package_name, target.event_type
             ),
         ),

@@ -54,12 +54,101 @@ fn payload_ts(target: &Target, model: &Model) -> String {
     if !matches!(model.root, TypeRef::Struct(_)) {
         out.push_str(&format!("\nexport type Payload = {root};\n"));
     }
+    out.push_str(CHECK_HELPERS);
+    for s in &model.structs {
+        out.push_str(&format!(
+            "\nfunction check{0}(value: unknown, path: string): {0} {{\n  const object = expectObject(value, path);\n",
+            s.name
+        ));
+        for field in &s.fields {
+            let key = serde_json::to_string(&field.json_name).expect("strings serialise");
+            let path = format!("`${{path}}.{}`", field.json_name.replace('`', ""));
+            let check = check_expression(&field.ty, &format!("object[{key}]"), &path, 0);
+            if field.optional {
+                out.push_str(&format!(
+                    "  if (object[{key}] !== undefined && object[{key}] !== null) {{\n    {check};\n  }}\n"
+                ));
+            } else {
+                out.push_str(&format!(
+                    "  if (object[{key}] === undefined) {{\n    throw new Error(`${{path}}: missing field {}`);\n  }}\n  {check};\n",
+                    field.json_name.replace('`', "")
+                ));
+            }
+        }
+        out.push_str(&format!("  return object as unknown as {};\n}}\n", s.name));
+    }
+    let payload = match &model.root {
+        TypeRef::Struct(name) => name.clone(),
+        _ => "Payload".into(),
+    };
+    out.push_str(&format!(
+        "\n/** The payload typed, or an Error saying where it does not fit (answered with 400). */\nexport function parsePayload(value: unknown): {payload} {{\n  {};\n  return value as {payload};\n}}\n",
+        check_expression(&model.root, "value", "\"payload\"", 0)
+    ));
     out
 }
 
+/// Runtime checks shared by the generated `check*` functions.
+const CHECK_HELPERS: &str = r#"
+function fail(path: string, expected: string, value: unknown): never {
+  const actual = value === null ? "null" : Array.isArray(value) ? "array" : typeof value;
+  throw new Error(`${path}: expected ${expected}, got ${actual}`);
+}
+
+function expectObject(value: unknown, path: string): Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    fail(path, "object", value);
+  }
+  return value as Record<string, unknown>;
+}
+
+function expectArray(value: unknown, path: string): unknown[] {
+  if (!Array.isArray(value)) {
+    fail(path, "array", value);
+  }
+  return value as unknown[];
+}
+
+function expectType(value: unknown, expected: "string" | "number" | "boolean", path: string): void {
+  if (typeof value !== expected) {
+    fail(path, expected, value);
+  }
+}
+
+function expectInteger(value: unknown, path: string): void {
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    fail(path, "integer", value);
+  }
+}
+"#;
+
+/// A TypeScript statement checking `value` (an expression) against `ty`.
+fn check_expression(ty: &TypeRef, value: &str, path: &str, depth: usize) -> String {
+    match ty {
+        TypeRef::String => format!("expectType({value}, \"string\", {path})"),
+        TypeRef::Number => format!("expectType({value}, \"number\", {path})"),
+        TypeRef::Boolean => format!("expectType({value}, \"boolean\", {path})"),
+        TypeRef::Integer => format!("expectInteger({value}, {path})"),
+        TypeRef::Any => format!("void {value}"),
+        TypeRef::Struct(name) => format!("check{name}({value}, {path})"),
+        TypeRef::Array(item) => {
+            let (var, index) = (format!("item{depth}"), format!("i{depth}"));
+            format!(
+                "expectArray({value}, {path}).forEach(({var}, {index}) => {{ {}; }})",
+                check_expression(
+                    item,
+                    &var,
+                    &format!("`${{{path}}}[${{{index}}}]`"),
+                    depth + 1
+                )
+            )
+        }
+    }
+}
+
 const SERVER_TEMPLATE: &str = r#"// A function for `__EVENT_TYPE__` events: point a Trigger's subscriber at it.
-// Listens on $PORT (default 8080), takes CloudEvents over HTTP in binary or structured mode.
-import type { __PAYLOAD__ } from "./payload";
+// Listens on $PORT (default 8082), takes CloudEvents over HTTP in binary or structured mode.
+import { type __PAYLOAD__, parsePayload } from "./payload";
 
 // The few Node.js APIs used here, declared so that no @types package is needed.
 interface Request {
@@ -139,7 +228,7 @@ const server = http.createServer((request: Request, response: Response) => {
   request.on("end", () => {
     try {
       const [attributes, data] = decode(request, body);
-      handle(attributes, data as __PAYLOAD__);
+      handle(attributes, parsePayload(data));
       response.statusCode = 202;
       response.end();
     } catch (error) {
@@ -149,7 +238,7 @@ const server = http.createServer((request: Request, response: Response) => {
   });
 });
 
-const port = Number(process.env["PORT"] ?? "8080");
+const port = Number(process.env["PORT"] ?? "8082");
 server.listen(port, () => console.log(`listening on ${port}`));
 "#;
 
@@ -196,7 +285,7 @@ pub fn generate(target: &Target, model: &Model) -> Vec<GeneratedFile> {
         GeneratedFile::new(
             "README.md",
             format!(
-                "# {}\n\nA function for `{}` events.\n\n```sh\nnpm install -g typescript   # once, for tsc\nPORT=8081 npm start\n```\n\nThe payload interfaces are in `src/payload.ts`; your code goes in `handle` in `src/server.ts`.\n",
+                "# {}\n\nA function for `{}` events.\n\n```sh\nnpm install -g typescript   # once, for tsc\nPORT=8082 npm start\n```\n\nThe payload interfaces are in `src/payload.ts`; your code goes in `handle` in `src/server.ts`.\n",
                 target.package_name, target.event_type
             ),
         ),
