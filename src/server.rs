@@ -17,7 +17,7 @@ use crate::dispatcher;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::registry::{CappedBrokers, Observer, RegistrySettings, StatusLock, worker::Worker};
-use crate::resources::{find_kind_by_name, manifest_files, parse_manifests};
+use crate::resources::{find_kind_by_name, manifest_files, parse_manifests_skipping};
 use crate::runtime::{Context, Role, Settings};
 use crate::store::{FileStore, KubernetesStore, ResourceStore};
 
@@ -702,9 +702,12 @@ async fn apply_manifests(store: &dyn ResourceStore, paths: &[PathBuf]) -> anyhow
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            for manifest in
-                parse_manifests(&text, &file.display().to_string()).map_err(anyhow::Error::msg)?
-            {
+            let parsed = parse_manifests_skipping(&text, &file.display().to_string())
+                .map_err(anyhow::Error::msg)?;
+            for skipped in &parsed.skipped {
+                tracing::warn!("{skipped}");
+            }
+            for manifest in parsed.manifests {
                 store
                     .apply(manifest.kind, manifest.object)
                     .await

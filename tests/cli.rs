@@ -546,3 +546,50 @@ async fn cesql_eval_without_an_event_says_what_is_missing() {
         "{message}"
     );
 }
+
+/// A Knative sample holds a Namespace, a Deployment and a Service beside its eventing objects:
+/// `apply` takes the kinds Rivulet serves, names each one it skips and why, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_skips_kinds_it_does_not_serve_and_says_so() {
+    let server = InProcessServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sample.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: sample\n---\n\
+         apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: sample\n  namespace: sample\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hello-display\n  namespace: sample\nspec:\n  replicas: 1\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: hello-display\n  namespace: sample\nspec:\n  ports: [{port: 80}]\n---\n\
+         apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: hello\n  namespace: sample\nspec:\n  broker: sample\n  subscriber:\n    uri: http://127.0.0.1:9/\n",
+    )
+    .unwrap();
+    let out = run(&server, &["apply", "-f", file.to_str().unwrap()]).await;
+    let stdout = ok(&out, "apply of a sample with unserved kinds");
+    assert!(stdout.contains("broker/sample created"), "{stdout}");
+    assert!(stdout.contains("trigger/hello created"), "{stdout}");
+    let stderr = text(&out.stderr);
+    for skipped in [
+        "v1 Namespace (sample)",
+        "apps/v1 Deployment (hello-display)",
+        "v1 Service (hello-display)",
+    ] {
+        assert!(stderr.contains(skipped), "{skipped} in {stderr}");
+    }
+    assert!(stderr.contains("runs a workload"), "{stderr}");
+
+    // Only unserved kinds: nothing to do is an error that says so.
+    let only = dir.path().join("only.yaml");
+    std::fs::write(
+        &only,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n",
+    )
+    .unwrap();
+    let out = run(&server, &["apply", "-f", only.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("none of the objects"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.shutdown().await;
+}

@@ -8,7 +8,9 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use super::{OutputFormat, SendArgs};
-use crate::resources::{KindInfo, find_kind_by_name, kinds, manifest_files, parse_manifests};
+use crate::resources::{
+    KindInfo, find_kind_by_name, kinds, manifest_files, parse_manifests_skipping,
+};
 
 pub(super) fn http() -> reqwest::Client {
     crate::install_crypto_provider();
@@ -124,11 +126,18 @@ fn find_kind(name: &str) -> anyhow::Result<&'static KindInfo> {
 
 pub async fn apply(remote: &Remote, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut manifests = Vec::new();
+    let mut skipped = Vec::new();
+    let mut read = |text: &str, origin: &str| -> anyhow::Result<()> {
+        let parsed = parse_manifests_skipping(text, origin).map_err(anyhow::Error::msg)?;
+        manifests.extend(parsed.manifests);
+        skipped.extend(parsed.skipped);
+        Ok(())
+    };
     for path in files {
         if path.as_os_str() == "-" {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
-            manifests.extend(parse_manifests(&text, "stdin").map_err(anyhow::Error::msg)?);
+            read(&text, "stdin")?;
             continue;
         }
         let listed =
@@ -136,13 +145,19 @@ pub async fn apply(remote: &Remote, files: &[PathBuf]) -> anyhow::Result<ExitCod
         for file in listed {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            manifests.extend(
-                parse_manifests(&text, &file.display().to_string()).map_err(anyhow::Error::msg)?,
-            );
+            read(&text, &file.display().to_string())?;
         }
     }
+    // Knative samples hold a Namespace, a Deployment or a Service beside their eventing
+    // objects: those are named and skipped, and only a refusal of a served kind fails.
+    for skipped in &skipped {
+        eprintln!("warning: {skipped}");
+    }
     if manifests.is_empty() {
-        bail!("no objects found in the given manifests");
+        if skipped.is_empty() {
+            bail!("no objects found in the given manifests");
+        }
+        bail!("none of the objects in the given manifests is of a kind Rivulet serves");
     }
     let mut failed = false;
     for manifest in manifests {

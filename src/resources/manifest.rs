@@ -24,9 +24,73 @@ impl std::fmt::Debug for KindInfo {
 /// Parses every YAML document in `text`. Empty documents are skipped; an unknown kind or a
 /// document that is not an object is an error naming the document.
 pub fn parse_manifests(text: &str, origin: &str) -> Result<Vec<Manifest>, String> {
+    let parsed = parse_manifests_skipping(text, origin)?;
+    match parsed.skipped.into_iter().next() {
+        Some(skipped) => Err(skipped.to_string()),
+        None => Ok(parsed.manifests),
+    }
+}
+
+/// What a file held: the objects of kinds Rivulet serves, and those it skipped.
+#[derive(Debug, Default)]
+pub struct ParsedManifests {
+    pub manifests: Vec<Manifest>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// An object of a kind Rivulet does not serve, and why it cannot.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub origin: String,
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: Rivulet does not serve {} {}",
+            self.origin, self.api_version, self.kind
+        )?;
+        if !self.name.is_empty() {
+            write!(f, " ({})", self.name)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Why an object of a kind Rivulet does not serve cannot work here, as said to whoever
+/// applies a Knative sample that holds one.
+fn skip_reason(api_version: &str, kind: &str) -> &'static str {
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    match (group, kind) {
+        ("", "Namespace") => {
+            "namespaces need no object in standalone mode (any namespace can be used); skipped"
+        }
+        ("", "Service" | "Pod" | "ServiceAccount")
+        | ("apps", _)
+        | ("batch", _)
+        | ("serving.knative.dev", _) => {
+            "it runs a workload (a pod), which standalone Rivulet does not; skipped (run the \
+             program yourself and point a uri at it, or use Kubernetes mode)"
+        }
+        ("rbac.authorization.k8s.io", _) => {
+            "standalone Rivulet has its own tokens instead of Kubernetes RBAC; skipped"
+        }
+        _ => "not a kind Rivulet serves; skipped",
+    }
+}
+
+/// Parses every YAML document in `text`, setting aside objects of kinds Rivulet does not serve
+/// (Knative samples often hold a Namespace, a Deployment or a Service beside their eventing
+/// objects). A document that is not an object, or has no apiVersion or kind, is an error.
+pub fn parse_manifests_skipping(text: &str, origin: &str) -> Result<ParsedManifests, String> {
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(text).map_err(|e| format!("{origin}: not valid YAML: {e}"))?;
-    let mut out = Vec::new();
+    let mut out = ParsedManifests::default();
     for (index, doc) in docs.into_iter().enumerate() {
         let where_ = format!("{origin} (document {})", index + 1);
         match &doc {
@@ -39,23 +103,25 @@ pub fn parse_manifests(text: &str, origin: &str) -> Result<Vec<Manifest>, String
                 ));
             }
         }
-        if doc.get("kind").and_then(Value::as_str) == Some("List") {
-            let items = doc
-                .get("items")
+        let items = if doc.get("kind").and_then(Value::as_str) == Some("List") {
+            doc.get("items")
                 .and_then(Value::as_array)
                 .cloned()
-                .unwrap_or_default();
-            for item in items {
-                out.push(to_manifest(item, &where_)?);
+                .unwrap_or_default()
+        } else {
+            vec![doc]
+        };
+        for item in items {
+            match to_manifest(item, &where_)? {
+                Ok(manifest) => out.manifests.push(manifest),
+                Err(skipped) => out.skipped.push(skipped),
             }
-            continue;
         }
-        out.push(to_manifest(doc, &where_)?);
     }
     Ok(out)
 }
 
-fn to_manifest(object: Value, origin: &str) -> Result<Manifest, String> {
+fn to_manifest(object: Value, origin: &str) -> Result<Result<Manifest, Skipped>, String> {
     let api_version = object
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -65,24 +131,35 @@ fn to_manifest(object: Value, origin: &str) -> Result<Manifest, String> {
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{origin}: missing kind"))?;
     if let Some(kind) = find_kind_by_name(Some(api_version), kind_name) {
-        return Ok(Manifest {
+        return Ok(Ok(Manifest {
             kind,
             object,
             origin: origin.to_string(),
-        });
+        }));
     }
     // An older version: stored (and applied) as the current one.
-    let served = find_served_version_by_kind(api_version, kind_name)
-        .ok_or_else(|| format!("{origin}: Rivulet does not serve {api_version} {kind_name}"))?;
-    let kind = served
-        .stored_kind()
-        .ok_or_else(|| format!("{origin}: Rivulet does not serve {api_version} {kind_name}"))?;
+    let Some(kind) = find_served_version_by_kind(api_version, kind_name)
+        .and_then(|served| served.stored_kind().map(|kind| (served, kind)))
+    else {
+        return Ok(Err(Skipped {
+            origin: origin.to_string(),
+            api_version: api_version.to_string(),
+            kind: kind_name.to_string(),
+            name: object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            reason: skip_reason(api_version, kind_name),
+        }));
+    };
+    let (served, kind) = kind;
     let object = (served.upgrade)(object).map_err(|e| format!("{origin}: {e}"))?;
-    Ok(Manifest {
+    Ok(Ok(Manifest {
         kind,
         object,
         origin: origin.to_string(),
-    })
+    }))
 }
 
 /// The manifest files named by `path`: the file itself, or the `.yaml`/`.yml`/`.json` files of

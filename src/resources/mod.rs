@@ -26,7 +26,9 @@ pub use kinds::{
     KindInfo, ServedVersion, find_kind, find_kind_by_name, find_served_version,
     find_served_version_by_kind, kinds,
 };
-pub use manifest::{Manifest, manifest_files, parse_manifests};
+pub use manifest::{
+    Manifest, ParsedManifests, Skipped, manifest_files, parse_manifests, parse_manifests_skipping,
+};
 pub use trigger::{
     AuthStatus, DEPENDENCY_ANNOTATION, DependencyReference, SubscriptionsApiFilter, Trigger,
     TriggerFilter, TriggerSpec, TriggerStatus, parse_dependency,
