@@ -118,6 +118,19 @@ fn malformed_requests() -> Vec<Malformed> {
             400,
             "specversion",
         ),
+        structured(
+            "batch mixing spec versions",
+            CE_BATCH,
+            json!([event, {"specversion": "0.3", "id": "s-2", "source": "/tests", "type": "t"}])
+                .to_string(),
+            "same specversion",
+        ),
+        binary(
+            "quoted header value without its closing quote",
+            with(&[("ce-subject", "\"open")]),
+            400,
+            "closing",
+        ),
         binary("binary without ce-id", without("ce-id"), 400, "ce-id"),
         binary(
             "binary without ce-source",
@@ -487,6 +500,8 @@ async fn percent_encoded_header_values_are_decoded() {
         .header("ce-type", "test.percent")
         .header("ce-subject", "caf%C3%A9")
         .header("ce-note", "100%25%20sure")
+        // Quoted, as older senders wrote values with spaces and quotes.
+        .header("ce-quoted", "\"say \\\"hi\\\" 100%25\"")
         .send()
         .await
         .unwrap();
@@ -494,6 +509,7 @@ async fn percent_encoded_header_values_are_decoded() {
     let got = recorder.wait_for_id("percent").await.event;
     assert_eq!(got.subject.as_deref(), Some("café"));
     assert_eq!(got.attribute("note").as_deref(), Some("100% sure"));
+    assert_eq!(got.attribute("quoted").as_deref(), Some("say \"hi\" 100%"));
     server.shutdown().await;
 }
 

@@ -127,13 +127,13 @@ fn from_binary(
         let (Some(value), None) = (values.next(), values.next()) else {
             return Err(EventError(format!("header {name} appears more than once")));
         };
-        let decoded = percent_decode(value.as_bytes())
-            .decode_utf8()
-            .map_err(|_| {
-                EventError(format!(
-                    "header {name} is not valid UTF-8 once percent-decoded"
-                ))
-            })?;
+        let unquoted =
+            unquote(value.as_bytes()).map_err(|why| EventError(format!("header {name}: {why}")))?;
+        let decoded = percent_decode(&unquoted).decode_utf8().map_err(|_| {
+            EventError(format!(
+                "header {name} is not valid UTF-8 once percent-decoded"
+            ))
+        })?;
         // The binding maps `datacontenttype` to Content-Type, which wins when both are sent.
         if attribute == "datacontenttype" && content_type.is_some() {
             continue;
@@ -162,6 +162,35 @@ fn from_binary(
         Some(body)
     };
     event_from_string_attributes(attributes, AttributeOrigin::HttpHeaders, data)
+}
+
+/// A header value with RFC 7230 quoted-string escaping undone: `"a \"b\""` is `a "b"`. The
+/// binding requires it before percent-decoding, for senders of older spec versions that quoted
+/// values instead of percent-encoding spaces and quotes. An unquoted value is returned as is.
+fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
+    let Some(inner) = value
+        .strip_prefix(b"\"")
+        .and_then(|rest| rest.strip_suffix(b"\""))
+        .filter(|_| value.len() >= 2)
+    else {
+        if value.first() == Some(&b'"') {
+            return Err("a quoted value has no closing double quote");
+        }
+        return Ok(std::borrow::Cow::Borrowed(value));
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    let mut bytes = inner.iter();
+    while let Some(&byte) = bytes.next() {
+        match byte {
+            b'\\' => match bytes.next() {
+                Some(&escaped) => out.push(escaped),
+                None => return Err("a quoted value ends with a lone backslash"),
+            },
+            b'"' => return Err("a quoted value holds an unescaped double quote"),
+            other => out.push(other),
+        }
+    }
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// Writes an event in binary mode: attributes as percent-encoded `ce-` headers,
@@ -234,6 +263,38 @@ mod tests {
         ("ce-source", "/my%2Fsource"),
         ("ce-type", "com.example"),
     ];
+
+    #[test]
+    fn quoted_header_values_are_unquoted_then_percent_decoded() {
+        let (_, events) = from_http(
+            &headers(&[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "\"quoted id\""),
+                ("ce-subject", "\"a \\\"b\\\"\""),
+                ("ce-source", "\"/s\""),
+                ("ce-type", "\"t%20x\""),
+            ]),
+            Bytes::new(),
+        )
+        .unwrap();
+        assert_eq!(events[0].id, "quoted id");
+        assert_eq!(events[0].source, "/s");
+        assert_eq!(events[0].subject.as_deref(), Some("a \"b\""));
+        assert_eq!(events[0].ty, "t x");
+        let error = error_of(
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "\"open"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+            ],
+            b"",
+        );
+        assert!(
+            error.contains("ce-id") && error.contains("closing"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn binary_mode_reads_and_percent_decodes_headers() {

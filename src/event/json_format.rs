@@ -55,14 +55,28 @@ pub fn parse_batch(json: &[u8]) -> Result<Vec<Event>, EventError> {
     }
     let elements: Vec<&RawValue> = serde_json::from_str(raw.get())
         .map_err(|e| EventError(format!("the batch is not valid JSON: {e}")))?;
-    elements
+    let events: Vec<Event> = elements
         .into_iter()
         .enumerate()
         .map(|(index, element)| {
             event_from_raw(element)
                 .map_err(|EventError(why)| EventError(format!("batch event {index}: {why}")))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // The HTTP binding: every event of a batch has the same specversion.
+    if let Some(first) = events.first()
+        && let Some((index, other)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.specversion != first.specversion)
+    {
+        return Err(EventError(format!(
+            "batch event {index} has specversion {}, event 0 has {}: all events of a batch must have the same specversion",
+            other.specversion.as_str(),
+            first.specversion.as_str()
+        )));
+    }
+    Ok(events)
 }
 
 /// Writes an event in the structured JSON format.
@@ -604,10 +618,18 @@ mod tests {
     fn batches_are_arrays_of_events() {
         assert_eq!(parse_batch(b" [ ] "), Ok(Vec::new()));
         let batch =
-            format!(r#"[{{{HEAD}}},{{"specversion":"0.3","id":"2","source":"/s","type":"t"}}]"#);
+            format!(r#"[{{{HEAD}}},{{"specversion":"1.0","id":"2","source":"/s","type":"t"}}]"#);
         let events = parse_batch(batch.as_bytes()).expect("valid");
         assert_eq!(events.len(), 2);
-        assert_eq!(events[1].specversion, SpecVersion::V03);
+        let v03 = r#"[{"specversion":"0.3","id":"2","source":"/s","type":"t"}]"#;
+        assert_eq!(
+            parse_batch(v03.as_bytes()).expect("one spec version")[0].specversion,
+            SpecVersion::V03
+        );
+        let mixed =
+            format!(r#"[{{{HEAD}}},{{"specversion":"0.3","id":"2","source":"/s","type":"t"}}]"#);
+        let message = parse_batch(mixed.as_bytes()).expect_err("mixed").0;
+        assert!(message.contains("same specversion"), "{message}");
         let message = parse_batch(format!("{{{HEAD}}}").as_bytes())
             .expect_err("object")
             .0;
