@@ -256,20 +256,8 @@ async fn sigterm_when_idle_exits_with_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_when_stderr_is_a_closed_pipe() {
     let data = tempfile::tempdir().unwrap();
-    let (listen, api) = (support::free_port(), support::free_port());
-    let mut child = std::process::Command::new(support::binary())
-        .args(["serve", "--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RIVULET_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("rivulet serve starts");
+    let (mut child, base) = serve_logging_to_a_pipe(data.path());
     drop(child.stderr.take());
-    let base = format!("http://127.0.0.1:{listen}");
     support::wait_for(
         "ingress to take events",
         Duration::from_secs(60),
@@ -303,19 +291,7 @@ async fn sigterm_stops_the_server_when_stderr_is_a_closed_pipe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_to_a_pipe_have_no_colour_codes() {
     let data = tempfile::tempdir().unwrap();
-    let (listen, api) = (support::free_port(), support::free_port());
-    let mut child = std::process::Command::new(support::binary())
-        .args(["serve", "--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RIVULET_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("rivulet serve starts");
-    let base = format!("http://127.0.0.1:{listen}");
+    let (mut child, base) = serve_logging_to_a_pipe(data.path());
     support::wait_for(
         "ingress to take events",
         Duration::from_secs(60),
@@ -333,4 +309,22 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
         !log.contains('\u{1b}'),
         "colour codes in a piped log: {log}"
     );
+}
+
+/// `rivulet serve` on `data_dir` logging at info to a pipe (stdout discarded); the child and
+/// its ingress URL.
+fn serve_logging_to_a_pipe(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    let (listen, api) = (support::free_port(), support::free_port());
+    let child = std::process::Command::new(support::binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RIVULET_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rivulet serve starts");
+    (child, format!("http://127.0.0.1:{listen}"))
 }
