@@ -1248,3 +1248,37 @@ async fn a_subscriber_with_an_unusual_scheme_is_admitted_and_fails_at_delivery()
         "an unsupported scheme is not retried"
     );
 }
+
+/// Integer and boolean extensions sent in structured mode reach a structured-mode subscriber
+/// as JSON numbers and booleans, and `knativebrokerttl` as a number, through the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_types_survive_to_a_structured_subscriber() {
+    let server = server().await;
+    let sub = Subscriber::start().await;
+    server
+        .create_trigger(&with_spec(
+            trigger(NS, "typed", BROKER, &sub.url()),
+            "delivery",
+            json!({"format": "json"}),
+        ))
+        .await;
+    let event = json!({
+        "specversion": "1.0", "id": "typed-1", "source": "/types", "type": "com.example.typed",
+        "intext": 42, "boolext": true, "strext": "42"
+    });
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/cloudevents+json"),
+    );
+    let (status, body) = server
+        .post_raw(NS, BROKER, headers, Bytes::from(event.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let got = sub.wait_for(1).await.remove(0);
+    let delivered: Value = serde_json::from_slice(&got.body).expect("structured JSON");
+    assert_eq!(delivered["intext"], json!(42), "{delivered}");
+    assert_eq!(delivered["boolext"], json!(true), "{delivered}");
+    assert_eq!(delivered["strext"], json!("42"), "{delivered}");
+    assert_eq!(delivered["knativebrokerttl"], json!(254), "{delivered}");
+}

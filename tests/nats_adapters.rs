@@ -115,6 +115,7 @@ async fn core_messages_reach_a_trigger_through_a_broker() {
             ("datacontenttype".into(), "text/plain".into()),
         ],
         data: Some("hello".into()),
+        typed: Vec::new(),
     };
     let encoded = binding::encode(&envelope).unwrap();
     nats.publish_with_headers(format!("{name}.x"), encoded.headers, encoded.payload)

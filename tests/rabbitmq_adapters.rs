@@ -135,6 +135,7 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
             ("datacontenttype".into(), "text/plain".into()),
         ],
         data: Some("hello".into()),
+        typed: Vec::new(),
     };
     let (properties, body) = amqp::to_message(&envelope).unwrap();
     publish(&channel, &exchange, "x", properties, &body).await;

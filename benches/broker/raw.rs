@@ -55,6 +55,7 @@ fn envelope(id: u64, payload: &Bytes, sent_at: Option<u64>) -> Envelope {
     Envelope {
         attributes,
         data: Some(payload.clone()),
+        typed: Vec::new(),
     }
 }
 

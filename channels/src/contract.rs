@@ -171,6 +171,7 @@ pub fn event_with(n: usize, extra: &[(&str, &str)]) -> Envelope {
     Envelope {
         attributes,
         data: Some(Bytes::from(format!("{{\"n\":{n}}}"))),
+        typed: Vec::new(),
     }
 }
 
@@ -688,9 +689,15 @@ pub async fn data_and_attributes_round_trip(backend: &str, config: &ChannelConfi
             ("zextension", ""),
             ("aextension", "0"),
             ("knativebrokerttl", "255"),
+            ("flag", "true"),
         ],
     );
     unusual.data = Some(Bytes::from_static(b"12345678901234567890123"));
+    // Extensions that are not strings keep their type.
+    unusual.typed = vec![
+        ("knativebrokerttl".into(), crate::AttributeType::Integer),
+        ("flag".into(), crate::AttributeType::Boolean),
+    ];
     let sent = vec![no_data, empty_data, binary, unusual];
     publish(&channel, sent.clone()).await;
 

@@ -106,6 +106,12 @@ fn encode_envelope(envelope: &Envelope) -> Result<Vec<u8>, ChannelError> {
     let mut encoded = vec![ENVELOPE_FORMAT, 0, 0, 0, 0];
     postcard::to_io(&stored, &mut encoded)
         .map_err(|e| ChannelError::Corrupt(format!("cannot encode event: {e}")))?;
+    // Appended only when there is something: records of events without typed extensions
+    // (and those written before types were kept) end with the envelope.
+    if let Some(types) = envelope.types_header() {
+        postcard::to_io(&types, &mut encoded)
+            .map_err(|e| ChannelError::Corrupt(format!("cannot encode event: {e}")))?;
+    }
     let checksum = crc32fast::hash(&encoded[5..]);
     encoded[1..5].copy_from_slice(&checksum.to_le_bytes());
     Ok(encoded)
@@ -129,9 +135,16 @@ fn decode_envelope(seq: u64, encoded: &[u8]) -> Result<Envelope, ChannelError> {
         ENVELOPE_FORMAT_UNCHECKED => rest,
         other => return Err(corrupt(format!("unknown format {other}"))),
     };
-    let stored: StoredEnvelope<'_> =
-        postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+    let (stored, rest): (StoredEnvelope<'_>, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+    let typed = if rest.is_empty() {
+        Vec::new()
+    } else {
+        let types: &str = postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))?;
+        Envelope::parse_types_header(types)
+    };
     Ok(Envelope {
+        typed,
         attributes: stored
             .attributes
             .into_iter()
@@ -1392,6 +1405,7 @@ mod tests {
         Envelope {
             attributes: vec![("id".into(), id.into()), ("type".into(), kind.into())],
             data: Some(Bytes::from(vec![0, 1, 2, 255])),
+            typed: Vec::new(),
         }
     }
 
@@ -1411,12 +1425,14 @@ mod tests {
                 ("x".into(), "ü".into()),
             ],
             data: Some(Bytes::from_static(&[0, 159, 146, 150])),
+            typed: Vec::new(),
         };
         let encoded = encode_envelope(&envelope).unwrap();
         assert_eq!(decode_envelope(1, &encoded).unwrap(), envelope);
         let empty = Envelope {
             attributes: vec![],
             data: Some(Bytes::new()),
+            typed: Vec::new(),
         };
         assert_eq!(
             decode_envelope(2, &encode_envelope(&empty).unwrap()).unwrap(),

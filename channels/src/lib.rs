@@ -39,9 +39,65 @@ pub struct Envelope {
     pub attributes: Vec<(String, String)>,
     /// The event data exactly as received, if any.
     pub data: Option<Bytes>,
+    /// Extension attributes whose type is not String, so that a structured delivery writes
+    /// them as JSON numbers and booleans again. Every backend keeps them: the embedded log in
+    /// the record, the others in the [`TYPES_HEADER`] message header.
+    pub typed: Vec<(String, AttributeType)>,
 }
 
+/// The type of an extension attribute that is not a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeType {
+    Integer,
+    Boolean,
+}
+
+impl AttributeType {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttributeType::Integer => "integer",
+            AttributeType::Boolean => "boolean",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "integer" => Some(AttributeType::Integer),
+            "boolean" => Some(AttributeType::Boolean),
+            _ => None,
+        }
+    }
+}
+
+/// The message header (Kafka, NATS, RabbitMQ) naming the extension attributes that are not
+/// strings: `name=integer,other=boolean`. Not a `ce` header, so other CloudEvents readers of
+/// the same topic, stream or queue do not take it for an attribute.
+pub const TYPES_HEADER: &str = "rivulet-types";
+
 impl Envelope {
+    /// The [`TYPES_HEADER`] value, when some extension is not a string.
+    pub fn types_header(&self) -> Option<String> {
+        (!self.typed.is_empty()).then(|| {
+            self.typed
+                .iter()
+                .map(|(name, ty)| format!("{name}={}", ty.as_str()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// Reads a [`TYPES_HEADER`] value; entries it does not understand are left out (the
+    /// attribute then stays a string).
+    pub fn parse_types_header(value: &str) -> Vec<(String, AttributeType)> {
+        value
+            .split(',')
+            .filter_map(|entry| {
+                let (name, ty) = entry.trim().split_once('=')?;
+                Some((name.to_owned(), AttributeType::parse(ty)?))
+            })
+            .collect()
+    }
+
     /// The value of attribute `name`, if present.
     pub fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes

@@ -391,6 +391,7 @@ mod tests {
         Envelope {
             attributes: vec![("id".into(), id.into()), ("type".into(), "t".into())],
             data: Some(bytes::Bytes::from(id.to_owned())),
+            typed: Vec::new(),
         }
     }
 

@@ -283,6 +283,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             data: None,
+            typed: Vec::new(),
         }
     }
 

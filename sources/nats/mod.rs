@@ -634,6 +634,7 @@ mod tests {
                 ("type".into(), "com.example".into()),
             ],
             data: Some("x".into()),
+            typed: Vec::new(),
         };
         let encoded = binding::encode(&envelope).unwrap();
         let event =

@@ -629,6 +629,7 @@ mod tests {
                 ("type".into(), "com.example".into()),
             ],
             data: None,
+            typed: Vec::new(),
         };
         let (properties, body) = amqp::to_message(&envelope).unwrap();
         let event = message_to_event(&properties, &body, "/src").unwrap();

@@ -136,17 +136,52 @@ impl Event {
                 .map(|(name, value)| (name.to_string(), value.into_owned()))
                 .collect(),
             data: self.data.clone(),
+            typed: self
+                .extensions
+                .iter()
+                .filter_map(|(name, value)| match value {
+                    ExtensionValue::Integer(_) => {
+                        Some((name.clone(), rivulet_channels::AttributeType::Integer))
+                    }
+                    ExtensionValue::Boolean(_) => {
+                        Some((name.clone(), rivulet_channels::AttributeType::Boolean))
+                    }
+                    ExtensionValue::String(_) => None,
+                })
+                .collect(),
         }
     }
 
-    /// Rebuilds an event from a channel envelope and validates it. Extension values come back
-    /// as strings: the envelope does not record their type.
+    /// Rebuilds an event from a channel envelope and validates it, with the types of its
+    /// extensions as the envelope recorded them.
     pub fn from_envelope(envelope: &rivulet_channels::Envelope) -> Result<Event, EventError> {
         let attributes = envelope
             .attributes
             .iter()
             .map(|(name, value)| (name.clone(), value.clone()));
-        event_from_string_attributes(attributes, AttributeOrigin::Envelope, envelope.data.clone())
+        let mut event = event_from_string_attributes(
+            attributes,
+            AttributeOrigin::Envelope,
+            envelope.data.clone(),
+        )?;
+        for (name, ty) in &envelope.typed {
+            let Some(ExtensionValue::String(text)) = event.extensions.get(name) else {
+                continue;
+            };
+            // A value that does not read as its recorded type stays the string it is.
+            let typed = match ty {
+                rivulet_channels::AttributeType::Integer => {
+                    text.parse().ok().map(ExtensionValue::Integer)
+                }
+                rivulet_channels::AttributeType::Boolean => {
+                    text.parse().ok().map(ExtensionValue::Boolean)
+                }
+            };
+            if let Some(typed) = typed {
+                event.extensions.insert(name.clone(), typed);
+            }
+        }
+        Ok(event)
     }
 
     /// Checks every attribute against the CloudEvents rules for its spec version.

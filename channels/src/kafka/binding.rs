@@ -48,6 +48,12 @@ pub fn to_binary(envelope: &Envelope) -> BinaryRecord<'_> {
             value: Some(value.as_bytes()),
         });
     }
+    if let Some(types) = envelope.types_header() {
+        headers = headers.insert(Header {
+            key: crate::TYPES_HEADER,
+            value: Some(types.as_bytes()),
+        });
+    }
     BinaryRecord {
         key: envelope.attribute(PARTITION_KEY),
         headers,
@@ -81,7 +87,14 @@ pub fn from_binary(message: &impl Message) -> Result<Envelope, BindingError> {
         return Err(BindingError::NotBinaryMode);
     };
     let mut attributes = Vec::with_capacity(headers.count());
+    let mut typed = Vec::new();
     for header in headers.iter() {
+        if header.key == crate::TYPES_HEADER {
+            if let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                typed = Envelope::parse_types_header(value);
+            }
+            continue;
+        }
         let name = if let Some(attribute) = header.key.strip_prefix(ATTRIBUTE_HEADER_PREFIX) {
             attribute.to_owned()
         } else if header.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER) {
@@ -99,6 +112,7 @@ pub fn from_binary(message: &impl Message) -> Result<Envelope, BindingError> {
     Ok(Envelope {
         attributes,
         data: message.payload().map(Bytes::copy_from_slice),
+        typed,
     })
 }
 
@@ -132,6 +146,7 @@ mod tests {
         Envelope {
             attributes,
             data: data.map(Bytes::from_static),
+            typed: Vec::new(),
         }
     }
 

@@ -83,6 +83,9 @@ pub fn encode(envelope: &Envelope) -> Result<Encoded, BindingError> {
     if !is_canonical(&names) {
         insert(&mut headers, ATTRIBUTE_ORDER_HEADER, &names.join(","))?;
     }
+    if let Some(types) = envelope.types_header() {
+        insert(&mut headers, crate::TYPES_HEADER, &types)?;
+    }
     Ok(Encoded {
         headers,
         payload: envelope.data.clone().unwrap_or_default(),
@@ -115,6 +118,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, 
     let mut attributes = Vec::new();
     let mut empty_data = false;
     let mut order: Option<Vec<String>> = None;
+    let mut typed = Vec::new();
     for (name, values) in headers.iter() {
         let name: &str = AsRef::<str>::as_ref(name);
         let lower = name.to_ascii_lowercase();
@@ -133,6 +137,8 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, 
             empty_data = value.trim() == "true";
         } else if lower == ATTRIBUTE_ORDER_HEADER {
             order = Some(value.split(',').map(str::to_owned).collect());
+        } else if lower == crate::TYPES_HEADER {
+            typed = Envelope::parse_types_header(value);
         }
     }
     if !attributes.iter().any(|(name, _)| name == "specversion") {
@@ -150,7 +156,11 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, 
     } else {
         Some(payload.clone())
     };
-    Ok(Envelope { attributes, data })
+    Ok(Envelope {
+        attributes,
+        data,
+        typed,
+    })
 }
 
 fn canonical_key(name: &str) -> (usize, &str) {
@@ -215,6 +225,7 @@ mod tests {
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
             data: data.map(Bytes::copy_from_slice),
+            typed: Vec::new(),
         }
     }
 

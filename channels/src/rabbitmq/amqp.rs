@@ -77,6 +77,12 @@ pub fn to_message(envelope: &Envelope) -> Result<(BasicProperties, Vec<u8>), Map
     if envelope.data.as_ref().is_some_and(|d| d.is_empty()) {
         headers.insert(EMPTY_DATA_HEADER.into(), AMQPValue::Boolean(true));
     }
+    if let Some(types) = envelope.types_header() {
+        headers.insert(
+            crate::TYPES_HEADER.into(),
+            AMQPValue::LongString(types.as_str().into()),
+        );
+    }
     let body = envelope
         .data
         .as_ref()
@@ -156,9 +162,16 @@ pub fn from_message(
     } else {
         Some(bytes::Bytes::copy_from_slice(body))
     };
+    let typed = headers
+        .inner()
+        .get(crate::TYPES_HEADER)
+        .and_then(value_text)
+        .map(|text| Envelope::parse_types_header(&text))
+        .unwrap_or_default();
     Ok(Some(Envelope {
         attributes: found,
         data,
+        typed,
     }))
 }
 
@@ -243,6 +256,7 @@ mod tests {
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
             data: data.map(Bytes::copy_from_slice),
+            typed: Vec::new(),
         }
     }
 
