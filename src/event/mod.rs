@@ -927,7 +927,13 @@ mod tests {
         assert_eq!(envelope.data, event.data);
 
         let back = Event::from_envelope(&envelope).expect("envelope reads back");
-        // Typed extensions come back as strings; everything else is unchanged.
+        // Extensions keep their types; everything else is unchanged.
+        assert_eq!(back, event);
+
+        // An envelope that does not record the types gives strings back.
+        let mut untyped = envelope.clone();
+        untyped.typed.clear();
+        let back = Event::from_envelope(&untyped).expect("envelope reads back");
         let mut expected = event.clone();
         expected.set_extension("count", ExtensionValue::String("-7".to_string()));
         expected.set_extension("flag", ExtensionValue::String("true".to_string()));
