@@ -401,3 +401,65 @@ async fn a_second_serve_on_a_data_folder_in_use_stops_with_a_message() {
     assert_eq!(post(&first.base, "still-served").await.status(), 202);
     drop(first);
 }
+
+/// A backlog that fills the disk by itself (the subscriber down): ingress refuses new events
+/// while free space is under the reserve, deliveries go on once the subscriber is back, and
+/// the log gives the room back, so ingress takes events again without anyone freeing space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_that_fills_the_disk_is_delivered_and_the_log_recovers_by_itself() {
+    let disk = match SmallDisk::mount() {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!(
+                "SKIPPED a_backlog_that_fills_the_disk_is_delivered_and_the_log_recovers_by_itself: {reason}"
+            );
+            return;
+        }
+    };
+    let recorder = Recorder::start().await;
+    let server = ChildServer::spawn(&disk.path, &[]).await;
+    let mut trigger = support::trigger("default", "all", "default", &recorder.url);
+    trigger["spec"]["delivery"] =
+        json!({"retry": 10000, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"});
+    apply(&server.api, &trigger).await;
+    support::wait_ready(&server.api, "Trigger", "default", "all").await;
+    recorder.set_status(503);
+
+    let mut accepted = BTreeSet::new();
+    let mut refusal = None;
+    for n in 0..10_000 {
+        let id = format!("backlog-{n}");
+        let response = post(&server.base, &id).await;
+        match response.status().as_u16() {
+            202 => {
+                accepted.insert(id);
+            }
+            503 => {
+                refusal = Some(response);
+                break;
+            }
+            other => panic!("ingress answered {other} while the backlog grew"),
+        }
+    }
+    let refusal = refusal.expect("ingress refuses once the backlog nears the disk's size");
+    assert!(refusal.headers().get("retry-after").is_some());
+    let body = refusal.text().await.unwrap();
+    assert!(body.contains("storage full"), "{body}");
+    assert!(accepted.len() > 100, "only {} accepted", accepted.len());
+
+    // Nobody frees space: the deliveries do.
+    recorder.set_status(202);
+    wait_all_delivered(&recorder, &accepted).await;
+    let after = wait_for("ingress to take events again", RECOVERY, || async {
+        let id = format!("after-{}", accepted.len());
+        (post(&server.base, &id).await.status() == 202).then_some(id)
+    })
+    .await;
+    accepted.insert(after);
+    wait_for("readyz 200", RECOVERY, || async {
+        (readyz(&server.base).await.0 == 200).then_some(())
+    })
+    .await;
+    wait_all_delivered(&recorder, &accepted).await;
+    drop(server);
+}

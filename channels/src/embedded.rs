@@ -212,6 +212,49 @@ fn storage_fault_of(path: &Path, error: &redb::Error) -> Option<StorageFault> {
     })
 }
 
+/// Free space the embedded log leaves on its filesystem: below it new events are refused
+/// (storage full), while acknowledgements and subscription changes go on in it, so that
+/// deliveries can always free room. Without it a backlog that fills the disk would stop the
+/// acknowledgements too, and nothing would ever free room again.
+fn space_reserve(filesystem_bytes: u64) -> u64 {
+    (filesystem_bytes / 10).clamp(1 << 20, 256 << 20)
+}
+
+/// How often, at most, the log is compacted while its filesystem is under the reserve: the
+/// file does not shrink by itself when acknowledged events free pages inside it.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The fault to report when the filesystem of `path` has less free space than the reserve.
+fn low_space_fault(path: &Path) -> Option<StorageFault> {
+    let (available, total) = free_space(path)?;
+    let reserve = space_reserve(total);
+    (available < reserve).then(|| StorageFault {
+        full: true,
+        message: format!(
+            "storage full: {} KiB free on the filesystem of the embedded log {}, under the {} KiB \
+             kept for deliveries to free room; new events are refused until space is freed",
+            available >> 10,
+            path.display(),
+            reserve >> 10
+        ),
+    })
+}
+
+/// Free and total bytes of the filesystem holding `path`, for an unprivileged writer.
+#[cfg(unix)]
+fn free_space(path: &Path) -> Option<(u64, u64)> {
+    let stat = rustix::fs::statvfs(path.parent()?).ok()?;
+    Some((
+        stat.f_bavail.saturating_mul(stat.f_frsize),
+        stat.f_blocks.saturating_mul(stat.f_frsize),
+    ))
+}
+
+#[cfg(not(unix))]
+fn free_space(_path: &Path) -> Option<(u64, u64)> {
+    None
+}
+
 /// ENOSPC or EDQUOT.
 pub fn io_error_means_full(error: &std::io::Error) -> bool {
     matches!(
@@ -322,6 +365,10 @@ enum WriteRequest {
 }
 
 impl WriteRequest {
+    fn is_publish(&self) -> bool {
+        matches!(self, WriteRequest::Publish { .. })
+    }
+
     fn answer(self, result: Result<(), ChannelError>) {
         let reply = match self {
             WriteRequest::Publish { reply, .. }
@@ -339,6 +386,9 @@ impl WriteRequest {
 struct Shared {
     database: Arc<DatabaseSlot>,
     fault: Arc<FaultCell>,
+    /// Set while the filesystem's free space is under the reserve: new events are refused,
+    /// everything else goes on.
+    low_space: Arc<FaultCell>,
     path: PathBuf,
     states: Arc<SubscriptionStates>,
     requests: Option<mpsc::Sender<WriteRequest>>,
@@ -438,6 +488,7 @@ impl EmbeddedChannel {
         } = opened;
         let database = Arc::new(RwLock::new(Some(Arc::new(database))));
         let fault = Arc::new(Mutex::new(None));
+        let low_space = Arc::new(Mutex::new(None));
         let states: Arc<SubscriptionStates> = Arc::new(Mutex::new(
             max_in_flight
                 .into_iter()
@@ -450,6 +501,8 @@ impl EmbeddedChannel {
             path: path.clone(),
             database: Arc::clone(&database),
             fault: Arc::clone(&fault),
+            low_space: Arc::clone(&low_space),
+            last_compaction: None,
             states: Arc::clone(&states),
             index,
             next_seq,
@@ -463,6 +516,7 @@ impl EmbeddedChannel {
             shared: Arc::new(Shared {
                 database,
                 fault,
+                low_space,
                 path,
                 states,
                 requests: Some(requests),
@@ -793,6 +847,8 @@ struct Writer {
     path: PathBuf,
     database: Arc<DatabaseSlot>,
     fault: Arc<FaultCell>,
+    low_space: Arc<FaultCell>,
+    last_compaction: Option<std::time::Instant>,
     states: Arc<SubscriptionStates>,
     index: RoutingIndex,
     next_seq: u64,
@@ -958,6 +1014,94 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<WriteRequest>) {
+        if batch.iter().any(WriteRequest::is_publish)
+            && let Some(fault) = self.check_space()
+        {
+            let (publishes, rest): (Vec<_>, Vec<_>) =
+                batch.drain(..).partition(WriteRequest::is_publish);
+            for request in publishes {
+                request.answer(Err(ChannelError::Unavailable(fault.message.clone())));
+            }
+            *batch = rest;
+        }
+        if !batch.is_empty() {
+            self.commit_requests(batch);
+        }
+        if lock(&self.low_space).is_some() {
+            self.compact_to_free_space();
+        }
+    }
+
+    /// Whether the filesystem is under the reserve now; records (and logs) a change.
+    fn check_space(&mut self) -> Option<StorageFault> {
+        let fault = low_space_fault(&self.path);
+        let mut cell = lock(&self.low_space);
+        match (cell.is_some(), &fault) {
+            (false, Some(fault)) => {
+                tracing::error!(path = %self.path.display(), fault = %fault.message, "embedded log: free space under the reserve; refusing new events while deliveries go on");
+            }
+            (true, None) => {
+                tracing::warn!(path = %self.path.display(), "embedded log: free space above the reserve again; taking events");
+            }
+            _ => {}
+        }
+        cell.clone_from(&fault);
+        fault
+    }
+
+    /// Gives the room acknowledged events freed inside the file back to the filesystem, so
+    /// that free space can return above the reserve. Needs the database to itself: readers
+    /// hold it only while reading, and get "being reopened" meanwhile (they retry).
+    fn compact_to_free_space(&mut self) {
+        if self
+            .last_compaction
+            .is_some_and(|at| at.elapsed() < COMPACTION_INTERVAL)
+        {
+            return;
+        }
+        self.last_compaction = Some(std::time::Instant::now());
+        let Some(mut shared) = self
+            .database
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let mut attempts = 0;
+        let database = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(mut database) => {
+                    match database.compact() {
+                        Ok(_) => {
+                            tracing::info!(path = %self.path.display(), "embedded log compacted to free space")
+                        }
+                        Err(error) => {
+                            tracing::warn!(path = %self.path.display(), %error, "embedded log: compaction failed")
+                        }
+                    }
+                    break Arc::new(database);
+                }
+                // A reader still holds it: wait a little, else leave it for the next time.
+                Err(still_shared) if attempts < 100 => {
+                    attempts += 1;
+                    shared = still_shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(still_shared) => break still_shared,
+            }
+        };
+        *self
+            .database
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(database);
+        self.check_space();
+        for state in lock(&self.states).values() {
+            state.changed.notify_waiters();
+        }
+    }
+
+    fn commit_requests(&mut self, batch: &mut Vec<WriteRequest>) {
         let seq_before = self.next_seq;
         let force_durable = self.non_durable_commits >= MAX_NON_DURABLE_COMMITS;
         let outcome = self.apply(batch, force_durable);
@@ -1242,7 +1386,15 @@ impl Channel for EmbeddedChannel {
     }
 
     fn storage_fault(&self) -> Option<StorageFault> {
-        lock(&self.shared.fault).clone()
+        if let Some(fault) = lock(&self.shared.fault).clone() {
+            return Some(fault);
+        }
+        // Space freed from outside (a file removed, the volume grown) counts at once.
+        let mut low_space = lock(&self.shared.low_space);
+        if low_space.is_some() && low_space_fault(&self.shared.path).is_none() {
+            *low_space = None;
+        }
+        low_space.clone()
     }
 
     async fn ready(&self) -> Result<(), ChannelError> {
