@@ -134,6 +134,39 @@ async fn wait_all_delivered(recorder: &Recorder, ids: &BTreeSet<String>) {
     }
 }
 
+/// Applies trigger `all` on the default broker with retries enough that nothing is given up
+/// while `recorder` refuses, waits until it is Ready, and makes the recorder refuse (503).
+async fn hold_deliveries(server: &ChildServer, recorder: &Recorder, retries: u32) {
+    let mut trigger = support::trigger("default", "all", "default", &recorder.url);
+    trigger["spec"]["delivery"] =
+        json!({"retry": retries, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"});
+    apply(&server.api, &trigger).await;
+    support::wait_ready(&server.api, "Trigger", "default", "all").await;
+    recorder.set_status(503);
+}
+
+/// Posts events named `{prefix}-{n}` until ingress answers 503 (at most `limit`), adding the
+/// accepted ones to `accepted`; the refusal. Any other answer fails the test.
+async fn post_until_refused(
+    base: &str,
+    prefix: &str,
+    limit: usize,
+    accepted: &mut BTreeSet<String>,
+) -> reqwest::Response {
+    for n in 0..limit {
+        let id = format!("{prefix}-{n}");
+        let response = post(base, &id).await;
+        match response.status().as_u16() {
+            202 => {
+                accepted.insert(id);
+            }
+            503 => return response,
+            other => panic!("ingress answered {other} to {id}"),
+        }
+    }
+    panic!("ingress took all {limit} {prefix} events, never refusing one");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
     let disk = match SmallDisk::mount() {
@@ -145,15 +178,10 @@ async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
     };
     let recorder = Recorder::start().await;
     let server = ChildServer::spawn(&disk.path, &[]).await;
-    let mut trigger = support::trigger("default", "all", "default", &recorder.url);
     // The subscriber refuses while the disk fills: a delivered event would free its pages for
     // the next one, and a fast machine could then take events for ever without the log
-    // needing more room. Retries enough that nothing is given up meanwhile.
-    trigger["spec"]["delivery"] =
-        json!({"retry": 10000, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"});
-    apply(&server.api, &trigger).await;
-    support::wait_ready(&server.api, "Trigger", "default", "all").await;
-    recorder.set_status(503);
+    // needing more room.
+    hold_deliveries(&server, &recorder, 10_000).await;
 
     let mut accepted = BTreeSet::new();
     for n in 0..20 {
@@ -164,22 +192,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
 
     let filler = fill(&disk.path);
     // The log may still have free pages inside: events are taken until it needs more.
-    let mut refusal = None;
-    for n in 0..2000 {
-        let id = format!("filling-{n}");
-        let response = post(&server.base, &id).await;
-        match response.status().as_u16() {
-            202 => {
-                accepted.insert(id);
-            }
-            503 => {
-                refusal = Some(response);
-                break;
-            }
-            other => panic!("ingress answered {other} on a full disk"),
-        }
-    }
-    let refusal = refusal.expect("ingress refuses events once the disk is full");
+    let refusal = post_until_refused(&server.base, "filling", 2000, &mut accepted).await;
     assert!(
         refusal.headers().get("retry-after").is_some(),
         "a 503 says when to retry"
@@ -278,11 +291,7 @@ async fn queue_events(data_dir: &Path, count: usize) -> (Recorder, BTreeSet<Stri
     let recorder = Recorder::start().await;
     recorder.set_status(503);
     let mut server = ChildServer::spawn(data_dir, &[]).await;
-    let mut queued = support::trigger("default", "all", "default", &recorder.url);
-    queued["spec"]["delivery"] =
-        json!({"retry": 1000, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"});
-    apply(&server.api, &queued).await;
-    support::wait_ready(&server.api, "Trigger", "default", "all").await;
+    hold_deliveries(&server, &recorder, 1000).await;
     apply(
         &server.api,
         &json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -418,30 +427,10 @@ async fn a_backlog_that_fills_the_disk_is_delivered_and_the_log_recovers_by_itse
     };
     let recorder = Recorder::start().await;
     let server = ChildServer::spawn(&disk.path, &[]).await;
-    let mut trigger = support::trigger("default", "all", "default", &recorder.url);
-    trigger["spec"]["delivery"] =
-        json!({"retry": 10000, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"});
-    apply(&server.api, &trigger).await;
-    support::wait_ready(&server.api, "Trigger", "default", "all").await;
-    recorder.set_status(503);
+    hold_deliveries(&server, &recorder, 10_000).await;
 
     let mut accepted = BTreeSet::new();
-    let mut refusal = None;
-    for n in 0..10_000 {
-        let id = format!("backlog-{n}");
-        let response = post(&server.base, &id).await;
-        match response.status().as_u16() {
-            202 => {
-                accepted.insert(id);
-            }
-            503 => {
-                refusal = Some(response);
-                break;
-            }
-            other => panic!("ingress answered {other} while the backlog grew"),
-        }
-    }
-    let refusal = refusal.expect("ingress refuses once the backlog nears the disk's size");
+    let refusal = post_until_refused(&server.base, "backlog", 10_000, &mut accepted).await;
     assert!(refusal.headers().get("retry-after").is_some());
     let body = refusal.text().await.unwrap();
     assert!(body.contains("storage full"), "{body}");
