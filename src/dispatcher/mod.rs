@@ -23,6 +23,7 @@ use crate::metrics::{
     TriggerLabels,
 };
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 
 /// Everything one trigger's consumer needs; built by the trigger reconciler.
@@ -104,45 +105,33 @@ impl TriggerMetrics {
         }
     }
 
+    /// The trigger's series of `family`, made on first use and kept in `cell`.
+    fn series<'a, M: Clone, C: MetricConstructor<M>>(
+        &self,
+        cell: &'a OnceLock<M>,
+        family: &Family<TriggerLabels, M, C>,
+    ) -> &'a M {
+        cell.get_or_init(|| family.get_or_create_owned(&self.labels()))
+    }
+
     fn matched(&self) -> &Counter {
-        self.matched.get_or_init(|| {
-            self.metrics
-                .filter_matched
-                .get_or_create(&self.labels())
-                .clone()
-        })
+        self.series(&self.matched, &self.metrics.filter_matched)
     }
 
     fn rejected(&self) -> &Counter {
-        self.rejected.get_or_init(|| {
-            self.metrics
-                .filter_rejected
-                .get_or_create(&self.labels())
-                .clone()
-        })
+        self.series(&self.rejected, &self.metrics.filter_rejected)
     }
 
     fn retries(&self) -> &Counter {
-        self.retries
-            .get_or_init(|| self.metrics.retries.get_or_create(&self.labels()).clone())
+        self.series(&self.retries, &self.metrics.retries)
     }
 
     fn redelivered(&self) -> &Counter {
-        self.redelivered.get_or_init(|| {
-            self.metrics
-                .redelivered
-                .get_or_create(&self.labels())
-                .clone()
-        })
+        self.series(&self.redelivered, &self.metrics.redelivered)
     }
 
     fn latency(&self) -> &Histogram {
-        self.latency.get_or_init(|| {
-            self.metrics
-                .delivery_latency
-                .get_or_create(&self.labels())
-                .clone()
-        })
+        self.series(&self.latency, &self.metrics.delivery_latency)
     }
 
     fn ttl_dropped(&self) -> &Counter {

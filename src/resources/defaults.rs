@@ -88,12 +88,12 @@ impl BrokerDefaults {
 }
 
 /// Sets the defaults of `kind` on `object` (already normalised); `old` is the stored object on
-/// an update.
+/// an update. `brokers` reads the broker defaults, only when a Broker is applied.
 pub fn set_defaults(
     kind: &KindInfo,
     object: &mut Value,
     old: Option<&Value>,
-    brokers: &BrokerDefaults,
+    brokers: impl FnOnce() -> BrokerDefaults,
 ) {
     let namespace = object
         .pointer("/metadata/namespace")
@@ -101,7 +101,9 @@ pub fn set_defaults(
         .unwrap_or("default")
         .to_string();
     match (kind.group, kind.kind) {
-        ("eventing.knative.dev", "Broker") => broker_defaults(object, old, brokers, &namespace),
+        ("eventing.knative.dev", "Broker") => {
+            broker_defaults(object, old, &brokers(), &namespace);
+        }
         ("eventing.knative.dev", "Trigger") => trigger_defaults(object),
         _ => {}
     }
@@ -224,7 +226,12 @@ mod tests {
     use crate::resources::find_kind_by_name;
 
     fn defaulted(kind: &str, mut object: Value, old: Option<&Value>, br: &BrokerDefaults) -> Value {
-        set_defaults(find_kind_by_name(None, kind).unwrap(), &mut object, old, br);
+        set_defaults(
+            find_kind_by_name(None, kind).unwrap(),
+            &mut object,
+            old,
+            || br.clone(),
+        );
         object
     }
 

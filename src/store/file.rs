@@ -287,8 +287,9 @@ impl ResourceStore for FileStore {
             .objects
             .get(&key(kind, &namespace, &name))
             .map(Stored::value);
-        let broker_defaults = broker_defaults(&state);
-        crate::resources::defaults::set_defaults(kind, &mut object, old.as_ref(), &broker_defaults);
+        crate::resources::defaults::set_defaults(kind, &mut object, old.as_ref(), || {
+            broker_defaults(&state)
+        });
         (kind.validate)(&object, old.as_ref())?;
 
         let meta = object["metadata"].as_object_mut().expect("checked above");
