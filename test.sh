@@ -77,6 +77,21 @@ if ! command -v tsc >/dev/null && command -v npm >/dev/null; then
   fi
   export PATH="$tools_dir/npm/node_modules/.bin:$PATH"
 fi
+# The official CloudEvents SDKs for Python (PyPI) and JavaScript (npm), for tests/sdks.rs.
+sdk_python="$tools_dir/sdk-venv/bin/python"
+if ! { [ -x "$sdk_python" ] && "$sdk_python" -c "import cloudevents.core.bindings.http" 2>/dev/null; }; then
+  echo "test.sh: installing the CloudEvents SDK for Python (once)"
+  { python3 -m venv "$tools_dir/sdk-venv" &&
+    "$tools_dir/sdk-venv/bin/pip" install --quiet cloudevents==2.2.0 </dev/null; } ||
+    echo "test.sh: could not install the CloudEvents SDK for Python; its test will skip" >&2
+fi
+export RIVULET_PYTHON_SDK="$sdk_python"
+if command -v npm >/dev/null && [ ! -f "$tools_dir/npm/node_modules/cloudevents/package.json" ]; then
+  echo "test.sh: installing the CloudEvents SDK for JavaScript (once)"
+  npm install --silent --no-audit --no-fund --prefix "$tools_dir/npm" cloudevents@10.0.0 </dev/null ||
+    echo "test.sh: could not install the CloudEvents SDK for JavaScript; its test will skip" >&2
+fi
+export RIVULET_NODE_MODULES="$tools_dir/npm/node_modules"
 helm_python="$tools_dir/helm-venv/bin/python"
 if ! { [ -x "$helm_python" ] && "$helm_python" -c "import helm_python" 2>/dev/null; }; then
   echo "test.sh: installing helm-python-sdk for the Helm chart test (once)"
