@@ -34,15 +34,28 @@ fn failure(code: u16, reason: &str, message: &str) -> (u16, Value) {
     )
 }
 
-/// The plurals of the bindable kinds, in the order a binding looks for what it bound.
-const BINDABLE: [&str; 4] = ["deployments", "statefulsets", "daemonsets", "replicasets"];
+/// The collections of the bindable kinds in namespace team, in the order a binding looks for
+/// what it bound.
+const BINDABLE: [&str; 5] = [
+    "/apis/apps/v1/namespaces/team/deployments",
+    "/apis/apps/v1/namespaces/team/statefulsets",
+    "/apis/apps/v1/namespaces/team/daemonsets",
+    "/apis/apps/v1/namespaces/team/replicasets",
+    "/apis/serving.knative.dev/v1/namespaces/team/services",
+];
 
-/// Answers to the four lists of workloads labelled as bound, none found.
+/// Answers to the five lists of workloads labelled as bound, none found.
 fn nothing_bound_before() -> Vec<(u16, Value)> {
-    ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"]
-        .iter()
-        .map(|kind| list(kind, Vec::new()))
-        .collect()
+    [
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "Service",
+    ]
+    .iter()
+    .map(|kind| list(kind, Vec::new()))
+    .collect()
 }
 
 /// The `labelSelector` query parameter of a request, decoded.
@@ -52,15 +65,12 @@ fn label_selector(request: &Seen) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
-/// Asserts `requests` are the four lists of what binding `bind` labelled, in order.
+/// Asserts `requests` are the five lists of what binding `bind` labelled, in order.
 fn assert_lists_bound_workloads(requests: &[Seen]) {
-    assert_eq!(requests.len(), 4, "{requests:?}");
-    for (request, plural) in requests.iter().zip(BINDABLE) {
+    assert_eq!(requests.len(), 5, "{requests:?}");
+    for (request, collection) in requests.iter().zip(BINDABLE) {
         assert_eq!(request.method, "GET");
-        assert_eq!(
-            request.path,
-            format!("/apis/apps/v1/namespaces/team/{plural}")
-        );
+        assert_eq!(request.path, collection);
         assert_eq!(
             label_selector(request).as_deref(),
             Some("rivulet.dev/sinkbinding=bind"),
@@ -152,7 +162,7 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
     )
     .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
-    assert_eq!(requests.len(), 7, "{requests:?}");
+    assert_eq!(requests.len(), 8, "{requests:?}");
     assert_eq!(requests[0].method, "GET");
     assert_eq!(
         requests[0].path,
@@ -178,8 +188,8 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
         // Only the names and the env entries: nothing else is claimed.
         assert_eq!(container.as_object().unwrap().len(), 2, "{container}");
     }
-    assert_lists_bound_workloads(&requests[2..6]);
-    let status = &requests[6];
+    assert_lists_bound_workloads(&requests[2..7]);
+    let status = &requests[7];
     assert_eq!(status.method, "PATCH");
     assert_eq!(
         status.path,
@@ -227,6 +237,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         ),
         list("DaemonSet", Vec::new()),
         list("ReplicaSet", Vec::new()),
+        list("Service", Vec::new()),
         (200, object.clone()),
     ];
     let (result, requests) = exchange(
@@ -236,7 +247,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
     )
     .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
-    assert_eq!(requests.len(), 10, "{requests:?}");
+    assert_eq!(requests.len(), 11, "{requests:?}");
     let lookup = &requests[0];
     assert_eq!(lookup.method, "GET");
     assert_eq!(lookup.path, "/apis/apps/v1/namespaces/team/deployments");
@@ -252,12 +263,9 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         &requests[2],
         "/apis/apps/v1/namespaces/team/deployments/edge",
     );
-    let listed: Vec<&Seen> = [3, 5, 7, 8].iter().map(|&i| &requests[i]).collect();
-    for (request, plural) in listed.iter().zip(BINDABLE) {
-        assert_eq!(
-            request.path,
-            format!("/apis/apps/v1/namespaces/team/{plural}")
-        );
+    let listed: Vec<&Seen> = [3, 5, 7, 8, 9].iter().map(|&i| &requests[i]).collect();
+    for (request, collection) in listed.iter().zip(BINDABLE) {
+        assert_eq!(request.path, collection);
         assert_eq!(
             label_selector(request).as_deref(),
             Some("rivulet.dev/sinkbinding=bind")
@@ -281,7 +289,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         "db",
     );
     assert_eq!(
-        condition(&requests[9], "SinkBindingAvailable")["status"],
+        condition(&requests[10], "SinkBindingAvailable")["status"],
         "True"
     );
 }
@@ -306,7 +314,7 @@ async fn a_changed_subject_name_releases_the_workload_bound_before() {
     )
     .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
-    assert_eq!(requests.len(), 8, "{requests:?}");
+    assert_eq!(requests.len(), 9, "{requests:?}");
     assert_bind(
         &requests[1],
         "/apis/apps/v1/namespaces/team/deployments/api",
@@ -328,6 +336,89 @@ async fn a_changed_subject_name_releases_the_workload_bound_before() {
     );
 }
 
+fn knative_service(name: &str) -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "team", "resourceVersion": "41",
+            "labels": {"rivulet.dev/sinkbinding": "bind"}},
+        "spec": {"template": {"spec": {"containers": [{
+            "image": "fn",
+            "env": [{"name": "A", "value": "1"}, {"name": "K_SINK", "value": "http://old/"}]
+        }]}}}
+    })
+}
+
+/// A Knative Service's container is unnamed and its lists are kept whole, so it is bound and
+/// released by merge patches of its whole container list, against the version read.
+#[tokio::test]
+async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_containers() {
+    let (ctx, mut server) = context();
+    let mut object = sink_binding();
+    object["spec"]["subject"] =
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"});
+    let mut answers = vec![(200, knative_service("fn")), (200, knative_service("fn"))];
+    answers.extend(nothing_bound_before().into_iter().take(4));
+    answers.push(list(
+        "Service",
+        vec![knative_service("fn"), knative_service("old-fn")],
+    ));
+    answers.push((200, knative_service("old-fn")));
+    answers.push((200, object.clone()));
+    let (result, requests) = exchange(
+        &mut server,
+        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+        answers,
+    )
+    .await;
+    assert_eq!(result.expect("reconciled"), Action::AwaitChange);
+    assert_eq!(requests.len(), 9, "{requests:?}");
+    let services = "/apis/serving.knative.dev/v1/namespaces/team/services";
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].path.clone()),
+        ("GET", format!("{services}/fn"))
+    );
+    let bind = &requests[1];
+    assert_eq!(
+        (bind.method.as_str(), bind.path.clone()),
+        ("PATCH", format!("{services}/fn"))
+    );
+    assert_eq!(
+        bind.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(
+        bind.body,
+        json!({
+            "metadata": {"resourceVersion": "41", "labels": {"rivulet.dev/sinkbinding": "bind"}},
+            "spec": {"template": {"spec": {"containers": [{"image": "fn", "env": [
+                {"name": "A", "value": "1"},
+                {"name": "K_SINK", "value": "http://sink.example/events"},
+                {"name": "K_CE_OVERRIDES", "value": r#"{"extensions":{"team":"blue"}}"#}
+            ]}]}}}
+        })
+    );
+    assert_lists_bound_workloads(&requests[2..7]);
+    // fn is kept; old-fn, labelled but no longer the subject, is released.
+    let release = &requests[7];
+    assert_eq!(
+        (release.method.as_str(), release.path.clone()),
+        ("PATCH", format!("{services}/old-fn"))
+    );
+    assert_eq!(
+        release.body,
+        json!({
+            "metadata": {"resourceVersion": "41", "labels": {"rivulet.dev/sinkbinding": null}},
+            "spec": {"template": {"spec": {"containers": [
+                {"image": "fn", "env": [{"name": "A", "value": "1"}]}
+            ]}}}
+        })
+    );
+    assert_eq!(
+        condition(&requests[8], "SinkBindingAvailable")["status"],
+        "True"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_subject_is_reported_not_ready_and_retried() {
     let (ctx, mut server) = context();
@@ -346,12 +437,12 @@ async fn a_missing_subject_is_reported_not_ready_and_retried() {
         "a missing subject is looked for again"
     );
     // Nothing is bound now, so whatever was bound before is released (none here).
-    assert_lists_bound_workloads(&requests[1..5]);
-    let ready = &requests[5].body["status"]["conditions"][0];
+    assert_lists_bound_workloads(&requests[1..6]);
+    let ready = &requests[6].body["status"]["conditions"][0];
     assert_eq!(ready["type"], "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "SubjectMissing");
-    let available = condition(&requests[5], "SinkBindingAvailable");
+    let available = condition(&requests[6], "SinkBindingAvailable");
     assert_eq!(available["status"], "False");
     assert_eq!(available["message"], "Deployment web does not exist");
 }
@@ -410,8 +501,8 @@ async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
         "/apis/apps/v1/namespaces/team/deployments/web",
     );
     // The workload still matches: it is not released.
-    assert_lists_bound_workloads(&requests[2..6]);
-    let status = &requests[6];
+    assert_lists_bound_workloads(&requests[2..7]);
+    let status = &requests[7];
     let available = condition(status, "SinkBindingAvailable");
     assert_eq!(available["status"], "False");
     assert_eq!(available["reason"], "BindingFailed");
@@ -447,7 +538,7 @@ async fn a_failing_release_is_reported_and_retried() {
         "Deployment",
         "old",
     );
-    let available = condition(&requests[7], "SinkBindingAvailable");
+    let available = condition(&requests[8], "SinkBindingAvailable");
     assert_eq!(available["reason"], "BindingFailed");
     assert_eq!(
         available["message"],
@@ -470,7 +561,7 @@ async fn a_failing_status_write_is_a_reconcile_error() {
     .await;
     let error = result.expect_err("the status could not be written");
     assert!(error.to_string().contains("status unavailable"), "{error}");
-    assert!(requests[6].path.ends_with("/sinkbindings/bind/status"));
+    assert!(requests[7].path.ends_with("/sinkbindings/bind/status"));
 }
 
 #[tokio::test]
@@ -488,6 +579,12 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
             json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"}}),
         ),
         list("ReplicaSet", Vec::new()),
+        // Knative Serving is not installed: nothing of that kind was bound.
+        failure(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
     ];
     let (result, requests) = exchange(
         &mut server,
@@ -497,13 +594,10 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
     .await;
     // A workload deleted meanwhile has nothing left to release.
     result.expect("cleaned up");
-    assert_eq!(requests.len(), 7, "{requests:?}");
-    let lists: Vec<&Seen> = [0, 3, 4, 6].iter().map(|&i| &requests[i]).collect();
-    for (request, plural) in lists.iter().zip(BINDABLE) {
-        assert_eq!(
-            request.path,
-            format!("/apis/apps/v1/namespaces/team/{plural}")
-        );
+    assert_eq!(requests.len(), 8, "{requests:?}");
+    let lists: Vec<&Seen> = [0, 3, 4, 6, 7].iter().map(|&i| &requests[i]).collect();
+    for (request, collection) in lists.iter().zip(BINDABLE) {
+        assert_eq!(request.path, collection);
         assert_eq!(
             label_selector(request).as_deref(),
             Some("rivulet.dev/sinkbinding=bind")
@@ -550,7 +644,7 @@ async fn a_forbidden_release_on_delete_is_an_error() {
         "Kubernetes API: cannot release Deployment web: cannot patch deployments (403)"
     );
     // The other kinds are still released.
-    assert_eq!(requests.len(), 5, "{requests:?}");
+    assert_eq!(requests.len(), 6, "{requests:?}");
 }
 
 fn container_source() -> Value {
@@ -807,6 +901,22 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
         json!({"key": "app", "operator": "In", "values": ["web", "api"]});
     let (code, body) = support::put(&api, &expressions).await;
     assert!(code == 200 || code == 201, "{code} {body}");
+
+    // A Knative Service can be bound; a Job (its pod template is fixed) cannot.
+    let mut knative = sink_binding();
+    knative["metadata"]["name"] = json!("bind-fn");
+    knative["metadata"]["namespace"] = json!("default");
+    knative["spec"]["subject"] =
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"});
+    let (code, body) = support::put(&api, &knative).await;
+    assert!(code == 200 || code == 201, "{code} {body}");
+    knative["spec"]["subject"] = json!({"apiVersion": "batch/v1", "kind": "Job", "name": "fn"});
+    let (code, body) = support::put(&api, &knative).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.to_string().contains("batch/v1 Job cannot be bound"),
+        "{body}"
+    );
 
     let mut empty = source.clone();
     empty["spec"]["template"]["spec"]["containers"] = json!([]);

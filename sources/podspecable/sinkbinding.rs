@@ -46,12 +46,24 @@ pub const AVAILABLE_CONDITION: &str = "SinkBindingAvailable";
 pub const SUBJECT_RECHECK: Duration = Duration::from_secs(60);
 /// The workload kinds a SinkBinding can bind, as (apiVersion, kind, plural). A Job's pod
 /// template cannot change once created, so Jobs are not bound.
-pub const BINDABLE_KINDS: [(&str, &str, &str); 4] = [
+pub const BINDABLE_KINDS: [(&str, &str, &str); 5] = [
     ("apps/v1", "Deployment", "deployments"),
     ("apps/v1", "StatefulSet", "statefulsets"),
     ("apps/v1", "DaemonSet", "daemonsets"),
     ("apps/v1", "ReplicaSet", "replicasets"),
+    (KNATIVE_SERVICE.0, KNATIVE_SERVICE.1, "services"),
 ];
+
+/// A Knative Service (apiVersion, kind). Its containers are usually unnamed and its CRD keeps
+/// lists whole under server-side apply, so it is bound by a JSON merge patch of its whole
+/// container lists instead, made against the version read (`resourceVersion`) so that a
+/// concurrent change is not overwritten. Each change of its template makes a new Revision,
+/// as binding one does in Knative.
+pub const KNATIVE_SERVICE: (&str, &str) = ("serving.knative.dev/v1", "Service");
+
+fn is_knative_service(api_version: &str, kind: &str) -> bool {
+    (api_version, kind) == KNATIVE_SERVICE
+}
 
 /// Knative `SinkBinding`.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -89,9 +101,10 @@ pub struct SinkBindingSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subject {
-    /// `apps/v1`.
+    /// `apps/v1`, or `serving.knative.dev/v1` for a Knative Service.
     pub api_version: String,
-    /// Deployment, StatefulSet, DaemonSet or ReplicaSet.
+    /// Deployment, StatefulSet, DaemonSet or ReplicaSet (`apps/v1`), or Service
+    /// (`serving.knative.dev/v1`).
     pub kind: String,
     /// Must be the binding's own namespace when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,11 +204,12 @@ inventory::submit! {
 
 /// How kube addresses a workload kind a SinkBinding can bind; `None` for other kinds.
 pub fn workload_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
-    let (_, kind, plural) = BINDABLE_KINDS
+    let (api_version, kind, plural) = BINDABLE_KINDS
         .iter()
         .find(|(v, k, _)| *v == api_version && *k == kind)?;
+    let (group, version) = api_version.split_once('/')?;
     Some(ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("apps", "v1", kind),
+        &GroupVersionKind::gvk(group, version, kind),
         plural,
     ))
 }
@@ -273,7 +287,7 @@ pub fn validate_sink_binding_value(
         return Err(ValidationError::new(
             "spec.subject.kind",
             format!(
-                "{} {} cannot be bound; use apps/v1 Deployment, StatefulSet, DaemonSet or ReplicaSet",
+                "{} {} cannot be bound; use apps/v1 Deployment, StatefulSet, DaemonSet or ReplicaSet, or serving.knative.dev/v1 Service",
                 subject.api_version, subject.kind
             ),
         ));
@@ -344,6 +358,56 @@ pub fn env_apply(
         "metadata": {"name": workload, "labels": {BINDING_LABEL: binding}},
         "spec": {"template": {"spec": spec}},
     })
+}
+
+/// The merge patch that binds a Knative Service: its container lists with `env` set, the
+/// binding label, and the `resourceVersion` it was computed from.
+pub fn knative_service_bind_patch(workload: &DynamicObject, binding: &str, env: &[Value]) -> Value {
+    let mut pod_spec = pod_spec(workload).clone();
+    super::inject_env(&mut pod_spec, env);
+    json!({
+        "metadata": {
+            "resourceVersion": workload.metadata.resource_version,
+            "labels": {BINDING_LABEL: binding},
+        },
+        "spec": {"template": {"spec": container_lists(&pod_spec)}},
+    })
+}
+
+/// The merge patch that releases a Knative Service: its container lists without the
+/// injected variables, and no binding label.
+pub fn knative_service_release_patch(workload: &DynamicObject) -> Value {
+    let mut pod_spec = pod_spec(workload).clone();
+    for list in CONTAINER_LISTS {
+        for container in pod_spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
+                env.retain(|var| {
+                    let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
+                    name != super::SINK_ENV && name != super::CE_OVERRIDES_ENV
+                });
+            }
+        }
+    }
+    json!({
+        "metadata": {
+            "resourceVersion": workload.metadata.resource_version,
+            "labels": {BINDING_LABEL: null},
+        },
+        "spec": {"template": {"spec": container_lists(&pod_spec)}},
+    })
+}
+
+/// The container lists of a pod spec, alone.
+fn container_lists(pod_spec: &Value) -> serde_json::Map<String, Value> {
+    CONTAINER_LISTS
+        .iter()
+        .filter_map(|list| Some((list.to_string(), pod_spec.get(*list)?.clone())))
+        .collect()
 }
 
 /// The apply that gives up every field `rivulet-sinkbinding` owned on a workload: its env
@@ -431,6 +495,12 @@ async fn release_bound(
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
         let labelled = match api.list(&ListParams::default().labels(&selector)).await {
             Ok(list) => list.items,
+            // Knative Serving is not installed: nothing of that kind can have been bound.
+            Err(kube::Error::Api(status))
+                if status.code == 404 && is_knative_service(api_version, kind) =>
+            {
+                continue;
+            }
             Err(error) => {
                 failures.push(format!(
                     "cannot list the {kind}s bound before: {}",
@@ -440,19 +510,24 @@ async fn release_bound(
             }
         };
         for workload in labelled {
-            let name = workload.metadata.name.unwrap_or_default();
+            let name = workload.metadata.name.clone().unwrap_or_default();
             if keep.iter().any(|(k, n)| *k == kind && *n == name) {
                 continue;
             }
-            let apply = release_apply(api_version, kind, &name);
-            match api
-                .patch(
+            let released = if is_knative_service(api_version, kind) {
+                let patch = knative_service_release_patch(&workload);
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            } else {
+                let apply = release_apply(api_version, kind, &name);
+                api.patch(
                     &name,
                     &PatchParams::apply(FIELD_MANAGER),
                     &Patch::Apply(&apply),
                 )
                 .await
-            {
+            };
+            match released {
                 Ok(_) => {}
                 // Deleted meanwhile: nothing left to release.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -533,9 +608,16 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
             let mut names = Vec::new();
             for workload in &workloads {
                 let name = workload.metadata.name.clone().unwrap_or_default();
-                let apply = env_apply(subject, &name, &binding_name, pod_spec(workload), &env);
-                let params = PatchParams::apply(FIELD_MANAGER).force();
-                if let Err(error) = api.patch(&name, &params, &Patch::Apply(&apply)).await {
+                let bound = if is_knative_service(&subject.api_version, &subject.kind) {
+                    let patch = knative_service_bind_patch(workload, &binding_name, &env);
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                } else {
+                    let apply = env_apply(subject, &name, &binding_name, pod_spec(workload), &env);
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    api.patch(&name, &params, &Patch::Apply(&apply)).await
+                };
+                if let Err(error) = bound {
                     problems.push((
                         "BindingFailed",
                         format!(
