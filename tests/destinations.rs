@@ -411,6 +411,20 @@ async fn standalone_mode_still_refuses_kinds_it_does_not_serve() {
     assert_eq!(resolved["status"], "False");
     let message = resolved["message"].as_str().unwrap();
     assert!(message.contains("Service default/web (v1)"), "{message}");
+    assert!(
+        message.contains("standalone Rivulet does not run") && message.contains("uri"),
+        "{message}"
+    );
+
+    // A kind that is no workload either: the ref must name a kind Rivulet serves.
+    let mut gadget = support::trigger("default", "to-gadget", "default", "http://unused");
+    gadget["spec"]["subscriber"] =
+        json!({"ref": {"apiVersion": "example.dev/v1", "kind": "Gadget", "name": "g"}});
+    support::apply(&server.api, &gadget).await;
+    let object =
+        support::wait_status(&server.api, "Trigger", "default", "to-gadget", "False").await;
+    let resolved = support::condition(&object, "SubscriberResolved").expect("the condition");
+    let message = resolved["message"].as_str().unwrap();
     assert!(message.contains("in standalone mode"), "{message}");
     server.shutdown().await;
 }

@@ -96,6 +96,44 @@ inventory::submit! {
     }
 }
 
+/// Knative's `v1beta2` PingSource has the fields of `v1`; older samples are written in it.
+const V1BETA2: &str = "v1beta2";
+
+inventory::submit! {
+    crate::resources::CrdVersion { crd: v1beta2_crd }
+}
+
+inventory::submit! {
+    crate::resources::ServedVersion {
+        group: "sources.knative.dev",
+        version: V1BETA2,
+        kind: "PingSource",
+        plural: "pingsources",
+        stored_version: "v1",
+        upgrade: |object| Ok(with_api_version(object, "sources.knative.dev/v1")),
+        downgrade: |object| with_api_version(object, "sources.knative.dev/v1beta2"),
+    }
+}
+
+/// The `v1` schema served as `v1beta2` too; the API server converts between them by setting
+/// apiVersion alone, since their fields are the same.
+fn v1beta2_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = <PingSource as kube::CustomResourceExt>::crd();
+    for version in &mut crd.spec.versions {
+        version.name = V1BETA2.into();
+        version.storage = false;
+    }
+    crd
+}
+
+fn with_api_version(mut object: Value, api_version: &str) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), Value::from(api_version));
+    }
+    object
+}
+
 inventory::submit! {
     Reconciler {
         kind: "PingSource",

@@ -157,7 +157,11 @@ pub async fn apply(remote: &Remote, files: &[PathBuf]) -> anyhow::Result<ExitCod
         if skipped.is_empty() {
             bail!("no objects found in the given manifests");
         }
-        bail!("none of the objects in the given manifests is of a kind Rivulet serves");
+        // Nothing was refused, so this is not a failure; the warnings above say why.
+        eprintln!(
+            "warning: nothing applied: none of the objects in the given manifests is of a kind Rivulet serves"
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let mut failed = false;
     for manifest in manifests {

@@ -70,10 +70,10 @@ fn skip_reason(api_version: &str, kind: &str) -> &'static str {
         ("", "Namespace") => {
             "namespaces need no object in standalone mode (any namespace can be used); skipped"
         }
-        ("", "Service" | "Pod" | "ServiceAccount")
-        | ("apps", _)
-        | ("batch", _)
-        | ("serving.knative.dev", _) => {
+        ("", "ServiceAccount") => {
+            "standalone Rivulet has its own tokens instead of Kubernetes service accounts; skipped"
+        }
+        ("", "Service" | "Pod") | ("apps", _) | ("batch", _) | ("serving.knative.dev", _) => {
             "it runs a workload (a pod), which standalone Rivulet does not; skipped (run the \
              program yourself and point a uri at it, or use Kubernetes mode)"
         }

@@ -418,6 +418,13 @@ fn channel_template_backend(template: &str) -> Result<String, String> {
     }
 }
 
+/// Knative's installation-wide channel ConfigMap for channel-based brokers.
+pub const DEFAULT_CHANNEL_CONFIG: (&str, &str) = ("knative-eventing", "config-br-default-channel");
+
+fn is_default_channel_config(kind: &str, namespace: &str, name: &str) -> bool {
+    kind == "ConfigMap" && (namespace, name) == DEFAULT_CHANNEL_CONFIG
+}
+
 /// The string data of the ConfigMap or Secret a broker's `spec.config` names.
 async fn read_config(
     reference: &KReference,
@@ -437,17 +444,25 @@ async fn read_config(
             ));
         }
     };
-    let object = ctx
+    let found = ctx
         .store
         .get(kind, ns, &reference.name)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
+        .map_err(|e| e.to_string())?;
+    let object = match found {
+        Some(object) => object,
+        // Knative installs this ConfigMap and its samples name it; without one applied here,
+        // it stands for Rivulet's default channel, the embedded log.
+        None if is_default_channel_config(kind.kind, ns, &reference.name) => {
+            return Ok(BTreeMap::new());
+        }
+        None => {
+            return Err(format!(
                 "spec.config: {} {ns}/{} does not exist",
                 kind.kind, reference.name
-            )
-        })?;
+            ));
+        }
+    };
     let mut data = BTreeMap::new();
     if let Some(map) = object.get("data").and_then(Value::as_object) {
         for (key, value) in map {

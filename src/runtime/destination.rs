@@ -58,6 +58,10 @@ enum DestinationError {
     )]
     NotServed(Box<Target>),
     #[error(
+        "cannot resolve a ref to {0}: it runs a workload (a pod), which standalone Rivulet does not run; run the program yourself and point uri at it, or use Kubernetes mode"
+    )]
+    WorkloadInStandalone(Box<Target>),
+    #[error(
         "cannot resolve a ref to {0}: a ref to a kind Rivulet does not serve needs an apiVersion (v1 for a Kubernetes Service, serving.knative.dev/v1 for a Knative Service)"
     )]
     NoApiVersion(Box<Target>),
@@ -109,6 +113,17 @@ impl Target {
     }
 }
 
+impl Target {
+    /// A Kubernetes or Knative Service: a program in a pod, not an object Rivulet serves.
+    fn is_workload(&self) -> bool {
+        self.kind == "Service"
+            && matches!(
+                self.api_version.as_deref(),
+                Some("v1") | Some("serving.knative.dev/v1")
+            )
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.kind, self.namespace, self.name)?;
@@ -142,6 +157,9 @@ async fn resolve(
                     .as_deref()
                     .is_some_and(|c| !c.is_empty());
                 (cluster::resolve(&client, ctx, target, tls).await?, None)
+            }
+            None if target.is_workload() => {
+                return Err(DestinationError::WorkloadInStandalone(target.into()));
             }
             None => return Err(DestinationError::NotServed(target.into())),
         },

@@ -442,33 +442,11 @@ impl Recorder {
     }
 }
 
-/// The resource API path of an object.
+/// The resource API path of an object, from the kinds Rivulet registers.
 pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
-    match kind {
-        "Broker" => format!("/apis/eventing.knative.dev/v1/namespaces/{namespace}/brokers/{name}"),
-        "Trigger" => {
-            format!("/apis/eventing.knative.dev/v1/namespaces/{namespace}/triggers/{name}")
-        }
-        "EventType" => {
-            format!("/apis/eventing.knative.dev/v1beta3/namespaces/{namespace}/eventtypes/{name}")
-        }
-        "ContainerSource" | "SinkBinding" | "ApiServerSource" => format!(
-            "/apis/sources.knative.dev/v1/namespaces/{namespace}/{}s/{name}",
-            kind.to_ascii_lowercase()
-        ),
-        "WebhookSource" => format!(
-            "/apis/sources.rivulet.dev/v1alpha1/namespaces/{namespace}/webhooksources/{name}"
-        ),
-        "HttpForwardSink" => format!(
-            "/apis/sinks.rivulet.dev/v1alpha1/namespaces/{namespace}/httpforwardsinks/{name}"
-        ),
-        "EventPolicy" => format!(
-            "/apis/eventing.knative.dev/v1alpha1/namespaces/{namespace}/eventpolicies/{name}"
-        ),
-        "ConfigMap" => format!("/api/v1/namespaces/{namespace}/configmaps/{name}"),
-        "Secret" => format!("/api/v1/namespaces/{namespace}/secrets/{name}"),
-        other => panic!("no path known for kind {other}"),
-    }
+    let info = rivulet::resources::find_kind_by_name(None, kind)
+        .unwrap_or_else(|| panic!("no path known for kind {kind}"));
+    format!("{}/{name}", info.collection_path(namespace))
 }
 
 /// PUTs an object (JSON) to the resource API at `base`; returns status and body.
