@@ -111,13 +111,24 @@ async fn apply_from_a_file_then_get_in_each_format_then_delete() {
     let header = wide.lines().next().unwrap_or_default();
     assert!(header.contains("CLASS") && header.contains("AGE"), "{wide}");
     assert!(wide.contains("MTChannelBasedBroker"), "{wide}");
-    let refused = run(&server, &["get", "configmaps", "-A"]).await;
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused.stderr).contains("--all-namespaces"),
-        "{}",
-        text(&refused.stderr)
+    // Core kinds too: the ConfigMap in default and one in another namespace.
+    let elsewhere = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "elsewhere", "namespace": "team-a"}, "data": {"k": "v"}
+    });
+    support::apply(&server.api, &elsewhere).await;
+    let configmaps = ok(
+        &run(&server, &["get", "configmaps", "-A"]).await,
+        "get configmaps -A",
     );
+    for (namespace, name) in [("default", "cli-config"), ("team-a", "elsewhere")] {
+        assert!(
+            configmaps
+                .lines()
+                .any(|l| l.starts_with(namespace) && l.contains(&format!(" {name} "))),
+            "{namespace}/{name} in {configmaps}"
+        );
+    }
 
     let json = ok(
         &run(&server, &["get", "broker", "cli-broker", "-o", "json"]).await,

@@ -105,6 +105,7 @@ fn resource_router(state: ApiState) -> Router {
             "/api/{version}/namespaces/{namespace}/{plural}",
             get(list_core),
         )
+        .route("/api/{version}/{plural}", get(list_core_all))
         .route(
             "/api/{version}/namespaces/{namespace}/{plural}/{name}",
             get(get_core).put(put_core).delete(delete_core),
@@ -638,6 +639,17 @@ async fn list_core(
 ) -> Response {
     match Served::find("", &version, &plural) {
         Some(served) => list(state, served, Some(&namespace), &params).await,
+        None => unknown_kind("", &version, &plural),
+    }
+}
+
+async fn list_core_all(
+    State(state): State<ApiState>,
+    Path((version, plural)): Path<(String, String)>,
+    Query(params): Query<Params>,
+) -> Response {
+    match Served::find("", &version, &plural) {
+        Some(served) => list(state, served, None, &params).await,
         None => unknown_kind("", &version, &plural),
     }
 }

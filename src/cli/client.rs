@@ -228,12 +228,7 @@ pub async fn get(
         (None, Scope::Namespace(namespace)) => {
             format!("{}{}", remote.url, kind.collection_path(namespace))
         }
-        (None, Scope::AllNamespaces) if kind.group.is_empty() => {
-            bail!("--all-namespaces is not served for {}s", kind.kind)
-        }
-        (None, Scope::AllNamespaces) => {
-            format!("{}/apis/{}/{}", remote.url, kind.api_version(), kind.plural)
-        }
+        (None, Scope::AllNamespaces) => format!("{}{}", remote.url, kind.all_namespaces_path()),
     };
     let body = get_json(remote, &url).await?;
     match output {

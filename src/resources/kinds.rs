@@ -24,6 +24,15 @@ impl KindInfo {
         }
     }
 
+    /// The resource API path of the collection across every namespace.
+    pub fn all_namespaces_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}/{}", self.version, self.plural)
+        } else {
+            format!("/apis/{}/{}/{}", self.group, self.version, self.plural)
+        }
+    }
+
     /// The resource API path of the collection in `namespace`.
     pub fn collection_path(&self, namespace: &str) -> String {
         if self.group.is_empty() {
