@@ -1,7 +1,7 @@
 //! End-to-end tests of the source adapters over real HTTP: PingSource (through a broker and a
 //! trigger, across a restart, into a sink that is down for a while) and WebhookSource
-//! (signatures, content types, answering only after the sink took the event). Also checks
-//! that the YAML examples of the README's "Sources and sinks" section apply and get ready.
+//! (signatures, content types, answering only after the sink took the event). The YAML
+//! examples of docs/sources-and-sinks.md are applied by tests/docs_examples.rs.
 
 mod adapters_support;
 mod support;
@@ -482,59 +482,6 @@ async fn invalid_sources_are_refused_naming_the_field() {
             .unwrap()
             .contains("missing")
     );
-    server.shutdown().await;
-}
-
-/// The YAML blocks of the README's "Sources and sinks" section, in order.
-fn readme_examples() -> Option<Vec<String>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
-    let text = std::fs::read_to_string(path).ok()?;
-    let start = text.find("## Sources and sinks")?;
-    let section = &text[start..];
-    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
-    let section = &section[..end];
-    let mut blocks = Vec::new();
-    let mut rest = section;
-    while let Some(open) = rest.find("```yaml\n") {
-        let body = &rest[open + 8..];
-        let close = body.find("```")?;
-        blocks.push(body[..close].to_string());
-        rest = &body[close..][3..];
-    }
-    Some(blocks)
-}
-
-#[tokio::test]
-async fn readme_examples_apply_and_become_ready() {
-    let Some(blocks) = readme_examples() else {
-        panic!("README.md has no \"## Sources and sinks\" section with YAML examples");
-    };
-    assert!(blocks.len() >= 4, "one example per adapter at least");
-    let server = TestServer::start().await;
-    let mut applied = Vec::new();
-    for (index, block) in blocks.iter().enumerate() {
-        let manifests =
-            rivulet::resources::parse_manifests(block, &format!("README example {}", index + 1))
-                .unwrap_or_else(|e| panic!("{e}"));
-        for manifest in manifests {
-            let (status, body) = put_object(&server.api, &manifest.object).await;
-            assert!(
-                status == 200 || status == 201,
-                "README example {}: {body}",
-                index + 1
-            );
-            applied.push(manifest.object);
-        }
-    }
-    for object in applied {
-        let api_version = object["apiVersion"].as_str().unwrap();
-        let kind = object["kind"].as_str().unwrap();
-        if kind == "Secret" || kind == "ConfigMap" {
-            continue;
-        }
-        let name = object["metadata"]["name"].as_str().unwrap();
-        wait_ready(&server.api, api_version, kind, name).await;
-    }
     server.shutdown().await;
 }
 

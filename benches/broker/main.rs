@@ -1727,7 +1727,7 @@ fn percentiles(histogram: &Histogram<u64>) -> String {
         .join(" / ")
 }
 
-/// The README table: per channel and payload, Rivulet beside its baseline.
+/// The table of docs/benchmarks.md: per channel and payload, Rivulet beside its baseline.
 fn summary_markdown(rows: &[Row], settings: &Settings) -> String {
     let mut text = String::from(
         "| channel | payload | ingress ev/s: Rivulet / baseline | end to end ev/s: Rivulet / baseline | fixed rate ev/s | latency p50 / p99 / p99.9 ms: Rivulet | baseline |\n\
