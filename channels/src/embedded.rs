@@ -224,6 +224,72 @@ fn space_reserve(filesystem_bytes: u64) -> u64 {
 /// file does not shrink by itself when acknowledged events free pages inside it.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Compaction moves every live page and needs room for it: with more events than this still
+/// held it could use up the reserve and fail for lack of space, so it waits until deliveries
+/// have drained the backlog this far.
+const COMPACTION_MAX_EVENTS: u64 = 1_000;
+
+/// Room set aside beside a log (`{log}.reserve`), given back when a write fails for lack of
+/// space, so that the log can always be reopened and its acknowledgements written: the reserve
+/// keeps new events out, but the log's own page growth can still fill the disk. A twentieth of
+/// the filesystem, 1 to 32 MiB; made again once the filesystem has room for it above the
+/// reserve.
+fn ballast_bytes(filesystem_bytes: u64) -> u64 {
+    (filesystem_bytes / 20).clamp(1 << 20, 32 << 20)
+}
+
+/// How often, at most, a missing ballast is made again.
+const BALLAST_RETRY: Duration = Duration::from_secs(5);
+
+/// The ballast file of the log at `log`.
+fn ballast_path(log: &Path) -> PathBuf {
+    log.with_extension("reserve")
+}
+
+/// Makes the ballast of the log at `log` when it is missing and the filesystem has room for it
+/// above the reserve; whether it is there afterwards.
+fn ensure_ballast(log: &Path) -> bool {
+    let path = ballast_path(log);
+    let Some((available, total)) = free_space(log) else {
+        return false;
+    };
+    let bytes = ballast_bytes(total);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= bytes) {
+        return true;
+    }
+    if available < space_reserve(total) + bytes {
+        return false;
+    }
+    let made = std::fs::File::create(&path).and_then(|file| {
+        // Allocated, not sparse: the point is that the blocks are taken.
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes)
+            .map_err(std::io::Error::from)
+            .or_else(|_| {
+                use std::io::Write as _;
+                let zeros = vec![0u8; 1 << 20];
+                let mut file = &file;
+                for _ in 0..bytes.div_ceil(1 << 20) {
+                    file.write_all(&zeros)?;
+                }
+                Ok::<(), std::io::Error>(())
+            })?;
+        file.sync_all()
+    });
+    match made {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "embedded log: cannot set room aside for recovery");
+            let _ = std::fs::remove_file(&path);
+            false
+        }
+    }
+}
+
+/// Gives the ballast of the log at `log` back to the filesystem; whether there was one.
+fn release_ballast(log: &Path) -> bool {
+    std::fs::remove_file(ballast_path(log)).is_ok()
+}
+
 /// The fault to report when the filesystem of `path` has less free space than the reserve.
 fn low_space_fault(path: &Path) -> Option<StorageFault> {
     let (available, total) = free_space(path)?;
@@ -503,6 +569,7 @@ impl EmbeddedChannel {
             fault: Arc::clone(&fault),
             low_space: Arc::clone(&low_space),
             last_compaction: None,
+            ballast: (false, None),
             states: Arc::clone(&states),
             index,
             next_seq,
@@ -849,6 +916,8 @@ struct Writer {
     fault: Arc<FaultCell>,
     low_space: Arc<FaultCell>,
     last_compaction: Option<std::time::Instant>,
+    /// Whether the ballast is in place, and when making it was last tried.
+    ballast: (bool, Option<std::time::Instant>),
     states: Arc<SubscriptionStates>,
     index: RoutingIndex,
     next_seq: u64,
@@ -902,6 +971,7 @@ struct Committed {
 
 impl Writer {
     fn run(mut self, mut incoming: mpsc::Receiver<WriteRequest>) {
+        self.keep_ballast();
         let mut batch = Vec::new();
         while let Some(first) = incoming.blocking_recv() {
             batch.push(first);
@@ -942,6 +1012,11 @@ impl Writer {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        let full = lock(&self.fault).as_ref().is_some_and(|fault| fault.full);
+        if full && release_ballast(&self.path) {
+            self.ballast = (false, Some(std::time::Instant::now()));
+            tracing::warn!(path = %self.path.display(), "embedded log: the disk is full; gave back the room kept beside the log so that deliveries can go on");
+        }
         let mut wait = RECOVERY_FIRST_WAIT;
         loop {
             loop {
@@ -1005,6 +1080,13 @@ impl Writer {
         Ok(())
     }
 
+    /// How many events the log holds, if it can be read.
+    fn stored_events(&self) -> Option<u64> {
+        let transaction = self.database().ok()?.begin_read().ok()?;
+        let events = transaction.open_table(EVENTS).ok()?;
+        redb::ReadableTableMetadata::len(&events).ok()
+    }
+
     fn commit_empty_durably(&mut self) -> Result<(), redb::Error> {
         let mut transaction = self.database()?.begin_write()?;
         transaction.set_durability(Durability::Immediate)?;
@@ -1029,6 +1111,19 @@ impl Writer {
         }
         if lock(&self.low_space).is_some() {
             self.compact_to_free_space();
+        } else {
+            self.keep_ballast();
+        }
+    }
+
+    /// Makes the ballast again when it is missing, at most every [`BALLAST_RETRY`].
+    fn keep_ballast(&mut self) {
+        match self.ballast {
+            (true, _) => {}
+            (false, Some(tried)) if tried.elapsed() < BALLAST_RETRY => {}
+            (false, _) => {
+                self.ballast = (ensure_ballast(&self.path), Some(std::time::Instant::now()))
+            }
         }
     }
 
@@ -1060,6 +1155,12 @@ impl Writer {
             return;
         }
         self.last_compaction = Some(std::time::Instant::now());
+        if self
+            .stored_events()
+            .is_none_or(|events| events > COMPACTION_MAX_EVENTS)
+        {
+            return;
+        }
         let Some(mut shared) = self
             .database
             .write()
@@ -1103,7 +1204,10 @@ impl Writer {
 
     fn commit_requests(&mut self, batch: &mut Vec<WriteRequest>) {
         let seq_before = self.next_seq;
-        let force_durable = self.non_durable_commits >= MAX_NON_DURABLE_COMMITS;
+        // Pages an acknowledgement frees are reused only after a durable commit: while space
+        // is short, every commit is durable so that the file stops growing.
+        let force_durable =
+            self.non_durable_commits >= MAX_NON_DURABLE_COMMITS || lock(&self.low_space).is_some();
         let outcome = self.apply(batch, force_durable);
         let result = match outcome {
             Ok((committed, durable)) => {
@@ -1378,6 +1482,7 @@ impl Channel for EmbeddedChannel {
         for state in lock(&self.shared.states).values() {
             state.close();
         }
+        release_ballast(&self.shared.path);
         match std::fs::remove_file(&self.shared.path) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -1623,6 +1728,43 @@ mod tests {
             database_path(&config(dir)).unwrap(),
             dir.join("channels").join("ns").join("b.redb")
         );
+    }
+
+    /// The room kept beside a log for recovery is taken (allocated, not sparse) when the log
+    /// opens, given back on request, and goes with the log when it is destroyed.
+    #[tokio::test]
+    async fn a_log_keeps_room_beside_it_for_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
+        let log = database_path(&config(dir.path())).unwrap();
+        let ballast = ballast_path(&log);
+        let (_, total) = free_space(&log).unwrap();
+        let expected = ballast_bytes(total);
+        // The writer thread makes it as it starts.
+        let mut waited = 0;
+        while !std::fs::metadata(&ballast).is_ok_and(|m| m.len() == expected) && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(
+            std::fs::metadata(&ballast).is_ok_and(|m| m.len() == expected),
+            "{} holds {expected} bytes",
+            ballast.display()
+        );
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let blocks = std::fs::metadata(&ballast).unwrap().blocks();
+            assert!(
+                blocks * 512 >= expected,
+                "allocated, not sparse: {blocks} blocks"
+            );
+        }
+        assert!(release_ballast(&log));
+        assert!(!ballast.exists());
+        assert!(!release_ballast(&log), "nothing left to give back");
+        assert!(ensure_ballast(&log), "made again while there is room");
+        channel.destroy().await.unwrap();
+        assert!(!ballast.exists() && !log.exists());
     }
 
     #[tokio::test]
