@@ -10,6 +10,7 @@
 //!   (default 240; 0 for none);
 //! - `RIVULET_SOAK_DISK_FULL_EVERY`: seconds between disk-full episodes (default 0, none): the
 //!   data folder is then a small tmpfs, filled for 20 s and freed; needs root (mount).
+//! - `RIVULET_SOAK_LOG`: a file Rivulet's warnings and errors are appended to (default: none).
 //!
 //! Faults all along: the subscriber answers 5% of requests with `500` and leaves 2% unanswered
 //! past the delivery timeout. Load: binary, structured and batched events of 100 B to 16 KiB
@@ -330,7 +331,7 @@ impl Rivulet {
             .env("RIVULET_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(server_log())
             .spawn()
             .expect("rivulet starts")
     }
@@ -584,6 +585,22 @@ async fn start_subscriber(state: Arc<SubscriberState>) -> String {
         let _ = axum::serve(listener, app).await;
     });
     url
+}
+
+/// Where Rivulet's log goes: appended to the file `RIVULET_SOAK_LOG` names (warnings and
+/// errors, across restarts), else nowhere.
+fn server_log() -> Stdio {
+    let Ok(path) = std::env::var("RIVULET_SOAK_LOG") else {
+        return Stdio::null();
+    };
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(file) => Stdio::from(file),
+        Err(error) => panic!("cannot open RIVULET_SOAK_LOG {path}: {error}"),
+    }
 }
 
 /// A 64 MiB tmpfs over the data folder, so filling it is cheap; false (with the reason) when
