@@ -40,6 +40,24 @@ struct Block {
     not_applied: Option<String>,
 }
 
+/// Every page of `docs/` by file name, with its YAML blocks.
+fn pages_with_blocks() -> Vec<(String, Vec<Block>)> {
+    docs_pages()
+        .into_iter()
+        .map(|path| {
+            let page = path
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let blocks = yaml_blocks(&text, &page);
+            (page, blocks)
+        })
+        .collect()
+}
+
 fn docs_pages() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let mut pages: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -114,23 +132,6 @@ fn yaml_blocks(text: &str, page: &str) -> Vec<Block> {
     blocks
 }
 
-/// The resource API path of an object, by its apiVersion and kind.
-fn object_url(api: &str, object: &Value) -> String {
-    let api_version = object["apiVersion"].as_str();
-    let kind = object["kind"].as_str().expect("an object has a kind");
-    let info = rivulet::resources::find_kind_by_name(api_version, kind)
-        .unwrap_or_else(|| panic!("{kind} ({api_version:?}) is not a served kind"));
-    let namespace = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .expect("an object has a name");
-    format!("{api}{}/{name}", info.collection_path(namespace))
-}
-
 fn describe(object: &Value) -> String {
     format!(
         "{} {}/{}",
@@ -141,16 +142,6 @@ fn describe(object: &Value) -> String {
             .unwrap_or("default"),
         object["metadata"]["name"].as_str().unwrap_or("?")
     )
-}
-
-async fn put(api: &str, object: &Value) -> (u16, Value) {
-    let response = api_request(reqwest::Method::PUT, object_url(api, object))
-        .json(object)
-        .send()
-        .await
-        .expect("the resource API answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Whether Rivulet writes status conditions for the object's kind: its CRD has the status
@@ -189,7 +180,18 @@ fn is_ready(object: &Value) -> bool {
 
 /// Waits until the object is Ready; on timeout the panic shows its last conditions.
 async fn wait_ready(api: &str, object: &Value, origin: &str) {
-    let url = object_url(api, object);
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let path = support::resource_path(
+        object["kind"].as_str().expect("an object has a kind"),
+        namespace,
+        object["metadata"]["name"]
+            .as_str()
+            .expect("an object has a name"),
+    );
+    let url = format!("{api}{path}");
     let deadline = Instant::now() + WAIT;
     let mut last = Value::Null;
     loop {
@@ -246,7 +248,7 @@ async fn apply_page(
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!manifests.is_empty(), "{origin}: no object in the block");
         for manifest in manifests {
-            let (status, body) = put(&server.api, &manifest.object).await;
+            let (status, body) = support::put(&server.api, &manifest.object).await;
             assert!(
                 status == 200 || status == 201,
                 "{origin}: PUT {} answered {status}: {body}",
@@ -268,15 +270,7 @@ async fn apply_page(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_examples_apply_and_become_ready() {
     let mut applied: BTreeMap<String, usize> = BTreeMap::new();
-    for path in docs_pages() {
-        let page = path
-            .file_name()
-            .expect("a file name")
-            .to_string_lossy()
-            .into_owned();
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let blocks = yaml_blocks(&text, &page);
+    for (page, blocks) in pages_with_blocks() {
         let count = apply_page(
             &page,
             &blocks,
@@ -309,15 +303,7 @@ async fn docs_kafka_examples_apply_and_become_ready() {
     let bootstrap =
         std::env::var("RIVULET_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     let mut total = 0;
-    for path in docs_pages() {
-        let page = path
-            .file_name()
-            .expect("a file name")
-            .to_string_lossy()
-            .into_owned();
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let blocks = yaml_blocks(&text, &page);
+    for (page, blocks) in pages_with_blocks() {
         total += apply_page(
             &page,
             &blocks,

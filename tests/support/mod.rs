@@ -449,7 +449,8 @@ pub fn resource_path(kind: &str, namespace: &str, name: &str) -> String {
     format!("{}/{name}", info.collection_path(namespace))
 }
 
-/// PUTs an object (JSON) to the resource API at `base`; returns status and body.
+/// PUTs an object (JSON) to the resource API at `base`, at the path of its apiVersion and
+/// kind; returns status and body.
 pub async fn put(base: &str, object: &Value) -> (u16, Value) {
     let kind = object["kind"].as_str().expect("object has a kind");
     let namespace = object
@@ -460,14 +461,15 @@ pub async fn put(base: &str, object: &Value) -> (u16, Value) {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .expect("object has a name");
-    let response = api_request(
-        reqwest::Method::PUT,
-        format!("{base}{}", resource_path(kind, namespace, name)),
-    )
-    .json(object)
-    .send()
-    .await
-    .expect("PUT reaches the server");
+    let path = match rivulet::resources::find_kind_by_name(object["apiVersion"].as_str(), kind) {
+        Some(info) => format!("{}/{name}", info.collection_path(namespace)),
+        None => resource_path(kind, namespace, name),
+    };
+    let response = api_request(reqwest::Method::PUT, format!("{base}{path}"))
+        .json(object)
+        .send()
+        .await
+        .expect("PUT reaches the server");
     let status = response.status().as_u16();
     let body = response.json().await.unwrap_or(Value::Null);
     (status, body)
