@@ -2,9 +2,9 @@
 //! and batched content modes.
 //!
 //! Binary-mode header values are percent-encoded on the way out and decoded on the way in,
-//! as the 1.0 binding requires. For a 0.3 event with `datacontentencoding: base64` the
-//! binary-mode body is the base64 text of the data, so the attribute and the data reach the
-//! next hop unchanged.
+//! as the 1.0 binding requires. A 0.3 binary-mode body that `ce-datacontentencoding: base64`
+//! says is base64 is decoded, and the attribute dropped with it: the event holds the data
+//! itself, and the 0.3 JSON format adds the encoding again where it needs it.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -152,12 +152,15 @@ fn from_binary(
     let data = if body.is_empty() {
         None
     } else if base64_body {
-        Some(Bytes::from(BASE64_LENIENT.decode(&body).map_err(|e| {
+        let decoded = BASE64_LENIENT.decode(&body).map_err(|e| {
             EventError(format!(
                 "the body is not valid base64 although header ce-datacontentencoding says \
                  base64: {e}"
             ))
-        })?))
+        })?;
+        // Decoded, the data no longer has that encoding (as in the JSON format).
+        attributes.retain(|(name, _)| name != "datacontentencoding");
+        Some(Bytes::from(decoded))
     } else {
         Some(body)
     };
@@ -449,12 +452,19 @@ mod tests {
         let (out_headers, body) = to_http_binary(&event);
         assert_eq!(out_headers["ce-specversion"], "0.3");
         assert_eq!(out_headers["ce-schemaurl"], "/x");
-        assert_eq!(out_headers["ce-datacontentencoding"], "base64");
-        assert_eq!(body, Bytes::from_static(b"AAH/"));
+        // The data was decoded from base64: it goes out as the bytes themselves.
+        assert!(out_headers.get("ce-datacontentencoding").is_none());
+        assert_eq!(body, Bytes::from_static(&[0, 1, 255]));
         let (_, events) = from_http(&out_headers, body).expect("reads back");
+        assert_eq!(events, vec![event.clone()]);
+
+        // A base64 body that says so is decoded.
+        let mut encoded = out_headers.clone();
+        encoded.insert("ce-datacontentencoding", HeaderValue::from_static("base64"));
+        let (_, events) = from_http(&encoded, Bytes::from_static(b"AAH/")).expect("decodes");
         assert_eq!(events, vec![event]);
 
-        let mut broken = out_headers.clone();
+        let mut broken = encoded.clone();
         broken.insert("ce-id", HeaderValue::from_static("2"));
         let message = from_http(&broken, Bytes::from_static(b"!!"))
             .expect_err("bad")

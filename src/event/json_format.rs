@@ -373,7 +373,14 @@ fn event_from_raw(raw: &RawValue) -> Result<Event, EventError> {
         }
         (None, None) => None,
         (None, Some(encoded)) => Some(decode_base64("data_base64", &encoded)?),
-        (Some(raw), None) => Some(decode_data(&event, raw)?),
+        (Some(raw), None) => {
+            let data = decode_data(&event, raw)?;
+            // The encoding describes how this JSON carries the data, not the data: once
+            // decoded it is dropped, and a writer that needs it (0.3 JSON, for bytes that are
+            // not text) adds it again, so an event reads back as it was.
+            event.datacontentencoding = None;
+            Some(data)
+        }
     };
     event.validate()?;
     Ok(event)
@@ -522,6 +529,21 @@ mod tests {
         let in_1_0 = format!(r#"{{{HEAD},"datacontentencoding":"base64","data":"AAH/"}}"#);
         let event = parse(&in_1_0).expect("a 1.0 extension of that name is allowed");
         assert_eq!(event.data.as_deref(), Some(&b"\"AAH/\""[..]));
+    }
+
+    /// Found by the property test: a 0.3 event whose bytes are not text gains the encoding
+    /// in JSON and must not keep it when read back.
+    #[test]
+    fn spec_0_3_bytes_without_an_encoding_read_back_without_one() {
+        let json = r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#;
+        let mut event = parse(json).expect("valid");
+        event.data = Some(Bytes::from_static(b"\0"));
+        let written = to_json(&event);
+        assert!(
+            written.contains(r#""datacontentencoding":"base64""#),
+            "{written}"
+        );
+        assert_eq!(round_trip(&event), event);
     }
 
     #[test]
