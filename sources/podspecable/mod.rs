@@ -58,6 +58,25 @@ pub fn inject_env(pod_spec: &mut Value, env: &[Value]) {
     }
 }
 
+/// Removes the variables [`inject_env`] sets from every container and init container of a
+/// pod spec; the others are kept.
+pub fn remove_injected_env(pod_spec: &mut Value) {
+    for list in CONTAINER_LISTS {
+        let Some(containers) = pod_spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for env in containers
+            .iter_mut()
+            .filter_map(|c| c.get_mut("env").and_then(Value::as_array_mut))
+        {
+            env.retain(|var| {
+                let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
+                name != SINK_ENV && name != CE_OVERRIDES_ENV
+            });
+        }
+    }
+}
+
 fn set_container_env(
     container: &mut serde_json::Map<String, Value>,
     names: &[&str],

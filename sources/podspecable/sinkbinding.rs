@@ -378,21 +378,7 @@ pub fn knative_service_bind_patch(workload: &DynamicObject, binding: &str, env: 
 /// injected variables, and no binding label.
 pub fn knative_service_release_patch(workload: &DynamicObject) -> Value {
     let mut pod_spec = pod_spec(workload).clone();
-    for list in CONTAINER_LISTS {
-        for container in pod_spec
-            .get_mut(list)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
-                env.retain(|var| {
-                    let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
-                    name != super::SINK_ENV && name != super::CE_OVERRIDES_ENV
-                });
-            }
-        }
-    }
+    super::remove_injected_env(&mut pod_spec);
     json!({
         "metadata": {
             "resourceVersion": workload.metadata.resource_version,
