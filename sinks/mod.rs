@@ -28,8 +28,8 @@ use crate::event::{self, Event};
 use crate::metrics::AdapterOutcomeLabels;
 use crate::resources::validation::typed;
 use crate::resources::{Addressable, Condition, find_kind_by_name};
+use crate::runtime::routes::HttpRoutes;
 use crate::runtime::{self, Action, Context, ReconcileError, Reconciler};
-use crate::server::HttpRoutes;
 use crate::store::object_key;
 
 pub mod display;
@@ -196,7 +196,7 @@ pub fn sink_path(namespace: &str, plural: &str, name: &str) -> String {
 
 inventory::submit! {
     HttpRoutes {
-        listener: crate::server::Listener::Ingress,
+        listener: crate::runtime::routes::Listener::Ingress,
         build: routes,
     }
 }

@@ -5,7 +5,7 @@
 //! Each source kind lives in its own folder with its resource type, its adapter and its
 //! tests, and registers itself with `inventory`: its `KindInfo`, a `runtime::Reconciler` that
 //! calls the generic [`reconcile`] and [`cleanup`] for its [`SourceKind`], and, when it
-//! serves HTTP, a `server::HttpRoutes`. Nothing here lists the kinds.
+//! serves HTTP, a `runtime::routes::HttpRoutes`. Nothing here lists the kinds.
 //!
 //! The framework resolves `spec.sink`, writes the status (`Ready`, `SinkProvided`,
 //! `Deployed`, `status.sinkUri`, `observedGeneration`) and runs one adapter task per source,

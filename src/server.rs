@@ -14,11 +14,12 @@ use crate::api::auth::{ApiAuth, Gate, Tokens};
 use crate::api::{self, ApiState};
 use crate::delivery::{DeliveryDefaults, Sender};
 use crate::dispatcher;
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, Observer};
 use crate::metrics::Metrics;
-use crate::registry::{CappedBrokers, Observer, RegistrySettings, StatusLock, worker::Worker};
+use crate::registry::{RegistrySettings, worker::Worker};
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests_skipping};
-use crate::runtime::{Context, Role, Settings};
+use crate::runtime::routes::{HttpRoutes, Listener};
+use crate::runtime::{CappedBrokers, Context, Role, Settings, StatusLock};
 use crate::store::{FileStore, KubernetesStore, ResourceStore};
 
 /// Everything `rivulet serve` can be told.
@@ -110,24 +111,6 @@ impl Default for ServeOptions {
         }
     }
 }
-
-/// Which listener serves a set of routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    /// `--listen`: where events come in; senders are authenticated per event (OIDC).
-    Ingress,
-    /// `--api-listen`: behind the API's bearer tokens.
-    Api,
-}
-
-/// HTTP routes a plug-in (a source or sink adapter) adds to the server, registered with
-/// `inventory::submit!` next to its code so the server needs no list of them.
-pub struct HttpRoutes {
-    pub listener: Listener,
-    pub build: fn(Arc<Context>) -> axum::Router,
-}
-
-inventory::collect!(HttpRoutes);
 
 /// A server that is up.
 pub struct RunningServer {
@@ -305,13 +288,17 @@ pub async fn start_with_store(
         options.egress.clone(),
         Some(metrics.clone()),
     ));
-    let auth = crate::auth::setup::build(
-        &options,
-        &base_url,
-        &*store,
-        features.clone(),
-        egress.clone(),
-    )?;
+    let auth_settings = crate::auth::setup::AuthSettings {
+        data_dir: &options.data_dir,
+        base_url: &base_url,
+        oidc_issuers: &options.oidc_issuers,
+        oidc_jwks_refresh: options.oidc_jwks_refresh,
+        kube_tokens: match options.role {
+            Role::Standalone => None,
+            Role::Controller | Role::DataPlane => store.kube_client(),
+        },
+    };
+    let auth = crate::auth::setup::build(auth_settings, features.clone(), egress.clone())?;
     ingress.set_auth(auth.clone());
     let shared = dispatcher::Shared {
         sender: Sender::with_egress(egress)

@@ -31,8 +31,8 @@ use crate::resources::validation::{
     ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
 };
 use crate::resources::{Condition, DeliverySpec, Destination, KindInfo, find_kind_by_name};
+use crate::runtime::routes::HttpRoutes;
 use crate::runtime::{Context, Reconciler};
-use crate::server::HttpRoutes;
 
 /// The event type when `spec.eventType` is not set.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.rivulet.webhook";
@@ -120,7 +120,7 @@ inventory::submit! {
 
 inventory::submit! {
     HttpRoutes {
-        listener: crate::server::Listener::Ingress,
+        listener: crate::runtime::routes::Listener::Ingress,
         build: routes,
     }
 }

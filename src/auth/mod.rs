@@ -229,36 +229,45 @@ pub mod setup {
     use super::tokens::{CachedTokens, FlaggedBearer, KubeTokens, LocalTokens};
     use super::{Auth, BearerSource, LocalIssuer, PolicyIndex, TokenProvider, Verifier};
     use crate::features::FeatureFlags;
-    use crate::runtime::Role;
-    use crate::server::ServeOptions;
-    use crate::store::ResourceStore;
+
+    /// What the command line says about tokens.
+    pub struct AuthSettings<'a> {
+        /// Where Rivulet's issuer keeps its key.
+        pub data_dir: &'a std::path::Path,
+        /// The ingress base URL, which is the issuer URL.
+        pub base_url: &'a str,
+        /// Further issuers whose tokens are trusted (`--oidc-issuer`).
+        pub oidc_issuers: &'a [String],
+        pub oidc_jwks_refresh: std::time::Duration,
+        /// Kubernetes' TokenRequest API, when this process runs in a cluster in a role that
+        /// sends as the cluster's workloads; `None` signs with Rivulet's own issuer.
+        pub kube_tokens: Option<kube::Client>,
+    }
 
     /// Rivulet's issuer (its key in the data folder, issuer URL = the ingress base URL), the
-    /// verifier of the trusted issuers, and the token source of this role: Kubernetes'
-    /// TokenRequest API in a cluster, Rivulet's issuer standalone.
+    /// verifier of the trusted issuers, and the token source: Kubernetes' TokenRequest API
+    /// when given one, Rivulet's issuer otherwise.
     pub fn build(
-        options: &ServeOptions,
-        base_url: &str,
-        store: &dyn ResourceStore,
+        settings: AuthSettings<'_>,
         features: FeatureFlags,
         egress: Arc<crate::egress::Egress>,
     ) -> anyhow::Result<Arc<Auth>> {
         let issuer = Arc::new(
-            LocalIssuer::load_or_create(&options.data_dir, base_url)
+            LocalIssuer::load_or_create(settings.data_dir, settings.base_url)
                 .context("cannot set up the OIDC issuer")?,
         );
-        for url in &options.oidc_issuers {
+        for url in settings.oidc_issuers {
             url::Url::parse(url).with_context(|| format!("--oidc-issuer {url} is not a URL"))?;
         }
         let verifier = Verifier::new(
             issuer.clone(),
-            &options.oidc_issuers,
-            options.oidc_jwks_refresh,
+            settings.oidc_issuers,
+            settings.oidc_jwks_refresh,
             egress,
         );
-        let source: Arc<dyn TokenProvider> = match (options.role, store.kube_client()) {
-            (Role::Standalone, _) | (_, None) => Arc::new(LocalTokens(issuer.clone())),
-            (_, Some(client)) => Arc::new(KubeTokens(client)),
+        let source: Arc<dyn TokenProvider> = match settings.kube_tokens {
+            Some(client) => Arc::new(KubeTokens(client)),
+            None => Arc::new(LocalTokens(issuer.clone())),
         };
         Ok(Arc::new(Auth {
             features,

@@ -11,11 +11,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rivulet_channels::{Channel, ChannelError};
 
+mod observer;
+
+pub use observer::{Observation, Observer};
+
 use crate::auth::{Auth, AuthError, TargetRef};
 use crate::event::{self, Event, EventError, ExtensionValue};
 use crate::log_throttle::LogThrottle;
 use crate::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
-use crate::registry::Observer;
 use crate::resources::DeliverySpec;
 use prometheus_client::metrics::counter::Counter;
 

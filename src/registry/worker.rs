@@ -9,15 +9,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::pattern::{self, WILDCARD};
-use super::reconcile::StatusLock;
-use super::{CappedBrokers, Observation, RegistrySettings, schema};
+use super::{RegistrySettings, schema};
 use crate::event::Event;
+use crate::ingress::Observation;
 use crate::metrics::{BrokerLabels, Metrics};
 use crate::resources::eventtype::{
     AUTOCREATED_LABEL, BROKER_LABEL, SchemaVersion, attribute, attribute_of, broker_of,
     broker_reference,
 };
 use crate::resources::{KindInfo, find_kind_by_name, now_rfc3339};
+use crate::runtime::{CappedBrokers, StatusLock};
 use crate::store::{ResourceStore, StoreError};
 
 /// Samples larger than this keep their attributes but not their data.

@@ -30,7 +30,7 @@ const SPEC_VERSION: &str = "1.0-rc2";
 const ENVELOPE: &str = "CloudEvents/1.0";
 
 inventory::submit! {
-    crate::server::HttpRoutes { listener: crate::server::Listener::Api, build: routes }
+    crate::runtime::routes::HttpRoutes { listener: crate::runtime::routes::Listener::Api, build: routes }
 }
 
 fn routes(ctx: Arc<Context>) -> Router {

@@ -1,8 +1,8 @@
 //! Broker reconciler: picks and opens the broker's channel, publishes its address, and
 //! re-reconciles the broker's triggers.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -208,7 +208,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     let mut conditions = conditions(parts);
     if let Some(cap) = ctx
         .extensions
-        .get_or_default::<crate::registry::CappedBrokers>()
+        .get_or_default::<CappedBrokers>()
         .get(&namespace, &name)
     {
         // Informational: the broker works, only discovery stopped for new types.
@@ -541,4 +541,29 @@ async fn read_rabbitmq_broker_config(
         settings.insert("queueType".into(), queue_type);
     }
     Ok(settings)
+}
+
+/// Brokers at their cap of auto-created EventTypes, with the cap: filled by the discovery
+/// worker, shown by the Broker reconciler as an informational condition.
+#[derive(Clone, Default)]
+pub struct CappedBrokers(Arc<Mutex<HashMap<(String, String), usize>>>);
+
+impl CappedBrokers {
+    /// Records whether a broker is at its cap; true when that changed.
+    pub fn set(&self, namespace: &str, broker: &str, cap: Option<usize>) -> bool {
+        let mut capped = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), broker.to_string());
+        match cap {
+            Some(max) => capped.insert(key, max) != Some(max),
+            None => capped.remove(&key).is_some(),
+        }
+    }
+
+    /// The cap a broker is at, if it is.
+    pub fn get(&self, namespace: &str, broker: &str) -> Option<usize> {
+        let capped = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        capped
+            .get(&(namespace.to_string(), broker.to_string()))
+            .copied()
+    }
 }

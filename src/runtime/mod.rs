@@ -23,15 +23,18 @@ mod destination;
 mod drain;
 mod eventpolicy;
 mod events;
+mod eventtype;
+pub mod routes;
 pub mod storage;
 mod tls_secret;
 mod trigger;
 mod trust;
 
-pub use broker::MemoryChannelMaxBytes;
+pub use broker::{CappedBrokers, MemoryChannelMaxBytes};
 pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use drain::{DEFAULT_DELETE_GRACE, DrainReport};
 pub use events::ReadySummary;
+pub use eventtype::StatusLock;
 pub use tls_secret::follow_tls_secret;
 pub use trust::follow_trust_bundles;
 

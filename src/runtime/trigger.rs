@@ -232,7 +232,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     // A warning beside Ready, never part of it.
     if ctx.role().writes_status()
         && let Some(known) =
-            crate::registry::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
+            super::eventtype::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
     {
         status.conditions.push(known);
     }

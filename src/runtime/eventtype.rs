@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::{Action, Context, ReconcileError};
 use crate::resources::eventtype::{attribute_of, broker_of};
 use crate::resources::{Condition, KindInfo, TriggerSpec, find_kind_by_name};
-use crate::runtime::{Action, Context, ReconcileError};
 use crate::store::{ResourceStore, object_key};
 
 /// Serialises read-modify-write of EventType status between the reconciler (conditions) and
@@ -25,7 +25,7 @@ impl StatusLock {
 pub const EVENT_TYPE_KNOWN: &str = "EventTypeKnown";
 
 inventory::submit! {
-    crate::runtime::Reconciler {
+    super::Reconciler {
         kind: "EventType",
         order: 30,
         reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
@@ -55,7 +55,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
             action = Action::Requeue(std::time::Duration::from_secs(10));
         }
     }
-    let conditions = crate::runtime::conditions(parts);
+    let conditions = super::conditions(parts);
     {
         let lock = ctx.extensions.get_or_default::<StatusLock>();
         let _guard = lock.lock().await;
@@ -69,7 +69,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
             _ => serde_json::Map::new(),
         };
         status.insert("conditions".into(), json!(conditions));
-        if let Some(generation) = crate::runtime::generation(object) {
+        if let Some(generation) = super::generation(object) {
             status.insert("observedGeneration".into(), json!(generation));
         }
         ctx.write_status(kind, &namespace, &name, Value::Object(status))
