@@ -4,20 +4,13 @@
 
 pub mod api;
 pub mod auth;
-pub mod cesql;
 pub mod cli;
 pub mod delivery;
 pub mod dispatcher;
 pub mod egress;
-pub mod event;
-pub mod features;
-pub mod filter;
 pub mod ingress;
 pub mod listener;
-pub mod log_throttle;
-pub mod metrics;
 pub mod registry;
-pub mod resources;
 pub mod runtime;
 pub mod server;
 #[path = "../sinks/mod.rs"]
@@ -28,6 +21,7 @@ pub mod store;
 pub mod tls;
 
 pub use rivulet_channels as channels;
+pub use rivulet_core::{cesql, event, features, filter, log_throttle, metrics, resources};
 
 /// Installs ring as the process-wide TLS provider (once; later calls do nothing). The graph is
 /// kept ring-only, and two installed providers would make TLS clients panic.

@@ -40,13 +40,13 @@ static LABEL_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new("^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$").unwrap());
 
 /// Whether `text` is a DNS subdomain (lower-case labels joined by dots), length aside.
-pub(crate) fn is_dns_subdomain(text: &str) -> bool {
+pub fn is_dns_subdomain(text: &str) -> bool {
     DNS_LABEL.is_match(text)
 }
 
 /// Checks a Kubernetes label key: an optional DNS subdomain prefix (at most 253 characters)
 /// and '/', then a label name of at most 63 characters.
-pub(crate) fn check_label_key(field: &str, key: &str) -> Result<()> {
+pub fn check_label_key(field: &str, key: &str) -> Result<()> {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
@@ -65,7 +65,7 @@ pub(crate) fn check_label_key(field: &str, key: &str) -> Result<()> {
 }
 
 /// Checks a Kubernetes label value: empty, or a label name of at most 63 characters.
-pub(crate) fn check_label_value(field: &str, value: &str) -> Result<()> {
+pub fn check_label_value(field: &str, value: &str) -> Result<()> {
     if !value.is_empty() && (value.len() > 63 || !LABEL_NAME.is_match(value)) {
         return Err(ValidationError::new(
             field,
