@@ -21,10 +21,4 @@ pub mod store;
 pub mod tls;
 
 pub use rivulet_channels as channels;
-pub use rivulet_core::{cesql, event, features, filter, log_throttle, metrics, resources};
-
-/// Installs ring as the process-wide TLS provider (once; later calls do nothing). The graph is
-/// kept ring-only, and two installed providers would make TLS clients panic.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use rivulet_core::{install_crypto_provider, cesql, event, features, filter, log_throttle, metrics, resources};

@@ -10,3 +10,9 @@ pub mod filter;
 pub mod log_throttle;
 pub mod metrics;
 pub mod resources;
+
+/// Installs ring as the process-wide TLS provider (once; later calls do nothing). The graph is
+/// kept ring-only, and two installed providers would make TLS clients panic.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
