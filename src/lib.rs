@@ -17,8 +17,10 @@ pub mod server;
 pub mod sinks;
 #[path = "../sources/mod.rs"]
 pub mod sources;
-pub mod store;
 pub mod tls;
 
 pub use rivulet_channels as channels;
-pub use rivulet_core::{install_crypto_provider, cesql, event, features, filter, log_throttle, metrics, resources};
+pub use rivulet_core::{
+    cesql, event, features, filter, install_crypto_provider, log_throttle, metrics, resources,
+};
+pub use rivulet_store as store;

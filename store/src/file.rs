@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, broadcast};
 use rivulet_channels::StorageFault;
 
 use super::{Applied, ResourceStore, StoreError, StoreEvent, normalise, object_key};
-use crate::resources::{KindInfo, kinds, now_rfc3339};
+use rivulet_core::resources::{KindInfo, kinds, now_rfc3339};
 
 type Key = (&'static str, &'static str, String, String); // group, plural, namespace, name
 
@@ -50,12 +50,12 @@ impl Stored {
 
 /// The broker defaults of the stored `config-br-defaults` ConfigMap, if there is one; an
 /// unreadable one counts as none (with a warning), as a missing one does.
-fn broker_defaults(state: &State) -> crate::resources::defaults::BrokerDefaults {
-    use crate::resources::defaults::{
+fn broker_defaults(state: &State) -> rivulet_core::resources::defaults::BrokerDefaults {
+    use rivulet_core::resources::defaults::{
         BROKER_DEFAULTS_NAME, BROKER_DEFAULTS_NAMESPACE, BrokerDefaults,
     };
-    let config_maps =
-        crate::resources::find_kind_by_name(None, "ConfigMap").expect("ConfigMap is registered");
+    let config_maps = rivulet_core::resources::find_kind_by_name(None, "ConfigMap")
+        .expect("ConfigMap is registered");
     let Some(stored) = state.objects.get(&key(
         config_maps,
         BROKER_DEFAULTS_NAMESPACE,
@@ -287,7 +287,7 @@ impl ResourceStore for FileStore {
             .objects
             .get(&key(kind, &namespace, &name))
             .map(Stored::value);
-        crate::resources::defaults::set_defaults(kind, &mut object, old.as_ref(), || {
+        rivulet_core::resources::defaults::set_defaults(kind, &mut object, old.as_ref(), || {
             broker_defaults(&state)
         });
         (kind.validate)(&object, old.as_ref())?;
@@ -445,7 +445,7 @@ impl ResourceStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::find_kind_by_name;
+    use rivulet_core::resources::find_kind_by_name;
 
     fn broker(name: &str, delivery_retry: i32) -> Value {
         json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use kube::runtime::watcher::Event;
 use serde_json::Value;
 
-use crate::resources::KindInfo;
-use crate::store::{StoreEvent, object_key};
+use crate::{StoreEvent, object_key};
+use rivulet_core::resources::KindInfo;
 
 type Key = (String, String); // namespace, name
 
@@ -106,7 +106,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::resources::find_kind_by_name;
+    use rivulet_core::resources::find_kind_by_name;
 
     fn broker(name: &str, generation: i64, resource_version: &str, status: Value) -> Value {
         json!({

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{Applied, ResourceStore, StoreError, StoreEvent, normalise, object_key};
-use crate::resources::{KindInfo, kinds};
+use rivulet_core::resources::{KindInfo, kinds};
 
 mod announce;
 
@@ -471,7 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_as_a_user_impersonates_that_user_alone() {
-        crate::install_crypto_provider();
+        rivulet_core::install_crypto_provider();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mut config = kube::Config::new(url.parse().unwrap());

@@ -1,5 +1,7 @@
 //! Where resources live. Reconcilers read and watch a [`ResourceStore`]; standalone mode keeps
-//! objects in files under the data dir ([`FileStore`]), Kubernetes mode will use the API server.
+//! objects in files under the data dir ([`FileStore`]), Kubernetes mode in the API server
+//! ([`KubernetesStore`]).
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
@@ -7,8 +9,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::resources::KindInfo;
-use crate::resources::validation::ValidationError;
+use rivulet_core::resources::KindInfo;
+use rivulet_core::resources::validation::ValidationError;
 
 pub mod check;
 mod file;
@@ -182,7 +184,7 @@ pub(crate) fn normalise(kind: &KindInfo, mut object: Value) -> Result<Value, Sto
     if let Some(meta) = metadata.as_object_mut() {
         meta.entry("namespace").or_insert_with(|| json!("default"));
     }
-    crate::resources::validation::validate_object_meta(kind.kind, &object)?;
+    rivulet_core::resources::validation::validate_object_meta(kind.kind, &object)?;
     Ok(object)
 }
 
