@@ -3,13 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod auth;
 pub mod cli;
-pub mod delivery;
-pub mod dispatcher;
-pub mod egress;
-pub mod ingress;
-pub mod listener;
 pub mod registry;
 pub mod runtime;
 pub mod server;
@@ -17,8 +11,8 @@ pub mod server;
 pub mod sinks;
 #[path = "../sources/mod.rs"]
 pub mod sources;
-pub mod tls;
 
+pub use rivulet_broker::{auth, delivery, dispatcher, egress, ingress, listener, tls};
 pub use rivulet_channels as channels;
 pub use rivulet_core::{
     cesql, event, features, filter, install_crypto_provider, log_throttle, metrics, resources,

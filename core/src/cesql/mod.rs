@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use std::collections::HashMap;
-//! use rivulet::cesql::{Expression, Value};
+//! use rivulet_core::cesql::{Expression, Value};
 //!
 //! let filter = Expression::parse("type LIKE 'com.example.%' AND INT(count) > 10").unwrap();
 //! let mut event: HashMap<String, Value<'static>> = HashMap::new();
@@ -11,7 +11,7 @@
 //! assert!(filter.matches(&event));
 //! ```
 //!
-//! The module depends on nothing else in the crate: events are read through the
+//! The module depends on nothing else in Rivulet: events are read through the
 //! [`EventAttributes`] trait.
 
 mod error;

@@ -14,17 +14,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::{DeliveryPolicy, Outcome, Sender};
-use crate::event::{Event, ExtensionValue};
-use crate::filter::{self, Filter};
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
-use crate::log_throttle::LogThrottle;
-use crate::metrics::{
-    DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReceiveFailureLabels, ReplyLabels,
-    TriggerLabels,
-};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
+use rivulet_core::event::{Event, ExtensionValue};
+use rivulet_core::filter::{self, Filter};
+use rivulet_core::log_throttle::LogThrottle;
+use rivulet_core::metrics::{
+    DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReceiveFailureLabels, ReplyLabels,
+    TriggerLabels,
+};
 
 /// Everything one trigger's consumer needs; built by the trigger reconciler.
 #[derive(Debug, Clone)]
@@ -449,7 +449,7 @@ async fn handle(
         shared
             .metrics
             .delivery_failures
-            .get_or_create(&crate::metrics::DeliveryFailureLabels {
+            .get_or_create(&rivulet_core::metrics::DeliveryFailureLabels {
                 namespace: dispatch.namespace.clone(),
                 trigger: dispatch.trigger.clone(),
                 reason: failure.reason,

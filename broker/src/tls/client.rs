@@ -38,7 +38,7 @@ impl TrustBundles {
     /// none when it does not (any more). Values that hold no PEM certificate are skipped and
     /// logged. Whether anything changed.
     pub fn applied(&self, config_map: &Value) -> bool {
-        let (namespace, name) = crate::store::object_key(config_map);
+        let (namespace, name) = rivulet_store::object_key(config_map);
         let labelled = config_map
             .pointer("/metadata/labels")
             .and_then(|labels| labels.get(TRUST_BUNDLE_LABEL))
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn clients_are_reused_per_ca_and_rebuilt_when_bundles_change() {
-        crate::install_crypto_provider();
+        rivulet_core::install_crypto_provider();
         let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = built.clone();
         let trust = TrustBundles::default();

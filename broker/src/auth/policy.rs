@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use super::{AuthError, oidc_service_account, service_account_subject};
-use crate::event::Event;
-use crate::features::AuthorizationMode;
-use crate::filter::Filter;
-use crate::resources::eventpolicy::{
+use rivulet_core::event::Event;
+use rivulet_core::features::AuthorizationMode;
+use rivulet_core::filter::Filter;
+use rivulet_core::resources::eventpolicy::{
     EventPolicy, EventPolicySelector, EventPolicySpecFrom, LabelSelectorRequirement,
 };
 

@@ -4,8 +4,8 @@
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
-use crate::event::Event;
-use crate::metrics::{Metrics, RegistryDropLabels};
+use rivulet_core::event::Event;
+use rivulet_core::metrics::{Metrics, RegistryDropLabels};
 
 /// The events of one accepted request.
 pub struct Observation {
@@ -59,7 +59,7 @@ mod tests {
         let metrics = Metrics::new();
         let (observer, mut receiver) = Observer::new(&metrics, 1);
         let event = || {
-            crate::event::parse_structured(
+            rivulet_core::event::parse_structured(
                 br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#,
             )
             .unwrap()

@@ -16,11 +16,11 @@ mod observer;
 pub use observer::{Observation, Observer};
 
 use crate::auth::{Auth, AuthError, TargetRef};
-use crate::event::{self, Event, EventError, ExtensionValue};
-use crate::log_throttle::LogThrottle;
-use crate::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
-use crate::resources::DeliverySpec;
 use prometheus_client::metrics::counter::Counter;
+use rivulet_core::event::{self, Event, EventError, ExtensionValue};
+use rivulet_core::log_throttle::LogThrottle;
+use rivulet_core::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
+use rivulet_core::resources::DeliverySpec;
 
 /// Extension stamped with the time ingress accepted the event.
 pub const ARRIVAL_TIME: &str = "knativearrivaltime";

@@ -20,8 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::log_throttle::LogThrottle;
-use crate::metrics::{ConnectionCloseLabels, ListenerLabels, Metrics};
+use rivulet_core::log_throttle::LogThrottle;
+use rivulet_core::metrics::{ConnectionCloseLabels, ListenerLabels, Metrics};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Pems, SecretRef, TlsError, TlsFiles, certificates, private_key};
-use crate::features::{FeatureFlags, TransportEncryption};
 use crate::listener::{Activity, ListenerGuard};
+use rivulet_core::features::{FeatureFlags, TransportEncryption};
 
 /// The first byte of a TLS record carrying a handshake: a client speaking TLS starts with it,
 /// no HTTP request line does.
@@ -622,14 +622,14 @@ mod tests {
 
     #[tokio::test]
     async fn strict_mode_answers_plain_http_with_426_and_serves_tls_on_the_same_port() {
-        crate::install_crypto_provider();
+        rivulet_core::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         let (cert, key, _) = self_signed();
         std::fs::write(&cert_path, &cert).unwrap();
         std::fs::write(&key_path, &key).unwrap();
         let reloader = CertReloader::load(TlsFiles::new(&cert_path, &key_path)).unwrap();
-        let mut features = crate::features::Features::default();
+        let mut features = rivulet_core::features::Features::default();
         features.set("transport-encryption", "strict").unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -644,7 +644,7 @@ mod tests {
                 "test",
                 &crate::listener::ListenerLimits::default(),
                 64,
-                &crate::metrics::Metrics::new(),
+                &rivulet_core::metrics::Metrics::new(),
             ),
             stop.clone().cancelled_owned(),
         ));

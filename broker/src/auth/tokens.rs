@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use tokio::sync::Mutex;
 
 use super::{Identity, LocalIssuer};
-use crate::features::FeatureFlags;
+use rivulet_core::features::FeatureFlags;
 
 /// How long the tokens Rivulet asks for live.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);

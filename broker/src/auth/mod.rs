@@ -18,8 +18,8 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::event::Event;
-use crate::features::FeatureFlags;
+use rivulet_core::event::Event;
+use rivulet_core::features::FeatureFlags;
 
 pub use issuer::LocalIssuer;
 pub use policy::{PolicyIndex, TargetRef};
@@ -42,7 +42,7 @@ pub fn broker_audience(namespace: &str, name: &str) -> String {
 /// The audience of a destination: its own `audience` when set, else that of the Broker
 /// its `ref` names (the audiences Rivulet itself checks).
 pub fn destination_audience(
-    destination: &crate::resources::Destination,
+    destination: &rivulet_core::resources::Destination,
     namespace: &str,
 ) -> Option<String> {
     if let Some(audience) = destination.audience.as_deref().filter(|a| !a.is_empty()) {
@@ -87,8 +87,8 @@ pub fn oidc_service_account(group: &str, kind: &str, name: &str) -> String {
 }
 
 /// The name of an authorization mode as `config-features` writes it.
-pub fn mode_name(mode: crate::features::AuthorizationMode) -> &'static str {
-    use crate::features::AuthorizationMode::*;
+pub fn mode_name(mode: rivulet_core::features::AuthorizationMode) -> &'static str {
+    use rivulet_core::features::AuthorizationMode::*;
     match mode {
         AllowAll => "allow-all",
         AllowSameNamespace => "allow-same-namespace",
@@ -228,7 +228,7 @@ pub mod setup {
 
     use super::tokens::{CachedTokens, FlaggedBearer, KubeTokens, LocalTokens};
     use super::{Auth, BearerSource, LocalIssuer, PolicyIndex, TokenProvider, Verifier};
-    use crate::features::FeatureFlags;
+    use rivulet_core::features::FeatureFlags;
 
     /// What the command line says about tokens.
     pub struct AuthSettings<'a> {

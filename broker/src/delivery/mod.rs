@@ -11,9 +11,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::auth::{BearerSource, Identity};
 use crate::egress::{self, Egress, EgressError};
-use crate::event::{self, Event, EventError, ExtensionValue};
-use crate::resources::validation::parse_duration;
-use crate::resources::{BackoffPolicy, DeliveryFormat, DeliverySpec};
+use rivulet_core::event::{self, Event, EventError, ExtensionValue};
+use rivulet_core::resources::validation::parse_duration;
+use rivulet_core::resources::{BackoffPolicy, DeliveryFormat, DeliverySpec};
 
 /// Server-wide delivery defaults, for what neither broker nor trigger sets.
 #[derive(Debug, Clone)]
@@ -218,7 +218,7 @@ pub struct Sender {
     /// Clients that also trust the trust bundles and a destination's `CACerts`.
     clients: crate::tls::ClientCache,
     /// `transport-encryption` strict refuses plain http targets.
-    features: Option<crate::features::FeatureFlags>,
+    features: Option<rivulet_core::features::FeatureFlags>,
     /// Bearer tokens for targets with an OIDC audience.
     bearer: Option<Arc<dyn BearerSource>>,
     /// The most of a successful response that is read.
@@ -259,7 +259,7 @@ impl Sender {
 
     /// A sender whose every request goes through `egress`.
     pub fn with_egress(egress: Arc<Egress>) -> Self {
-        crate::install_crypto_provider();
+        rivulet_core::install_crypto_provider();
         let client =
             build_client(&egress, Vec::new()).expect("a client with these settings builds");
         Self {
@@ -285,7 +285,7 @@ impl Sender {
     pub fn with_transport(
         mut self,
         trust: crate::tls::TrustBundles,
-        features: crate::features::FeatureFlags,
+        features: rivulet_core::features::FeatureFlags,
     ) -> Self {
         self.clients = crate::tls::ClientCache::new(trust, client_factory(&self.egress));
         self.features = Some(features);
@@ -490,7 +490,8 @@ impl Sender {
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
         if plain
             && self.features.as_ref().is_some_and(|f| {
-                f.current().transport_encryption == crate::features::TransportEncryption::Strict
+                f.current().transport_encryption
+                    == rivulet_core::features::TransportEncryption::Strict
             })
         {
             return Err(format!(
@@ -840,7 +841,7 @@ mod tests {
             retryable: true,
             retry_after: None,
         };
-        let event = crate::event::parse_structured(
+        let event = rivulet_core::event::parse_structured(
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#,
         )
         .unwrap();

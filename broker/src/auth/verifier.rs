@@ -67,7 +67,7 @@ impl Verifier {
         refresh: Duration,
         egress: Arc<Egress>,
     ) -> Self {
-        crate::install_crypto_provider();
+        rivulet_core::install_crypto_provider();
         let http = egress
             .client_builder()
             .timeout(FETCH_TIMEOUT)

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 
-use crate::metrics::{EgressLabels, Metrics};
+use rivulet_core::metrics::{EgressLabels, Metrics};
 
 /// One entry of an allow or deny list.
 #[derive(Debug, Clone, PartialEq, Eq)]

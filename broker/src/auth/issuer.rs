@@ -62,7 +62,7 @@ impl LocalIssuer {
                 .map_err(|_| error("cannot generate a key".into()))?
                 .as_ref()
                 .to_vec();
-                crate::store::replace_private(&path, &der).map_err(|e| error(e.to_string()))?;
+                rivulet_store::replace_private(&path, &der).map_err(|e| error(e.to_string()))?;
                 der
             }
             Err(e) => return Err(error(e.to_string())),

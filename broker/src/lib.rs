@@ -1,0 +1,13 @@
+//! Rivulet's data path: [`ingress`] takes events into a broker's channel, the [`dispatcher`]
+//! reads them for each trigger and [`delivery`] sends them, under the [`egress`] policy, over
+//! TLS ([`tls`]) with OIDC tokens ([`auth`]). [`listener`] serves HTTP with bounds on
+//! connections.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod delivery;
+pub mod dispatcher;
+pub mod egress;
+pub mod ingress;
+pub mod listener;
+pub mod tls;
