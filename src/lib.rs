@@ -2,10 +2,8 @@
 //! Eventing.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod cli;
 pub mod registry;
-pub mod runtime;
 pub mod server;
 #[path = "../sinks/mod.rs"]
 pub mod sinks;
@@ -14,6 +12,7 @@ pub mod sources;
 
 pub use rivulet_broker::{auth, delivery, dispatcher, egress, ingress, listener, tls};
 pub use rivulet_channels as channels;
+pub use rivulet_control::{api, runtime};
 pub use rivulet_core::{
     cesql, event, features, filter, install_crypto_provider, log_throttle, metrics, resources,
 };

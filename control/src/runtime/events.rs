@@ -10,8 +10,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::Value;
 
 use super::{Context, ReconcileError, Role};
-use crate::resources::KindInfo;
-use crate::store::object_key;
+use rivulet_core::resources::KindInfo;
+use rivulet_store::object_key;
 
 /// The reporting controller named in Events.
 pub const REPORTER: &str = "rivulet-controller";

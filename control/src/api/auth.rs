@@ -150,7 +150,7 @@ impl Tokens {
     fn create(&self, name: &str, role: Role) -> Result<String, (StatusCode, String)> {
         if name.is_empty()
             || name.len() > 63
-            || !crate::resources::validation::is_dns_subdomain(name)
+            || !rivulet_core::resources::validation::is_dns_subdomain(name)
         {
             return Err((
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -217,7 +217,7 @@ impl Tokens {
 
     fn save(&self, tokens: &[StoredToken]) -> Result<(), (StatusCode, String)> {
         let bytes = serde_json::to_vec_pretty(tokens).expect("tokens serialise");
-        crate::store::replace_private(&self.folder.join(TOKENS_FILE), &bytes).map_err(|e| {
+        rivulet_store::replace_private(&self.folder.join(TOKENS_FILE), &bytes).map_err(|e| {
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot save the token list: {e}"),
@@ -254,7 +254,7 @@ fn read_or_create_admin_token(data_dir: &Path) -> Result<String, TokenError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = new_token();
-            crate::store::replace_private(&path, format!("{token}\n").as_bytes())
+            rivulet_store::replace_private(&path, format!("{token}\n").as_bytes())
                 .map_err(|source| TokenError::Io { path, source })?;
             Ok(token)
         }

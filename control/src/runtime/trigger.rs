@@ -8,15 +8,15 @@ use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
 use super::{Action, Context, ReconcileError, conditions, generation};
-use crate::delivery::DeliveryPolicy;
-use crate::dispatcher::{self, TriggerDispatch};
-use crate::filter::Filter;
-use crate::resources::validation::typed;
-use crate::resources::{
+use rivulet_broker::delivery::DeliveryPolicy;
+use rivulet_broker::dispatcher::{self, TriggerDispatch};
+use rivulet_core::filter::Filter;
+use rivulet_core::resources::validation::typed;
+use rivulet_core::resources::{
     Condition, DELIVERY_ORDER_ANNOTATION, DEPENDENCY_ANNOTATION, PARALLELISM_ANNOTATION, Trigger,
     TriggerStatus, parse_dependency,
 };
-use crate::store::object_key;
+use rivulet_store::object_key;
 
 inventory::submit! {
     super::Reconciler {
@@ -126,22 +126,26 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     }
 
     // Who the trigger sends as, and the audiences of what it sends to (Knative's names).
-    let identity =
-        crate::auth::Identity::for_resource("eventing.knative.dev", "Trigger", &namespace, &name);
+    let identity = rivulet_broker::auth::Identity::for_resource(
+        "eventing.knative.dev",
+        "Trigger",
+        &namespace,
+        &name,
+    );
     let subscriber_audience =
-        crate::auth::destination_audience(&trigger.spec.subscriber, &namespace);
+        rivulet_broker::auth::destination_audience(&trigger.spec.subscriber, &namespace);
     let dead_letter_audience = delivery
         .as_ref()
         .and_then(|d| d.dead_letter_sink.as_ref())
-        .and_then(|sink| crate::auth::destination_audience(sink, &namespace));
+        .and_then(|sink| rivulet_broker::auth::destination_audience(sink, &namespace));
     if ctx.settings.features.current().authentication_oidc {
         status.subscriber_audience = subscriber_audience.clone();
         status.dead_letter_sink_audience = dead_letter_audience.clone();
-        status.auth = Some(crate::resources::AuthStatus {
+        status.auth = Some(rivulet_core::resources::AuthStatus {
             service_account_name: Some(identity.service_account.clone()),
         });
     }
-    let delivery_auth = crate::delivery::DeliveryAuth {
+    let delivery_auth = rivulet_broker::delivery::DeliveryAuth {
         identity,
         audience: subscriber_audience,
         dead_letter_audience,
@@ -271,7 +275,7 @@ async fn dependency_condition(
         .api_version
         .rsplit_once('/')
         .map_or("", |(g, _)| g);
-    let Some(kind) = crate::resources::kinds()
+    let Some(kind) = rivulet_core::resources::kinds()
         .into_iter()
         .find(|k| k.group == group && k.kind == reference.kind)
     else {

@@ -10,11 +10,13 @@ use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
 use super::{Action, Context, ReconcileError, conditions, generation};
-use crate::features;
-use crate::ingress::BrokerHandle;
-use crate::resources::validation::typed;
-use crate::resources::{BROKER_CLASS_ANNOTATION, Broker, BrokerStatus, Condition, KReference};
-use crate::store::object_key;
+use rivulet_broker::ingress::BrokerHandle;
+use rivulet_core::features;
+use rivulet_core::resources::validation::typed;
+use rivulet_core::resources::{
+    BROKER_CLASS_ANNOTATION, Broker, BrokerStatus, Condition, KReference,
+};
+use rivulet_store::object_key;
 
 /// Which channel backend a broker uses, and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +83,9 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         .await?;
     let (namespace, name) = object_key(object);
     let oidc = ctx.settings.features.current().authentication_oidc;
-    let audience =
-        oidc.then(|| crate::auth::audience("eventing.knative.dev", "Broker", &namespace, &name));
+    let audience = oidc.then(|| {
+        rivulet_broker::auth::audience("eventing.knative.dev", "Broker", &namespace, &name)
+    });
     let (address, addresses) = ctx
         .settings
         .addresses_at(&format!("/{namespace}/{name}"), audience);
@@ -196,7 +199,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     }
 
     let ready = parts.iter().all(Condition::is_true);
-    let target = crate::auth::TargetRef {
+    let target = rivulet_broker::auth::TargetRef {
         group: "eventing.knative.dev".into(),
         kind: "Broker".into(),
         namespace: namespace.clone(),
@@ -507,7 +510,7 @@ async fn read_rabbitmq_broker_config(
     namespace: &str,
     ctx: &Context,
 ) -> Result<BTreeMap<String, String>, String> {
-    use crate::resources::rabbitmq_broker_config::RabbitmqBrokerConfig;
+    use rivulet_core::resources::rabbitmq_broker_config::RabbitmqBrokerConfig;
     let object = ctx
         .store
         .get(Context::kind("RabbitmqBrokerConfig"), namespace, name)

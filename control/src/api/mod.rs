@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 
 pub mod auth;
 
-use crate::metrics::Metrics;
-use crate::resources::{KindInfo, ServedVersion, find_kind, find_served_version};
 use crate::runtime::storage::StorageHealth;
-use crate::store::{Applied, ResourceStore, StoreError};
+use rivulet_core::metrics::Metrics;
+use rivulet_core::resources::{KindInfo, ServedVersion, find_kind, find_served_version};
+use rivulet_store::{Applied, ResourceStore, StoreError};
 
 /// State of the API handlers.
 #[derive(Clone)]
@@ -339,8 +339,12 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
     // YAML is bounded by its parser's own depth budget (64); JSON is checked here, without
     // recursion, before it is parsed.
     if body.trim_ascii_start().starts_with(b"{") || body.trim_ascii_start().starts_with(b"[") {
-        crate::event::limits::check_json_depth("body", body, crate::event::limits::MAX_JSON_DEPTH)
-            .map_err(|e| e.0)?;
+        rivulet_core::event::limits::check_json_depth(
+            "body",
+            body,
+            rivulet_core::event::limits::MAX_JSON_DEPTH,
+        )
+        .map_err(|e| e.0)?;
     }
     serde_json::from_slice(body).or_else(|json_error| {
         serde_saphyr::from_slice(body)

@@ -9,8 +9,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::store::object_key;
-use crate::tls::TRUST_BUNDLE_LABEL;
+use rivulet_broker::tls::TRUST_BUNDLE_LABEL;
+use rivulet_store::object_key;
 
 /// A ConfigMap was applied.
 pub(crate) fn config_map_applied(object: &Value, ctx: &Context) {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{Action, Context, ReconcileError, conditions, generation};
-use crate::auth::policy::CompiledPolicy;
-use crate::auth::{TargetRef, mode_name};
-use crate::resources::Condition;
-use crate::resources::eventpolicy::{AppliedEventPolicyRef, EventPolicy, EventPolicyStatus};
-use crate::resources::validation::typed;
-use crate::store::object_key;
+use rivulet_broker::auth::policy::CompiledPolicy;
+use rivulet_broker::auth::{TargetRef, mode_name};
+use rivulet_core::resources::Condition;
+use rivulet_core::resources::eventpolicy::{AppliedEventPolicyRef, EventPolicy, EventPolicyStatus};
+use rivulet_core::resources::validation::typed;
+use rivulet_store::object_key;
 
 /// The apiVersion policies are listed with in `status.policies`.
 const POLICY_API_VERSION: &str = "eventing.knative.dev/v1alpha1";

@@ -8,8 +8,8 @@
 use std::fmt;
 
 use super::Context;
-use crate::resources::{Destination, KReference, KindInfo, find_kind_by_name};
-use crate::store::StoreError;
+use rivulet_core::resources::{Destination, KReference, KindInfo, find_kind_by_name};
+use rivulet_store::StoreError;
 
 mod addressable;
 mod cluster;

@@ -14,14 +14,14 @@ use tokio::sync::oneshot;
 
 use super::Context;
 use super::trigger::subscription_name;
-use crate::delivery::DeliveryPolicy;
-use crate::dispatcher::Running;
-use crate::event::Event;
-use crate::filter::{self, Filter};
-use crate::metrics::{DeletionLabels, DroppedLabels};
-use crate::resources::Trigger;
-use crate::resources::validation::typed;
-use crate::store::object_key;
+use rivulet_broker::delivery::DeliveryPolicy;
+use rivulet_broker::dispatcher::Running;
+use rivulet_core::event::Event;
+use rivulet_core::filter::{self, Filter};
+use rivulet_core::metrics::{DeletionLabels, DroppedLabels};
+use rivulet_core::resources::Trigger;
+use rivulet_core::resources::validation::typed;
+use rivulet_store::object_key;
 
 /// The grace period deletions give deliveries in flight unless told otherwise.
 pub const DEFAULT_DELETE_GRACE: Duration = Duration::from_secs(30);

@@ -11,7 +11,7 @@ use rivulet_channels::StorageFault;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::metrics::{Metrics, StorageLabels};
+use rivulet_core::metrics::{Metrics, StorageLabels};
 
 /// How often the faults are looked at.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);

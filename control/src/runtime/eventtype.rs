@@ -6,9 +6,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{Action, Context, ReconcileError};
-use crate::resources::eventtype::{attribute_of, broker_of};
-use crate::resources::{Condition, KindInfo, TriggerSpec, find_kind_by_name};
-use crate::store::{ResourceStore, object_key};
+use rivulet_core::resources::eventtype::{attribute_of, broker_of};
+use rivulet_core::resources::{Condition, KindInfo, TriggerSpec, find_kind_by_name};
+use rivulet_store::{ResourceStore, object_key};
 
 /// Serialises read-modify-write of EventType status between the reconciler (conditions) and
 /// the discovery worker (schema, sample), so neither overwrites the other's fields.

@@ -12,11 +12,11 @@ use serde_json::Value;
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::DeliveryDefaults;
-use crate::dispatcher::{self, Running};
-use crate::ingress::Ingress;
-use crate::resources::{KindInfo, find_kind_by_name};
-use crate::store::{ResourceStore, StoreError, StoreEvent, object_key};
+use rivulet_broker::delivery::DeliveryDefaults;
+use rivulet_broker::dispatcher::{self, Running};
+use rivulet_broker::ingress::Ingress;
+use rivulet_core::resources::{KindInfo, find_kind_by_name};
+use rivulet_store::{ResourceStore, StoreError, StoreEvent, object_key};
 
 mod broker;
 mod destination;
@@ -153,9 +153,9 @@ pub struct Settings {
     /// is left goes to the dead-letter sink (or is dropped, counted).
     pub delete_grace: Duration,
     /// Knative's feature flags in force (`config-features` and `--feature`).
-    pub features: crate::features::FeatureFlags,
+    pub features: rivulet_core::features::FeatureFlags,
     /// The serving certificate, when TLS is configured; its CA goes into https addresses.
-    pub tls: Option<Arc<crate::tls::CertReloader>>,
+    pub tls: Option<Arc<rivulet_broker::tls::CertReloader>>,
     /// The base URL of the https addresses (`https://127.0.0.1:8080`), when TLS is
     /// configured.
     pub https_base_url: Option<String>,
@@ -172,11 +172,11 @@ impl Settings {
         path: &str,
         audience: Option<String>,
     ) -> (
-        crate::resources::Addressable,
-        Option<Vec<crate::resources::Addressable>>,
+        rivulet_core::resources::Addressable,
+        Option<Vec<rivulet_core::resources::Addressable>>,
     ) {
-        use crate::features::TransportEncryption;
-        use crate::resources::Addressable;
+        use rivulet_core::features::TransportEncryption;
+        use rivulet_core::resources::Addressable;
         let http = Addressable {
             name: Some("http".into()),
             url: format!("{}{path}", self.base_url),
@@ -286,12 +286,12 @@ impl Context {
         self.store.kube_cluster_url()
     }
 
-    pub(crate) fn kind(name: &str) -> &'static KindInfo {
+    pub fn kind(name: &str) -> &'static KindInfo {
         find_kind_by_name(None, name).expect("built-in kinds are registered")
     }
 
     /// Writes an object's status; the data plane leaves status to the controller.
-    pub(crate) async fn write_status(
+    pub async fn write_status(
         &self,
         kind: &'static KindInfo,
         namespace: &str,
@@ -328,7 +328,7 @@ impl Context {
         &self,
         object: &Value,
         status_field: &str,
-        destination: &crate::resources::Destination,
+        destination: &rivulet_core::resources::Destination,
     ) -> Result<String, String> {
         let (namespace, _) = object_key(object);
         if self.role() != Role::DataPlane {
@@ -357,7 +357,7 @@ impl Context {
         object: &Value,
         status_field: &str,
         ca_field: &str,
-        destination: &crate::resources::Destination,
+        destination: &rivulet_core::resources::Destination,
     ) -> Result<(String, Option<String>), String> {
         if self.role() != Role::DataPlane {
             let (namespace, _) = object_key(object);
@@ -373,7 +373,7 @@ impl Context {
 
     /// Puts this process's finalizer on a kind whose deletion must remove backend resources
     /// first. Only the controller does; elsewhere cleanup runs on deletion.
-    pub(crate) async fn ensure_finalizer(
+    pub async fn ensure_finalizer(
         &self,
         kind: &'static KindInfo,
         object: &Value,
@@ -397,7 +397,7 @@ impl Context {
     }
 
     /// Reconciles an object again soon (when something it depends on changed).
-    pub(crate) fn requeue_now(&self, kind: &'static KindInfo, namespace: &str, name: &str) {
+    pub fn requeue_now(&self, kind: &'static KindInfo, namespace: &str, name: &str) {
         let _ = self
             .requeue
             .send((kind, namespace.to_string(), name.to_string()));
@@ -411,8 +411,8 @@ impl Context {
             .store
             .get(
                 kind,
-                crate::features::CONFIG_NAMESPACE,
-                crate::features::CONFIG_NAME,
+                rivulet_core::features::CONFIG_NAMESPACE,
+                rivulet_core::features::CONFIG_NAME,
             )
             .await
         {
@@ -893,13 +893,13 @@ fn keep_transition_times(status: &mut Value, written: &Value) {
 }
 
 /// A condition list as JSON, with `Ready` derived from the others.
-pub(crate) fn conditions(
-    mut parts: Vec<crate::resources::Condition>,
-) -> Vec<crate::resources::Condition> {
+pub fn conditions(
+    mut parts: Vec<rivulet_core::resources::Condition>,
+) -> Vec<rivulet_core::resources::Condition> {
     let failing = parts.iter().find(|c| !c.is_true()).cloned();
     let ready = match failing {
-        None => crate::resources::Condition::new("Ready", true, "", ""),
-        Some(c) => crate::resources::Condition::new(
+        None => rivulet_core::resources::Condition::new("Ready", true, "", ""),
+        Some(c) => rivulet_core::resources::Condition::new(
             "Ready",
             false,
             c.reason.as_deref().unwrap_or(&c.type_),
@@ -933,7 +933,7 @@ fn uid(object: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-pub(crate) fn generation(object: &Value) -> Option<i64> {
+pub fn generation(object: &Value) -> Option<i64> {
     object
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)

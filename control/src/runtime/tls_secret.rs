@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::store::object_key;
+use rivulet_store::object_key;
 
 /// How often the Secret is read again where the store does not report Secret changes (the
 /// Kubernetes store watches no Secrets: it may only get them by name).
