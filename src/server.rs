@@ -466,7 +466,7 @@ pub async fn start_with_store(
             let _ = control.await;
         }
         let _ = discovery.await;
-        crate::sources::stop_all(&ctx).await;
+        rivulet_sources::stop_all(&ctx).await;
         ctx.stop_all().await;
         for broker in ctx.ingress.handles() {
             broker.channel.close().await;

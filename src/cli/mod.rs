@@ -620,7 +620,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::EventTypes { command } => eventtypes::run(command).await,
         Command::Crds { output, to } => local::crds(output, to.as_deref()),
         Command::Display { listen } => {
-            crate::sinks::display::serve(listen).await?;
+            rivulet_sinks::display::serve(listen).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,309 @@
+//! Knative's `KafkaSink` (`eventing.knative.dev/v1alpha1`): an addressable endpoint that
+//! writes each CloudEvent it receives to `spec.topic`, and answers `202` only once the Kafka
+//! server acknowledged the record with `acks=all` (`503` when it did not).
+//!
+//! `contentMode` follows the CloudEvents Kafka binding: `binary` puts the attributes in
+//! `ce_` headers and the data in the value; `structured` (Knative's default) writes the whole
+//! event as JSON with `content-type: application/cloudevents+json`. The record key is the
+//! `partitionkey` extension when the event has one. With `numPartitions` set, the topic is
+//! created when missing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kube::CustomResource;
+use rivulet_channels::ChannelError;
+use rivulet_channels::kafka::rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, TopicReplication,
+};
+use rivulet_channels::kafka::rdkafka::client::DefaultClientContext;
+use rivulet_channels::kafka::rdkafka::message::{Header, OwnedHeaders};
+use rivulet_channels::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use rivulet_channels::kafka::rdkafka::types::RDKafkaErrorCode;
+use rivulet_channels::kafka::{self as channel_kafka, binding};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_core::event::{self, Event};
+use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::{Condition, KindInfo};
+
+/// The content type of a structured-mode record.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// How events are written to the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    Binary,
+    #[default]
+    Structured,
+}
+
+/// Knative `KafkaSink`.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[kube(
+    group = "eventing.knative.dev",
+    version = "v1alpha1",
+    kind = "KafkaSink",
+    plural = "kafkasinks",
+    namespaced,
+    status = "SinkStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSinkSpec {
+    /// The topic events are written to.
+    pub topic: String,
+    /// Kafka servers, `host:port` each.
+    pub bootstrap_servers: Vec<String>,
+    /// `binary` or `structured` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_mode: Option<ContentMode>,
+    /// Partitions of the topic when the sink creates it; unset: the topic must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_partitions: Option<i32>,
+    /// Replication factor of the topic when the sink creates it (1 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i16>,
+    /// Knative's authentication reference; accepted, not used (plaintext connections only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rivulet_core::resources::free_form_object")]
+    pub auth: Option<Value>,
+}
+
+inventory::submit! {
+    KindInfo {
+        group: "eventing.knative.dev",
+        version: "v1alpha1",
+        kind: "KafkaSink",
+        plural: "kafkasinks",
+        validate: validate_kafka_sink_value,
+    }
+}
+
+inventory::submit! {
+    rivulet_core::resources::CrdVersion {
+        crd: <KafkaSink as kube::CustomResourceExt>::crd,
+    }
+}
+
+inventory::submit! {
+    Reconciler {
+        kind: "KafkaSink",
+        // Before triggers (20) and sources (30), which may name it by ref.
+        order: 15,
+        reconcile: |object, ctx| Box::pin(super::reconcile::<KafkaSinkKind>(object, ctx)),
+        cleanup: |object, ctx| Box::pin(super::cleanup::<KafkaSinkKind>(object, ctx)),
+    }
+}
+
+pub fn validate_kafka_sink_value(new: &Value, _old: Option<&Value>) -> Result<(), ValidationError> {
+    validate_metadata(new)?;
+    let sink: KafkaSink = typed(new)?;
+    validate_kafka_sink(&sink.spec)
+}
+
+pub fn validate_kafka_sink(spec: &KafkaSinkSpec) -> Result<(), ValidationError> {
+    if spec.topic.trim().is_empty() {
+        return Err(ValidationError::new("spec.topic", "is required"));
+    }
+    if spec.bootstrap_servers.iter().all(|s| s.trim().is_empty()) {
+        return Err(ValidationError::new(
+            "spec.bootstrapServers",
+            "needs at least one host:port",
+        ));
+    }
+    if spec.num_partitions.is_some_and(|n| n < 1) {
+        return Err(ValidationError::new(
+            "spec.numPartitions",
+            "must be at least 1",
+        ));
+    }
+    if spec.replication_factor.is_some_and(|n| n < 1) {
+        return Err(ValidationError::new(
+            "spec.replicationFactor",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+/// KafkaSink for the generic sink reconciler.
+pub struct KafkaSinkKind;
+
+impl SinkKind for KafkaSinkKind {
+    const KIND: &'static str = "KafkaSink";
+    const PLURAL: &'static str = "kafkasinks";
+    type Resource = KafkaSink;
+
+    async fn build(
+        resource: &KafkaSink,
+        _key: &SinkKey,
+        _ctx: &Arc<Context>,
+    ) -> Result<Built, Condition> {
+        let spec = &resource.spec;
+        let not_ready =
+            |reason: &str, error: String| Condition::new("TopicReady", false, reason, error);
+        let settings = BTreeMap::from([(
+            channel_kafka::BOOTSTRAP_SERVERS.to_owned(),
+            spec.bootstrap_servers.join(","),
+        )]);
+        let client = channel_kafka::client_config(&settings)
+            .map_err(|e| not_ready("InvalidConfiguration", e.to_string()))?;
+        if let Some(partitions) = spec.num_partitions {
+            let admin: AdminClient<DefaultClientContext> = client
+                .create()
+                .map_err(|e| not_ready("InvalidConfiguration", e.to_string()))?;
+            let topic = NewTopic::new(
+                &spec.topic,
+                partitions,
+                TopicReplication::Fixed(i32::from(spec.replication_factor.unwrap_or(1))),
+            );
+            let options = AdminOptions::new()
+                .request_timeout(Some(std::time::Duration::from_secs(10)))
+                .operation_timeout(Some(std::time::Duration::from_secs(10)));
+            let results = admin
+                .create_topics([&topic], &options)
+                .await
+                .map_err(|e| not_ready("TopicNotCreated", e.to_string()))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        return Err(not_ready(
+                            "TopicNotCreated",
+                            format!("creating topic {topic}: {code}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let producer = channel_kafka::producer(&client)
+            .map_err(|e| not_ready("InvalidConfiguration", e.to_string()))?;
+        let mode = spec.content_mode.unwrap_or_default();
+        let fingerprint = format!(
+            "{}|{}|{mode:?}|{:?}|{:?}",
+            spec.topic,
+            spec.bootstrap_servers.join(","),
+            spec.num_partitions,
+            spec.replication_factor
+        );
+        Ok(Built {
+            sink: Arc::new(KafkaTopicSink {
+                topic: spec.topic.clone(),
+                mode,
+                producer,
+            }),
+            fingerprint,
+            conditions: vec![Condition::new("TopicReady", true, "", "")],
+        })
+    }
+}
+
+/// Writes events to one topic.
+pub struct KafkaTopicSink {
+    topic: String,
+    mode: ContentMode,
+    producer: FutureProducer,
+}
+
+impl KafkaTopicSink {
+    /// A sink writing to `topic` with `producer`.
+    pub fn new(topic: String, mode: ContentMode, producer: FutureProducer) -> Self {
+        Self {
+            topic,
+            mode,
+            producer,
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaTopicSink {
+    async fn accept(&self, event: Event) -> Result<(), SinkError> {
+        let envelope = event.to_envelope();
+        let result = match self.mode {
+            ContentMode::Binary => {
+                let record = binding::to_binary(&envelope);
+                let mut out = FutureRecord::to(&self.topic).headers(record.headers);
+                if let Some(key) = record.key {
+                    out = out.key(key);
+                }
+                if let Some(value) = record.value {
+                    out = out.payload(value);
+                }
+                channel_kafka::produce_all(&self.producer, [out]).await
+            }
+            ContentMode::Structured => {
+                let json = event::to_json(&event);
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: binding::CONTENT_TYPE_HEADER,
+                    value: Some(STRUCTURED_CONTENT_TYPE),
+                });
+                let mut out = FutureRecord::to(&self.topic)
+                    .headers(headers)
+                    .payload(json.as_bytes());
+                if let Some(key) = envelope.attribute(binding::PARTITION_KEY) {
+                    out = out.key(key);
+                }
+                channel_kafka::produce_all(&self.producer, [out]).await
+            }
+        };
+        result.map_err(|error| match error {
+            ChannelError::Config(reason) => SinkError::Refused(reason),
+            other => SinkError::Unavailable(other.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> KafkaSinkSpec {
+        serde_saphyr::from_str(yaml).expect("valid YAML")
+    }
+
+    #[test]
+    fn content_mode_defaults_to_structured_and_reads_knative_names() {
+        let plain = spec("topic: t\nbootstrapServers: [k:9092]\n");
+        assert_eq!(
+            plain.content_mode.unwrap_or_default(),
+            ContentMode::Structured
+        );
+        let binary = spec("topic: t\nbootstrapServers: [k:9092]\ncontentMode: binary\n");
+        assert_eq!(binary.content_mode, Some(ContentMode::Binary));
+        assert!(validate_kafka_sink(&binary).is_ok());
+    }
+
+    #[test]
+    fn topic_and_servers_are_required() {
+        let no_topic = spec("topic: ''\nbootstrapServers: [k:9092]\n");
+        assert_eq!(
+            validate_kafka_sink(&no_topic).unwrap_err().field,
+            "spec.topic"
+        );
+        let no_servers = spec("topic: t\nbootstrapServers: []\n");
+        assert_eq!(
+            validate_kafka_sink(&no_servers).unwrap_err().field,
+            "spec.bootstrapServers"
+        );
+        let bad_partitions = spec("topic: t\nbootstrapServers: [k:9092]\nnumPartitions: 0\n");
+        assert_eq!(
+            validate_kafka_sink(&bad_partitions).unwrap_err().field,
+            "spec.numPartitions"
+        );
+    }
+}

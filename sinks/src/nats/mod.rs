@@ -1,0 +1,225 @@
+//! `NatsSink` (`sinks.rivulet.dev/v1alpha1`): publishes every CloudEvent it receives over HTTP
+//! to a NATS subject in the CloudEvents NATS binding's binary mode (attributes as `ce-*`
+//! headers, `datacontenttype` as `content-type`, data as the payload).
+//!
+//! With `jetstream: false` (the default) the answer is `202` once the NATS server has the
+//! message (a round trip after the publish): core NATS hands it to whoever subscribes now and
+//! keeps nothing. With `jetstream: true` the answer is `202` only once the stream that takes
+//! the subject acknowledged the message; no stream taking the subject is `502`. NATS
+//! unreachable, or no answer within ten seconds, is `503`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::CustomResource;
+use rivulet_channels::nats::async_nats::{self, jetstream};
+use rivulet_channels::nats::{DEFAULT_URL, binding};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_core::event::Event;
+use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::{Condition, KindInfo};
+use rivulet_sources::nats::{validate_subject, validate_url};
+
+/// How long a publish waits for the server (and JetStream's acknowledgement).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `NatsSink`.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[kube(
+    group = "sinks.rivulet.dev",
+    version = "v1alpha1",
+    kind = "NatsSink",
+    plural = "natssinks",
+    namespaced,
+    status = "SinkStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
+    printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsSinkSpec {
+    /// The NATS server (`nats://host:4222`); `nats://127.0.0.1:4222` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The subject events are published on (no wildcards).
+    pub subject: String,
+    /// Publish through JetStream and answer only after the stream's acknowledgement.
+    #[serde(default)]
+    pub jetstream: bool,
+}
+
+inventory::submit! {
+    KindInfo {
+        group: "sinks.rivulet.dev",
+        version: "v1alpha1",
+        kind: "NatsSink",
+        plural: "natssinks",
+        validate: validate_nats_sink_value,
+    }
+}
+
+inventory::submit! {
+    rivulet_core::resources::CrdVersion {
+        crd: <NatsSink as kube::CustomResourceExt>::crd,
+    }
+}
+
+inventory::submit! {
+    Reconciler {
+        kind: "NatsSink",
+        // Before triggers (20) and sources (30), which may name it by ref.
+        order: 15,
+        reconcile: |object, ctx| Box::pin(super::reconcile::<NatsSinkKind>(object, ctx)),
+        cleanup: |object, ctx| Box::pin(super::cleanup::<NatsSinkKind>(object, ctx)),
+    }
+}
+
+pub fn validate_nats_sink_value(new: &Value, _old: Option<&Value>) -> Result<(), ValidationError> {
+    validate_metadata(new)?;
+    let sink: NatsSink = typed(new)?;
+    validate_nats_sink(&sink.spec)
+}
+
+pub fn validate_nats_sink(spec: &NatsSinkSpec) -> Result<(), ValidationError> {
+    if let Some(url) = &spec.url {
+        validate_url("spec.url", url)?;
+    }
+    validate_subject("spec.subject", &spec.subject, false)
+}
+
+/// NatsSink for the generic sink reconciler.
+pub struct NatsSinkKind;
+
+impl SinkKind for NatsSinkKind {
+    const KIND: &'static str = "NatsSink";
+    const PLURAL: &'static str = "natssinks";
+    type Resource = NatsSink;
+
+    async fn build(
+        resource: &NatsSink,
+        key: &SinkKey,
+        _ctx: &Arc<Context>,
+    ) -> Result<Built, Condition> {
+        let spec = &resource.spec;
+        let url = spec.url.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
+        Ok(Built {
+            fingerprint: format!("{url}|{}|{}", spec.subject, spec.jetstream),
+            sink: Arc::new(NatsPublisher {
+                url,
+                client_name: format!("rivulet NatsSink {}/{}", key.namespace, key.name),
+                subject: spec.subject.clone(),
+                jetstream: spec.jetstream,
+                client: tokio::sync::Mutex::new(None),
+            }),
+            conditions: Vec::new(),
+        })
+    }
+}
+
+/// Publishes to one subject over one connection, made on first use.
+pub struct NatsPublisher {
+    url: String,
+    client_name: String,
+    subject: String,
+    jetstream: bool,
+    client: tokio::sync::Mutex<Option<async_nats::Client>>,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> SinkError {
+    SinkError::Unavailable(format!("NATS: {error}"))
+}
+
+impl NatsPublisher {
+    async fn client(&self) -> Result<async_nats::Client, SinkError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = &*slot {
+            return Ok(client.clone());
+        }
+        let client = rivulet_channels::nats::connect(&self.url, &self.client_name)
+            .await
+            .map_err(unavailable)?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+#[async_trait]
+impl Sink for NatsPublisher {
+    async fn accept(&self, event: Event) -> Result<(), SinkError> {
+        let encoded = binding::encode(&event.to_envelope())
+            .map_err(|e| SinkError::Invalid(format!("the event cannot travel over NATS: {e}")))?;
+        let client = self.client().await?;
+        // The client reconnects by itself; while it is away, publishing would only fill its
+        // buffer, so say so at once.
+        if !rivulet_channels::nats::is_connected(&client) {
+            return Err(unavailable(format!("not connected to {}", self.url)));
+        }
+        let subject = self.subject.clone();
+        if self.jetstream {
+            let context = rivulet_channels::nats::jetstream_context(client);
+            let ack = context
+                .publish_with_headers(subject, encoded.headers, encoded.payload)
+                .await
+                .map_err(unavailable)?;
+            match tokio::time::timeout(PUBLISH_TIMEOUT, ack).await {
+                Err(_) => Err(unavailable(format!(
+                    "no JetStream acknowledgement within {PUBLISH_TIMEOUT:?}"
+                ))),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => match error.kind() {
+                    jetstream::context::PublishErrorKind::StreamNotFound => {
+                        Err(SinkError::Refused(format!(
+                            "no JetStream stream takes subject {:?}",
+                            self.subject
+                        )))
+                    }
+                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => Err(
+                        SinkError::Refused(format!("the event is too large for NATS: {error}")),
+                    ),
+                    _ => Err(unavailable(error)),
+                },
+            }
+        } else {
+            client
+                .publish_with_headers(subject, encoded.headers, encoded.payload)
+                .await
+                .map_err(unavailable)?;
+            tokio::time::timeout(PUBLISH_TIMEOUT, client.flush())
+                .await
+                .map_err(|_| unavailable(format!("no answer within {PUBLISH_TIMEOUT:?}")))?
+                .map_err(unavailable)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let spec = |url: Option<&str>, subject: &str| NatsSinkSpec {
+            url: url.map(str::to_owned),
+            subject: subject.into(),
+            jetstream: true,
+        };
+        assert!(validate_nats_sink(&spec(None, "orders.created")).is_ok());
+        assert!(validate_nats_sink(&spec(Some("nats://h:4222"), "o")).is_ok());
+        let field = |s: NatsSinkSpec| validate_nats_sink(&s).unwrap_err().field;
+        assert_eq!(field(spec(None, "")), "spec.subject");
+        assert_eq!(field(spec(None, "orders.*")), "spec.subject");
+        assert_eq!(field(spec(Some("amqp://h"), "o")), "spec.url");
+    }
+}

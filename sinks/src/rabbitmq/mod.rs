@@ -1,0 +1,303 @@
+//! `RabbitmqSink` (`sinks.rivulet.dev/v1alpha1`): publishes every CloudEvent it receives over
+//! HTTP to a RabbitMQ exchange, in the CloudEvents AMQP binding's binary mode (attributes as
+//! `cloudEvents_*` headers, `datacontenttype` as the content type, data as the body, persistent),
+//! and answers `202` only once RabbitMQ confirmed the message.
+//!
+//! `spec.uri` (an AMQP URI) or `spec.connectionSecret` (a Secret with `uri`, or Knative's
+//! `uri`/`port`/`username`/`password`) says where RabbitMQ is; `spec.exchange` (empty: the
+//! default exchange) and `spec.routingKey` (unset: the event's `type`) where the message goes.
+//! Messages are published mandatory: one that no queue takes is answered `502`, since it would
+//! otherwise be gone without a trace. RabbitMQ unreachable or refusing (negative confirm) is
+//! `503`; a missing exchange is `502`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::CustomResource;
+use rivulet_channels::rabbitmq::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use rivulet_channels::rabbitmq::lapin::{self, Confirmation};
+use rivulet_channels::rabbitmq::{Link, amqp, link};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_core::event::Event;
+use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::{Condition, KindInfo};
+use rivulet_sources::rabbitmq::{SecretName, uri_of_secret};
+
+/// How long a publish waits for RabbitMQ's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `RabbitmqSink`.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[kube(
+    group = "sinks.rivulet.dev",
+    version = "v1alpha1",
+    kind = "RabbitmqSink",
+    plural = "rabbitmqsinks",
+    namespaced,
+    status = "SinkStatus",
+    category = "all",
+    category = "knative",
+    category = "eventing",
+    label("duck.knative.dev/addressable", "true"),
+    printcolumn = r#"{"name":"Exchange","type":"string","jsonPath":".spec.exchange"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RabbitmqSinkSpec {
+    /// The AMQP URI (`amqp://user:password@host:5672/%2f`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// A Secret in the sink's namespace holding the connection instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_secret: Option<SecretName>,
+    /// The exchange events are published to; empty for the default exchange.
+    #[serde(default)]
+    pub exchange: String,
+    /// The routing key; the event's `type` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+}
+
+inventory::submit! {
+    KindInfo {
+        group: "sinks.rivulet.dev",
+        version: "v1alpha1",
+        kind: "RabbitmqSink",
+        plural: "rabbitmqsinks",
+        validate: validate_rabbitmq_sink_value,
+    }
+}
+
+inventory::submit! {
+    rivulet_core::resources::CrdVersion {
+        crd: <RabbitmqSink as kube::CustomResourceExt>::crd,
+    }
+}
+
+inventory::submit! {
+    Reconciler {
+        kind: "RabbitmqSink",
+        // Before triggers (20) and sources (30), which may name it by ref.
+        order: 15,
+        reconcile: |object, ctx| Box::pin(super::reconcile::<RabbitmqSinkKind>(object, ctx)),
+        cleanup: |object, ctx| Box::pin(super::cleanup::<RabbitmqSinkKind>(object, ctx)),
+    }
+}
+
+pub fn validate_rabbitmq_sink_value(
+    new: &Value,
+    _old: Option<&Value>,
+) -> Result<(), ValidationError> {
+    validate_metadata(new)?;
+    let sink: RabbitmqSink = typed(new)?;
+    validate_rabbitmq_sink(&sink.spec)
+}
+
+pub fn validate_rabbitmq_sink(spec: &RabbitmqSinkSpec) -> Result<(), ValidationError> {
+    match (&spec.uri, &spec.connection_secret) {
+        (Some(_), Some(_)) => {
+            return Err(ValidationError::new(
+                "spec.uri",
+                "give either spec.uri or spec.connectionSecret, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ValidationError::new(
+                "spec.uri",
+                "is required (or spec.connectionSecret)",
+            ));
+        }
+        (Some(uri), None) => {
+            link::check_uri(uri).map_err(|e| ValidationError::new("spec.uri", e.to_string()))?
+        }
+        (None, Some(secret)) if secret.name.is_empty() => {
+            return Err(ValidationError::new(
+                "spec.connectionSecret.name",
+                "is required",
+            ));
+        }
+        (None, Some(_)) => {}
+    }
+    if spec.exchange.len() > 255 {
+        return Err(ValidationError::new(
+            "spec.exchange",
+            "is longer than 255 bytes",
+        ));
+    }
+    if spec.routing_key.as_ref().is_some_and(|k| k.len() > 255) {
+        return Err(ValidationError::new(
+            "spec.routingKey",
+            "is longer than 255 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// RabbitmqSink for the generic sink reconciler.
+pub struct RabbitmqSinkKind;
+
+impl SinkKind for RabbitmqSinkKind {
+    const KIND: &'static str = "RabbitmqSink";
+    const PLURAL: &'static str = "rabbitmqsinks";
+    type Resource = RabbitmqSink;
+
+    async fn build(
+        resource: &RabbitmqSink,
+        key: &SinkKey,
+        ctx: &Arc<Context>,
+    ) -> Result<Built, Condition> {
+        let spec = &resource.spec;
+        let mut conditions = Vec::new();
+        let uri = match (&spec.uri, &spec.connection_secret) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(secret)) => {
+                let uri = uri_of_secret(ctx, &key.namespace, &secret.name)
+                    .await
+                    .map_err(|reason| {
+                        Condition::new("SecretResolved", false, "SecretNotFound", reason)
+                    })?;
+                conditions.push(Condition::new("SecretResolved", true, "", ""));
+                uri
+            }
+            (None, None) => {
+                return Err(Condition::new(
+                    "SecretResolved",
+                    false,
+                    "NoConnection",
+                    "neither spec.uri nor spec.connectionSecret is given",
+                ));
+            }
+        };
+        let fingerprint = format!("{uri}|{}|{:?}", spec.exchange, spec.routing_key);
+        Ok(Built {
+            sink: Arc::new(RabbitmqPublisher {
+                link: Link::new(
+                    uri,
+                    format!("rivulet RabbitmqSink {}/{}", key.namespace, key.name),
+                ),
+                exchange: spec.exchange.clone(),
+                routing_key: spec.routing_key.clone(),
+                channel: tokio::sync::Mutex::new(None),
+            }),
+            fingerprint,
+            conditions,
+        })
+    }
+}
+
+/// Publishes to one exchange, in confirm mode.
+pub struct RabbitmqPublisher {
+    link: Link,
+    exchange: String,
+    routing_key: Option<String>,
+    channel: tokio::sync::Mutex<Option<lapin::Channel>>,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> SinkError {
+    SinkError::Unavailable(format!("RabbitMQ: {error}"))
+}
+
+impl RabbitmqPublisher {
+    async fn channel(&self) -> Result<lapin::Channel, SinkError> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = &*slot
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        *slot = None;
+        let channel = self.link.channel().await.map_err(unavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+#[async_trait]
+impl Sink for RabbitmqPublisher {
+    async fn accept(&self, event: Event) -> Result<(), SinkError> {
+        let (properties, body) = amqp::to_message(&event.to_envelope())
+            .map_err(|e| SinkError::Invalid(format!("the event cannot travel over AMQP: {e}")))?;
+        let routing_key = self.routing_key.as_deref().unwrap_or(&event.ty);
+        let routing_key = lapin::types::ShortString::try_new(routing_key).map_err(|_| {
+            SinkError::Invalid("the routing key (the event type) is longer than 255 bytes".into())
+        })?;
+        let channel = self.channel().await?;
+        let confirm = channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                properties,
+            )
+            .await
+            .map_err(unavailable)?;
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| unavailable(format!("no confirm within {CONFIRM_TIMEOUT:?}")))?
+            .map_err(|e| {
+                if link::is_not_found(&e) {
+                    SinkError::Refused(format!("exchange {:?} does not exist: {e}", self.exchange))
+                } else {
+                    unavailable(e)
+                }
+            })?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(SinkError::Refused(format!(
+                "no queue is bound to exchange {:?} for routing key {:?} ({})",
+                self.exchange, returned.delivery.routing_key, returned.reply_text
+            ))),
+            Confirmation::Nack(_) => Err(unavailable("RabbitMQ refused to store the event")),
+            Confirmation::NotRequested => Err(unavailable("no publisher confirm")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let spec = |uri: Option<&str>, secret: Option<&str>| RabbitmqSinkSpec {
+            uri: uri.map(str::to_owned),
+            connection_secret: secret.map(|name| SecretName { name: name.into() }),
+            ..RabbitmqSinkSpec::default()
+        };
+        assert!(validate_rabbitmq_sink(&spec(Some("amqp://h"), None)).is_ok());
+        assert!(validate_rabbitmq_sink(&spec(None, Some("s"))).is_ok());
+        assert_eq!(
+            validate_rabbitmq_sink(&spec(None, None)).unwrap_err().field,
+            "spec.uri"
+        );
+        assert_eq!(
+            validate_rabbitmq_sink(&spec(Some("amqp://h"), Some("s")))
+                .unwrap_err()
+                .field,
+            "spec.uri"
+        );
+        assert_eq!(
+            validate_rabbitmq_sink(&spec(None, Some("")))
+                .unwrap_err()
+                .field,
+            "spec.connectionSecret.name"
+        );
+    }
+}
