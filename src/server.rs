@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::{ApiAuth, Gate, Tokens};
 use crate::api::{self, ApiState};
 use crate::delivery::{DeliveryDefaults, Sender};
+use crate::discovery::{DiscoverySettings, worker::Worker};
 use crate::dispatcher;
 use crate::ingress::{Ingress, Observer};
 use crate::metrics::Metrics;
-use crate::registry::{RegistrySettings, worker::Worker};
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests_skipping};
 use crate::runtime::routes::{HttpRoutes, Listener};
 use crate::runtime::{CappedBrokers, Context, Role, Settings, StatusLock};
@@ -47,7 +47,7 @@ pub struct ServeOptions {
     /// The URL brokers advertise; by default `http://` + the listen address.
     pub advertised_url: Option<String>,
     /// Event-type discovery: auto-creation, its bounds and write rate.
-    pub registry: RegistrySettings,
+    pub discovery: DiscoverySettings,
     /// Bytes a memory channel holds at most unless its broker's config sets `maxBytes`.
     pub memory_channel_max_bytes: u64,
     /// Where resources are kept.
@@ -97,7 +97,7 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(5),
             delete_grace: crate::runtime::DEFAULT_DELETE_GRACE,
             advertised_url: None,
-            registry: RegistrySettings::default(),
+            discovery: DiscoverySettings::default(),
             memory_channel_max_bytes: rivulet_channels::memory::DEFAULT_MAX_BYTES,
             store: StoreChoice::default(),
             role: Role::default(),
@@ -359,12 +359,12 @@ pub async fn start_with_store(
         });
     }
     // Discovery runs beside ingress, fed through a bounded queue it never makes ingress wait on.
-    let (observer, observations) = Observer::new(&metrics, options.registry.queue_capacity);
+    let (observer, observations) = Observer::new(&metrics, options.discovery.queue_capacity);
     ingress.set_observer(observer);
     let discovery = tokio::spawn(
         Worker::new(
             store.clone(),
-            options.registry.clone(),
+            options.discovery.clone(),
             metrics.clone(),
             ctx.extensions.get_or_default::<StatusLock>(),
         )

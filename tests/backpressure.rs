@@ -56,8 +56,8 @@ async fn start_capped(data_dir: &std::path::Path, cap: usize) -> TestServer {
     let data_dir = data_dir.to_path_buf();
     TestServer::start_with(move |options| {
         options.data_dir = data_dir;
-        options.registry.max_per_broker = cap;
-        options.registry.min_write_interval = Duration::from_millis(20);
+        options.discovery.max_per_broker = cap;
+        options.discovery.min_write_interval = Duration::from_millis(20);
     })
     .await
 }

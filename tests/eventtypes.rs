@@ -15,7 +15,7 @@ const V1BETA2: &str = "/apis/eventing.knative.dev/v1beta2/namespaces";
 
 async fn start() -> TestServer {
     TestServer::start_with(|options| {
-        options.registry.min_write_interval = Duration::from_millis(20);
+        options.discovery.min_write_interval = Duration::from_millis(20);
     })
     .await
 }
@@ -231,8 +231,8 @@ async fn mixed_traffic_creates_one_eventtype_per_broker_type_and_source_pattern(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_beyond_the_cap_share_one_eventtype() {
     let server = TestServer::start_with(|options| {
-        options.registry.max_sources_per_type = 3;
-        options.registry.min_write_interval = Duration::from_millis(20);
+        options.discovery.max_sources_per_type = 3;
+        options.discovery.min_write_interval = Duration::from_millis(20);
     })
     .await;
     // Names, not ids: each is a pattern of its own until the cap.
@@ -507,8 +507,8 @@ async fn queries_filter_by_broker_type_prefix_source_and_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
     let server = TestServer::start_with(|options| {
-        options.registry.autocreate = false;
-        options.registry.min_write_interval = Duration::from_millis(20);
+        options.discovery.autocreate = false;
+        options.discovery.min_write_interval = Duration::from_millis(20);
     })
     .await;
     let manual = json!({

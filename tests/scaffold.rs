@@ -18,7 +18,7 @@ const TYPE: &str = "com.example.order.placed";
 /// version 2: nested customer, array of line objects, an optional note, a field named `type`).
 async fn server_with_schema() -> (TestServer, String) {
     let server = TestServer::start_with(|options| {
-        options.registry.min_write_interval = Duration::from_millis(20);
+        options.discovery.min_write_interval = Duration::from_millis(20);
     })
     .await;
     let first = json!({"orderId": 7, "type": "retail", "placedAt": "2026-11-26T12:00:00Z",

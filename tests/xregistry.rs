@@ -27,7 +27,7 @@ fn event(id: &str, ty: &str, data: Value) -> TestEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_documents_follow_the_xregistry_model() {
     let server = TestServer::start_with(|options| {
-        options.registry.min_write_interval = Duration::from_millis(20);
+        options.discovery.min_write_interval = Duration::from_millis(20);
     })
     .await;
     server.create_broker("default", "shop", Value::Null).await;

@@ -70,7 +70,7 @@ pub struct AdapterOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RegistryDropLabels {
+pub struct DiscoveryDropLabels {
     /// `queue_full`: the discovery queue was full, the observation was dropped.
     pub reason: &'static str,
 }
@@ -167,7 +167,7 @@ pub struct Metrics {
     /// Attempts beyond the first a sink made towards its target.
     pub sink_retries: Family<AdapterLabels, Counter>,
     /// Ingress observations the EventType registry did not look at.
-    pub eventtype_observations_dropped: Family<RegistryDropLabels, Counter>,
+    pub eventtype_observations_dropped: Family<DiscoveryDropLabels, Counter>,
     /// Outbound requests the egress policy refused, by reason.
     pub egress_refused: Family<EgressLabels, Counter>,
     /// Undelivered events of deleted triggers and brokers, by what became of them.

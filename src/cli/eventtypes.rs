@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::client::{Remote, get_json, object_url};
 use super::{OutputFormat, ServerArg};
-use crate::registry::scaffold::{self, Lang};
+use crate::discovery::scaffold::{self, Lang};
 use crate::resources::eventtype::{attribute_of, broker_of};
 use crate::resources::{KindInfo, find_kind_by_name};
 

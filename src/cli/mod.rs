@@ -685,7 +685,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: args.shutdown_grace,
         delete_grace: args.delete_grace,
         advertised_url: args.advertised_url,
-        registry: crate::registry::RegistrySettings {
+        discovery: crate::discovery::DiscoverySettings {
             autocreate: !args.no_eventtype_autocreate,
             max_sources_per_type: args.eventtype_sources_per_type as usize,
             max_per_broker: args.eventtype_max_per_broker as usize,
@@ -754,7 +754,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         },
         shutdown_grace: args.shutdown_grace,
         advertised_url: Some(args.advertised_url),
-        registry: crate::registry::RegistrySettings {
+        discovery: crate::discovery::DiscoverySettings {
             autocreate: false,
             ..Default::default()
         },

@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use rivulet_core::event::Event;
-use rivulet_core::metrics::{Metrics, RegistryDropLabels};
+use rivulet_core::metrics::{DiscoveryDropLabels, Metrics};
 
 /// The events of one accepted request.
 pub struct Observation {
@@ -26,7 +26,7 @@ impl Observer {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let dropped = metrics
             .eventtype_observations_dropped
-            .get_or_create(&RegistryDropLabels {
+            .get_or_create(&DiscoveryDropLabels {
                 reason: "queue_full",
             })
             .clone();
@@ -68,7 +68,7 @@ mod tests {
         observer.observe("default", "default", vec![event(), event()]);
         let dropped = metrics
             .eventtype_observations_dropped
-            .get_or_create(&RegistryDropLabels {
+            .get_or_create(&DiscoveryDropLabels {
                 reason: "queue_full",
             })
             .get();

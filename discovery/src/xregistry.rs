@@ -20,17 +20,17 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::schema::FORMAT;
-use crate::resources::eventtype::{attribute_of, broker_of};
-use crate::resources::find_kind_by_name;
-use crate::runtime::Context;
-use crate::store::ResourceStore;
+use rivulet_control::runtime::Context;
+use rivulet_core::resources::eventtype::{attribute_of, broker_of};
+use rivulet_core::resources::find_kind_by_name;
+use rivulet_store::ResourceStore;
 
 const ROOT: &str = "/xregistry";
 const SPEC_VERSION: &str = "1.0-rc2";
 const ENVELOPE: &str = "CloudEvents/1.0";
 
 inventory::submit! {
-    crate::runtime::routes::HttpRoutes { listener: crate::runtime::routes::Listener::Api, build: routes }
+    rivulet_control::runtime::routes::HttpRoutes { listener: rivulet_control::runtime::routes::Listener::Api, build: routes }
 }
 
 fn routes(ctx: Arc<Context>) -> Router {

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::pattern;
-use crate::resources::eventtype::{GROUP, attribute_of, broker_of};
+use rivulet_core::resources::eventtype::{GROUP, attribute_of, broker_of};
 
 /// The query parameters of an EventType list.
 pub const PARAMS: &[&str] = &["broker", "type", "typePrefix", "source", "q"];
 
 inventory::submit! {
-    crate::api::ListFilter {
+    rivulet_control::api::ListFilter {
         group: GROUP,
         plural: "eventtypes",
         params: PARAMS,

@@ -9,17 +9,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::pattern::{self, WILDCARD};
-use super::{RegistrySettings, schema};
-use crate::event::Event;
-use crate::ingress::Observation;
-use crate::metrics::{BrokerLabels, Metrics};
-use crate::resources::eventtype::{
+use super::{DiscoverySettings, schema};
+use rivulet_broker::ingress::Observation;
+use rivulet_control::runtime::{CappedBrokers, StatusLock};
+use rivulet_core::event::Event;
+use rivulet_core::metrics::{BrokerLabels, Metrics};
+use rivulet_core::resources::eventtype::{
     AUTOCREATED_LABEL, BROKER_LABEL, SchemaVersion, attribute, attribute_of, broker_of,
     broker_reference,
 };
-use crate::resources::{KindInfo, find_kind_by_name, now_rfc3339};
-use crate::runtime::{CappedBrokers, StatusLock};
-use crate::store::{ResourceStore, StoreError};
+use rivulet_core::resources::{KindInfo, find_kind_by_name, now_rfc3339};
+use rivulet_store::{ResourceStore, StoreError};
 
 /// Samples larger than this keep their attributes but not their data.
 const SAMPLE_DATA_LIMIT: usize = 16 * 1024;
@@ -113,7 +113,7 @@ impl Tracked {
 /// Turns observations into EventTypes and schemas; see the module docs of `registry`.
 pub struct Worker {
     store: Arc<dyn ResourceStore>,
-    settings: RegistrySettings,
+    settings: DiscoverySettings,
     metrics: Arc<Metrics>,
     status_lock: StatusLock,
     kind: &'static KindInfo,
@@ -133,7 +133,7 @@ type CapChange = Box<dyn Fn(&str, &str) + Send + Sync>;
 impl Worker {
     pub fn new(
         store: Arc<dyn ResourceStore>,
-        settings: RegistrySettings,
+        settings: DiscoverySettings,
         metrics: Arc<Metrics>,
         status_lock: StatusLock,
     ) -> Self {
@@ -375,8 +375,8 @@ impl Worker {
             return Ok(Resolved::Capped);
         }
         // Owned by its broker, so Kubernetes' garbage collector removes it with the broker.
-        let broker_kind =
-            crate::resources::find_kind_by_name(None, "Broker").expect("Broker is registered");
+        let broker_kind = rivulet_core::resources::find_kind_by_name(None, "Broker")
+            .expect("Broker is registered");
         let broker_uid = self
             .store
             .get(broker_kind, namespace, broker)
@@ -582,7 +582,7 @@ fn sample_of(event: &Event) -> Value {
     {
         event.data = None;
     }
-    serde_json::from_str(&crate::event::to_json(&event)).unwrap_or(Value::Null)
+    serde_json::from_str(&rivulet_core::event::to_json(&event)).unwrap_or(Value::Null)
 }
 
 fn autocreated(
@@ -634,7 +634,7 @@ mod tests {
     use super::*;
 
     fn event(data: &str) -> Event {
-        let mut event = crate::event::parse_structured(
+        let mut event = rivulet_core::event::parse_structured(
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/json"}"#,
         )
         .unwrap();

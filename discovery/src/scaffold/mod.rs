@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::resources::eventtype::attribute_of;
+use rivulet_core::resources::eventtype::attribute_of;
 
 pub mod model;
 mod python;

@@ -1,7 +1,7 @@
-//! The event-type discovery registry.
+//! Event-type discovery: EventTypes made from the events brokers see.
 //!
 //! Ingress hands every accepted request's events to an
-//! [`Observer`](crate::ingress::Observer), which only tries to put
+//! [`Observer`](rivulet_broker::ingress::Observer), which only tries to put
 //! them on a bounded queue: a full queue drops the observation (counted in
 //! `rivulet_eventtype_observations_dropped_total`), so discovery never slows or fails
 //! ingress. A background worker ([`worker`]) creates an EventType for each new
@@ -11,6 +11,7 @@
 //! `rivulet_eventtypes_capped_total` and get none.
 //! [`query`] filters EventType lists, [`xregistry`] serves the CloudEvents xRegistry view,
 //! [`scaffold`] writes function skeletons from a schema.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
@@ -21,12 +22,12 @@ pub mod schema;
 pub mod worker;
 pub mod xregistry;
 
-/// The default of [`RegistrySettings::max_per_broker`].
+/// The default of [`DiscoverySettings::max_per_broker`].
 pub const DEFAULT_MAX_PER_BROKER: usize = 1000;
 
 /// How discovery behaves; part of `rivulet serve`'s options.
 #[derive(Debug, Clone)]
-pub struct RegistrySettings {
+pub struct DiscoverySettings {
     /// Create EventTypes for the events brokers accept (`--no-eventtype-autocreate` turns it
     /// off; schemas are still inferred for EventTypes applied by hand).
     pub autocreate: bool,
@@ -45,7 +46,7 @@ pub struct RegistrySettings {
     pub max_per_broker: usize,
 }
 
-impl Default for RegistrySettings {
+impl Default for DiscoverySettings {
     fn default() -> Self {
         Self {
             autocreate: true,

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::registry::schema::types;
+use crate::schema::types;
 
 /// A type a field (or the payload) has.
 #[derive(Debug, Clone, PartialEq)]
