@@ -519,6 +519,49 @@ async fn the_channel_template_picks_the_memory_channel_and_no_config_the_embedde
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unserved_broker_class_or_channel_kind_names_what_the_backends_serve() {
+    let server = InProcessServer::start().await;
+    let base = &server.api;
+    apply(
+        base,
+        &configmap(
+            "odd-channel",
+            json!({"channel-template-spec": "apiVersion: messaging.knative.dev/v1\nkind: PigeonChannel\n"}),
+        ),
+    )
+    .await;
+    apply(base, &classed_broker("pigeon", "PigeonBroker", None)).await;
+    apply(
+        base,
+        &classed_broker("odd", "MTChannelBasedBroker", Some("odd-channel")),
+    )
+    .await;
+
+    let message = |object: Value| {
+        support::ready_condition(&object).unwrap()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let pigeon = message(support::wait_status(base, "Broker", "default", "pigeon", "False").await);
+    for class in [
+        "MTChannelBasedBroker",
+        "RabbitMQBroker",
+        "NatsJetStreamBroker",
+        "Kafka",
+    ] {
+        assert!(pigeon.contains(class), "{class} is offered: {pigeon:?}");
+    }
+    assert!(pigeon.contains("\"PigeonBroker\""), "{pigeon:?}");
+    let odd = message(support::wait_status(base, "Broker", "default", "odd", "False").await);
+    for kind in ["InMemoryChannel", "KafkaChannel", "NatsJetStreamChannel"] {
+        assert!(odd.contains(kind), "{kind} is offered: {odd:?}");
+    }
+    assert!(odd.contains("\"PigeonChannel\""), "{odd:?}");
+    server.shutdown().await;
+}
+
 #[test]
 fn serve_refuses_a_config_file_with_an_invalid_manifest() {
     let config = tempfile::tempdir().unwrap();

@@ -41,6 +41,8 @@ inventory::submit! {
     Backend {
         name: "embedded",
         durable: true,
+        broker_class: None,
+        channel_kind: None,
         open: open_embedded,
     }
 }

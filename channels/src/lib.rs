@@ -300,6 +300,12 @@ pub struct Backend {
     pub name: &'static str,
     /// Whether an event it acknowledged survives a crash of the process.
     pub durable: bool,
+    /// The Knative broker class (`eventing.knative.dev/broker.class`) this backend serves, if
+    /// any; such a broker needs `spec.config` naming the backend's settings.
+    pub broker_class: Option<&'static str>,
+    /// The Knative channel kind (in `channel-template-spec` of an `MTChannelBasedBroker`'s
+    /// config) this backend serves, if any.
+    pub channel_kind: Option<&'static str>,
     pub open: fn(ChannelConfig) -> OpenChannel,
 }
 
@@ -308,6 +314,23 @@ inventory::collect!(Backend);
 /// Looks a backend up by name.
 pub fn backend(name: &str) -> Option<&'static Backend> {
     inventory::iter::<Backend>().find(|b| b.name == name)
+}
+
+/// The backend that serves a Knative broker class.
+pub fn backend_for_broker_class(class: &str) -> Option<&'static Backend> {
+    inventory::iter::<Backend>().find(|b| b.broker_class == Some(class))
+}
+
+/// The backend that serves a Knative channel kind.
+pub fn backend_for_channel_kind(kind: &str) -> Option<&'static Backend> {
+    inventory::iter::<Backend>().find(|b| b.channel_kind == Some(kind))
+}
+
+/// Every broker class (or channel kind) some backend serves, sorted, for errors.
+pub fn served_names(name: fn(&Backend) -> Option<&'static str>) -> Vec<&'static str> {
+    let mut names: Vec<_> = inventory::iter::<Backend>().filter_map(name).collect();
+    names.sort_unstable();
+    names
 }
 
 /// Names of every registered backend, for help texts and errors.

@@ -30,6 +30,8 @@ inventory::submit! {
     Backend {
         name: "memory",
         durable: false,
+        broker_class: None,
+        channel_kind: Some("InMemoryChannel"),
         open: open_memory,
     }
 }

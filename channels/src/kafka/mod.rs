@@ -44,6 +44,8 @@ inventory::submit! {
     Backend {
         name: "kafka",
         durable: true,
+        broker_class: Some("Kafka"),
+        channel_kind: Some("KafkaChannel"),
         open: open_kafka,
     }
 }

@@ -51,6 +51,8 @@ inventory::submit! {
     Backend {
         name: "nats",
         durable: true,
+        broker_class: Some("NatsJetStreamBroker"),
+        channel_kind: Some("NatsJetStreamChannel"),
         open: open_nats,
     }
 }

@@ -58,6 +58,8 @@ inventory::submit! {
     Backend {
         name: "rabbitmq",
         durable: true,
+        broker_class: Some("RabbitMQBroker"),
+        channel_kind: None,
         open: open_rabbitmq,
     }
 }

@@ -352,7 +352,8 @@ pub async fn reconcile_config_users(
 }
 
 /// Maps the broker class (and its `spec.config`) to a channel backend, as DESIGN.md's table
-/// says. No class, or `MTChannelBasedBroker` without a channel template, is the embedded log.
+/// says; each backend registers the class and channel kind it serves. No class, or
+/// `MTChannelBasedBroker` without a channel template, is the embedded log.
 pub async fn choose_backend(
     broker: &Broker,
     namespace: &str,
@@ -377,20 +378,23 @@ pub async fn choose_backend(
             None => "embedded".to_string(),
             Some(template) => channel_template_backend(template)?,
         },
-        "Kafka" => "kafka".to_string(),
-        "RabbitMQBroker" => "rabbitmq".to_string(),
-        "NatsJetStreamBroker" => "nats".to_string(),
-        other => {
-            return Err(format!(
-                "broker class {other:?} is not served; use MTChannelBasedBroker, Kafka, RabbitMQBroker or NatsJetStreamBroker, or no class for the embedded log"
-            ));
+        class => {
+            let Some(backend) = rivulet_channels::backend_for_broker_class(class) else {
+                let mut classes = rivulet_channels::served_names(|b| b.broker_class);
+                classes.insert(0, "MTChannelBasedBroker");
+                return Err(format!(
+                    "broker class {class:?} is not served; use {}, or no class for the embedded log",
+                    classes.join(", ")
+                ));
+            };
+            if settings.is_none() {
+                return Err(format!(
+                    "broker class {class} needs spec.config naming its backend configuration"
+                ));
+            }
+            backend.name.to_string()
         }
     };
-    if matches!(class, "Kafka" | "RabbitMQBroker" | "NatsJetStreamBroker") && settings.is_none() {
-        return Err(format!(
-            "broker class {class} needs spec.config naming its backend configuration"
-        ));
-    }
     let mut settings = settings.unwrap_or_default();
     if backend == "memory" {
         // The server-wide default, unless the broker's config sets its own.
@@ -410,14 +414,15 @@ pub async fn choose_backend(
 fn channel_template_backend(template: &str) -> Result<String, String> {
     let parsed: Value = serde_saphyr::from_str(template)
         .map_err(|e| format!("channel-template-spec is not valid YAML: {e}"))?;
-    match parsed.get("kind").and_then(Value::as_str) {
-        Some("InMemoryChannel") => Ok("memory".into()),
-        Some("NatsJetStreamChannel") => Ok("nats".into()),
-        Some("KafkaChannel") => Ok("kafka".into()),
-        Some(other) => Err(format!(
-            "channel-template-spec kind {other:?} is not served; use InMemoryChannel, KafkaChannel or NatsJetStreamChannel"
+    let Some(kind) = parsed.get("kind").and_then(Value::as_str) else {
+        return Err("channel-template-spec has no kind".into());
+    };
+    match rivulet_channels::backend_for_channel_kind(kind) {
+        Some(backend) => Ok(backend.name.to_string()),
+        None => Err(format!(
+            "channel-template-spec kind {kind:?} is not served; use {}",
+            rivulet_channels::served_names(|b| b.channel_kind).join(", ")
         )),
-        None => Err("channel-template-spec has no kind".into()),
     }
 }
 
