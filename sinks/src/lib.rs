@@ -33,6 +33,13 @@ use rivulet_core::resources::validation::typed;
 use rivulet_core::resources::{Addressable, Condition, find_kind_by_name};
 use rivulet_store::object_key;
 
+/// A sink lists the policies that admit senders to it.
+pub const RESYNC_AFTER: &[&str] = &["EventPolicy"];
+
+/// Triggers and sources may name a sink by reference and resolve its address from its status,
+/// so sinks are resynced before them.
+pub const RESYNC_BEFORE: &[&str] = &["Trigger"];
+
 pub mod display;
 pub mod http_forward;
 pub mod kafka;

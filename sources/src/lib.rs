@@ -46,6 +46,11 @@ pub mod podspecable;
 pub mod rabbitmq;
 pub mod webhook;
 
+/// What a source's reconciler reads, resynced first: its sink is usually a broker (or a sink
+/// kind, which places itself before triggers), and its triggers should be consuming before it
+/// sends.
+pub const RESYNC_AFTER: &[&str] = &["Broker", "Trigger", "EventPolicy"];
+
 /// The reason of a condition saying the kind needs the Kubernetes API, which a standalone
 /// server does not have. Waiting does not change that, so such a source is not retried.
 pub const KUBERNETES_REQUIRED: &str = "KubernetesRequired";

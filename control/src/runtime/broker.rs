@@ -39,7 +39,8 @@ impl Default for MemoryChannelMaxBytes {
 inventory::submit! {
     super::Reconciler {
         kind: "Broker",
-        order: 10,
+        after: &["ConfigMap", "Secret", "RabbitmqBrokerConfig", "EventPolicy"],
+        before: &[],
         reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
         cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
     }
@@ -51,7 +52,8 @@ inventory::submit! {
 inventory::submit! {
     super::Reconciler {
         kind: "ConfigMap",
-        order: 0,
+        after: &[],
+        before: &[],
         reconcile: |object, ctx| Box::pin(async move {
             super::trust::config_map_applied(object, ctx);
             reconcile_config_users(object, ctx).await
@@ -65,7 +67,8 @@ inventory::submit! {
 inventory::submit! {
     super::Reconciler {
         kind: "Secret",
-        order: 0,
+        after: &[],
+        before: &[],
         reconcile: |object, ctx| Box::pin(async move {
             super::tls_secret::secret_changed(object, Some(object), ctx);
             reconcile_config_users(object, ctx).await
@@ -502,7 +505,8 @@ async fn read_config(
 inventory::submit! {
     super::Reconciler {
         kind: "RabbitmqBrokerConfig",
-        order: 0,
+        after: &[],
+        before: &[],
         reconcile: |object, ctx| Box::pin(reconcile_config_users(object, ctx)),
         cleanup: |object, ctx| Box::pin(async move { reconcile_config_users(object, ctx).await.map(|_| ()) }),
     }

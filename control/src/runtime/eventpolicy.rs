@@ -20,8 +20,8 @@ const POLICY_API_VERSION: &str = "eventing.knative.dev/v1alpha1";
 inventory::submit! {
     super::Reconciler {
         kind: "EventPolicy",
-        // Before brokers, so that a resync lists every policy before a broker reports on them.
-        order: 5,
+        after: &[],
+        before: &[],
         reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
         cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
     }

@@ -27,7 +27,8 @@ pub const EVENT_TYPE_KNOWN: &str = "EventTypeKnown";
 inventory::submit! {
     super::Reconciler {
         kind: "EventType",
-        order: 30,
+        after: &["Broker"],
+        before: &[],
         reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
         cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
     }

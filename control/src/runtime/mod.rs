@@ -81,8 +81,12 @@ impl ReconcileError {
 pub struct Reconciler {
     /// The kind it reconciles (`Broker`, `Trigger`, ...).
     pub kind: &'static str,
-    /// Resync order, lowest first: what others depend on comes first.
-    pub order: u8,
+    /// Kinds whose objects this reconciler reads (a Broker reads its config and policies), so
+    /// a resync reconciles them first. Kinds that are not linked in are passed over.
+    pub after: &'static [&'static str],
+    /// Kinds that read this kind's objects but cannot name it (a Trigger's subscriber may be
+    /// any sink kind), so a resync reconciles this kind before them.
+    pub before: &'static [&'static str],
     pub reconcile: ReconcileFn,
     /// Cleanup after the object was deleted (the finalizer's work).
     pub cleanup: CleanupFn,
@@ -482,8 +486,7 @@ impl Context {
     /// Reconciles every kind in order; with `defer_settled`, returns the settled triggers
     /// (see [`Context::resync_at_start`]) instead of reconciling them.
     async fn resync_kinds(self: &Arc<Self>, defer_settled: bool) -> Vec<Listed> {
-        let mut reconcilers: Vec<&Reconciler> = inventory::iter::<Reconciler>().collect();
-        reconcilers.sort_by_key(|r| r.order);
+        let reconcilers = resync_order();
         let mut settled_brokers = HashSet::new();
         let mut deferred = Vec::new();
         for reconciler in reconcilers {
@@ -910,6 +913,71 @@ pub fn conditions(
     parts
 }
 
+/// Every registered reconciler, each after the kinds it reads ([`Reconciler::after`]) and
+/// before the kinds that read it ([`Reconciler::before`]); kinds with no order between them
+/// come by name, so the order is the same on every start.
+pub fn resync_order() -> Vec<&'static Reconciler> {
+    order_reconcilers(inventory::iter::<Reconciler>().collect())
+}
+
+fn order_reconcilers(mut reconcilers: Vec<&'static Reconciler>) -> Vec<&'static Reconciler> {
+    reconcilers.sort_by_key(|r| r.kind);
+    let index: HashMap<&str, usize> = reconcilers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.kind, i))
+        .collect();
+    // waiting[i]: how many kinds must come before reconciler i; next[i]: those after it.
+    let mut waiting = vec![0usize; reconcilers.len()];
+    let mut next = vec![Vec::new(); reconcilers.len()];
+    for (i, reconciler) in reconcilers.iter().enumerate() {
+        let earlier = reconciler
+            .after
+            .iter()
+            .filter_map(|k| index.get(k).map(|&j| (j, i)));
+        let later = reconciler
+            .before
+            .iter()
+            .filter_map(|k| index.get(k).map(|&j| (i, j)));
+        for (first, then) in earlier.chain(later) {
+            next[first].push(then);
+            waiting[then] += 1;
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> = (0..reconcilers.len())
+        .filter(|&i| waiting[i] == 0)
+        .collect();
+    let mut ordered = Vec::with_capacity(reconcilers.len());
+    while let Some(i) = ready.pop_first() {
+        ordered.push(reconcilers[i]);
+        for &then in &next[i] {
+            waiting[then] -= 1;
+            if waiting[then] == 0 {
+                ready.insert(then);
+            }
+        }
+    }
+    if ordered.len() < reconcilers.len() {
+        // A circle of dependencies: the rest come by name rather than not at all.
+        let circle: Vec<_> = reconcilers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| waiting[*i] > 0)
+            .map(|(_, r)| r.kind)
+            .collect();
+        tracing::error!(
+            ?circle,
+            "reconciler dependencies form a circle; these resync by name"
+        );
+        ordered.extend(
+            circle
+                .iter()
+                .filter_map(|k| index.get(k).map(|&i| reconcilers[i])),
+        );
+    }
+    ordered
+}
+
 /// The finalizer name of a kind, as Knative names them (`brokers.eventing.knative.dev`).
 pub fn finalizer_name(kind: &KindInfo) -> String {
     format!("{}.{}", kind.plural, kind.group)
@@ -937,4 +1005,50 @@ pub fn generation(object: &Value) -> Option<i64> {
     object
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn reconciler(
+        kind: &'static str,
+        after: &'static [&'static str],
+        before: &'static [&'static str],
+    ) -> Reconciler {
+        Reconciler {
+            kind,
+            after,
+            before,
+            reconcile: |_, _| Box::pin(async { Ok(Action::AwaitChange) }),
+            cleanup: |_, _| Box::pin(async { Ok(()) }),
+        }
+    }
+
+    fn kinds(order: Vec<&'static Reconciler>) -> Vec<&'static str> {
+        order.into_iter().map(|r| r.kind).collect()
+    }
+
+    #[test]
+    fn dependencies_order_the_resync_and_names_break_ties() {
+        static TRIGGER: Reconciler = reconciler("Trigger", &["Broker"], &[]);
+        static BROKER: Reconciler = reconciler("Broker", &["ConfigMap", "NotLinked"], &[]);
+        static CONFIG_MAP: Reconciler = reconciler("ConfigMap", &[], &[]);
+        static SINK: Reconciler = reconciler("ASink", &[], &["Trigger"]);
+        static SOURCE: Reconciler = reconciler("ASource", &["Trigger"], &[]);
+        let order = order_reconcilers(vec![&TRIGGER, &SOURCE, &BROKER, &SINK, &CONFIG_MAP]);
+        assert_eq!(
+            kinds(order),
+            ["ASink", "ConfigMap", "Broker", "Trigger", "ASource"]
+        );
+    }
+
+    #[test]
+    fn a_circle_of_dependencies_still_resyncs_every_kind() {
+        static A: Reconciler = reconciler("A", &["B"], &[]);
+        static B: Reconciler = reconciler("B", &["A"], &[]);
+        static C: Reconciler = reconciler("C", &[], &[]);
+        let order = order_reconcilers(vec![&B, &A, &C]);
+        assert_eq!(kinds(order), ["C", "A", "B"]);
+    }
 }

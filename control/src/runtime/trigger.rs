@@ -21,7 +21,8 @@ use rivulet_store::object_key;
 inventory::submit! {
     super::Reconciler {
         kind: "Trigger",
-        order: 20,
+        after: &["Broker", "EventPolicy"],
+        before: &[],
         reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
         cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
     }

@@ -68,8 +68,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "HttpForwardSink",
-        // Before triggers (20) and sources (30), which may name it by ref.
-        order: 15,
+        after: crate::RESYNC_AFTER,
+        before: crate::RESYNC_BEFORE,
         reconcile: |object, ctx| Box::pin(super::reconcile::<HttpForwardSinkKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<HttpForwardSinkKind>(object, ctx)),
     }

@@ -79,8 +79,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "NatsSink",
-        // Before triggers (20) and sources (30), which may name it by ref.
-        order: 15,
+        after: crate::RESYNC_AFTER,
+        before: crate::RESYNC_BEFORE,
         reconcile: |object, ctx| Box::pin(super::reconcile::<NatsSinkKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<NatsSinkKind>(object, ctx)),
     }

@@ -235,7 +235,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "ApiServerSource",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(super::reconcile::<ApiServerSourceKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<ApiServerSourceKind>(object, ctx)),
     }

@@ -135,7 +135,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "KafkaSource",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(super::reconcile::<KafkaSourceKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<KafkaSourceKind>(object, ctx)),
     }

@@ -125,7 +125,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "NatsSource",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(super::reconcile::<NatsSourceKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<NatsSourceKind>(object, ctx)),
     }

@@ -137,7 +137,8 @@ fn with_api_version(mut object: Value, api_version: &str) -> Value {
 inventory::submit! {
     Reconciler {
         kind: "PingSource",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(super::reconcile::<PingSourceKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<PingSourceKind>(object, ctx)),
     }

@@ -85,7 +85,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "ContainerSource",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
         // The Deployment is garbage-collected through its owner reference.
         cleanup: |_, _| Box::pin(async { Ok(()) }),

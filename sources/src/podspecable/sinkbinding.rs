@@ -196,7 +196,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "SinkBinding",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
         cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
     }

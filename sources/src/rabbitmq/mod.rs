@@ -153,7 +153,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "RabbitmqSource",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(super::reconcile::<RabbitmqSourceKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<RabbitmqSourceKind>(object, ctx)),
     }

@@ -112,7 +112,8 @@ inventory::submit! {
 inventory::submit! {
     Reconciler {
         kind: "WebhookSource",
-        order: 30,
+        after: crate::RESYNC_AFTER,
+        before: &[],
         reconcile: |object, ctx| Box::pin(super::reconcile::<WebhookSourceKind>(object, ctx)),
         cleanup: |object, ctx| Box::pin(super::cleanup::<WebhookSourceKind>(object, ctx)),
     }
