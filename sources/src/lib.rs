@@ -15,7 +15,7 @@
 //! upstream (a queue, a log) acknowledges it only then.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -371,7 +371,7 @@ pub fn validate_ce_overrides(
 
 /// The running adapters of one runtime, by source.
 #[derive(Default, Clone)]
-struct RunningSources(Arc<tokio::sync::Mutex<HashMap<SourceKey, (String, RunningSource)>>>);
+struct RunningSources(Arc<runtime::RunningMap<SourceKey, RunningSource>>);
 
 struct RunningSource {
     cancel: CancellationToken,
@@ -519,7 +519,7 @@ pub async fn reconcile<K: SourceKind>(
             );
             if runs_here::<K>(ctx.role()) {
                 ensure_running(ctx, &running, &key, fingerprint, prepared.adapter, client).await;
-            } else if let Some((_, old)) = running.0.lock().await.remove(&key) {
+            } else if let Some(old) = running.0.remove(&key).await {
                 old.stop(&key).await;
             }
             parts.push(Condition::new("Deployed", true, "", ""));
@@ -539,7 +539,7 @@ pub async fn reconcile<K: SourceKind>(
             });
         }
         _ => {
-            if let Some((_, old)) = running.0.lock().await.remove(&key) {
+            if let Some(old) = running.0.remove(&key).await {
                 old.stop(&key).await;
             }
         }
@@ -568,14 +568,11 @@ async fn ensure_running(
     sink: SinkClient,
 ) {
     let mut map = running.0.lock().await;
-    if map
-        .get(key)
-        .is_some_and(|(current, _)| *current == fingerprint)
-    {
+    if map.runs_with(key, &fingerprint) {
         return;
     }
     // The old adapter ends before the new one starts, so a schedule never fires twice.
-    if let Some((_, old)) = map.remove(key) {
+    if let Some(old) = map.remove(key) {
         old.stop(key).await;
     }
     let cancel = CancellationToken::new();
@@ -589,16 +586,14 @@ async fn ensure_running(
     };
     let task = tokio::spawn(supervise(adapter, source_ctx));
     tracing::info!(kind = key.kind, namespace = %key.namespace, source = %key.name, "source adapter started");
-    map.insert(
+    map.replace(
         key.clone(),
-        (
-            fingerprint,
-            RunningSource {
-                cancel,
-                task,
-                stop_grace: ctx.settings.stop_grace,
-            },
-        ),
+        fingerprint,
+        RunningSource {
+            cancel,
+            task,
+            stop_grace: ctx.settings.stop_grace,
+        },
     );
 }
 
@@ -637,8 +632,8 @@ pub async fn cleanup<K: SourceKind>(
         name,
     };
     let running = ctx.extensions.get_or_default::<RunningSources>();
-    let old = running.0.lock().await.remove(&key);
-    if let Some((_, old)) = old {
+    let old = running.0.remove(&key).await;
+    if let Some(old) = old {
         old.stop(&key).await;
     }
     match std::fs::remove_dir_all(state_dir(ctx, &key)) {
@@ -654,8 +649,8 @@ pub async fn cleanup<K: SourceKind>(
 /// Stops every source adapter of this runtime (at shutdown), each within its grace.
 pub async fn stop_all(ctx: &Context) {
     let running = ctx.extensions.get_or_default::<RunningSources>();
-    let all: Vec<_> = running.0.lock().await.drain().collect();
-    futures::future::join_all(all.into_iter().map(|(key, (_, source))| async move {
+    let all = running.0.drain().await;
+    futures::future::join_all(all.into_iter().map(|(key, source)| async move {
         source.stop(&key).await;
     }))
     .await;

@@ -25,6 +25,7 @@ mod eventpolicy;
 mod events;
 mod eventtype;
 pub mod routes;
+mod running;
 pub mod storage;
 mod tls_secret;
 mod trigger;
@@ -35,6 +36,7 @@ pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use drain::{DEFAULT_DELETE_GRACE, DrainReport};
 pub use events::ReadySummary;
 pub use eventtype::StatusLock;
+pub use running::{RunningGuard, RunningMap};
 pub use tls_secret::follow_tls_secret;
 pub use trust::follow_trust_bundles;
 
@@ -211,7 +213,7 @@ pub struct Context {
     pub dispatch: dispatcher::Shared,
     pub settings: Settings,
     /// Running trigger consumers by (namespace, name), with the fingerprint of their config.
-    triggers: Mutex<HashMap<(String, String), (String, Running)>>,
+    triggers: RunningMap<(String, String), Running>,
     requeue: mpsc::UnboundedSender<RequeueKey>,
     requeue_rx: Mutex<Option<mpsc::UnboundedReceiver<RequeueKey>>>,
     /// State of plug-ins (source and sink adapters), by type.
@@ -258,7 +260,7 @@ impl Context {
             ingress,
             dispatch,
             settings,
-            triggers: Mutex::default(),
+            triggers: RunningMap::default(),
             requeue,
             requeue_rx: Mutex::new(Some(requeue_rx)),
             extensions: Extensions::default(),
@@ -664,11 +666,7 @@ impl Context {
 
     /// Whether the trigger's consumer runs with exactly this configuration.
     async fn is_running_with(&self, key: &(String, String), fingerprint: &str) -> bool {
-        self.triggers
-            .lock()
-            .await
-            .get(key)
-            .is_some_and(|(running, _)| running == fingerprint)
+        self.triggers.lock().await.runs_with(key, fingerprint)
     }
 
     /// Installs a trigger's new consumer, stopping the one it replaces.
@@ -677,8 +675,8 @@ impl Context {
             .triggers
             .lock()
             .await
-            .insert(key, (fingerprint, running));
-        if let Some((_, old)) = old {
+            .replace(key, fingerprint, running);
+        if let Some(old) = old {
             // The old consumer finishes in the background; events it has not acknowledged
             // reach the new one too (at least once).
             tokio::spawn(old.stop(self.settings.stop_grace));
@@ -688,10 +686,8 @@ impl Context {
     /// Takes a trigger's consumer out of service, for its deletion to stop.
     async fn take_trigger(&self, namespace: &str, name: &str) -> Option<Running> {
         self.triggers
-            .lock()
-            .await
             .remove(&(namespace.to_string(), name.to_string()))
-            .map(|(_, running)| running)
+            .await
     }
 
     /// How many undelivered events deleting a Broker or Trigger would leave behind, per
@@ -761,29 +757,18 @@ impl Context {
     }
 
     async fn stop_trigger(&self, namespace: &str, name: &str) {
-        let old = self
-            .triggers
-            .lock()
-            .await
-            .remove(&(namespace.to_string(), name.to_string()));
-        if let Some((_, running)) = old {
+        if let Some(running) = self.take_trigger(namespace, name).await {
             tokio::spawn(running.stop(self.settings.stop_grace));
         }
     }
 
     /// Stops every trigger consumer, each waiting up to the grace period.
     pub async fn stop_all(&self) {
-        let running: Vec<_> = self
-            .triggers
-            .lock()
-            .await
-            .drain()
-            .map(|(_, (_, r))| r)
-            .collect();
+        let running = self.triggers.drain().await;
         futures::future::join_all(
             running
                 .into_iter()
-                .map(|r| r.stop(self.settings.stop_grace)),
+                .map(|(_, r)| r.stop(self.settings.stop_grace)),
         )
         .await;
     }
