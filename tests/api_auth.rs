@@ -1,7 +1,7 @@
 //! The resource API's own listener and its bearer tokens: who may read, who may write, and
 //! that Secrets never come back out.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;

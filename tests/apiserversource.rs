@@ -3,7 +3,7 @@
 //! HTTP sink receives for the watch events fed to it, and the status when the account may not
 //! list. And in standalone mode, through the in-process server.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,7 @@
 //! among them), and a data folder an earlier run left open to others is narrowed at start.
 #![cfg(unix)]
 
-mod support;
+use rivulet_testkit as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! (kept across a restart), and the byte bound of the memory channel behind a hung
 //! subscriber (503 with `Retry-After` when full, nothing lost once the subscriber recovers).
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The `rivulet` command line, run as a real binary against a real server.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::process::{Output, Stdio};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! status, Kubernetes Events, error and requeue paths, cleanup on deletion, and a data plane
 //! that delivers to the address the controller resolved.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! consumers on a RabbitMQ queue, one JetStream pull consumer), every event delivered once.
 //! Each process has its own scripted API server; RabbitMQ and NATS are real.
 
-mod rabbitmq_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! grace period, sends the rest to the dead-letter sink (with `knativeerror*` attributes) or
 //! counts them dropped, and answers with the numbers. On the embedded log and on RabbitMQ.
 
-mod rabbitmq_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::time::Duration;
 

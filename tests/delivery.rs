@@ -8,7 +8,7 @@
 //! have happened (a final delivery outcome in `/metrics`, or a later event through an ordered
 //! trigger).
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

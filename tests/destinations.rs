@@ -1,7 +1,7 @@
 //! Destination `ref`s resolved in Kubernetes mode against a scripted API server: which objects
 //! are read (and discovered) on the way, and the URL each kind of referent gives.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::sync::Arc;
 use std::time::Duration;

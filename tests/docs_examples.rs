@@ -8,7 +8,7 @@
 //! wherever the suite runs, so their examples are applied; the blocks marked as needing a
 //! Kafka server are applied by a test of their own behind the `kafka-tests` feature.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

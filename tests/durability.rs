@@ -1,7 +1,7 @@
 //! Durability of the real binary: a `202` survives `kill -9`, resources survive restarts, and
 //! SIGTERM stops cleanly without losing events in flight.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,8 +2,8 @@
 //! connected to (IP literals before sending, names after DNS), and what a target answers
 //! bounded before it reaches `knativeerrordata`.
 
-mod adapters_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::adapters as adapters_support;
 
 use std::str::FromStr;
 

@@ -2,7 +2,7 @@
 //! patterns, filters, `default-authorization-mode` when no policy applies, and the status
 //! policies and guarded brokers report.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! inference as payloads evolve, the discovery queries, v1beta2 reads, the trigger warning
 //! condition, and `rivulet eventtypes list|show`.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Broker ingress over real HTTP: malformed requests are refused with the right status and a
 //! message that says what is wrong, and the three content modes are accepted and delivered.
 
-mod support;
+use rivulet_testkit as support;
 
 use reqwest::Method;
 use rivulet::event::SpecVersion;

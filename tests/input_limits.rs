@@ -2,7 +2,7 @@
 //! too many extensions and deep JSON get a 400 saying which bound, and every name, label
 //! and annotation rule a 422 naming the field, never a 500.
 
-mod support;
+use rivulet_testkit as support;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;

@@ -5,9 +5,9 @@
 // on after starting one (a bare `cargo test` leaves these tests out).
 #![cfg(feature = "kafka-tests")]
 
-mod adapters_support;
-mod kafka_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::adapters as adapters_support;
+use rivulet_testkit::kafka as kafka_support;
 
 use std::time::Duration;
 

@@ -9,8 +9,8 @@
 // on after starting one (a bare `cargo test` leaves these tests out).
 #![cfg(feature = "kafka-tests")]
 
-mod kafka_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::kafka as kafka_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

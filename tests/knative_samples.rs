@@ -8,7 +8,7 @@
 //! Ready where what it references exists; where a sample cannot work here (it needs a pod to
 //! run, or a kind Rivulet does not serve), apply and the object's status say exactly that.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -2,7 +2,7 @@
 //! bodies, slow and idle connections, the connection limit, header count and size, and the
 //! whole-request timeout. Real servers over real sockets.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

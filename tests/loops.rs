@@ -3,8 +3,8 @@
 //! ingress, two brokers feeding each other, a reply) runs out of hops, is dropped and
 //! counted. Ingress refuses an event that arrives with no hop left.
 
-mod adapters_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::adapters as adapters_support;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;

@@ -8,7 +8,7 @@
 //! a minute in a debug build; `RIVULET_TEST_TRIGGERS=10000` checks the full figure (the
 //! first start then takes minutes in a debug build; the restart stays within the bound).
 
-mod support;
+use rivulet_testkit as support;
 
 use std::fmt::Write as _;
 use std::path::Path;

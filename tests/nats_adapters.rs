@@ -4,8 +4,9 @@
 //! for a while loses nothing; events posted to a NatsSink arrive on the subject per the
 //! CloudEvents NATS binding, after JetStream's acknowledgement when asked for.
 
-mod adapters_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::adapters as adapters_support;
+use rivulet_testkit::nats::{client, nats_url, unique};
 
 use std::time::Duration;
 
@@ -19,25 +20,6 @@ use support::{Recorder, TestServer, WAIT, http, wait_for};
 
 const SOURCES: &str = "sources.rivulet.dev/v1alpha1";
 const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
-
-fn nats_url() -> String {
-    std::env::var("RIVULET_NATS_URL").unwrap_or_else(|_| rivulet_channels::nats::DEFAULT_URL.into())
-}
-
-/// A name no other run uses (subjects, streams and resources all derive from it).
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-async fn client() -> async_nats::Client {
-    async_nats::connect(nats_url())
-        .await
-        .expect("the NATS server is reachable (start it with test.sh)")
-}
 
 fn sink_address(object: &Value) -> String {
     object["status"]["address"]["url"]

@@ -3,7 +3,8 @@
 //! to the consumer, retries, ordered and parallel delivery, and the stream and consumers the
 //! reconcilers create and remove.
 
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::nats::{nats_url, unique};
 
 use std::time::Duration;
 
@@ -17,19 +18,6 @@ use support::{
 
 const NS: &str = "default";
 const ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
-
-fn nats_url() -> String {
-    std::env::var("RIVULET_NATS_URL").unwrap_or_else(|_| rivulet_channels::nats::DEFAULT_URL.into())
-}
-
-/// A broker name no other run uses, so its stream starts empty.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 fn config_map(name: &str, data: Value) -> Value {
     json!({

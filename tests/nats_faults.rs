@@ -7,7 +7,7 @@
 //! The server binary is `RIVULET_NATS_SERVER`, else `nats-server` from `/usr/sbin` or `PATH`;
 //! without one the tests say so and skip.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

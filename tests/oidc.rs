@@ -2,7 +2,7 @@
 //! JWKS over HTTP, key rotation, no fetch storms, every forged or misdirected token refused
 //! with 401), brokers publish their audience, and Rivulet signs its own deliveries.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::time::Duration;
 

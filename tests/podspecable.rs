@@ -1,7 +1,7 @@
 //! SinkBinding and ContainerSource reconciled against a scripted Kubernetes API server, and
 //! in standalone mode through the in-process server.
 
-mod support;
+use rivulet_testkit as support;
 
 use rivulet::runtime::Action;
 use serde_json::{Value, json};

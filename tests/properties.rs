@@ -4,7 +4,7 @@
 //! accept must survive a round trip; and ingress over real HTTP never answers 5xx to a
 //! malformed request. `fuzz/` explores further with cargo-fuzz on nightly.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::BTreeMap;
 

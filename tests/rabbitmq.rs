@@ -3,8 +3,8 @@
 //! `RabbitmqBrokerConfig`, cleanup of exchange and queues, ordered delivery, and `kill -9` of
 //! Rivulet mid-flow losing nothing.
 
-mod rabbitmq_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,9 +3,9 @@
 //! published per the CloudEvents AMQP binding after RabbitMQ's confirm, and the source reads
 //! them back as the same events.
 
-mod adapters_support;
-mod rabbitmq_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::adapters as adapters_support;
+use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 //! RabbitMQ every other RabbitMQ test uses; skipped (with a reason) where `rabbitmqctl` is
 //! missing or RIVULET_RABBITMQ_FAULTS=0.
 
-mod rabbitmq_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::collections::BTreeSet;
 use std::process::Command;

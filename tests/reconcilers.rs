@@ -3,8 +3,8 @@
 //! the controller and what else it asks for, requeues while something is missing, the error
 //! policy when the API server fails, and a data plane that writes no status.
 
-mod rabbitmq_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

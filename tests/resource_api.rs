@@ -1,7 +1,7 @@
 //! The resource API over real HTTP: apply, read, list and delete; Knative validation; status
 //! conditions; configuration from files at start.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::process::{Command, Stdio};
 

@@ -1,7 +1,7 @@
 //! `rivulet eventtypes scaffold`: each generated project is built or type-checked and, where
 //! the toolchain allows, run and sent a real CloudEvent over HTTP.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

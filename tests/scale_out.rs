@@ -9,11 +9,12 @@
 //! duplicates that the kill causes are counted and printed, and Rivulet's own count of
 //! redeliveries is read from the replicas' metrics.
 
-mod rabbitmq_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::nats::nats_url;
+use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 #[cfg(feature = "kafka-tests")]
-mod kafka_support;
+use rivulet_testkit::kafka as kafka_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -91,10 +92,6 @@ fn rabbitmq(name: &str) -> Backend {
             "data": {"uri": base64_encode(&rabbitmq_support::rabbitmq_uri())}}),
         reports_redeliveries: true,
     }
-}
-
-fn nats_url() -> String {
-    std::env::var("RIVULET_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 fn nats(name: &str) -> Backend {

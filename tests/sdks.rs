@@ -16,7 +16,7 @@
 //! not exercised: its modules come from the Go module proxy, which is not among the package
 //! registries the test command installs from.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};

@@ -2,8 +2,8 @@
 //! what a trigger sends it (in a `rivulet serve` child process, reading its stdout), and the
 //! HTTP forward sink (a target down for a while and back, refusals, invalid events).
 
-mod adapters_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::adapters as adapters_support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

@@ -3,8 +3,8 @@
 //! (signatures, content types, answering only after the sink took the event). The YAML
 //! examples of docs/sources-and-sinks.md are applied by tests/docs_examples.rs.
 
-mod adapters_support;
-mod support;
+use rivulet_testkit as support;
+use rivulet_testkit::adapters as adapters_support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! store files stop the start with a message naming them, and `rivulet store repair` keeps
 //! what can be kept.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! addresses with `CACerts`, the certificate reloaded from its files, and delivery to https
 //! subscribers trusted through the destination's `CACerts` or a trust-bundle ConfigMap.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! with the CloudEvents envelope, schema groups with inferred schemas and their versions,
 //! `?inline=` and `?filter=`.
 
-mod support;
+use rivulet_testkit as support;
 
 use std::time::Duration;
 

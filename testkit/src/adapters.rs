@@ -1,10 +1,9 @@
 //! Resource helpers for the source and sink tests: they work for any served kind, found
 //! through the kind table rather than a fixed list of paths.
-#![allow(dead_code)]
 
 use serde_json::Value;
 
-use super::support::{WAIT, api_request, wait_for};
+use crate::{WAIT, api_request, wait_for};
 
 /// PUTs any served kind through the resource API; returns status and body.
 pub async fn put_object(base: &str, object: &Value) -> (u16, Value) {

@@ -1,12 +1,10 @@
 //! Helpers for the tests that talk to a real Kafka-protocol server: where it is, fresh
 //! names, a raw client to look at topics, and a private tansu server a test may stop.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rivulet_channels::kafka::rdkafka::admin::{
@@ -32,19 +30,7 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     TURN.lock().await
 }
 
-/// A name no other test run uses.
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    )
-}
+pub use crate::unique;
 
 /// Client settings for `servers`.
 pub fn client(servers: &str) -> ClientConfig {

@@ -6,18 +6,19 @@
 //! `subscriber` ([`Subscriber`]: records every request and answers per a [`Script`] of
 //! statuses per attempt, delays, `Retry-After`, reply events or no answer at all). And
 //! `kube_api`, not re-exported: a scripted Kubernetes API server behind a runtime context.
-#![allow(dead_code)]
+#![forbid(unsafe_code)]
 
+pub mod adapters;
 mod api;
+pub mod kafka;
 pub mod kube_api;
 pub mod kube_server;
+pub mod nats;
 pub mod oidc;
+pub mod rabbitmq;
 mod subscriber;
 
-// Not every test file uses them.
-#[allow(unused_imports)]
 pub use api::*;
-#[allow(unused_imports)]
 pub use subscriber::*;
 
 use std::net::SocketAddr;
@@ -84,6 +85,21 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A name no other test (or earlier run) uses, so brokers, queues, streams and topics named
+/// after it start empty.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released, so another process can take it).
@@ -162,9 +178,18 @@ pub async fn wait_until_ready(base: &str) {
     .await;
 }
 
-/// The `rivulet` binary built for these tests.
+/// The `rivulet` binary built for these tests: `RIVULET_BINARY`, or the one cargo builds for
+/// the integration tests, beside the `deps` folder the test executable runs from.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_rivulet"))
+    if let Some(path) = std::env::var_os("RIVULET_BINARY") {
+        return PathBuf::from(path);
+    }
+    let test = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables run from target/<profile>/deps");
+    profile_dir.join(format!("rivulet{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A `rivulet serve` child process.
@@ -192,6 +217,17 @@ impl ChildServer {
         extra_args: &[&str],
         env: &[(&str, &Path)],
     ) -> Self {
+        // A free port can be taken by another test between finding it and the child binding
+        // it; a child that exits before it is ready is started again on other ports.
+        for _ in 1..3 {
+            let mut server = Self::spawn_unready_with_env(data_dir, extra_args, env);
+            match server.ready_or_exit().await {
+                Ok(()) => return server,
+                Err(status) => eprintln!(
+                    "rivulet serve exited before it was ready ({status}); starting it again on other ports"
+                ),
+            }
+        }
         let mut server = Self::spawn_unready_with_env(data_dir, extra_args, env);
         server.wait_ready().await;
         server
@@ -235,12 +271,20 @@ impl ChildServer {
 
     /// Waits until `/readyz` answers 200; panics if the process exits first.
     pub async fn wait_ready(&mut self) {
+        if let Err(status) = self.ready_or_exit().await {
+            panic!("rivulet serve exited before it was ready: {status}");
+        }
+    }
+
+    /// Waits until `/readyz` answers 200, or gives the exit status of a process that ended
+    /// first; panics when neither happens in time.
+    async fn ready_or_exit(&mut self) -> Result<(), std::process::ExitStatus> {
         let client = http();
         let url = format!("{}/readyz", self.base);
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("rivulet serve exited before it was ready: {status}");
+                return Err(status);
             }
             if let Ok(r) = client
                 .get(&url)
@@ -249,7 +293,7 @@ impl ChildServer {
                 .await
                 && r.status().is_success()
             {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "rivulet serve not ready in time");
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -320,7 +364,6 @@ pub struct Recorder {
     status: Arc<Mutex<u16>>,
     delay: Arc<Mutex<Duration>>,
     /// Requests being answered now, and the most seen at once.
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -381,7 +424,6 @@ impl Recorder {
             received,
             status,
             delay,
-            in_flight,
             max_in_flight,
         }
     }

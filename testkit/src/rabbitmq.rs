@@ -1,8 +1,5 @@
 //! Helpers for the tests that run brokers on the RabbitMQ named by `RIVULET_RABBITMQ_URI`
 //! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
-#![allow(dead_code)]
-
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rivulet_channels::rabbitmq::lapin::options::QueueDeclareOptions;
 use rivulet_channels::rabbitmq::lapin::types::FieldTable;
@@ -15,19 +12,7 @@ pub fn rabbitmq_uri() -> String {
         .unwrap_or_else(|_| rivulet_channels::rabbitmq::DEFAULT_URI.to_owned())
 }
 
-/// A name no other test (or earlier run) uses, so exchanges and queues start empty.
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    )
-}
+pub use crate::unique;
 
 /// A Secret holding the RabbitMQ URI, as a `RabbitMQBroker`'s `spec.config` names it.
 pub fn uri_secret(namespace: &str, name: &str, uri: &str) -> Value {
@@ -100,9 +85,9 @@ pub async fn queue_depth(connection: &Connection, queue: &str) -> u32 {
 
 /// Waits until someone consumes `queue` (for a source: it declared and bound the queue).
 pub async fn wait_consumed(connection: &Connection, queue: &str) {
-    super::support::wait_for(
+    crate::wait_for(
         &format!("a consumer on queue {queue}"),
-        super::support::WAIT,
+        crate::WAIT,
         || async move {
             let channel = connection.create_channel().await.ok()?;
             let declared = channel
@@ -142,14 +127,14 @@ pub async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
 /// Deletes a broker through the resource API at `api` and waits until Rivulet removed its
 /// exchange from RabbitMQ, so a test does not end (and stop the server) before the cleanup.
 pub async fn delete_broker(api: &str, namespace: &str, broker: &str) {
-    super::support::Api::new(api, api)
+    crate::Api::new(api, api)
         .delete("Broker", namespace, broker)
         .await;
     let connection = connect().await;
     let exchange = rivulet_channels::rabbitmq::exchange_name(namespace, broker);
-    super::support::wait_for(
+    crate::wait_for(
         &format!("exchange {exchange} to be deleted"),
-        super::support::WAIT,
+        crate::WAIT,
         || {
             let (connection, exchange) = (&connection, exchange.clone());
             async move { (!exchange_exists(connection, &exchange).await).then_some(()) }
