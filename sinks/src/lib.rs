@@ -40,6 +40,41 @@ pub const RESYNC_AFTER: &[&str] = &["EventPolicy"];
 /// so sinks are resynced before them.
 pub const RESYNC_BEFORE: &[&str] = &["Trigger"];
 
+/// Registers a sink kind, named once by its [`SinkKind`]: the resource kind (its API names and
+/// validation), its CRD from the `kube::CustomResource` type, and the generic reconciler.
+macro_rules! register_sink {
+    ($sink:ty as $resource:ty {
+        group: $group:literal,
+        version: $version:literal,
+        validate: $validate:path $(,)?
+    }) => {
+        inventory::submit! {
+            rivulet_core::resources::KindInfo {
+                group: $group,
+                version: $version,
+                kind: <$sink as $crate::SinkKind>::KIND,
+                plural: <$sink as $crate::SinkKind>::PLURAL,
+                validate: $validate,
+            }
+        }
+        inventory::submit! {
+            rivulet_core::resources::CrdVersion {
+                crd: <$resource as kube::CustomResourceExt>::crd,
+            }
+        }
+        inventory::submit! {
+            rivulet_control::runtime::Reconciler {
+                kind: <$sink as $crate::SinkKind>::KIND,
+                after: $crate::RESYNC_AFTER,
+                before: $crate::RESYNC_BEFORE,
+                reconcile: |object, ctx| Box::pin($crate::reconcile::<$sink>(object, ctx)),
+                cleanup: |object, ctx| Box::pin($crate::cleanup::<$sink>(object, ctx)),
+            }
+        }
+    };
+}
+pub(crate) use register_sink;
+
 pub mod display;
 pub mod http_forward;
 pub mod kafka;

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, ExtensionValue};
+use rivulet_core::resources::Condition;
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
-use rivulet_core::resources::{Condition, KindInfo};
 
 /// Renders an event for people: attributes, extensions, then data.
 pub fn render(event: &Event) -> String {
@@ -145,29 +145,11 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventDisplaySinkSpec {}
 
-inventory::submit! {
-    KindInfo {
+crate::register_sink! {
+    EventDisplaySinkKind as EventDisplaySink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        kind: "EventDisplaySink",
-        plural: "eventdisplaysinks",
         validate: validate_event_display_sink_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <EventDisplaySink as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "EventDisplaySink",
-        after: crate::RESYNC_AFTER,
-        before: crate::RESYNC_BEFORE,
-        reconcile: |object, ctx| Box::pin(super::reconcile::<EventDisplaySinkKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<EventDisplaySinkKind>(object, ctx)),
     }
 }
 

@@ -13,13 +13,13 @@ use serde_json::Value;
 
 use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_broker::delivery::{DeliveryPolicy, Outcome, Sender, is_retryable};
-use rivulet_control::runtime::{self, Context, Reconciler};
+use rivulet_control::runtime::{self, Context};
 use rivulet_core::event::Event;
 use rivulet_core::metrics::{AdapterLabels, Metrics};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination, KindInfo};
+use rivulet_core::resources::{Condition, DeliverySpec, Destination};
 
 /// `HttpForwardSink`.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -49,29 +49,11 @@ pub struct HttpForwardSinkSpec {
     pub delivery: Option<DeliverySpec>,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_sink! {
+    HttpForwardSinkKind as HttpForwardSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        kind: "HttpForwardSink",
-        plural: "httpforwardsinks",
         validate: validate_http_forward_sink_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <HttpForwardSink as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "HttpForwardSink",
-        after: crate::RESYNC_AFTER,
-        before: crate::RESYNC_BEFORE,
-        reconcile: |object, ctx| Box::pin(super::reconcile::<HttpForwardSinkKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<HttpForwardSinkKind>(object, ctx)),
     }
 }
 

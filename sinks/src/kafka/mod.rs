@@ -27,10 +27,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::event::{self, Event};
+use rivulet_core::resources::Condition;
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
-use rivulet_core::resources::{Condition, KindInfo};
 
 /// The content type of a structured-mode record.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -83,29 +83,11 @@ pub struct KafkaSinkSpec {
     pub auth: Option<Value>,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_sink! {
+    KafkaSinkKind as KafkaSink {
         group: "eventing.knative.dev",
         version: "v1alpha1",
-        kind: "KafkaSink",
-        plural: "kafkasinks",
         validate: validate_kafka_sink_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <KafkaSink as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "KafkaSink",
-        after: crate::RESYNC_AFTER,
-        before: crate::RESYNC_BEFORE,
-        reconcile: |object, ctx| Box::pin(super::reconcile::<KafkaSinkKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<KafkaSinkKind>(object, ctx)),
     }
 }
 

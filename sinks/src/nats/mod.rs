@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
+use rivulet_core::resources::Condition;
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
-use rivulet_core::resources::{Condition, KindInfo};
 use rivulet_sources::nats::{validate_subject, validate_url};
 
 /// How long a publish waits for the server (and JetStream's acknowledgement).
@@ -60,29 +60,11 @@ pub struct NatsSinkSpec {
     pub jetstream: bool,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_sink! {
+    NatsSinkKind as NatsSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        kind: "NatsSink",
-        plural: "natssinks",
         validate: validate_nats_sink_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <NatsSink as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "NatsSink",
-        after: crate::RESYNC_AFTER,
-        before: crate::RESYNC_BEFORE,
-        reconcile: |object, ctx| Box::pin(super::reconcile::<NatsSinkKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<NatsSinkKind>(object, ctx)),
     }
 }
 

@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
+use rivulet_core::resources::Condition;
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
-use rivulet_core::resources::{Condition, KindInfo};
 use rivulet_sources::rabbitmq::{SecretName, uri_of_secret};
 
 /// How long a publish waits for RabbitMQ's confirm.
@@ -67,29 +67,11 @@ pub struct RabbitmqSinkSpec {
     pub routing_key: Option<String>,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_sink! {
+    RabbitmqSinkKind as RabbitmqSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        kind: "RabbitmqSink",
-        plural: "rabbitmqsinks",
         validate: validate_rabbitmq_sink_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <RabbitmqSink as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "RabbitmqSink",
-        after: crate::RESYNC_AFTER,
-        before: crate::RESYNC_BEFORE,
-        reconcile: |object, ctx| Box::pin(super::reconcile::<RabbitmqSinkKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<RabbitmqSinkKind>(object, ctx)),
     }
 }
 

@@ -28,12 +28,12 @@ use super::{
     CloudEventAttributes, CloudEventOverrides, KUBERNETES_REQUIRED, Prepared, SourceKey,
     SourceKind, SourceStatus,
 };
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::filter::Filter;
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_destination, validate_filter, validate_metadata,
 };
-use rivulet_core::resources::{Condition, Destination, KindInfo, SubscriptionsApiFilter};
+use rivulet_core::resources::{Condition, Destination, SubscriptionsApiFilter};
 
 mod adapter;
 pub mod events;
@@ -216,29 +216,12 @@ impl LabelSelector {
     }
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_source! {
+    ApiServerSourceKind as ApiServerSource {
         group: "sources.knative.dev",
         version: "v1",
-        kind: "ApiServerSource",
         plural: "apiserversources",
         validate: validate_api_server_source_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <ApiServerSource as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "ApiServerSource",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(super::reconcile::<ApiServerSourceKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<ApiServerSourceKind>(object, ctx)),
     }
 }
 

@@ -36,12 +36,12 @@ use super::{
     CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
     SourceKey, SourceKind, SourceStatus,
 };
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, ExtensionValue, SpecVersion, parse_structured};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination, KindInfo};
+use rivulet_core::resources::{Condition, DeliverySpec, Destination};
 
 /// The type of events made from records that are not CloudEvents.
 pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
@@ -116,29 +116,12 @@ pub struct KafkaSourceSpec {
     pub delivery: Option<DeliverySpec>,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_source! {
+    KafkaSourceKind as KafkaSource {
         group: "sources.knative.dev",
         version: "v1beta1",
-        kind: "KafkaSource",
         plural: "kafkasources",
         validate: validate_kafka_source_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <KafkaSource as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "KafkaSource",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(super::reconcile::<KafkaSourceKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<KafkaSourceKind>(object, ctx)),
     }
 }
 

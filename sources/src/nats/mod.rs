@@ -43,12 +43,11 @@ use super::{
     CloudEventAttributes, CloudEventOverrides, Prepared, SinkClient, SourceAdapter, SourceContext,
     SourceError, SourceKey, SourceKind, SourceStatus,
 };
-use rivulet_control::runtime::Reconciler;
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination, KindInfo};
+use rivulet_core::resources::{Condition, DeliverySpec, Destination};
 
 /// The type of events wrapped around messages that carry no CloudEvent.
 pub const WRAPPED_EVENT_TYPE: &str = "dev.rivulet.nats.message";
@@ -106,29 +105,12 @@ pub struct NatsSourceSpec {
     pub ce_overrides: Option<CloudEventOverrides>,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_source! {
+    NatsSourceKind as NatsSource {
         group: "sources.rivulet.dev",
         version: "v1alpha1",
-        kind: "NatsSource",
         plural: "natssources",
         validate: validate_nats_source_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <NatsSource as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "NatsSource",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(super::reconcile::<NatsSourceKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<NatsSourceKind>(object, ctx)),
     }
 }
 

@@ -26,12 +26,12 @@ use super::{
     CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
     SourceKey, SourceKind, SourceStatus,
 };
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, Destination, KindInfo};
+use rivulet_core::resources::{Condition, Destination};
 
 /// The event type of every ping.
 pub const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
@@ -80,19 +80,12 @@ pub struct PingSourceSpec {
     pub ce_overrides: Option<CloudEventOverrides>,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_source! {
+    PingSourceKind as PingSource {
         group: "sources.knative.dev",
         version: "v1",
-        kind: "PingSource",
         plural: "pingsources",
         validate: validate_ping_source_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <PingSource as kube::CustomResourceExt>::crd,
     }
 }
 
@@ -132,16 +125,6 @@ fn with_api_version(mut object: Value, api_version: &str) -> Value {
         map.insert("apiVersion".into(), Value::from(api_version));
     }
     object
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "PingSource",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(super::reconcile::<PingSourceKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<PingSourceKind>(object, ctx)),
-    }
 }
 
 /// When a PingSource fires.

@@ -47,12 +47,12 @@ use super::{
     CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
     SourceKey, SourceKind, SourceStatus,
 };
-use rivulet_control::runtime::{Context, Reconciler};
+use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination, KindInfo, find_kind_by_name};
+use rivulet_core::resources::{Condition, DeliverySpec, Destination, find_kind_by_name};
 
 /// The type of events wrapped around messages that carry no CloudEvent.
 pub const WRAPPED_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
@@ -134,29 +134,12 @@ pub struct RabbitmqResourcesConfig {
     pub predeclared: bool,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_source! {
+    RabbitmqSourceKind as RabbitmqSource {
         group: "sources.knative.dev",
         version: "v1alpha1",
-        kind: "RabbitmqSource",
         plural: "rabbitmqsources",
         validate: validate_rabbitmq_source_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <RabbitmqSource as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "RabbitmqSource",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(super::reconcile::<RabbitmqSourceKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<RabbitmqSourceKind>(object, ctx)),
     }
 }
 

@@ -26,13 +26,13 @@ use super::{
     CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
     SourceKey, SourceKind, SourceStatus,
 };
+use rivulet_control::runtime::Context;
 use rivulet_control::runtime::routes::HttpRoutes;
-use rivulet_control::runtime::{Context, Reconciler};
 use rivulet_core::event::{Event, ExtensionValue, SpecVersion};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination, KindInfo, find_kind_by_name};
+use rivulet_core::resources::{Condition, DeliverySpec, Destination, find_kind_by_name};
 
 /// The event type when `spec.eventType` is not set.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.rivulet.webhook";
@@ -93,29 +93,12 @@ pub struct SecretKeySelector {
     pub key: String,
 }
 
-inventory::submit! {
-    KindInfo {
+crate::register_source! {
+    WebhookSourceKind as WebhookSource {
         group: "sources.rivulet.dev",
         version: "v1alpha1",
-        kind: "WebhookSource",
         plural: "webhooksources",
         validate: validate_webhook_source_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <WebhookSource as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "WebhookSource",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(super::reconcile::<WebhookSourceKind>(object, ctx)),
-        cleanup: |object, ctx| Box::pin(super::cleanup::<WebhookSourceKind>(object, ctx)),
     }
 }
 
