@@ -5,3 +5,52 @@
 
 pub mod api;
 pub mod runtime;
+
+// What `register_kind!` expands to names these through this crate, so a kind's crate needs
+// nothing more than this one.
+#[doc(hidden)]
+pub use {inventory as __inventory, kube as __kube, rivulet_core as __core};
+
+/// Registers a custom kind in one place: its [`KindInfo`](rivulet_core::resources::KindInfo)
+/// (API names and validation), its CRD from the `kube::CustomResource` type, and its
+/// [`Reconciler`](runtime::Reconciler). Source and sink crates wrap it to add their generic
+/// reconcilers.
+#[macro_export]
+macro_rules! register_kind {
+    (
+        kind: $kind:expr,
+        resource: $resource:ty,
+        group: $group:literal,
+        version: $version:literal,
+        plural: $plural:expr,
+        validate: $validate:path,
+        after: $after:expr,
+        before: $before:expr,
+        reconcile: $reconcile:expr,
+        cleanup: $cleanup:expr $(,)?
+    ) => {
+        $crate::__inventory::submit! {
+            $crate::__core::resources::KindInfo {
+                group: $group,
+                version: $version,
+                kind: $kind,
+                plural: $plural,
+                validate: $validate,
+            }
+        }
+        $crate::__inventory::submit! {
+            $crate::__core::resources::CrdVersion {
+                crd: <$resource as $crate::__kube::CustomResourceExt>::crd,
+            }
+        }
+        $crate::__inventory::submit! {
+            $crate::runtime::Reconciler {
+                kind: $kind,
+                after: $after,
+                before: $before,
+                reconcile: $reconcile,
+                cleanup: $cleanup,
+            }
+        }
+    };
+}

@@ -40,36 +40,24 @@ pub const RESYNC_AFTER: &[&str] = &["EventPolicy"];
 /// so sinks are resynced before them.
 pub const RESYNC_BEFORE: &[&str] = &["Trigger"];
 
-/// Registers a sink kind, named once by its [`SinkKind`]: the resource kind (its API names and
-/// validation), its CRD from the `kube::CustomResource` type, and the generic reconciler.
+/// Registers a sink kind, named once by its [`SinkKind`], with the generic reconciler.
 macro_rules! register_sink {
     ($sink:ty as $resource:ty {
         group: $group:literal,
         version: $version:literal,
         validate: $validate:path $(,)?
     }) => {
-        inventory::submit! {
-            rivulet_core::resources::KindInfo {
-                group: $group,
-                version: $version,
-                kind: <$sink as $crate::SinkKind>::KIND,
-                plural: <$sink as $crate::SinkKind>::PLURAL,
-                validate: $validate,
-            }
-        }
-        inventory::submit! {
-            rivulet_core::resources::CrdVersion {
-                crd: <$resource as kube::CustomResourceExt>::crd,
-            }
-        }
-        inventory::submit! {
-            rivulet_control::runtime::Reconciler {
-                kind: <$sink as $crate::SinkKind>::KIND,
-                after: $crate::RESYNC_AFTER,
-                before: $crate::RESYNC_BEFORE,
-                reconcile: |object, ctx| Box::pin($crate::reconcile::<$sink>(object, ctx)),
-                cleanup: |object, ctx| Box::pin($crate::cleanup::<$sink>(object, ctx)),
-            }
+        rivulet_control::register_kind! {
+            kind: <$sink as $crate::SinkKind>::KIND,
+            resource: $resource,
+            group: $group,
+            version: $version,
+            plural: <$sink as $crate::SinkKind>::PLURAL,
+            validate: $validate,
+            after: $crate::RESYNC_AFTER,
+            before: $crate::RESYNC_BEFORE,
+            reconcile: |object, ctx| Box::pin($crate::reconcile::<$sink>(object, ctx)),
+            cleanup: |object, ctx| Box::pin($crate::cleanup::<$sink>(object, ctx)),
         }
     };
 }

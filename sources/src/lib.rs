@@ -38,8 +38,7 @@ use rivulet_core::resources::{
 };
 use rivulet_store::object_key;
 
-/// Registers a source kind, named once by its [`SourceKind`]: the resource kind (its API names
-/// and validation), its CRD from the `kube::CustomResource` type, and the generic reconciler.
+/// Registers a source kind, named once by its [`SourceKind`], with the generic reconciler.
 macro_rules! register_source {
     ($source:ty as $resource:ty {
         group: $group:literal,
@@ -47,28 +46,17 @@ macro_rules! register_source {
         plural: $plural:literal,
         validate: $validate:path $(,)?
     }) => {
-        inventory::submit! {
-            rivulet_core::resources::KindInfo {
-                group: $group,
-                version: $version,
-                kind: <$source as $crate::SourceKind>::KIND,
-                plural: $plural,
-                validate: $validate,
-            }
-        }
-        inventory::submit! {
-            rivulet_core::resources::CrdVersion {
-                crd: <$resource as kube::CustomResourceExt>::crd,
-            }
-        }
-        inventory::submit! {
-            rivulet_control::runtime::Reconciler {
-                kind: <$source as $crate::SourceKind>::KIND,
-                after: $crate::RESYNC_AFTER,
-                before: &[],
-                reconcile: |object, ctx| Box::pin($crate::reconcile::<$source>(object, ctx)),
-                cleanup: |object, ctx| Box::pin($crate::cleanup::<$source>(object, ctx)),
-            }
+        rivulet_control::register_kind! {
+            kind: <$source as $crate::SourceKind>::KIND,
+            resource: $resource,
+            group: $group,
+            version: $version,
+            plural: $plural,
+            validate: $validate,
+            after: $crate::RESYNC_AFTER,
+            before: &[],
+            reconcile: |object, ctx| Box::pin($crate::reconcile::<$source>(object, ctx)),
+            cleanup: |object, ctx| Box::pin($crate::cleanup::<$source>(object, ctx)),
         }
     };
 }

@@ -20,11 +20,11 @@ use serde_json::{Value, json};
 
 use super::{api_message, inject_env, injected_env, kubernetes_required, write_status};
 use crate::{CloudEventOverrides, SourceStatus};
-use rivulet_control::runtime::{self, Action, Context, ReconcileError, Reconciler};
+use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, Destination, KindInfo};
+use rivulet_core::resources::{Condition, Destination};
 
 /// The label naming the ContainerSource on its Deployment and pods, as in Knative.
 pub const SOURCE_LABEL: &str = "sources.knative.dev/containerSource";
@@ -66,31 +66,18 @@ pub struct ContainerSourceSpec {
     pub ce_overrides: Option<CloudEventOverrides>,
 }
 
-inventory::submit! {
-    KindInfo {
-        group: "sources.knative.dev",
-        version: "v1",
-        kind: "ContainerSource",
-        plural: "containersources",
-        validate: validate_container_source_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <ContainerSource as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "ContainerSource",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-        // The Deployment is garbage-collected through its owner reference.
-        cleanup: |_, _| Box::pin(async { Ok(()) }),
-    }
+rivulet_control::register_kind! {
+    kind: "ContainerSource",
+    resource: ContainerSource,
+    group: "sources.knative.dev",
+    version: "v1",
+    plural: "containersources",
+    validate: validate_container_source_value,
+    after: crate::RESYNC_AFTER,
+    before: &[],
+    reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
+    // The Deployment is garbage-collected through its owner reference.
+    cleanup: |_, _| Box::pin(async { Ok(()) }),
 }
 
 pub fn validate_container_source_value(

@@ -29,11 +29,11 @@ use serde_json::{Value, json};
 
 use super::{CONTAINER_LISTS, api_message, injected_env, kubernetes_required, write_status};
 use crate::{CloudEventOverrides, SourceStatus};
-use rivulet_control::runtime::{self, Action, Context, ReconcileError, Reconciler};
+use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, Destination, KindInfo};
+use rivulet_core::resources::{Condition, Destination};
 
 /// The field manager owning the injected env entries and the binding label.
 pub const FIELD_MANAGER: &str = "rivulet-sinkbinding";
@@ -177,30 +177,17 @@ impl SubjectSelector {
     }
 }
 
-inventory::submit! {
-    KindInfo {
-        group: "sources.knative.dev",
-        version: "v1",
-        kind: "SinkBinding",
-        plural: "sinkbindings",
-        validate: validate_sink_binding_value,
-    }
-}
-
-inventory::submit! {
-    rivulet_core::resources::CrdVersion {
-        crd: <SinkBinding as kube::CustomResourceExt>::crd,
-    }
-}
-
-inventory::submit! {
-    Reconciler {
-        kind: "SinkBinding",
-        after: crate::RESYNC_AFTER,
-        before: &[],
-        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-        cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
-    }
+rivulet_control::register_kind! {
+    kind: "SinkBinding",
+    resource: SinkBinding,
+    group: "sources.knative.dev",
+    version: "v1",
+    plural: "sinkbindings",
+    validate: validate_sink_binding_value,
+    after: crate::RESYNC_AFTER,
+    before: &[],
+    reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
+    cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
 }
 
 /// How kube addresses a workload kind a SinkBinding can bind; `None` for other kinds.
