@@ -30,7 +30,7 @@ use rivulet_control::runtime::{self, Action, Context, ReconcileError, Reconciler
 use rivulet_core::event::{self, Event};
 use rivulet_core::metrics::AdapterOutcomeLabels;
 use rivulet_core::resources::validation::typed;
-use rivulet_core::resources::{Addressable, Condition, find_kind_by_name};
+use rivulet_core::resources::{Addressable, Condition, ConditionSet, find_kind_by_name};
 use rivulet_store::object_key;
 
 /// A sink lists the policies that admit senders to it.
@@ -160,6 +160,10 @@ pub fn router(sink: Arc<dyn Sink>) -> axum::Router {
         )
         .with_state(sink)
 }
+
+/// What a sink's `Ready` depends on: its address (published once its target is built); the
+/// checks a kind's `build` reports count too.
+pub const SINK_CONDITIONS: ConditionSet = ConditionSet::new(&["Addressable"]);
 
 /// Status of every sink kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -390,7 +394,7 @@ pub async fn reconcile<K: SinkKind>(
             action = Action::Requeue(Duration::from_secs(5));
         }
     }
-    status.conditions = runtime::conditions(parts);
+    status.conditions = SINK_CONDITIONS.summarize(parts);
     let old_url = object
         .pointer("/status/address/url")
         .and_then(Value::as_str);

@@ -34,7 +34,8 @@ use rivulet_core::event::{Event, ExtensionValue};
 use rivulet_core::metrics::{AdapterLabels, AdapterOutcomeLabels, Metrics};
 use rivulet_core::resources::validation::{ValidationError, typed};
 use rivulet_core::resources::{
-    Addressable, BackoffPolicy, Condition, DeliverySpec, Destination, KindInfo, find_kind_by_name,
+    Addressable, BackoffPolicy, Condition, ConditionSet, DeliverySpec, Destination, KindInfo,
+    find_kind_by_name,
 };
 use rivulet_store::object_key;
 
@@ -95,6 +96,10 @@ pub struct CloudEventAttributes {
     pub type_: String,
     pub source: String,
 }
+
+/// What a source's `Ready` depends on: its sink resolved and its adapter running. A
+/// dead-letter sink, when set, and the checks a kind's `prepare` reports count too.
+pub const SOURCE_CONDITIONS: ConditionSet = ConditionSet::new(&["SinkProvided", "Deployed"]);
 
 /// Knative's `SourceStatus`, shared by every source kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -568,7 +573,7 @@ pub async fn reconcile<K: SourceKind>(
             }
         }
     }
-    status.conditions = runtime::conditions(parts);
+    status.conditions = SOURCE_CONDITIONS.summarize(parts);
     ctx.write_status(kind, &namespace, &name, json!(status))
         .await?;
     Ok(action)

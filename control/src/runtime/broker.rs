@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
-use super::{Action, Context, ReconcileError, conditions, generation};
+use super::{Action, Context, ReconcileError, generation};
 use rivulet_broker::ingress::BrokerHandle;
 use rivulet_core::features;
 use rivulet_core::resources::validation::typed;
@@ -211,14 +211,13 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     };
     let (policies, policies_ready) = super::eventpolicy::policies_status(ctx, &target);
     parts.push(policies_ready);
-    let mut conditions = conditions(parts);
     if let Some(cap) = ctx
         .extensions
         .get_or_default::<CappedBrokers>()
         .get(&namespace, &name)
     {
         // Informational: the broker works, only discovery stopped for new types.
-        conditions.push(Condition {
+        parts.push(Condition {
             severity: Some("Info".into()),
             ..Condition::new(
                 "EventTypesAutoCreated",
@@ -232,7 +231,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     }
     let status = BrokerStatus {
         observed_generation: generation(object),
-        conditions,
+        conditions: rivulet_core::resources::BROKER_CONDITIONS.summarize(parts),
         address: ready.then_some(address),
         addresses: addresses.filter(|_| ready),
         policies,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{Action, Context, ReconcileError, conditions, generation};
+use super::{Action, Context, ReconcileError, generation};
 use rivulet_broker::auth::policy::CompiledPolicy;
 use rivulet_broker::auth::{TargetRef, mode_name};
 use rivulet_core::resources::Condition;
@@ -48,7 +48,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
     });
     let status = EventPolicyStatus {
         observed_generation: generation(object),
-        conditions: conditions(parts),
+        conditions: rivulet_core::resources::eventpolicy::EVENT_POLICY_CONDITIONS.summarize(parts),
         from: compiled.subjects.clone(),
     };
     if let Some(auth) = ctx.ingress.auth() {

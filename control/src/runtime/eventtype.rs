@@ -56,7 +56,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
             action = Action::Requeue(std::time::Duration::from_secs(10));
         }
     }
-    let conditions = super::conditions(parts);
+    let conditions = rivulet_core::resources::EVENT_TYPE_CONDITIONS.summarize(parts);
     {
         let lock = ctx.extensions.get_or_default::<StatusLock>();
         let _guard = lock.lock().await;

@@ -880,24 +880,6 @@ fn keep_transition_times(status: &mut Value, written: &Value) {
     }
 }
 
-/// A condition list as JSON, with `Ready` derived from the others.
-pub fn conditions(
-    mut parts: Vec<rivulet_core::resources::Condition>,
-) -> Vec<rivulet_core::resources::Condition> {
-    let failing = parts.iter().find(|c| !c.is_true()).cloned();
-    let ready = match failing {
-        None => rivulet_core::resources::Condition::new("Ready", true, "", ""),
-        Some(c) => rivulet_core::resources::Condition::new(
-            "Ready",
-            false,
-            c.reason.as_deref().unwrap_or(&c.type_),
-            c.message.unwrap_or_default(),
-        ),
-    };
-    parts.insert(0, ready);
-    parts
-}
-
 /// Every registered reconciler, each after the kinds it reads ([`Reconciler::after`]) and
 /// before the kinds that read it ([`Reconciler::before`]); kinds with no order between them
 /// come by name, so the order is the same on every start.

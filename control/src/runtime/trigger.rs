@@ -7,7 +7,7 @@ use rivulet_channels::SubscriptionSpec;
 use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
-use super::{Action, Context, ReconcileError, conditions, generation};
+use super::{Action, Context, ReconcileError, generation};
 use rivulet_broker::delivery::DeliveryPolicy;
 use rivulet_broker::dispatcher::{self, TriggerDispatch};
 use rivulet_core::filter::Filter;
@@ -233,14 +233,14 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         action = retry_later;
     }
     parts.push(dependency);
-    status.conditions = conditions(parts);
-    // A warning beside Ready, never part of it.
+    // A warning beside Ready, never part of it (it carries a severity).
     if ctx.role().writes_status()
         && let Some(known) =
             super::eventtype::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
     {
-        status.conditions.push(known);
+        parts.push(known);
     }
+    status.conditions = rivulet_core::resources::TRIGGER_CONDITIONS.summarize(parts);
     ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
         .await?;
     Ok(action)
@@ -255,11 +255,7 @@ async fn dependency_condition(
     ctx: &Context,
 ) -> (Condition, bool) {
     const TYPE: &str = "DependencyReady";
-    let unknown = |reason: &str, message: String| {
-        let mut condition = Condition::new(TYPE, false, reason, message);
-        condition.status = "Unknown".into();
-        condition
-    };
+    let unknown = |reason: &str, message: String| Condition::unknown(TYPE, reason, message);
     let Some(annotation) = trigger
         .metadata
         .annotations

@@ -3,6 +3,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Addressable, Condition, DeliverySpec, KReference};
+use super::condition_set::ConditionSet;
 
 /// Knative `Broker`: an ingress for events and the channel behind it.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -32,6 +33,11 @@ pub struct BrokerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
+
+/// What a Broker's `Ready` depends on: its ingress over a working channel, its address, and
+/// the EventPolicies that apply to it (a dead-letter sink, when set, counts too).
+pub const BROKER_CONDITIONS: ConditionSet =
+    ConditionSet::new(&["IngressReady", "Addressable", "EventPoliciesReady"]);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

@@ -112,6 +112,14 @@ impl Condition {
         }
     }
 
+    /// A condition whose outcome is not known yet (a dependency still settling).
+    pub fn unknown(type_: &str, reason: &str, message: impl Into<String>) -> Self {
+        Condition {
+            status: "Unknown".into(),
+            ..Condition::new(type_, false, reason, message)
+        }
+    }
+
     pub fn is_true(&self) -> bool {
         self.status == "True"
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::common::Condition;
+use super::condition_set::ConditionSet;
 use super::trigger::SubscriptionsApiFilter;
 use super::validation::{ValidationError, typed, validate_filter, validate_metadata};
 
@@ -109,6 +110,11 @@ pub struct EventPolicyFromReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
+
+/// What an EventPolicy's `Ready` depends on: OIDC authentication turned on, and its `from`
+/// subjects and filters understood.
+pub const EVENT_POLICY_CONDITIONS: ConditionSet =
+    ConditionSet::new(&["AuthenticationEnabled", "SubjectsResolved"]);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::common::{Condition, KReference};
+use super::condition_set::ConditionSet;
 use super::validation::{ValidationError, typed, validate_metadata};
 
 /// The API group and versions.
@@ -66,6 +67,10 @@ pub struct EventAttributeDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
+
+/// An EventType's `Ready`: its broker's readiness when it names one (`BrokerReady`, reported
+/// only then), else True.
+pub const EVENT_TYPE_CONDITIONS: ConditionSet = ConditionSet::new(&[]);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

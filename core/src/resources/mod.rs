@@ -5,6 +5,7 @@
 
 mod broker;
 mod common;
+mod condition_set;
 mod crds;
 pub mod defaults;
 pub mod eventpolicy;
@@ -15,13 +16,16 @@ pub mod rabbitmq_broker_config;
 mod trigger;
 pub mod validation;
 
-pub use broker::{Broker, BrokerSpec, BrokerStatus};
+pub use broker::{BROKER_CONDITIONS, Broker, BrokerSpec, BrokerStatus};
 pub use common::{
     Addressable, BackoffPolicy, Condition, DeliveryFormat, DeliverySpec, Destination, KReference,
     free_form_object, now_rfc3339,
 };
+pub use condition_set::{ConditionSet, READY};
 pub use crds::{CrdError, CrdVersion, crds, crds_yaml, merge_versions};
-pub use eventtype::{EventAttributeDefinition, EventType, EventTypeSpec, EventTypeStatus};
+pub use eventtype::{
+    EVENT_TYPE_CONDITIONS, EventAttributeDefinition, EventType, EventTypeSpec, EventTypeStatus,
+};
 pub use kinds::{
     KindInfo, ServedVersion, find_kind, find_kind_by_name, find_served_version,
     find_served_version_by_kind, kinds,
@@ -30,8 +34,8 @@ pub use manifest::{
     Manifest, ParsedManifests, Skipped, manifest_files, parse_manifests, parse_manifests_skipping,
 };
 pub use trigger::{
-    AuthStatus, DEPENDENCY_ANNOTATION, DependencyReference, SubscriptionsApiFilter, Trigger,
-    TriggerFilter, TriggerSpec, TriggerStatus, parse_dependency,
+    AuthStatus, DEPENDENCY_ANNOTATION, DependencyReference, SubscriptionsApiFilter,
+    TRIGGER_CONDITIONS, Trigger, TriggerFilter, TriggerSpec, TriggerStatus, parse_dependency,
 };
 
 /// Annotation naming the broker implementation.

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, DeliverySpec, Destination};
+use super::condition_set::ConditionSet;
 
 /// Knative `Trigger`: a subscription to a broker's events, with a filter.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -79,6 +80,12 @@ fn nested_filters(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
     })
 }
+
+/// What a Trigger's `Ready` depends on: its broker, its subscriber's address, and the object
+/// its `knative.dev/dependency` annotation names (True without one). An invalid filter or an
+/// unresolved dead-letter sink, reported only then, count too.
+pub const TRIGGER_CONDITIONS: ConditionSet =
+    ConditionSet::new(&["BrokerReady", "SubscriberResolved", "DependencyReady"]);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

@@ -24,7 +24,7 @@ use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, Destination};
+use rivulet_core::resources::{Condition, ConditionSet, Destination};
 
 /// The label naming the ContainerSource on its Deployment and pods, as in Knative.
 pub const SOURCE_LABEL: &str = "sources.knative.dev/containerSource";
@@ -34,6 +34,10 @@ pub const FIELD_MANAGER: &str = "rivulet-containersource";
 pub const SINK_CONDITION: &str = "SinkBindingReady";
 /// Knative's condition saying the Deployment is available.
 pub const ADAPTER_CONDITION: &str = "ReceiveAdapterReady";
+/// What a ContainerSource's `Ready` depends on: its sink bound into the pod, and the
+/// receive adapter's Deployment available.
+pub const CONTAINER_SOURCE_CONDITIONS: ConditionSet =
+    ConditionSet::new(&[SINK_CONDITION, ADAPTER_CONDITION]);
 /// How soon a source whose Deployment is not available yet is looked at again.
 pub const AVAILABILITY_RECHECK: Duration = Duration::from_secs(10);
 
@@ -240,13 +244,29 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
                 "SinkNotFound",
                 reason,
             ));
-            write_status(ctx, "ContainerSource", object, None, parts).await?;
+            write_status(
+                ctx,
+                "ContainerSource",
+                &CONTAINER_SOURCE_CONDITIONS,
+                object,
+                None,
+                parts,
+            )
+            .await?;
             return Ok(retry_later);
         }
     };
     let Some(client) = ctx.kube_client() else {
         parts.push(kubernetes_required("ContainerSource", ADAPTER_CONDITION));
-        write_status(ctx, "ContainerSource", object, Some(uri), parts).await?;
+        write_status(
+            ctx,
+            "ContainerSource",
+            &CONTAINER_SOURCE_CONDITIONS,
+            object,
+            Some(uri),
+            parts,
+        )
+        .await?;
         return Ok(Action::AwaitChange);
     };
     let deployment = deployment(&source, object, &uri);
@@ -286,6 +306,14 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
             retry_later
         }
     };
-    write_status(ctx, "ContainerSource", object, Some(uri), parts).await?;
+    write_status(
+        ctx,
+        "ContainerSource",
+        &CONTAINER_SOURCE_CONDITIONS,
+        object,
+        Some(uri),
+        parts,
+    )
+    .await?;
     Ok(action)
 }

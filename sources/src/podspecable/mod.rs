@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{CloudEventOverrides, SourceStatus};
 use rivulet_control::runtime::{self, Context, ReconcileError};
-use rivulet_core::resources::Condition;
+use rivulet_core::resources::{Condition, ConditionSet};
 
 pub mod containersource;
 pub mod sinkbinding;
@@ -117,10 +117,11 @@ pub fn kubernetes_required(kind: &str, condition: &str) -> Condition {
     )
 }
 
-/// Writes a source status made of `parts` (with `Ready` derived from them).
+/// Writes a source status made of `parts`, with `Ready` derived by `condition_set`.
 pub(crate) async fn write_status(
     ctx: &Arc<Context>,
     kind: &str,
+    condition_set: &ConditionSet,
     object: &Value,
     sink_uri: Option<String>,
     parts: Vec<Condition>,
@@ -128,7 +129,7 @@ pub(crate) async fn write_status(
     let (namespace, name) = rivulet_store::object_key(object);
     let status = SourceStatus {
         observed_generation: runtime::generation(object),
-        conditions: runtime::conditions(parts),
+        conditions: condition_set.summarize(parts),
         sink_uri,
         ..SourceStatus::default()
     };

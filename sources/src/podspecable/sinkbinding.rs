@@ -33,7 +33,7 @@ use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_destination, validate_metadata,
 };
-use rivulet_core::resources::{Condition, Destination};
+use rivulet_core::resources::{Condition, ConditionSet, Destination};
 
 /// The field manager owning the injected env entries and the binding label.
 pub const FIELD_MANAGER: &str = "rivulet-sinkbinding";
@@ -41,6 +41,10 @@ pub const FIELD_MANAGER: &str = "rivulet-sinkbinding";
 pub const BINDING_LABEL: &str = "rivulet.dev/sinkbinding";
 /// Knative's condition saying the subjects are bound.
 pub const AVAILABLE_CONDITION: &str = "SinkBindingAvailable";
+/// What a SinkBinding's `Ready` depends on: its sink resolved, and the subject's pods given
+/// `K_SINK`.
+pub const SINK_BINDING_CONDITIONS: ConditionSet =
+    ConditionSet::new(&["SinkProvided", AVAILABLE_CONDITION]);
 /// How often a ready binding looks at its subjects again, since workloads are not watched:
 /// a workload created or relabelled meanwhile is bound or released then.
 pub const SUBJECT_RECHECK: Duration = Duration::from_secs(60);
@@ -564,13 +568,29 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
                 "SinkNotFound",
                 reason,
             ));
-            write_status(ctx, "SinkBinding", object, None, parts).await?;
+            write_status(
+                ctx,
+                "SinkBinding",
+                &SINK_BINDING_CONDITIONS,
+                object,
+                None,
+                parts,
+            )
+            .await?;
             return Ok(retry_later);
         }
     };
     let Some(client) = ctx.kube_client() else {
         parts.push(kubernetes_required("SinkBinding", AVAILABLE_CONDITION));
-        write_status(ctx, "SinkBinding", object, Some(uri), parts).await?;
+        write_status(
+            ctx,
+            "SinkBinding",
+            &SINK_BINDING_CONDITIONS,
+            object,
+            Some(uri),
+            parts,
+        )
+        .await?;
         return Ok(Action::AwaitChange);
     };
     let subject = &binding.spec.subject;
@@ -639,7 +659,15 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
             retry_later
         }
     };
-    write_status(ctx, "SinkBinding", object, Some(uri), parts).await?;
+    write_status(
+        ctx,
+        "SinkBinding",
+        &SINK_BINDING_CONDITIONS,
+        object,
+        Some(uri),
+        parts,
+    )
+    .await?;
     Ok(action)
 }
 
