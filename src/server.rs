@@ -282,7 +282,8 @@ pub async fn start_with_store(
 
     let metrics = Arc::new(Metrics::new());
     let guards = listener_guards(&options, &metrics);
-    let ingress = Arc::new(Ingress::new(metrics.clone(), options.body_limit));
+    let brokers = Arc::new(rivulet_broker::brokers::BrokerTable::new(metrics.clone()));
+    let ingress = Arc::new(Ingress::new(brokers, options.body_limit));
     // One egress policy for every outbound call: deliveries and OIDC key fetches alike.
     let egress = Arc::new(crate::egress::Egress::new(
         options.egress.clone(),
@@ -468,7 +469,7 @@ pub async fn start_with_store(
         let _ = discovery.await;
         rivulet_sources::stop_all(&ctx).await;
         ctx.stop_all().await;
-        for broker in ctx.ingress.handles() {
+        for broker in ctx.brokers.handles() {
             broker.channel.close().await;
         }
         tracing::info!("rivulet stopped");

@@ -205,7 +205,7 @@ async fn deleting_a_broker_removes_its_channel_then_its_finalizer_and_cleans_up_
         ],
     )
     .await;
-    assert!(ctx.ingress.get("team", "orders").is_some());
+    assert!(ctx.brokers.get("team", "orders").is_some());
 
     let mut deleting = object.clone();
     deleting["metadata"]["deletionTimestamp"] = json!("2026-11-26T12:00:00Z");
@@ -219,7 +219,7 @@ async fn deleting_a_broker_removes_its_channel_then_its_finalizer_and_cleans_up_
     )
     .await;
     assert_eq!(action, Action::AwaitChange);
-    assert!(ctx.ingress.get("team", "orders").is_none());
+    assert!(ctx.brokers.get("team", "orders").is_none());
     assert_eq!(requests[0].path, TRIGGERS);
     let release = &requests[1];
     assert_eq!(release.method, "PATCH");

@@ -140,7 +140,7 @@ async fn replicas_share_a_trigger(backend: Backend) {
     controller
         .handle_change(&applied("Trigger", &trigger))
         .await;
-    assert!(controller.ingress.get(NS, &broker_name).is_some());
+    assert!(controller.brokers.get(NS, &broker_name).is_some());
 
     let (first, _first_dir) = process(Role::DataPlane, &backend);
     let (second, _second_dir) = process(Role::DataPlane, &backend);
@@ -215,7 +215,7 @@ async fn replicas_share_a_trigger(backend: Backend) {
     controller
         .handle_change(&applied("Broker", &deleting))
         .await;
-    assert!(controller.ingress.get(NS, &broker_name).is_none());
+    assert!(controller.brokers.get(NS, &broker_name).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

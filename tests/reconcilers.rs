@@ -136,7 +136,7 @@ async fn ready_broker(ctx: &Arc<Context>, server: &mut ApiServer) {
     )
     .await;
     assert_eq!(action, Action::AwaitChange, "{requests:?}");
-    assert!(ctx.ingress.get(NS, "orders").is_some());
+    assert!(ctx.brokers.get(NS, "orders").is_some());
 }
 
 /// The status a request writes, after checking that it is a server-side apply of the status
@@ -1217,7 +1217,7 @@ async fn a_changed_config_map_or_secret_reconciles_the_brokers_naming_it() {
         );
         assert_eq!(status["address"]["url"], "http://rivulet.test/team/orders");
         assert_eq!(
-            ctx.ingress.get(NS, "orders").map(|b| b.backend),
+            ctx.brokers.get(NS, "orders").map(|b| b.backend),
             Some("memory")
         );
     }
@@ -1257,7 +1257,7 @@ async fn a_deleted_config_map_leaves_the_brokers_naming_it_not_ready() {
         ingress["message"],
         "spec.config: ConfigMap team/broker-config does not exist"
     );
-    assert!(ctx.ingress.get(NS, "orders").is_none());
+    assert!(ctx.brokers.get(NS, "orders").is_none());
     warning_event(&mut server, "BackendConfigInvalid", "Broker", "orders").await;
 }
 

@@ -843,7 +843,10 @@ async fn on_kubernetes_the_secret_is_read_by_name_and_a_change_is_served() {
         Reply::Now(answer(200, &served.lock().unwrap().clone()))
     });
     let metrics = Arc::new(rivulet::metrics::Metrics::new());
-    let ingress = Arc::new(rivulet::ingress::Ingress::new(metrics.clone(), 1 << 20));
+    let ingress = Arc::new(rivulet::ingress::Ingress::new(
+        Arc::new(rivulet::ingress::BrokerTable::new(metrics.clone())),
+        1 << 20,
+    ));
     let data_dir = tempfile::tempdir().unwrap();
     let ctx = rivulet::runtime::Context::new(
         Arc::new(store),

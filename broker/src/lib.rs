@@ -1,10 +1,11 @@
-//! Rivulet's data path: [`ingress`] takes events into a broker's channel, the [`dispatcher`]
-//! reads them for each trigger and [`delivery`] sends them, under the [`egress`] policy, over
-//! TLS ([`tls`]) with OIDC tokens ([`auth`]). [`listener`] serves HTTP with bounds on
-//! connections.
+//! Rivulet's data path: [`ingress`] takes events into the channel of a broker in the
+//! [`brokers`] table, the [`dispatcher`] reads them for each trigger and [`delivery`] sends
+//! them, under the [`egress`] policy, over TLS ([`tls`]) with OIDC tokens ([`auth`]).
+//! [`listener`] serves HTTP with bounds on connections.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod brokers;
 pub mod delivery;
 pub mod dispatcher;
 pub mod egress;

@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use kube::client::Body;
 use rivulet::delivery::{DeliveryDefaults, Sender};
-use rivulet::ingress::Ingress;
+use rivulet::ingress::{BrokerTable, Ingress};
 use rivulet::metrics::Metrics;
 use rivulet::runtime::{Context, Reconciler, Role, Settings};
 use rivulet::store::KubernetesStore;
@@ -87,7 +87,10 @@ fn context_for(
         Ok(kube::Client::new(service, "default"))
     });
     let metrics = Arc::new(Metrics::new());
-    let ingress = Arc::new(Ingress::new(metrics.clone(), 1 << 20));
+    let ingress = Arc::new(Ingress::new(
+        Arc::new(BrokerTable::new(metrics.clone())),
+        1 << 20,
+    ));
     let ctx = Context::new(
         Arc::new(configure(store)),
         ingress.clone(),

@@ -599,7 +599,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let shared = Shared {
             sender: Sender::new(),
-            ingress: Arc::new(Ingress::new(metrics.clone(), 1 << 20)),
+            ingress: Arc::new(Ingress::new(
+                Arc::new(crate::brokers::BrokerTable::new(metrics.clone())),
+                1 << 20,
+            )),
             metrics: metrics.clone(),
         };
         let dispatch = TriggerDispatch {

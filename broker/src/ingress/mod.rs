@@ -1,26 +1,23 @@
 //! Broker ingress: `POST /{namespace}/{broker}` takes CloudEvents (binary, structured or
 //! batched), stamps them, and answers `202` only once the broker's channel has them durably.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rivulet_channels::{Channel, ChannelError};
+use rivulet_channels::ChannelError;
 
 mod observer;
 
 pub use observer::{Observation, Observer};
 
-use crate::auth::{Auth, AuthError, TargetRef};
-use prometheus_client::metrics::counter::Counter;
+use crate::auth::{Auth, AuthError};
+use crate::brokers::Entry;
+pub use crate::brokers::{BrokerHandle, BrokerTable};
 use rivulet_core::event::{self, Event, EventError, ExtensionValue};
-use rivulet_core::log_throttle::LogThrottle;
-use rivulet_core::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
-use rivulet_core::resources::DeliverySpec;
 
 /// Extension stamped with the time ingress accepted the event.
 pub const ARRIVAL_TIME: &str = "knativearrivaltime";
@@ -34,36 +31,6 @@ pub const DEFAULT_TTL: i32 = 255;
 /// `Retry-After` (seconds) of the 503 answered while a broker's channel is full: space
 /// frees as subscribers acknowledge, so trying again soon is reasonable.
 pub const FULL_RETRY_AFTER_SECS: u64 = 1;
-
-/// A ready broker: its channel and what its triggers inherit.
-pub struct BrokerHandle {
-    pub namespace: String,
-    pub name: String,
-    /// The channel backend's name (`embedded`, `memory`, ...).
-    pub backend: &'static str,
-    pub channel: Arc<dyn Channel>,
-    /// The broker's `spec.delivery`, the default for its triggers.
-    pub delivery: Option<DeliverySpec>,
-    /// The broker's resolved dead-letter sink.
-    pub dead_letter_uri: Option<String>,
-    /// Identity of the configuration the channel was opened with, to notice changes.
-    pub config_fingerprint: String,
-    /// The broker's labels, which EventPolicy selectors match.
-    pub labels: BTreeMap<String, String>,
-}
-
-impl BrokerHandle {
-    /// The broker as an EventPolicy target.
-    pub fn target(&self) -> TargetRef {
-        TargetRef {
-            group: "eventing.knative.dev".into(),
-            kind: "Broker".into(),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            labels: self.labels.clone(),
-        }
-    }
-}
 
 /// The `Retry-After` of a 503: storage recovery probes at least every 2 s.
 const RETRY_AFTER_SECONDS: &str = "5";
@@ -148,72 +115,9 @@ impl IntoResponse for IngressError {
     }
 }
 
-/// A broker's ingress counters, looked up once rather than per request.
-#[derive(Clone)]
-struct BrokerCounters {
-    received: Counter,
-    accepted: Counter,
-    refused: Counter,
-    unavailable: Counter,
-    ttl_dropped: Counter,
-    /// Whether a TTL drop was logged already: a loop logs once, not once per event.
-    ttl_logged: Arc<AtomicBool>,
-    full: Counter,
-    /// Storage and backend failures fail every request while they last: one line per interval.
-    unavailable_log: Arc<LogThrottle>,
-}
-
-impl BrokerCounters {
-    fn new(metrics: &Metrics, namespace: &str, broker: &str) -> Self {
-        let outcome = |outcome| {
-            metrics
-                .ingress_events
-                .get_or_create(&IngressLabels {
-                    namespace: namespace.to_string(),
-                    broker: broker.to_string(),
-                    outcome,
-                })
-                .clone()
-        };
-        BrokerCounters {
-            received: metrics
-                .events_received
-                .get_or_create(&BrokerLabels {
-                    namespace: namespace.to_string(),
-                    broker: broker.to_string(),
-                })
-                .clone(),
-            accepted: outcome("accepted"),
-            refused: outcome("refused"),
-            unavailable: outcome("unavailable"),
-            ttl_dropped: metrics
-                .events_dropped
-                .get_or_create(&DroppedLabels {
-                    namespace: namespace.to_string(),
-                    trigger: String::new(),
-                    reason: "ttl",
-                })
-                .clone(),
-            ttl_logged: Arc::default(),
-            full: outcome("full"),
-            unavailable_log: Arc::default(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Entry {
-    handle: Arc<BrokerHandle>,
-    counters: BrokerCounters,
-}
-
-/// Brokers by namespace, then name: looked up with borrowed strings on every request.
-type BrokerMap = HashMap<String, HashMap<String, Entry>>;
-
-/// The brokers that take events, and the intake logic shared by HTTP and replies.
+/// The intake logic shared by HTTP and replies, over the brokers of a [`BrokerTable`].
 pub struct Ingress {
-    brokers: RwLock<BrokerMap>,
-    metrics: Arc<Metrics>,
+    brokers: Arc<BrokerTable>,
     body_limit: usize,
     /// Event-type discovery, told about accepted events without being waited for.
     observer: OnceLock<Observer>,
@@ -222,10 +126,9 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    pub fn new(metrics: Arc<Metrics>, body_limit: usize) -> Self {
+    pub fn new(brokers: Arc<BrokerTable>, body_limit: usize) -> Self {
         Self {
-            brokers: RwLock::default(),
-            metrics,
+            brokers,
             body_limit,
             observer: OnceLock::new(),
             auth: OnceLock::new(),
@@ -254,47 +157,17 @@ impl Ingress {
         }
     }
 
-    pub fn insert(&self, handle: Arc<BrokerHandle>) {
-        let counters = BrokerCounters::new(&self.metrics, &handle.namespace, &handle.name);
-        self.brokers
-            .write()
-            .expect("lock poisoned")
-            .entry(handle.namespace.clone())
-            .or_default()
-            .insert(handle.name.clone(), Entry { handle, counters });
+    /// The brokers this ingress serves.
+    pub fn brokers(&self) -> &Arc<BrokerTable> {
+        &self.brokers
     }
 
-    pub fn remove(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
-        let mut brokers = self.brokers.write().expect("lock poisoned");
-        let in_namespace = brokers.get_mut(namespace)?;
-        let removed = in_namespace.remove(name).map(|entry| entry.handle);
-        if in_namespace.is_empty() {
-            brokers.remove(namespace);
-        }
-        removed
+    fn get(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
+        self.brokers.get(namespace, name)
     }
 
     fn entry(&self, namespace: &str, name: &str) -> Option<Entry> {
-        self.brokers
-            .read()
-            .expect("lock poisoned")
-            .get(namespace)?
-            .get(name)
-            .cloned()
-    }
-
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
-        self.entry(namespace, name).map(|entry| entry.handle)
-    }
-
-    /// Every broker ingress serves.
-    pub fn handles(&self) -> Vec<Arc<BrokerHandle>> {
-        self.brokers
-            .read()
-            .expect("lock poisoned")
-            .values()
-            .flat_map(|in_namespace| in_namespace.values().map(|entry| entry.handle.clone()))
-            .collect()
+        self.brokers.entry(namespace, name)
     }
 
     /// Stamps events and publishes them to the broker's channel; returns once durable.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
 use super::{Action, Context, ReconcileError, generation};
-use rivulet_broker::ingress::BrokerHandle;
+use rivulet_broker::brokers::BrokerHandle;
 use rivulet_core::features;
 use rivulet_core::resources::validation::typed;
 use rivulet_core::resources::{
@@ -107,7 +107,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         }
         Ok(choice) => {
             let fingerprint = format!("{}:{:?}", choice.backend, choice.settings);
-            let existing = ctx.ingress.get(&namespace, &name);
+            let existing = ctx.brokers.get(&namespace, &name);
             let channel = match existing {
                 Some(handle) if handle.config_fingerprint == fingerprint => {
                     Ok(handle.channel.clone())
@@ -168,7 +168,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
                         parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
                     }
                     let channel_fault = channel.storage_fault();
-                    ctx.ingress.insert(Arc::new(BrokerHandle {
+                    ctx.brokers.insert(Arc::new(BrokerHandle {
                         namespace: namespace.clone(),
                         name: name.clone(),
                         backend,
@@ -236,7 +236,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         addresses: addresses.filter(|_| ready),
         policies,
         dead_letter_sink_uri: ctx
-            .ingress
+            .brokers
             .get(&namespace, &name)
             .and_then(|h| h.dead_letter_uri.clone()),
         annotations: None,
@@ -248,7 +248,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
 }
 
 fn drop_handle(namespace: &str, name: &str, ctx: &Context) {
-    if ctx.ingress.remove(namespace, name).is_some() {
+    if ctx.brokers.remove(namespace, name).is_some() {
         tracing::info!(%namespace, broker = %name, "broker channel closed");
     }
 }
@@ -277,7 +277,7 @@ async fn reconcile_triggers_of(namespace: &str, broker: &str, ctx: &Arc<Context>
 /// storage (topic, exchange, stream, log).
 pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
     let (namespace, name) = object_key(object);
-    let handle = ctx.ingress.remove(&namespace, &name);
+    let handle = ctx.brokers.remove(&namespace, &name);
     // The consumers are taken here so that the drain stops them, not the triggers' reconcile.
     let kind = Context::kind("Trigger");
     let mut triggers = Vec::new();

@@ -43,7 +43,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
     let mut parts = Vec::new();
     let mut action = Action::AwaitChange;
     if let Some(broker) = broker_of(object) {
-        if ctx.ingress.get(&namespace, broker).is_some() {
+        if ctx.brokers.get(&namespace, broker).is_some() {
             parts.push(Condition::new("BrokerReady", true, "", ""));
         } else {
             parts.push(Condition::new(

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use rivulet_broker::delivery::DeliveryDefaults;
 use rivulet_broker::dispatcher::{self, Running};
-use rivulet_broker::ingress::Ingress;
+use rivulet_broker::ingress::{BrokerTable, Ingress};
 use rivulet_core::resources::{KindInfo, find_kind_by_name};
 use rivulet_store::{ResourceStore, StoreError, StoreEvent, object_key};
 
@@ -209,6 +209,8 @@ impl Settings {
 /// Shared state of the reconcilers.
 pub struct Context {
     pub store: Arc<dyn ResourceStore>,
+    /// Every ready broker: the broker reconciler fills it, the others read it.
+    pub brokers: Arc<BrokerTable>,
     pub ingress: Arc<Ingress>,
     pub dispatch: dispatcher::Shared,
     pub settings: Settings,
@@ -257,6 +259,7 @@ impl Context {
         let (requeue, requeue_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             store,
+            brokers: ingress.brokers().clone(),
             ingress,
             dispatch,
             settings,
@@ -727,7 +730,7 @@ impl Context {
             }
             _ => return Ok(Vec::new()),
         };
-        let Some(handle) = self.ingress.get(namespace, &broker) else {
+        let Some(handle) = self.brokers.get(namespace, &broker) else {
             return Ok(Vec::new());
         };
         let mut counts = Vec::new();

@@ -81,7 +81,7 @@ pub async fn watch(
             now.insert(RESOURCE_STORE.to_owned(), fault);
         }
         let mut brokers = BTreeMap::new();
-        for handle in ctx.ingress.handles() {
+        for handle in ctx.brokers.handles() {
             if let Some(fault) = handle.channel.storage_fault() {
                 let key = broker_key(&handle.namespace, &handle.name);
                 brokers.insert(key.clone(), (handle.namespace.clone(), handle.name.clone()));

@@ -39,7 +39,7 @@ pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Rec
         ..TriggerStatus::default()
     };
 
-    let broker = ctx.ingress.get(&namespace, &trigger.spec.broker);
+    let broker = ctx.brokers.get(&namespace, &trigger.spec.broker);
     match &broker {
         Some(_) => parts.push(Condition::new("BrokerReady", true, "", "")),
         None => parts.push(Condition::new(
@@ -364,7 +364,7 @@ pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), Reconcile
         .pointer("/spec/broker")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let handle = ctx.ingress.get(&namespace, broker);
+    let handle = ctx.brokers.get(&namespace, broker);
     let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
         // The data plane lets go of what it holds (the controller drains it); without a
         // broker the broker's deletion drained it already.
