@@ -1,6 +1,6 @@
-//! Sink adapters: HTTP endpoints that take CloudEvents and hand them to something outside.
+//! Sink kinds: HTTP endpoints that take CloudEvents and hand them to something outside.
 //!
-//! A sink implements [`Sink`]. The generic HTTP handler ([`handle`]) reads CloudEvents in any
+//! A sink hands events to its [`Outlet`]. The generic HTTP handler ([`handle`]) reads CloudEvents in any
 //! content mode (binary, structured, batched), calls the sink for each and answers `202` only
 //! once the sink accepted all of them: `400` for an invalid event, `502` when the target
 //! refused it, `503` when the target could not be reached.
@@ -72,9 +72,10 @@ pub mod rabbitmq;
 /// The largest request a sink takes.
 pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 
-/// A sink adapter: takes one event and hands it on.
+/// Where a sink kind puts the events it receives: a URL, a topic, a subject, an exchange, the
+/// log. ("Sink" means what Knative means: an addressable that receives events.)
 #[async_trait]
-pub trait Sink: Send + Sync + 'static {
+pub trait Outlet: Send + Sync + 'static {
     /// Returns once the event is safely handed on (or fails with the reason).
     async fn accept(&self, event: Event) -> Result<(), SinkError>;
 }
@@ -114,9 +115,9 @@ impl IntoResponse for SinkError {
     }
 }
 
-/// Reads the CloudEvents of a request and gives each to `sink`, in order. Returns how many
+/// Reads the CloudEvents of a request and gives each to `outlet`, in order. Returns how many
 /// were accepted.
-pub async fn handle(sink: &dyn Sink, request: Request) -> Result<usize, SinkError> {
+pub async fn handle(outlet: &dyn Outlet, request: Request) -> Result<usize, SinkError> {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, BODY_LIMIT)
         .await
@@ -125,17 +126,18 @@ pub async fn handle(sink: &dyn Sink, request: Request) -> Result<usize, SinkErro
         event::from_http(&parts.headers, body).map_err(|e| SinkError::Invalid(e.to_string()))?;
     let count = events.len();
     for event in events {
-        sink.accept(event).await?;
+        outlet.accept(event).await?;
     }
     Ok(count)
 }
 
-/// Answers a request for `sink`: `202` once accepted, the error's status otherwise.
-pub async fn respond(sink: &dyn Sink, request: Request) -> Response {
+/// Answers a request for a sink that hands events to `outlet`: `202` once accepted, the
+/// error's status otherwise.
+pub async fn respond(outlet: &dyn Outlet, request: Request) -> Response {
     if request.method() != Method::POST {
         return method_not_allowed();
     }
-    match handle(sink, request).await {
+    match handle(outlet, request).await {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(error) => error.into_response(),
     }
@@ -151,14 +153,14 @@ fn method_not_allowed() -> Response {
 }
 
 /// A router that serves one sink at every path (for `rivulet display`).
-pub fn router(sink: Arc<dyn Sink>) -> axum::Router {
+pub fn router(outlet: Arc<dyn Outlet>) -> axum::Router {
     axum::Router::new()
         .fallback(
-            |State(sink): State<Arc<dyn Sink>>, request: Request| async move {
-                respond(&*sink, request).await
+            |State(outlet): State<Arc<dyn Outlet>>, request: Request| async move {
+                respond(&*outlet, request).await
             },
         )
-        .with_state(sink)
+        .with_state(outlet)
 }
 
 /// What a sink's `Ready` depends on: its address (published once its target is built); the
@@ -204,7 +206,7 @@ pub trait SinkKind: Send + Sync + 'static {
 
 /// A sink ready to serve.
 pub struct Built {
-    pub sink: Arc<dyn Sink>,
+    pub outlet: Arc<dyn Outlet>,
     /// Identity of the configuration: a change replaces the sink.
     pub fingerprint: String,
     /// Further (true) conditions to report.
@@ -214,7 +216,7 @@ pub struct Built {
 struct Served {
     kind: &'static str,
     fingerprint: String,
-    sink: Arc<dyn Sink>,
+    outlet: Arc<dyn Outlet>,
 }
 
 /// A served sink's plural, namespace and name.
@@ -271,7 +273,7 @@ async fn receive(
         Ok(request) => request,
         Err(refused) => return refused,
     };
-    let result = handle(&*served.sink, request).await;
+    let result = handle(&*served.outlet, request).await;
     let (outcome, count) = match &result {
         Ok(count) => ("accepted", *count as u64),
         Err(SinkError::Invalid(_)) => ("invalid", 1),
@@ -370,7 +372,7 @@ pub async fn reconcile<K: SinkKind>(
                     Arc::new(Served {
                         kind: K::KIND,
                         fingerprint: built.fingerprint,
-                        sink: built.sink,
+                        outlet: built.outlet,
                     }),
                 );
             }

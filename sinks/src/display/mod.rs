@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, ExtensionValue};
 use rivulet_core::resources::Condition;
@@ -83,7 +83,7 @@ impl Display {
 }
 
 #[async_trait]
-impl Sink for Display {
+impl Outlet for Display {
     async fn accept(&self, event: Event) -> Result<(), SinkError> {
         (self.output)(render(&event));
         Ok(())
@@ -180,7 +180,7 @@ impl SinkKind for EventDisplaySinkKind {
         _ctx: &Arc<Context>,
     ) -> Result<Built, Condition> {
         Ok(Built {
-            sink: Arc::new(Display::stdout()),
+            outlet: Arc::new(Display::stdout()),
             fingerprint: String::new(),
             conditions: Vec::new(),
         })

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_broker::delivery::{DeliveryPolicy, Outcome, Sender, is_retryable};
 use rivulet_control::runtime::{self, Context};
 use rivulet_core::event::Event;
@@ -129,7 +129,7 @@ impl SinkKind for HttpForwardSinkKind {
         );
         let fingerprint = format!("{}|{policy:?}", spec.uri);
         Ok(Built {
-            sink: Arc::new(HttpForward {
+            outlet: Arc::new(HttpForward {
                 uri: spec.uri.clone(),
                 policy,
                 sender: ctx.dispatch.sender.clone(),
@@ -156,7 +156,7 @@ pub struct HttpForward {
 }
 
 #[async_trait]
-impl Sink for HttpForward {
+impl Outlet for HttpForward {
     async fn accept(&self, event: Event) -> Result<(), SinkError> {
         let outcome = self.sender.deliver(&self.uri, &event, &self.policy).await;
         let attempts = outcome.attempts();

@@ -26,7 +26,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{self, Event};
 use rivulet_core::resources::Condition;
@@ -183,7 +183,7 @@ impl SinkKind for KafkaSinkKind {
             spec.replication_factor
         );
         Ok(Built {
-            sink: Arc::new(KafkaTopicSink {
+            outlet: Arc::new(KafkaPublisher {
                 topic: spec.topic.clone(),
                 mode,
                 producer,
@@ -195,13 +195,13 @@ impl SinkKind for KafkaSinkKind {
 }
 
 /// Writes events to one topic.
-pub struct KafkaTopicSink {
+pub struct KafkaPublisher {
     topic: String,
     mode: ContentMode,
     producer: FutureProducer,
 }
 
-impl KafkaTopicSink {
+impl KafkaPublisher {
     /// A sink writing to `topic` with `producer`.
     pub fn new(topic: String, mode: ContentMode, producer: FutureProducer) -> Self {
         Self {
@@ -213,7 +213,7 @@ impl KafkaTopicSink {
 }
 
 #[async_trait]
-impl Sink for KafkaTopicSink {
+impl Outlet for KafkaPublisher {
     async fn accept(&self, event: Event) -> Result<(), SinkError> {
         let envelope = event.to_envelope();
         let result = match self.mode {

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
 use rivulet_core::resources::Condition;
@@ -98,7 +98,7 @@ impl SinkKind for NatsSinkKind {
         let url = spec.url.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
         Ok(Built {
             fingerprint: format!("{url}|{}|{}", spec.subject, spec.jetstream),
-            sink: Arc::new(NatsPublisher {
+            outlet: Arc::new(NatsPublisher {
                 url,
                 client_name: format!("rivulet NatsSink {}/{}", key.namespace, key.name),
                 subject: spec.subject.clone(),
@@ -138,7 +138,7 @@ impl NatsPublisher {
 }
 
 #[async_trait]
-impl Sink for NatsPublisher {
+impl Outlet for NatsPublisher {
     async fn accept(&self, event: Event) -> Result<(), SinkError> {
         let encoded = binding::encode(&event.to_envelope())
             .map_err(|e| SinkError::Invalid(format!("the event cannot travel over NATS: {e}")))?;

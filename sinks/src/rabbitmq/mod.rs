@@ -22,7 +22,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Built, Sink, SinkError, SinkKey, SinkKind, SinkStatus};
+use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
 use rivulet_core::resources::Condition;
@@ -161,7 +161,7 @@ impl SinkKind for RabbitmqSinkKind {
         };
         let fingerprint = format!("{uri}|{}|{:?}", spec.exchange, spec.routing_key);
         Ok(Built {
-            sink: Arc::new(RabbitmqPublisher {
+            outlet: Arc::new(RabbitmqPublisher {
                 link: Link::new(
                     uri,
                     format!("rivulet RabbitmqSink {}/{}", key.namespace, key.name),
@@ -208,7 +208,7 @@ impl RabbitmqPublisher {
 }
 
 #[async_trait]
-impl Sink for RabbitmqPublisher {
+impl Outlet for RabbitmqPublisher {
     async fn accept(&self, event: Event) -> Result<(), SinkError> {
         let (properties, body) = amqp::to_message(&event.to_envelope())
             .map_err(|e| SinkError::Invalid(format!("the event cannot travel over AMQP: {e}")))?;
