@@ -3,46 +3,14 @@
 
 use rivulet_testkit as support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{ChildServer, Recorder, apply, get, http, wait_for};
+use support::{ChildServer, Recorder, apply, durability, get, wait_for};
 
 /// How long the restarted server gets to deliver everything it acknowledged.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(40);
-
-/// Waits until every id in `ids` reached the recorder; panics naming the missing ones.
-async fn wait_all_delivered(recorder: &Recorder, ids: &BTreeSet<String>) {
-    let deadline = std::time::Instant::now() + DELIVERY_DEADLINE;
-    loop {
-        let delivered: BTreeSet<String> = recorder.events().into_iter().map(|e| e.id).collect();
-        let missing: Vec<&String> = ids.difference(&delivered).collect();
-        if missing.is_empty() {
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "{} of {} acknowledged events were never delivered, e.g. {:?}",
-                missing.len(),
-                ids.len(),
-                &missing[..missing.len().min(10)]
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// How many deliveries beyond the first each id got, in total.
-fn duplicates(recorder: &Recorder) -> usize {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for event in recorder.events() {
-        *seen.entry(event.id).or_default() += 1;
-    }
-    seen.values().map(|n| n - 1).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_event_survives_kill_9() {
@@ -50,87 +18,15 @@ async fn every_acknowledged_event_survives_kill_9() {
     let recorder = Recorder::start().await;
     // A slow subscriber and one delivery at a time, so a backlog exists when the server dies.
     recorder.set_delay(Duration::from_millis(10));
-    let mut server = ChildServer::spawn(data.path(), &[]).await;
+    let server = ChildServer::spawn(data.path(), &[]).await;
     let mut slow = support::trigger("default", "all", "default", &recorder.url);
     slow["metadata"]["annotations"] = json!({"rivulet.dev/parallelism": "1"});
     apply(&server.api, &slow).await;
     support::wait_ready(&server.api, "Trigger", "default", "all").await;
 
-    const PRODUCERS: usize = 4;
-    let accepted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let base = server.base.clone();
-    let mut producers = Vec::new();
-    for producer in 0..PRODUCERS {
-        let accepted = accepted.clone();
-        let stop = stop.clone();
-        let base = base.clone();
-        producers.push(tokio::spawn(async move {
-            let client = http();
-            let mut sent = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("p{producer}-{sent}");
-                sent += 1;
-                let response = client
-                    .post(format!("{base}/default/default"))
-                    .header("ce-specversion", "1.0")
-                    .header("ce-id", &id)
-                    .header("ce-source", "/durability")
-                    .header("ce-type", "test.durable")
-                    .header("content-type", "application/json")
-                    .body(format!("{{\"producer\":{producer},\"n\":{sent}}}"))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status().as_u16() == 202 => {
-                        accepted.lock().unwrap().insert(id);
-                    }
-                    Ok(_) => {}
-                    // The server is gone: back off a little instead of spinning.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-            sent
-        }));
-    }
-
-    // Kill mid-flow, once a fair number of events got in.
-    wait_for(
-        "producers to get 300 events accepted",
-        Duration::from_secs(30),
-        || {
-            let n = accepted.lock().unwrap().len();
-            async move { (n >= 300).then_some(()) }
-        },
-    )
-    .await;
-    server.kill9();
-    let accepted_at_kill = accepted.lock().unwrap().len();
-    stop.store(true, Ordering::Relaxed);
-    let mut attempted = 0;
-    for producer in producers {
-        attempted += producer.await.unwrap();
-    }
-    let delivered_before_restart = recorder.count();
-    assert!(
-        delivered_before_restart < accepted_at_kill,
-        "a backlog existed at the kill ({delivered_before_restart} of {accepted_at_kill} delivered), so the restart is what delivers the rest"
-    );
-    recorder.set_delay(Duration::ZERO);
-
-    let _server = ChildServer::spawn(data.path(), &[]).await;
-    let accepted = accepted.lock().unwrap().clone();
-    wait_all_delivered(&recorder, &accepted).await;
-    eprintln!(
-        "kill -9: {attempted} posted, {} acknowledged ({accepted_at_kill} when killed), \
-         {delivered_before_restart} delivered before the restart, {} deliveries in all, \
-         {} duplicates",
-        accepted.len(),
-        recorder.count(),
-        duplicates(&recorder)
-    );
-    assert!(accepted.len() >= 300);
+    let broker_url = format!("{}/default/default", server.base);
+    durability::kill_9_loses_no_acknowledged_event(server, &broker_url, &recorder, 300, "embedded")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,8 +131,8 @@ async fn sigterm_stops_cleanly_and_events_in_flight_are_not_lost() {
 
     recorder.set_status(202);
     let _server = ChildServer::spawn(data.path(), &["--shutdown-grace", "1s"]).await;
-    wait_all_delivered(&recorder, &ids).await;
-    eprintln!("SIGTERM: {} duplicates", duplicates(&recorder));
+    durability::wait_all_delivered(&recorder, &ids, DELIVERY_DEADLINE).await;
+    eprintln!("SIGTERM: {} duplicates", durability::duplicates(&recorder));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

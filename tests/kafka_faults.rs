@@ -12,14 +12,13 @@
 use rivulet_testkit as support;
 use rivulet_testkit::kafka as kafka_support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_support::{PrivateTansu, bootstrap, unique};
 use serde_json::{Value, json};
-use support::{ChildServer, InProcessServer, Recorder, apply, http, wait_for, wait_ready};
+use support::durability::{Load, LoadOutcome, duplicates, wait_all_delivered};
+use support::{ChildServer, InProcessServer, Recorder, apply, wait_for, wait_ready};
 
 /// How long everything acknowledged may take to arrive after a fault ends.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(60);
@@ -39,98 +38,14 @@ fn kafka_resources(namespace: &str, settings: &[(&str, String)], subscriber: &st
     ]
 }
 
-/// What a set of producers saw.
-#[derive(Default)]
-struct Tally {
-    accepted: Mutex<BTreeSet<String>>,
-    unavailable: AtomicUsize,
-    other: AtomicUsize,
-}
-
-/// Producers posting events to `{base}/{namespace}/events` until `stop`.
-fn spawn_producers(
-    base: Arc<Mutex<String>>,
-    namespace: &str,
-    producers: usize,
-    tally: Arc<Tally>,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<usize>> {
-    (0..producers)
-        .map(|producer| {
-            let (base, tally, stop) = (base.clone(), tally.clone(), stop.clone());
-            let namespace = namespace.to_owned();
-            tokio::spawn(async move {
-                let client = http();
-                let mut sent = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("p{producer}-{sent}");
-                    sent += 1;
-                    let url = format!("{}/{namespace}/events", base.lock().unwrap());
-                    let response = client
-                        .post(url)
-                        .header("ce-specversion", "1.0")
-                        .header("ce-id", &id)
-                        .header("ce-source", "/kafka-faults")
-                        .header("ce-type", "test.fault")
-                        .header("content-type", "application/json")
-                        .body(format!("{{\"producer\":{producer},\"n\":{sent}}}"))
-                        .timeout(Duration::from_secs(15))
-                        .send()
-                        .await;
-                    match response.map(|r| r.status().as_u16()) {
-                        Ok(202) => {
-                            tally.accepted.lock().unwrap().insert(id);
-                        }
-                        Ok(503) => {
-                            tally.unavailable.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Ok(_) => {
-                            tally.other.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-                sent
-            })
-        })
-        .collect()
-}
-
-async fn wait_accepted(tally: &Tally, count: usize, what: &str) {
-    wait_for(what, Duration::from_secs(60), || {
-        let n = tally.accepted.lock().unwrap().len();
-        async move { (n >= count).then_some(()) }
-    })
-    .await;
-}
-
-/// Waits until every id reached the recorder; panics naming the missing ones.
-async fn wait_all_delivered(recorder: &Recorder, ids: &BTreeSet<String>) {
-    let deadline = std::time::Instant::now() + DELIVERY_DEADLINE;
-    loop {
-        let delivered: BTreeSet<String> = recorder.events().into_iter().map(|e| e.id).collect();
-        let missing: Vec<&String> = ids.difference(&delivered).collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} acknowledged events were never delivered, e.g. {:?}",
-            missing.len(),
-            ids.len(),
-            &missing[..missing.len().min(10)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn duplicates(recorder: &Recorder) -> usize {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for event in recorder.events() {
-        *seen.entry(event.id).or_default() += 1;
-    }
-    seen.values().map(|n| n - 1).sum()
+/// Answers other than 202 and 503 (none is expected).
+fn other_answers(outcome: &LoadOutcome) -> usize {
+    outcome
+        .statuses
+        .iter()
+        .filter(|(code, _)| ![202, 503].contains(*code))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -140,7 +55,7 @@ async fn kill_9_of_rivulet_loses_no_acknowledged_event() {
     let recorder = Recorder::start().await;
     // A slow subscriber, so a backlog exists in Kafka when the server dies.
     recorder.set_delay(Duration::from_millis(20));
-    let mut server = ChildServer::spawn(data.path(), &[]).await;
+    let server = ChildServer::spawn(data.path(), &[]).await;
     let namespace = unique("ns");
     let settings = [
         ("bootstrap.servers", bootstrap()),
@@ -152,41 +67,15 @@ async fn kill_9_of_rivulet_loses_no_acknowledged_event() {
     }
     wait_ready(&server.api, "Trigger", &namespace, "all").await;
 
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let base = Arc::new(Mutex::new(server.base.clone()));
-    let producers = spawn_producers(base.clone(), &namespace, 4, tally.clone(), stop.clone());
-    wait_accepted(&tally, 400, "400 events accepted before the kill").await;
-    server.kill9();
-    let accepted_at_kill = tally.accepted.lock().unwrap().len();
-    stop.store(true, Ordering::Relaxed);
-    let mut attempted = 0;
-    for producer in producers {
-        attempted += producer.await.unwrap();
-    }
-    let delivered_before = recorder.count();
-    assert!(
-        delivered_before < accepted_at_kill,
-        "a backlog existed at the kill ({delivered_before} of {accepted_at_kill} delivered)"
-    );
-    recorder.set_delay(Duration::ZERO);
-
-    let _server = ChildServer::spawn(data.path(), &[]).await;
-    let accepted = tally.accepted.lock().unwrap().clone();
-    wait_all_delivered(&recorder, &accepted).await;
-    let duplicates = duplicates(&recorder);
-    eprintln!(
-        "kill -9 with Kafka: {attempted} posted, {} acknowledged, {delivered_before} delivered \
-         before the restart, {} deliveries in all, {duplicates} duplicates",
-        accepted.len(),
-        recorder.count(),
-    );
-    assert!(accepted.len() >= 400);
-    assert!(
-        duplicates <= accepted.len(),
-        "{duplicates} duplicates for {} events: redelivery beyond what was in flight",
-        accepted.len()
-    );
+    let broker_url = format!("{}/{namespace}/events", server.base);
+    support::durability::kill_9_loses_no_acknowledged_event(
+        server,
+        &broker_url,
+        &recorder,
+        400,
+        "Kafka",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -212,19 +101,16 @@ async fn kafka_outage_answers_503_and_recovers_by_itself() {
     }
     wait_ready(&server.api, "Trigger", &namespace, "all").await;
 
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let base = Arc::new(Mutex::new(server.base.clone()));
-    let producers = spawn_producers(base, &namespace, 3, tally.clone(), stop.clone());
-    wait_accepted(&tally, 100, "100 events accepted before the outage").await;
+    let load = Load::start(format!("{}/{namespace}/events", server.base), 3);
+    load.wait_accepted(100).await;
 
     tansu.kill();
-    let accepted_at_outage = tally.accepted.lock().unwrap().len();
+    let accepted_at_outage = load.accepted_count();
     wait_for(
         "503 answers during the outage",
         Duration::from_secs(30),
         || {
-            let n = tally.unavailable.load(Ordering::Relaxed);
+            let n = load.status_count(503);
             async move { (n >= 3).then_some(()) }
         },
     )
@@ -232,41 +118,27 @@ async fn kafka_outage_answers_503_and_recovers_by_itself() {
     // Requests acknowledged just before the kill may still come back 202; after a few
     // seconds of outage nothing new is acknowledged.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let accepted_in_outage = tally.accepted.lock().unwrap().len();
+    let accepted_in_outage = load.accepted_count();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        tally.accepted.lock().unwrap().len(),
+        load.accepted_count(),
         accepted_in_outage,
         "an event was acknowledged while Kafka was down"
     );
 
     tansu.restart();
-    wait_accepted(
-        &tally,
-        accepted_in_outage + 100,
-        "100 more events accepted after Kafka came back",
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.unwrap();
-    }
-    let accepted = tally.accepted.lock().unwrap().clone();
-    wait_all_delivered(&recorder, &accepted).await;
+    load.wait_accepted(accepted_in_outage + 100).await;
+    let outcome = load.finish().await;
+    wait_all_delivered(&recorder, &outcome.accepted, DELIVERY_DEADLINE).await;
     eprintln!(
-        "Kafka outage: {} acknowledged ({accepted_at_outage} before the outage), {} answered 503, \
-         {} other answers, {} deliveries, {} duplicates",
-        accepted.len(),
-        tally.unavailable.load(Ordering::Relaxed),
-        tally.other.load(Ordering::Relaxed),
+        "Kafka outage: {} acknowledged ({accepted_at_outage} before the outage), statuses \
+         {:?}, {} deliveries, {} duplicates",
+        outcome.accepted.len(),
+        outcome.statuses,
         recorder.count(),
         duplicates(&recorder)
     );
-    assert_eq!(
-        tally.other.load(Ordering::Relaxed),
-        0,
-        "only 202 and 503 are expected"
-    );
+    assert_eq!(other_answers(&outcome), 0, "only 202 and 503 are expected");
     server.shutdown().await;
 }
 
@@ -299,55 +171,34 @@ async fn rebalances_between_two_rivulets_lose_nothing() {
     };
     let first = start_first().await;
 
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let base = Arc::new(Mutex::new(first.base.clone()));
-    let producers = spawn_producers(base.clone(), &namespace, 3, tally.clone(), stop.clone());
-    wait_accepted(&tally, 200, "200 events accepted by the first Rivulet").await;
+    let load = Load::start(format!("{}/{namespace}/events", first.base), 3);
+    load.wait_accepted(200).await;
 
     let second = InProcessServer::start_with(support::tune_for_tests).await;
     for resource in kafka_resources(&namespace, &settings, &recorder.url) {
         apply(&second.api, &resource).await;
     }
     wait_ready(&second.api, "Trigger", &namespace, "all").await;
-    let joined_at = tally.accepted.lock().unwrap().len();
-    wait_accepted(&tally, joined_at + 200, "200 more events while both serve").await;
+    // 200 more events while both serve.
+    load.wait_accepted(load.accepted_count() + 200).await;
 
-    *base.lock().unwrap() = second.base.clone();
+    load.retarget(format!("{}/{namespace}/events", second.base));
     first.shutdown().await;
-    let left_at = tally.accepted.lock().unwrap().len();
-    wait_accepted(
-        &tally,
-        left_at + 100,
-        "100 more events while the first is down",
-    )
-    .await;
+    // 100 more events while the first is down.
+    load.wait_accepted(load.accepted_count() + 100).await;
     let first = start_first().await;
-    let back_at = tally.accepted.lock().unwrap().len();
-    wait_accepted(
-        &tally,
-        back_at + 200,
-        "200 more events after the first came back",
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.unwrap();
-    }
-
-    let accepted = tally.accepted.lock().unwrap().clone();
-    wait_all_delivered(&recorder, &accepted).await;
+    // 200 more events after the first came back.
+    load.wait_accepted(load.accepted_count() + 200).await;
+    let outcome = load.finish().await;
+    let accepted = &outcome.accepted;
+    wait_all_delivered(&recorder, accepted, DELIVERY_DEADLINE).await;
     eprintln!(
         "two Rivulets, three rebalances: {} acknowledged, {} deliveries, {} duplicates",
         accepted.len(),
         recorder.count(),
         duplicates(&recorder)
     );
-    assert_eq!(
-        tally.other.load(Ordering::Relaxed),
-        0,
-        "only 202 and 503 are expected"
-    );
+    assert_eq!(other_answers(&outcome), 0, "only 202 and 503 are expected");
     assert!(
         duplicates(&recorder) <= accepted.len(),
         "redelivery beyond what was in flight"

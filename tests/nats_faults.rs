@@ -9,15 +9,13 @@
 
 use rivulet_testkit as support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{ChildServer, Recorder, apply, free_port, http, wait_for};
+use support::durability::{Load, LoadOutcome, wait_all_delivered};
+use support::{ChildServer, Recorder, apply, free_port, wait_for};
 
 const NS: &str = "default";
 const BROKER: &str = "jets";
@@ -154,118 +152,6 @@ fn manifests(url: &str, ack_wait: &str) -> Vec<Value> {
     ]
 }
 
-/// Producers posting events until stopped; counts every status they get.
-struct Load {
-    accepted: Arc<Mutex<BTreeSet<String>>>,
-    statuses: Arc<Mutex<BTreeMap<u16, usize>>>,
-    unavailable_since: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(base: &str, producers: usize) -> Load {
-        let load = Load {
-            accepted: Arc::default(),
-            statuses: Arc::default(),
-            unavailable_since: Arc::default(),
-            stop: Arc::default(),
-            tasks: Vec::new(),
-        };
-        let mut tasks = Vec::new();
-        for producer in 0..producers {
-            let (accepted, statuses, unavailable, stop) = (
-                load.accepted.clone(),
-                load.statuses.clone(),
-                load.unavailable_since.clone(),
-                load.stop.clone(),
-            );
-            let url = format!("{base}/{NS}/{BROKER}");
-            tasks.push(tokio::spawn(async move {
-                let client = http();
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("p{producer}-{n}");
-                    n += 1;
-                    let response = client
-                        .post(&url)
-                        .header("ce-specversion", "1.0")
-                        .header("ce-id", &id)
-                        .header("ce-source", "/faults")
-                        .header("ce-type", "test.fault")
-                        .header("content-type", "application/json")
-                        .body(format!("{{\"n\":{n}}}"))
-                        .timeout(Duration::from_secs(15))
-                        .send()
-                        .await;
-                    match response {
-                        Ok(r) => {
-                            let code = r.status().as_u16();
-                            *statuses.lock().unwrap().entry(code).or_default() += 1;
-                            if code == 202 {
-                                accepted.lock().unwrap().insert(id);
-                            } else {
-                                if code == 503 {
-                                    unavailable.fetch_add(1, Ordering::Relaxed);
-                                }
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            }));
-        }
-        Load { tasks, ..load }
-    }
-
-    fn accepted_count(&self) -> usize {
-        self.accepted.lock().unwrap().len()
-    }
-
-    async fn wait_accepted(&self, at_least: usize) {
-        let accepted = self.accepted.clone();
-        wait_for(
-            &format!("{at_least} events accepted"),
-            Duration::from_secs(60),
-            || {
-                let n = accepted.lock().unwrap().len();
-                async move { (n >= at_least).then_some(()) }
-            },
-        )
-        .await;
-    }
-
-    async fn finish(mut self) -> (BTreeSet<String>, BTreeMap<u16, usize>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks.drain(..) {
-            task.await.unwrap();
-        }
-        let accepted = self.accepted.lock().unwrap().clone();
-        let statuses = self.statuses.lock().unwrap().clone();
-        (accepted, statuses)
-    }
-}
-
-async fn wait_all_delivered(recorder: &Recorder, ids: &BTreeSet<String>) {
-    let deadline = Instant::now() + DELIVERY_DEADLINE;
-    loop {
-        let delivered: BTreeSet<String> = recorder.events().into_iter().map(|e| e.id).collect();
-        let missing: Vec<&String> = ids.difference(&delivered).collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} acknowledged events were never delivered, e.g. {:?}",
-            missing.len(),
-            ids.len(),
-            &missing[..missing.len().min(10)]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn setup(url: &str, data: &Path, ack_wait: &str, recorder: &Recorder) -> ChildServer {
     let server = ChildServer::spawn(data, &[]).await;
     for manifest in manifests(url, ack_wait) {
@@ -291,15 +177,15 @@ async fn nats_outage_under_load_gives_503_then_recovers_without_loss() {
     let recorder = Recorder::start().await;
     let _server = setup(&nats.url(), data.path(), "5s", &recorder).await;
 
-    let load = Load::start(&_server.base, 4);
+    let load = Load::start(format!("{}/{NS}/{BROKER}", _server.base), 4);
     load.wait_accepted(200).await;
     nats.stop();
     let accepted_at_stop = load.accepted_count();
-    let unavailable_before = load.unavailable_since.load(Ordering::Relaxed);
+    let unavailable_before = load.status_count(503);
     // Down for a while, under load.
     let down = Instant::now();
     wait_for("ingress to answer 503", Duration::from_secs(30), || {
-        let n = load.unavailable_since.load(Ordering::Relaxed);
+        let n = load.status_count(503);
         async move { (n > unavailable_before + 20).then_some(()) }
     })
     .await;
@@ -308,8 +194,10 @@ async fn nats_outage_under_load_gives_503_then_recovers_without_loss() {
     nats.run();
     let accepted_at_start = load.accepted_count();
     load.wait_accepted(accepted_at_start + 200).await;
-    let (accepted, statuses) = load.finish().await;
-    wait_all_delivered(&recorder, &accepted).await;
+    let LoadOutcome {
+        accepted, statuses, ..
+    } = load.finish().await;
+    wait_all_delivered(&recorder, &accepted, DELIVERY_DEADLINE).await;
     eprintln!(
         "NATS outage: statuses {statuses:?}, {} accepted ({accepted_at_stop} before the stop, \
          {accepted_while_down} while stopping), {} deliveries",
@@ -338,25 +226,15 @@ async fn kill_9_of_rivulet_mid_flow_loses_nothing_on_nats() {
     let recorder = Recorder::start().await;
     // A slow subscriber, so a backlog (and deliveries in flight) exist when Rivulet dies.
     recorder.set_delay(Duration::from_millis(10));
-    let mut server = setup(&nats.url(), data.path(), "3s", &recorder).await;
+    let server = setup(&nats.url(), data.path(), "3s", &recorder).await;
 
-    let load = Load::start(&server.base, 4);
-    load.wait_accepted(300).await;
-    server.kill9();
-    let (accepted, _) = load.finish().await;
-    let delivered_before_restart = recorder.count();
-    assert!(
-        delivered_before_restart < accepted.len(),
-        "a backlog existed at the kill ({delivered_before_restart} of {} delivered)",
-        accepted.len()
-    );
-    recorder.set_delay(Duration::ZERO);
-    let _restarted = ChildServer::spawn(data.path(), &[]).await;
-    wait_all_delivered(&recorder, &accepted).await;
-    eprintln!(
-        "kill -9 on NATS: {} acknowledged, {delivered_before_restart} delivered before the \
-         restart, {} deliveries in all",
-        accepted.len(),
-        recorder.count()
-    );
+    let broker_url = format!("{}/{NS}/{BROKER}", server.base);
+    support::durability::kill_9_loses_no_acknowledged_event(
+        server,
+        &broker_url,
+        &recorder,
+        300,
+        "NATS JetStream",
+    )
+    .await;
 }

@@ -6,9 +6,6 @@
 use rivulet_testkit as support;
 use rivulet_testkit::rabbitmq as rabbitmq_support;
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rabbitmq_support::{
@@ -19,9 +16,7 @@ use rivulet_channels::rabbitmq::lapin::options::QueueDeclareOptions;
 use rivulet_channels::rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use rivulet_channels::rabbitmq::{exchange_name, queue_name};
 use serde_json::json;
-use support::{
-    ChildServer, Recorder, TestEvent, TestServer, apply, http, wait_for, with_annotation,
-};
+use support::{ChildServer, Recorder, TestEvent, TestServer, apply, wait_for, with_annotation};
 
 const NS: &str = "default";
 
@@ -286,7 +281,7 @@ async fn every_acknowledged_event_survives_kill_9_of_rivulet() {
     let recorder = Recorder::start().await;
     // A slow subscriber and one delivery at a time, so a backlog exists when Rivulet dies.
     recorder.set_delay(Duration::from_millis(10));
-    let mut server = ChildServer::spawn(data.path(), &[]).await;
+    let server = ChildServer::spawn(data.path(), &[]).await;
     let broker = unique("kill");
     rabbitmq_broker_ready(&server.api, &broker).await;
     let slow = with_annotation(
@@ -297,79 +292,14 @@ async fn every_acknowledged_event_survives_kill_9_of_rivulet() {
     apply(&server.api, &slow).await;
     support::wait_ready(&server.api, "Trigger", NS, "all").await;
 
-    let accepted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for producer in 0..4 {
-        let (accepted, stop) = (accepted.clone(), stop.clone());
-        let url = format!("{}/{NS}/{broker}", server.base);
-        producers.push(tokio::spawn(async move {
-            let client = http();
-            let mut sent = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("p{producer}-{sent}");
-                sent += 1;
-                let response = client
-                    .post(&url)
-                    .header("ce-specversion", "1.0")
-                    .header("ce-id", &id)
-                    .header("ce-source", "/kill9")
-                    .header("ce-type", "test.durable")
-                    .header("content-type", "application/json")
-                    .body(format!("{{\"n\":{sent}}}"))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status().as_u16() == 202 => {
-                        accepted.lock().unwrap().insert(id);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-        }));
-    }
-    wait_for("300 accepted events", Duration::from_secs(30), || {
-        let n = accepted.lock().unwrap().len();
-        async move { (n >= 300).then_some(()) }
-    })
+    let broker_url = format!("{}/{NS}/{broker}", server.base);
+    let server = support::durability::kill_9_loses_no_acknowledged_event(
+        server,
+        &broker_url,
+        &recorder,
+        300,
+        "RabbitMQ",
+    )
     .await;
-    server.kill9();
-    let accepted_at_kill = accepted.lock().unwrap().len();
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.unwrap();
-    }
-    let delivered_before_restart = recorder.count();
-    assert!(
-        delivered_before_restart < accepted_at_kill,
-        "a backlog existed at the kill ({delivered_before_restart} of {accepted_at_kill} delivered)"
-    );
-    recorder.set_delay(Duration::ZERO);
-
-    let server = ChildServer::spawn(data.path(), &[]).await;
-    let accepted = accepted.lock().unwrap().clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let delivered: BTreeSet<String> = recorder.events().into_iter().map(|e| e.id).collect();
-        let missing: Vec<&String> = accepted.difference(&delivered).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} acknowledged events were never delivered, e.g. {:?}",
-            missing.len(),
-            accepted.len(),
-            &missing[..missing.len().min(10)]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "kill -9 of Rivulet on RabbitMQ: {} acknowledged ({accepted_at_kill} at the kill), {delivered_before_restart} delivered before the restart, {} deliveries in all",
-        accepted.len(),
-        recorder.count()
-    );
     delete_broker(&server.api, NS, &broker).await;
 }

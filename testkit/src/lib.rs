@@ -10,6 +10,7 @@
 
 pub mod adapters;
 mod api;
+pub mod durability;
 pub mod kafka;
 pub mod kube_api;
 pub mod kube_server;
