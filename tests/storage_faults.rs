@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::durability::wait_all_delivered;
 use support::{ChildServer, Recorder, TEST_TOKEN, apply, condition, get, http, wait_for};
 
 /// How long recovery and redelivery get (the issue states no bound; this is generous slack).
@@ -112,26 +113,6 @@ async fn metrics(api: &str) -> String {
         .text()
         .await
         .unwrap_or_default()
-}
-
-/// Waits until every id in `ids` reached the recorder; panics naming the missing ones.
-async fn wait_all_delivered(recorder: &Recorder, ids: &BTreeSet<String>) {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let delivered: BTreeSet<String> = recorder.events().into_iter().map(|e| e.id).collect();
-        let missing: Vec<&String> = ids.difference(&delivered).collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} accepted events were never delivered, e.g. {:?}",
-            missing.len(),
-            ids.len(),
-            &missing[..missing.len().min(10)]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Applies trigger `all` on the default broker with retries enough that nothing is given up
@@ -240,7 +221,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
         assert_eq!(post(&server.base, &id).await.status(), 202);
         accepted.insert(id);
     }
-    wait_all_delivered(&recorder, &accepted).await;
+    wait_all_delivered(&recorder, &accepted, RECOVERY).await;
     let text = metrics(&server.api).await;
     assert!(text.contains("rivulet_storage_full 0"), "{text}");
     assert!(
@@ -351,7 +332,7 @@ async fn a_garbled_resource_file_stops_the_start_and_repair_keeps_the_queued_eve
     recorder.set_status(202);
     let server = ChildServer::spawn(data.path(), &[]).await;
     assert!(!torn.exists(), "the torn write was removed");
-    wait_all_delivered(&recorder, &ids).await;
+    wait_all_delivered(&recorder, &ids, RECOVERY).await;
     assert!(
         get(&server.api, "ConfigMap", "default", "extra")
             .await
@@ -438,7 +419,7 @@ async fn a_backlog_that_fills_the_disk_is_delivered_and_the_log_recovers_by_itse
 
     // Nobody frees space: the deliveries do.
     recorder.set_status(202);
-    wait_all_delivered(&recorder, &accepted).await;
+    wait_all_delivered(&recorder, &accepted, RECOVERY).await;
     let after = wait_for("ingress to take events again", RECOVERY, || async {
         let id = format!("after-{}", accepted.len());
         (post(&server.base, &id).await.status() == 202).then_some(id)
@@ -449,6 +430,6 @@ async fn a_backlog_that_fills_the_disk_is_delivered_and_the_log_recovers_by_itse
         (readyz(&server.base).await.0 == 200).then_some(())
     })
     .await;
-    wait_all_delivered(&recorder, &accepted).await;
+    wait_all_delivered(&recorder, &accepted, RECOVERY).await;
     drop(server);
 }
