@@ -80,6 +80,30 @@ pub const RESYNC_AFTER: &[&str] = &["Broker", "Trigger", "EventPolicy"];
 /// server does not have. Waiting does not change that, so such a source is not retried.
 pub const KUBERNETES_REQUIRED: &str = "KubernetesRequired";
 
+/// What every source's spec has (Knative's `duckv1.SourceSpec`), flattened into each kind's
+/// spec so that it is written once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Where the source sends its events: an object reference, a URI, or a URI relative to
+    /// the object's address.
+    pub sink: Destination,
+    /// Attributes added to every event the source sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce_overrides: Option<CloudEventOverrides>,
+}
+
+impl SourceSpec {
+    /// Checks `spec.sink` and `spec.ceOverrides`.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        rivulet_core::resources::validation::validate_destination("spec.sink", &self.sink)?;
+        if let Some(overrides) = &self.ce_overrides {
+            validate_ce_overrides("spec.ceOverrides", overrides)?;
+        }
+        Ok(())
+    }
+}
+
 /// Knative's `spec.ceOverrides`: attributes added to every event a source sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -181,8 +205,8 @@ pub trait SourceKind: Send + Sync + 'static {
     const KIND: &'static str;
     type Resource: DeserializeOwned + Send + Sync;
 
-    fn sink(resource: &Self::Resource) -> &Destination;
-    fn ce_overrides(resource: &Self::Resource) -> Option<&CloudEventOverrides>;
+    /// The resource's sink and CloudEvent overrides.
+    fn source(resource: &Self::Resource) -> &SourceSpec;
     /// Whether the adapter must run once in the whole system (a schedule, a watch) rather
     /// than in every data-plane replica (where it shares work through its upstream, like a
     /// consumer group or a queue). On Kubernetes, the single controller runs the former.
@@ -460,7 +484,7 @@ pub async fn reconcile<K: SourceKind>(
     let retry_later = Action::Requeue(Duration::from_secs(5));
 
     let sink = ctx
-        .resolve_for(object, "/status/sinkUri", K::sink(&resource))
+        .resolve_for(object, "/status/sinkUri", &K::source(&resource).sink)
         .await;
     match &sink {
         Ok(uri) => {
@@ -510,7 +534,9 @@ pub async fn reconcile<K: SourceKind>(
     match (sink, dead_letter_uri, prepared) {
         (Ok(uri), Ok(dead_letter_uri), Ok(prepared)) => {
             parts.extend(prepared.conditions.iter().cloned());
-            let overrides = K::ce_overrides(&resource)
+            let overrides = K::source(&resource)
+                .ce_overrides
+                .as_ref()
                 .map(|o| o.extensions.clone())
                 .unwrap_or_default();
             // The source sends as its OIDC identity, with a token when the sink has an audience.
@@ -523,7 +549,7 @@ pub async fn reconcile<K: SourceKind>(
                         &name,
                     ),
                     audience: rivulet_broker::auth::destination_audience(
-                        K::sink(&resource),
+                        &K::source(&resource).sink,
                         &namespace,
                     ),
                     dead_letter_audience: delivery

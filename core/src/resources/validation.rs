@@ -218,11 +218,23 @@ pub fn validate_object_meta(kind: &str, object: &Value) -> Result {
 /// a validation error.
 pub fn typed<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T> {
     serde_path_to_error::deserialize(object).map_err(|e| {
-        let path = e.path().to_string();
-        ValidationError::new(
-            if path == "." { "object".into() } else { path },
-            e.inner().to_string(),
-        )
+        let mut path = e.path().to_string();
+        let message = e.inner().to_string();
+        // A struct with a flattened part (a source's `sink` and `ceOverrides`) finds unknown
+        // fields only once the part took its own, and reports them at the struct's path:
+        // name the field itself, as for any other struct.
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            && !path.ends_with(field)
+        {
+            path = if path == "." {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+        }
+        ValidationError::new(if path == "." { "object".into() } else { path }, message)
     })
 }
 

@@ -25,15 +25,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    CloudEventAttributes, CloudEventOverrides, KUBERNETES_REQUIRED, Prepared, SourceKey,
-    SourceKind, SourceStatus,
+    CloudEventAttributes, KUBERNETES_REQUIRED, Prepared, SourceKey, SourceKind, SourceSpec,
+    SourceStatus,
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::filter::Filter;
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_destination, validate_filter, validate_metadata,
+    ValidationError, typed, validate_filter, validate_metadata,
 };
-use rivulet_core::resources::{Condition, Destination, SubscriptionsApiFilter};
+use rivulet_core::resources::{Condition, SubscriptionsApiFilter};
 
 mod adapter;
 pub mod events;
@@ -106,9 +106,9 @@ pub struct ApiServerSourceSpec {
     /// when every filter matches it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<SubscriptionsApiFilter>,
-    pub sink: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
 }
 
 /// A kind of object to watch.
@@ -292,10 +292,7 @@ pub fn validate_api_server_source(spec: &ApiServerSourceSpec) -> Result<(), Vali
     for (index, filter) in spec.filters.iter().enumerate() {
         validate_filter(&format!("spec.filters[{index}]"), filter)?;
     }
-    validate_destination("spec.sink", &spec.sink)?;
-    if let Some(overrides) = &spec.ce_overrides {
-        super::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    spec.source.validate()?;
     Ok(())
 }
 
@@ -569,12 +566,8 @@ impl SourceKind for ApiServerSourceKind {
     const RUNS_ONCE: bool = true;
     type Resource = ApiServerSource;
 
-    fn sink(resource: &ApiServerSource) -> &Destination {
-        &resource.spec.sink
-    }
-
-    fn ce_overrides(resource: &ApiServerSource) -> Option<&CloudEventOverrides> {
-        resource.spec.ce_overrides.as_ref()
+    fn source(resource: &ApiServerSource) -> &SourceSpec {
+        &resource.spec.source
     }
 
     async fn prepare(

@@ -33,15 +33,13 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
-    SourceKey, SourceKind, SourceStatus,
+    CloudEventAttributes, Prepared, SourceAdapter, SourceContext, SourceError, SourceKey,
+    SourceKind, SourceSpec, SourceStatus,
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, ExtensionValue, SpecVersion, parse_structured};
-use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_destination, validate_metadata,
-};
-use rivulet_core::resources::{Condition, DeliverySpec, Destination};
+use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::{Condition, DeliverySpec};
 
 /// The type of events made from records that are not CloudEvents.
 pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
@@ -108,9 +106,9 @@ pub struct KafkaSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "rivulet_core::resources::free_form_object")]
     pub net: Option<Value>,
-    pub sink: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
     /// Delivery rules towards the sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
@@ -157,10 +155,7 @@ pub fn validate_kafka_source(spec: &KafkaSourceSpec) -> Result<(), ValidationErr
             "must not be empty",
         ));
     }
-    validate_destination("spec.sink", &spec.sink)?;
-    if let Some(overrides) = &spec.ce_overrides {
-        super::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    spec.source.validate()?;
     Ok(())
 }
 
@@ -171,12 +166,8 @@ impl SourceKind for KafkaSourceKind {
     const KIND: &'static str = "KafkaSource";
     type Resource = KafkaSource;
 
-    fn sink(resource: &KafkaSource) -> &Destination {
-        &resource.spec.sink
-    }
-
-    fn ce_overrides(resource: &KafkaSource) -> Option<&CloudEventOverrides> {
-        resource.spec.ce_overrides.as_ref()
+    fn source(resource: &KafkaSource) -> &SourceSpec {
+        &resource.spec.source
     }
 
     fn delivery(resource: &KafkaSource) -> Option<DeliverySpec> {

@@ -40,14 +40,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    CloudEventAttributes, CloudEventOverrides, Prepared, SinkClient, SourceAdapter, SourceContext,
-    SourceError, SourceKey, SourceKind, SourceStatus,
+    CloudEventAttributes, Prepared, SinkClient, SourceAdapter, SourceContext, SourceError,
+    SourceKey, SourceKind, SourceSpec, SourceStatus,
 };
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
+    ValidationError, typed, validate_delivery, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination};
+use rivulet_core::resources::{Condition, DeliverySpec};
 
 /// The type of events wrapped around messages that carry no CloudEvent.
 pub const WRAPPED_EVENT_TYPE: &str = "dev.rivulet.nats.message";
@@ -100,9 +100,9 @@ pub struct NatsSourceSpec {
     /// Retries towards the sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
-    pub sink: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
 }
 
 crate::register_source! {
@@ -226,10 +226,7 @@ pub fn validate_nats_source(spec: &NatsSourceSpec) -> Result<(), ValidationError
     if let Some(group) = &spec.queue_group {
         validate_name("spec.queueGroup", group)?;
     }
-    validate_destination("spec.sink", &spec.sink)?;
-    if let Some(overrides) = &spec.ce_overrides {
-        super::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    spec.source.validate()?;
     if let Some(delivery) = &spec.delivery {
         validate_delivery("spec.delivery", delivery)?;
     }
@@ -243,12 +240,8 @@ impl SourceKind for NatsSourceKind {
     const KIND: &'static str = "NatsSource";
     type Resource = NatsSource;
 
-    fn sink(resource: &NatsSource) -> &Destination {
-        &resource.spec.sink
-    }
-
-    fn ce_overrides(resource: &NatsSource) -> Option<&CloudEventOverrides> {
-        resource.spec.ce_overrides.as_ref()
+    fn source(resource: &NatsSource) -> &SourceSpec {
+        &resource.spec.source
     }
 
     fn delivery(resource: &NatsSource) -> Option<DeliverySpec> {
@@ -652,9 +645,12 @@ mod tests {
             subject: subject.into(),
             stream: stream.map(str::to_owned),
             consumer: consumer.map(str::to_owned),
-            sink: Destination {
-                uri: Some("http://127.0.0.1:9/".into()),
-                ..Destination::default()
+            source: SourceSpec {
+                sink: rivulet_core::resources::Destination {
+                    uri: Some("http://127.0.0.1:9/".into()),
+                    ..Default::default()
+                },
+                ce_overrides: None,
             },
             ..NatsSourceSpec::default()
         };

@@ -23,15 +23,13 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
-    SourceKey, SourceKind, SourceStatus,
+    CloudEventAttributes, Prepared, SourceAdapter, SourceContext, SourceError, SourceKey,
+    SourceKind, SourceSpec, SourceStatus,
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, SpecVersion};
-use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_destination, validate_metadata,
-};
-use rivulet_core::resources::{Condition, Destination};
+use rivulet_core::resources::Condition;
+use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
 
 /// The event type of every ping.
 pub const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
@@ -75,9 +73,9 @@ pub struct PingSourceSpec {
     /// The event data, base64-encoded; not together with `data`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
-    pub sink: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
 }
 
 crate::register_source! {
@@ -271,10 +269,7 @@ pub fn validate_ping_source(spec: &PingSourceSpec) -> Result<(), ValidationError
             format!("{content_type:?} is not a media type (e.g. application/json)"),
         ));
     }
-    validate_destination("spec.sink", &spec.sink)?;
-    if let Some(overrides) = &spec.ce_overrides {
-        super::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    spec.source.validate()?;
     Ok(())
 }
 
@@ -287,12 +282,8 @@ impl SourceKind for PingSourceKind {
     const RUNS_ONCE: bool = true;
     type Resource = PingSource;
 
-    fn sink(resource: &PingSource) -> &Destination {
-        &resource.spec.sink
-    }
-
-    fn ce_overrides(resource: &PingSource) -> Option<&CloudEventOverrides> {
-        resource.spec.ce_overrides.as_ref()
+    fn source(resource: &PingSource) -> &SourceSpec {
+        &resource.spec.source
     }
 
     async fn prepare(
@@ -337,8 +328,7 @@ impl SourceKind for PingSourceKind {
 
 fn spec_without_sink(spec: &PingSourceSpec) -> PingSourceSpec {
     PingSourceSpec {
-        sink: Destination::default(),
-        ce_overrides: None,
+        source: SourceSpec::default(),
         ..spec.clone()
     }
 }

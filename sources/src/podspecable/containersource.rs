@@ -19,12 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{api_message, inject_env, injected_env, kubernetes_required, write_status};
-use crate::{CloudEventOverrides, SourceStatus};
+use crate::{SourceSpec, SourceStatus};
 use rivulet_control::runtime::{self, Action, Context, ReconcileError};
-use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_destination, validate_metadata,
-};
-use rivulet_core::resources::{Condition, ConditionSet, Destination};
+use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::{Condition, ConditionSet};
 
 /// The label naming the ContainerSource on its Deployment and pods, as in Knative.
 pub const SOURCE_LABEL: &str = "sources.knative.dev/containerSource";
@@ -65,9 +63,9 @@ pub struct ContainerSourceSpec {
     /// The pods to run: a Kubernetes PodTemplateSpec.
     #[schemars(schema_with = "rivulet_core::resources::free_form_object")]
     pub template: Value,
-    pub sink: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
 }
 
 rivulet_control::register_kind! {
@@ -118,10 +116,7 @@ pub fn validate_container_source_value(
             ));
         }
     }
-    validate_destination("spec.sink", &spec.sink)?;
-    if let Some(overrides) = &spec.ce_overrides {
-        crate::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    spec.source.validate()?;
     Ok(())
 }
 
@@ -145,7 +140,7 @@ pub fn deployment(source: &ContainerSource, object: &Value, sink_uri: &str) -> V
     if let Some(spec) = template.get_mut("spec") {
         inject_env(
             spec,
-            &injected_env(sink_uri, source.spec.ce_overrides.as_ref()),
+            &injected_env(sink_uri, source.spec.source.ce_overrides.as_ref()),
         );
     }
     json!({
@@ -231,7 +226,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
     let (namespace, _) = rivulet_store::object_key(object);
     let retry_later = Action::Requeue(Duration::from_secs(5));
     let mut parts = Vec::new();
-    let sink = runtime::resolve_destination(&source.spec.sink, &namespace, ctx).await;
+    let sink = runtime::resolve_destination(&source.spec.source.sink, &namespace, ctx).await;
     let uri = match sink {
         Ok(uri) => {
             parts.push(Condition::new(SINK_CONDITION, true, "", ""));

@@ -28,12 +28,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{CONTAINER_LISTS, api_message, injected_env, kubernetes_required, write_status};
-use crate::{CloudEventOverrides, SourceStatus};
+use crate::{SourceSpec, SourceStatus};
 use rivulet_control::runtime::{self, Action, Context, ReconcileError};
-use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_destination, validate_metadata,
-};
-use rivulet_core::resources::{Condition, ConditionSet, Destination};
+use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::{Condition, ConditionSet};
 
 /// The field manager owning the injected env entries and the binding label.
 pub const FIELD_MANAGER: &str = "rivulet-sinkbinding";
@@ -93,12 +91,9 @@ fn is_knative_service(api_version: &str, kind: &str) -> bool {
 pub struct SinkBindingSpec {
     /// The workloads whose containers get `K_SINK` and `K_CE_OVERRIDES`.
     pub subject: Subject,
-    /// Where the workloads send events; resolved into `K_SINK`.
-    pub sink: Destination,
-    /// Attributes the workloads should add to their events; passed as JSON in
-    /// `K_CE_OVERRIDES`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
 }
 
 /// The workloads bound: one by name, or all matching a label selector.
@@ -317,10 +312,7 @@ pub fn validate_sink_binding_value(
         (None, Some(selector)) => validate_selector(selector)?,
         _ => {}
     }
-    validate_destination("spec.sink", &binding.spec.sink)?;
-    if let Some(overrides) = &binding.spec.ce_overrides {
-        crate::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    binding.spec.source.validate()?;
     Ok(())
 }
 
@@ -556,7 +548,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
     let (namespace, binding_name) = rivulet_store::object_key(object);
     let retry_later = Action::Requeue(Duration::from_secs(5));
     let mut parts = Vec::new();
-    let uri = match runtime::resolve_destination(&binding.spec.sink, &namespace, ctx).await {
+    let uri = match runtime::resolve_destination(&binding.spec.source.sink, &namespace, ctx).await {
         Ok(uri) => {
             parts.push(Condition::new("SinkProvided", true, "", ""));
             uri
@@ -595,7 +587,7 @@ async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, Reconci
     };
     let subject = &binding.spec.subject;
     let api = subject_api(client.clone(), subject, &namespace)?;
-    let env = injected_env(&uri, binding.spec.ce_overrides.as_ref());
+    let env = injected_env(&uri, binding.spec.source.ce_overrides.as_ref());
     // (reason, message) of everything that went wrong, the first reason reported.
     let mut problems: Vec<(&str, String)> = Vec::new();
     // The subjects found, which keep the binding; `None` when they are unknown, in which

@@ -44,15 +44,15 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
-    SourceKey, SourceKind, SourceStatus,
+    CloudEventAttributes, Prepared, SourceAdapter, SourceContext, SourceError, SourceKey,
+    SourceKind, SourceSpec, SourceStatus,
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
+    ValidationError, typed, validate_delivery, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination, find_kind_by_name};
+use rivulet_core::resources::{Condition, DeliverySpec, find_kind_by_name};
 
 /// The type of events wrapped around messages that carry no CloudEvent.
 pub const WRAPPED_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
@@ -88,9 +88,9 @@ pub struct RabbitmqSourceSpec {
     /// Retries towards the sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
-    pub sink: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
     /// Accepted for Knative compatibility; unused outside Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
@@ -212,10 +212,7 @@ pub fn validate_rabbitmq_source(spec: &RabbitmqSourceSpec) -> Result<(), Validat
             format!("{parallelism} is not between 1 and 1000"),
         ));
     }
-    validate_destination("spec.sink", &spec.sink)?;
-    if let Some(overrides) = &spec.ce_overrides {
-        super::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    spec.source.validate()?;
     if let Some(delivery) = &spec.delivery {
         validate_delivery("spec.delivery", delivery)?;
     }
@@ -287,12 +284,8 @@ impl SourceKind for RabbitmqSourceKind {
     const KIND: &'static str = "RabbitmqSource";
     type Resource = RabbitmqSource;
 
-    fn sink(resource: &RabbitmqSource) -> &Destination {
-        &resource.spec.sink
-    }
-
-    fn ce_overrides(resource: &RabbitmqSource) -> Option<&CloudEventOverrides> {
-        resource.spec.ce_overrides.as_ref()
+    fn source(resource: &RabbitmqSource) -> &SourceSpec {
+        &resource.spec.source
     }
 
     fn delivery(resource: &RabbitmqSource) -> Option<DeliverySpec> {
@@ -647,9 +640,12 @@ mod tests {
                 queue_name: queue.into(),
                 ..RabbitmqResourcesConfig::default()
             },
-            sink: Destination {
-                uri: Some("http://127.0.0.1:9/".into()),
-                ..Destination::default()
+            source: SourceSpec {
+                sink: rivulet_core::resources::Destination {
+                    uri: Some("http://127.0.0.1:9/".into()),
+                    ..Default::default()
+                },
+                ce_overrides: None,
             },
             ..RabbitmqSourceSpec::default()
         };

@@ -24,15 +24,15 @@ use serde_json::Value;
 
 use super::{
     CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
-    SourceKey, SourceKind, SourceStatus,
+    SourceKey, SourceKind, SourceSpec, SourceStatus,
 };
 use rivulet_control::runtime::Context;
 use rivulet_control::runtime::routes::HttpRoutes;
 use rivulet_core::event::{Event, ExtensionValue, SpecVersion};
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
+    ValidationError, typed, validate_delivery, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, Destination, find_kind_by_name};
+use rivulet_core::resources::{Condition, DeliverySpec, find_kind_by_name};
 
 /// The event type when `spec.eventType` is not set.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.rivulet.webhook";
@@ -76,9 +76,9 @@ pub struct WebhookSourceSpec {
     /// The Secret key holding the HMAC-SHA256 key; when set, requests must be signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretKeySelector>,
-    pub sink: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ce_overrides: Option<CloudEventOverrides>,
+    /// Where events go and what is added to them, as every source has.
+    #[serde(flatten)]
+    pub source: SourceSpec,
     /// Retries towards the sink while the caller waits (no dead-letter sink: the caller is
     /// told of the failure instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,10 +164,7 @@ pub fn validate_webhook_source(spec: &WebhookSourceSpec) -> Result<(), Validatio
             return Err(ValidationError::new("spec.secret.key", "is required"));
         }
     }
-    validate_destination("spec.sink", &spec.sink)?;
-    if let Some(overrides) = &spec.ce_overrides {
-        super::validate_ce_overrides("spec.ceOverrides", overrides)?;
-    }
+    spec.source.validate()?;
     if let Some(delivery) = &spec.delivery {
         validate_delivery("spec.delivery", delivery)?;
         if delivery.dead_letter_sink.is_some() {
@@ -187,12 +184,8 @@ impl SourceKind for WebhookSourceKind {
     const KIND: &'static str = "WebhookSource";
     type Resource = WebhookSource;
 
-    fn sink(resource: &WebhookSource) -> &Destination {
-        &resource.spec.sink
-    }
-
-    fn ce_overrides(resource: &WebhookSource) -> Option<&CloudEventOverrides> {
-        resource.spec.ce_overrides.as_ref()
+    fn source(resource: &WebhookSource) -> &SourceSpec {
+        &resource.spec.source
     }
 
     fn delivery(resource: &WebhookSource) -> Option<DeliverySpec> {
@@ -688,9 +681,12 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let mut spec = WebhookSourceSpec {
-            sink: Destination {
-                uri: Some("http://127.0.0.1:1/".into()),
-                ..Destination::default()
+            source: SourceSpec {
+                sink: rivulet_core::resources::Destination {
+                    uri: Some("http://127.0.0.1:1/".into()),
+                    ..Default::default()
+                },
+                ce_overrides: None,
             },
             ..WebhookSourceSpec::default()
         };
@@ -703,7 +699,7 @@ mod tests {
         );
         spec.extensions_from_headers.clear();
         spec.delivery = Some(DeliverySpec {
-            dead_letter_sink: Some(spec.sink.clone()),
+            dead_letter_sink: Some(spec.source.sink.clone()),
             ..DeliverySpec::default()
         });
         assert_eq!(
