@@ -91,7 +91,8 @@ fn is_knative_service(api_version: &str, kind: &str) -> bool {
 pub struct SinkBindingSpec {
     /// The workloads whose containers get `K_SINK` and `K_CE_OVERRIDES`.
     pub subject: Subject,
-    /// Where events go and what is added to them, as every source has.
+    /// Where the workloads send events and what they add to them: the sink resolved into
+    /// `K_SINK`, the overrides passed as JSON in `K_CE_OVERRIDES`.
     #[serde(flatten)]
     pub source: SourceSpec,
 }
