@@ -13,8 +13,8 @@ pub use {inventory as __inventory, kube as __kube, rivulet_core as __core};
 
 /// Registers a custom kind in one place: its [`KindInfo`](rivulet_core::resources::KindInfo)
 /// (API names and validation), its CRD from the `kube::CustomResource` type, and its
-/// [`Reconciler`](runtime::Reconciler). Source and sink crates wrap it to add their generic
-/// reconcilers.
+/// reconciler, a type implementing [`Reconcile`](runtime::Reconcile). Source and sink crates
+/// wrap it with their generic reconcilers.
 #[macro_export]
 macro_rules! register_kind {
     (
@@ -24,10 +24,7 @@ macro_rules! register_kind {
         version: $version:literal,
         plural: $plural:expr,
         validate: $validate:path,
-        after: $after:expr,
-        before: $before:expr,
-        reconcile: $reconcile:expr,
-        cleanup: $cleanup:expr $(,)?
+        reconciler: $reconciler:ty $(,)?
     ) => {
         $crate::__inventory::submit! {
             $crate::__core::resources::KindInfo {
@@ -44,13 +41,7 @@ macro_rules! register_kind {
             }
         }
         $crate::__inventory::submit! {
-            $crate::runtime::Reconciler {
-                kind: $kind,
-                after: $after,
-                before: $before,
-                reconcile: $reconcile,
-                cleanup: $cleanup,
-            }
+            $crate::runtime::Reconciler::of::<$reconciler>($kind)
         }
     };
 }

@@ -29,9 +29,32 @@ use rivulet_control::runtime::routes::HttpRoutes;
 use rivulet_control::runtime::{self, Action, Context, ReconcileError, Reconciler};
 use rivulet_core::event::{self, Event};
 use rivulet_core::metrics::AdapterOutcomeLabels;
-use rivulet_core::resources::validation::typed;
 use rivulet_core::resources::{Addressable, Condition, ConditionSet, find_kind_by_name};
 use rivulet_store::object_key;
+
+/// The reconciler of every [`SinkKind`]: [`reconcile`] and [`cleanup`].
+pub struct SinkReconciler<K>(std::marker::PhantomData<K>);
+
+impl<K: SinkKind> runtime::Reconcile for SinkReconciler<K> {
+    type Resource = K::Resource;
+    const AFTER: &'static [&'static str] = RESYNC_AFTER;
+    const BEFORE: &'static [&'static str] = RESYNC_BEFORE;
+
+    fn reconcile(
+        resource: K::Resource,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send {
+        reconcile::<K>(resource, object, ctx)
+    }
+
+    fn cleanup(
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send {
+        cleanup::<K>(object, ctx)
+    }
+}
 
 /// A sink lists the policies that admit senders to it.
 pub const RESYNC_AFTER: &[&str] = &["EventPolicy"];
@@ -54,10 +77,7 @@ macro_rules! register_sink {
             version: $version,
             plural: <$sink as $crate::SinkKind>::PLURAL,
             validate: $validate,
-            after: $crate::RESYNC_AFTER,
-            before: $crate::RESYNC_BEFORE,
-            reconcile: |object, ctx| Box::pin($crate::reconcile::<$sink>(object, ctx)),
-            cleanup: |object, ctx| Box::pin($crate::cleanup::<$sink>(object, ctx)),
+            reconciler: $crate::SinkReconciler<$sink>,
         }
     };
 }
@@ -339,13 +359,12 @@ async fn authorize(
 /// The generic sink reconciler: builds the sink, serves it at its address, writes the status,
 /// and re-reconciles the objects that name it by `ref` once its address is known.
 pub async fn reconcile<K: SinkKind>(
+    resource: K::Resource,
     object: &Value,
     ctx: &Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let kind = find_kind_by_name(None, K::KIND)
         .ok_or_else(|| ReconcileError::Invalid(format!("kind {} is not registered", K::KIND)))?;
-    let resource: K::Resource =
-        typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (namespace, name) = object_key(object);
     let key = SinkKey {
         kind: K::KIND,

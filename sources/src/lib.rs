@@ -32,7 +32,7 @@ use rivulet_broker::delivery::{DeliveryPolicy, Outcome, Sender, is_retryable};
 use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::event::{Event, ExtensionValue};
 use rivulet_core::metrics::{AdapterLabels, AdapterOutcomeLabels, Metrics};
-use rivulet_core::resources::validation::{ValidationError, typed};
+use rivulet_core::resources::validation::ValidationError;
 use rivulet_core::resources::{
     Addressable, BackoffPolicy, Condition, ConditionSet, DeliverySpec, Destination, KindInfo,
     find_kind_by_name,
@@ -54,10 +54,7 @@ macro_rules! register_source {
             version: $version,
             plural: $plural,
             validate: $validate,
-            after: $crate::RESYNC_AFTER,
-            before: &[],
-            reconcile: |object, ctx| Box::pin($crate::reconcile::<$source>(object, ctx)),
-            cleanup: |object, ctx| Box::pin($crate::cleanup::<$source>(object, ctx)),
+            reconciler: $crate::SourceReconciler<$source>,
         }
     };
 }
@@ -70,6 +67,29 @@ pub mod ping;
 pub mod podspecable;
 pub mod rabbitmq;
 pub mod webhook;
+
+/// The reconciler of every [`SourceKind`]: [`reconcile`] and [`cleanup`].
+pub struct SourceReconciler<K>(std::marker::PhantomData<K>);
+
+impl<K: SourceKind> runtime::Reconcile for SourceReconciler<K> {
+    type Resource = K::Resource;
+    const AFTER: &'static [&'static str] = RESYNC_AFTER;
+
+    fn reconcile(
+        resource: K::Resource,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send {
+        reconcile::<K>(resource, object, ctx)
+    }
+
+    fn cleanup(
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send {
+        cleanup::<K>(object, ctx)
+    }
+}
 
 /// What a source's reconciler reads, resynced first: its sink is usually a broker (or a sink
 /// kind, which places itself before triggers), and its triggers should be consuming before it
@@ -462,12 +482,11 @@ pub fn state_dir(ctx: &Context, key: &SourceKey) -> PathBuf {
 /// The generic source reconciler: resolves `spec.sink`, prepares the adapter, runs it (or
 /// restarts it when its configuration changed) and writes the status.
 pub async fn reconcile<K: SourceKind>(
+    resource: K::Resource,
     object: &Value,
     ctx: &Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let kind = kind_info(K::KIND)?;
-    let resource: K::Resource =
-        typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (namespace, name) = object_key(object);
     let key = SourceKey {
         kind: K::KIND,

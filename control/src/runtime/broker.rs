@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
-use super::{Action, Context, ReconcileError, generation};
+use super::{Action, Context, Reconcile, ReconcileError, Reconciler, generation};
 use rivulet_broker::brokers::BrokerHandle;
 use rivulet_core::features;
 use rivulet_core::resources::validation::typed;
@@ -36,52 +36,100 @@ impl Default for MemoryChannelMaxBytes {
     }
 }
 
-inventory::submit! {
-    super::Reconciler {
-        kind: "Broker",
-        after: &["ConfigMap", "Secret", "RabbitmqBrokerConfig", "EventPolicy"],
-        before: &[],
-        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-        cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
+/// A channel per broker, its address and its policies.
+pub struct BrokerReconciler;
+
+impl Reconcile for BrokerReconciler {
+    type Resource = Broker;
+    const AFTER: &'static [&'static str] =
+        &["ConfigMap", "Secret", "RabbitmqBrokerConfig", "EventPolicy"];
+
+    async fn reconcile(
+        broker: Broker,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        reconcile(broker, object, ctx).await
+    }
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        cleanup(object, ctx).await
     }
 }
 
-// A changed ConfigMap or Secret may change the backend settings of brokers that name it.
-// A ConfigMap may also be a trust bundle for delivery; a Secret may hold the serving
-// certificate.
-inventory::submit! {
-    super::Reconciler {
-        kind: "ConfigMap",
-        after: &[],
-        before: &[],
-        reconcile: |object, ctx| Box::pin(async move {
-            super::trust::config_map_applied(object, ctx);
-            reconcile_config_users(object, ctx).await
-        }),
-        cleanup: |object, ctx| Box::pin(async move {
-            super::trust::config_map_deleted(object, ctx);
-            reconcile_config_users(object, ctx).await.map(|_| ())
-        }),
+/// A changed ConfigMap may change the backend settings of brokers that name it, or be a
+/// trust bundle for delivery.
+pub struct ConfigMapReconciler;
+
+impl Reconcile for ConfigMapReconciler {
+    type Resource = Value;
+
+    async fn reconcile(
+        _: Value,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        super::trust::config_map_applied(object, ctx);
+        reconcile_config_users(object, ctx).await
     }
-}
-inventory::submit! {
-    super::Reconciler {
-        kind: "Secret",
-        after: &[],
-        before: &[],
-        reconcile: |object, ctx| Box::pin(async move {
-            super::tls_secret::secret_changed(object, Some(object), ctx);
-            reconcile_config_users(object, ctx).await
-        }),
-        cleanup: |object, ctx| Box::pin(async move {
-            super::tls_secret::secret_changed(object, None, ctx);
-            reconcile_config_users(object, ctx).await.map(|_| ())
-        }),
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        super::trust::config_map_deleted(object, ctx);
+        reconcile_config_users(object, ctx).await.map(|_| ())
     }
 }
 
-pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
-    let broker: Broker = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+/// A changed Secret may change the backend settings of brokers that name it, or hold the
+/// serving certificate.
+pub struct SecretReconciler;
+
+impl Reconcile for SecretReconciler {
+    type Resource = Value;
+
+    async fn reconcile(
+        _: Value,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        super::tls_secret::secret_changed(object, Some(object), ctx);
+        reconcile_config_users(object, ctx).await
+    }
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        super::tls_secret::secret_changed(object, None, ctx);
+        reconcile_config_users(object, ctx).await.map(|_| ())
+    }
+}
+
+/// A changed RabbitmqBrokerConfig changes the settings of the brokers that name it.
+pub struct RabbitmqBrokerConfigReconciler;
+
+impl Reconcile for RabbitmqBrokerConfigReconciler {
+    type Resource = Value;
+
+    async fn reconcile(
+        _: Value,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        reconcile_config_users(object, ctx).await
+    }
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        reconcile_config_users(object, ctx).await.map(|_| ())
+    }
+}
+
+inventory::submit! { Reconciler::of::<BrokerReconciler>("Broker") }
+inventory::submit! { Reconciler::of::<ConfigMapReconciler>("ConfigMap") }
+inventory::submit! { Reconciler::of::<SecretReconciler>("Secret") }
+inventory::submit! { Reconciler::of::<RabbitmqBrokerConfigReconciler>("RabbitmqBrokerConfig") }
+
+async fn reconcile(
+    broker: Broker,
+    object: &Value,
+    ctx: &Arc<Context>,
+) -> Result<Action, ReconcileError> {
     ctx.ensure_finalizer(Context::kind("Broker"), object)
         .await?;
     let (namespace, name) = object_key(object);
@@ -498,17 +546,6 @@ async fn read_config(
         }
     }
     Ok(data)
-}
-
-// A changed RabbitmqBrokerConfig changes the settings of the brokers that name it.
-inventory::submit! {
-    super::Reconciler {
-        kind: "RabbitmqBrokerConfig",
-        after: &[],
-        before: &[],
-        reconcile: |object, ctx| Box::pin(reconcile_config_users(object, ctx)),
-        cleanup: |object, ctx| Box::pin(async move { reconcile_config_users(object, ctx).await.map(|_| ()) }),
-    }
 }
 
 /// The settings a Knative `RabbitmqBrokerConfig` gives: `uri` from its connection Secret,

@@ -6,29 +6,42 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{Action, Context, ReconcileError, generation};
+use super::{Action, Context, Reconcile, ReconcileError, Reconciler, generation};
 use rivulet_broker::auth::policy::CompiledPolicy;
 use rivulet_broker::auth::{TargetRef, mode_name};
 use rivulet_core::resources::Condition;
 use rivulet_core::resources::eventpolicy::{AppliedEventPolicyRef, EventPolicy, EventPolicyStatus};
-use rivulet_core::resources::validation::typed;
 use rivulet_store::object_key;
 
 /// The apiVersion policies are listed with in `status.policies`.
 const POLICY_API_VERSION: &str = "eventing.knative.dev/v1alpha1";
 
-inventory::submit! {
-    super::Reconciler {
-        kind: "EventPolicy",
-        after: &[],
-        before: &[],
-        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-        cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
+/// The policies ingress enforces, kept in step with the EventPolicy objects.
+pub struct EventPolicyReconciler;
+
+impl Reconcile for EventPolicyReconciler {
+    type Resource = EventPolicy;
+
+    async fn reconcile(
+        policy: EventPolicy,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        reconcile(policy, object, ctx).await
+    }
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        cleanup(object, ctx).await
     }
 }
 
-pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
-    let policy: EventPolicy = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+inventory::submit! { Reconciler::of::<EventPolicyReconciler>("EventPolicy") }
+
+async fn reconcile(
+    policy: EventPolicy,
+    object: &Value,
+    ctx: &Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let (namespace, name) = object_key(object);
     let compiled = CompiledPolicy::new(policy);
     let oidc = ctx.settings.features.current().authentication_oidc;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{Action, Context, ReconcileError};
+use super::{Action, Context, Reconcile, ReconcileError, Reconciler};
 use rivulet_core::resources::eventtype::{attribute_of, broker_of};
 use rivulet_core::resources::{Condition, KindInfo, TriggerSpec, find_kind_by_name};
 use rivulet_store::{ResourceStore, object_key};
@@ -24,15 +24,27 @@ impl StatusLock {
 /// The condition type a trigger gets when its filter names an exact event type.
 pub const EVENT_TYPE_KNOWN: &str = "EventTypeKnown";
 
-inventory::submit! {
-    super::Reconciler {
-        kind: "EventType",
-        after: &["Broker"],
-        before: &[],
-        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-        cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
+/// An EventType's readiness follows its broker's.
+pub struct EventTypeReconciler;
+
+impl Reconcile for EventTypeReconciler {
+    type Resource = rivulet_core::resources::EventType;
+    const AFTER: &'static [&'static str] = &["Broker"];
+
+    async fn reconcile(
+        _: Self::Resource,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        reconcile(object, ctx).await
+    }
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        cleanup(object, ctx).await
     }
 }
+
+inventory::submit! { Reconciler::of::<EventTypeReconciler>("EventType") }
 
 fn eventtype_kind() -> &'static KindInfo {
     find_kind_by_name(None, "EventType").expect("EventType is registered")

@@ -101,6 +101,67 @@ pub type ReconcileFn =
 pub type CleanupFn =
     for<'a> fn(&'a Value, &'a Arc<Context>) -> BoxFuture<'a, Result<(), ReconcileError>>;
 
+/// How one kind is reconciled, with its resource typed. [`Reconciler::of`] makes the
+/// registered [`Reconciler`] of an implementation: the runtime parses each stored object into
+/// [`Reconcile::Resource`] (one that does not parse is reported invalid, not reconciled) and
+/// hands it over with the object as stored, for its metadata and status.
+pub trait Reconcile: Send + Sync + 'static {
+    /// The kind's resource type; `serde_json::Value` for kinds read as plain objects.
+    type Resource: serde::de::DeserializeOwned + Send + Sync;
+    /// Kinds whose objects this kind reads (a Broker reads its config and policies), so a
+    /// resync reconciles them first. Kinds that are not linked in are passed over.
+    const AFTER: &'static [&'static str] = &[];
+    /// Kinds that read this kind's objects but cannot name it (a Trigger's subscriber may be
+    /// any sink kind), so a resync reconciles this kind before them.
+    const BEFORE: &'static [&'static str] = &[];
+
+    fn reconcile(
+        resource: Self::Resource,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
+
+    /// Cleanup after the object was deleted (the finalizer's work). The object comes as it
+    /// was stored: a deleted object need not parse.
+    fn cleanup(
+        _object: &Value,
+        _ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl Reconciler {
+    /// The registered form of `R`, reconciling objects of `kind`.
+    pub const fn of<R: Reconcile>(kind: &'static str) -> Reconciler {
+        Reconciler {
+            kind,
+            after: R::AFTER,
+            before: R::BEFORE,
+            reconcile: reconcile_typed::<R>,
+            cleanup: cleanup_of::<R>,
+        }
+    }
+}
+
+fn reconcile_typed<'a, R: Reconcile>(
+    object: &'a Value,
+    ctx: &'a Arc<Context>,
+) -> BoxFuture<'a, Result<Action, ReconcileError>> {
+    Box::pin(async move {
+        let resource = rivulet_core::resources::validation::typed::<R::Resource>(object)
+            .map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+        R::reconcile(resource, object, ctx).await
+    })
+}
+
+fn cleanup_of<'a, R: Reconcile>(
+    object: &'a Value,
+    ctx: &'a Arc<Context>,
+) -> BoxFuture<'a, Result<(), ReconcileError>> {
+    Box::pin(R::cleanup(object, ctx))
+}
+
 /// An object to reconcile again later: its kind, namespace and name.
 type RequeueKey = (&'static KindInfo, String, String);
 

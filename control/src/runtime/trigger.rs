@@ -7,29 +7,43 @@ use rivulet_channels::SubscriptionSpec;
 use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
-use super::{Action, Context, ReconcileError, generation};
+use super::{Action, Context, Reconcile, ReconcileError, Reconciler, generation};
 use rivulet_broker::delivery::DeliveryPolicy;
 use rivulet_broker::dispatcher::{self, TriggerDispatch};
 use rivulet_core::filter::Filter;
-use rivulet_core::resources::validation::typed;
 use rivulet_core::resources::{
     Condition, DELIVERY_ORDER_ANNOTATION, DEPENDENCY_ANNOTATION, PARALLELISM_ANNOTATION, Trigger,
     TriggerStatus, parse_dependency,
 };
 use rivulet_store::object_key;
 
-inventory::submit! {
-    super::Reconciler {
-        kind: "Trigger",
-        after: &["Broker", "EventPolicy"],
-        before: &[],
-        reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-        cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
+/// A dispatcher per trigger, consuming its broker's channel.
+pub struct TriggerReconciler;
+
+impl Reconcile for TriggerReconciler {
+    type Resource = Trigger;
+    const AFTER: &'static [&'static str] = &["Broker", "EventPolicy"];
+
+    async fn reconcile(
+        trigger: Trigger,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        reconcile(trigger, object, ctx).await
+    }
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        cleanup(object, ctx).await
     }
 }
 
-pub async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
-    let trigger: Trigger = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+inventory::submit! { Reconciler::of::<TriggerReconciler>("Trigger") }
+
+async fn reconcile(
+    trigger: Trigger,
+    object: &Value,
+    ctx: &Arc<Context>,
+) -> Result<Action, ReconcileError> {
     ctx.ensure_finalizer(Context::kind("Trigger"), object)
         .await?;
     let (namespace, name) = object_key(object);

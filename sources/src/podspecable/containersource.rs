@@ -75,11 +75,24 @@ rivulet_control::register_kind! {
     version: "v1",
     plural: "containersources",
     validate: validate_container_source_value,
-    after: crate::RESYNC_AFTER,
-    before: &[],
-    reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-    // The Deployment is garbage-collected through its owner reference.
-    cleanup: |_, _| Box::pin(async { Ok(()) }),
+    reconciler: ContainerSourceReconciler,
+}
+
+/// A ContainerSource's Deployment, with the sink bound into its pods. Nothing to clean up:
+/// the Deployment is garbage-collected through its owner reference.
+pub struct ContainerSourceReconciler;
+
+impl runtime::Reconcile for ContainerSourceReconciler {
+    type Resource = ContainerSource;
+    const AFTER: &'static [&'static str] = crate::RESYNC_AFTER;
+
+    async fn reconcile(
+        source: ContainerSource,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        reconcile(source, object, ctx).await
+    }
 }
 
 pub fn validate_container_source_value(
@@ -216,13 +229,15 @@ pub fn adapter_condition(deployment: &Value) -> Condition {
     }
 }
 
-async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
+async fn reconcile(
+    source: ContainerSource,
+    object: &Value,
+    ctx: &Arc<Context>,
+) -> Result<Action, ReconcileError> {
     // Workloads are the controller's to write; the data plane has no say (nor the rights).
     if !ctx.role().owns_backend_resources() {
         return Ok(Action::AwaitChange);
     }
-    let source: ContainerSource =
-        typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (namespace, _) = rivulet_store::object_key(object);
     let retry_later = Action::Requeue(Duration::from_secs(5));
     let mut parts = Vec::new();

@@ -184,10 +184,27 @@ rivulet_control::register_kind! {
     version: "v1",
     plural: "sinkbindings",
     validate: validate_sink_binding_value,
-    after: crate::RESYNC_AFTER,
-    before: &[],
-    reconcile: |object, ctx| Box::pin(reconcile(object, ctx)),
-    cleanup: |object, ctx| Box::pin(cleanup(object, ctx)),
+    reconciler: SinkBindingReconciler,
+}
+
+/// `K_SINK` and `K_CE_OVERRIDES` in the bound workloads' pods, taken out again on deletion.
+pub struct SinkBindingReconciler;
+
+impl runtime::Reconcile for SinkBindingReconciler {
+    type Resource = SinkBinding;
+    const AFTER: &'static [&'static str] = crate::RESYNC_AFTER;
+
+    async fn reconcile(
+        binding: SinkBinding,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        reconcile(binding, object, ctx).await
+    }
+
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        cleanup(object, ctx).await
+    }
 }
 
 /// How kube addresses a workload kind a SinkBinding can bind; `None` for other kinds.
@@ -537,12 +554,15 @@ fn schedule_recheck(ctx: &Arc<Context>, namespace: &str, name: &str) {
     });
 }
 
-async fn reconcile(object: &Value, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
+async fn reconcile(
+    binding: SinkBinding,
+    object: &Value,
+    ctx: &Arc<Context>,
+) -> Result<Action, ReconcileError> {
     // Workloads are the controller's to write; the data plane has no say (nor the rights).
     if !ctx.role().owns_backend_resources() {
         return Ok(Action::AwaitChange);
     }
-    let binding: SinkBinding = typed(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     // Its workloads are released before it goes, even when deleted while no controller ran.
     ctx.ensure_finalizer(Context::kind("SinkBinding"), object)
         .await?;
