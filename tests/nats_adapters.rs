@@ -16,6 +16,7 @@ use rivulet_channels::Envelope;
 use rivulet_channels::nats::async_nats::{self, jetstream};
 use rivulet_channels::nats::binding;
 use serde_json::{Value, json};
+use support::sink_contract::{SinkTarget, sink_contract};
 use support::{Recorder, TestServer, WAIT, http, wait_for};
 
 const SOURCES: &str = "sources.rivulet.dev/v1alpha1";
@@ -379,4 +380,61 @@ async fn invalid_specs_are_refused_with_the_field_named() {
         let message = body["message"].as_str().unwrap_or_default();
         assert!(message.contains(field), "{field} named in {body}");
     }
+}
+
+/// NatsSink on core NATS, read by a subscriber of its subject.
+struct NatsTarget {
+    subject: String,
+    subscriber: async_nats::Subscriber,
+}
+
+impl SinkTarget for NatsTarget {
+    fn sink(&self, name: &str) -> Value {
+        json!({
+            "apiVersion": SINKS,
+            "kind": "NatsSink",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"url": nats_url(), "subject": self.subject}
+        })
+    }
+
+    fn unreachable_sink(&self, name: &str) -> Value {
+        json!({
+            "apiVersion": SINKS,
+            "kind": "NatsSink",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"url": format!("nats://127.0.0.1:{}", support::free_port()), "subject": self.subject}
+        })
+    }
+
+    async fn next(&mut self) -> (String, Vec<u8>) {
+        let message = tokio::time::timeout(WAIT, self.subscriber.next())
+            .await
+            .expect("a message on the subject")
+            .expect("the subscription is open");
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| header(h, "ce-id"))
+            .expect("a ce-id header")
+            .to_owned();
+        (id, message.payload.to_vec())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_sink_meets_the_sink_contract() {
+    let server = TestServer::start().await;
+    let subject = format!("{}.contract", unique("sink"));
+    let nats = client().await;
+    let subscriber = nats.subscribe(subject.clone()).await.unwrap();
+    nats.flush().await.unwrap();
+    sink_contract(
+        &server.api,
+        &mut NatsTarget {
+            subject,
+            subscriber,
+        },
+    )
+    .await;
 }

@@ -21,6 +21,7 @@ use rivulet_channels::rabbitmq::lapin::options::{
 use rivulet_channels::rabbitmq::lapin::types::FieldTable;
 use rivulet_channels::rabbitmq::lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::{Value, json};
+use support::sink_contract::{SinkTarget, sink_contract};
 use support::{Recorder, TestServer, http, wait_for};
 
 const SOURCES: &str = "sources.knative.dev/v1alpha1";
@@ -416,4 +417,91 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await
         .unwrap();
+}
+
+/// RabbitmqSink publishing to a topic exchange, read back from a queue bound to all of it.
+struct RabbitmqTarget {
+    exchange: String,
+    consumer: rivulet_channels::rabbitmq::lapin::Consumer,
+}
+
+impl SinkTarget for RabbitmqTarget {
+    fn sink(&self, name: &str) -> Value {
+        json!({
+            "apiVersion": SINKS,
+            "kind": "RabbitmqSink",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"uri": rabbitmq_uri(), "exchange": self.exchange}
+        })
+    }
+
+    fn unreachable_sink(&self, name: &str) -> Value {
+        let closed = format!("amqp://guest:guest@127.0.0.1:{}/%2f", support::free_port());
+        json!({
+            "apiVersion": SINKS,
+            "kind": "RabbitmqSink",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"uri": closed, "exchange": self.exchange}
+        })
+    }
+
+    async fn next(&mut self) -> (String, Vec<u8>) {
+        let delivery = tokio::time::timeout(support::WAIT, self.consumer.next())
+            .await
+            .expect("a message in the queue")
+            .expect("a delivery")
+            .expect("no error");
+        let headers = delivery.properties.headers().clone().expect("headers");
+        let id = headers
+            .inner()
+            .get("cloudEvents_id")
+            .and_then(amqp::value_text)
+            .expect("a cloudEvents_id header");
+        (id, delivery.data)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rabbitmq_sink_meets_the_sink_contract() {
+    let server = TestServer::start().await;
+    let name = unique("contract");
+    let exchange = format!("{name}.exchange");
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    declare_topic(&channel, &exchange).await;
+    let queue = format!("{name}.all");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    sink_contract(&server.api, &mut RabbitmqTarget { exchange, consumer }).await;
 }

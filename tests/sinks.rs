@@ -14,6 +14,7 @@ use std::time::Duration;
 use adapters_support::{apply, wait_ready};
 use rivulet::event::Event;
 use serde_json::{Value, json};
+use support::sink_contract::{SinkTarget, sink_contract};
 use support::{Recorder, TestServer, WAIT, binary, free_port, http, wait_for, wait_until_ready};
 
 const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
@@ -389,4 +390,42 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// HttpForwardSink, forwarding to a recording receiver.
+struct ForwardTarget {
+    recorder: Recorder,
+    seen: usize,
+}
+
+impl SinkTarget for ForwardTarget {
+    fn sink(&self, name: &str) -> Value {
+        forward_sink(name, &self.recorder.url, json!({"retry": 0}))
+    }
+
+    fn unreachable_sink(&self, name: &str) -> Value {
+        let closed = format!("http://127.0.0.1:{}/", free_port());
+        forward_sink(name, &closed, json!({"retry": 0}))
+    }
+
+    async fn next(&mut self) -> (String, Vec<u8>) {
+        let seen = self.seen;
+        let event = wait_for("the forwarded event", WAIT, || {
+            let event = self.recorder.events().get(seen).cloned();
+            async move { event }
+        })
+        .await;
+        self.seen += 1;
+        (event.id, event.data.unwrap_or_default().to_vec())
+    }
+}
+
+#[tokio::test]
+async fn the_forward_sink_meets_the_sink_contract() {
+    let server = TestServer::start().await;
+    let mut target = ForwardTarget {
+        recorder: Recorder::start().await,
+        seen: 0,
+    };
+    sink_contract(&server.api, &mut target).await;
 }

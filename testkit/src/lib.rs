@@ -17,6 +17,7 @@ pub mod kube_server;
 pub mod nats;
 pub mod oidc;
 pub mod rabbitmq;
+pub mod sink_contract;
 mod subscriber;
 
 pub use api::*;
