@@ -19,6 +19,7 @@ use rivulet_channels::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use rivulet_channels::kafka::rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
+use support::source_contract::{SourceUpstream, source_contract};
 use support::{InProcessServer, Recorder, http, wait_for};
 
 fn kafka_sink(name: &str, topic: &str, mode: &str) -> Value {
@@ -321,5 +322,40 @@ async fn the_kafka_sink_meets_the_sink_contract() {
         seen: 0,
     };
     sink_contract(&server.api, &mut target).await;
+    server.shutdown().await;
+}
+
+/// KafkaSource reading a topic from its start: a record produced to it.
+struct KafkaTopic {
+    topic: String,
+}
+
+impl SourceUpstream for KafkaTopic {
+    fn source(&self, name: &str) -> Value {
+        json!({
+            "apiVersion": "sources.knative.dev/v1beta1",
+            "kind": "KafkaSource",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "bootstrapServers": [bootstrap()],
+                "topics": [self.topic],
+                "consumerGroup": unique("contract-group"),
+                "initialOffset": "earliest"
+            }
+        })
+    }
+
+    async fn produce(&mut self, _name: &str, _source: &Value) {
+        produce(&self.topic, vec![(None, OwnedHeaders::new(), r#"{"n":1}"#)]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kafka_source_meets_the_source_contract() {
+    let _turn = kafka_support::one_at_a_time().await;
+    let server = InProcessServer::start_with(support::tune_for_tests).await;
+    let topic = unique("source-contract");
+    kafka_support::create_topic(&bootstrap(), &topic, 1).await;
+    source_contract(&server.api, &mut KafkaTopic { topic }).await;
     server.shutdown().await;
 }

@@ -17,6 +17,7 @@ use rivulet_channels::nats::async_nats::{self, jetstream};
 use rivulet_channels::nats::binding;
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
+use support::source_contract::{SourceUpstream, source_contract};
 use support::{Recorder, TestServer, WAIT, http, wait_for};
 
 const SOURCES: &str = "sources.rivulet.dev/v1alpha1";
@@ -437,4 +438,36 @@ async fn the_nats_sink_meets_the_sink_contract() {
         },
     )
     .await;
+}
+
+/// NatsSource on core NATS: a message published on its subject.
+struct NatsSubject {
+    nats: async_nats::Client,
+}
+
+impl SourceUpstream for NatsSubject {
+    fn source(&self, name: &str) -> Value {
+        json!({
+            "apiVersion": SOURCES,
+            "kind": "NatsSource",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"url": nats_url(), "subject": format!("{name}.>")}
+        })
+    }
+
+    async fn produce(&mut self, name: &str, _source: &Value) {
+        // Core NATS keeps nothing for late subscribers; a Ready source is subscribed already.
+        self.nats
+            .publish(format!("{name}.created"), r#"{"n":1}"#.into())
+            .await
+            .unwrap();
+        self.nats.flush().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_source_meets_the_source_contract() {
+    let server = TestServer::start().await;
+    let nats = client().await;
+    source_contract(&server.api, &mut NatsSubject { nats }).await;
 }

@@ -22,6 +22,7 @@ use rivulet_channels::rabbitmq::lapin::types::FieldTable;
 use rivulet_channels::rabbitmq::lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
+use support::source_contract::{SourceUpstream, source_contract};
 use support::{Recorder, TestServer, http, wait_for};
 
 const SOURCES: &str = "sources.knative.dev/v1alpha1";
@@ -504,4 +505,47 @@ async fn the_rabbitmq_sink_meets_the_sink_contract() {
         .await
         .unwrap();
     sink_contract(&server.api, &mut RabbitmqTarget { exchange, consumer }).await;
+}
+
+/// RabbitmqSource reading its own queue: a message published to it.
+struct RabbitmqQueue {
+    channel: Channel,
+}
+
+impl SourceUpstream for RabbitmqQueue {
+    fn source(&self, name: &str) -> Value {
+        let mut source = source(name, &format!("{name}.queue"), None, "");
+        let spec = source["spec"].as_object_mut().unwrap();
+        spec.remove("sink");
+        spec.remove("ceOverrides");
+        spec["rabbitmqClusterReference"] =
+            json!({"connectionSecret": {"name": "contract-rabbitmq"}});
+        source
+    }
+
+    async fn produce(&mut self, name: &str, _source: &Value) {
+        let connection = connect().await;
+        wait_consumed(&connection, &format!("{name}.queue")).await;
+        publish(
+            &self.channel,
+            "",
+            &format!("{name}.queue"),
+            BasicProperties::default().with_content_type("application/json".into()),
+            br#"{"n":1}"#,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rabbitmq_source_meets_the_source_contract() {
+    let server = TestServer::start().await;
+    apply(
+        &server.api,
+        &uri_secret("default", "contract-rabbitmq", &rabbitmq_uri()),
+    )
+    .await;
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    source_contract(&server.api, &mut RabbitmqQueue { channel }).await;
 }

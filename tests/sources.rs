@@ -12,6 +12,7 @@ use std::time::Duration;
 use adapters_support::{apply, get_object, put_object, wait_ready};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use support::source_contract::{SourceUpstream, source_contract};
 use support::{InProcessServer, Recorder, TestServer, WAIT, http, wait_for};
 
 fn ping_source(name: &str, schedule: &str, sink: Value) -> Value {
@@ -543,4 +544,49 @@ async fn a_trigger_waits_for_its_dependency_to_be_ready() {
     server
         .wait_condition("Trigger", "default", "waits", "Ready", "True")
         .await;
+}
+
+/// PingSource: its schedule (every second) produces by itself.
+struct Schedule;
+
+impl SourceUpstream for Schedule {
+    fn source(&self, name: &str) -> Value {
+        let mut source = ping_source(name, "* * * * * *", Value::Null);
+        source["spec"].as_object_mut().unwrap().remove("sink");
+        source
+    }
+
+    async fn produce(&mut self, _name: &str, _source: &Value) {}
+}
+
+/// WebhookSource: a request to its address.
+struct WebhookRequests;
+
+impl SourceUpstream for WebhookRequests {
+    fn source(&self, name: &str) -> Value {
+        let mut source = webhook(name, "", false);
+        source["spec"].as_object_mut().unwrap().remove("sink");
+        source
+    }
+
+    async fn produce(&mut self, _name: &str, source: &Value) {
+        let url = source["status"]["address"]["url"]
+            .as_str()
+            .expect("an address");
+        let answer = http()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(r#"{"ref":"main"}"#)
+            .send()
+            .await
+            .expect("the webhook answers");
+        assert!(answer.status().is_success(), "{}", answer.status());
+    }
+}
+
+#[tokio::test]
+async fn ping_and_webhook_sources_meet_the_source_contract() {
+    let server = TestServer::start().await;
+    source_contract(&server.api, &mut Schedule).await;
+    source_contract(&server.api, &mut WebhookRequests).await;
 }

@@ -18,6 +18,7 @@ pub mod nats;
 pub mod oidc;
 pub mod rabbitmq;
 pub mod sink_contract;
+pub mod source_contract;
 mod subscriber;
 
 pub use api::*;
