@@ -26,6 +26,7 @@ mod events;
 mod eventtype;
 pub mod routes;
 mod running;
+mod secrets;
 pub mod storage;
 mod tls_secret;
 mod trigger;
@@ -37,6 +38,7 @@ pub use drain::{DEFAULT_DELETE_GRACE, DrainReport};
 pub use events::ReadySummary;
 pub use eventtype::StatusLock;
 pub use running::{RunningGuard, RunningMap};
+pub use secrets::amqp_uri_of_secret;
 pub use tls_secret::follow_tls_secret;
 pub use trust::follow_trust_bundles;
 

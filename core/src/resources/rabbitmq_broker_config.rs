@@ -33,12 +33,12 @@ pub struct RabbitmqBrokerConfigSpec {
 
 /// Where the RabbitMQ is. Only `connectionSecret` is served outside Kubernetes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RabbitmqClusterReference {
     /// A `RabbitmqCluster` of the cluster operator (Kubernetes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Namespace of the cluster or the Secret; the config's own when unset.
+    /// Namespace of the cluster or the Secret; the referring object's own when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,7 +47,7 @@ pub struct RabbitmqClusterReference {
 
 /// A Secret by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretReference {
     pub name: String,
 }

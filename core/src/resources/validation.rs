@@ -573,6 +573,56 @@ pub fn validate_plain_object(new: &Value, _old: Option<&Value>) -> Result {
     validate_metadata(new)
 }
 
+/// Checks a NATS URL as the client will read it.
+pub fn validate_nats_url(field: &str, url: &str) -> Result {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ValidationError::new(field, format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "scheme {:?} is not one of nats, tls, ws, wss",
+                parsed.scheme()
+            ),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(ValidationError::new(field, "names no host"));
+    }
+    Ok(())
+}
+
+/// Checks a subject: dot-separated non-empty tokens without white space; wildcards only when
+/// `wildcards` (and `>` only as the last token).
+pub fn validate_nats_subject(field: &str, subject: &str, wildcards: bool) -> Result {
+    if subject.is_empty() {
+        return Err(ValidationError::new(field, "is required"));
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (at, token) in tokens.iter().enumerate() {
+        if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ValidationError::new(
+                field,
+                format!("{subject:?} is not a NATS subject (empty token or white space)"),
+            ));
+        }
+        let wildcard = *token == "*" || *token == ">";
+        if wildcard && !wildcards {
+            return Err(ValidationError::new(
+                field,
+                format!("{subject:?}: wildcards cannot be published to"),
+            ));
+        }
+        if *token == ">" && at + 1 != tokens.len() {
+            return Err(ValidationError::new(
+                field,
+                format!("{subject:?}: `>` must be the last token"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

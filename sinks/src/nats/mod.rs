@@ -23,8 +23,9 @@ use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
 use rivulet_core::resources::Condition;
-use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
-use rivulet_sources::nats::{validate_subject, validate_url};
+use rivulet_core::resources::validation::{
+    ValidationError, typed, validate_metadata, validate_nats_subject, validate_nats_url,
+};
 
 /// How long a publish waits for the server (and JetStream's acknowledgement).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,9 +77,9 @@ pub fn validate_nats_sink_value(new: &Value, _old: Option<&Value>) -> Result<(),
 
 pub fn validate_nats_sink(spec: &NatsSinkSpec) -> Result<(), ValidationError> {
     if let Some(url) = &spec.url {
-        validate_url("spec.url", url)?;
+        validate_nats_url("spec.url", url)?;
     }
-    validate_subject("spec.subject", &spec.subject, false)
+    validate_nats_subject("spec.subject", &spec.subject, false)
 }
 
 /// NatsSink for the generic sink reconciler.

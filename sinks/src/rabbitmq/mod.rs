@@ -26,8 +26,8 @@ use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
 use rivulet_core::resources::Condition;
+use rivulet_core::resources::rabbitmq_broker_config::SecretReference;
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
-use rivulet_sources::rabbitmq::{SecretName, uri_of_secret};
 
 /// How long a publish waits for RabbitMQ's confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +58,7 @@ pub struct RabbitmqSinkSpec {
     pub uri: Option<String>,
     /// A Secret in the sink's namespace holding the connection instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_secret: Option<SecretName>,
+    pub connection_secret: Option<SecretReference>,
     /// The exchange events are published to; empty for the default exchange.
     #[serde(default)]
     pub exchange: String,
@@ -142,11 +142,12 @@ impl SinkKind for RabbitmqSinkKind {
         let uri = match (&spec.uri, &spec.connection_secret) {
             (Some(uri), _) => uri.clone(),
             (None, Some(secret)) => {
-                let uri = uri_of_secret(ctx, &key.namespace, &secret.name)
-                    .await
-                    .map_err(|reason| {
-                        Condition::new("SecretResolved", false, "SecretNotFound", reason)
-                    })?;
+                let uri =
+                    rivulet_control::runtime::amqp_uri_of_secret(ctx, &key.namespace, &secret.name)
+                        .await
+                        .map_err(|reason| {
+                            Condition::new("SecretResolved", false, "SecretNotFound", reason)
+                        })?;
                 conditions.push(Condition::new("SecretResolved", true, "", ""));
                 uri
             }
@@ -260,7 +261,7 @@ mod tests {
     fn validation_names_the_field() {
         let spec = |uri: Option<&str>, secret: Option<&str>| RabbitmqSinkSpec {
             uri: uri.map(str::to_owned),
-            connection_secret: secret.map(|name| SecretName { name: name.into() }),
+            connection_secret: secret.map(|name| SecretReference { name: name.into() }),
             ..RabbitmqSinkSpec::default()
         };
         assert!(validate_rabbitmq_sink(&spec(Some("amqp://h"), None)).is_ok());

@@ -45,7 +45,8 @@ use super::{
 };
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_metadata,
+    ValidationError, typed, validate_delivery, validate_metadata, validate_nats_subject,
+    validate_nats_url,
 };
 use rivulet_core::resources::{Condition, DeliverySpec};
 
@@ -123,60 +124,6 @@ pub fn validate_nats_source_value(
     validate_nats_source(&source.spec)
 }
 
-/// Checks a NATS URL as the client will read it.
-pub fn validate_url(field: &str, url: &str) -> Result<(), ValidationError> {
-    let parsed = url::Url::parse(url)
-        .map_err(|e| ValidationError::new(field, format!("{url:?} is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
-        return Err(ValidationError::new(
-            field,
-            format!(
-                "scheme {:?} is not one of nats, tls, ws, wss",
-                parsed.scheme()
-            ),
-        ));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(ValidationError::new(field, "names no host"));
-    }
-    Ok(())
-}
-
-/// Checks a subject: dot-separated non-empty tokens without white space; wildcards only when
-/// `wildcards` (and `>` only as the last token).
-pub fn validate_subject(
-    field: &str,
-    subject: &str,
-    wildcards: bool,
-) -> Result<(), ValidationError> {
-    if subject.is_empty() {
-        return Err(ValidationError::new(field, "is required"));
-    }
-    let tokens: Vec<&str> = subject.split('.').collect();
-    for (at, token) in tokens.iter().enumerate() {
-        if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ValidationError::new(
-                field,
-                format!("{subject:?} is not a NATS subject (empty token or white space)"),
-            ));
-        }
-        let wildcard = *token == "*" || *token == ">";
-        if wildcard && !wildcards {
-            return Err(ValidationError::new(
-                field,
-                format!("{subject:?}: wildcards cannot be published to"),
-            ));
-        }
-        if *token == ">" && at + 1 != tokens.len() {
-            return Err(ValidationError::new(
-                field,
-                format!("{subject:?}: `>` must be the last token"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Stream and consumer names: no white space, `.`, `*`, `>`, path separators.
 fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
     if name.is_empty() {
@@ -199,9 +146,9 @@ fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
 
 pub fn validate_nats_source(spec: &NatsSourceSpec) -> Result<(), ValidationError> {
     if let Some(url) = &spec.url {
-        validate_url("spec.url", url)?;
+        validate_nats_url("spec.url", url)?;
     }
-    validate_subject("spec.subject", &spec.subject, true)?;
+    validate_nats_subject("spec.subject", &spec.subject, true)?;
     match (&spec.stream, &spec.consumer, &spec.queue_group) {
         (None, Some(_), _) => {
             return Err(ValidationError::new(

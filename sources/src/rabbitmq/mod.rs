@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use futures::StreamExt;
 use kube::CustomResource;
 use rivulet_channels::rabbitmq::lapin::options::{
@@ -49,10 +48,11 @@ use super::{
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, SpecVersion};
+use rivulet_core::resources::rabbitmq_broker_config::RabbitmqClusterReference;
 use rivulet_core::resources::validation::{
     ValidationError, typed, validate_delivery, validate_metadata,
 };
-use rivulet_core::resources::{Condition, DeliverySpec, find_kind_by_name};
+use rivulet_core::resources::{Condition, DeliverySpec};
 
 /// The type of events wrapped around messages that carry no CloudEvent.
 pub const WRAPPED_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
@@ -94,25 +94,6 @@ pub struct RabbitmqSourceSpec {
     /// Accepted for Knative compatibility; unused outside Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
-}
-
-/// Knative's reference to a RabbitMQ: only `connectionSecret` is served outside Kubernetes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RabbitmqClusterReference {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Namespace of the Secret; the source's own when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_secret: Option<SecretName>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct SecretName {
-    pub name: String,
 }
 
 /// What to consume.
@@ -219,46 +200,6 @@ pub fn validate_rabbitmq_source(spec: &RabbitmqSourceSpec) -> Result<(), Validat
     Ok(())
 }
 
-/// The data of a Secret: `data` base64-decoded, `stringData` as is.
-pub async fn read_secret_data(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-) -> Result<BTreeMap<String, String>, String> {
-    let kind = find_kind_by_name(Some("v1"), "Secret").ok_or("Secrets are not served")?;
-    let secret = ctx
-        .store
-        .get(kind, namespace, name)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))?;
-    let mut data = BTreeMap::new();
-    if let Some(map) = secret.get("data").and_then(Value::as_object) {
-        for (key, value) in map {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(value.as_str().unwrap_or_default())
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or_else(|| {
-                    format!("Secret {namespace}/{name}: data.{key} is not base64 of UTF-8 text")
-                })?;
-            data.insert(key.clone(), decoded);
-        }
-    }
-    if let Some(map) = secret.get("stringData").and_then(Value::as_object) {
-        for (key, value) in map {
-            data.insert(key.clone(), value.as_str().unwrap_or_default().to_owned());
-        }
-    }
-    Ok(data)
-}
-
-/// The AMQP URI of a connection Secret.
-pub async fn uri_of_secret(ctx: &Context, namespace: &str, name: &str) -> Result<String, String> {
-    let data = read_secret_data(ctx, namespace, name).await?;
-    link::uri_from_secret(&data).map_err(|e| format!("Secret {namespace}/{name}: {e}"))
-}
-
 /// `uri` with its virtual host replaced by `vhost`.
 fn with_vhost(uri: &str, vhost: &str) -> String {
     let (scheme, rest) = uri.split_once("://").unwrap_or(("amqp", uri));
@@ -308,7 +249,7 @@ impl SourceKind for RabbitmqSourceKind {
                     .map(|s| s.name.as_str())
                     .unwrap_or_default();
                 let namespace = reference.namespace.as_deref().unwrap_or(&key.namespace);
-                let uri = uri_of_secret(ctx, namespace, secret)
+                let uri = rivulet_control::runtime::amqp_uri_of_secret(ctx, namespace, secret)
                     .await
                     .map_err(|reason| {
                         Condition::new("SecretResolved", false, "SecretNotFound", reason)
