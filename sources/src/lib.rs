@@ -256,8 +256,8 @@ pub struct Prepared {
     pub conditions: Vec<Condition>,
 }
 
-/// Delivers events to one sink with the delivery rules of `src/delivery`, counting outcomes
-/// and retries per source. Cheap to clone.
+/// Delivers events to one sink with the delivery rules of `rivulet_broker::delivery`,
+/// counting outcomes and retries per source. Cheap to clone.
 #[derive(Clone)]
 pub struct SinkClient {
     uri: String,
