@@ -87,32 +87,19 @@ impl SecretRef {
     /// (base64, as Kubernetes keeps them) or `stringData` (plain, which wins, as Kubernetes
     /// folds it over `data` on write).
     pub(crate) fn pems(&self, object: Option<&serde_json::Value>) -> Result<Pems, TlsError> {
-        use base64::Engine as _;
         let object = object.ok_or_else(|| TlsError::SecretMissing {
             secret: self.to_string(),
         })?;
         let value = |key: &str| -> Result<Option<Pem>, TlsError> {
             let origin = format!("{self} data[{key:?}]");
-            if let Some(text) = object
-                .pointer(&format!("/stringData/{key}"))
-                .and_then(serde_json::Value::as_str)
-            {
-                return Ok(Some(Pem {
-                    origin,
-                    bytes: text.as_bytes().to_vec(),
-                }));
-            }
-            let Some(value) = object.get("data").and_then(|data| data.get(key)) else {
-                return Ok(None);
-            };
-            let bytes = value
-                .as_str()
-                .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
-                .ok_or_else(|| TlsError::BadPem {
-                    path: origin.clone(),
-                    message: "the value is not base64".into(),
+            let bytes =
+                rivulet_core::resources::secret::secret_value(object, key).map_err(|_| {
+                    TlsError::BadPem {
+                        path: origin.clone(),
+                        message: "the value is not base64".into(),
+                    }
                 })?;
-            Ok(Some(Pem { origin, bytes }))
+            Ok(bytes.map(|bytes| Pem { origin, bytes }))
         };
         let required = |key: &str| {
             value(key)?.ok_or_else(|| TlsError::SecretKeyMissing {

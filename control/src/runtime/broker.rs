@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::drain::{self, DrainReport};
@@ -522,25 +521,15 @@ async fn read_config(
         }
     };
     let mut data = BTreeMap::new();
-    if let Some(map) = object.get("data").and_then(Value::as_object) {
-        for (key, value) in map {
-            let text = value.as_str().unwrap_or_default();
-            let text = if kind.kind == "Secret" {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .map_err(|_| {
-                        format!("Secret {ns}/{}: data.{key} is not base64", reference.name)
-                    })?;
-                String::from_utf8(bytes).map_err(|_| {
-                    format!("Secret {ns}/{}: data.{key} is not UTF-8", reference.name)
-                })?
-            } else {
-                text.to_string()
-            };
-            data.insert(key.clone(), text);
+    if kind.kind == "Secret" {
+        let values = rivulet_core::resources::secret::secret_values(&object)
+            .map_err(|e| format!("Secret {ns}/{}: {e}", reference.name))?;
+        for (key, value) in values {
+            let text = String::from_utf8(value)
+                .map_err(|_| format!("Secret {ns}/{}: data.{key} is not UTF-8", reference.name))?;
+            data.insert(key, text);
         }
-    }
-    if let Some(map) = object.get("stringData").and_then(Value::as_object) {
+    } else if let Some(map) = object.get("data").and_then(Value::as_object) {
         for (key, value) in map {
             data.insert(key.clone(), value.as_str().unwrap_or_default().to_string());
         }

@@ -2,9 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use serde_json::Value;
-
 use super::Context;
 
 impl Context {
@@ -20,23 +17,13 @@ impl Context {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))?;
+        let values = rivulet_core::resources::secret::secret_values(&secret)
+            .map_err(|e| format!("Secret {namespace}/{name}: {e}"))?;
         let mut data = BTreeMap::new();
-        if let Some(map) = secret.get("data").and_then(Value::as_object) {
-            for (key, value) in map {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(value.as_str().unwrap_or_default())
-                    .ok()
-                    .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .ok_or_else(|| {
-                        format!("Secret {namespace}/{name}: data.{key} is not base64 of UTF-8 text")
-                    })?;
-                data.insert(key.clone(), decoded);
-            }
-        }
-        if let Some(map) = secret.get("stringData").and_then(Value::as_object) {
-            for (key, value) in map {
-                data.insert(key.clone(), value.as_str().unwrap_or_default().to_owned());
-            }
+        for (key, value) in values {
+            let text = String::from_utf8(value)
+                .map_err(|_| format!("Secret {namespace}/{name}: data.{key} is not UTF-8 text"))?;
+            data.insert(key, text);
         }
         Ok(data)
     }

@@ -13,6 +13,7 @@ pub mod eventtype;
 mod kinds;
 mod manifest;
 pub mod rabbitmq_broker_config;
+pub mod secret;
 mod trigger;
 pub mod validation;
 

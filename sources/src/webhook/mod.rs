@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
 use kube::CustomResource;
@@ -330,26 +329,11 @@ async fn read_secret(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("Secret {namespace}/{} does not exist", selector.name))?;
-    if let Some(text) = secret
-        .pointer(&format!("/stringData/{}", selector.key))
-        .and_then(Value::as_str)
-    {
-        return Ok(text.as_bytes().to_vec());
-    }
-    let encoded = secret
-        .pointer(&format!("/data/{}", selector.key))
-        .and_then(Value::as_str)
+    rivulet_core::resources::secret::secret_value(&secret, &selector.key)
+        .map_err(|e| format!("Secret {namespace}/{}: {e}", selector.name))?
         .ok_or_else(|| {
             format!(
                 "Secret {namespace}/{} has no key {:?}",
-                selector.name, selector.key
-            )
-        })?;
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| {
-            format!(
-                "Secret {namespace}/{}: data.{} is not base64",
                 selector.name, selector.key
             )
         })
