@@ -19,7 +19,7 @@ use rivulet_channels::rabbitmq::lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use rivulet_channels::rabbitmq::lapin::types::FieldTable;
-use rivulet_channels::rabbitmq::lapin::{BasicProperties, Channel, ExchangeKind};
+use rivulet_channels::rabbitmq::lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
 use support::source_contract::{SourceUpstream, source_contract};
@@ -89,6 +89,41 @@ async fn declare_topic(channel: &Channel, exchange: &str) {
         )
         .await
         .expect("exchange.declare");
+}
+
+/// A queue of the test's own bound to `exchange` with `binding`, and a consumer of it, to look
+/// at messages as they are in RabbitMQ. The test deletes the queue.
+async fn inspect(channel: &Channel, exchange: &str, queue: &str, binding: &str) -> Consumer {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,26 +272,8 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
     let connection = connect().await;
     let channel = connection.create_channel().await.unwrap();
     declare_topic(&channel, &exchange).await;
-    // A queue of our own, to look at the messages as they are in RabbitMQ.
-    let inspect = format!("{name}.inspect");
-    channel
-        .queue_declare(
-            inspect.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            inspect.as_str().into(),
-            exchange.as_str().into(),
-            "com.example.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let inspected = format!("{name}.inspect");
+    let mut consumer = inspect(&channel, &exchange, &inspected, "com.example.#").await;
     apply(
         &server.api,
         &json!({
@@ -306,18 +323,6 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
     let answer = post("via-sink-1", "com.example.paid").await.unwrap();
     assert_eq!(answer.status().as_u16(), 202);
 
-    let mut consumer = channel
-        .basic_consume(
-            inspect.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
         .await
         .expect("a message in the inspection queue")
@@ -408,7 +413,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
         &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
     )
     .await;
-    for queue in [inspect, format!("{name}.source")] {
+    for queue in [inspected, format!("{name}.source")] {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await
@@ -423,7 +428,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
 /// RabbitmqSink publishing to a topic exchange, read back from a queue bound to all of it.
 struct RabbitmqTarget {
     exchange: String,
-    consumer: rivulet_channels::rabbitmq::lapin::Consumer,
+    consumer: Consumer,
 }
 
 impl SinkTarget for RabbitmqTarget {
@@ -471,40 +476,20 @@ async fn the_rabbitmq_sink_meets_the_sink_contract() {
     let channel = connection.create_channel().await.unwrap();
     declare_topic(&channel, &exchange).await;
     let queue = format!("{name}.all");
+    let consumer = inspect(&channel, &exchange, &queue, "#").await;
+    let mut target = RabbitmqTarget {
+        exchange: exchange.clone(),
+        consumer,
+    };
+    sink_contract(&server.api, &mut target).await;
     channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
     channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+        .exchange_delete(exchange.as_str().into(), Default::default())
         .await
         .unwrap();
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    sink_contract(&server.api, &mut RabbitmqTarget { exchange, consumer }).await;
 }
 
 /// RabbitmqSource reading its own queue: a message published to it.

@@ -620,8 +620,14 @@ pub async fn apply_trigger_ready(
 
 /// Posts one binary-mode event; returns the status code.
 pub async fn post_binary(base: &str, broker_path: &str, id: &str, ty: &str, data: &str) -> u16 {
+    post_binary_to(&format!("{base}/{broker_path}"), id, ty, data).await
+}
+
+/// Posts a binary-mode CloudEvent with JSON `data` to `url`; returns the status (0 when
+/// nothing answered).
+pub async fn post_binary_to(url: &str, id: &str, ty: &str, data: &str) -> u16 {
     http()
-        .post(format!("{base}/{broker_path}"))
+        .post(url)
         .header("ce-specversion", "1.0")
         .header("ce-id", id)
         .header("ce-source", "/tests")

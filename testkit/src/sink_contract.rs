@@ -9,7 +9,7 @@ use std::future::Future;
 use serde_json::{Value, json};
 
 use crate::adapters::{apply, wait_ready};
-use crate::{http, unique};
+use crate::{http, post_binary_to, unique};
 
 /// A sink kind and where what it hands on can be read back.
 pub trait SinkTarget {
@@ -27,18 +27,8 @@ pub async fn sink_contract(api: &str, target: &mut impl SinkTarget) {
     let url = ready_address(api, &target.sink(&unique("contract"))).await;
 
     let id = unique("binary");
-    let answer = http()
-        .post(&url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", &id)
-        .header("ce-source", "/contract")
-        .header("ce-type", "test.contract")
-        .header("content-type", "application/json")
-        .body(r#"{"n":1}"#)
-        .send()
-        .await
-        .expect("the sink answers");
-    assert_eq!(answer.status().as_u16(), 202, "a binary event is accepted");
+    let answer = post_binary_to(&url, &id, "test.contract", r#"{"n":1}"#).await;
+    assert_eq!(answer, 202, "a binary event is accepted");
     assert_eq!(target.next().await, (id, br#"{"n":1}"#.to_vec()));
 
     let id = unique("structured");
@@ -81,19 +71,9 @@ pub async fn sink_contract(api: &str, target: &mut impl SinkTarget) {
     assert_eq!(get.status().as_u16(), 405, "only POST takes events");
 
     let url = ready_address(api, &target.unreachable_sink(&unique("unreachable"))).await;
-    let unavailable = http()
-        .post(&url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", unique("lost"))
-        .header("ce-source", "/contract")
-        .header("ce-type", "test.contract")
-        .body("{}")
-        .send()
-        .await
-        .expect("the sink answers");
+    let unavailable = post_binary_to(&url, &unique("lost"), "test.contract", "{}").await;
     assert_eq!(
-        unavailable.status().as_u16(),
-        503,
+        unavailable, 503,
         "a target that cannot be reached leaves the event with its sender"
     );
 }

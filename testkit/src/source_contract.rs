@@ -10,7 +10,7 @@ use std::future::Future;
 use serde_json::{Value, json};
 
 use crate::adapters::{apply, get_object, wait_ready};
-use crate::{Recorder, WAIT, unique, wait_for};
+use crate::{Recorder, WAIT, condition, ready_condition, unique, wait_for};
 
 /// A source kind and how to make its upstream produce.
 pub trait SourceUpstream {
@@ -65,21 +65,13 @@ pub async fn source_contract(api: &str, upstream: &mut impl SourceUpstream) {
     missing["spec"]["sink"] = json!({"ref": {"apiVersion": "eventing.knative.dev/v1",
                                              "kind": "Broker", "name": unique("missing")}});
     apply(api, &missing).await;
-    let condition = wait_for("SinkProvided to say the sink is missing", WAIT, || async {
+    let sink_provided = wait_for("SinkProvided to say the sink is missing", WAIT, || async {
         let object = get_object(api, &api_version, &kind, &orphan).await;
-        object
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|all| all.iter().find(|c| c["type"] == "SinkProvided").cloned())
-            .filter(|c| c["status"] == "False")
+        condition(&object, "SinkProvided").filter(|c| c["status"] == "False")
     })
     .await;
-    assert_eq!(condition["reason"], "SinkNotFound", "{condition}");
+    assert_eq!(sink_provided["reason"], "SinkNotFound", "{sink_provided}");
     let object = get_object(api, &api_version, &kind, &orphan).await;
-    let ready = object
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|all| all.iter().find(|c| c["type"] == "Ready").cloned())
-        .expect("a Ready condition");
+    let ready = ready_condition(&object).expect("a Ready condition");
     assert_eq!(ready["status"], "False", "{object}");
 }

@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{api_message, inject_env, injected_env, kubernetes_required, write_status};
+use super::{StatusOf, api_message, inject_env, injected_env, kubernetes_required, write_status};
 use crate::{SourceSpec, SourceStatus};
 use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
@@ -36,6 +36,11 @@ pub const ADAPTER_CONDITION: &str = "ReceiveAdapterReady";
 /// receive adapter's Deployment available.
 pub const CONTAINER_SOURCE_CONDITIONS: ConditionSet =
     ConditionSet::new(&[SINK_CONDITION, ADAPTER_CONDITION]);
+
+const STATUS: StatusOf = StatusOf {
+    kind: "ContainerSource",
+    conditions: CONTAINER_SOURCE_CONDITIONS,
+};
 /// How soon a source whose Deployment is not available yet is looked at again.
 pub const AVAILABILITY_RECHECK: Duration = Duration::from_secs(10);
 
@@ -254,29 +259,13 @@ async fn reconcile(
                 "SinkNotFound",
                 reason,
             ));
-            write_status(
-                ctx,
-                "ContainerSource",
-                &CONTAINER_SOURCE_CONDITIONS,
-                object,
-                None,
-                parts,
-            )
-            .await?;
+            write_status(ctx, &STATUS, object, None, parts).await?;
             return Ok(retry_later);
         }
     };
     let Some(client) = ctx.kube_client() else {
         parts.push(kubernetes_required("ContainerSource", ADAPTER_CONDITION));
-        write_status(
-            ctx,
-            "ContainerSource",
-            &CONTAINER_SOURCE_CONDITIONS,
-            object,
-            Some(uri),
-            parts,
-        )
-        .await?;
+        write_status(ctx, &STATUS, object, Some(uri), parts).await?;
         return Ok(Action::AwaitChange);
     };
     let deployment = deployment(&source, object, &uri);
@@ -316,14 +305,6 @@ async fn reconcile(
             retry_later
         }
     };
-    write_status(
-        ctx,
-        "ContainerSource",
-        &CONTAINER_SOURCE_CONDITIONS,
-        object,
-        Some(uri),
-        parts,
-    )
-    .await?;
+    write_status(ctx, &STATUS, object, Some(uri), parts).await?;
     Ok(action)
 }

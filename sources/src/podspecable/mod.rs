@@ -117,11 +117,16 @@ pub fn kubernetes_required(kind: &str, condition: &str) -> Condition {
     )
 }
 
-/// Writes a source status made of `parts`, with `Ready` derived by `condition_set`.
+/// A podspecable kind as its status is written: its name and its `Ready` rule.
+pub(crate) struct StatusOf {
+    pub kind: &'static str,
+    pub conditions: ConditionSet,
+}
+
+/// Writes a source status made of `parts`, with `Ready` derived by the kind's condition set.
 pub(crate) async fn write_status(
     ctx: &Arc<Context>,
-    kind: &str,
-    condition_set: &ConditionSet,
+    of: &StatusOf,
     object: &Value,
     sink_uri: Option<String>,
     parts: Vec<Condition>,
@@ -129,11 +134,11 @@ pub(crate) async fn write_status(
     let (namespace, name) = rivulet_store::object_key(object);
     let status = SourceStatus {
         observed_generation: runtime::generation(object),
-        conditions: condition_set.summarize(parts),
+        conditions: of.conditions.summarize(parts),
         sink_uri,
         ..SourceStatus::default()
     };
-    ctx.write_status(Context::kind(kind), &namespace, &name, json!(status))
+    ctx.write_status(Context::kind(of.kind), &namespace, &name, json!(status))
         .await
 }
 

@@ -27,7 +27,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{CONTAINER_LISTS, api_message, injected_env, kubernetes_required, write_status};
+use super::{
+    CONTAINER_LISTS, StatusOf, api_message, injected_env, kubernetes_required, write_status,
+};
 use crate::{SourceSpec, SourceStatus};
 use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
@@ -43,6 +45,11 @@ pub const AVAILABLE_CONDITION: &str = "SinkBindingAvailable";
 /// `K_SINK`.
 pub const SINK_BINDING_CONDITIONS: ConditionSet =
     ConditionSet::new(&["SinkProvided", AVAILABLE_CONDITION]);
+
+const STATUS: StatusOf = StatusOf {
+    kind: "SinkBinding",
+    conditions: SINK_BINDING_CONDITIONS,
+};
 /// How often a ready binding looks at its subjects again, since workloads are not watched:
 /// a workload created or relabelled meanwhile is bound or released then.
 pub const SUBJECT_RECHECK: Duration = Duration::from_secs(60);
@@ -581,29 +588,13 @@ async fn reconcile(
                 "SinkNotFound",
                 reason,
             ));
-            write_status(
-                ctx,
-                "SinkBinding",
-                &SINK_BINDING_CONDITIONS,
-                object,
-                None,
-                parts,
-            )
-            .await?;
+            write_status(ctx, &STATUS, object, None, parts).await?;
             return Ok(retry_later);
         }
     };
     let Some(client) = ctx.kube_client() else {
         parts.push(kubernetes_required("SinkBinding", AVAILABLE_CONDITION));
-        write_status(
-            ctx,
-            "SinkBinding",
-            &SINK_BINDING_CONDITIONS,
-            object,
-            Some(uri),
-            parts,
-        )
-        .await?;
+        write_status(ctx, &STATUS, object, Some(uri), parts).await?;
         return Ok(Action::AwaitChange);
     };
     let subject = &binding.spec.subject;
@@ -672,15 +663,7 @@ async fn reconcile(
             retry_later
         }
     };
-    write_status(
-        ctx,
-        "SinkBinding",
-        &SINK_BINDING_CONDITIONS,
-        object,
-        Some(uri),
-        parts,
-    )
-    .await?;
+    write_status(ctx, &STATUS, object, Some(uri), parts).await?;
     Ok(action)
 }
 
