@@ -122,7 +122,7 @@ impl Api {
     }
 
     /// Deletes an object, forced: events it still holds are dead-lettered or dropped rather
-    /// than refusing the delete (tests/deletion.rs covers the refusal). Fails the test unless
+    /// than refusing the delete (tests/api/deletion.rs covers the refusal). Fails the test unless
     /// the server answers 200.
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) {
         let response = super::api_request(

@@ -1,0 +1,19 @@
+//! The control surface: the resource API and its authentication, limits, the CLI, reconcilers, policies, TLS, egress and loops.
+
+mod api_auth;
+mod at_rest;
+mod cli;
+mod controller;
+mod deletion;
+mod egress;
+mod eventpolicy;
+mod eventtypes;
+mod input_limits;
+mod kubernetes_store;
+mod limits;
+mod loops;
+mod oidc;
+mod reconcilers;
+mod resource_api;
+mod tls;
+mod xregistry;

@@ -1,0 +1,11 @@
+//! The data path: ingress, delivery, destinations, backpressure, many triggers, replicas and scale-out, durability under kill -9 and storage faults.
+
+mod backpressure;
+mod data_plane_replicas;
+mod delivery;
+mod destinations;
+mod durability;
+mod ingress;
+mod many_triggers;
+mod scale_out;
+mod storage_faults;

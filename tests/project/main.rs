@@ -1,0 +1,5 @@
+//! The project's own artefacts: deployment manifests, the docs' examples and the function scaffolds.
+
+mod deploy;
+mod docs_examples;
+mod scaffold;
