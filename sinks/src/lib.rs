@@ -12,6 +12,7 @@
 //! source) can name them with `ref`.
 #![forbid(unsafe_code)]
 
+use rivulet_core::resources::skip_serializing_none;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -188,14 +189,13 @@ pub fn router(outlet: Arc<dyn Outlet>) -> axum::Router {
 pub const SINK_CONDITIONS: ConditionSet = ConditionSet::new(&["Addressable"]);
 
 /// Status of every sink kind.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SinkStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Addressable>,
 }
 

@@ -15,6 +15,7 @@
 //! upstream (a queue, a log) acknowledges it only then.
 #![forbid(unsafe_code)]
 
+use rivulet_core::resources::skip_serializing_none;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,6 +103,7 @@ pub const KUBERNETES_REQUIRED: &str = "KubernetesRequired";
 
 /// What every source's spec has (Knative's `duckv1.SourceSpec`), flattened into each kind's
 /// spec so that it is written once.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
@@ -109,7 +111,6 @@ pub struct SourceSpec {
     /// the object's address.
     pub sink: Destination,
     /// Attributes added to every event the source sends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ce_overrides: Option<CloudEventOverrides>,
 }
 
@@ -146,23 +147,20 @@ pub struct CloudEventAttributes {
 pub const SOURCE_CONDITIONS: ConditionSet = ConditionSet::new(&["SinkProvided", "Deployed"]);
 
 /// Knative's `SourceStatus`, shared by every source kind.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The resolved `spec.sink`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_uri: Option<String>,
     /// The resolved dead-letter sink of the source's delivery, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ce_attributes: Vec<CloudEventAttributes>,
     /// Where the source takes requests, for sources that do (webhooks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Addressable>,
 }
 

@@ -1,3 +1,4 @@
+use super::skip_serializing_none;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -6,12 +7,13 @@ use super::common::{Addressable, Condition, DeliverySpec, KReference};
 use super::condition_set::ConditionSet;
 
 /// Knative `Broker`: an ingress for events and the channel behind it.
+// Written out rather than with `knative_kind!`: Knative lists the wide `Class` column last.
+#[skip_serializing_none]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[kube(
     group = "eventing.knative.dev",
     version = "v1",
     kind = "Broker",
-    plural = "brokers",
     namespaced,
     status = "BrokerStatus",
     category = "all",
@@ -27,10 +29,8 @@ use super::condition_set::ConditionSet;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BrokerSpec {
     /// Backend configuration: a ConfigMap, Secret or backend-specific object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<KReference>,
     /// Default delivery for the broker's triggers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
@@ -39,21 +39,17 @@ pub struct BrokerSpec {
 pub const BROKER_CONDITIONS: ConditionSet =
     ConditionSet::new(&["IngressReady", "Addressable", "EventPoliciesReady"]);
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Addressable>,
     /// Every address, when there are several (http and https).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<Addressable>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink_uri: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<std::collections::BTreeMap<String, String>>,
     /// The EventPolicies that apply to the broker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

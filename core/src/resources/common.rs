@@ -1,35 +1,33 @@
 //! Types shared by several kinds (Knative's `duck` types).
 
+use super::skip_serializing_none;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A reference to another object (Knative `KReference`).
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KReference {
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
 }
 
 /// Where events go: an object reference, a URI, or a URI relative to the object's address.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<KReference>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
     /// PEM CA certificates to trust for this destination (accepted, used for https).
     #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
     pub ca_certs: Option<String>,
     /// OIDC audience of the destination: Rivulet's senders present a token for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
 }
 
@@ -51,26 +49,20 @@ pub enum DeliveryFormat {
 }
 
 /// How events are delivered: retries, backoff, timeout and the dead-letter sink.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeliverySpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink: Option<Destination>,
     /// Retries after the first attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_policy: Option<BackoffPolicy>,
     /// ISO-8601 duration, the base delay of the backoff.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_delay: Option<String>,
     /// ISO-8601 duration, per request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// ISO-8601 duration, the longest `Retry-After` honoured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_max: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DeliveryFormat>,
 }
 
@@ -82,6 +74,7 @@ impl DeliverySpec {
 }
 
 /// A status condition as Knative writes it.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -89,13 +82,9 @@ pub struct Condition {
     pub type_: String,
     /// "True", "False" or "Unknown".
     pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
 }
 
@@ -126,17 +115,16 @@ impl Condition {
 }
 
 /// An address a status publishes.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Addressable {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub url: String,
     /// PEM CA certificates that sign the certificate served at an https `url`.
     #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
     pub ca_certs: Option<String>,
     /// The OIDC audience of tokens for this address (when `authentication-oidc` is on).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
 }
 

@@ -1,9 +1,11 @@
 //! Knative `EventPolicy` (`eventing.knative.dev/v1alpha1`): who may send events to which
 //! addressables of its namespace, and which events.
 
+use super::skip_serializing_none;
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use super::apply;
+use crate::knative_kind;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,21 +16,13 @@ use super::trigger::SubscriptionsApiFilter;
 use super::validation::{ValidationError, typed, validate_filter, validate_metadata};
 
 /// Knative `EventPolicy`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_kind!)]
 #[kube(
     group = "eventing.knative.dev",
     version = "v1alpha1",
-    kind = "EventPolicy",
-    plural = "eventpolicies",
-    namespaced,
-    status = "EventPolicyStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "EventPolicy"
 )]
+#[kube(status = "EventPolicyStatus", category = "eventing")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventPolicySpec {
     /// The addressables of this namespace the policy guards; empty means all of them.
@@ -43,12 +37,12 @@ pub struct EventPolicySpec {
     pub filters: Vec<SubscriptionsApiFilter>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventPolicySpecTo {
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<EventPolicyToReference>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<EventPolicySelector>,
 }
 
@@ -64,6 +58,7 @@ pub struct EventPolicyToReference {
 }
 
 /// A label selector over addressables of one kind.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventPolicySelector {
@@ -71,32 +66,31 @@ pub struct EventPolicySelector {
     pub api_version: String,
     #[serde(default)]
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_labels: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
 }
 
 /// One `matchExpressions` entry of a Kubernetes label selector.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     pub key: String,
     /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
     pub operator: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<String>>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventPolicySpecFrom {
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<EventPolicyFromReference>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventPolicyFromReference {
@@ -107,7 +101,6 @@ pub struct EventPolicyFromReference {
     #[serde(default)]
     pub name: String,
     /// Defaults to the policy's namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
 
@@ -116,10 +109,10 @@ pub struct EventPolicyFromReference {
 pub const EVENT_POLICY_CONDITIONS: ConditionSet =
     ConditionSet::new(&["AuthenticationEnabled", "SubjectsResolved"]);
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPolicyStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,

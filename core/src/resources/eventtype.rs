@@ -5,9 +5,11 @@
 //! events it sees (the inferred payload schema and its versions, a sample event) in `status`:
 //! it is observed state, not desired state, and writing it never bumps `generation`.
 
+use super::skip_serializing_none;
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use super::apply;
+use crate::knative_kind;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -29,28 +31,20 @@ pub const BROKER_LABEL: &str = "rivulet.dev/broker";
 pub const SCHEMA_DATA_ANNOTATION: &str = "rivulet.dev/schema-data";
 
 /// Knative `EventType`: a kind of event a broker carries.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_kind!)]
 #[kube(
     group = "eventing.knative.dev",
     version = "v1beta3",
-    kind = "EventType",
-    plural = "eventtypes",
-    namespaced,
-    status = "EventTypeStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.attributes[?(@.name==\"type\")].value"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "EventType"
+)]
+#[kube(status = "EventTypeStatus", category = "eventing")]
+#[kube(
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.attributes[?(@.name==\"type\")].value"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventTypeSpec {
     /// What produces or carries these events, usually a Broker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<KReference>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// The CloudEvents attributes of these events; a value, when given, is what they carry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -58,13 +52,13 @@ pub struct EventTypeSpec {
 }
 
 /// One CloudEvents attribute of an EventType.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventAttributeDefinition {
     pub name: String,
     #[serde(default)]
     pub required: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
 
@@ -72,10 +66,10 @@ pub struct EventAttributeDefinition {
 /// only then), else True.
 pub const EVENT_TYPE_CONDITIONS: ConditionSet = ConditionSet::new(&[]);
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct EventTypeStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
@@ -84,7 +78,6 @@ pub struct EventTypeStatus {
     #[schemars(schema_with = "super::common::free_form_object")]
     pub schema: Option<Value>,
     /// Bumped each time the inferred schema changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u32>,
     /// The latest schema versions, oldest first (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -94,9 +87,7 @@ pub struct EventTypeStatus {
     #[schemars(schema_with = "super::common::free_form_object")]
     pub sample: Option<Value>,
     /// The `dataschema` attribute the events carried, when they did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_schema: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_content_type: Option<String>,
 }
 
@@ -128,43 +119,34 @@ inventory::submit! {
 
 /// The v1beta2 shape, for its version of the CRD only: v1beta2 objects are converted to
 /// v1beta3 when applied ([`upgrade_v1beta2`]).
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_kind!)]
 #[kube(
     group = "eventing.knative.dev",
     version = "v1beta2",
-    kind = "EventType",
+    kind = "EventType"
+)]
+#[kube(
     root = "EventTypeV1beta2",
-    plural = "eventtypes",
-    namespaced,
     status = "EventTypeStatus",
     storage = false,
-    category = "all",
-    category = "knative",
-    category = "eventing",
+    category = "eventing"
+)]
+#[kube(
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
-    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventTypeV1beta2Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// URI of the payload schema.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
     /// The schema itself, as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_data: Option<String>,
     /// The broker's name (deprecated in Knative in favour of `reference`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<KReference>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 

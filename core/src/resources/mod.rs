@@ -10,6 +10,7 @@ mod crds;
 pub mod defaults;
 pub mod eventpolicy;
 pub mod eventtype;
+mod kind_macros;
 mod kinds;
 mod manifest;
 pub mod rabbitmq_broker_config;
@@ -31,9 +32,13 @@ pub use kinds::{
     KindInfo, ServedVersion, find_kind, find_kind_by_name, find_served_version,
     find_served_version_by_kind, kinds,
 };
+/// Applies a `macro_rules!` macro to the item below, e.g. `#[apply(knative_kind!)]`.
+pub use macro_rules_attribute::apply;
 pub use manifest::{
     Manifest, ParsedManifests, Skipped, manifest_files, parse_manifests, parse_manifests_skipping,
 };
+/// Leaves `Option` fields that are `None` out of a struct's JSON; above its `#[derive]`.
+pub use serde_with::skip_serializing_none;
 pub use trigger::{
     AuthStatus, DEPENDENCY_ANNOTATION, DependencyReference, SubscriptionsApiFilter,
     TRIGGER_CONDITIONS, Trigger, TriggerFilter, TriggerSpec, TriggerStatus, parse_dependency,

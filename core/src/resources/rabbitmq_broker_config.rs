@@ -5,6 +5,7 @@
 //! `spec.queueType`. A reference to a `RabbitmqCluster` by `name` alone needs the Kubernetes
 //! cluster operator and is refused.
 
+use super::skip_serializing_none;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use serde_json::Value;
 use super::validation::{ValidationError, typed, validate_metadata};
 
 /// `RabbitmqBrokerConfig`.
+#[skip_serializing_none]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[kube(
     group = "eventing.knative.dev",
@@ -27,21 +29,18 @@ use super::validation::{ValidationError, typed, validate_metadata};
 pub struct RabbitmqBrokerConfigSpec {
     pub rabbitmq_cluster_reference: RabbitmqClusterReference,
     /// `classic` or `quorum`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_type: Option<String>,
 }
 
 /// Where the RabbitMQ is. Only `connectionSecret` is served outside Kubernetes.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RabbitmqClusterReference {
     /// A `RabbitmqCluster` of the cluster operator (Kubernetes only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Namespace of the cluster or the Secret; the referring object's own when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_secret: Option<SecretReference>,
 }
 

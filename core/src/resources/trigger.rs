@@ -1,6 +1,8 @@
+use super::skip_serializing_none;
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use super::apply;
+use crate::knative_kind;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -8,35 +10,23 @@ use super::common::{Condition, DeliverySpec, Destination};
 use super::condition_set::ConditionSet;
 
 /// Knative `Trigger`: a subscription to a broker's events, with a filter.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_kind!)]
+#[kube(group = "eventing.knative.dev", version = "v1", kind = "Trigger")]
+#[kube(status = "TriggerStatus", category = "eventing")]
 #[kube(
-    group = "eventing.knative.dev",
-    version = "v1",
-    kind = "Trigger",
-    plural = "triggers",
-    namespaced,
-    status = "TriggerStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
     printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.broker"}"#,
-    printcolumn = r#"{"name":"Subscriber_URI","type":"string","jsonPath":".status.subscriberUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"Subscriber_URI","type":"string","jsonPath":".status.subscriberUri"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerSpec {
     /// Name of the broker in the trigger's namespace.
     pub broker: String,
     /// Legacy filter: exact matches on attributes; an empty value matches any value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<TriggerFilter>,
     /// New filters (Knative's subscriptions API): all must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<SubscriptionsApiFilter>,
     pub subscriber: Destination,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
@@ -49,14 +39,12 @@ pub struct TriggerFilter {
 }
 
 /// One filter of Knative's subscriptions API; exactly one dialect must be set.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionsApiFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "nested_filters")]
@@ -67,7 +55,6 @@ pub struct SubscriptionsApiFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::common::free_form_object")]
     pub not: Option<Box<SubscriptionsApiFilter>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cesql: Option<String>,
 }
 
@@ -87,14 +74,13 @@ fn nested_filters(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 pub const TRIGGER_CONDITIONS: ConditionSet =
     ConditionSet::new(&["BrokerReady", "SubscriberResolved", "DependencyReady"]);
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_uri: Option<String>,
     /// PEM CA certificates to trust at an https subscriber.
     #[serde(
@@ -103,7 +89,6 @@ pub struct TriggerStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub subscriber_ca_certs: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink_uri: Option<String>,
     /// PEM CA certificates to trust at an https dead-letter sink.
     #[serde(
@@ -113,21 +98,18 @@ pub struct TriggerStatus {
     )]
     pub dead_letter_sink_ca_certs: Option<String>,
     /// The OIDC audience of the resolved subscriber, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_audience: Option<String>,
     /// The resolved dead-letter sink's OIDC audience, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink_audience: Option<String>,
     /// The OIDC identity the trigger sends as (`serviceAccountName`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthStatus>,
 }
 
 /// Knative's `AuthStatus`: the service account an object's senders use.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
 }
 

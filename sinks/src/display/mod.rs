@@ -8,9 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kube::CustomResource;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use rivulet_core::knative_sink;
+use rivulet_core::resources::apply;
 use serde_json::Value;
 
 use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
@@ -125,22 +124,11 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// `EventDisplaySink`: an addressable sink inside `rivulet serve` that prints what it gets.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_sink!)]
 #[kube(
     group = "sinks.rivulet.dev",
     version = "v1alpha1",
-    kind = "EventDisplaySink",
-    plural = "eventdisplaysinks",
-    namespaced,
-    status = "SinkStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    label("duck.knative.dev/addressable", "true"),
-    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "EventDisplaySink"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventDisplaySinkSpec {}

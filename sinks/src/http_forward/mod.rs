@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kube::CustomResource;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use rivulet_core::knative_sink;
+use rivulet_core::resources::apply;
 use serde_json::Value;
 
 use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
@@ -22,30 +21,18 @@ use rivulet_core::resources::validation::{
 use rivulet_core::resources::{Condition, DeliverySpec, Destination};
 
 /// `HttpForwardSink`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_sink!)]
 #[kube(
     group = "sinks.rivulet.dev",
     version = "v1alpha1",
-    kind = "HttpForwardSink",
-    plural = "httpforwardsinks",
-    namespaced,
-    status = "SinkStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    label("duck.knative.dev/addressable", "true"),
-    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.uri"}"#,
-    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "HttpForwardSink"
 )]
+#[kube(printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.uri"}"#)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpForwardSinkSpec {
     /// Where events are forwarded: an absolute http or https URL.
     pub uri: String,
     /// Knative's delivery spec towards `uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 

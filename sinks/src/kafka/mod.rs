@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kube::CustomResource;
 use rivulet_channels::ChannelError;
 use rivulet_channels::kafka::rdkafka::admin::{
     AdminClient, AdminOptions, NewTopic, TopicReplication,
@@ -22,6 +21,8 @@ use rivulet_channels::kafka::rdkafka::message::{Header, OwnedHeaders};
 use rivulet_channels::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use rivulet_channels::kafka::rdkafka::types::RDKafkaErrorCode;
 use rivulet_channels::kafka::{self as channel_kafka, binding};
+use rivulet_core::knative_sink;
+use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -45,22 +46,11 @@ pub enum ContentMode {
 }
 
 /// Knative `KafkaSink`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_sink!)]
 #[kube(
     group = "eventing.knative.dev",
     version = "v1alpha1",
-    kind = "KafkaSink",
-    plural = "kafkasinks",
-    namespaced,
-    status = "SinkStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    label("duck.knative.dev/addressable", "true"),
-    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "KafkaSink"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSinkSpec {
@@ -69,13 +59,10 @@ pub struct KafkaSinkSpec {
     /// Kafka servers, `host:port` each.
     pub bootstrap_servers: Vec<String>,
     /// `binary` or `structured` (the default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_mode: Option<ContentMode>,
     /// Partitions of the topic when the sink creates it; unset: the topic must exist.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_partitions: Option<i32>,
     /// Replication factor of the topic when the sink creates it (1 when unset).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<i16>,
     /// Knative's authentication reference; accepted, not used (plaintext connections only).
     #[serde(default, skip_serializing_if = "Option::is_none")]

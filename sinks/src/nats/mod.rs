@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kube::CustomResource;
 use rivulet_channels::nats::async_nats::{self, jetstream};
 use rivulet_channels::nats::{DEFAULT_URL, binding};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use rivulet_core::knative_sink;
+use rivulet_core::resources::apply;
 use serde_json::Value;
 
 use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
@@ -31,28 +30,12 @@ use rivulet_core::resources::validation::{
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `NatsSink`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
-#[kube(
-    group = "sinks.rivulet.dev",
-    version = "v1alpha1",
-    kind = "NatsSink",
-    plural = "natssinks",
-    namespaced,
-    status = "SinkStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    label("duck.knative.dev/addressable", "true"),
-    printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#,
-    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
-)]
+#[apply(knative_sink!)]
+#[kube(group = "sinks.rivulet.dev", version = "v1alpha1", kind = "NatsSink")]
+#[kube(printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsSinkSpec {
     /// The NATS server (`nats://host:4222`); `nats://127.0.0.1:4222` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// The subject events are published on (no wildcards).
     pub subject: String,

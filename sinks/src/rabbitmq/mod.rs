@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kube::CustomResource;
 use rivulet_channels::rabbitmq::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use rivulet_channels::rabbitmq::lapin::{self, Confirmation};
 use rivulet_channels::rabbitmq::{Link, amqp, link};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use rivulet_core::knative_sink;
+use rivulet_core::resources::apply;
 use serde_json::Value;
 
 use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
@@ -33,37 +32,23 @@ use rivulet_core::resources::validation::{ValidationError, typed, validate_metad
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `RabbitmqSink`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_sink!)]
 #[kube(
     group = "sinks.rivulet.dev",
     version = "v1alpha1",
-    kind = "RabbitmqSink",
-    plural = "rabbitmqsinks",
-    namespaced,
-    status = "SinkStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    label("duck.knative.dev/addressable", "true"),
-    printcolumn = r#"{"name":"Exchange","type":"string","jsonPath":".spec.exchange"}"#,
-    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "RabbitmqSink"
 )]
+#[kube(printcolumn = r#"{"name":"Exchange","type":"string","jsonPath":".spec.exchange"}"#)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RabbitmqSinkSpec {
     /// The AMQP URI (`amqp://user:password@host:5672/%2f`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
     /// A Secret in the sink's namespace holding the connection instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_secret: Option<SecretReference>,
     /// The exchange events are published to; empty for the default exchange.
     #[serde(default)]
     pub exchange: String,
     /// The routing key; the event's `type` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_key: Option<String>,
 }
 

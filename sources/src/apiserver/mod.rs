@@ -14,12 +14,14 @@
 //! standalone mode there is no API server to watch: the source is validated and its sink
 //! resolved, and its status says `KubernetesRequired`.
 
+use rivulet_core::resources::skip_serializing_none;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kube::CustomResource;
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams};
 use kube::discovery::Scope;
+use rivulet_core::knative_source;
+use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -61,23 +63,11 @@ pub fn service_account_user(namespace: &str, service_account_name: Option<&str>)
 pub const DEFAULT_API_SERVER_URL: &str = "https://kubernetes.default.svc";
 
 /// Knative `ApiServerSource`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_source!)]
 #[kube(
     group = "sources.knative.dev",
     version = "v1",
-    kind = "ApiServerSource",
-    plural = "apiserversources",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "sources",
-    label("duck.knative.dev/source", "true"),
-    label("eventing.knative.dev/source", "true"),
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "ApiServerSource"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiServerSourceSpec {
@@ -87,7 +77,6 @@ pub struct ApiServerSourceSpec {
     pub resources: Vec<ApiVersionKindSelector>,
     /// Only objects whose controller (the owner reference with `controller: true`) has this
     /// kind (and apiVersion, when set) produce events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<ApiVersionKind>,
     /// `Reference` (the default): events carry a reference to the object. `Resource`: events
     /// carry the whole object.
@@ -96,11 +85,9 @@ pub struct ApiServerSourceSpec {
     /// The service account, in the source's namespace, whose rights the watches have: every
     /// request impersonates it, so it must be allowed to get, list and watch the resources
     /// (and namespaces, with a `namespaceSelector`). `default` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// The namespaces watched, by label. Unset: only the source's own namespace. Empty (`{}`):
     /// every namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     /// Knative's subscriptions API filters (experimental in Knative): an event is sent only
     /// when every filter matches it.
@@ -112,6 +99,7 @@ pub struct ApiServerSourceSpec {
 }
 
 /// A kind of object to watch.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiVersionKindSelector {
@@ -122,7 +110,6 @@ pub struct ApiVersionKindSelector {
     #[serde(default)]
     pub kind: String,
     /// Only objects with matching labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
 }
 

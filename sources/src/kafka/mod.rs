@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kube::CustomResource;
 use rivulet_channels::ChannelError;
 use rivulet_channels::kafka::consumer::{ConsumerSettings, Decoder, TrackedConsumer};
 use rivulet_channels::kafka::rdkafka::Message;
 use rivulet_channels::kafka::rdkafka::message::Headers;
 use rivulet_channels::kafka::{self as channel_kafka, binding};
+use rivulet_core::knative_source;
+use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -65,42 +66,26 @@ pub enum Ordering {
 }
 
 /// Knative `KafkaSource`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_source!)]
 #[kube(
     group = "sources.knative.dev",
     version = "v1beta1",
-    kind = "KafkaSource",
-    plural = "kafkasources",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "eventing",
-    category = "sources",
-    label("duck.knative.dev/source", "true"),
-    label("eventing.knative.dev/source", "true"),
-    printcolumn = r#"{"name":"Topics","type":"string","jsonPath":".spec.topics"}"#,
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "KafkaSource"
 )]
+#[kube(category = "eventing")]
+#[kube(printcolumn = r#"{"name":"Topics","type":"string","jsonPath":".spec.topics"}"#)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSourceSpec {
     /// Kafka servers, `host:port` each.
     pub bootstrap_servers: Vec<String>,
     pub topics: Vec<String>,
     /// The consumer group; `knative-kafka-source-{uid or name}` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_group: Option<String>,
     /// Where a group without committed offsets starts: `latest` (default) or `earliest`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_offset: Option<InitialOffset>,
     /// `ordered` or `unordered` (default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<Ordering>,
     /// Knative's consumer count; accepted, one consumer runs per source here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<i32>,
     /// Knative's `net` (authentication); accepted, not used (plaintext connections only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +95,6 @@ pub struct KafkaSourceSpec {
     #[serde(flatten)]
     pub source: SourceSpec,
     /// Delivery rules towards the sink.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 

@@ -30,13 +30,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use kube::CustomResource;
 use rivulet_channels::nats::async_nats::jetstream::AckKind;
 use rivulet_channels::nats::async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use rivulet_channels::nats::async_nats::{self, HeaderMap};
 use rivulet_channels::nats::{DEFAULT_URL, binding};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use rivulet_core::knative_source;
+use rivulet_core::resources::apply;
 use serde_json::Value;
 
 use super::{
@@ -62,44 +61,27 @@ const FIRST_REDELIVERY_DELAY: Duration = Duration::from_millis(500);
 const LONGEST_REDELIVERY_DELAY: Duration = Duration::from_secs(30);
 
 /// `NatsSource`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_source!)]
 #[kube(
     group = "sources.rivulet.dev",
     version = "v1alpha1",
-    kind = "NatsSource",
-    plural = "natssources",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "sources",
-    label("duck.knative.dev/source", "true"),
-    label("eventing.knative.dev/source", "true"),
-    printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#,
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "NatsSource"
 )]
+#[kube(printcolumn = r#"{"name":"Subject","type":"string","jsonPath":".spec.subject"}"#)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsSourceSpec {
     /// The NATS server (`nats://host:4222`); `nats://127.0.0.1:4222` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// The subject to read; wildcards (`*`, `>`) allowed.
     pub subject: String,
     /// Core NATS only: join this queue group, so that sources sharing it split the messages
     /// (default `rivulet-{namespace}-{name}`: the source's own, which its replicas share).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_group: Option<String>,
     /// JetStream mode: the stream to consume (it must exist).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
     /// JetStream mode: the durable consumer's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
     /// Retries towards the sink.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
     /// Where events go and what is added to them, as every source has.
     #[serde(flatten)]

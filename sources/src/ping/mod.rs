@@ -15,9 +15,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use kube::CustomResource;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use rivulet_core::knative_source;
+use rivulet_core::resources::apply;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -37,41 +36,20 @@ pub const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
 const MAX_IN_FLIGHT: usize = 256;
 
 /// Knative `PingSource`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
-#[kube(
-    group = "sources.knative.dev",
-    version = "v1",
-    kind = "PingSource",
-    plural = "pingsources",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "sources",
-    label("duck.knative.dev/source", "true"),
-    label("eventing.knative.dev/source", "true"),
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
-)]
+#[apply(knative_source!)]
+#[kube(group = "sources.knative.dev", version = "v1", kind = "PingSource")]
+#[kube(printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PingSourceSpec {
     /// Cron schedule; `* * * * *` (every minute) when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     /// IANA time zone the schedule is read in; UTC when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
     /// Media type of `data` or `dataBase64` (the event's `datacontenttype`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// The event data, as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
     /// The event data, base64-encoded; not together with `data`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
     /// Where events go and what is added to them, as every source has.
     #[serde(flatten)]

@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use kube::CustomResource;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use rivulet_core::knative_source;
+use rivulet_core::resources::apply;
 use serde_json::{Value, json};
 
 use super::{StatusOf, api_message, inject_env, injected_env, kubernetes_required, write_status};
@@ -45,23 +44,11 @@ const STATUS: StatusOf = StatusOf {
 pub const AVAILABILITY_RECHECK: Duration = Duration::from_secs(10);
 
 /// Knative `ContainerSource`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_source!)]
 #[kube(
     group = "sources.knative.dev",
     version = "v1",
-    kind = "ContainerSource",
-    plural = "containersources",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "sources",
-    label("duck.knative.dev/source", "true"),
-    label("eventing.knative.dev/source", "true"),
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "ContainerSource"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSourceSpec {

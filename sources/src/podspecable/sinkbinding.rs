@@ -15,14 +15,16 @@
 //! binding releases every workload carrying its label. Workloads are not watched, so a
 //! ready binding looks at its subjects again every [`SUBJECT_RECHECK`].
 
+use rivulet_core::resources::skip_serializing_none;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::CustomResource;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
+use rivulet_core::knative_kind;
+use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -75,24 +77,13 @@ fn is_knative_service(api_version: &str, kind: &str) -> bool {
 }
 
 /// Knative `SinkBinding`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_kind!)]
+#[kube(group = "sources.knative.dev", version = "v1", kind = "SinkBinding")]
+#[kube(status = "SourceStatus", category = "sources", category = "bindings")]
 #[kube(
-    group = "sources.knative.dev",
-    version = "v1",
-    kind = "SinkBinding",
-    plural = "sinkbindings",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "sources",
-    category = "bindings",
     label("duck.knative.dev/source", "true"),
     label("duck.knative.dev/binding", "true"),
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkBindingSpec {
@@ -105,6 +96,7 @@ pub struct SinkBindingSpec {
 }
 
 /// The workloads bound: one by name, or all matching a label selector.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subject {
@@ -114,13 +106,10 @@ pub struct Subject {
     /// (`serving.knative.dev/v1`).
     pub kind: String,
     /// Must be the binding's own namespace when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The one workload bound; mutually exclusive with `selector`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The labels of the workloads bound; mutually exclusive with `name`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<SubjectSelector>,
 }
 

@@ -22,13 +22,13 @@
 //! dead-letters it when the queue has a dead-letter exchange). While the sink is unreachable
 //! the message is held and sent again with a growing pause.
 
+use rivulet_core::resources::skip_serializing_none;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use kube::CustomResource;
 use rivulet_channels::rabbitmq::lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -36,6 +36,8 @@ use rivulet_channels::rabbitmq::lapin::options::{
 use rivulet_channels::rabbitmq::lapin::types::FieldTable;
 use rivulet_channels::rabbitmq::lapin::{self, BasicProperties, Connection, ConnectionProperties};
 use rivulet_channels::rabbitmq::{amqp, link};
+use rivulet_core::knative_source;
+use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,57 +60,39 @@ use rivulet_core::resources::{Condition, DeliverySpec};
 pub const WRAPPED_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
 
 /// Knative's `RabbitmqSource`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_source!)]
 #[kube(
     group = "sources.knative.dev",
     version = "v1alpha1",
-    kind = "RabbitmqSource",
-    plural = "rabbitmqsources",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "sources",
-    label("duck.knative.dev/source", "true"),
-    label("eventing.knative.dev/source", "true"),
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    kind = "RabbitmqSource"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RabbitmqSourceSpec {
     /// Where the RabbitMQ is: its connection Secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq_cluster_reference: Option<RabbitmqClusterReference>,
     /// Rivulet's shortcut: the AMQP URI itself (`amqp://user:password@host:5672/%2f`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
     pub rabbitmq_resources_config: RabbitmqResourcesConfig,
     /// Retries towards the sink.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
     /// Where events go and what is added to them, as every source has.
     #[serde(flatten)]
     pub source: SourceSpec,
     /// Accepted for Knative compatibility; unused outside Kubernetes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
 }
 
 /// What to consume.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RabbitmqResourcesConfig {
     pub queue_name: String,
     /// An existing exchange the queue is bound to (routing key `#`), unless `predeclared`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange_name: Option<String>,
     /// The virtual host, when the URI does not name one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<String>,
     /// Messages in flight to the sink; 1 (the default) keeps their order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<i32>,
     /// The queue (and its bindings) exist already: declare nothing.
     #[serde(default)]

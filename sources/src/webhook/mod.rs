@@ -16,7 +16,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
-use kube::CustomResource;
+use rivulet_core::knative_source;
+use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,46 +42,32 @@ pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Rivulet's `WebhookSource`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[apply(knative_source!)]
 #[kube(
     group = "sources.rivulet.dev",
     version = "v1alpha1",
-    kind = "WebhookSource",
-    plural = "webhooksources",
-    namespaced,
-    status = "SourceStatus",
-    category = "all",
-    category = "knative",
-    category = "sources",
-    label("duck.knative.dev/source", "true"),
-    label("eventing.knative.dev/source", "true"),
+    kind = "WebhookSource"
+)]
+#[kube(
     label("duck.knative.dev/addressable", "true"),
-    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
-    printcolumn = r#"{"name":"Sink","type":"string","jsonPath":".status.sinkUri"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookSourceSpec {
     /// The `type` of the events; `dev.rivulet.webhook` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
     /// The `source` of the events; the source's own path when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_source: Option<String>,
     /// Extension attributes taken from request headers: extension name to header name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extensions_from_headers: BTreeMap<String, String>,
     /// The Secret key holding the HMAC-SHA256 key; when set, requests must be signed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretKeySelector>,
     /// Where events go and what is added to them, as every source has.
     #[serde(flatten)]
     pub source: SourceSpec,
     /// Retries towards the sink while the caller waits (no dead-letter sink: the caller is
     /// told of the failure instead).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
