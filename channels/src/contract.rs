@@ -290,10 +290,7 @@ pub async fn receive_waits_for_new_events(backend: &str, config: &ChannelConfig)
     let channel = open(backend, config).await;
     subscribe(&channel, SUBSCRIPTION, &all_events()).await;
     let subscription = consume(&channel, SUBSCRIPTION).await;
-    let waiting = {
-        let subscription = Arc::clone(&subscription);
-        tokio::spawn(async move { subscription.receive(10).await })
-    };
+    let waiting = spawn_receive(&subscription);
     assert_still_waiting(&waiting, "receive on an empty subscription").await;
     publish(&channel, vec![event(0)]).await;
     let received = within("the waiting receive", waiting)
@@ -560,10 +557,7 @@ pub async fn max_in_flight_limits_unacknowledged_events(backend: &str, config: &
     let held = receive_exactly(&*subscription, 2).await;
     assert_eq!(ids(&held), expected_ids([0, 1]));
 
-    let waiting = {
-        let subscription = Arc::clone(&subscription);
-        tokio::spawn(async move { subscription.receive(10).await })
-    };
+    let waiting = spawn_receive(&subscription);
     assert_still_waiting(&waiting, "receive beyond max_in_flight").await;
     ack_all(&*subscription, &held[..1]).await;
     let next = within("receive after an ack", waiting)
@@ -578,10 +572,7 @@ pub async fn deleted_subscription_stops_delivery(backend: &str, config: &Channel
     let channel = open(backend, config).await;
     subscribe(&channel, SUBSCRIPTION, &all_events()).await;
     let subscription = consume(&channel, SUBSCRIPTION).await;
-    let waiting = {
-        let subscription = Arc::clone(&subscription);
-        tokio::spawn(async move { subscription.receive(10).await })
-    };
+    let waiting = spawn_receive(&subscription);
     assert_still_waiting(&waiting, "receive on an empty subscription").await;
     within(
         "delete_subscription",
@@ -789,6 +780,39 @@ pub fn config(
         data_dir: data_dir.into(),
         settings: BTreeMap::new(),
     }
+}
+
+/// A [`config`] for a broker name no other case of this process uses, on a server shared by
+/// every case (the one named by the environment variable `server_env`, else
+/// `default_server`, given to the backend as `setting`), so its streams, topics or queues
+/// start empty.
+pub fn shared_server_config(
+    setting: &str,
+    server_env: &str,
+    default_server: &str,
+) -> ChannelConfig {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let broker = format!(
+        "b-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let mut config = config("contract", &broker, std::env::temp_dir());
+    let server = std::env::var(server_env).unwrap_or_else(|_| default_server.to_owned());
+    config.settings.insert(setting.into(), server);
+    config
+}
+
+/// A `receive(10)` left waiting in a task of its own.
+fn spawn_receive(
+    subscription: &Arc<dyn Subscription>,
+) -> tokio::task::JoinHandle<Result<Vec<Received>, ChannelError>> {
+    let subscription = Arc::clone(subscription);
+    tokio::spawn(async move { subscription.receive(10).await })
 }
 
 /// Waits until the subscription's backlog is `expected` (backends may count a moment late).

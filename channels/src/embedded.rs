@@ -33,8 +33,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::routing::RoutingIndex;
 use crate::{
-    Backend, Channel, ChannelConfig, ChannelError, Envelope, OpenChannel, Prefilter, Received,
-    StorageFault, Subscription, SubscriptionSpec,
+    Backend, Channel, ChannelConfig, ChannelError, Envelope, Prefilter, Received, StorageFault,
+    Subscription, SubscriptionSpec,
 };
 
 inventory::submit! {
@@ -43,15 +43,8 @@ inventory::submit! {
         durable: true,
         broker_class: None,
         channel_kind: None,
-        open: open_embedded,
+        open: |config| crate::opened(async move { EmbeddedChannel::open(&config).await }),
     }
-}
-
-fn open_embedded(config: ChannelConfig) -> OpenChannel {
-    Box::pin(async move {
-        let channel = EmbeddedChannel::open(&config).await?;
-        Ok(Arc::new(channel) as Arc<dyn Channel>)
-    })
 }
 
 /// seq -> encoded envelope.

@@ -294,6 +294,13 @@ pub struct ChannelConfig {
 /// What opening a channel gives back, eventually.
 pub type OpenChannel = futures::future::BoxFuture<'static, Result<Arc<dyn Channel>, ChannelError>>;
 
+/// What a backend's `open` gives back, given the future that opens its own channel type.
+pub fn opened<C: Channel + 'static>(
+    opening: impl std::future::Future<Output = Result<C, ChannelError>> + Send + 'static,
+) -> OpenChannel {
+    Box::pin(async move { Ok(Arc::new(opening.await?) as Arc<dyn Channel>) })
+}
+
 /// A channel backend, registered by name with `inventory::submit!`.
 pub struct Backend {
     /// The name brokers select it by (`embedded`, `memory`, `kafka`, ...).
@@ -352,4 +359,34 @@ pub async fn open(
         ))
     })?;
     (backend.open)(config).await
+}
+
+/// Builders the backends' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use crate::Envelope;
+
+    /// An envelope of string attributes and optional data.
+    pub fn envelope(attributes: &[(&str, &str)], data: Option<&[u8]>) -> Envelope {
+        Envelope {
+            attributes: attributes
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            data: data.map(Bytes::copy_from_slice),
+            typed: Vec::new(),
+        }
+    }
+
+    /// A map of backend settings, from `(key, value)` pairs.
+    pub fn pairs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
 }

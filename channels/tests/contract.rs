@@ -34,26 +34,15 @@ mod embedded {
 #[cfg(feature = "nats")]
 mod nats {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A broker nobody else uses on the NATS server named by `RIVULET_NATS_URL` (default
-    /// `nats://127.0.0.1:4222`), so its stream starts empty.
+    /// `nats://127.0.0.1:4222`).
     fn fixture() -> ContractFixture {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let broker = format!(
-            "b-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut config = contract::config("contract", &broker, std::env::temp_dir());
-        let url = std::env::var("RIVULET_NATS_URL")
-            .unwrap_or_else(|_| rivulet_channels::nats::DEFAULT_URL.to_owned());
-        config.settings.insert("url".into(), url);
-        ContractFixture::new(config)
+        ContractFixture::new(contract::shared_server_config(
+            "url",
+            "RIVULET_NATS_URL",
+            rivulet_channels::nats::DEFAULT_URL,
+        ))
     }
 
     rivulet_channels::channel_contract_tests!("nats", fixture());
@@ -64,7 +53,7 @@ mod nats {
 #[cfg(feature = "kafka-tests")]
 mod kafka {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Held for the whole of a case: the Kafka cases run one at a time, because tansu 0.6
     /// sometimes reports a topic as unknown while others are created and deleted, and
@@ -92,25 +81,15 @@ mod kafka {
     }
 
     /// A broker nobody else uses on the Kafka server named by `RIVULET_KAFKA_BOOTSTRAP`
-    /// (default `127.0.0.1:9092`), so its topic and groups start empty. One partition: the
-    /// contract expects one order across everything published, which Kafka keeps only within
-    /// a partition.
+    /// (default `127.0.0.1:9092`). One partition: the contract expects one order across
+    /// everything published, which Kafka keeps only within a partition.
     fn fixture() -> ContractFixture {
         let turn = OneAtATime::take();
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let broker = format!(
-            "b-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
+        let mut config = contract::shared_server_config(
+            "bootstrap.servers",
+            "RIVULET_KAFKA_BOOTSTRAP",
+            "127.0.0.1:9092",
         );
-        let mut config = contract::config("contract", &broker, std::env::temp_dir());
-        let servers = std::env::var("RIVULET_KAFKA_BOOTSTRAP")
-            .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
-        config.settings.insert("bootstrap.servers".into(), servers);
         config
             .settings
             .insert("default.topic.partitions".into(), "1".into());
@@ -123,27 +102,15 @@ mod kafka {
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A broker nobody else uses on the RabbitMQ server named by `RIVULET_RABBITMQ_URI`
-    /// (default `amqp://guest:guest@127.0.0.1:5672/%2f`), so its exchange and queues start
-    /// empty.
+    /// (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
     fn fixture() -> ContractFixture {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let broker = format!(
-            "b-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut config = contract::config("contract", &broker, std::env::temp_dir());
-        let uri = std::env::var("RIVULET_RABBITMQ_URI")
-            .unwrap_or_else(|_| rivulet_channels::rabbitmq::DEFAULT_URI.to_owned());
-        config.settings.insert("uri".into(), uri);
-        ContractFixture::new(config)
+        ContractFixture::new(contract::shared_server_config(
+            "uri",
+            "RIVULET_RABBITMQ_URI",
+            rivulet_channels::rabbitmq::DEFAULT_URI,
+        ))
     }
 
     rivulet_channels::channel_contract_tests!("rabbitmq", fixture());

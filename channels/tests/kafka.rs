@@ -9,25 +9,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rivulet_channels::contract::{config, event};
+use rivulet_channels::contract::{event, shared_server_config};
 use rivulet_channels::{ChannelConfig, Prefilter, Subscription, SubscriptionSpec};
 
 /// The tests of this file run one at a time (see the Kafka fixture of the contract tests).
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn fresh_config(partitions: u32) -> ChannelConfig {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let mut config = config(
-        "kafka-tests",
-        &format!("rebalance-{}-{nanos}", std::process::id()),
-        std::env::temp_dir(),
+    let mut config = shared_server_config(
+        "bootstrap.servers",
+        "RIVULET_KAFKA_BOOTSTRAP",
+        "127.0.0.1:9092",
     );
-    let servers =
-        std::env::var("RIVULET_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
-    config.settings.insert("bootstrap.servers".into(), servers);
     config
         .settings
         .insert("default.topic.partitions".into(), partitions.to_string());

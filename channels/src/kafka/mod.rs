@@ -35,8 +35,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{
-    Backend, Channel, ChannelConfig, ChannelError, Envelope, OpenChannel, Prefilter, Received,
-    Subscription, SubscriptionSpec,
+    Backend, Channel, ChannelConfig, ChannelError, Envelope, Prefilter, Received, Subscription,
+    SubscriptionSpec,
 };
 use consumer::{ConsumerSettings, Decoder, REQUEST_TIMEOUT, StopHandle, TrackedConsumer};
 
@@ -46,7 +46,7 @@ inventory::submit! {
         durable: true,
         broker_class: Some("Kafka"),
         channel_kind: Some("KafkaChannel"),
-        open: open_kafka,
+        open: |config| crate::opened(async move { KafkaChannel::open(config).await }),
     }
 }
 
@@ -173,13 +173,6 @@ where
             "Kafka did not acknowledge the write: {reason}"
         ))),
     }
-}
-
-fn open_kafka(config: ChannelConfig) -> OpenChannel {
-    Box::pin(async move {
-        let channel = KafkaChannel::open(config).await?;
-        Ok(Arc::new(channel) as Arc<dyn Channel>)
-    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -652,13 +645,7 @@ impl Subscription for KafkaSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn settings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::test_support::pairs as settings;
 
     #[test]
     fn names_follow_knative() {

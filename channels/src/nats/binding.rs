@@ -217,17 +217,7 @@ pub fn percent_decode(value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn envelope(attributes: &[(&str, &str)], data: Option<&[u8]>) -> Envelope {
-        Envelope {
-            attributes: attributes
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            data: data.map(Bytes::copy_from_slice),
-            typed: Vec::new(),
-        }
-    }
+    use crate::test_support::envelope;
 
     fn round_trip(original: &Envelope) -> Envelope {
         let encoded = encode(original).expect("encode");

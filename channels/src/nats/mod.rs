@@ -43,8 +43,8 @@ use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    Backend, Channel, ChannelConfig, ChannelError, Envelope, OpenChannel, Prefilter, Received,
-    Subscription, SubscriptionSpec,
+    Backend, Channel, ChannelConfig, ChannelError, Envelope, Prefilter, Received, Subscription,
+    SubscriptionSpec,
 };
 
 inventory::submit! {
@@ -53,15 +53,8 @@ inventory::submit! {
         durable: true,
         broker_class: Some("NatsJetStreamBroker"),
         channel_kind: Some("NatsJetStreamChannel"),
-        open: open_nats,
+        open: |config| crate::opened(async move { NatsChannel::open(&config).await }),
     }
-}
-
-fn open_nats(config: ChannelConfig) -> OpenChannel {
-    Box::pin(async move {
-        let channel = NatsChannel::open(&config).await?;
-        Ok(Arc::new(channel) as Arc<dyn Channel>)
-    })
 }
 
 /// The server used when the configuration names none.
@@ -473,6 +466,24 @@ impl NatsChannel {
             .map_err(|e| unavailable(&format!("opening stream {}", config.name), e))
     }
 
+    /// The durable consumer of subscription `name`; `UnknownSubscription` when it (or the
+    /// stream) does not exist.
+    async fn existing_consumer(&self, name: &str) -> Result<PullConsumer, ChannelError> {
+        self.check_open()?;
+        match self.stream().get_consumer(&consumer_name(name)).await {
+            Ok(consumer) => Ok(consumer),
+            Err(error)
+                if is_error_code(
+                    &*error,
+                    &[ErrorCode::CONSUMER_NOT_FOUND, ErrorCode::STREAM_NOT_FOUND],
+                ) =>
+            {
+                Err(ChannelError::UnknownSubscription(name.to_owned()))
+            }
+            Err(error) => Err(unavailable(&format!("opening consumer {name:?}"), error)),
+        }
+    }
+
     fn check_open(&self) -> Result<(), ChannelError> {
         if self.destroyed.load(Ordering::SeqCst) {
             return Err(ChannelError::Closed);
@@ -575,19 +586,7 @@ impl Channel for NatsChannel {
     }
 
     async fn consume(&self, name: &str) -> Result<Arc<dyn Subscription>, ChannelError> {
-        self.check_open()?;
-        let consumer: PullConsumer = match self.stream().get_consumer(&consumer_name(name)).await {
-            Ok(consumer) => consumer,
-            Err(error)
-                if is_error_code(
-                    &*error,
-                    &[ErrorCode::CONSUMER_NOT_FOUND, ErrorCode::STREAM_NOT_FOUND],
-                ) =>
-            {
-                return Err(ChannelError::UnknownSubscription(name.to_owned()));
-            }
-            Err(error) => return Err(unavailable(&format!("opening consumer {name:?}"), error)),
-        };
+        let consumer = self.existing_consumer(name).await?;
         let known_spec = lock(&self.subscriptions)
             .get(name)
             .and_then(|known| known.spec.clone());
@@ -615,22 +614,7 @@ impl Channel for NatsChannel {
     }
 
     async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
-        self.check_open()?;
-        let mut consumer: PullConsumer =
-            match self.stream().get_consumer(&consumer_name(name)).await {
-                Ok(consumer) => consumer,
-                Err(error)
-                    if is_error_code(
-                        &*error,
-                        &[ErrorCode::CONSUMER_NOT_FOUND, ErrorCode::STREAM_NOT_FOUND],
-                    ) =>
-                {
-                    return Err(ChannelError::UnknownSubscription(name.to_owned()));
-                }
-                Err(error) => {
-                    return Err(unavailable(&format!("opening consumer {name:?}"), error));
-                }
-            };
+        let mut consumer = self.existing_consumer(name).await?;
         let info = consumer
             .info()
             .await
@@ -1024,13 +1008,7 @@ impl Subscription for NatsSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn settings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::test_support::pairs as settings;
 
     #[test]
     fn settings_have_defaults_and_name_bad_keys() {

@@ -247,18 +247,7 @@ pub fn binding_arguments(pairs: &[(String, String)]) -> Result<FieldTable, Mappi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn envelope(attributes: &[(&str, &str)], data: Option<&[u8]>) -> Envelope {
-        Envelope {
-            attributes: attributes
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            data: data.map(Bytes::copy_from_slice),
-            typed: Vec::new(),
-        }
-    }
+    use crate::test_support::envelope;
 
     #[test]
     fn binary_mode_round_trips_order_and_data() {

@@ -49,7 +49,7 @@ pub use lapin;
 pub use link::Link;
 
 use crate::{
-    Backend, Channel, ChannelConfig, ChannelError, Envelope, OpenChannel, Received, Subscription,
+    Backend, Channel, ChannelConfig, ChannelError, Envelope, Received, Subscription,
     SubscriptionSpec,
 };
 use link::{is_not_found, is_precondition_failed, unavailable};
@@ -60,15 +60,8 @@ inventory::submit! {
         durable: true,
         broker_class: Some("RabbitMQBroker"),
         channel_kind: None,
-        open: open_rabbitmq,
+        open: |config| crate::opened(async move { RabbitChannel::open(&config).await }),
     }
-}
-
-fn open_rabbitmq(config: ChannelConfig) -> OpenChannel {
-    Box::pin(async move {
-        let channel = RabbitChannel::open(&config).await?;
-        Ok(Arc::new(channel) as Arc<dyn Channel>)
-    })
 }
 
 /// The URI of a RabbitMQ on this host with its default user, for tests and examples.
@@ -278,32 +271,14 @@ impl Shared {
         Ok(())
     }
 
-    /// Whether the queue of `subscription` exists (a passive declare, on a channel of its
-    /// own since RabbitMQ closes the channel when it does not).
+    /// Whether the queue of `subscription` exists.
     async fn queue_exists(&self, queue: &str) -> Result<bool, ChannelError> {
-        let channel = self.link.channel().await?;
-        match channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(_) => {
-                let _ = channel.close(200, "done".into()).await;
-                Ok(true)
-            }
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(unavailable("queue.declare", e)),
-        }
+        Ok(self.queue_message_count(queue).await?.is_some())
     }
 
     /// The messages ready in a queue (not those delivered and unacknowledged), or `None`
-    /// when it does not exist.
+    /// when it does not exist: a passive declare, on a channel of its own since RabbitMQ
+    /// closes the channel when the queue does not exist.
     async fn queue_message_count(&self, queue: &str) -> Result<Option<u32>, ChannelError> {
         let channel = self.link.channel().await?;
         match channel
