@@ -31,6 +31,31 @@ pub mod routing;
 
 pub use routing::{Prefilter, RouteFilter, RoutingIndex};
 
+/// The context attributes CloudEvents 1.0 defines, in the order the spec lists them.
+pub const V10_CONTEXT_ATTRIBUTES: [&str; 8] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+];
+
+/// The context attributes CloudEvents 0.3 defines, in the order the spec lists them.
+pub const V03_CONTEXT_ATTRIBUTES: [&str; 9] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "datacontenttype",
+    "schemaurl",
+    "subject",
+    "time",
+    "datacontentencoding",
+];
+
 /// One CloudEvent as a channel carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Envelope {

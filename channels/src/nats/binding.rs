@@ -29,20 +29,6 @@ pub const EMPTY_DATA_HEADER: &str = "rivulet-empty-data";
 /// Comma-separated attribute names, present when their order is not the canonical one.
 pub const ATTRIBUTE_ORDER_HEADER: &str = "rivulet-attribute-order";
 
-/// Context attributes in the order decoding gives them; extensions follow, sorted by name.
-const CANONICAL_ORDER: [&str; 10] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "schemaurl",
-    "subject",
-    "time",
-    "datacontentencoding",
-];
-
 /// Why a NATS message is not a binary-mode CloudEvent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BindingError {
@@ -163,11 +149,21 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, 
     })
 }
 
+/// Where an attribute stands in the order decoding gives: the context attributes as
+/// CloudEvents 1.0 lists them, with 0.3's `schemaurl` right after `dataschema` and its
+/// `datacontentencoding` right after `time`, then extensions by name.
 fn canonical_key(name: &str) -> (usize, &str) {
-    let rank = CANONICAL_ORDER
-        .iter()
-        .position(|known| *known == name)
-        .unwrap_or(CANONICAL_ORDER.len());
+    let v10_rank = |attribute: &str| {
+        crate::V10_CONTEXT_ATTRIBUTES
+            .iter()
+            .position(|known| *known == attribute)
+            .map_or(usize::MAX, |position| 2 * position)
+    };
+    let rank = match name {
+        "schemaurl" => v10_rank("dataschema") + 1,
+        "datacontentencoding" => v10_rank("time") + 1,
+        _ => v10_rank(name),
+    };
     (rank, name)
 }
 

@@ -48,11 +48,220 @@ impl Reconcile for BrokerReconciler {
         object: &Value,
         ctx: &Arc<Context>,
     ) -> Result<Action, ReconcileError> {
-        reconcile(broker, object, ctx).await
+        ctx.ensure_finalizer(Context::kind("Broker"), object)
+            .await?;
+        let (namespace, name) = object_key(object);
+        let oidc = ctx.settings.features.current().authentication_oidc;
+        let audience = oidc.then(|| {
+            rivulet_broker::auth::audience("eventing.knative.dev", "Broker", &namespace, &name)
+        });
+        let (address, addresses) = ctx
+            .settings
+            .addresses_at(&format!("/{namespace}/{name}"), audience);
+        let mut parts = Vec::new();
+        let mut action = Action::AwaitChange;
+
+        match choose_backend(&broker, &namespace, ctx).await {
+            Err(reason) => {
+                parts.push(Condition::new(
+                    "IngressReady",
+                    false,
+                    "BackendConfigInvalid",
+                    reason,
+                ));
+                drop_handle(&namespace, &name, ctx);
+            }
+            Ok(choice) => {
+                let fingerprint = format!("{}:{:?}", choice.backend, choice.settings);
+                let existing = ctx.brokers.get(&namespace, &name);
+                let channel = match existing {
+                    Some(handle) if handle.config_fingerprint == fingerprint => {
+                        Ok(handle.channel.clone())
+                    }
+                    other => {
+                        if other.is_some() {
+                            drop_handle(&namespace, &name, ctx);
+                        }
+                        rivulet_channels::open(
+                            &choice.backend,
+                            rivulet_channels::ChannelConfig {
+                                namespace: namespace.clone(),
+                                broker: name.clone(),
+                                data_dir: ctx.settings.data_dir.clone(),
+                                settings: choice.settings.clone(),
+                            },
+                        )
+                        .await
+                    }
+                };
+                match channel {
+                    Err(error) => {
+                        parts.push(Condition::new(
+                            "IngressReady",
+                            false,
+                            "ChannelUnavailable",
+                            format!("{} channel: {error}", choice.backend),
+                        ));
+                        action = Action::Requeue(Duration::from_secs(5));
+                    }
+                    Ok(channel) => {
+                        let backend = rivulet_channels::backend(&choice.backend)
+                            .map(|b| b.name)
+                            .unwrap_or("unknown");
+                        let dead_letter = match broker
+                            .spec
+                            .delivery
+                            .as_ref()
+                            .and_then(|d| d.dead_letter_sink.as_ref())
+                        {
+                            None => None,
+                            Some(sink) => Some(
+                                ctx.resolve_for(object, "/status/deadLetterSinkUri", sink)
+                                    .await,
+                            ),
+                        };
+                        let dead_letter_uri =
+                            dead_letter.as_ref().and_then(|r| r.as_ref().ok()).cloned();
+                        if let Some(Err(reason)) = &dead_letter {
+                            parts.push(Condition::new(
+                                "DeadLetterSinkResolved",
+                                false,
+                                "Unresolved",
+                                reason.clone(),
+                            ));
+                            action = Action::Requeue(Duration::from_secs(5));
+                        } else if dead_letter.is_some() {
+                            parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
+                        }
+                        let channel_fault = channel.storage_fault();
+                        ctx.brokers.insert(Arc::new(BrokerHandle {
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            backend,
+                            channel,
+                            delivery: broker.spec.delivery.clone(),
+                            dead_letter_uri,
+                            config_fingerprint: fingerprint,
+                            labels: broker.metadata.labels.clone().unwrap_or_default(),
+                        }));
+                        let ingress_ready = match channel_fault {
+                            None => Condition::new(
+                                "IngressReady",
+                                true,
+                                "",
+                                format!("{backend} channel"),
+                            ),
+                            Some(fault) => {
+                                // Checked again when the fault goes (see `storage::watch`) and
+                                // meanwhile now and then.
+                                action = Action::Requeue(Duration::from_secs(5));
+                                let reason = if fault.full {
+                                    "StorageFull"
+                                } else {
+                                    "StorageFailed"
+                                };
+                                Condition::new("IngressReady", false, reason, fault.message)
+                            }
+                        };
+                        parts.insert(0, ingress_ready);
+                        parts.insert(1, Condition::new("Addressable", true, "", ""));
+                    }
+                }
+            }
+        }
+
+        let ready = parts.iter().all(Condition::is_true);
+        let target = rivulet_broker::auth::TargetRef {
+            group: "eventing.knative.dev".into(),
+            kind: "Broker".into(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            labels: broker.metadata.labels.clone().unwrap_or_default(),
+        };
+        let (policies, policies_ready) = super::eventpolicy::policies_status(ctx, &target);
+        parts.push(policies_ready);
+        if let Some(cap) = ctx
+            .extensions
+            .get_or_default::<CappedBrokers>()
+            .get(&namespace, &name)
+        {
+            // Informational: the broker works, only discovery stopped for new types.
+            parts.push(Condition {
+                severity: Some("Info".into()),
+                ..Condition::new(
+                    "EventTypesAutoCreated",
+                    false,
+                    "CapReached",
+                    format!(
+                        "{cap} EventTypes were auto-created for this broker, the most allowed (--eventtype-max-per-broker); events of new types are accepted but get no EventType (counted in rivulet_eventtypes_capped_total)"
+                    ),
+                )
+            });
+        }
+        let status = BrokerStatus {
+            observed_generation: generation(object),
+            conditions: rivulet_core::resources::BROKER_CONDITIONS.summarize(parts),
+            address: ready.then_some(address),
+            addresses: addresses.filter(|_| ready),
+            policies,
+            dead_letter_sink_uri: ctx
+                .brokers
+                .get(&namespace, &name)
+                .and_then(|h| h.dead_letter_uri.clone()),
+            annotations: None,
+        };
+        ctx.write_status(Context::kind("Broker"), &namespace, &name, json!(status))
+            .await?;
+        reconcile_triggers_of(&namespace, &name, ctx).await;
+        Ok(action)
     }
 
+    /// A broker is gone: close its ingress, stop its triggers and, where this process owns
+    /// backend resources, drain what their subscriptions still hold (grace for deliveries in
+    /// flight, the rest to the dead-letter sinks or counted dropped) and remove its channel's
+    /// storage (topic, exchange, stream, log).
     async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-        cleanup(object, ctx).await
+        let (namespace, name) = object_key(object);
+        let handle = ctx.brokers.remove(&namespace, &name);
+        // The consumers are taken here so that the drain stops them, not the triggers' reconcile.
+        let kind = Context::kind("Trigger");
+        let mut triggers = Vec::new();
+        for trigger in ctx.store.list(kind, Some(&namespace)).await? {
+            if trigger.pointer("/spec/broker").and_then(Value::as_str) == Some(name.as_str()) {
+                let running = ctx.take_trigger(&namespace, &object_key(&trigger).1).await;
+                // Not ready any more: the broker is gone.
+                Box::pin(ctx.reconcile_applied(kind, &trigger)).await;
+                triggers.push((trigger, running));
+            }
+        }
+        let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
+            for running in triggers.into_iter().filter_map(|(_, running)| running) {
+                tokio::spawn(running.stop_for_good(ctx.settings.delete_grace));
+            }
+            ctx.deletions
+                .finish("Broker", &namespace, &name, DrainReport::default());
+            return Ok(());
+        };
+        let work = {
+            let ctx = ctx.clone();
+            async move {
+                let report = drain::drain_triggers(&ctx, &handle.channel, triggers).await;
+                if report != DrainReport::default() {
+                    tracing::info!(
+                        %namespace,
+                        broker = %name,
+                        drained = report.drained,
+                        dead_lettered = report.dead_lettered,
+                        dropped = report.dropped,
+                        "broker deleted with undelivered events"
+                    );
+                }
+                let destroyed = handle.channel.destroy().await;
+                ctx.deletions.finish("Broker", &namespace, &name, report);
+                destroyed.map_err(ReconcileError::from)
+            }
+        };
+        super::run_deletion(ctx, "Broker", object, work).await
     }
 }
 
@@ -124,176 +333,6 @@ inventory::submit! { Reconciler::of::<ConfigMapReconciler>("ConfigMap") }
 inventory::submit! { Reconciler::of::<SecretReconciler>("Secret") }
 inventory::submit! { Reconciler::of::<RabbitmqBrokerConfigReconciler>("RabbitmqBrokerConfig") }
 
-async fn reconcile(
-    broker: Broker,
-    object: &Value,
-    ctx: &Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    ctx.ensure_finalizer(Context::kind("Broker"), object)
-        .await?;
-    let (namespace, name) = object_key(object);
-    let oidc = ctx.settings.features.current().authentication_oidc;
-    let audience = oidc.then(|| {
-        rivulet_broker::auth::audience("eventing.knative.dev", "Broker", &namespace, &name)
-    });
-    let (address, addresses) = ctx
-        .settings
-        .addresses_at(&format!("/{namespace}/{name}"), audience);
-    let mut parts = Vec::new();
-    let mut action = Action::AwaitChange;
-
-    match choose_backend(&broker, &namespace, ctx).await {
-        Err(reason) => {
-            parts.push(Condition::new(
-                "IngressReady",
-                false,
-                "BackendConfigInvalid",
-                reason,
-            ));
-            drop_handle(&namespace, &name, ctx);
-        }
-        Ok(choice) => {
-            let fingerprint = format!("{}:{:?}", choice.backend, choice.settings);
-            let existing = ctx.brokers.get(&namespace, &name);
-            let channel = match existing {
-                Some(handle) if handle.config_fingerprint == fingerprint => {
-                    Ok(handle.channel.clone())
-                }
-                other => {
-                    if other.is_some() {
-                        drop_handle(&namespace, &name, ctx);
-                    }
-                    rivulet_channels::open(
-                        &choice.backend,
-                        rivulet_channels::ChannelConfig {
-                            namespace: namespace.clone(),
-                            broker: name.clone(),
-                            data_dir: ctx.settings.data_dir.clone(),
-                            settings: choice.settings.clone(),
-                        },
-                    )
-                    .await
-                }
-            };
-            match channel {
-                Err(error) => {
-                    parts.push(Condition::new(
-                        "IngressReady",
-                        false,
-                        "ChannelUnavailable",
-                        format!("{} channel: {error}", choice.backend),
-                    ));
-                    action = Action::Requeue(Duration::from_secs(5));
-                }
-                Ok(channel) => {
-                    let backend = rivulet_channels::backend(&choice.backend)
-                        .map(|b| b.name)
-                        .unwrap_or("unknown");
-                    let dead_letter = match broker
-                        .spec
-                        .delivery
-                        .as_ref()
-                        .and_then(|d| d.dead_letter_sink.as_ref())
-                    {
-                        None => None,
-                        Some(sink) => Some(
-                            ctx.resolve_for(object, "/status/deadLetterSinkUri", sink)
-                                .await,
-                        ),
-                    };
-                    let dead_letter_uri =
-                        dead_letter.as_ref().and_then(|r| r.as_ref().ok()).cloned();
-                    if let Some(Err(reason)) = &dead_letter {
-                        parts.push(Condition::new(
-                            "DeadLetterSinkResolved",
-                            false,
-                            "Unresolved",
-                            reason.clone(),
-                        ));
-                        action = Action::Requeue(Duration::from_secs(5));
-                    } else if dead_letter.is_some() {
-                        parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
-                    }
-                    let channel_fault = channel.storage_fault();
-                    ctx.brokers.insert(Arc::new(BrokerHandle {
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        backend,
-                        channel,
-                        delivery: broker.spec.delivery.clone(),
-                        dead_letter_uri,
-                        config_fingerprint: fingerprint,
-                        labels: broker.metadata.labels.clone().unwrap_or_default(),
-                    }));
-                    let ingress_ready = match channel_fault {
-                        None => {
-                            Condition::new("IngressReady", true, "", format!("{backend} channel"))
-                        }
-                        Some(fault) => {
-                            // Checked again when the fault goes (see `storage::watch`) and
-                            // meanwhile now and then.
-                            action = Action::Requeue(Duration::from_secs(5));
-                            let reason = if fault.full {
-                                "StorageFull"
-                            } else {
-                                "StorageFailed"
-                            };
-                            Condition::new("IngressReady", false, reason, fault.message)
-                        }
-                    };
-                    parts.insert(0, ingress_ready);
-                    parts.insert(1, Condition::new("Addressable", true, "", ""));
-                }
-            }
-        }
-    }
-
-    let ready = parts.iter().all(Condition::is_true);
-    let target = rivulet_broker::auth::TargetRef {
-        group: "eventing.knative.dev".into(),
-        kind: "Broker".into(),
-        namespace: namespace.clone(),
-        name: name.clone(),
-        labels: broker.metadata.labels.clone().unwrap_or_default(),
-    };
-    let (policies, policies_ready) = super::eventpolicy::policies_status(ctx, &target);
-    parts.push(policies_ready);
-    if let Some(cap) = ctx
-        .extensions
-        .get_or_default::<CappedBrokers>()
-        .get(&namespace, &name)
-    {
-        // Informational: the broker works, only discovery stopped for new types.
-        parts.push(Condition {
-            severity: Some("Info".into()),
-            ..Condition::new(
-                "EventTypesAutoCreated",
-                false,
-                "CapReached",
-                format!(
-                    "{cap} EventTypes were auto-created for this broker, the most allowed (--eventtype-max-per-broker); events of new types are accepted but get no EventType (counted in rivulet_eventtypes_capped_total)"
-                ),
-            )
-        });
-    }
-    let status = BrokerStatus {
-        observed_generation: generation(object),
-        conditions: rivulet_core::resources::BROKER_CONDITIONS.summarize(parts),
-        address: ready.then_some(address),
-        addresses: addresses.filter(|_| ready),
-        policies,
-        dead_letter_sink_uri: ctx
-            .brokers
-            .get(&namespace, &name)
-            .and_then(|h| h.dead_letter_uri.clone()),
-        annotations: None,
-    };
-    ctx.write_status(Context::kind("Broker"), &namespace, &name, json!(status))
-        .await?;
-    reconcile_triggers_of(&namespace, &name, ctx).await;
-    Ok(action)
-}
-
 fn drop_handle(namespace: &str, name: &str, ctx: &Context) {
     if ctx.brokers.remove(namespace, name).is_some() {
         tracing::info!(%namespace, broker = %name, "broker channel closed");
@@ -316,54 +355,6 @@ async fn reconcile_triggers_of(namespace: &str, broker: &str, ctx: &Arc<Context>
             Box::pin(ctx.reconcile_applied(kind, &trigger)).await;
         }
     }
-}
-
-/// A broker is gone: close its ingress, stop its triggers and, where this process owns
-/// backend resources, drain what their subscriptions still hold (grace for deliveries in
-/// flight, the rest to the dead-letter sinks or counted dropped) and remove its channel's
-/// storage (topic, exchange, stream, log).
-pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-    let (namespace, name) = object_key(object);
-    let handle = ctx.brokers.remove(&namespace, &name);
-    // The consumers are taken here so that the drain stops them, not the triggers' reconcile.
-    let kind = Context::kind("Trigger");
-    let mut triggers = Vec::new();
-    for trigger in ctx.store.list(kind, Some(&namespace)).await? {
-        if trigger.pointer("/spec/broker").and_then(Value::as_str) == Some(name.as_str()) {
-            let running = ctx.take_trigger(&namespace, &object_key(&trigger).1).await;
-            // Not ready any more: the broker is gone.
-            Box::pin(ctx.reconcile_applied(kind, &trigger)).await;
-            triggers.push((trigger, running));
-        }
-    }
-    let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
-        for running in triggers.into_iter().filter_map(|(_, running)| running) {
-            tokio::spawn(running.stop_for_good(ctx.settings.delete_grace));
-        }
-        ctx.deletions
-            .finish("Broker", &namespace, &name, DrainReport::default());
-        return Ok(());
-    };
-    let work = {
-        let ctx = ctx.clone();
-        async move {
-            let report = drain::drain_triggers(&ctx, &handle.channel, triggers).await;
-            if report != DrainReport::default() {
-                tracing::info!(
-                    %namespace,
-                    broker = %name,
-                    drained = report.drained,
-                    dead_lettered = report.dead_lettered,
-                    dropped = report.dropped,
-                    "broker deleted with undelivered events"
-                );
-            }
-            let destroyed = handle.channel.destroy().await;
-            ctx.deletions.finish("Broker", &namespace, &name, report);
-            destroyed.map_err(ReconcileError::from)
-        }
-    };
-    super::run_deletion(ctx, "Broker", object, work).await
 }
 
 /// A ConfigMap or Secret changed: reconcile the brokers whose `spec.config` names it.

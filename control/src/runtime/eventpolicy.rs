@@ -27,65 +27,56 @@ impl Reconcile for EventPolicyReconciler {
         object: &Value,
         ctx: &Arc<Context>,
     ) -> Result<Action, ReconcileError> {
-        reconcile(policy, object, ctx).await
+        let (namespace, name) = object_key(object);
+        let compiled = CompiledPolicy::new(policy);
+        let oidc = ctx.settings.features.current().authentication_oidc;
+        let mut parts = vec![if oidc {
+            Condition::new("AuthenticationEnabled", true, "", "")
+        } else {
+            Condition::new(
+                "AuthenticationEnabled",
+                false,
+                "OIDCAuthenticationDisabled",
+                "feature \"authentication-oidc\" must be enabled for EventPolicies to apply",
+            )
+        }];
+        parts.push(match &compiled.error {
+            None => Condition::new("SubjectsResolved", true, "", ""),
+            Some(error) => {
+                Condition::new("SubjectsResolved", false, "InvalidFilters", error.clone())
+            }
+        });
+        let status = EventPolicyStatus {
+            observed_generation: generation(object),
+            conditions: rivulet_core::resources::eventpolicy::EVENT_POLICY_CONDITIONS
+                .summarize(parts),
+            from: compiled.subjects.clone(),
+        };
+        if let Some(auth) = ctx.ingress.auth() {
+            auth.policies.insert(compiled);
+        }
+        ctx.write_status(
+            Context::kind("EventPolicy"),
+            &namespace,
+            &name,
+            json!(status),
+        )
+        .await?;
+        reconcile_brokers_in(&namespace, ctx).await;
+        Ok(Action::AwaitChange)
     }
 
     async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-        cleanup(object, ctx).await
+        let (namespace, name) = object_key(object);
+        if let Some(auth) = ctx.ingress.auth() {
+            auth.policies.remove(&namespace, &name);
+        }
+        reconcile_brokers_in(&namespace, ctx).await;
+        Ok(())
     }
 }
 
 inventory::submit! { Reconciler::of::<EventPolicyReconciler>("EventPolicy") }
-
-async fn reconcile(
-    policy: EventPolicy,
-    object: &Value,
-    ctx: &Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    let (namespace, name) = object_key(object);
-    let compiled = CompiledPolicy::new(policy);
-    let oidc = ctx.settings.features.current().authentication_oidc;
-    let mut parts = vec![if oidc {
-        Condition::new("AuthenticationEnabled", true, "", "")
-    } else {
-        Condition::new(
-            "AuthenticationEnabled",
-            false,
-            "OIDCAuthenticationDisabled",
-            "feature \"authentication-oidc\" must be enabled for EventPolicies to apply",
-        )
-    }];
-    parts.push(match &compiled.error {
-        None => Condition::new("SubjectsResolved", true, "", ""),
-        Some(error) => Condition::new("SubjectsResolved", false, "InvalidFilters", error.clone()),
-    });
-    let status = EventPolicyStatus {
-        observed_generation: generation(object),
-        conditions: rivulet_core::resources::eventpolicy::EVENT_POLICY_CONDITIONS.summarize(parts),
-        from: compiled.subjects.clone(),
-    };
-    if let Some(auth) = ctx.ingress.auth() {
-        auth.policies.insert(compiled);
-    }
-    ctx.write_status(
-        Context::kind("EventPolicy"),
-        &namespace,
-        &name,
-        json!(status),
-    )
-    .await?;
-    reconcile_brokers_in(&namespace, ctx).await;
-    Ok(Action::AwaitChange)
-}
-
-pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-    let (namespace, name) = object_key(object);
-    if let Some(auth) = ctx.ingress.auth() {
-        auth.policies.remove(&namespace, &name);
-    }
-    reconcile_brokers_in(&namespace, ctx).await;
-    Ok(())
-}
 
 /// The brokers of `namespace` report the policies that apply to them again.
 async fn reconcile_brokers_in(namespace: &str, ctx: &Arc<Context>) {

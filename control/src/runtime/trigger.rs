@@ -29,236 +29,260 @@ impl Reconcile for TriggerReconciler {
         object: &Value,
         ctx: &Arc<Context>,
     ) -> Result<Action, ReconcileError> {
-        reconcile(trigger, object, ctx).await
-    }
+        ctx.ensure_finalizer(Context::kind("Trigger"), object)
+            .await?;
+        let (namespace, name) = object_key(object);
+        let mut parts = Vec::new();
+        let mut status = TriggerStatus {
+            observed_generation: generation(object),
+            ..TriggerStatus::default()
+        };
 
-    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-        cleanup(object, ctx).await
-    }
-}
-
-inventory::submit! { Reconciler::of::<TriggerReconciler>("Trigger") }
-
-async fn reconcile(
-    trigger: Trigger,
-    object: &Value,
-    ctx: &Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    ctx.ensure_finalizer(Context::kind("Trigger"), object)
-        .await?;
-    let (namespace, name) = object_key(object);
-    let mut parts = Vec::new();
-    let mut status = TriggerStatus {
-        observed_generation: generation(object),
-        ..TriggerStatus::default()
-    };
-
-    let broker = ctx.brokers.get(&namespace, &trigger.spec.broker);
-    match &broker {
-        Some(_) => parts.push(Condition::new("BrokerReady", true, "", "")),
-        None => parts.push(Condition::new(
-            "BrokerReady",
-            false,
-            "BrokerDoesNotExist",
-            format!(
-                "broker {namespace}/{} does not exist or is not ready",
-                trigger.spec.broker
-            ),
-        )),
-    }
-    // An unresolved destination may resolve later (a Service created, a Knative Service
-    // becoming ready, the controller writing the URI) without any change Rivulet is told of:
-    // try again after a while.
-    let mut action = Action::AwaitChange;
-    let retry_later = Action::Requeue(std::time::Duration::from_secs(5));
-    let subscriber = ctx
-        .resolve_for_with_ca(
-            object,
-            "/status/subscriberUri",
-            "/status/subscriberCACerts",
-            &trigger.spec.subscriber,
-        )
-        .await;
-    match &subscriber {
-        Ok((uri, ca_certs)) => {
-            status.subscriber_uri = Some(uri.clone());
-            status.subscriber_ca_certs = ca_certs.clone();
-            parts.push(Condition::new("SubscriberResolved", true, "", ""));
-        }
-        Err(reason) => {
-            parts.push(Condition::new(
-                "SubscriberResolved",
+        let broker = ctx.brokers.get(&namespace, &trigger.spec.broker);
+        match &broker {
+            Some(_) => parts.push(Condition::new("BrokerReady", true, "", "")),
+            None => parts.push(Condition::new(
+                "BrokerReady",
                 false,
-                "Unresolved",
-                reason.clone(),
-            ));
-            action = retry_later;
+                "BrokerDoesNotExist",
+                format!(
+                    "broker {namespace}/{} does not exist or is not ready",
+                    trigger.spec.broker
+                ),
+            )),
         }
-    }
-    // A trigger's delivery replaces the broker's entirely when it sets anything.
-    let delivery = match &trigger.spec.delivery {
-        Some(own) if own.is_set() => Some(own.clone()),
-        _ => broker.as_ref().and_then(|b| b.delivery.clone()),
-    };
-    let mut dead_letter_uri = None;
-    let mut dead_letter_ca_certs = None;
-    if let Some(sink) = delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
-        match ctx
+        // An unresolved destination may resolve later (a Service created, a Knative Service
+        // becoming ready, the controller writing the URI) without any change Rivulet is told of:
+        // try again after a while.
+        let mut action = Action::AwaitChange;
+        let retry_later = Action::Requeue(std::time::Duration::from_secs(5));
+        let subscriber = ctx
             .resolve_for_with_ca(
                 object,
-                "/status/deadLetterSinkUri",
-                "/status/deadLetterSinkCACerts",
-                sink,
+                "/status/subscriberUri",
+                "/status/subscriberCACerts",
+                &trigger.spec.subscriber,
             )
-            .await
-        {
+            .await;
+        match &subscriber {
             Ok((uri, ca_certs)) => {
-                status.dead_letter_sink_uri = Some(uri.clone());
-                status.dead_letter_sink_ca_certs = ca_certs.clone();
-                dead_letter_uri = Some(uri);
-                dead_letter_ca_certs = ca_certs;
-                parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
+                status.subscriber_uri = Some(uri.clone());
+                status.subscriber_ca_certs = ca_certs.clone();
+                parts.push(Condition::new("SubscriberResolved", true, "", ""));
             }
             Err(reason) => {
                 parts.push(Condition::new(
-                    "DeadLetterSinkResolved",
+                    "SubscriberResolved",
                     false,
                     "Unresolved",
-                    reason,
+                    reason.clone(),
                 ));
                 action = retry_later;
             }
         }
-    }
-    let filter = Filter::for_trigger(&trigger.spec);
-    if let Err(reason) = &filter {
-        parts.push(Condition::new(
-            "FilterValid",
-            false,
-            "InvalidFilter",
-            reason.clone(),
-        ));
-    }
-
-    // Who the trigger sends as, and the audiences of what it sends to (Knative's names).
-    let identity = rivulet_broker::auth::Identity::for_resource(
-        "eventing.knative.dev",
-        "Trigger",
-        &namespace,
-        &name,
-    );
-    let subscriber_audience =
-        rivulet_broker::auth::destination_audience(&trigger.spec.subscriber, &namespace);
-    let dead_letter_audience = delivery
-        .as_ref()
-        .and_then(|d| d.dead_letter_sink.as_ref())
-        .and_then(|sink| rivulet_broker::auth::destination_audience(sink, &namespace));
-    if ctx.settings.features.current().authentication_oidc {
-        status.subscriber_audience = subscriber_audience.clone();
-        status.dead_letter_sink_audience = dead_letter_audience.clone();
-        status.auth = Some(rivulet_core::resources::AuthStatus {
-            service_account_name: Some(identity.service_account.clone()),
-        });
-    }
-    let delivery_auth = rivulet_broker::delivery::DeliveryAuth {
-        identity,
-        audience: subscriber_audience,
-        dead_letter_audience,
-    };
-
-    let all_ok = parts.iter().all(Condition::is_true);
-    match (broker, subscriber, filter, all_ok) {
-        (Some(broker), Ok((subscriber_uri, subscriber_ca_certs)), Ok(filter), true) => {
-            let annotations = trigger.metadata.annotations.clone().unwrap_or_default();
-            let ordered = annotations
-                .get(DELIVERY_ORDER_ANNOTATION)
-                .map(String::as_str)
-                == Some("ordered");
-            // On a partitioned channel (Kafka) ordered delivery is per partition: the channel
-            // hands out one event per partition at a time and partitions go in parallel.
-            let per_partition = ordered && broker.channel.has_partitions();
-            let parallelism = if ordered && !per_partition {
-                1
-            } else {
-                annotations
-                    .get(PARALLELISM_ANNOTATION)
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(ctx.settings.default_parallelism)
-            };
-            let dispatch = TriggerDispatch {
-                namespace: namespace.clone(),
-                trigger: name.clone(),
-                broker: trigger.spec.broker.clone(),
-                subscriber_uri,
-                subscriber_ca_certs,
-                policy: DeliveryPolicy {
-                    dead_letter_ca_certs,
-                    auth: Some(delivery_auth),
-                    ..DeliveryPolicy::from_spec(
-                        delivery.as_ref(),
-                        dead_letter_uri,
-                        &ctx.settings.delivery,
-                    )
-                },
-                filter,
-                ordered: ordered && !per_partition,
-                parallelism,
-            };
-            let spec = SubscriptionSpec {
-                prefilter: dispatch.filter.prefilter(),
-                max_in_flight: parallelism,
-                one_per_partition: per_partition,
-            };
-            let subscription_name = subscription_name(&name);
-            broker
-                .channel
-                .ensure_subscription(&subscription_name, &spec)
-                .await?;
-            // Kept per running trigger: a hash of the configuration rather than its text,
-            // which is kilobytes per trigger once thousands run.
-            let fingerprint = {
-                use std::hash::{Hash as _, Hasher as _};
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                format!(
-                    "{:p}|{}|{:?}|{:?}",
-                    Arc::as_ptr(&broker.channel),
-                    broker.config_fingerprint,
-                    dispatch,
-                    spec
+        // A trigger's delivery replaces the broker's entirely when it sets anything.
+        let delivery = match &trigger.spec.delivery {
+            Some(own) if own.is_set() => Some(own.clone()),
+            _ => broker.as_ref().and_then(|b| b.delivery.clone()),
+        };
+        let mut dead_letter_uri = None;
+        let mut dead_letter_ca_certs = None;
+        if let Some(sink) = delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
+            match ctx
+                .resolve_for_with_ca(
+                    object,
+                    "/status/deadLetterSinkUri",
+                    "/status/deadLetterSinkCACerts",
+                    sink,
                 )
-                .hash(&mut hasher);
-                format!("{:016x}", hasher.finish())
-            };
-            let key = (namespace.clone(), name.clone());
-            // The controller provisions the subscription; the data plane consumes it.
-            if ctx.role().carries_events() && !ctx.is_running_with(&key, &fingerprint).await {
-                let subscription = broker.channel.consume(&subscription_name).await?;
-                let running = dispatcher::spawn(dispatch, subscription, ctx.dispatch.clone());
-                ctx.replace_running(key, fingerprint, running).await;
+                .await
+            {
+                Ok((uri, ca_certs)) => {
+                    status.dead_letter_sink_uri = Some(uri.clone());
+                    status.dead_letter_sink_ca_certs = ca_certs.clone();
+                    dead_letter_uri = Some(uri);
+                    dead_letter_ca_certs = ca_certs;
+                    parts.push(Condition::new("DeadLetterSinkResolved", true, "", ""));
+                }
+                Err(reason) => {
+                    parts.push(Condition::new(
+                        "DeadLetterSinkResolved",
+                        false,
+                        "Unresolved",
+                        reason,
+                    ));
+                    action = retry_later;
+                }
             }
         }
-        _ => ctx.stop_trigger(&namespace, &name).await,
+        let filter = Filter::for_trigger(&trigger.spec);
+        if let Err(reason) = &filter {
+            parts.push(Condition::new(
+                "FilterValid",
+                false,
+                "InvalidFilter",
+                reason.clone(),
+            ));
+        }
+
+        // Who the trigger sends as, and the audiences of what it sends to (Knative's names).
+        let identity = rivulet_broker::auth::Identity::for_resource(
+            "eventing.knative.dev",
+            "Trigger",
+            &namespace,
+            &name,
+        );
+        let subscriber_audience =
+            rivulet_broker::auth::destination_audience(&trigger.spec.subscriber, &namespace);
+        let dead_letter_audience = delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.as_ref())
+            .and_then(|sink| rivulet_broker::auth::destination_audience(sink, &namespace));
+        if ctx.settings.features.current().authentication_oidc {
+            status.subscriber_audience = subscriber_audience.clone();
+            status.dead_letter_sink_audience = dead_letter_audience.clone();
+            status.auth = Some(rivulet_core::resources::AuthStatus {
+                service_account_name: Some(identity.service_account.clone()),
+            });
+        }
+        let delivery_auth = rivulet_broker::delivery::DeliveryAuth {
+            identity,
+            audience: subscriber_audience,
+            dead_letter_audience,
+        };
+
+        let all_ok = parts.iter().all(Condition::is_true);
+        match (broker, subscriber, filter, all_ok) {
+            (Some(broker), Ok((subscriber_uri, subscriber_ca_certs)), Ok(filter), true) => {
+                let annotations = trigger.metadata.annotations.clone().unwrap_or_default();
+                let ordered = annotations
+                    .get(DELIVERY_ORDER_ANNOTATION)
+                    .map(String::as_str)
+                    == Some("ordered");
+                // On a partitioned channel (Kafka) ordered delivery is per partition: the channel
+                // hands out one event per partition at a time and partitions go in parallel.
+                let per_partition = ordered && broker.channel.has_partitions();
+                let parallelism = if ordered && !per_partition {
+                    1
+                } else {
+                    annotations
+                        .get(PARALLELISM_ANNOTATION)
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(ctx.settings.default_parallelism)
+                };
+                let dispatch = TriggerDispatch {
+                    namespace: namespace.clone(),
+                    trigger: name.clone(),
+                    broker: trigger.spec.broker.clone(),
+                    subscriber_uri,
+                    subscriber_ca_certs,
+                    policy: DeliveryPolicy {
+                        dead_letter_ca_certs,
+                        auth: Some(delivery_auth),
+                        ..DeliveryPolicy::from_spec(
+                            delivery.as_ref(),
+                            dead_letter_uri,
+                            &ctx.settings.delivery,
+                        )
+                    },
+                    filter,
+                    ordered: ordered && !per_partition,
+                    parallelism,
+                };
+                let spec = SubscriptionSpec {
+                    prefilter: dispatch.filter.prefilter(),
+                    max_in_flight: parallelism,
+                    one_per_partition: per_partition,
+                };
+                let subscription_name = subscription_name(&name);
+                broker
+                    .channel
+                    .ensure_subscription(&subscription_name, &spec)
+                    .await?;
+                // Kept per running trigger: a hash of the configuration rather than its text,
+                // which is kilobytes per trigger once thousands run.
+                let fingerprint = {
+                    use std::hash::{Hash as _, Hasher as _};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    format!(
+                        "{:p}|{}|{:?}|{:?}",
+                        Arc::as_ptr(&broker.channel),
+                        broker.config_fingerprint,
+                        dispatch,
+                        spec
+                    )
+                    .hash(&mut hasher);
+                    format!("{:016x}", hasher.finish())
+                };
+                let key = (namespace.clone(), name.clone());
+                // The controller provisions the subscription; the data plane consumes it.
+                if ctx.role().carries_events() && !ctx.is_running_with(&key, &fingerprint).await {
+                    let subscription = broker.channel.consume(&subscription_name).await?;
+                    let running = dispatcher::spawn(dispatch, subscription, ctx.dispatch.clone());
+                    ctx.replace_running(key, fingerprint, running).await;
+                }
+            }
+            _ => ctx.stop_trigger(&namespace, &name).await,
+        }
+
+        // Part of Ready, but events flow meanwhile, as in Knative: the dependency (a source
+        // that sends to the broker) only says whether the whole is up.
+        let (dependency, settled) = dependency_condition(&trigger, &namespace, ctx).await;
+        if !settled {
+            action = retry_later;
+        }
+        parts.push(dependency);
+        // A warning beside Ready, never part of it (it carries a severity).
+        if ctx.role().writes_status()
+            && let Some(known) =
+                super::eventtype::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
+        {
+            parts.push(known);
+        }
+        status.conditions = rivulet_core::resources::TRIGGER_CONDITIONS.summarize(parts);
+        ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
+            .await?;
+        Ok(action)
     }
 
-    // Part of Ready, but events flow meanwhile, as in Knative: the dependency (a source
-    // that sends to the broker) only says whether the whole is up.
-    let (dependency, settled) = dependency_condition(&trigger, &namespace, ctx).await;
-    if !settled {
-        action = retry_later;
+    /// A trigger is gone: stop its consumer and, where this process owns backend resources,
+    /// drain what its subscription still holds (grace for deliveries in flight, the rest to the
+    /// dead-letter sink or counted dropped), then remove the subscription (queue, consumer).
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        let (namespace, name) = object_key(object);
+        let running = ctx.take_trigger(&namespace, &name).await;
+        let broker = object
+            .pointer("/spec/broker")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let handle = ctx.brokers.get(&namespace, broker);
+        let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
+            // The data plane lets go of what it holds (the controller drains it); without a
+            // broker the broker's deletion drained it already.
+            if let Some(running) = running {
+                tokio::spawn(running.stop_for_good(ctx.settings.delete_grace));
+            }
+            ctx.deletions
+                .finish("Trigger", &namespace, &name, DrainReport::default());
+            return Ok(());
+        };
+        let work = {
+            let (ctx, object) = (ctx.clone(), object.clone());
+            async move {
+                let report = drain::drain_trigger(&ctx, &handle.channel, &object, running).await;
+                let removed = handle
+                    .channel
+                    .delete_subscription(&subscription_name(&name))
+                    .await;
+                ctx.deletions.finish("Trigger", &namespace, &name, report);
+                removed.map_err(ReconcileError::from)
+            }
+        };
+        super::run_deletion(ctx, "Trigger", object, work).await
     }
-    parts.push(dependency);
-    // A warning beside Ready, never part of it (it carries a severity).
-    if ctx.role().writes_status()
-        && let Some(known) =
-            super::eventtype::event_type_condition(&*ctx.store, &namespace, &trigger.spec).await
-    {
-        parts.push(known);
-    }
-    status.conditions = rivulet_core::resources::TRIGGER_CONDITIONS.summarize(parts);
-    ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
-        .await?;
-    Ok(action)
 }
+
+inventory::submit! { Reconciler::of::<TriggerReconciler>("Trigger") }
 
 /// The `DependencyReady` condition: True without a `knative.dev/dependency` annotation, else
 /// the named object's readiness (in the trigger's namespace), with Knative's reasons; and
@@ -366,40 +390,4 @@ async fn dependency_condition(
 /// The channel subscription of a trigger.
 pub fn subscription_name(trigger: &str) -> String {
     format!("trigger-{trigger}")
-}
-
-/// A trigger is gone: stop its consumer and, where this process owns backend resources,
-/// drain what its subscription still holds (grace for deliveries in flight, the rest to the
-/// dead-letter sink or counted dropped), then remove the subscription (queue, consumer).
-pub async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-    let (namespace, name) = object_key(object);
-    let running = ctx.take_trigger(&namespace, &name).await;
-    let broker = object
-        .pointer("/spec/broker")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let handle = ctx.brokers.get(&namespace, broker);
-    let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) else {
-        // The data plane lets go of what it holds (the controller drains it); without a
-        // broker the broker's deletion drained it already.
-        if let Some(running) = running {
-            tokio::spawn(running.stop_for_good(ctx.settings.delete_grace));
-        }
-        ctx.deletions
-            .finish("Trigger", &namespace, &name, DrainReport::default());
-        return Ok(());
-    };
-    let work = {
-        let (ctx, object) = (ctx.clone(), object.clone());
-        async move {
-            let report = drain::drain_trigger(&ctx, &handle.channel, &object, running).await;
-            let removed = handle
-                .channel
-                .delete_subscription(&subscription_name(&name))
-                .await;
-            ctx.deletions.finish("Trigger", &namespace, &name, report);
-            removed.map_err(ReconcileError::from)
-        }
-    };
-    super::run_deletion(ctx, "Trigger", object, work).await
 }

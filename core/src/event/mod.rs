@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use rivulet_channels::{V03_CONTEXT_ATTRIBUTES, V10_CONTEXT_ATTRIBUTES};
 
 mod http_binding;
 mod json_format;
@@ -276,33 +277,14 @@ impl SpecVersion {
         }
     }
 
-    /// Core attribute names of this version, plus `data`, which no extension may take.
-    fn reserved_names(self) -> &'static [&'static str] {
-        match self {
-            SpecVersion::V10 => &[
-                "specversion",
-                "id",
-                "source",
-                "type",
-                "datacontenttype",
-                "dataschema",
-                "subject",
-                "time",
-                "data",
-            ],
-            SpecVersion::V03 => &[
-                "specversion",
-                "id",
-                "source",
-                "type",
-                "datacontenttype",
-                "schemaurl",
-                "subject",
-                "time",
-                "datacontentencoding",
-                "data",
-            ],
-        }
+    /// Whether `name` is a context attribute of this version, or `data`, which no extension
+    /// may take.
+    fn reserves(self, name: &str) -> bool {
+        let context: &[&str] = match self {
+            SpecVersion::V10 => &V10_CONTEXT_ATTRIBUTES,
+            SpecVersion::V03 => &V03_CONTEXT_ATTRIBUTES,
+        };
+        name == "data" || context.contains(&name)
     }
 }
 
@@ -404,7 +386,7 @@ pub(crate) fn check_extension_name(specversion: SpecVersion, name: &str) -> Resu
     {
         return Err(invalid_extension_name(&format!("attribute {name:?}")));
     }
-    if specversion.reserved_names().contains(&name) {
+    if specversion.reserves(name) {
         return Err(EventError(format!(
             "attribute `{name}` cannot be an extension: the name is reserved by CloudEvents {}",
             specversion.as_str()
