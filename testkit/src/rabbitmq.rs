@@ -1,7 +1,7 @@
 //! Helpers for the tests that run brokers on the RabbitMQ named by `RIVULET_RABBITMQ_URI`
 //! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
-use rivulet_channels::rabbitmq::lapin::options::QueueDeclareOptions;
+use rivulet_channels::rabbitmq::inspect_queue;
 use rivulet_channels::rabbitmq::lapin::types::FieldTable;
 use rivulet_channels::rabbitmq::lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
@@ -53,31 +53,13 @@ pub async fn connect() -> Connection {
 /// Whether a queue exists (a passive declare on a channel of its own).
 pub async fn queue_exists(connection: &Connection, queue: &str) -> bool {
     let channel = connection.create_channel().await.expect("a channel");
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_ok()
+    inspect_queue(&channel, queue).await.is_ok()
 }
 
 /// How many messages wait in a queue.
 pub async fn queue_depth(connection: &Connection, queue: &str) -> u32 {
     let channel = connection.create_channel().await.expect("a channel");
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    inspect_queue(&channel, queue)
         .await
         .unwrap_or_else(|e| panic!("queue {queue} does not exist: {e}"))
         .message_count()
@@ -90,17 +72,7 @@ pub async fn wait_consumed(connection: &Connection, queue: &str) {
         crate::WAIT,
         || async move {
             let channel = connection.create_channel().await.ok()?;
-            let declared = channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .ok()?;
+            let declared = inspect_queue(&channel, queue).await.ok()?;
             (declared.consumer_count() > 0).then_some(())
         },
     )

@@ -64,6 +64,21 @@ inventory::submit! {
     }
 }
 
+/// An existing queue as RabbitMQ reports it (its ready messages and consumers), by a passive
+/// declare; an error, which closes `channel`, when the queue does not exist.
+pub async fn inspect_queue(
+    channel: &lapin::Channel,
+    queue: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+}
+
 /// The URI of a RabbitMQ on this host with its default user, for tests and examples.
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -281,17 +296,7 @@ impl Shared {
     /// closes the channel when the queue does not exist.
     async fn queue_message_count(&self, queue: &str) -> Result<Option<u32>, ChannelError> {
         let channel = self.link.channel().await?;
-        match channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        {
+        match inspect_queue(&channel, queue).await {
             Ok(declared) => {
                 let _ = channel.close(200, "done".into()).await;
                 Ok(Some(declared.message_count()))
