@@ -291,6 +291,12 @@ impl ResourceStore for FileStore {
             broker_defaults(&state)
         });
         (kind.validate)(&object, old.as_ref())?;
+        // Only put_status sets a status, as the status subresource makes it in Kubernetes: one
+        // carried by the applied object (copied from a listing, say) is not the store's.
+        object
+            .as_object_mut()
+            .expect("normalised objects are mappings")
+            .remove("status");
 
         let meta = object["metadata"].as_object_mut().expect("checked above");
         let outcome = match &old {

@@ -2,7 +2,8 @@
 //! mode (files) and in a cluster (the Kubernetes API server): apply creates an object, then
 //! reports it unchanged or updated and counts generations by spec changes; the namespace
 //! defaults to `default`; get and list read by namespace and name, ordered; an invalid object
-//! is refused with its validation error; a status write keeps the spec and needs the object;
+//! is refused with its validation error; only a status write sets the status, keeping the
+//! spec, and it needs the object;
 //! delete hands back the object, once; a watch hears applies and deletions but not status
 //! writes. Each case works in namespaces of its own, so the cases share one store.
 //!
@@ -282,6 +283,27 @@ async fn status_writes_keep_the_spec_and_need_the_object(store: &dyn ResourceSto
     let (applied, outcome) = apply(store, broker_kind(), broker(ns, "orders", 4)).await;
     assert_eq!(outcome, Applied::Updated);
     assert_eq!(applied["status"], ready_status(), "apply keeps the status");
+
+    // Only status writes set a status: one carried by an applied object (copied from a
+    // listing, say) is not the store's, as the status subresource makes it in Kubernetes.
+    let mut claiming = broker(ns, "claiming", 1);
+    claiming["status"] = ready_status();
+    let (created, _) = apply(store, broker_kind(), claiming.clone()).await;
+    assert!(created.get("status").is_none(), "{created}");
+    let mut stale = broker(ns, "orders", 4);
+    stale["status"] = json!({"conditions": [{"type": "Ready", "status": "False"}]});
+    let (applied, _) = apply(store, broker_kind(), stale).await;
+    assert_eq!(
+        applied["status"],
+        ready_status(),
+        "the stored status is kept"
+    );
+    let stored = store
+        .get(broker_kind(), ns, "claiming")
+        .await
+        .expect("get works")
+        .expect("the broker is stored");
+    assert!(stored.get("status").is_none(), "{stored}");
 
     match store
         .put_status(broker_kind(), ns, "missing", ready_status())
