@@ -319,10 +319,21 @@ impl ResourceStore for FileStore {
                 let content_changed = old.get("spec") != object.get("spec")
                     || old.get("data") != object.get("data")
                     || old.get("stringData") != object.get("stringData");
-                let meta_changed = old.pointer("/metadata/labels")
-                    != object.pointer("/metadata/labels")
-                    || old.pointer("/metadata/annotations")
-                        != object.pointer("/metadata/annotations");
+                // Every field an apply gives counts, as in Kubernetes: owners too (an owner
+                // recreated has a new uid), and top-level fields beside the spec.
+                let meta_changed =
+                    ["labels", "annotations", "ownerReferences"]
+                        .iter()
+                        .any(|field| {
+                            let field = format!("/metadata/{field}");
+                            old.pointer(&field) != object.pointer(&field)
+                        });
+                let other_changed = [&object, old]
+                    .into_iter()
+                    .filter_map(Value::as_object)
+                    .flat_map(|map| map.keys())
+                    .filter(|key| !["metadata", "status"].contains(&key.as_str()))
+                    .any(|key| old.get(key) != object.get(key));
                 let meta = object["metadata"].as_object_mut().expect("checked above");
                 meta.insert(
                     "generation".into(),
@@ -334,7 +345,7 @@ impl ResourceStore for FileStore {
                         .expect("checked above")
                         .insert("status".into(), status.clone());
                 }
-                if content_changed || meta_changed {
+                if content_changed || meta_changed || other_changed {
                     Applied::Updated
                 } else {
                     Applied::Unchanged

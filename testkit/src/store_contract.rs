@@ -123,6 +123,19 @@ async fn apply_creates_then_reports_unchanged_or_updated(store: &dyn ResourceSto
         "metadata is not spec: the generation stays"
     );
 
+    // Owners change when an owner is recreated (autocreated EventTypes follow their
+    // broker's uid): the new one is stored, not reported unchanged.
+    let mut owned = broker(ns, "orders", 2);
+    owned["metadata"]["labels"] = json!({"team": "shipping"});
+    owned["metadata"]["ownerReferences"] = owner("uid-1");
+    let (_, outcome) = apply(store, broker_kind(), owned.clone()).await;
+    assert_eq!(outcome, Applied::Updated, "an owner given");
+    owned["metadata"]["ownerReferences"] = owner("uid-2");
+    let (reowned, outcome) = apply(store, broker_kind(), owned).await;
+    assert_eq!(outcome, Applied::Updated, "another owner");
+    assert_eq!(meta(&reowned, "ownerReferences"), &owner("uid-2"));
+    assert_eq!(meta(&reowned, "generation"), 2);
+
     let stored = store
         .get(broker_kind(), ns, "orders")
         .await
@@ -131,6 +144,11 @@ async fn apply_creates_then_reports_unchanged_or_updated(store: &dyn ResourceSto
     assert_eq!(stored["spec"]["delivery"]["retry"], 2);
     assert_eq!(meta(&stored, "generation"), 2);
     assert_eq!(meta(&stored, "labels")["team"], "shipping");
+    assert_eq!(meta(&stored, "ownerReferences"), &owner("uid-2"));
+}
+
+fn owner(uid: &str) -> Value {
+    json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}])
 }
 
 async fn the_namespace_defaults_to_default(store: &dyn ResourceStore) {
