@@ -264,8 +264,12 @@ async fn answer(State(state): State<Arc<ServerState>>, request: Request) -> Resp
         }
         None if query.split('&').any(|pair| pair == "watch=true") => {
             // Changes made from now on, one JSON document a line, until the client goes
-            // away. (Changes between a list and its watch are not replayed: tests change
-            // objects only once every process is running.)
+            // away. kube's watcher lists (`resourceVersion=0`, pages of 500: all in one here)
+            // and then watches from the list's resourceVersion, with `allowWatchBookmarks`
+            // (bookmarks are optional; none are sent) and `sendInitialEvents` only for
+            // streaming lists. By default changes between the list and the watch are not
+            // replayed (tests change objects once every process is running); a stateful
+            // server replays them.
             let (changes, earlier) = {
                 // Under the lock writers publish under: nothing falls between the two.
                 let objects = state.objects.lock().unwrap();

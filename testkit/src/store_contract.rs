@@ -1,11 +1,11 @@
 //! The contract every resource store meets, so that reconcilers behave alike in standalone
 //! mode (files) and in a cluster (the Kubernetes API server): apply creates an object, then
-//! reports it unchanged or updated and counts generations by spec changes; the namespace
-//! defaults to `default`; get and list read by namespace and name, ordered; an invalid object
-//! is refused with its validation error; only a status write sets the status, keeping the
-//! spec, and it needs the object;
-//! delete hands back the object, once; a watch hears applies and deletions but not status
-//! writes. Each case works in namespaces of its own, so the cases share one store.
+//! reports it unchanged or updated (spec, labels, owners) and counts generations by spec
+//! changes; the namespace defaults to `default`; get and list read by namespace and name,
+//! ordered; an invalid object is refused with its validation error; only a status write sets
+//! the status, keeping the spec, and it needs the object; delete hands back the object, once;
+//! a watch hears applies and deletions but not status writes. Each case works in namespaces
+//! of its own, so the cases share one store.
 //!
 //! Finalizers are not part of it: the file store has none (deletion runs cleanup directly),
 //! so each store's instantiation tests them its own way.
@@ -33,6 +33,7 @@ pub async fn store_contract(store: Arc<dyn ResourceStore>) {
     a_watch_hears_applies_and_deletions_but_not_status(store).await;
 }
 
+/// The kinds the contract stores objects of.
 pub fn broker_kind() -> &'static KindInfo {
     find_kind_by_name(None, "Broker").expect("Broker is a served kind")
 }
