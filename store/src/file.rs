@@ -291,6 +291,12 @@ impl ResourceStore for FileStore {
             broker_defaults(&state)
         });
         (kind.validate)(&object, old.as_ref())?;
+        // Only put_status sets a status, as the status subresource makes it in Kubernetes: one
+        // carried by the applied object (copied from a listing, say) is not the store's.
+        object
+            .as_object_mut()
+            .expect("normalised objects are mappings")
+            .remove("status");
 
         let meta = object["metadata"].as_object_mut().expect("checked above");
         let outcome = match &old {
@@ -313,10 +319,21 @@ impl ResourceStore for FileStore {
                 let content_changed = old.get("spec") != object.get("spec")
                     || old.get("data") != object.get("data")
                     || old.get("stringData") != object.get("stringData");
-                let meta_changed = old.pointer("/metadata/labels")
-                    != object.pointer("/metadata/labels")
-                    || old.pointer("/metadata/annotations")
-                        != object.pointer("/metadata/annotations");
+                // Every field an apply gives counts, as in Kubernetes: owners too (an owner
+                // recreated has a new uid), and top-level fields beside the spec.
+                let meta_changed =
+                    ["labels", "annotations", "ownerReferences"]
+                        .iter()
+                        .any(|field| {
+                            let field = format!("/metadata/{field}");
+                            old.pointer(&field) != object.pointer(&field)
+                        });
+                let other_changed = [&object, old]
+                    .into_iter()
+                    .filter_map(Value::as_object)
+                    .flat_map(|map| map.keys())
+                    .filter(|key| !["metadata", "status"].contains(&key.as_str()))
+                    .any(|key| old.get(key) != object.get(key));
                 let meta = object["metadata"].as_object_mut().expect("checked above");
                 meta.insert(
                     "generation".into(),
@@ -328,7 +345,7 @@ impl ResourceStore for FileStore {
                         .expect("checked above")
                         .insert("status".into(), status.clone());
                 }
-                if content_changed || meta_changed {
+                if content_changed || meta_changed || other_changed {
                     Applied::Updated
                 } else {
                     Applied::Unchanged

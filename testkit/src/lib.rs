@@ -19,6 +19,7 @@ pub mod oidc;
 pub mod rabbitmq;
 pub mod sink_contract;
 pub mod source_contract;
+pub mod store_contract;
 mod subscriber;
 
 pub use api::*;

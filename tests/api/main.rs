@@ -15,5 +15,6 @@ mod loops;
 mod oidc;
 mod reconcilers;
 mod resource_api;
+mod store_contract;
 mod tls;
 mod xregistry;
