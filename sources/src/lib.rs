@@ -41,7 +41,24 @@ use rivulet_core::resources::{
 use rivulet_store::object_key;
 
 /// Registers a source kind, named once by its [`SourceKind`], with the generic reconciler.
+/// Without `validate`, the kind's metadata and spec ([`ValidateSpec`]) are checked.
+///
+/// [`ValidateSpec`]: rivulet_core::resources::validation::ValidateSpec
 macro_rules! register_source {
+    ($source:ty as $resource:ty {
+        group: $group:literal,
+        version: $version:literal,
+        plural: $plural:literal $(,)?
+    }) => {
+        $crate::register_source! {
+            $source as $resource {
+                group: $group,
+                version: $version,
+                plural: $plural,
+                validate: rivulet_core::resources::validation::validate_resource::<$resource>,
+            }
+        }
+    };
     ($source:ty as $resource:ty {
         group: $group:literal,
         version: $version:literal,
