@@ -201,7 +201,7 @@ impl LabelSelector {
 }
 
 crate::register_source! {
-    ApiServerSourceKind as ApiServerSource {
+    ApiServerSource {
         group: "sources.knative.dev",
         version: "v1",
         plural: "apiserversources",
@@ -533,25 +533,17 @@ async fn check_permissions(
     Ok(())
 }
 
-/// ApiServerSource for the generic source reconciler.
-pub struct ApiServerSourceKind;
-
-impl SourceKind for ApiServerSourceKind {
+impl SourceKind for ApiServerSource {
     const KIND: &'static str = "ApiServerSource";
     // A watch in every data-plane replica would send every change several times.
     const RUNS_ONCE: bool = true;
-    type Resource = ApiServerSource;
 
-    fn source(resource: &ApiServerSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    async fn prepare(
-        resource: &ApiServerSource,
-        key: &SourceKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let account = service_account_user(&key.namespace, spec.service_account_name.as_deref());
         // Never the controller's own client: the source sees what its account may see.
         let Some(client) = ctx.kube_client_as(&account) else {

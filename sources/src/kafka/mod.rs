@@ -99,7 +99,7 @@ pub struct KafkaSourceSpec {
 }
 
 crate::register_source! {
-    KafkaSourceKind as KafkaSource {
+    KafkaSource {
         group: "sources.knative.dev",
         version: "v1beta1",
         plural: "kafkasources",
@@ -135,27 +135,19 @@ impl ValidateSpec for KafkaSourceSpec {
     }
 }
 
-/// KafkaSource for the generic source reconciler.
-pub struct KafkaSourceKind;
-
-impl SourceKind for KafkaSourceKind {
+impl SourceKind for KafkaSource {
     const KIND: &'static str = "KafkaSource";
-    type Resource = KafkaSource;
 
-    fn source(resource: &KafkaSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &KafkaSource) -> Option<DeliverySpec> {
-        resource.spec.delivery.clone().filter(DeliverySpec::is_set)
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
-    async fn prepare(
-        resource: &KafkaSource,
-        key: &SourceKey,
-        _ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, _ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let settings = std::collections::BTreeMap::from([(
             channel_kafka::BOOTSTRAP_SERVERS.to_owned(),
             spec.bootstrap_servers.join(","),

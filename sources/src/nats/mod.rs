@@ -43,7 +43,7 @@ use super::{
 };
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
-    ValidateSpec, ValidationError, validate_delivery, validate_nats_subject, validate_nats_url,
+    ValidateSpec, ValidationError, validate_nats_subject, validate_nats_url,
 };
 use rivulet_core::resources::{Condition, DeliverySpec};
 
@@ -87,7 +87,7 @@ pub struct NatsSourceSpec {
 }
 
 crate::register_source! {
-    NatsSourceKind as NatsSource {
+    NatsSource {
         group: "sources.rivulet.dev",
         version: "v1alpha1",
         plural: "natssources",
@@ -144,35 +144,27 @@ impl ValidateSpec for NatsSourceSpec {
         if let Some(group) = &self.queue_group {
             validate_name("spec.queueGroup", group)?;
         }
-        self.source.validate()?;
-        if let Some(delivery) = &self.delivery {
-            validate_delivery("spec.delivery", delivery)?;
-        }
-        Ok(())
+        self.source.validate_with_delivery(self.delivery.as_ref())
     }
 }
 
-/// NatsSource for the generic source reconciler.
-pub struct NatsSourceKind;
-
-impl SourceKind for NatsSourceKind {
+impl SourceKind for NatsSource {
     const KIND: &'static str = "NatsSource";
-    type Resource = NatsSource;
 
-    fn source(resource: &NatsSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &NatsSource) -> Option<DeliverySpec> {
-        resource.spec.delivery.clone().filter(DeliverySpec::is_set)
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
     async fn prepare(
-        resource: &NatsSource,
+        &self,
         key: &SourceKey,
         _ctx: &Arc<rivulet_control::runtime::Context>,
     ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+        let spec = &self.spec;
         let event_source = format!(
             "/apis/v1/namespaces/{}/natssources/{}",
             key.namespace, key.name

@@ -57,7 +57,7 @@ pub struct PingSourceSpec {
 }
 
 crate::register_source! {
-    PingSourceKind as PingSource {
+    PingSource {
         group: "sources.knative.dev",
         version: "v1",
         plural: "pingsources",
@@ -244,25 +244,17 @@ impl ValidateSpec for PingSourceSpec {
     }
 }
 
-/// PingSource for the generic source reconciler.
-pub struct PingSourceKind;
-
-impl SourceKind for PingSourceKind {
+impl SourceKind for PingSource {
     const KIND: &'static str = "PingSource";
     // Each replica ticking would send every tick several times.
     const RUNS_ONCE: bool = true;
-    type Resource = PingSource;
 
-    fn source(resource: &PingSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    async fn prepare(
-        resource: &PingSource,
-        key: &SourceKey,
-        _ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, _ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let invalid = |message: String| Condition::new("Deployed", false, "InvalidSpec", message);
         let schedule_text = spec.schedule.clone().unwrap_or_else(|| "* * * * *".into());
         let schedule = Schedule::parse(&schedule_text).map_err(invalid)?;

@@ -52,7 +52,7 @@ use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::rabbitmq_broker_config::{
     RabbitmqClusterReference, validate_amqp_connection,
 };
-use rivulet_core::resources::validation::{ValidateSpec, ValidationError, validate_delivery};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 use rivulet_core::resources::{Condition, DeliverySpec};
 
 /// The type of events wrapped around messages that carry no CloudEvent.
@@ -99,7 +99,7 @@ pub struct RabbitmqResourcesConfig {
 }
 
 crate::register_source! {
-    RabbitmqSourceKind as RabbitmqSource {
+    RabbitmqSource {
         group: "sources.knative.dev",
         version: "v1alpha1",
         plural: "rabbitmqsources",
@@ -151,11 +151,7 @@ impl ValidateSpec for RabbitmqSourceSpec {
                 format!("{parallelism} is not between 1 and 1000"),
             ));
         }
-        self.source.validate()?;
-        if let Some(delivery) = &self.delivery {
-            validate_delivery("spec.delivery", delivery)?;
-        }
-        Ok(())
+        self.source.validate_with_delivery(self.delivery.as_ref())
     }
 }
 
@@ -177,27 +173,19 @@ fn with_vhost(uri: &str, vhost: &str) -> String {
     format!("{scheme}://{authority}/{encoded}{query}")
 }
 
-/// RabbitmqSource for the generic source reconciler.
-pub struct RabbitmqSourceKind;
-
-impl SourceKind for RabbitmqSourceKind {
+impl SourceKind for RabbitmqSource {
     const KIND: &'static str = "RabbitmqSource";
-    type Resource = RabbitmqSource;
 
-    fn source(resource: &RabbitmqSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &RabbitmqSource) -> Option<DeliverySpec> {
-        resource.spec.delivery.clone().filter(DeliverySpec::is_set)
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
-    async fn prepare(
-        resource: &RabbitmqSource,
-        key: &SourceKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let mut conditions = Vec::new();
         let secret = spec.rabbitmq_cluster_reference.as_ref().map(|reference| {
             (

@@ -28,7 +28,7 @@ use super::{
 use rivulet_control::runtime::Context;
 use rivulet_control::runtime::routes::HttpRoutes;
 use rivulet_core::event::{Event, ExtensionValue, SpecVersion};
-use rivulet_core::resources::validation::{ValidateSpec, ValidationError, validate_delivery};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 use rivulet_core::resources::{Condition, DeliverySpec, find_kind_by_name};
 
 /// The event type when `spec.eventType` is not set.
@@ -77,7 +77,7 @@ pub struct SecretKeySelector {
 }
 
 crate::register_source! {
-    WebhookSourceKind as WebhookSource {
+    WebhookSource {
         group: "sources.rivulet.dev",
         version: "v1alpha1",
         plural: "webhooksources",
@@ -138,48 +138,38 @@ impl ValidateSpec for WebhookSourceSpec {
                 return Err(ValidationError::new("spec.secret.key", "is required"));
             }
         }
-        self.source.validate()?;
-        if let Some(delivery) = &self.delivery {
-            validate_delivery("spec.delivery", delivery)?;
-            if delivery.dead_letter_sink.is_some() {
-                return Err(ValidationError::new(
-                    "spec.delivery.deadLetterSink",
-                    "is not supported: a webhook source answers its caller with the failure instead",
-                ));
-            }
+        self.source.validate_with_delivery(self.delivery.as_ref())?;
+        if self
+            .delivery
+            .as_ref()
+            .is_some_and(|delivery| delivery.dead_letter_sink.is_some())
+        {
+            return Err(ValidationError::new(
+                "spec.delivery.deadLetterSink",
+                "is not supported: a webhook source answers its caller with the failure instead",
+            ));
         }
         Ok(())
     }
 }
 
-/// WebhookSource for the generic source reconciler.
-pub struct WebhookSourceKind;
-
-impl SourceKind for WebhookSourceKind {
+impl SourceKind for WebhookSource {
     const KIND: &'static str = "WebhookSource";
-    type Resource = WebhookSource;
 
-    fn source(resource: &WebhookSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &WebhookSource) -> Option<DeliverySpec> {
-        Some(
-            resource
-                .spec
-                .delivery
-                .clone()
-                .filter(DeliverySpec::is_set)
-                .unwrap_or_else(default_delivery),
-        )
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
-    async fn prepare(
-        resource: &WebhookSource,
-        key: &SourceKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    fn default_delivery() -> DeliverySpec {
+        self::default_delivery()
+    }
+
+    async fn prepare(&self, key: &SourceKey, ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let mut conditions = Vec::new();
         if let Some(selector) = &spec.secret {
             read_secret(ctx, &key.namespace, selector)
