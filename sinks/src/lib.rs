@@ -65,7 +65,22 @@ pub const RESYNC_AFTER: &[&str] = &["EventPolicy"];
 pub const RESYNC_BEFORE: &[&str] = &["Trigger"];
 
 /// Registers a sink kind, named once by its [`SinkKind`], with the generic reconciler.
+/// Without `validate`, the kind's metadata and spec ([`ValidateSpec`]) are checked.
+///
+/// [`ValidateSpec`]: rivulet_core::resources::validation::ValidateSpec
 macro_rules! register_sink {
+    ($sink:ty as $resource:ty {
+        group: $group:literal,
+        version: $version:literal $(,)?
+    }) => {
+        $crate::register_sink! {
+            $sink as $resource {
+                group: $group,
+                version: $version,
+                validate: rivulet_core::resources::validation::validate_resource::<$resource>,
+            }
+        }
+    };
     ($sink:ty as $resource:ty {
         group: $group:literal,
         version: $version:literal,

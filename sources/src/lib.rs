@@ -41,21 +41,38 @@ use rivulet_core::resources::{
 use rivulet_store::object_key;
 
 /// Registers a source kind, named once by its [`SourceKind`], with the generic reconciler.
+/// Without `validate`, the kind's metadata and spec ([`ValidateSpec`]) are checked.
+///
+/// [`ValidateSpec`]: rivulet_core::resources::validation::ValidateSpec
 macro_rules! register_source {
-    ($source:ty as $resource:ty {
+    ($resource:ty {
+        group: $group:literal,
+        version: $version:literal,
+        plural: $plural:literal $(,)?
+    }) => {
+        $crate::register_source! {
+            $resource {
+                group: $group,
+                version: $version,
+                plural: $plural,
+                validate: rivulet_core::resources::validation::validate_resource::<$resource>,
+            }
+        }
+    };
+    ($resource:ty {
         group: $group:literal,
         version: $version:literal,
         plural: $plural:literal,
         validate: $validate:path $(,)?
     }) => {
         rivulet_control::register_kind! {
-            kind: <$source as $crate::SourceKind>::KIND,
+            kind: <$resource as $crate::SourceKind>::KIND,
             resource: $resource,
             group: $group,
             version: $version,
             plural: $plural,
             validate: $validate,
-            reconciler: $crate::SourceReconciler<$source>,
+            reconciler: $crate::SourceReconciler<$resource>,
         }
     };
 }
@@ -73,11 +90,11 @@ pub mod webhook;
 pub struct SourceReconciler<K>(std::marker::PhantomData<K>);
 
 impl<K: SourceKind> runtime::Reconcile for SourceReconciler<K> {
-    type Resource = K::Resource;
+    type Resource = K;
     const AFTER: &'static [&'static str] = RESYNC_AFTER;
 
     fn reconcile(
-        resource: K::Resource,
+        resource: K,
         object: &Value,
         ctx: &Arc<Context>,
     ) -> impl Future<Output = Result<Action, ReconcileError>> + Send {
@@ -120,6 +137,18 @@ impl SourceSpec {
         rivulet_core::resources::validation::validate_destination("spec.sink", &self.sink)?;
         if let Some(overrides) = &self.ce_overrides {
             validate_ce_overrides("spec.ceOverrides", overrides)?;
+        }
+        Ok(())
+    }
+
+    /// Checks `spec.sink`, `spec.ceOverrides` and the kind's `spec.delivery`, when set.
+    pub fn validate_with_delivery(
+        &self,
+        delivery: Option<&DeliverySpec>,
+    ) -> Result<(), ValidationError> {
+        self.validate()?;
+        if let Some(delivery) = delivery {
+            rivulet_core::resources::validation::validate_delivery("spec.delivery", delivery)?;
         }
         Ok(())
     }
@@ -217,26 +246,30 @@ pub struct SourceContext {
     pub stop_grace: Duration,
 }
 
-/// A source kind, as the generic reconciler needs it.
-pub trait SourceKind: Send + Sync + 'static {
+/// A source kind's resource, as the generic reconciler needs it.
+pub trait SourceKind: DeserializeOwned + Send + Sync + 'static {
     /// The kind's name, as registered in its `KindInfo`.
     const KIND: &'static str;
-    type Resource: DeserializeOwned + Send + Sync;
 
     /// The resource's sink and CloudEvent overrides.
-    fn source(resource: &Self::Resource) -> &SourceSpec;
+    fn source(&self) -> &SourceSpec;
     /// Whether the adapter must run once in the whole system (a schedule, a watch) rather
     /// than in every data-plane replica (where it shares work through its upstream, like a
     /// consumer group or a queue). On Kubernetes, the single controller runs the former.
     const RUNS_ONCE: bool = false;
-    /// The delivery rules towards the sink; `None` uses [`default_source_delivery`].
-    fn delivery(_resource: &Self::Resource) -> Option<DeliverySpec> {
+    /// The delivery rules towards the sink, when the kind's spec has them; unset or empty,
+    /// [`default_delivery`](Self::default_delivery) applies.
+    fn delivery(&self) -> Option<&DeliverySpec> {
         None
+    }
+    /// The delivery rules of a source that sets none: [`default_source_delivery`].
+    fn default_delivery() -> DeliverySpec {
+        default_source_delivery()
     }
     /// Builds the adapter, checking what validation cannot (secrets, ...). An error is the
     /// failing condition to report; the reconciler tries again later.
     fn prepare(
-        resource: &Self::Resource,
+        &self,
         key: &SourceKey,
         ctx: &Arc<Context>,
     ) -> impl Future<Output = Result<Prepared, Condition>> + Send;
@@ -480,7 +513,7 @@ pub fn state_dir(ctx: &Context, key: &SourceKey) -> PathBuf {
 /// The generic source reconciler: resolves `spec.sink`, prepares the adapter, runs it (or
 /// restarts it when its configuration changed) and writes the status.
 pub async fn reconcile<K: SourceKind>(
-    resource: K::Resource,
+    resource: K,
     object: &Value,
     ctx: &Arc<Context>,
 ) -> Result<Action, ReconcileError> {
@@ -501,7 +534,7 @@ pub async fn reconcile<K: SourceKind>(
     let retry_later = Action::Requeue(Duration::from_secs(5));
 
     let sink = ctx
-        .resolve_for(object, "/status/sinkUri", &K::source(&resource).sink)
+        .resolve_for(object, "/status/sinkUri", &resource.source().sink)
         .await;
     match &sink {
         Ok(uri) => {
@@ -518,7 +551,11 @@ pub async fn reconcile<K: SourceKind>(
             action = retry_later;
         }
     }
-    let delivery = K::delivery(&resource).unwrap_or_else(default_source_delivery);
+    let delivery = resource
+        .delivery()
+        .filter(|delivery| delivery.is_set())
+        .cloned()
+        .unwrap_or_else(K::default_delivery);
     let mut dead_letter_uri = Ok(None);
     if let Some(dls) = &delivery.dead_letter_sink {
         dead_letter_uri = ctx
@@ -539,7 +576,7 @@ pub async fn reconcile<K: SourceKind>(
             }
         }
     }
-    let prepared = K::prepare(&resource, &key, ctx).await;
+    let prepared = resource.prepare(&key, ctx).await;
     if let Err(condition) = &prepared {
         parts.push(condition.clone());
         if condition.reason.as_deref() != Some(KUBERNETES_REQUIRED) {
@@ -551,7 +588,8 @@ pub async fn reconcile<K: SourceKind>(
     match (sink, dead_letter_uri, prepared) {
         (Ok(uri), Ok(dead_letter_uri), Ok(prepared)) => {
             parts.extend(prepared.conditions.iter().cloned());
-            let overrides = K::source(&resource)
+            let overrides = resource
+                .source()
                 .ce_overrides
                 .as_ref()
                 .map(|o| o.extensions.clone())
@@ -566,7 +604,7 @@ pub async fn reconcile<K: SourceKind>(
                         &name,
                     ),
                     audience: rivulet_broker::auth::destination_audience(
-                        &K::source(&resource).sink,
+                        &resource.source().sink,
                         &namespace,
                     ),
                     dead_letter_audience: delivery

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use rivulet_core::resources::Condition;
+
 use super::Context;
 
 impl Context {
@@ -39,4 +41,35 @@ pub async fn amqp_uri_of_secret(
     let data = ctx.secret_data(namespace, name).await?;
     rivulet_channels::rabbitmq::link::uri_from_secret(&data)
         .map_err(|e| format!("Secret {namespace}/{name}: {e}"))
+}
+
+/// The AMQP URI a RabbitMQ source or sink connects to: `uri` as given, else the one the
+/// connection Secret `secret` (namespace, name) holds, which adds a true `SecretResolved` to
+/// `conditions`. A Secret that cannot be read, or neither being given (`neither` says which
+/// fields), is a false `SecretResolved`.
+pub async fn amqp_connection_uri(
+    ctx: &Context,
+    uri: Option<&str>,
+    secret: Option<(&str, &str)>,
+    neither: &str,
+    conditions: &mut Vec<Condition>,
+) -> Result<String, Condition> {
+    match (uri, secret) {
+        (Some(uri), _) => Ok(uri.to_owned()),
+        (None, Some((namespace, name))) => {
+            let uri = amqp_uri_of_secret(ctx, namespace, name)
+                .await
+                .map_err(|reason| {
+                    Condition::new("SecretResolved", false, "SecretNotFound", reason)
+                })?;
+            conditions.push(Condition::new("SecretResolved", true, "", ""));
+            Ok(uri)
+        }
+        (None, None) => Err(Condition::new(
+            "SecretResolved",
+            false,
+            "NoConnection",
+            format!("neither {neither} is given"),
+        )),
+    }
 }

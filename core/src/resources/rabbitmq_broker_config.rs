@@ -51,6 +51,31 @@ pub struct SecretReference {
     pub name: String,
 }
 
+/// Checks where a RabbitMQ source or sink connects: an AMQP URI at `spec.uri` or a connection
+/// Secret at `secret_field`, exactly one of them. `missing` is the error when neither is given,
+/// since each kind says differently what it expects.
+pub fn validate_amqp_connection(
+    uri: Option<&str>,
+    secret: Option<&SecretReference>,
+    secret_field: &str,
+    missing: ValidationError,
+) -> Result<(), ValidationError> {
+    match (uri, secret) {
+        (Some(_), Some(_)) => Err(ValidationError::new(
+            "spec.uri",
+            format!("give either spec.uri or {secret_field}, not both"),
+        )),
+        (None, None) => Err(missing),
+        (Some(uri), None) => rivulet_channels::rabbitmq::link::check_uri(uri)
+            .map_err(|e| ValidationError::new("spec.uri", e.to_string())),
+        (None, Some(secret)) if secret.name.is_empty() => Err(ValidationError::new(
+            format!("{secret_field}.name"),
+            "is required",
+        )),
+        (None, Some(_)) => Ok(()),
+    }
+}
+
 inventory::submit! {
     super::KindInfo {
         group: "eventing.knative.dev",
@@ -79,21 +104,16 @@ pub fn validate_rabbitmq_broker_config_value(
 pub fn validate_rabbitmq_broker_config(
     spec: &RabbitmqBrokerConfigSpec,
 ) -> Result<(), ValidationError> {
-    match &spec.rabbitmq_cluster_reference.connection_secret {
-        Some(secret) if secret.name.is_empty() => {
-            return Err(ValidationError::new(
-                "spec.rabbitmqClusterReference.connectionSecret.name",
-                "is required",
-            ));
-        }
-        Some(_) => {}
-        None => {
-            return Err(ValidationError::new(
-                "spec.rabbitmqClusterReference.connectionSecret",
-                "is required outside Kubernetes: name a Secret whose key uri holds the AMQP URI",
-            ));
-        }
-    }
+    const SECRET_FIELD: &str = "spec.rabbitmqClusterReference.connectionSecret";
+    validate_amqp_connection(
+        None,
+        spec.rabbitmq_cluster_reference.connection_secret.as_ref(),
+        SECRET_FIELD,
+        ValidationError::new(
+            SECRET_FIELD,
+            "is required outside Kubernetes: name a Secret whose key uri holds the AMQP URI",
+        ),
+    )?;
     match spec.queue_type.as_deref() {
         None | Some("classic") | Some("quorum") => Ok(()),
         Some(other) => Err(ValidationError::new(

@@ -214,6 +214,21 @@ pub fn validate_object_meta(kind: &str, object: &Value) -> Result {
     Ok(())
 }
 
+/// The checks of a kind's spec that its schema cannot express.
+pub trait ValidateSpec {
+    fn validate(&self) -> Result;
+}
+
+/// The `validate` of a kind `R` whose checks are those of its metadata and of its spec.
+pub fn validate_resource<R>(new: &Value, _old: Option<&Value>) -> Result
+where
+    R: kube::core::object::HasSpec + serde::de::DeserializeOwned,
+    R::Spec: ValidateSpec,
+{
+    validate_metadata(new)?;
+    typed::<R>(new)?.spec().validate()
+}
+
 /// Deserialises `object` into `T`, reporting serde's complaint (unknown field, wrong type) as
 /// a validation error.
 pub fn typed<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T> {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rivulet_core::knative_sink;
 use rivulet_core::resources::apply;
-use serde_json::Value;
 
 use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_broker::delivery::{DeliveryPolicy, Outcome, Sender, is_retryable};
@@ -16,7 +15,7 @@ use rivulet_control::runtime::{self, Context};
 use rivulet_core::event::Event;
 use rivulet_core::metrics::{AdapterLabels, Metrics};
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
+    ValidateSpec, ValidationError, validate_delivery, validate_destination,
 };
 use rivulet_core::resources::{Condition, DeliverySpec, Destination};
 
@@ -40,44 +39,36 @@ crate::register_sink! {
     HttpForwardSinkKind as HttpForwardSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        validate: validate_http_forward_sink_value,
     }
 }
 
-pub fn validate_http_forward_sink_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let sink: HttpForwardSink = typed(new)?;
-    validate_http_forward_sink(&sink.spec)
-}
-
-pub fn validate_http_forward_sink(spec: &HttpForwardSinkSpec) -> Result<(), ValidationError> {
-    if spec.uri.is_empty() {
-        return Err(ValidationError::new("spec.uri", "is required"));
+impl ValidateSpec for HttpForwardSinkSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.uri.is_empty() {
+            return Err(ValidationError::new("spec.uri", "is required"));
+        }
+        let as_destination = Destination {
+            uri: Some(self.uri.clone()),
+            ..Destination::default()
+        };
+        validate_destination("spec", &as_destination)?;
+        // Rivulet's own kind, so it can refuse at admission what it could never forward to.
+        if let Ok(url) = url::Url::parse(&self.uri)
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            return Err(ValidationError::new(
+                "spec.uri",
+                format!(
+                    "scheme {:?} is not supported; use http or https",
+                    url.scheme()
+                ),
+            ));
+        }
+        if let Some(delivery) = &self.delivery {
+            validate_delivery("spec.delivery", delivery)?;
+        }
+        Ok(())
     }
-    let as_destination = Destination {
-        uri: Some(spec.uri.clone()),
-        ..Destination::default()
-    };
-    validate_destination("spec", &as_destination)?;
-    // Rivulet's own kind, so it can refuse at admission what it could never forward to.
-    if let Ok(url) = url::Url::parse(&spec.uri)
-        && !matches!(url.scheme(), "http" | "https")
-    {
-        return Err(ValidationError::new(
-            "spec.uri",
-            format!(
-                "scheme {:?} is not supported; use http or https",
-                url.scheme()
-            ),
-        ));
-    }
-    if let Some(delivery) = &spec.delivery {
-        validate_delivery("spec.delivery", delivery)?;
-    }
-    Ok(())
 }
 
 /// HttpForwardSink for the generic sink reconciler.
@@ -183,17 +174,10 @@ mod tests {
             uri: uri.into(),
             delivery,
         };
-        assert!(validate_http_forward_sink(&spec("http://127.0.0.1:9/", None)).is_ok());
+        assert!(spec("http://127.0.0.1:9/", None).validate().is_ok());
+        assert_eq!(spec("", None).validate().unwrap_err().field, "spec.uri");
         assert_eq!(
-            validate_http_forward_sink(&spec("", None))
-                .unwrap_err()
-                .field,
-            "spec.uri"
-        );
-        assert_eq!(
-            validate_http_forward_sink(&spec("ftp://x/", None))
-                .unwrap_err()
-                .field,
+            spec("ftp://x/", None).validate().unwrap_err().field,
             "spec.uri"
         );
         let bad_retry = DeliverySpec {
@@ -201,7 +185,8 @@ mod tests {
             ..DeliverySpec::default()
         };
         assert_eq!(
-            validate_http_forward_sink(&spec("http://x/", Some(bad_retry)))
+            spec("http://x/", Some(bad_retry))
+                .validate()
                 .unwrap_err()
                 .field,
             "spec.delivery.retry"

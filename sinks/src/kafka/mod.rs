@@ -31,7 +31,7 @@ use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{self, Event};
 use rivulet_core::resources::Condition;
-use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 
 /// The content type of a structured-mode record.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -74,39 +74,34 @@ crate::register_sink! {
     KafkaSinkKind as KafkaSink {
         group: "eventing.knative.dev",
         version: "v1alpha1",
-        validate: validate_kafka_sink_value,
     }
 }
 
-pub fn validate_kafka_sink_value(new: &Value, _old: Option<&Value>) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let sink: KafkaSink = typed(new)?;
-    validate_kafka_sink(&sink.spec)
-}
-
-pub fn validate_kafka_sink(spec: &KafkaSinkSpec) -> Result<(), ValidationError> {
-    if spec.topic.trim().is_empty() {
-        return Err(ValidationError::new("spec.topic", "is required"));
+impl ValidateSpec for KafkaSinkSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.topic.trim().is_empty() {
+            return Err(ValidationError::new("spec.topic", "is required"));
+        }
+        if self.bootstrap_servers.iter().all(|s| s.trim().is_empty()) {
+            return Err(ValidationError::new(
+                "spec.bootstrapServers",
+                "needs at least one host:port",
+            ));
+        }
+        if self.num_partitions.is_some_and(|n| n < 1) {
+            return Err(ValidationError::new(
+                "spec.numPartitions",
+                "must be at least 1",
+            ));
+        }
+        if self.replication_factor.is_some_and(|n| n < 1) {
+            return Err(ValidationError::new(
+                "spec.replicationFactor",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
-    if spec.bootstrap_servers.iter().all(|s| s.trim().is_empty()) {
-        return Err(ValidationError::new(
-            "spec.bootstrapServers",
-            "needs at least one host:port",
-        ));
-    }
-    if spec.num_partitions.is_some_and(|n| n < 1) {
-        return Err(ValidationError::new(
-            "spec.numPartitions",
-            "must be at least 1",
-        ));
-    }
-    if spec.replication_factor.is_some_and(|n| n < 1) {
-        return Err(ValidationError::new(
-            "spec.replicationFactor",
-            "must be at least 1",
-        ));
-    }
-    Ok(())
 }
 
 /// KafkaSink for the generic sink reconciler.
@@ -254,24 +249,21 @@ mod tests {
         );
         let binary = spec("topic: t\nbootstrapServers: [k:9092]\ncontentMode: binary\n");
         assert_eq!(binary.content_mode, Some(ContentMode::Binary));
-        assert!(validate_kafka_sink(&binary).is_ok());
+        assert!(binary.validate().is_ok());
     }
 
     #[test]
     fn topic_and_servers_are_required() {
         let no_topic = spec("topic: ''\nbootstrapServers: [k:9092]\n");
-        assert_eq!(
-            validate_kafka_sink(&no_topic).unwrap_err().field,
-            "spec.topic"
-        );
+        assert_eq!(no_topic.validate().unwrap_err().field, "spec.topic");
         let no_servers = spec("topic: t\nbootstrapServers: []\n");
         assert_eq!(
-            validate_kafka_sink(&no_servers).unwrap_err().field,
+            no_servers.validate().unwrap_err().field,
             "spec.bootstrapServers"
         );
         let bad_partitions = spec("topic: t\nbootstrapServers: [k:9092]\nnumPartitions: 0\n");
         assert_eq!(
-            validate_kafka_sink(&bad_partitions).unwrap_err().field,
+            bad_partitions.validate().unwrap_err().field,
             "spec.numPartitions"
         );
     }

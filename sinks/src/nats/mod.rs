@@ -16,14 +16,13 @@ use rivulet_channels::nats::async_nats::{self, jetstream};
 use rivulet_channels::nats::{DEFAULT_URL, binding};
 use rivulet_core::knative_sink;
 use rivulet_core::resources::apply;
-use serde_json::Value;
 
 use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
 use rivulet_core::resources::Condition;
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_metadata, validate_nats_subject, validate_nats_url,
+    ValidateSpec, ValidationError, validate_nats_subject, validate_nats_url,
 };
 
 /// How long a publish waits for the server (and JetStream's acknowledgement).
@@ -48,21 +47,16 @@ crate::register_sink! {
     NatsSinkKind as NatsSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        validate: validate_nats_sink_value,
     }
 }
 
-pub fn validate_nats_sink_value(new: &Value, _old: Option<&Value>) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let sink: NatsSink = typed(new)?;
-    validate_nats_sink(&sink.spec)
-}
-
-pub fn validate_nats_sink(spec: &NatsSinkSpec) -> Result<(), ValidationError> {
-    if let Some(url) = &spec.url {
-        validate_nats_url("spec.url", url)?;
+impl ValidateSpec for NatsSinkSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(url) = &self.url {
+            validate_nats_url("spec.url", url)?;
+        }
+        validate_nats_subject("spec.subject", &self.subject, false)
     }
-    validate_nats_subject("spec.subject", &spec.subject, false)
 }
 
 /// NatsSink for the generic sink reconciler.
@@ -181,9 +175,9 @@ mod tests {
             subject: subject.into(),
             jetstream: true,
         };
-        assert!(validate_nats_sink(&spec(None, "orders.created")).is_ok());
-        assert!(validate_nats_sink(&spec(Some("nats://h:4222"), "o")).is_ok());
-        let field = |s: NatsSinkSpec| validate_nats_sink(&s).unwrap_err().field;
+        assert!(spec(None, "orders.created").validate().is_ok());
+        assert!(spec(Some("nats://h:4222"), "o").validate().is_ok());
+        let field = |s: NatsSinkSpec| s.validate().unwrap_err().field;
         assert_eq!(field(spec(None, "")), "spec.subject");
         assert_eq!(field(spec(None, "orders.*")), "spec.subject");
         assert_eq!(field(spec(Some("amqp://h"), "o")), "spec.url");

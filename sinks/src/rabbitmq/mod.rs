@@ -19,14 +19,13 @@ use rivulet_channels::rabbitmq::lapin::{self, Confirmation};
 use rivulet_channels::rabbitmq::{Link, amqp, link};
 use rivulet_core::knative_sink;
 use rivulet_core::resources::apply;
-use serde_json::Value;
 
 use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::Event;
 use rivulet_core::resources::Condition;
-use rivulet_core::resources::rabbitmq_broker_config::SecretReference;
-use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::rabbitmq_broker_config::{SecretReference, validate_amqp_connection};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 
 /// How long a publish waits for RabbitMQ's confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,57 +55,31 @@ crate::register_sink! {
     RabbitmqSinkKind as RabbitmqSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        validate: validate_rabbitmq_sink_value,
     }
 }
 
-pub fn validate_rabbitmq_sink_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let sink: RabbitmqSink = typed(new)?;
-    validate_rabbitmq_sink(&sink.spec)
-}
-
-pub fn validate_rabbitmq_sink(spec: &RabbitmqSinkSpec) -> Result<(), ValidationError> {
-    match (&spec.uri, &spec.connection_secret) {
-        (Some(_), Some(_)) => {
+impl ValidateSpec for RabbitmqSinkSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        validate_amqp_connection(
+            self.uri.as_deref(),
+            self.connection_secret.as_ref(),
+            "spec.connectionSecret",
+            ValidationError::new("spec.uri", "is required (or spec.connectionSecret)"),
+        )?;
+        if self.exchange.len() > 255 {
             return Err(ValidationError::new(
-                "spec.uri",
-                "give either spec.uri or spec.connectionSecret, not both",
+                "spec.exchange",
+                "is longer than 255 bytes",
             ));
         }
-        (None, None) => {
+        if self.routing_key.as_ref().is_some_and(|k| k.len() > 255) {
             return Err(ValidationError::new(
-                "spec.uri",
-                "is required (or spec.connectionSecret)",
+                "spec.routingKey",
+                "is longer than 255 bytes",
             ));
         }
-        (Some(uri), None) => {
-            link::check_uri(uri).map_err(|e| ValidationError::new("spec.uri", e.to_string()))?
-        }
-        (None, Some(secret)) if secret.name.is_empty() => {
-            return Err(ValidationError::new(
-                "spec.connectionSecret.name",
-                "is required",
-            ));
-        }
-        (None, Some(_)) => {}
+        Ok(())
     }
-    if spec.exchange.len() > 255 {
-        return Err(ValidationError::new(
-            "spec.exchange",
-            "is longer than 255 bytes",
-        ));
-    }
-    if spec.routing_key.as_ref().is_some_and(|k| k.len() > 255) {
-        return Err(ValidationError::new(
-            "spec.routingKey",
-            "is longer than 255 bytes",
-        ));
-    }
-    Ok(())
 }
 
 /// RabbitmqSink for the generic sink reconciler.
@@ -124,27 +97,16 @@ impl SinkKind for RabbitmqSinkKind {
     ) -> Result<Built, Condition> {
         let spec = &resource.spec;
         let mut conditions = Vec::new();
-        let uri = match (&spec.uri, &spec.connection_secret) {
-            (Some(uri), _) => uri.clone(),
-            (None, Some(secret)) => {
-                let uri =
-                    rivulet_control::runtime::amqp_uri_of_secret(ctx, &key.namespace, &secret.name)
-                        .await
-                        .map_err(|reason| {
-                            Condition::new("SecretResolved", false, "SecretNotFound", reason)
-                        })?;
-                conditions.push(Condition::new("SecretResolved", true, "", ""));
-                uri
-            }
-            (None, None) => {
-                return Err(Condition::new(
-                    "SecretResolved",
-                    false,
-                    "NoConnection",
-                    "neither spec.uri nor spec.connectionSecret is given",
-                ));
-            }
-        };
+        let uri = rivulet_control::runtime::amqp_connection_uri(
+            ctx,
+            spec.uri.as_deref(),
+            spec.connection_secret
+                .as_ref()
+                .map(|secret| (key.namespace.as_str(), secret.name.as_str())),
+            "spec.uri nor spec.connectionSecret",
+            &mut conditions,
+        )
+        .await?;
         let fingerprint = format!("{uri}|{}|{:?}", spec.exchange, spec.routing_key);
         Ok(Built {
             outlet: Arc::new(RabbitmqPublisher {
@@ -249,22 +211,18 @@ mod tests {
             connection_secret: secret.map(|name| SecretReference { name: name.into() }),
             ..RabbitmqSinkSpec::default()
         };
-        assert!(validate_rabbitmq_sink(&spec(Some("amqp://h"), None)).is_ok());
-        assert!(validate_rabbitmq_sink(&spec(None, Some("s"))).is_ok());
+        assert!(spec(Some("amqp://h"), None).validate().is_ok());
+        assert!(spec(None, Some("s")).validate().is_ok());
+        assert_eq!(spec(None, None).validate().unwrap_err().field, "spec.uri");
         assert_eq!(
-            validate_rabbitmq_sink(&spec(None, None)).unwrap_err().field,
-            "spec.uri"
-        );
-        assert_eq!(
-            validate_rabbitmq_sink(&spec(Some("amqp://h"), Some("s")))
+            spec(Some("amqp://h"), Some("s"))
+                .validate()
                 .unwrap_err()
                 .field,
             "spec.uri"
         );
         assert_eq!(
-            validate_rabbitmq_sink(&spec(None, Some("")))
-                .unwrap_err()
-                .field,
+            spec(None, Some("")).validate().unwrap_err().field,
             "spec.connectionSecret.name"
         );
     }

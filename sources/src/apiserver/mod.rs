@@ -24,7 +24,6 @@ use rivulet_core::knative_source;
 use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{
     CloudEventAttributes, KUBERNETES_REQUIRED, Prepared, SourceKey, SourceKind, SourceSpec,
@@ -32,9 +31,7 @@ use super::{
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::filter::Filter;
-use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_filter, validate_metadata,
-};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError, validate_filter};
 use rivulet_core::resources::{Condition, SubscriptionsApiFilter};
 
 mod adapter;
@@ -204,83 +201,75 @@ impl LabelSelector {
 }
 
 crate::register_source! {
-    ApiServerSourceKind as ApiServerSource {
+    ApiServerSource {
         group: "sources.knative.dev",
         version: "v1",
         plural: "apiserversources",
-        validate: validate_api_server_source_value,
     }
 }
 
-pub fn validate_api_server_source_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let source: ApiServerSource = typed(new)?;
-    validate_api_server_source(&source.spec)
-}
-
-pub fn validate_api_server_source(spec: &ApiServerSourceSpec) -> Result<(), ValidationError> {
-    if spec.resources.is_empty() {
-        return Err(ValidationError::new(
-            "spec.resources",
-            "must list at least one resource to watch (apiVersion and kind)",
-        ));
-    }
-    for (index, resource) in spec.resources.iter().enumerate() {
-        let field = format!("spec.resources[{index}]");
-        if resource.api_version.trim().is_empty() {
+impl ValidateSpec for ApiServerSourceSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.resources.is_empty() {
             return Err(ValidationError::new(
-                format!("{field}.apiVersion"),
-                "is required (v1 for the core group, group/version otherwise, e.g. apps/v1)",
+                "spec.resources",
+                "must list at least one resource to watch (apiVersion and kind)",
             ));
         }
-        group_version_kind(&resource.api_version, "-")
-            .map_err(|m| ValidationError::new(format!("{field}.apiVersion"), m))?;
-        if resource.kind.trim().is_empty() {
+        for (index, resource) in self.resources.iter().enumerate() {
+            let field = format!("spec.resources[{index}]");
+            if resource.api_version.trim().is_empty() {
+                return Err(ValidationError::new(
+                    format!("{field}.apiVersion"),
+                    "is required (v1 for the core group, group/version otherwise, e.g. apps/v1)",
+                ));
+            }
+            group_version_kind(&resource.api_version, "-")
+                .map_err(|m| ValidationError::new(format!("{field}.apiVersion"), m))?;
+            if resource.kind.trim().is_empty() {
+                return Err(ValidationError::new(
+                    format!("{field}.kind"),
+                    "is required (e.g. Pod)",
+                ));
+            }
+            if let Some(selector) = &resource.selector {
+                validate_label_selector(&format!("{field}.selector"), selector)?;
+            }
+        }
+        if let Some(owner) = &self.owner {
+            if !owner.api_version.is_empty() {
+                group_version_kind(&owner.api_version, "-")
+                    .map_err(|m| ValidationError::new("spec.owner.apiVersion", m))?;
+            }
+            if owner.kind.trim().is_empty() {
+                return Err(ValidationError::new(
+                    "spec.owner.kind",
+                    "is required (the kind of the controlling owner, e.g. ReplicaSet)",
+                ));
+            }
+        }
+        if let Some(selector) = &self.namespace_selector {
+            validate_label_selector("spec.namespaceSelector", selector)?;
+        }
+        if let Some(name) = self
+            .service_account_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            && (name.len() > 253 || !rivulet_core::resources::validation::is_dns_subdomain(name))
+        {
             return Err(ValidationError::new(
-                format!("{field}.kind"),
-                "is required (e.g. Pod)",
+                "spec.serviceAccountName",
+                format!(
+                    "{name:?} is not a service account name (lower-case letters, digits, '-' and '.', up to 253)"
+                ),
             ));
         }
-        if let Some(selector) = &resource.selector {
-            validate_label_selector(&format!("{field}.selector"), selector)?;
+        for (index, filter) in self.filters.iter().enumerate() {
+            validate_filter(&format!("spec.filters[{index}]"), filter)?;
         }
+        self.source.validate()?;
+        Ok(())
     }
-    if let Some(owner) = &spec.owner {
-        if !owner.api_version.is_empty() {
-            group_version_kind(&owner.api_version, "-")
-                .map_err(|m| ValidationError::new("spec.owner.apiVersion", m))?;
-        }
-        if owner.kind.trim().is_empty() {
-            return Err(ValidationError::new(
-                "spec.owner.kind",
-                "is required (the kind of the controlling owner, e.g. ReplicaSet)",
-            ));
-        }
-    }
-    if let Some(selector) = &spec.namespace_selector {
-        validate_label_selector("spec.namespaceSelector", selector)?;
-    }
-    if let Some(name) = spec
-        .service_account_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        && (name.len() > 253 || !rivulet_core::resources::validation::is_dns_subdomain(name))
-    {
-        return Err(ValidationError::new(
-            "spec.serviceAccountName",
-            format!(
-                "{name:?} is not a service account name (lower-case letters, digits, '-' and '.', up to 253)"
-            ),
-        ));
-    }
-    for (index, filter) in spec.filters.iter().enumerate() {
-        validate_filter(&format!("spec.filters[{index}]"), filter)?;
-    }
-    spec.source.validate()?;
-    Ok(())
 }
 
 /// The group, version and kind of `apiVersion` (`v1` or `group/version`) and `kind`.
@@ -544,32 +533,24 @@ async fn check_permissions(
     Ok(())
 }
 
-/// ApiServerSource for the generic source reconciler.
-pub struct ApiServerSourceKind;
-
-impl SourceKind for ApiServerSourceKind {
+impl SourceKind for ApiServerSource {
     const KIND: &'static str = "ApiServerSource";
     // A watch in every data-plane replica would send every change several times.
     const RUNS_ONCE: bool = true;
-    type Resource = ApiServerSource;
 
-    fn source(resource: &ApiServerSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    async fn prepare(
-        resource: &ApiServerSource,
-        key: &SourceKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let account = service_account_user(&key.namespace, spec.service_account_name.as_deref());
         // Never the controller's own client: the source sees what its account may see.
         let Some(client) = ctx.kube_client_as(&account) else {
             return Err(kubernetes_required());
         };
         let invalid = |message: String| Condition::new("Deployed", false, "InvalidSpec", message);
-        validate_api_server_source(spec).map_err(|e| invalid(e.to_string()))?;
+        spec.validate().map_err(|e| invalid(e.to_string()))?;
         let client = client.map_err(|error| {
             Condition::new("Deployed", false, "ImpersonationFailed", error.to_string())
         })?;
@@ -634,6 +615,8 @@ impl SourceKind for ApiServerSourceKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rivulet_core::resources::validation::{typed, validate_resource};
+    use serde_json::Value;
     use serde_json::json;
 
     fn source(spec: Value) -> Value {
@@ -653,7 +636,7 @@ mod tests {
     }
 
     fn error_field(spec: Value) -> String {
-        validate_api_server_source_value(&source(spec), None)
+        validate_resource::<ApiServerSource>(&source(spec), None)
             .expect_err("refused")
             .field
     }
@@ -669,7 +652,7 @@ mod tests {
             "resources": [{"apiVersion": "apps/v1", "kind": "Deployment",
                 "selector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}}]
         }));
-        validate_api_server_source_value(&object, None).expect("valid");
+        validate_resource::<ApiServerSource>(&object, None).expect("valid");
         let parsed: ApiServerSource = typed(&source(json!({}))).unwrap();
         assert_eq!(parsed.spec.mode, EventMode::Reference);
     }

@@ -39,7 +39,7 @@ use super::{
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, ExtensionValue, SpecVersion, parse_structured};
-use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 use rivulet_core::resources::{Condition, DeliverySpec};
 
 /// The type of events made from records that are not CloudEvents.
@@ -99,71 +99,55 @@ pub struct KafkaSourceSpec {
 }
 
 crate::register_source! {
-    KafkaSourceKind as KafkaSource {
+    KafkaSource {
         group: "sources.knative.dev",
         version: "v1beta1",
         plural: "kafkasources",
-        validate: validate_kafka_source_value,
     }
 }
 
-pub fn validate_kafka_source_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let source: KafkaSource = typed(new)?;
-    validate_kafka_source(&source.spec)
+impl ValidateSpec for KafkaSourceSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.bootstrap_servers.iter().all(|s| s.trim().is_empty()) {
+            return Err(ValidationError::new(
+                "spec.bootstrapServers",
+                "needs at least one host:port",
+            ));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(ValidationError::new(
+                "spec.topics",
+                "needs at least one topic name, none empty",
+            ));
+        }
+        if self
+            .consumer_group
+            .as_deref()
+            .is_some_and(|g| g.trim().is_empty())
+        {
+            return Err(ValidationError::new(
+                "spec.consumerGroup",
+                "must not be empty",
+            ));
+        }
+        self.source.validate()?;
+        Ok(())
+    }
 }
 
-pub fn validate_kafka_source(spec: &KafkaSourceSpec) -> Result<(), ValidationError> {
-    if spec.bootstrap_servers.iter().all(|s| s.trim().is_empty()) {
-        return Err(ValidationError::new(
-            "spec.bootstrapServers",
-            "needs at least one host:port",
-        ));
-    }
-    if spec.topics.is_empty() || spec.topics.iter().any(|t| t.trim().is_empty()) {
-        return Err(ValidationError::new(
-            "spec.topics",
-            "needs at least one topic name, none empty",
-        ));
-    }
-    if spec
-        .consumer_group
-        .as_deref()
-        .is_some_and(|g| g.trim().is_empty())
-    {
-        return Err(ValidationError::new(
-            "spec.consumerGroup",
-            "must not be empty",
-        ));
-    }
-    spec.source.validate()?;
-    Ok(())
-}
-
-/// KafkaSource for the generic source reconciler.
-pub struct KafkaSourceKind;
-
-impl SourceKind for KafkaSourceKind {
+impl SourceKind for KafkaSource {
     const KIND: &'static str = "KafkaSource";
-    type Resource = KafkaSource;
 
-    fn source(resource: &KafkaSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &KafkaSource) -> Option<DeliverySpec> {
-        resource.spec.delivery.clone().filter(DeliverySpec::is_set)
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
-    async fn prepare(
-        resource: &KafkaSource,
-        key: &SourceKey,
-        _ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, _ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let settings = std::collections::BTreeMap::from([(
             channel_kafka::BOOTSTRAP_SERVERS.to_owned(),
             spec.bootstrap_servers.join(","),
@@ -404,19 +388,16 @@ mod tests {
         assert_eq!(spec.initial_offset, Some(InitialOffset::Earliest));
         assert_eq!(spec.ordering, Some(Ordering::Ordered));
         assert_eq!(spec.consumer_group.as_deref(), Some("g"));
-        assert!(validate_kafka_source(&spec).is_ok());
+        assert!(spec.validate().is_ok());
     }
 
     #[test]
     fn topics_and_servers_are_required() {
         let no_topics = spec("bootstrapServers: [k:9092]\ntopics: []\nsink:\n  uri: http://x/\n");
-        assert_eq!(
-            validate_kafka_source(&no_topics).unwrap_err().field,
-            "spec.topics"
-        );
+        assert_eq!(no_topics.validate().unwrap_err().field, "spec.topics");
         let no_servers = spec("bootstrapServers: []\ntopics: [a]\nsink:\n  uri: http://x/\n");
         assert_eq!(
-            validate_kafka_source(&no_servers).unwrap_err().field,
+            no_servers.validate().unwrap_err().field,
             "spec.bootstrapServers"
         );
     }

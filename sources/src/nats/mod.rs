@@ -36,7 +36,6 @@ use rivulet_channels::nats::async_nats::{self, HeaderMap};
 use rivulet_channels::nats::{DEFAULT_URL, binding};
 use rivulet_core::knative_source;
 use rivulet_core::resources::apply;
-use serde_json::Value;
 
 use super::{
     CloudEventAttributes, Prepared, SinkClient, SourceAdapter, SourceContext, SourceError,
@@ -44,8 +43,7 @@ use super::{
 };
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_metadata, validate_nats_subject,
-    validate_nats_url,
+    ValidateSpec, ValidationError, validate_nats_subject, validate_nats_url,
 };
 use rivulet_core::resources::{Condition, DeliverySpec};
 
@@ -89,21 +87,11 @@ pub struct NatsSourceSpec {
 }
 
 crate::register_source! {
-    NatsSourceKind as NatsSource {
+    NatsSource {
         group: "sources.rivulet.dev",
         version: "v1alpha1",
         plural: "natssources",
-        validate: validate_nats_source_value,
     }
-}
-
-pub fn validate_nats_source_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let source: NatsSource = typed(new)?;
-    validate_nats_source(&source.spec)
 }
 
 /// Stream and consumer names: no white space, `.`, `*`, `>`, path separators.
@@ -126,63 +114,57 @@ fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-pub fn validate_nats_source(spec: &NatsSourceSpec) -> Result<(), ValidationError> {
-    if let Some(url) = &spec.url {
-        validate_nats_url("spec.url", url)?;
-    }
-    validate_nats_subject("spec.subject", &spec.subject, true)?;
-    match (&spec.stream, &spec.consumer, &spec.queue_group) {
-        (None, Some(_), _) => {
-            return Err(ValidationError::new(
-                "spec.consumer",
-                "needs spec.stream (a durable consumer is a JetStream thing)",
-            ));
+impl ValidateSpec for NatsSourceSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(url) = &self.url {
+            validate_nats_url("spec.url", url)?;
         }
-        (Some(_), _, Some(_)) => {
-            return Err(ValidationError::new(
-                "spec.queueGroup",
-                "is for core NATS; in JetStream mode sources sharing spec.consumer split the messages",
-            ));
+        validate_nats_subject("spec.subject", &self.subject, true)?;
+        match (&self.stream, &self.consumer, &self.queue_group) {
+            (None, Some(_), _) => {
+                return Err(ValidationError::new(
+                    "spec.consumer",
+                    "needs spec.stream (a durable consumer is a JetStream thing)",
+                ));
+            }
+            (Some(_), _, Some(_)) => {
+                return Err(ValidationError::new(
+                    "spec.queueGroup",
+                    "is for core NATS; in JetStream mode sources sharing spec.consumer split the messages",
+                ));
+            }
+            _ => {}
         }
-        _ => {}
+        if let Some(stream) = &self.stream {
+            validate_name("spec.stream", stream)?;
+        }
+        if let Some(consumer) = &self.consumer {
+            validate_name("spec.consumer", consumer)?;
+        }
+        if let Some(group) = &self.queue_group {
+            validate_name("spec.queueGroup", group)?;
+        }
+        self.source.validate_with_delivery(self.delivery.as_ref())
     }
-    if let Some(stream) = &spec.stream {
-        validate_name("spec.stream", stream)?;
-    }
-    if let Some(consumer) = &spec.consumer {
-        validate_name("spec.consumer", consumer)?;
-    }
-    if let Some(group) = &spec.queue_group {
-        validate_name("spec.queueGroup", group)?;
-    }
-    spec.source.validate()?;
-    if let Some(delivery) = &spec.delivery {
-        validate_delivery("spec.delivery", delivery)?;
-    }
-    Ok(())
 }
 
-/// NatsSource for the generic source reconciler.
-pub struct NatsSourceKind;
-
-impl SourceKind for NatsSourceKind {
+impl SourceKind for NatsSource {
     const KIND: &'static str = "NatsSource";
-    type Resource = NatsSource;
 
-    fn source(resource: &NatsSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &NatsSource) -> Option<DeliverySpec> {
-        resource.spec.delivery.clone().filter(DeliverySpec::is_set)
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
     async fn prepare(
-        resource: &NatsSource,
+        &self,
         key: &SourceKey,
         _ctx: &Arc<rivulet_control::runtime::Context>,
     ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+        let spec = &self.spec;
         let event_source = format!(
             "/apis/v1/namespaces/{}/natssources/{}",
             key.namespace, key.name
@@ -583,9 +565,13 @@ mod tests {
             },
             ..NatsSourceSpec::default()
         };
-        assert!(validate_nats_source(&spec("orders.>", None, None)).is_ok());
-        assert!(validate_nats_source(&spec("orders.*", Some("ORDERS"), Some("c"))).is_ok());
-        let field = |s: NatsSourceSpec| validate_nats_source(&s).unwrap_err().field;
+        assert!(spec("orders.>", None, None).validate().is_ok());
+        assert!(
+            spec("orders.*", Some("ORDERS"), Some("c"))
+                .validate()
+                .is_ok()
+        );
+        let field = |s: NatsSourceSpec| s.validate().unwrap_err().field;
         assert_eq!(field(spec("", None, None)), "spec.subject");
         assert_eq!(field(spec("a..b", None, None)), "spec.subject");
         assert_eq!(field(spec("a.>.b", None, None)), "spec.subject");

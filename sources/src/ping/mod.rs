@@ -28,7 +28,7 @@ use super::{
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, SpecVersion};
 use rivulet_core::resources::Condition;
-use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 
 /// The event type of every ping.
 pub const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
@@ -57,11 +57,10 @@ pub struct PingSourceSpec {
 }
 
 crate::register_source! {
-    PingSourceKind as PingSource {
+    PingSource {
         group: "sources.knative.dev",
         version: "v1",
         plural: "pingsources",
-        validate: validate_ping_source_value,
     }
 }
 
@@ -212,64 +211,50 @@ pub fn parse_zone(timezone: Option<&str>) -> Result<Tz, String> {
     }
 }
 
-pub fn validate_ping_source_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let source: PingSource = typed(new)?;
-    validate_ping_source(&source.spec)
+impl ValidateSpec for PingSourceSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(schedule) = &self.schedule {
+            Schedule::parse(schedule).map_err(|m| ValidationError::new("spec.schedule", m))?;
+        }
+        parse_zone(self.timezone.as_deref())
+            .map_err(|m| ValidationError::new("spec.timezone", m))?;
+        if self.data.is_some() && self.data_base64.is_some() {
+            return Err(ValidationError::new(
+                "spec.dataBase64",
+                "data and dataBase64 are mutually exclusive; set one of them",
+            ));
+        }
+        if let Some(encoded) = &self.data_base64 {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| {
+                    ValidationError::new("spec.dataBase64", format!("is not valid base64: {e}"))
+                })?;
+        }
+        if let Some(content_type) = &self.content_type
+            && (content_type.is_empty() || !content_type.contains('/'))
+        {
+            return Err(ValidationError::new(
+                "spec.contentType",
+                format!("{content_type:?} is not a media type (e.g. application/json)"),
+            ));
+        }
+        self.source.validate()?;
+        Ok(())
+    }
 }
 
-pub fn validate_ping_source(spec: &PingSourceSpec) -> Result<(), ValidationError> {
-    if let Some(schedule) = &spec.schedule {
-        Schedule::parse(schedule).map_err(|m| ValidationError::new("spec.schedule", m))?;
-    }
-    parse_zone(spec.timezone.as_deref()).map_err(|m| ValidationError::new("spec.timezone", m))?;
-    if spec.data.is_some() && spec.data_base64.is_some() {
-        return Err(ValidationError::new(
-            "spec.dataBase64",
-            "data and dataBase64 are mutually exclusive; set one of them",
-        ));
-    }
-    if let Some(encoded) = &spec.data_base64 {
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| {
-                ValidationError::new("spec.dataBase64", format!("is not valid base64: {e}"))
-            })?;
-    }
-    if let Some(content_type) = &spec.content_type
-        && (content_type.is_empty() || !content_type.contains('/'))
-    {
-        return Err(ValidationError::new(
-            "spec.contentType",
-            format!("{content_type:?} is not a media type (e.g. application/json)"),
-        ));
-    }
-    spec.source.validate()?;
-    Ok(())
-}
-
-/// PingSource for the generic source reconciler.
-pub struct PingSourceKind;
-
-impl SourceKind for PingSourceKind {
+impl SourceKind for PingSource {
     const KIND: &'static str = "PingSource";
     // Each replica ticking would send every tick several times.
     const RUNS_ONCE: bool = true;
-    type Resource = PingSource;
 
-    fn source(resource: &PingSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    async fn prepare(
-        resource: &PingSource,
-        key: &SourceKey,
-        _ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, _ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let invalid = |message: String| Condition::new("Deployed", false, "InvalidSpec", message);
         let schedule_text = spec.schedule.clone().unwrap_or_else(|| "* * * * *".into());
         let schedule = Schedule::parse(&schedule_text).map_err(invalid)?;
@@ -442,6 +427,7 @@ impl TickState {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use rivulet_core::resources::validation::validate_resource;
 
     fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -574,7 +560,7 @@ mod tests {
             for (k, v) in extra.as_object().unwrap() {
                 object["spec"][k] = v.clone();
             }
-            validate_ping_source_value(&object, None)
+            validate_resource::<PingSource>(&object, None)
         };
         assert!(spec(serde_json::json!({"data": "x", "contentType": "text/plain"})).is_ok());
         let error = spec(serde_json::json!({"data": "x", "dataBase64": "eA=="})).unwrap_err();

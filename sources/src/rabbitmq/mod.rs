@@ -40,7 +40,6 @@ use rivulet_core::knative_source;
 use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -50,10 +49,10 @@ use super::{
 };
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, SpecVersion};
-use rivulet_core::resources::rabbitmq_broker_config::RabbitmqClusterReference;
-use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_metadata,
+use rivulet_core::resources::rabbitmq_broker_config::{
+    RabbitmqClusterReference, validate_amqp_connection,
 };
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 use rivulet_core::resources::{Condition, DeliverySpec};
 
 /// The type of events wrapped around messages that carry no CloudEvent.
@@ -100,88 +99,60 @@ pub struct RabbitmqResourcesConfig {
 }
 
 crate::register_source! {
-    RabbitmqSourceKind as RabbitmqSource {
+    RabbitmqSource {
         group: "sources.knative.dev",
         version: "v1alpha1",
         plural: "rabbitmqsources",
-        validate: validate_rabbitmq_source_value,
     }
 }
 
-pub fn validate_rabbitmq_source_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let source: RabbitmqSource = typed(new)?;
-    validate_rabbitmq_source(&source.spec)
-}
-
-pub fn validate_rabbitmq_source(spec: &RabbitmqSourceSpec) -> Result<(), ValidationError> {
-    let secret = spec
-        .rabbitmq_cluster_reference
-        .as_ref()
-        .and_then(|r| r.connection_secret.as_ref());
-    match (&spec.uri, secret) {
-        (Some(_), Some(_)) => {
-            return Err(ValidationError::new(
-                "spec.uri",
-                "give either spec.uri or spec.rabbitmqClusterReference.connectionSecret, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(ValidationError::new(
-                "spec.rabbitmqClusterReference.connectionSecret",
+impl ValidateSpec for RabbitmqSourceSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        const SECRET_FIELD: &str = "spec.rabbitmqClusterReference.connectionSecret";
+        validate_amqp_connection(
+            self.uri.as_deref(),
+            self.rabbitmq_cluster_reference
+                .as_ref()
+                .and_then(|r| r.connection_secret.as_ref()),
+            SECRET_FIELD,
+            ValidationError::new(
+                SECRET_FIELD,
                 "is required (or spec.uri): a RabbitmqCluster by name needs Kubernetes",
-            ));
-        }
-        (Some(uri), None) => {
-            link::check_uri(uri).map_err(|e| ValidationError::new("spec.uri", e.to_string()))?
-        }
-        (None, Some(secret)) if secret.name.is_empty() => {
+            ),
+        )?;
+        let resources = &self.rabbitmq_resources_config;
+        if resources.queue_name.is_empty() {
             return Err(ValidationError::new(
-                "spec.rabbitmqClusterReference.connectionSecret.name",
+                "spec.rabbitmqResourcesConfig.queueName",
                 "is required",
             ));
         }
-        (None, Some(_)) => {}
+        if resources.queue_name.len() > 255 {
+            return Err(ValidationError::new(
+                "spec.rabbitmqResourcesConfig.queueName",
+                "is longer than 255 bytes",
+            ));
+        }
+        if resources
+            .exchange_name
+            .as_ref()
+            .is_some_and(|e| e.len() > 255)
+        {
+            return Err(ValidationError::new(
+                "spec.rabbitmqResourcesConfig.exchangeName",
+                "is longer than 255 bytes",
+            ));
+        }
+        if let Some(parallelism) = resources.parallelism
+            && !(1..=1000).contains(&parallelism)
+        {
+            return Err(ValidationError::new(
+                "spec.rabbitmqResourcesConfig.parallelism",
+                format!("{parallelism} is not between 1 and 1000"),
+            ));
+        }
+        self.source.validate_with_delivery(self.delivery.as_ref())
     }
-    let resources = &spec.rabbitmq_resources_config;
-    if resources.queue_name.is_empty() {
-        return Err(ValidationError::new(
-            "spec.rabbitmqResourcesConfig.queueName",
-            "is required",
-        ));
-    }
-    if resources.queue_name.len() > 255 {
-        return Err(ValidationError::new(
-            "spec.rabbitmqResourcesConfig.queueName",
-            "is longer than 255 bytes",
-        ));
-    }
-    if resources
-        .exchange_name
-        .as_ref()
-        .is_some_and(|e| e.len() > 255)
-    {
-        return Err(ValidationError::new(
-            "spec.rabbitmqResourcesConfig.exchangeName",
-            "is longer than 255 bytes",
-        ));
-    }
-    if let Some(parallelism) = resources.parallelism
-        && !(1..=1000).contains(&parallelism)
-    {
-        return Err(ValidationError::new(
-            "spec.rabbitmqResourcesConfig.parallelism",
-            format!("{parallelism} is not between 1 and 1000"),
-        ));
-    }
-    spec.source.validate()?;
-    if let Some(delivery) = &spec.delivery {
-        validate_delivery("spec.delivery", delivery)?;
-    }
-    Ok(())
 }
 
 /// `uri` with its virtual host replaced by `vhost`.
@@ -202,54 +173,38 @@ fn with_vhost(uri: &str, vhost: &str) -> String {
     format!("{scheme}://{authority}/{encoded}{query}")
 }
 
-/// RabbitmqSource for the generic source reconciler.
-pub struct RabbitmqSourceKind;
-
-impl SourceKind for RabbitmqSourceKind {
+impl SourceKind for RabbitmqSource {
     const KIND: &'static str = "RabbitmqSource";
-    type Resource = RabbitmqSource;
 
-    fn source(resource: &RabbitmqSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &RabbitmqSource) -> Option<DeliverySpec> {
-        resource.spec.delivery.clone().filter(DeliverySpec::is_set)
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
-    async fn prepare(
-        resource: &RabbitmqSource,
-        key: &SourceKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    async fn prepare(&self, key: &SourceKey, ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let mut conditions = Vec::new();
-        let uri = match (&spec.uri, &spec.rabbitmq_cluster_reference) {
-            (Some(uri), _) => uri.clone(),
-            (None, Some(reference)) => {
-                let secret = reference
+        let secret = spec.rabbitmq_cluster_reference.as_ref().map(|reference| {
+            (
+                reference.namespace.as_deref().unwrap_or(&key.namespace),
+                reference
                     .connection_secret
                     .as_ref()
                     .map(|s| s.name.as_str())
-                    .unwrap_or_default();
-                let namespace = reference.namespace.as_deref().unwrap_or(&key.namespace);
-                let uri = rivulet_control::runtime::amqp_uri_of_secret(ctx, namespace, secret)
-                    .await
-                    .map_err(|reason| {
-                        Condition::new("SecretResolved", false, "SecretNotFound", reason)
-                    })?;
-                conditions.push(Condition::new("SecretResolved", true, "", ""));
-                uri
-            }
-            (None, None) => {
-                return Err(Condition::new(
-                    "SecretResolved",
-                    false,
-                    "NoConnection",
-                    "neither spec.uri nor a connection Secret is given",
-                ));
-            }
-        };
+                    .unwrap_or_default(),
+            )
+        });
+        let uri = rivulet_control::runtime::amqp_connection_uri(
+            ctx,
+            spec.uri.as_deref(),
+            secret,
+            "spec.uri nor a connection Secret",
+            &mut conditions,
+        )
+        .await?;
         let resources = &spec.rabbitmq_resources_config;
         let uri = match &resources.vhost {
             Some(vhost) => with_vhost(&uri, vhost),
@@ -574,23 +529,17 @@ mod tests {
             },
             ..RabbitmqSourceSpec::default()
         };
-        assert!(validate_rabbitmq_source(&spec(Some("amqp://h"), "q")).is_ok());
+        assert!(spec(Some("amqp://h"), "q").validate().is_ok());
         assert_eq!(
-            validate_rabbitmq_source(&spec(None, "q"))
-                .unwrap_err()
-                .field,
+            spec(None, "q").validate().unwrap_err().field,
             "spec.rabbitmqClusterReference.connectionSecret"
         );
         assert_eq!(
-            validate_rabbitmq_source(&spec(Some("amqp://h"), ""))
-                .unwrap_err()
-                .field,
+            spec(Some("amqp://h"), "").validate().unwrap_err().field,
             "spec.rabbitmqResourcesConfig.queueName"
         );
         assert_eq!(
-            validate_rabbitmq_source(&spec(Some("http://h"), "q"))
-                .unwrap_err()
-                .field,
+            spec(Some("http://h"), "q").validate().unwrap_err().field,
             "spec.uri"
         );
     }

@@ -20,7 +20,6 @@ use rivulet_core::knative_source;
 use rivulet_core::resources::apply;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{
     CloudEventAttributes, CloudEventOverrides, Prepared, SourceAdapter, SourceContext, SourceError,
@@ -29,9 +28,7 @@ use super::{
 use rivulet_control::runtime::Context;
 use rivulet_control::runtime::routes::HttpRoutes;
 use rivulet_core::event::{Event, ExtensionValue, SpecVersion};
-use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_metadata,
-};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError};
 use rivulet_core::resources::{Condition, DeliverySpec, find_kind_by_name};
 
 /// The event type when `spec.eventType` is not set.
@@ -80,11 +77,10 @@ pub struct SecretKeySelector {
 }
 
 crate::register_source! {
-    WebhookSourceKind as WebhookSource {
+    WebhookSource {
         group: "sources.rivulet.dev",
         version: "v1alpha1",
         plural: "webhooksources",
-        validate: validate_webhook_source_value,
     }
 }
 
@@ -106,91 +102,74 @@ fn default_delivery() -> DeliverySpec {
     }
 }
 
-pub fn validate_webhook_source_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let source: WebhookSource = typed(new)?;
-    validate_webhook_source(&source.spec)
-}
-
-pub fn validate_webhook_source(spec: &WebhookSourceSpec) -> Result<(), ValidationError> {
-    if spec.event_type.as_deref() == Some("") {
-        return Err(ValidationError::new(
-            "spec.eventType",
-            "must not be empty; leave it out for dev.rivulet.webhook",
-        ));
-    }
-    if spec.event_source.as_deref() == Some("") {
-        return Err(ValidationError::new(
-            "spec.eventSource",
-            "must not be empty; leave it out for the source's own path",
-        ));
-    }
-    let mut as_overrides = CloudEventOverrides::default();
-    for (extension, header_name) in &spec.extensions_from_headers {
-        as_overrides
-            .extensions
-            .insert(extension.clone(), header_name.clone());
-        if header::HeaderName::from_bytes(header_name.as_bytes()).is_err() {
+impl ValidateSpec for WebhookSourceSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.event_type.as_deref() == Some("") {
             return Err(ValidationError::new(
-                format!("spec.extensionsFromHeaders[{extension}]"),
-                format!("{header_name:?} is not a valid HTTP header name"),
+                "spec.eventType",
+                "must not be empty; leave it out for dev.rivulet.webhook",
             ));
         }
-    }
-    super::validate_ce_overrides("spec.extensionsFromHeaders", &as_overrides)
-        .map_err(|e| ValidationError::new(e.field.replace(".extensions[", "["), e.message))?;
-    if let Some(secret) = &spec.secret {
-        if secret.name.is_empty() {
-            return Err(ValidationError::new("spec.secret.name", "is required"));
+        if self.event_source.as_deref() == Some("") {
+            return Err(ValidationError::new(
+                "spec.eventSource",
+                "must not be empty; leave it out for the source's own path",
+            ));
         }
-        if secret.key.is_empty() {
-            return Err(ValidationError::new("spec.secret.key", "is required"));
+        let mut as_overrides = CloudEventOverrides::default();
+        for (extension, header_name) in &self.extensions_from_headers {
+            as_overrides
+                .extensions
+                .insert(extension.clone(), header_name.clone());
+            if header::HeaderName::from_bytes(header_name.as_bytes()).is_err() {
+                return Err(ValidationError::new(
+                    format!("spec.extensionsFromHeaders[{extension}]"),
+                    format!("{header_name:?} is not a valid HTTP header name"),
+                ));
+            }
         }
-    }
-    spec.source.validate()?;
-    if let Some(delivery) = &spec.delivery {
-        validate_delivery("spec.delivery", delivery)?;
-        if delivery.dead_letter_sink.is_some() {
+        super::validate_ce_overrides("spec.extensionsFromHeaders", &as_overrides)
+            .map_err(|e| ValidationError::new(e.field.replace(".extensions[", "["), e.message))?;
+        if let Some(secret) = &self.secret {
+            if secret.name.is_empty() {
+                return Err(ValidationError::new("spec.secret.name", "is required"));
+            }
+            if secret.key.is_empty() {
+                return Err(ValidationError::new("spec.secret.key", "is required"));
+            }
+        }
+        self.source.validate_with_delivery(self.delivery.as_ref())?;
+        if self
+            .delivery
+            .as_ref()
+            .is_some_and(|delivery| delivery.dead_letter_sink.is_some())
+        {
             return Err(ValidationError::new(
                 "spec.delivery.deadLetterSink",
                 "is not supported: a webhook source answers its caller with the failure instead",
             ));
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// WebhookSource for the generic source reconciler.
-pub struct WebhookSourceKind;
-
-impl SourceKind for WebhookSourceKind {
+impl SourceKind for WebhookSource {
     const KIND: &'static str = "WebhookSource";
-    type Resource = WebhookSource;
 
-    fn source(resource: &WebhookSource) -> &SourceSpec {
-        &resource.spec.source
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
 
-    fn delivery(resource: &WebhookSource) -> Option<DeliverySpec> {
-        Some(
-            resource
-                .spec
-                .delivery
-                .clone()
-                .filter(DeliverySpec::is_set)
-                .unwrap_or_else(default_delivery),
-        )
+    fn delivery(&self) -> Option<&DeliverySpec> {
+        self.spec.delivery.as_ref()
     }
 
-    async fn prepare(
-        resource: &WebhookSource,
-        key: &SourceKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Prepared, Condition> {
-        let spec = &resource.spec;
+    fn default_delivery() -> DeliverySpec {
+        self::default_delivery()
+    }
+
+    async fn prepare(&self, key: &SourceKey, ctx: &Arc<Context>) -> Result<Prepared, Condition> {
+        let spec = &self.spec;
         let mut conditions = Vec::new();
         if let Some(selector) = &spec.secret {
             read_secret(ctx, &key.namespace, selector)
@@ -661,11 +640,11 @@ mod tests {
             },
             ..WebhookSourceSpec::default()
         };
-        assert!(validate_webhook_source(&spec).is_ok());
+        assert!(spec.validate().is_ok());
         spec.extensions_from_headers
             .insert("Bad".into(), "X-Thing".into());
         assert_eq!(
-            validate_webhook_source(&spec).unwrap_err().field,
+            spec.validate().unwrap_err().field,
             "spec.extensionsFromHeaders[Bad]"
         );
         spec.extensions_from_headers.clear();
@@ -674,7 +653,7 @@ mod tests {
             ..DeliverySpec::default()
         });
         assert_eq!(
-            validate_webhook_source(&spec).unwrap_err().field,
+            spec.validate().unwrap_err().field,
             "spec.delivery.deadLetterSink"
         );
         spec.delivery = None;
@@ -682,9 +661,6 @@ mod tests {
             name: "s".into(),
             key: String::new(),
         });
-        assert_eq!(
-            validate_webhook_source(&spec).unwrap_err().field,
-            "spec.secret.key"
-        );
+        assert_eq!(spec.validate().unwrap_err().field, "spec.secret.key");
     }
 }
