@@ -137,38 +137,44 @@ struct Settings {
     sections: [bool; SECTIONS.len()],
 }
 
+/// The number in environment variable `name`, `default` when it is unset; an error naming
+/// what is `expected` when it does not parse or is not `valid`.
+fn env_number<T: std::str::FromStr>(
+    name: &str,
+    default: T,
+    expected: &str,
+    valid: impl Fn(&T) -> bool,
+) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse::<T>()
+            .ok()
+            .filter(valid)
+            .ok_or_else(|| format!("{name} must be {expected}, not {text:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
 impl Settings {
     fn from_env() -> Result<Self, String> {
-        let seconds = match std::env::var("RIVULET_BENCH_SECONDS") {
-            Ok(text) => text
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .ok_or_else(|| {
-                    format!("RIVULET_BENCH_SECONDS must be a positive number, not {text:?}")
-                })?,
-            Err(_) => 5.0,
-        };
-        let connections = match std::env::var("RIVULET_BENCH_CONNECTIONS") {
-            Ok(text) => text
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=4096).contains(n))
-                .ok_or_else(|| {
-                    format!("RIVULET_BENCH_CONNECTIONS must be between 1 and 4096, not {text:?}")
-                })?,
-            Err(_) => 32,
-        };
-        let max_triggers = match std::env::var("RIVULET_BENCH_MAX_TRIGGERS") {
-            Ok(text) => text
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=100_000).contains(n))
-                .ok_or_else(|| {
-                    format!("RIVULET_BENCH_MAX_TRIGGERS must be between 1 and 100000, not {text:?}")
-                })?,
-            Err(_) => 10_000,
-        };
+        let seconds = env_number(
+            "RIVULET_BENCH_SECONDS",
+            5.0,
+            "a positive number",
+            |s: &f64| s.is_finite() && *s > 0.0,
+        )?;
+        let connections = env_number(
+            "RIVULET_BENCH_CONNECTIONS",
+            32,
+            "between 1 and 4096",
+            |n: &usize| (1..=4096).contains(n),
+        )?;
+        let max_triggers = env_number(
+            "RIVULET_BENCH_MAX_TRIGGERS",
+            10_000,
+            "between 1 and 100000",
+            |n: &usize| (1..=100_000).contains(n),
+        )?;
         let sections = match std::env::var("RIVULET_BENCH_SECTIONS") {
             Ok(text) => parse_sections(&text)?,
             Err(_) => [true; SECTIONS.len()],

@@ -365,19 +365,8 @@ impl Sender {
                 dead_letter_error: None,
             };
         };
-        let dead_letter = dead_letter_event(event, uri, &failure);
-        let audience = policy
-            .auth
-            .as_ref()
-            .and_then(|a| a.dead_letter_audience.as_deref());
         match self
-            .send_with_retries(
-                dead_letter_uri,
-                policy.dead_letter_ca_certs.as_deref(),
-                &dead_letter,
-                policy,
-                audience,
-            )
+            .send_to_dead_letter(dead_letter_uri, event, uri, &failure, policy)
             .await
         {
             Ok(_) => Outcome::DeadLettered { failure, attempts },
@@ -408,21 +397,30 @@ impl Sender {
             body: Bytes::from(why.to_owned()),
             ..Failure::final_without_response(why.to_owned())
         };
-        let dead_letter = dead_letter_event(event, destination, &failure);
+        self.send_to_dead_letter(dead_letter_uri, event, destination, &failure, policy)
+            .await
+            .map(drop)
+            .map_err(|(failure, _)| failure)
+    }
+
+    /// Sends `event`, which `destination` did not take because of `failure`, to the policy's
+    /// dead-letter sink at `dead_letter_uri`, with Knative's error extensions added.
+    async fn send_to_dead_letter(
+        &self,
+        dead_letter_uri: &str,
+        event: &Event,
+        destination: &str,
+        failure: &Failure,
+        policy: &DeliveryPolicy,
+    ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
+        let dead_letter = dead_letter_event(event, destination, failure);
         let audience = policy
             .auth
             .as_ref()
             .and_then(|a| a.dead_letter_audience.as_deref());
-        self.send_with_retries(
-            dead_letter_uri,
-            policy.dead_letter_ca_certs.as_deref(),
-            &dead_letter,
-            policy,
-            audience,
-        )
-        .await
-        .map(drop)
-        .map_err(|(failure, _)| failure)
+        let ca_certs = policy.dead_letter_ca_certs.as_deref();
+        self.send_with_retries(dead_letter_uri, ca_certs, &dead_letter, policy, audience)
+            .await
     }
 
     /// Attempts delivery `1 + retry` times at most. A malformed reply is final: sending the

@@ -153,6 +153,22 @@ pub fn pascal_case(text: &str) -> String {
 }
 
 /// `orderId`, `Order-ID` → `order_id`.
+/// A snake_case identifier for a JSON field name that is none of the language's `keywords`
+/// (one gets a trailing `_`) and none of the identifiers already `taken` (a numbered suffix).
+pub fn field_ident(json_name: &str, keywords: &[&str], taken: &mut BTreeSet<String>) -> String {
+    let mut ident = snake_case(json_name);
+    if keywords.contains(&ident.as_str()) {
+        ident.push('_');
+    }
+    let base = ident.clone();
+    let mut n = 2;
+    while !taken.insert(ident.clone()) {
+        ident = format!("{base}_{n}");
+        n += 1;
+    }
+    ident
+}
+
 pub fn snake_case(text: &str) -> String {
     let out = words(text)
         .iter()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::model::{Model, TypeRef, snake_case};
+use super::model::{Model, TypeRef, field_ident};
 use super::{GeneratedFile, Target};
 
 const KEYWORDS: &[&str] = &[
@@ -46,20 +46,6 @@ fn convert(ty: &TypeRef, value: &str, label: &str, depth: usize) -> String {
     }
 }
 
-fn field_ident(json_name: &str, taken: &mut BTreeSet<String>) -> String {
-    let mut ident = snake_case(json_name);
-    if KEYWORDS.contains(&ident.as_str()) {
-        ident.push('_');
-    }
-    let base = ident.clone();
-    let mut n = 2;
-    while !taken.insert(ident.clone()) {
-        ident = format!("{base}_{n}");
-        n += 1;
-    }
-    ident
-}
-
 fn dataclasses(model: &Model) -> String {
     let mut out = String::new();
     for s in &model.structs {
@@ -67,7 +53,7 @@ fn dataclasses(model: &Model) -> String {
         let fields: Vec<(String, &super::model::Field)> = s
             .fields
             .iter()
-            .map(|f| (field_ident(&f.json_name, &mut taken), f))
+            .map(|f| (field_ident(&f.json_name, KEYWORDS, &mut taken), f))
             .collect();
         out.push_str(&format!("\n\n@dataclass\nclass {}:\n", s.name));
         if fields.is_empty() {
