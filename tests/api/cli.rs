@@ -22,14 +22,11 @@ fn rivulet() -> Command {
     command
 }
 
-/// Runs `rivulet args...` against `server` and returns its output.
 /// Runs the CLI against `server`'s resource API with the test token, and ingress for `send`.
 async fn run(server: &support::InProcessServer, args: &[&str]) -> Output {
-    rivulet()
+    support::cli(&server.api)
         .args(args)
-        .env("RIVULET_SERVER", &server.api)
         .env("RIVULET_INGRESS", &server.base)
-        .env("RIVULET_TOKEN", support::TEST_TOKEN)
         .output()
         .await
         .expect("the rivulet binary runs")

@@ -16,7 +16,6 @@ const NS: &str = "default";
 const BROKER: &str = "default";
 const REFUSED: &str = "rivulet_egress_refused_total";
 const RETRIES: &str = "rivulet_trigger_delivery_retries_total";
-const DELIVERIES: &str = "rivulet_trigger_deliveries_total";
 
 fn deny(entries: &[&str]) -> EgressPolicy {
     EgressPolicy::new(
@@ -29,9 +28,7 @@ fn deny(entries: &[&str]) -> EgressPolicy {
 }
 
 async fn server_with(policy: EgressPolicy) -> TestServer {
-    let server = TestServer::start_with(|options| options.egress = policy).await;
-    server.wait_ready("Broker", NS, BROKER).await;
-    server
+    TestServer::start_ready_with(|options| options.egress = policy).await
 }
 
 /// A trigger with retries (so a retried refusal would show) and, when given, a dead-letter
@@ -50,18 +47,6 @@ fn decoded(data: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(data)
         .expect("knativeerrordata is base64")
-}
-
-async fn outcome(api: &Api, trigger: &str, outcome: &str) -> f64 {
-    api.metric(
-        DELIVERIES,
-        &[
-            ("namespace", NS),
-            ("trigger", trigger),
-            ("outcome", outcome),
-        ],
-    )
-    .await
 }
 
 /// A 302 towards another receiver is a failed, final attempt: the other receiver gets
@@ -99,7 +84,12 @@ async fn redirects_are_not_followed() {
         1,
         "a redirect is final, not retried"
     );
-    assert_eq!(outcome(&server, "redirected", "dead_lettered").await, 1.0);
+    assert_eq!(
+        server
+            .delivery_outcomes(NS, "redirected", "dead_lettered")
+            .await,
+        1.0
+    );
     assert_eq!(elsewhere.count(), 0, "the redirect target was never called");
 }
 
@@ -145,7 +135,12 @@ async fn the_metadata_address_is_refused() {
         0.0,
         "a refusal is not retried"
     );
-    assert_eq!(outcome(&server, "metadata", "dead_lettered").await, 1.0);
+    assert_eq!(
+        server
+            .delivery_outcomes(NS, "metadata", "dead_lettered")
+            .await,
+        1.0
+    );
 }
 
 /// `--egress-deny 127.0.0.0/8` refuses a subscriber on loopback (its dead-letter sink too:
@@ -162,7 +157,7 @@ async fn a_denied_range_is_refused() {
         .await;
     server.wait_deliveries_final(NS, "denied", 1).await;
 
-    assert_eq!(outcome(&server, "denied", "failed").await, 1.0);
+    assert_eq!(server.delivery_outcomes(NS, "denied", "failed").await, 1.0);
     assert_eq!(
         server.metric(REFUSED, &[("reason", "denied")]).await,
         2.0,
@@ -310,7 +305,10 @@ async fn the_command_line_flags_set_the_policy() {
         .send(NS, BROKER, &TestEvent::new("f-1", "com.example"))
         .await;
     server.wait_deliveries_final(NS, "from-flags", 1).await;
-    assert_eq!(outcome(&server, "from-flags", "failed").await, 1.0);
+    assert_eq!(
+        server.delivery_outcomes(NS, "from-flags", "failed").await,
+        1.0
+    );
     assert_eq!(server.metric(REFUSED, &[("reason", "denied")]).await, 1.0);
     assert_eq!(sub.count(), 0);
 }

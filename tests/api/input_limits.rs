@@ -12,12 +12,6 @@ use support::{Subscriber, TestEvent, TestServer, trigger};
 const NS: &str = "default";
 const BROKER: &str = "default";
 
-async fn server() -> TestServer {
-    let server = TestServer::start().await;
-    server.wait_ready("Broker", NS, BROKER).await;
-    server
-}
-
 fn content_type(value: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static(value));
@@ -37,7 +31,7 @@ fn structured_with_data(data: &str) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_attribute_names_and_too_many_extensions_are_refused_in_every_mode() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     server
         .create_trigger(&trigger(NS, "all", BROKER, &sub.url()))
@@ -124,7 +118,7 @@ async fn long_attribute_names_and_too_many_extensions_are_refused_in_every_mode(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_json_is_refused_without_harm_and_moderate_nesting_passes() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     server
         .create_trigger(&trigger(NS, "all", BROKER, &sub.url()))
@@ -255,7 +249,7 @@ fn object(kind: &str, api_version: &str, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_253_character_name_works_and_longer_names_are_refused_naming_the_field() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
 
     // The longest name Kubernetes allows, for a broker (its embedded log file) and a
@@ -290,7 +284,7 @@ async fn a_253_character_name_works_and_longer_names_are_refused_naming_the_fiel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_labels_and_annotations_follow_kubernetes_rules() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let broker = |name: &str| support::broker(NS, name);
     let with_meta = |field: &str, value: Value| {
         let mut b = broker("checked");

@@ -12,13 +12,11 @@ const BROKERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/brokers"
 const TRIGGERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/triggers";
 
 async fn list_names(base: &str, collection: &str) -> Vec<String> {
-    let list: Value = support::api_request(reqwest::Method::GET, format!("{base}{collection}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = support::json_of(support::api_request(
+        reqwest::Method::GET,
+        format!("{base}{collection}"),
+    ))
+    .await;
     list["items"]
         .as_array()
         .expect("a list has items")
@@ -61,13 +59,10 @@ async fn brokers_can_be_put_read_listed_and_deleted() {
 
     // YAML is accepted too.
     let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: from-yaml\nspec: {}\n";
-    let response = support::api_request(reqwest::Method::PUT, format!("{base}{BROKERS}/from-yaml"))
+    let request = support::api_request(reqwest::Method::PUT, format!("{base}{BROKERS}/from-yaml"))
         .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+        .body(yaml);
+    assert_eq!(support::status_of(request).await, 201);
 
     assert_eq!(delete(base, &format!("{BROKERS}/orders")).await, 200);
     assert!(
@@ -300,13 +295,7 @@ async fn invalid_objects_are_refused_with_422_naming_field_and_rule() {
             eprintln!("{what} -> {message}");
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    support::assert_no_failures(&failures, cases.len());
     assert!(
         get(base, "Trigger", "default", "checked").await.is_none(),
         "nothing refused was stored"
@@ -420,10 +409,7 @@ async fn a_trigger_for_a_missing_broker_waits_and_becomes_ready_with_it() {
     let ready = support::ready_condition(&t).unwrap();
     assert_eq!(ready["reason"], "BrokerDoesNotExist", "{ready}");
     assert!(
-        ready["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("later"),
+        support::message_contains(&ready, "later"),
         "the message names the broker: {ready}"
     );
 

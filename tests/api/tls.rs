@@ -285,12 +285,8 @@ async fn strict_refuses_plain_http_and_publishes_only_the_https_address() {
     assert_eq!(accepted, 202);
 
     // The resource API's listener follows the same mode.
-    let api_plain = http()
-        .get(format!("{}/readyz", server.api_http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(api_plain.status(), 426);
+    let api_plain = http().get(format!("{}/readyz", server.api_http));
+    assert_eq!(support::status_of(api_plain).await, 426);
 
     let broker = ready_broker(&client, &server.api_https).await;
     let status = &broker["status"];

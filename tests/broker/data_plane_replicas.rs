@@ -9,11 +9,9 @@ use rivulet_testkit::rabbitmq as rabbitmq_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rivulet::resources::find_kind_by_name;
 use rivulet::runtime::{Context, Role};
-use rivulet::store::StoreEvent;
 use serde_json::{Value, json};
-use support::kube_api::{Reply, answer, context_in, empty_list, serve};
+use support::kube_api::{Reply, answer, applied, context_in, empty_list, serve};
 use tower::ServiceExt;
 
 const NS: &str = "team";
@@ -93,13 +91,6 @@ fn process(role: Role, backend: &Backend) -> (Arc<Context>, tempfile::TempDir) {
         }
     });
     (ctx, dir)
-}
-
-fn applied(kind: &str, object: &Value) -> StoreEvent {
-    StoreEvent::Applied {
-        kind: find_kind_by_name(None, kind).unwrap(),
-        object: Arc::new(object.clone()),
-    }
 }
 
 /// Deliveries a process made, from its metrics.
