@@ -46,6 +46,16 @@ impl TestServer {
         Self::start_ready_with(|_| {}).await
     }
 
+    /// Starts with broker `default/default` Ready and a subscriber taking all its events
+    /// through trigger `default/all`.
+    pub async fn start_subscribed() -> (TestServer, crate::Subscriber) {
+        let server = Self::start_ready().await;
+        let subscriber = crate::Subscriber::start().await;
+        let all = super::trigger("default", "all", "default", &subscriber.url());
+        server.create_trigger(&all).await;
+        (server, subscriber)
+    }
+
     /// Starts with the test settings and `configure`'s changes, then waits until broker
     /// `default/default` is Ready.
     pub async fn start_ready_with(configure: impl FnOnce(&mut ServeOptions)) -> TestServer {

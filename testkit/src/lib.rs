@@ -127,6 +127,25 @@ pub fn cli(api: &str) -> tokio::process::Command {
     command
 }
 
+/// Fails the test with the command's stderr unless it exited with success; `what` names the
+/// command in the message.
+pub fn assert_succeeded(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Writes `contents` to file `name` in `dir`; returns the file's path.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents)
+        .unwrap_or_else(|e| panic!("{} can be written: {e}", path.display()));
+    path
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

@@ -320,12 +320,11 @@ async fn first_start_writes_a_private_admin_token_that_the_cli_finds() {
         String::from_utf8_lossy(&out.stderr)
     );
     let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let manifest = data.path().join("broker.yaml");
-    std::fs::write(
-        &manifest,
+    let manifest = support::write_file(
+        data.path(),
+        "broker.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: ro-made\n",
-    )
-    .unwrap();
+    );
     let out = cli(
         &[
             "apply",

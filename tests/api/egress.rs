@@ -43,6 +43,20 @@ fn trigger_to(name: &str, uri: &str, dead_letter: Option<String>) -> Value {
     manifest
 }
 
+/// Creates trigger `name` delivering to `path` of `sub`, with `sub`'s `/dls` as its
+/// dead-letter sink.
+async fn trigger_with_dls(server: &TestServer, name: &str, sub: &Subscriber, path: &str) {
+    let manifest = trigger_to(name, &sub.url_at(path), Some(sub.url_at("dls")));
+    server.create_trigger(&manifest).await;
+}
+
+/// The event that reached `sub`'s dead-letter path.
+async fn dead_letter(sub: &Subscriber) -> Recorded {
+    sub.wait_for_matching(1, |r| r.path == "/dls")
+        .await
+        .remove(0)
+}
+
 fn decoded(data: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(data)
@@ -61,20 +75,11 @@ async fn redirects_are_not_followed() {
         _ => Reply::status(302).header("location", &location),
     }))
     .await;
-    server
-        .create_trigger(&trigger_to(
-            "redirected",
-            &sub.url_at("moved"),
-            Some(sub.url_at("dls")),
-        ))
-        .await;
+    trigger_with_dls(&server, "redirected", &sub, "moved").await;
     server
         .send(NS, BROKER, &TestEvent::new("r-1", "com.example"))
         .await;
-    let dead = sub
-        .wait_for_matching(1, |r| r.path == "/dls")
-        .await
-        .remove(0);
+    let dead = dead_letter(&sub).await;
     server.wait_deliveries_final(NS, "redirected", 1).await;
 
     assert_eq!(dead.attr("knativeerrorcode").as_deref(), Some("302"));
@@ -229,13 +234,7 @@ async fn what_a_target_answers_is_bounded() {
         _ => Reply::status(500).body(answer.clone()),
     }))
     .await;
-    server
-        .create_trigger(&trigger_to(
-            "verbose",
-            &sub.url_at("sub"),
-            Some(sub.url_at("dls")),
-        ))
-        .await;
+    trigger_with_dls(&server, "verbose", &sub, "sub").await;
     server
         .send(
             NS,
@@ -243,10 +242,7 @@ async fn what_a_target_answers_is_bounded() {
             &TestEvent::new("b-1", "com.example").data("application/json", "{}"),
         )
         .await;
-    let dead = sub
-        .wait_for_matching(1, |r| r.path == "/dls")
-        .await
-        .remove(0);
+    let dead = dead_letter(&sub).await;
 
     let data = dead.attr("knativeerrordata").expect("the body is reported");
     assert!(data.len() <= 1024, "{} characters", data.len());

@@ -699,11 +699,7 @@ async fn cli_lists_with_filters_and_shows_schema_and_sample() {
                 .output()
                 .await
                 .expect("the rivulet binary runs");
-            assert!(
-                output.status.success(),
-                "rivulet {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            support::assert_succeeded(&output, &format!("rivulet {args:?}"));
             String::from_utf8_lossy(&output.stdout).into_owned()
         }
     };

@@ -231,11 +231,7 @@ async fn a_ping_pong_between_two_brokers_stops() {
 /// the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_refuses_an_event_with_no_hop_left() {
-    let server = TestServer::start_ready().await;
-    let sub = Subscriber::start().await;
-    server
-        .create_trigger(&trigger(NS, "all", BROKER, &sub.url()))
-        .await;
+    let (server, sub) = TestServer::start_subscribed().await;
 
     for ttl in ["0", "-3"] {
         let (status, body) = server

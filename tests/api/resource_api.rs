@@ -439,16 +439,16 @@ async fn with_no_config_the_default_broker_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_folder_of_multi_document_yaml_applies_everything() {
     let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("10-brokers.yaml"),
+    support::write_file(
+        config.path(),
+        "10-brokers.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: alpha\n  namespace: team\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: mem\n  namespace: team\ndata:\n  channel-template-spec: |\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: beta\n  namespace: team\n  annotations:\n    eventing.knative.dev/broker.class: MTChannelBasedBroker\nspec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: mem\n",
-    )
-    .unwrap();
-    std::fs::write(
-        config.path().join("20-triggers.yml"),
+    );
+    support::write_file(
+        config.path(),
+        "20-triggers.yml",
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: on-alpha\n  namespace: team\nspec:\n  broker: alpha\n  subscriber:\n    uri: http://127.0.0.1:9/\n---\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: on-beta\n  namespace: team\nspec:\n  broker: beta\n  filters:\n    - exact:\n        type: x\n  subscriber:\n    uri: http://127.0.0.1:9/\n",
-    )
-    .unwrap();
+    );
     std::fs::write(config.path().join("README.txt"), "not a manifest").unwrap();
     let path = config.path().to_path_buf();
     let server = InProcessServer::start_with(|o| o.config = vec![path]).await;
@@ -551,12 +551,11 @@ async fn an_unserved_broker_class_or_channel_kind_names_what_the_backends_serve(
 #[test]
 fn serve_refuses_a_config_file_with_an_invalid_manifest() {
     let config = tempfile::tempdir().unwrap();
-    let file = config.path().join("bad-trigger.yaml");
-    std::fs::write(
-        &file,
+    let file = support::write_file(
+        config.path(),
+        "bad-trigger.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: ok\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: broken\nspec:\n  broker: ok\n  subscriber:\n    uri: http://127.0.0.1:9/\n  delivery:\n    retry: -2\n",
-    )
-    .unwrap();
+    );
     let data = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let mut child = Command::new(support::binary())

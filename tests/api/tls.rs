@@ -672,17 +672,14 @@ async fn apply_with(client: &reqwest::Client, api: &str, manifest: &Value) {
     let namespace = manifest["metadata"]["namespace"]
         .as_str()
         .unwrap_or("default");
-    let response = client
+    let request = client
         .put(format!("{api}{}", resource_path(kind, namespace, name)))
         .bearer_auth(TEST_TOKEN)
-        .json(manifest)
-        .send()
-        .await
-        .unwrap();
+        .json(manifest);
+    let status = support::status_of(request).await;
     assert!(
-        response.status().is_success(),
-        "apply {kind} {name}: {}",
-        response.status()
+        (200..300).contains(&status),
+        "apply {kind} {name}: {status}"
     );
 }
 

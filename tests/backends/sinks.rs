@@ -229,9 +229,9 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
 #[tokio::test]
 async fn the_event_display_sink_prints_what_a_trigger_sends_it() {
     let data_dir = tempfile::tempdir().unwrap();
-    let config = data_dir.path().join("display.yaml");
-    std::fs::write(
-        &config,
+    let config = support::write_file(
+        data_dir.path(),
+        "display.yaml",
         r#"
 apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -260,8 +260,7 @@ metadata:
   namespace: default
 spec: {}
 "#,
-    )
-    .unwrap();
+    );
     let port = free_port();
     let api_port = free_port();
     support::give_test_token(&data_dir.path().join("data"));

@@ -64,11 +64,7 @@ async fn scaffold(server: &TestServer, name: &str, lang: &str, dir: &Path) {
         command
     };
     let output = scaffold().output().await.expect("the rivulet binary runs");
-    assert!(
-        output.status.success(),
-        "scaffold --lang {lang}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::assert_succeeded(&output, &format!("scaffold --lang {lang}"));
     // A second run refuses to overwrite.
     let again = scaffold().output().await.unwrap();
     assert!(!again.status.success());
@@ -245,11 +241,7 @@ async fn rust_function_checks_against_the_workspace_crates() {
         .output()
         .await
         .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo check of the generated project failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::assert_succeeded(&output, "cargo check of the generated project");
     server.shutdown().await;
 }
 
