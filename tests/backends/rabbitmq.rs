@@ -41,16 +41,8 @@ async fn server_with_broker(prefix: &str) -> (TestServer, Recorder, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
     let (server, recorder, broker) = server_with_broker("deliver").await;
-    let only_a = json!({
-        "apiVersion": "eventing.knative.dev/v1",
-        "kind": "Trigger",
-        "metadata": {"name": "only-a", "namespace": NS},
-        "spec": {
-            "broker": broker,
-            "filter": {"attributes": {"type": "test.a"}},
-            "subscriber": {"uri": format!("{}a", recorder.url)}
-        }
-    });
+    let mut only_a = support::trigger(NS, "only-a", &broker, &format!("{}a", recorder.url));
+    only_a["spec"]["filter"] = json!({"attributes": {"type": "test.a"}});
     server.create_trigger(&only_a).await;
     server
         .create_trigger(&support::trigger(

@@ -213,11 +213,8 @@ async fn replicas_share_a_trigger(backend: Backend) {
 async fn rabbitmq_data_plane_replicas_share_a_trigger_queue() {
     let broker = rabbitmq_support::unique("replicas");
     replicas_share_a_trigger(rabbitmq(&broker)).await;
-    let connection = rabbitmq_support::connect().await;
-    assert!(
-        !rabbitmq_support::exchange_exists(&connection, &format!("rivulet.{NS}.{broker}")).await,
-        "the controller's finalizer removed the exchange"
-    );
+    // The controller's finalizer removed the exchange.
+    rabbitmq_support::assert_exchange_removed(NS, &broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,10 @@ fn event_for(case: &Case) -> Result<HashMap<String, Value<'static>>, String> {
 }
 
 /// Runs one case; `Err` says how it failed.
+fn parse_suite(text: &str) -> Result<Suite, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+}
+
 fn run_case(case: &Case) -> Result<(), String> {
     let expected_value = case.result.as_ref().map(Scalar::to_value).transpose()?;
     let expected_error = case.error.as_deref();
@@ -144,9 +148,7 @@ fn run_case(case: &Case) -> Result<(), String> {
 
 #[test]
 fn cesql_tck() {
-    let Some(suites) = crate::conformance_suite("cesql-tck", "yaml", |text| {
-        serde_saphyr::from_str::<Suite>(text)
-    }) else {
+    let Some(suites) = crate::conformance_suite("cesql-tck", "yaml", parse_suite) else {
         return;
     };
     let cases: Vec<(&String, &Suite, &Case)> = suites
