@@ -46,6 +46,12 @@ impl TestServer {
         Self::start_ready_with(|_| {}).await
     }
 
+    /// Starts with the test settings, with a recording receiver to point sinks, sources and
+    /// triggers at.
+    pub async fn start_with_recorder() -> (TestServer, crate::Recorder) {
+        (Self::start().await, crate::Recorder::start().await)
+    }
+
     /// Starts with broker `default/default` Ready and a subscriber taking all its events
     /// through trigger `default/all`.
     pub async fn start_subscribed() -> (TestServer, crate::Subscriber) {

@@ -17,7 +17,7 @@ use rivulet_channels::nats::binding;
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
 use support::source_contract::{SourceUpstream, source_contract};
-use support::{Recorder, TestServer, WAIT, http, wait_for};
+use support::{TestServer, WAIT, http, wait_for};
 
 const SOURCES: &str = "sources.rivulet.dev/v1alpha1";
 const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
@@ -66,8 +66,7 @@ fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_messages_reach_a_trigger_through_a_broker() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("core");
     support::apply(&server.api, &support::broker("default", &name)).await;
     support::apply_trigger_ready(&server.api, "default", &name, &name, &recorder.url).await;
@@ -150,8 +149,7 @@ async fn core_messages_reach_a_trigger_through_a_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_source_loses_nothing_while_the_sink_is_down() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("js");
     let stream_name = name.to_ascii_uppercase().replace('-', "_");
     let js = jetstream::new(client().await);

@@ -31,8 +31,7 @@ async fn rabbitmq_broker_ready(base: &str, broker: &str) {
 /// A server with a ready RabbitMQ broker named after `prefix`, and a subscriber; returns the
 /// broker's name too.
 async fn server_with_broker(prefix: &str) -> (TestServer, Recorder, String) {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let broker = unique(prefix);
     rabbitmq_broker_ready(&server.api, &broker).await;
     (server, recorder, broker)
@@ -138,8 +137,7 @@ async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_broker_config_selects_quorum_queues() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let broker = unique("quorum");
     let secret = format!("{broker}-credentials");
     // Knative's connection Secret: host, port and credentials in separate keys.

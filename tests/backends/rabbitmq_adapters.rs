@@ -22,7 +22,7 @@ use rivulet_channels::rabbitmq::lapin::{BasicProperties, Channel, Consumer, Exch
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
 use support::source_contract::{SourceUpstream, source_contract};
-use support::{Recorder, TestServer, http, wait_for};
+use support::{TestServer, http, wait_for};
 
 const SOURCES: &str = "sources.knative.dev/v1alpha1";
 const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
@@ -152,8 +152,7 @@ async fn inspect(channel: &Channel, exchange: &str, queue: &str, binding: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_turns_messages_into_events_and_acks_after_the_sink() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("src");
     let exchange = format!("{name}.exchange");
     let connection = connect().await;
@@ -279,8 +278,7 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("sink");
     let exchange = format!("{name}.exchange");
     let connection = connect().await;

@@ -171,8 +171,7 @@ async fn a_forward_target_down_for_a_while_loses_nothing_and_retries_are_counted
 
 #[tokio::test]
 async fn the_forward_sink_answers_with_what_the_target_did() {
-    let server = TestServer::start().await;
-    let target = Recorder::start().await;
+    let (server, target) = TestServer::start_with_recorder().await;
     let strict = forward_sink(
         "strict",
         &target.url,

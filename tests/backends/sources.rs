@@ -43,8 +43,7 @@ fn tick_times(recorder: &Recorder) -> Vec<DateTime<Utc>> {
 
 #[tokio::test]
 async fn ping_source_every_second_reaches_a_trigger_through_the_broker() {
-    let server = TestServer::start().await;
-    let subscriber = Recorder::start().await;
+    let (server, subscriber) = TestServer::start_with_recorder().await;
     apply(
         &server.api,
         &json!({
@@ -180,8 +179,7 @@ async fn a_restarted_ping_source_does_not_fire_a_tick_again() {
 
 #[tokio::test]
 async fn a_sink_down_for_a_while_loses_nothing_and_retries_are_counted() {
-    let server = TestServer::start().await;
-    let subscriber = Recorder::start().await;
+    let (server, subscriber) = TestServer::start_with_recorder().await;
     subscriber.set_status(503);
     apply(
         &server.api,
@@ -265,8 +263,7 @@ fn webhook(name: &str, sink_url: &str, secret: bool) -> Value {
 
 #[tokio::test]
 async fn webhook_with_a_good_and_a_bad_signature() {
-    let server = TestServer::start().await;
-    let sink = Recorder::start().await;
+    let (server, sink) = TestServer::start_with_recorder().await;
     apply(
         &server.api,
         &json!({
@@ -324,8 +321,7 @@ async fn webhook_with_a_good_and_a_bad_signature() {
 
 #[tokio::test]
 async fn webhook_answers_only_after_the_sink_accepted() {
-    let server = TestServer::start().await;
-    let sink = Recorder::start().await;
+    let (server, sink) = TestServer::start_with_recorder().await;
     let url = ready_address(&server.api, &webhook("plain", &sink.url, false)).await;
 
     sink.set_status(503);
@@ -446,8 +442,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
 /// names is missing, and becomes Ready once the source is; a malformed annotation is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_waits_for_its_dependency_to_be_ready() {
-    let server = TestServer::start().await;
-    let subscriber = Recorder::start().await;
+    let (server, subscriber) = TestServer::start_with_recorder().await;
     let trigger = |dependency: &str| {
         json!({
             "apiVersion": "eventing.knative.dev/v1",
