@@ -41,6 +41,35 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    /// Starts with the test settings and waits until broker `default/default` is Ready.
+    pub async fn start_ready() -> TestServer {
+        Self::start_ready_with(|_| {}).await
+    }
+
+    /// Starts with the test settings, with a recording receiver to point sinks, sources and
+    /// triggers at.
+    pub async fn start_with_recorder() -> (TestServer, crate::Recorder) {
+        (Self::start().await, crate::Recorder::start().await)
+    }
+
+    /// Starts with broker `default/default` Ready and a subscriber taking all its events
+    /// through trigger `default/all`.
+    pub async fn start_subscribed() -> (TestServer, crate::Subscriber) {
+        let server = Self::start_ready().await;
+        let subscriber = crate::Subscriber::start().await;
+        let all = super::trigger("default", "all", "default", &subscriber.url());
+        server.create_trigger(&all).await;
+        (server, subscriber)
+    }
+
+    /// Starts with the test settings and `configure`'s changes, then waits until broker
+    /// `default/default` is Ready.
+    pub async fn start_ready_with(configure: impl FnOnce(&mut ServeOptions)) -> TestServer {
+        let server = Self::start_with(configure).await;
+        server.wait_ready("Broker", "default", "default").await;
+        server
+    }
+
     /// Starts with the test settings, then `configure`'s changes.
     pub async fn start_with(configure: impl FnOnce(&mut ServeOptions)) -> TestServer {
         init_tracing();
@@ -114,6 +143,17 @@ impl Api {
     /// PUTs a manifest, fails the test unless accepted; returns the stored object.
     pub async fn apply(&self, manifest: &Value) -> Value {
         super::apply(&self.api, manifest).await
+    }
+
+    /// GETs `path` of the resource API with the test token; returns the status code and the
+    /// JSON answer (`Null` when the answer is not JSON).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = super::api_request(reqwest::Method::GET, format!("{}{path}", self.api))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// An object, or `None` when it does not exist.
@@ -267,6 +307,20 @@ impl Api {
         .await;
     }
 
+    /// How many deliveries of a trigger ended with `outcome` (`delivered`, `dead_lettered`,
+    /// `failed`, ...).
+    pub async fn delivery_outcomes(&self, namespace: &str, trigger: &str, outcome: &str) -> f64 {
+        self.metric(
+            "rivulet_trigger_deliveries_total",
+            &[
+                ("namespace", namespace),
+                ("trigger", trigger),
+                ("outcome", outcome),
+            ],
+        )
+        .await
+    }
+
     /// Waits until a trigger has reached `count` final delivery outcomes (delivered,
     /// dead-lettered or failed): every attempt for those events is over.
     pub async fn wait_deliveries_final(&self, namespace: &str, trigger: &str, count: u64) {
@@ -395,6 +449,19 @@ impl TestEvent {
     pub fn data(mut self, content_type: &str, body: impl Into<Bytes>) -> TestEvent {
         self.body = body.into();
         self.header("content-type", content_type)
+    }
+
+    /// Posts the event to any URL (a broker, a sink); returns the status, 0 when nothing
+    /// answered.
+    pub async fn post_to(&self, url: &str) -> u16 {
+        http()
+            .post(url)
+            .headers(self.headers())
+            .body(self.body.clone())
+            .send()
+            .await
+            .map(|response| response.status().as_u16())
+            .unwrap_or(0)
     }
 
     pub fn headers(&self) -> HeaderMap {

@@ -163,6 +163,31 @@ pub fn duplicates(recorder: &Recorder) -> usize {
     seen.values().map(|n| n - 1).sum()
 }
 
+/// A subscriber that takes 10 ms an event, so that a backlog builds up behind a trigger
+/// delivering one event at a time ([`apply_one_at_a_time_trigger`]) when the server dies.
+pub async fn slow_subscriber() -> Recorder {
+    let recorder = Recorder::start().await;
+    recorder.set_delay(Duration::from_millis(10));
+    recorder
+}
+
+/// Applies trigger `all` of `broker` to `recorder`, delivering one event at a time, and waits
+/// until it is Ready.
+pub async fn apply_one_at_a_time_trigger(
+    api: &str,
+    namespace: &str,
+    broker: &str,
+    recorder: &Recorder,
+) {
+    let trigger = crate::with_annotation(
+        crate::trigger(namespace, "all", broker, &recorder.url),
+        "rivulet.dev/parallelism",
+        "1",
+    );
+    crate::apply(api, &trigger).await;
+    crate::wait_ready(api, "Trigger", namespace, "all").await;
+}
+
 /// The durability contract of a channel backend: `server` runs a broker at `broker_url`
 /// whose trigger delivers to `recorder`, slowed so that a backlog exists. Producers post
 /// until `at_least` events were accepted, the server is killed with SIGKILL mid-flow, and a

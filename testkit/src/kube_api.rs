@@ -13,8 +13,9 @@ use kube::client::Body;
 use rivulet::delivery::{DeliveryDefaults, Sender};
 use rivulet::ingress::{BrokerTable, Ingress};
 use rivulet::metrics::Metrics;
+use rivulet::resources::find_kind_by_name;
 use rivulet::runtime::{Context, Reconciler, Role, Settings};
-use rivulet::store::KubernetesStore;
+use rivulet::store::{KubernetesStore, StoreEvent};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_test::mock::{self, Handle, SendResponse};
@@ -40,6 +41,24 @@ impl Seen {
         url::form_urlencoded::parse(self.query.as_bytes())
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.into_owned())
+    }
+
+    /// Fails the test unless this is a server-side apply (a `PATCH` of
+    /// `application/apply-patch+yaml`) of `path` by the field manager `manager`.
+    pub fn assert_apply(&self, path: &str, manager: &str) {
+        assert_eq!(self.method, "PATCH", "{self:?}");
+        assert_eq!(self.path, path);
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/apply-patch+yaml"),
+            "{self:?}"
+        );
+        assert_eq!(
+            self.param("fieldManager").as_deref(),
+            Some(manager),
+            "{}",
+            self.query
+        );
     }
 
     /// Whether this is a watch request (`?watch=true`).
@@ -114,6 +133,22 @@ fn context_for(
         },
     );
     (ctx, handle)
+}
+
+/// The store event of `object` (of kind `kind`) being applied, as a watch would deliver it.
+pub fn applied(kind: &str, object: &Value) -> StoreEvent {
+    StoreEvent::Applied {
+        kind: find_kind_by_name(None, kind).expect("a known kind"),
+        object: Arc::new(object.clone()),
+    }
+}
+
+/// The store event of `object` (of kind `kind`) being deleted.
+pub fn deleted(kind: &str, object: &Value) -> StoreEvent {
+    StoreEvent::Deleted {
+        kind: find_kind_by_name(None, kind).expect("a known kind"),
+        object: Arc::new(object.clone()),
+    }
 }
 
 /// The reconciler registered for `kind`.

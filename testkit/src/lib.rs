@@ -73,6 +73,80 @@ pub fn http() -> reqwest::Client {
         .expect("the HTTP client builds")
 }
 
+/// Sends a request; returns the status code. Fails the test when nothing answers.
+pub async fn status_of(request: reqwest::RequestBuilder) -> u16 {
+    request
+        .send()
+        .await
+        .expect("the server answers")
+        .status()
+        .as_u16()
+}
+
+/// Sends a request; returns its JSON answer. Fails the test when nothing answers or the
+/// answer is not JSON.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("the answer is JSON")
+}
+
+/// Whether the `message` of `object` (an error answer or a condition) contains `needle`.
+pub fn message_contains(object: &Value, needle: &str) -> bool {
+    object["message"]
+        .as_str()
+        .is_some_and(|message| message.contains(needle))
+}
+
+/// Fails the test with every failure listed unless `failures` is empty; `cases` is how many
+/// cases ran.
+pub fn assert_no_failures(failures: &[String], cases: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The `rivulet` CLI ([`binary`]) pointed at the resource API `api` with [`TEST_TOKEN`],
+/// logging only warnings, with no stdin and no ingress URL from the environment, killed if
+/// the test drops it.
+pub fn cli(api: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .env_remove("RIVULET_INGRESS")
+        .env("RIVULET_SERVER", api)
+        .env("RIVULET_TOKEN", TEST_TOKEN)
+        .env("RIVULET_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Fails the test with the command's stderr unless it exited with success; `what` names the
+/// command in the message.
+pub fn assert_succeeded(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Writes `contents` to file `name` in `dir`; returns the file's path.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents)
+        .unwrap_or_else(|e| panic!("{} can be written: {e}", path.display()));
+    path
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -585,6 +659,22 @@ pub async fn wait_status(
         },
     )
     .await
+}
+
+/// Applies a manifest of a kind that runs workloads only under `--store kubernetes`, waits
+/// until it is not Ready because of that and returns the stored object (its status filled in
+/// as far as a standalone server can).
+pub async fn apply_needing_kubernetes(base: &str, manifest: &Value) -> Value {
+    apply(base, manifest).await;
+    let kind = manifest["kind"].as_str().expect("the manifest has a kind");
+    let metadata = &manifest["metadata"];
+    let namespace = metadata["namespace"].as_str().unwrap_or("default");
+    let name = metadata["name"].as_str().expect("the manifest has a name");
+    let object = wait_status(base, kind, namespace, name, "False").await;
+    let ready = ready_condition(&object).expect("a Ready condition");
+    assert_eq!(ready["reason"], "KubernetesRequired", "{ready}");
+    assert!(message_contains(&ready, "--store kubernetes"), "{ready}");
+    object
 }
 
 /// A Broker manifest in namespace `default` (or `namespace`).

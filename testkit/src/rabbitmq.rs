@@ -114,3 +114,12 @@ pub async fn delete_broker(api: &str, namespace: &str, broker: &str) {
     )
     .await;
 }
+
+/// Fails the test unless the exchange of broker `namespace/broker` is gone from RabbitMQ.
+pub async fn assert_exchange_removed(namespace: &str, broker: &str) {
+    let exchange = rivulet_channels::rabbitmq::exchange_name(namespace, broker);
+    assert!(
+        !exchange_exists(&connect().await, &exchange).await,
+        "exchange {exchange} of broker {namespace}/{broker} is still there"
+    );
+}

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use serde_json::{Value, json};
 
-use crate::adapters::{apply, wait_ready};
+use crate::adapters::ready_address;
 use crate::{http, post_binary_to, unique};
 
 /// A sink kind and where what it hands on can be read back.
@@ -76,22 +76,4 @@ pub async fn sink_contract(api: &str, target: &mut impl SinkTarget) {
         unavailable, 503,
         "a target that cannot be reached leaves the event with its sender"
     );
-}
-
-/// Applies `sink`, waits until it is Ready and gives its address.
-async fn ready_address(api: &str, sink: &Value) -> String {
-    apply(api, sink).await;
-    let text = |pointer: &str| sink.pointer(pointer).and_then(Value::as_str).unwrap();
-    let ready = wait_ready(
-        api,
-        text("/apiVersion"),
-        text("/kind"),
-        text("/metadata/name"),
-    )
-    .await;
-    ready
-        .pointer("/status/address/url")
-        .and_then(Value::as_str)
-        .expect("a Ready sink has an address")
-        .to_owned()
 }

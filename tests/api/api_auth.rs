@@ -139,10 +139,7 @@ async fn secret_values_never_come_back_and_a_redacted_copy_cannot_be_applied() {
     let (status, body) = support::put(&server.api, &serde_json::from_str(&got).unwrap()).await;
     assert_eq!(status, 422, "{body}");
     assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("never returns Secret values"),
+        support::message_contains(&body, "never returns Secret values"),
         "{body}"
     );
     // Nor does the metrics text carry it.
@@ -163,14 +160,10 @@ async fn viewer_tokens_read_admin_tokens_write_and_revoked_tokens_stop_working()
     let server = InProcessServer::start().await;
     let tokens = format!("{}/auth/tokens", server.api);
 
-    let created: Value = api_request(Method::POST, &tokens)
-        .json(&json!({"name": "dashboard", "role": "viewer"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = support::json_of(
+        api_request(Method::POST, &tokens).json(&json!({"name": "dashboard", "role": "viewer"})),
+    )
+    .await;
     let viewer = created["token"].as_str().expect("a token").to_string();
     assert_eq!(created["role"], "viewer");
 
@@ -179,22 +172,14 @@ async fn viewer_tokens_read_admin_tokens_write_and_revoked_tokens_stop_working()
         server.api,
         resource_path("Broker", "default", "default")
     );
-    let read = http()
-        .get(&broker_url)
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
-    let whoami: Value = http()
-        .get(format!("{}/auth/whoami", server.api))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = http().get(&broker_url).bearer_auth(&viewer);
+    assert_eq!(support::status_of(read).await, 200);
+    let whoami = support::json_of(
+        http()
+            .get(format!("{}/auth/whoami", server.api))
+            .bearer_auth(&viewer),
+    )
+    .await;
     assert_eq!(whoami, json!({"name": "dashboard", "role": "viewer"}));
 
     for (what, request) in [
@@ -217,10 +202,7 @@ async fn viewer_tokens_read_admin_tokens_write_and_revoked_tokens_stop_working()
         assert_eq!(response.status(), 403, "{what}");
         let body: Value = response.json().await.unwrap();
         assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .contains("needs role admin"),
+            support::message_contains(&body, "needs role admin"),
             "{what}: {body}"
         );
     }
@@ -231,28 +213,15 @@ async fn viewer_tokens_read_admin_tokens_write_and_revoked_tokens_stop_working()
             .is_some()
     );
 
-    let listed: Value = api_request(Method::GET, &tokens)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = support::json_of(api_request(Method::GET, &tokens)).await;
     assert!(!listed.to_string().contains(&viewer), "{listed}");
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
 
-    let revoked = api_request(Method::DELETE, format!("{tokens}/dashboard"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoked.status(), 200);
-    let after = http()
-        .get(&broker_url)
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(after.status(), 401);
+    let revoked = api_request(Method::DELETE, format!("{tokens}/dashboard"));
+
+    assert_eq!(support::status_of(revoked).await, 200);
+    let after = http().get(&broker_url).bearer_auth(&viewer);
+    assert_eq!(support::status_of(after).await, 401);
     server.shutdown().await;
 }
 
@@ -276,12 +245,8 @@ async fn each_listener_serves_only_its_plane() {
         on_ingress.text().await.unwrap().contains("--api-listen"),
         "the 404 says where the API is"
     );
-    let metrics_on_ingress = http()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metrics_on_ingress.status(), 404);
+    let metrics_on_ingress = http().get(format!("{}/metrics", server.base));
+    assert_eq!(support::status_of(metrics_on_ingress).await, 404);
     // Events are not taken on the API listener.
     let event_on_api = support::post_binary(&server.api, "default/default", "e1", "t", "{}").await;
     assert_eq!(event_on_api, 404);
@@ -289,11 +254,8 @@ async fn each_listener_serves_only_its_plane() {
         .header("ce-specversion", "1.0")
         .header("ce-id", "e2")
         .header("ce-source", "/t")
-        .header("ce-type", "t")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(event_on_api.status(), 404);
+        .header("ce-type", "t");
+    assert_eq!(support::status_of(event_on_api).await, 404);
     assert_eq!(
         support::post_binary(&server.base, "default/default", "e3", "t", "{}").await,
         202
@@ -358,12 +320,11 @@ async fn first_start_writes_a_private_admin_token_that_the_cli_finds() {
         String::from_utf8_lossy(&out.stderr)
     );
     let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let manifest = data.path().join("broker.yaml");
-    std::fs::write(
-        &manifest,
+    let manifest = support::write_file(
+        data.path(),
+        "broker.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: ro-made\n",
-    )
-    .unwrap();
+    );
     let out = cli(
         &[
             "apply",
@@ -424,16 +385,12 @@ async fn running_without_auth_is_refused_off_loopback_unless_forced() {
     })
     .await
     .unwrap();
-    let response = http()
-        .get(format!(
-            "{}{}",
-            open.api_url,
-            resource_path("Broker", "default", "default")
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let request = http().get(format!(
+        "{}{}",
+        open.api_url,
+        resource_path("Broker", "default", "default")
+    ));
+    assert_eq!(support::status_of(request).await, 200);
     open.shutdown().await.unwrap();
 
     // Forced, it starts on every address.
@@ -477,12 +434,8 @@ async fn the_kubernetes_data_plane_serves_no_resource_api() {
         }
     }
     // What it does serve there: health and metrics, for probes and scraping.
-    let metrics = http()
-        .get(format!("{}/metrics", server.api_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metrics.status(), 200);
+    let metrics = http().get(format!("{}/metrics", server.api_url));
+    assert_eq!(support::status_of(metrics).await, 200);
     assert!(
         !data.path().join("admin.token").exists(),
         "no token is made on Kubernetes"

@@ -22,14 +22,11 @@ fn rivulet() -> Command {
     command
 }
 
-/// Runs `rivulet args...` against `server` and returns its output.
 /// Runs the CLI against `server`'s resource API with the test token, and ingress for `send`.
 async fn run(server: &support::InProcessServer, args: &[&str]) -> Output {
-    rivulet()
+    support::cli(&server.api)
         .args(args)
-        .env("RIVULET_SERVER", &server.api)
         .env("RIVULET_INGRESS", &server.base)
-        .env("RIVULET_TOKEN", support::TEST_TOKEN)
         .output()
         .await
         .expect("the rivulet binary runs")
@@ -190,12 +187,11 @@ async fn apply_reads_stdin_and_reports_invalid_objects() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
+    let bad = support::write_file(
+        dir.path(),
+        "bad.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bad\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:9/\n  filters:\n    - exact:\n        Type: x\n",
-    )
-    .unwrap();
+    );
     let out = run(&server, &["apply", "-f", bad.to_str().unwrap()]).await;
     assert!(!out.status.success(), "an invalid object makes apply fail");
     let stderr = text(&out.stderr);
@@ -279,24 +275,21 @@ async fn send_posts_binary_and_structured_events_with_extensions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_eval_exits_0_on_match_and_1_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let trigger = dir.path().join("trigger.yaml");
-    std::fs::write(
-        &trigger,
+    let trigger = support::write_file(
+        dir.path(),
+        "trigger.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: f\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:9/\n  filters:\n    - prefix:\n        type: com.example.\n    - cesql: \"source LIKE '/shop/%'\"\n",
-    )
-    .unwrap();
-    let matching = dir.path().join("match.json");
-    std::fs::write(
-        &matching,
+    );
+    let matching = support::write_file(
+        dir.path(),
+        "match.json",
         r#"{"specversion":"1.0","id":"1","source":"/shop/eu","type":"com.example.order"}"#,
-    )
-    .unwrap();
-    let other = dir.path().join("other.json");
-    std::fs::write(
-        &other,
+    );
+    let other = support::write_file(
+        dir.path(),
+        "other.json",
         r#"{"specversion":"1.0","id":"2","source":"/warehouse","type":"com.example.order"}"#,
-    )
-    .unwrap();
+    );
 
     let filter_eval = |event: &std::path::Path| {
         let mut command = rivulet();
@@ -564,16 +557,15 @@ async fn cesql_eval_without_an_event_says_what_is_missing() {
 async fn apply_skips_kinds_it_does_not_serve_and_says_so() {
     let server = InProcessServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sample.yaml");
-    std::fs::write(
-        &file,
+    let file = support::write_file(
+        dir.path(),
+        "sample.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: sample\n---\n\
          apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: sample\n  namespace: sample\n---\n\
          apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hello-display\n  namespace: sample\nspec:\n  replicas: 1\n---\n\
          apiVersion: v1\nkind: Service\nmetadata:\n  name: hello-display\n  namespace: sample\nspec:\n  ports: [{port: 80}]\n---\n\
          apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: hello\n  namespace: sample\nspec:\n  broker: sample\n  subscriber:\n    uri: http://127.0.0.1:9/\n",
-    )
-    .unwrap();
+    );
     let out = run(&server, &["apply", "-f", file.to_str().unwrap()]).await;
     let stdout = ok(&out, "apply of a sample with unserved kinds");
     assert!(stdout.contains("broker/sample created"), "{stdout}");
@@ -589,12 +581,11 @@ async fn apply_skips_kinds_it_does_not_serve_and_says_so() {
     assert!(stderr.contains("runs a workload"), "{stderr}");
 
     // Only unserved kinds: nothing was refused, so apply succeeds and says nothing was applied.
-    let only = dir.path().join("only.yaml");
-    std::fs::write(
-        &only,
+    let only = support::write_file(
+        dir.path(),
+        "only.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n",
-    )
-    .unwrap();
+    );
     let out = run(&server, &["apply", "-f", only.to_str().unwrap()]).await;
     ok(&out, "apply of unserved kinds only");
     assert!(

@@ -4,15 +4,13 @@
 
 use rivulet_testkit as support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rivulet::resources::find_kind_by_name;
 use rivulet::runtime::{Action, Role};
-use rivulet::store::StoreEvent;
 use serde_json::{Value, json};
 use support::kube_api::{
-    condition, context_in, empty_list, exchange, next_background_request, status_error,
+    applied, condition, context_in, deleted, empty_list, exchange, next_background_request,
+    status_error,
 };
 use tower::ServiceExt;
 
@@ -33,20 +31,6 @@ fn trigger(subscriber: Value) -> Value {
         "metadata": {"name": "ship", "namespace": "team", "uid": "t-1", "generation": 3},
         "spec": {"broker": "orders", "subscriber": subscriber}
     })
-}
-
-fn applied(kind: &str, object: &Value) -> StoreEvent {
-    StoreEvent::Applied {
-        kind: find_kind_by_name(None, kind).unwrap(),
-        object: Arc::new(object.clone()),
-    }
-}
-
-fn deleted(kind: &str, object: &Value) -> StoreEvent {
-    StoreEvent::Deleted {
-        kind: find_kind_by_name(None, kind).unwrap(),
-        object: Arc::new(object.clone()),
-    }
 }
 
 fn with_finalizer(mut object: Value, finalizer: &str) -> Value {
@@ -75,17 +59,7 @@ async fn controller_puts_its_finalizer_on_a_broker_then_writes_its_status() {
     assert_eq!(action, Action::AwaitChange);
 
     let finalizer = &requests[0];
-    assert_eq!(finalizer.method, "PATCH");
-    assert_eq!(finalizer.path, format!("{BROKERS}/orders"));
-    assert_eq!(
-        finalizer.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
-    assert!(
-        finalizer.query.contains("fieldManager=rivulet-finalizer"),
-        "{}",
-        finalizer.query
-    );
+    finalizer.assert_apply(&format!("{BROKERS}/orders"), "rivulet-finalizer");
     assert_eq!(
         finalizer.body["metadata"]["finalizers"],
         json!(["brokers.eventing.knative.dev"])

@@ -263,13 +263,7 @@ async fn nothing_undelivered_needs_no_force() {
     let response = api_request(Method::DELETE, url).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     let body: Value = response.json().await.unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("force"),
-        "{body}"
-    );
+    assert!(support::message_contains(&body, "force"), "{body}");
     let (status, answer) = delete(&server, "Broker", "default", false).await;
     assert_eq!(status, 200, "{answer}");
 }
@@ -309,14 +303,8 @@ async fn nats_broker_with_a_hung_subscriber_dead_letters_on_forced_delete() {
 
 /// Runs the `rivulet` binary against `server`'s resource API with the test token.
 async fn rivulet_cli(server: &TestServer, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(support::binary())
+    support::cli(&server.api)
         .args(args)
-        .env_remove("RIVULET_SERVER")
-        .env("RIVULET_SERVER", &server.api)
-        .env("RIVULET_TOKEN", support::TEST_TOKEN)
-        .env("RIVULET_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
         .output()
         .await
         .expect("the rivulet binary runs")

@@ -16,7 +16,6 @@ const NS: &str = "default";
 const BROKER: &str = "default";
 const REFUSED: &str = "rivulet_egress_refused_total";
 const RETRIES: &str = "rivulet_trigger_delivery_retries_total";
-const DELIVERIES: &str = "rivulet_trigger_deliveries_total";
 
 fn deny(entries: &[&str]) -> EgressPolicy {
     EgressPolicy::new(
@@ -29,9 +28,7 @@ fn deny(entries: &[&str]) -> EgressPolicy {
 }
 
 async fn server_with(policy: EgressPolicy) -> TestServer {
-    let server = TestServer::start_with(|options| options.egress = policy).await;
-    server.wait_ready("Broker", NS, BROKER).await;
-    server
+    TestServer::start_ready_with(|options| options.egress = policy).await
 }
 
 /// A trigger with retries (so a retried refusal would show) and, when given, a dead-letter
@@ -46,22 +43,24 @@ fn trigger_to(name: &str, uri: &str, dead_letter: Option<String>) -> Value {
     manifest
 }
 
+/// Creates trigger `name` delivering to `path` of `sub`, with `sub`'s `/dls` as its
+/// dead-letter sink.
+async fn trigger_with_dls(server: &TestServer, name: &str, sub: &Subscriber, path: &str) {
+    let manifest = trigger_to(name, &sub.url_at(path), Some(sub.url_at("dls")));
+    server.create_trigger(&manifest).await;
+}
+
+/// The event that reached `sub`'s dead-letter path.
+async fn dead_letter(sub: &Subscriber) -> Recorded {
+    sub.wait_for_matching(1, |r| r.path == "/dls")
+        .await
+        .remove(0)
+}
+
 fn decoded(data: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(data)
         .expect("knativeerrordata is base64")
-}
-
-async fn outcome(api: &Api, trigger: &str, outcome: &str) -> f64 {
-    api.metric(
-        DELIVERIES,
-        &[
-            ("namespace", NS),
-            ("trigger", trigger),
-            ("outcome", outcome),
-        ],
-    )
-    .await
 }
 
 /// A 302 towards another receiver is a failed, final attempt: the other receiver gets
@@ -76,20 +75,11 @@ async fn redirects_are_not_followed() {
         _ => Reply::status(302).header("location", &location),
     }))
     .await;
-    server
-        .create_trigger(&trigger_to(
-            "redirected",
-            &sub.url_at("moved"),
-            Some(sub.url_at("dls")),
-        ))
-        .await;
+    trigger_with_dls(&server, "redirected", &sub, "moved").await;
     server
         .send(NS, BROKER, &TestEvent::new("r-1", "com.example"))
         .await;
-    let dead = sub
-        .wait_for_matching(1, |r| r.path == "/dls")
-        .await
-        .remove(0);
+    let dead = dead_letter(&sub).await;
     server.wait_deliveries_final(NS, "redirected", 1).await;
 
     assert_eq!(dead.attr("knativeerrorcode").as_deref(), Some("302"));
@@ -99,7 +89,12 @@ async fn redirects_are_not_followed() {
         1,
         "a redirect is final, not retried"
     );
-    assert_eq!(outcome(&server, "redirected", "dead_lettered").await, 1.0);
+    assert_eq!(
+        server
+            .delivery_outcomes(NS, "redirected", "dead_lettered")
+            .await,
+        1.0
+    );
     assert_eq!(elsewhere.count(), 0, "the redirect target was never called");
 }
 
@@ -145,7 +140,12 @@ async fn the_metadata_address_is_refused() {
         0.0,
         "a refusal is not retried"
     );
-    assert_eq!(outcome(&server, "metadata", "dead_lettered").await, 1.0);
+    assert_eq!(
+        server
+            .delivery_outcomes(NS, "metadata", "dead_lettered")
+            .await,
+        1.0
+    );
 }
 
 /// `--egress-deny 127.0.0.0/8` refuses a subscriber on loopback (its dead-letter sink too:
@@ -162,7 +162,7 @@ async fn a_denied_range_is_refused() {
         .await;
     server.wait_deliveries_final(NS, "denied", 1).await;
 
-    assert_eq!(outcome(&server, "denied", "failed").await, 1.0);
+    assert_eq!(server.delivery_outcomes(NS, "denied", "failed").await, 1.0);
     assert_eq!(
         server.metric(REFUSED, &[("reason", "denied")]).await,
         2.0,
@@ -234,13 +234,7 @@ async fn what_a_target_answers_is_bounded() {
         _ => Reply::status(500).body(answer.clone()),
     }))
     .await;
-    server
-        .create_trigger(&trigger_to(
-            "verbose",
-            &sub.url_at("sub"),
-            Some(sub.url_at("dls")),
-        ))
-        .await;
+    trigger_with_dls(&server, "verbose", &sub, "sub").await;
     server
         .send(
             NS,
@@ -248,10 +242,7 @@ async fn what_a_target_answers_is_bounded() {
             &TestEvent::new("b-1", "com.example").data("application/json", "{}"),
         )
         .await;
-    let dead = sub
-        .wait_for_matching(1, |r| r.path == "/dls")
-        .await
-        .remove(0);
+    let dead = dead_letter(&sub).await;
 
     let data = dead.attr("knativeerrordata").expect("the body is reported");
     assert!(data.len() <= 1024, "{} characters", data.len());
@@ -310,7 +301,10 @@ async fn the_command_line_flags_set_the_policy() {
         .send(NS, BROKER, &TestEvent::new("f-1", "com.example"))
         .await;
     server.wait_deliveries_final(NS, "from-flags", 1).await;
-    assert_eq!(outcome(&server, "from-flags", "failed").await, 1.0);
+    assert_eq!(
+        server.delivery_outcomes(NS, "from-flags", "failed").await,
+        1.0
+    );
     assert_eq!(server.metric(REFUSED, &[("reason", "denied")]).await, 1.0);
     assert_eq!(sub.count(), 0);
 }

@@ -26,19 +26,11 @@ fn json_event(id: &str, ty: &str, source: &str, data: Value) -> TestEvent {
         .data("application/json", data.to_string())
 }
 
-async fn get_json(server: &TestServer, path: &str) -> (u16, Value) {
-    let response = support::api_request(reqwest::Method::GET, format!("{}{path}", server.api))
-        .send()
-        .await
-        .expect("the server answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// EventTypes in `namespace` matching `query` (e.g. `?broker=shop`).
 async fn list(server: &TestServer, namespace: &str, query: &str) -> Vec<Value> {
-    let (status, body) =
-        get_json(server, &format!("{V1BETA3}/{namespace}/eventtypes{query}")).await;
+    let (status, body) = server
+        .get_json(&format!("{V1BETA3}/{namespace}/eventtypes{query}"))
+        .await;
     assert_eq!(status, 200, "list {query}: {body}");
     body["items"].as_array().cloned().unwrap_or_default()
 }
@@ -90,8 +82,9 @@ async fn wait_eventtype(
     check: impl Fn(&Value) -> bool,
 ) -> Value {
     wait_for(what, WAIT, || async {
-        let (status, object) =
-            get_json(server, &format!("{V1BETA3}/default/eventtypes/{name}")).await;
+        let (status, object) = server
+            .get_json(&format!("{V1BETA3}/default/eventtypes/{name}"))
+            .await;
         (status == 200 && check(&object)).then_some(object)
     })
     .await
@@ -458,8 +451,9 @@ async fn queries_filter_by_broker_type_prefix_source_and_text() {
     );
     assert!(list(&server, "other-namespace", "").await.is_empty());
 
-    let (status, body) =
-        get_json(&server, &format!("{V1BETA3}/default/eventtypes?colour=red")).await;
+    let (status, body) = server
+        .get_json(&format!("{V1BETA3}/default/eventtypes?colour=red"))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("typePrefix"),
@@ -482,7 +476,9 @@ async fn queries_filter_by_broker_type_prefix_source_and_text() {
     assert_eq!(one["status"]["sample"]["type"], "org.other.ping");
 
     // The same objects read as v1beta2.
-    let (status, old) = get_json(&server, &format!("{V1BETA2}/default/eventtypes/{name}")).await;
+    let (status, old) = server
+        .get_json(&format!("{V1BETA2}/default/eventtypes/{name}"))
+        .await;
     assert_eq!(status, 200, "{old}");
     assert_eq!(old["apiVersion"], "eventing.knative.dev/v1beta2");
     assert_eq!(old["spec"]["type"], "org.other.ping");
@@ -494,11 +490,9 @@ async fn queries_filter_by_broker_type_prefix_source_and_text() {
             .unwrap()
             .contains("integer")
     );
-    let (_, old_list) = get_json(
-        &server,
-        &format!("{V1BETA2}/default/eventtypes?broker=shop"),
-    )
-    .await;
+    let (_, old_list) = server
+        .get_json(&format!("{V1BETA2}/default/eventtypes?broker=shop"))
+        .await;
     assert_eq!(old_list["apiVersion"], "eventing.knative.dev/v1beta2");
     assert_eq!(old_list["items"].as_array().unwrap().len(), 3);
     server.shutdown().await;
@@ -558,7 +552,9 @@ async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
     .await
     .unwrap();
     assert_eq!(response.status().as_u16(), 201);
-    let (_, stored) = get_json(&server, &format!("{V1BETA3}/default/eventtypes/legacy")).await;
+    let (_, stored) = server
+        .get_json(&format!("{V1BETA3}/default/eventtypes/legacy"))
+        .await;
     assert_eq!(
         attribute(&stored, "type").as_deref(),
         Some("com.example.legacy")
@@ -698,19 +694,12 @@ async fn cli_lists_with_filters_and_shows_schema_and_sample() {
     let run = |args: Vec<String>| {
         let api = server.api.clone();
         async move {
-            let output = tokio::process::Command::new(support::binary())
+            let output = support::cli(&api)
                 .args(&args)
-                .env("RIVULET_SERVER", api)
-                .env("RIVULET_TOKEN", support::TEST_TOKEN)
-                .env("RIVULET_LOG", "warn")
                 .output()
                 .await
                 .expect("the rivulet binary runs");
-            assert!(
-                output.status.success(),
-                "rivulet {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            support::assert_succeeded(&output, &format!("rivulet {args:?}"));
             String::from_utf8_lossy(&output.stdout).into_owned()
         }
     };

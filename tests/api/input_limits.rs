@@ -12,16 +12,15 @@ use support::{Subscriber, TestEvent, TestServer, trigger};
 const NS: &str = "default";
 const BROKER: &str = "default";
 
-async fn server() -> TestServer {
-    let server = TestServer::start().await;
-    server.wait_ready("Broker", NS, BROKER).await;
-    server
-}
-
-fn content_type(value: &'static str) -> HeaderMap {
+/// Posts `body` as `content_type` to the default broker; returns the status and the answer.
+async fn post_as(
+    server: &TestServer,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> (StatusCode, String) {
     let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static(value));
-    headers
+    headers.insert("content-type", HeaderValue::from_static(content_type));
+    server.post_raw(NS, BROKER, headers, body.into()).await
 }
 
 /// `depth` nested arrays around a number.
@@ -37,11 +36,7 @@ fn structured_with_data(data: &str) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_attribute_names_and_too_many_extensions_are_refused_in_every_mode() {
-    let server = server().await;
-    let sub = Subscriber::start().await;
-    server
-        .create_trigger(&trigger(NS, "all", BROKER, &sub.url()))
-        .await;
+    let (server, sub) = TestServer::start_subscribed().await;
 
     // 64 characters is the limit: accepted, and delivered unchanged.
     let longest = "a".repeat(64);
@@ -77,14 +72,8 @@ async fn long_attribute_names_and_too_many_extensions_are_refused_in_every_mode(
 
         let mut event = json!({"specversion": "1.0", "id": "long", "source": "/t", "type": "t"});
         event[&name] = json!("v");
-        let (status, body) = server
-            .post_raw(
-                NS,
-                BROKER,
-                content_type("application/cloudevents+json"),
-                Bytes::from(event.to_string()),
-            )
-            .await;
+        let (status, body) =
+            post_as(&server, "application/cloudevents+json", event.to_string()).await;
         assert_eq!(
             status,
             StatusCode::BAD_REQUEST,
@@ -93,14 +82,12 @@ async fn long_attribute_names_and_too_many_extensions_are_refused_in_every_mode(
         assert!(body.contains("at most 64"), "{body}");
 
         let batch = json!([{"specversion": "1.0", "id": "ok", "source": "/t", "type": "t"}, event]);
-        let (status, body) = server
-            .post_raw(
-                NS,
-                BROKER,
-                content_type("application/cloudevents-batch+json"),
-                Bytes::from(batch.to_string()),
-            )
-            .await;
+        let (status, body) = post_as(
+            &server,
+            "application/cloudevents-batch+json",
+            batch.to_string(),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "batch, {length}: {body}");
         assert!(body.contains("batch event 1"), "{body}");
     }
@@ -109,14 +96,7 @@ async fn long_attribute_names_and_too_many_extensions_are_refused_in_every_mode(
     for i in 0..65 {
         many[format!("ext{i}")] = json!("v");
     }
-    let (status, body) = server
-        .post_raw(
-            NS,
-            BROKER,
-            content_type("application/cloudevents+json"),
-            Bytes::from(many.to_string()),
-        )
-        .await;
+    let (status, body) = post_as(&server, "application/cloudevents+json", many.to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("65 extension attributes"), "{body}");
     assert_eq!(sub.count(), 1, "nothing refused was delivered");
@@ -124,21 +104,15 @@ async fn long_attribute_names_and_too_many_extensions_are_refused_in_every_mode(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_json_is_refused_without_harm_and_moderate_nesting_passes() {
-    let server = server().await;
-    let sub = Subscriber::start().await;
-    server
-        .create_trigger(&trigger(NS, "all", BROKER, &sub.url()))
-        .await;
+    let (server, sub) = TestServer::start_subscribed().await;
 
     // The event object is one level; its data may nest 63 more.
-    let (status, body) = server
-        .post_raw(
-            NS,
-            BROKER,
-            content_type("application/cloudevents+json"),
-            structured_with_data(&nested(63)),
-        )
-        .await;
+    let (status, body) = post_as(
+        &server,
+        "application/cloudevents+json",
+        structured_with_data(&nested(63)),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let got = sub.wait_for(1).await;
     assert_eq!(
@@ -148,14 +122,12 @@ async fn deep_json_is_refused_without_harm_and_moderate_nesting_passes() {
     );
 
     for depth in [64, 100_000] {
-        let (status, body) = server
-            .post_raw(
-                NS,
-                BROKER,
-                content_type("application/cloudevents+json"),
-                structured_with_data(&nested(depth)),
-            )
-            .await;
+        let (status, body) = post_as(
+            &server,
+            "application/cloudevents+json",
+            structured_with_data(&nested(depth)),
+        )
+        .await;
         assert_eq!(
             status,
             StatusCode::BAD_REQUEST,
@@ -167,14 +139,7 @@ async fn deep_json_is_refused_without_harm_and_moderate_nesting_passes() {
             "[{}]",
             String::from_utf8(structured_with_data(&nested(depth)).to_vec()).unwrap()
         );
-        let (status, body) = server
-            .post_raw(
-                NS,
-                BROKER,
-                content_type("application/cloudevents-batch+json"),
-                Bytes::from(batch),
-            )
-            .await;
+        let (status, body) = post_as(&server, "application/cloudevents-batch+json", batch).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "batch, {depth}: {body}");
         assert!(body.contains("levels"), "{body}");
     }
@@ -184,21 +149,8 @@ async fn deep_json_is_refused_without_harm_and_moderate_nesting_passes() {
         r#"{{"apiVersion":"eventing.knative.dev/v1","kind":"Broker","metadata":{{"name":"deep","namespace":"default"}},"spec":{{"x":{}}}}}"#,
         nested(100_000)
     );
-    let response = support::api_request(
-        reqwest::Method::PUT,
-        format!(
-            "{}{}",
-            server.api,
-            support::resource_path("Broker", NS, "deep")
-        ),
-    )
-    .header("content-type", "application/json")
-    .body(deep_body)
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 400);
-    let answer: Value = response.json().await.unwrap();
+    let (status, answer) = put_deep_broker(&server, "application/json", deep_body).await;
+    assert_eq!(status, 400);
     let message = answer["message"].as_str().unwrap_or_default();
     assert!(message.contains("more than 64 levels"), "{answer}");
     // YAML: its parser holds it to the same depth, in flow and block style.
@@ -218,25 +170,26 @@ async fn deep_json_is_refused_without_harm_and_moderate_nesting_passes() {
                 .collect::<String>()
         ),
     ] {
-        let response = support::api_request(
-            reqwest::Method::PUT,
-            format!(
-                "{}{}",
-                server.api,
-                support::resource_path("Broker", NS, "deep")
-            ),
-        )
-        .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(response.status(), 400);
-        let answer: Value = response.json().await.unwrap();
+        let (status, answer) = put_deep_broker(&server, "application/yaml", yaml).await;
+        assert_eq!(status, 400);
         assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     assert!(server.get("Broker", NS, BROKER).await.is_some());
     assert_eq!(sub.count(), 1, "nothing refused was delivered");
+}
+
+/// PUTs manifest text of `content_type` to the path of broker `deep`; returns the status and
+/// the JSON answer.
+async fn put_deep_broker(server: &TestServer, content_type: &str, text: String) -> (u16, Value) {
+    let path = support::resource_path("Broker", NS, "deep");
+    let response = support::api_request(reqwest::Method::PUT, format!("{}{path}", server.api))
+        .header("content-type", content_type)
+        .body(text)
+        .send()
+        .await
+        .expect("the resource API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// PUTs `object` and returns the status and the Status message.
@@ -255,7 +208,7 @@ fn object(kind: &str, api_version: &str, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_253_character_name_works_and_longer_names_are_refused_naming_the_field() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
 
     // The longest name Kubernetes allows, for a broker (its embedded log file) and a
@@ -290,7 +243,7 @@ async fn a_253_character_name_works_and_longer_names_are_refused_naming_the_fiel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_labels_and_annotations_follow_kubernetes_rules() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let broker = |name: &str| support::broker(NS, name);
     let with_meta = |field: &str, value: Value| {
         let mut b = broker("checked");

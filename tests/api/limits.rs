@@ -153,11 +153,10 @@ async fn huge_answer(total: u64) -> HugeAnswer {
 async fn a_huge_subscriber_response_fails_the_attempt_without_being_read() {
     const CAP: usize = 1024 * 1024;
     const HUGE: u64 = 300 * 1000 * 1000;
-    let server = TestServer::start_with(|options| {
+    let server = TestServer::start_ready_with(|options| {
         options.delivery.max_response_body = CAP;
     })
     .await;
-    server.wait_ready("Broker", NS, BROKER).await;
     let huge = huge_answer(HUGE).await;
     let dls = Subscriber::start().await;
     let mut manifest = trigger(NS, "huge", BROKER, &huge.url);
@@ -211,13 +210,12 @@ async fn a_huge_subscriber_response_fails_the_attempt_without_being_read() {
 async fn a_slow_client_flood_does_not_stop_well_behaved_senders() {
     const IDLE: usize = 1500;
     const SLOW: usize = 300;
-    let server = TestServer::start_with(|options| {
+    let server = TestServer::start_ready_with(|options| {
         options.listeners.header_read_timeout = Duration::from_secs(15);
         options.listeners.idle_timeout = Duration::from_secs(15);
         options.listeners.max_connections = Some(4000);
     })
     .await;
-    server.wait_ready("Broker", NS, BROKER).await;
     let addr = ingress_addr(&server);
 
     let mut idle = Vec::with_capacity(IDLE);
@@ -305,13 +303,12 @@ async fn a_slow_client_flood_does_not_stop_well_behaved_senders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_connection_limit_new_connections_are_refused_and_existing_ones_served() {
     const LIMIT: usize = 20;
-    let server = TestServer::start_with(|options| {
+    let server = TestServer::start_ready_with(|options| {
         options.listeners.max_connections = Some(LIMIT);
         options.listeners.header_read_timeout = Duration::from_secs(60);
         options.listeners.idle_timeout = Duration::from_secs(60);
     })
     .await;
-    server.wait_ready("Broker", NS, BROKER).await;
     let addr = ingress_addr(&server);
     assert_eq!(
         server
@@ -377,12 +374,11 @@ async fn beyond_the_connection_limit_new_connections_are_refused_and_existing_on
 /// within the limits goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_or_too_large_headers_get_431() {
-    let server = TestServer::start_with(|options| {
+    let server = TestServer::start_ready_with(|options| {
         options.listeners.max_headers = 50;
         options.listeners.max_header_bytes = 16 * 1024;
     })
     .await;
-    server.wait_ready("Broker", NS, BROKER).await;
     let event = TestEvent::new("h-1", "com.example.headers");
     let fresh = || {
         reqwest::Client::builder()
@@ -459,11 +455,10 @@ async fn too_many_or_too_large_headers_get_431() {
 /// naming the flag, and is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_slower_than_the_request_timeout_gets_408() {
-    let server = TestServer::start_with(|options| {
+    let server = TestServer::start_ready_with(|options| {
         options.listeners.request_timeout = Duration::from_secs(1);
     })
     .await;
-    server.wait_ready("Broker", NS, BROKER).await;
     let mut stream = TcpStream::connect(ingress_addr(&server)).await.unwrap();
     // Headers promise 100 bytes of body; only one comes.
     let head = format!(
@@ -493,12 +488,11 @@ async fn a_request_slower_than_the_request_timeout_gets_408() {
 /// the timeouts allow, and the close is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed() {
-    let server = TestServer::start_with(|options| {
+    let server = TestServer::start_ready_with(|options| {
         options.listeners.header_read_timeout = Duration::from_secs(1);
         options.listeners.idle_timeout = Duration::from_secs(1);
     })
     .await;
-    server.wait_ready("Broker", NS, BROKER).await;
     let mut stream = TcpStream::connect(ingress_addr(&server)).await.unwrap();
     stream.write_all(&raw_event("idle-1")).await.unwrap();
     assert_eq!(read_status(&mut stream).await, 202);

@@ -17,12 +17,6 @@ const DROPPED: &str = "rivulet_events_dropped_total";
 const DELIVERIES: &str = "rivulet_trigger_deliveries_total";
 const INGRESS: &str = "rivulet_ingress_events_total";
 
-async fn server() -> TestServer {
-    let server = TestServer::start().await;
-    server.wait_ready("Broker", NS, BROKER).await;
-    server
-}
-
 /// A trigger that only takes events of `event_type`.
 fn typed_trigger(
     name: &str,
@@ -76,7 +70,7 @@ async fn ttl_drops(server: &TestServer, trigger: &str) -> f64 {
 /// re-entry once, with the TTL falling by one each time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_subscribed_to_its_own_broker_stops_after_the_ttl() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let watcher = Subscriber::start().await;
     let ingress = server.ingress_url(NS, BROKER);
     server
@@ -122,7 +116,7 @@ async fn a_trigger_subscribed_to_its_own_broker_stops_after_the_ttl() {
 /// lowered to it, so no sender can make a loop practically endless.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_ttl_from_the_sender_stops_the_loop_sooner_and_a_high_one_is_capped() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let watcher = Subscriber::start().await;
     let ingress = server.ingress_url(NS, BROKER);
     server
@@ -181,7 +175,7 @@ async fn a_low_ttl_from_the_sender_stops_the_loop_sooner_and_a_high_one_is_cappe
 /// the count runs out drops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_pong_between_two_brokers_stops() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     server
         .create_broker(NS, "ping", serde_json::Value::Null)
         .await;
@@ -237,11 +231,7 @@ async fn a_ping_pong_between_two_brokers_stops() {
 /// the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_refuses_an_event_with_no_hop_left() {
-    let server = server().await;
-    let sub = Subscriber::start().await;
-    server
-        .create_trigger(&trigger(NS, "all", BROKER, &sub.url()))
-        .await;
+    let (server, sub) = TestServer::start_subscribed().await;
 
     for ttl in ["0", "-3"] {
         let (status, body) = server
@@ -312,7 +302,7 @@ async fn ingress_refuses_an_event_with_no_hop_left() {
 /// other attributes, so the loop ends as it would over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_through_a_nats_sink_and_source_carries_the_ttl_and_stops() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -237,23 +237,10 @@ async fn oidc_is_off_by_default_and_brokers_publish_their_audience_when_on() {
 /// Verifies a token with Rivulet's published keys, as a subscriber would.
 async fn verify_with_rivulet_jwks(base: &str, token: &str, audience: &str) -> Value {
     let client = support::http();
-    let discovery: Value = client
-        .get(format!("{base}/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery =
+        support::json_of(client.get(format!("{base}/.well-known/openid-configuration"))).await;
     assert_eq!(discovery["issuer"], base);
-    let jwks: Value = client
-        .get(discovery["jwks_uri"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = support::json_of(client.get(discovery["jwks_uri"].as_str().unwrap())).await;
     let jwk: Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&[audience]);

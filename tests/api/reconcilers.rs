@@ -11,13 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use rivulet::resources::find_kind_by_name;
 use rivulet::runtime::{Action, Context, Role};
-use rivulet::store::StoreEvent;
 use serde_json::{Value, json};
 use support::kube_api::{
-    ApiServer, Seen, condition, context_in, empty_list, exchange, exchange_by, list_of,
-    next_background_request, status_error,
+    ApiServer, Seen, applied, condition, context_in, deleted, empty_list, exchange, exchange_by,
+    list_of, next_background_request, status_error,
 };
 
 const NS: &str = "team";
@@ -27,20 +25,6 @@ const RETRY_SOON: Action = Action::Requeue(Duration::from_secs(5));
 
 // ---------------------------------------------------------------------------------------
 // Objects, paths and assertions shared by the tests.
-
-fn applied(kind: &str, object: &Value) -> StoreEvent {
-    StoreEvent::Applied {
-        kind: find_kind_by_name(None, kind).unwrap(),
-        object: Arc::new(object.clone()),
-    }
-}
-
-fn deleted(kind: &str, object: &Value) -> StoreEvent {
-    StoreEvent::Deleted {
-        kind: find_kind_by_name(None, kind).unwrap(),
-        object: Arc::new(object.clone()),
-    }
-}
 
 /// Where the API server keeps a kind: `/apis/{group}/{version}` (`/api/v1` for the core
 /// group), then `/namespaces/{namespace}` unless cluster-wide, then the plural.
@@ -142,20 +126,7 @@ async fn ready_broker(ctx: &Arc<Context>, server: &mut ApiServer) {
 /// The status a request writes, after checking that it is a server-side apply of the status
 /// subresource of `object_path` by the field manager `rivulet`.
 fn written_status<'a>(request: &'a Seen, object_path: &str) -> &'a Value {
-    assert_eq!(request.method, "PATCH", "{request:?}");
-    assert_eq!(request.path, format!("{object_path}/status"));
-    assert!(
-        request
-            .query
-            .split('&')
-            .any(|p| p == "fieldManager=rivulet"),
-        "{}",
-        request.query
-    );
-    assert_eq!(
-        request.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
+    request.assert_apply(&format!("{object_path}/status"), "rivulet");
     &request.body["status"]
 }
 
@@ -578,7 +549,7 @@ async fn sources_in_the_data_plane_take_their_sink_from_the_status_and_write_non
 /// could name a sink): where a sink whose address changed looks for objects naming it.
 fn referrer_collections() -> BTreeSet<String> {
     inventory::iter::<rivulet::runtime::Reconciler>()
-        .filter_map(|reconciler| find_kind_by_name(None, reconciler.kind))
+        .filter_map(|reconciler| rivulet::resources::find_kind_by_name(None, reconciler.kind))
         .filter(|kind| !kind.group.is_empty())
         .map(|kind| format!("/apis/{}/{}/{}", kind.group, kind.version, kind.plural))
         .collect()

@@ -12,13 +12,11 @@ const BROKERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/brokers"
 const TRIGGERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/triggers";
 
 async fn list_names(base: &str, collection: &str) -> Vec<String> {
-    let list: Value = support::api_request(reqwest::Method::GET, format!("{base}{collection}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = support::json_of(support::api_request(
+        reqwest::Method::GET,
+        format!("{base}{collection}"),
+    ))
+    .await;
     list["items"]
         .as_array()
         .expect("a list has items")
@@ -61,13 +59,10 @@ async fn brokers_can_be_put_read_listed_and_deleted() {
 
     // YAML is accepted too.
     let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: from-yaml\nspec: {}\n";
-    let response = support::api_request(reqwest::Method::PUT, format!("{base}{BROKERS}/from-yaml"))
+    let request = support::api_request(reqwest::Method::PUT, format!("{base}{BROKERS}/from-yaml"))
         .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+        .body(yaml);
+    assert_eq!(support::status_of(request).await, 201);
 
     assert_eq!(delete(base, &format!("{BROKERS}/orders")).await, 200);
     assert!(
@@ -300,13 +295,7 @@ async fn invalid_objects_are_refused_with_422_naming_field_and_rule() {
             eprintln!("{what} -> {message}");
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    support::assert_no_failures(&failures, cases.len());
     assert!(
         get(base, "Trigger", "default", "checked").await.is_none(),
         "nothing refused was stored"
@@ -420,10 +409,7 @@ async fn a_trigger_for_a_missing_broker_waits_and_becomes_ready_with_it() {
     let ready = support::ready_condition(&t).unwrap();
     assert_eq!(ready["reason"], "BrokerDoesNotExist", "{ready}");
     assert!(
-        ready["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("later"),
+        support::message_contains(&ready, "later"),
         "the message names the broker: {ready}"
     );
 
@@ -453,16 +439,16 @@ async fn with_no_config_the_default_broker_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_folder_of_multi_document_yaml_applies_everything() {
     let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("10-brokers.yaml"),
+    support::write_file(
+        config.path(),
+        "10-brokers.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: alpha\n  namespace: team\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: mem\n  namespace: team\ndata:\n  channel-template-spec: |\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: beta\n  namespace: team\n  annotations:\n    eventing.knative.dev/broker.class: MTChannelBasedBroker\nspec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: mem\n",
-    )
-    .unwrap();
-    std::fs::write(
-        config.path().join("20-triggers.yml"),
+    );
+    support::write_file(
+        config.path(),
+        "20-triggers.yml",
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: on-alpha\n  namespace: team\nspec:\n  broker: alpha\n  subscriber:\n    uri: http://127.0.0.1:9/\n---\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: on-beta\n  namespace: team\nspec:\n  broker: beta\n  filters:\n    - exact:\n        type: x\n  subscriber:\n    uri: http://127.0.0.1:9/\n",
-    )
-    .unwrap();
+    );
     std::fs::write(config.path().join("README.txt"), "not a manifest").unwrap();
     let path = config.path().to_path_buf();
     let server = InProcessServer::start_with(|o| o.config = vec![path]).await;
@@ -565,12 +551,11 @@ async fn an_unserved_broker_class_or_channel_kind_names_what_the_backends_serve(
 #[test]
 fn serve_refuses_a_config_file_with_an_invalid_manifest() {
     let config = tempfile::tempdir().unwrap();
-    let file = config.path().join("bad-trigger.yaml");
-    std::fs::write(
-        &file,
+    let file = support::write_file(
+        config.path(),
+        "bad-trigger.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: ok\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: broken\nspec:\n  broker: ok\n  subscriber:\n    uri: http://127.0.0.1:9/\n  delivery:\n    retry: -2\n",
-    )
-    .unwrap();
+    );
     let data = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let mut child = Command::new(support::binary())

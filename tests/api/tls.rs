@@ -285,12 +285,8 @@ async fn strict_refuses_plain_http_and_publishes_only_the_https_address() {
     assert_eq!(accepted, 202);
 
     // The resource API's listener follows the same mode.
-    let api_plain = http()
-        .get(format!("{}/readyz", server.api_http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(api_plain.status(), 426);
+    let api_plain = http().get(format!("{}/readyz", server.api_http));
+    assert_eq!(support::status_of(api_plain).await, 426);
 
     let broker = ready_broker(&client, &server.api_https).await;
     let status = &broker["status"];
@@ -676,17 +672,14 @@ async fn apply_with(client: &reqwest::Client, api: &str, manifest: &Value) {
     let namespace = manifest["metadata"]["namespace"]
         .as_str()
         .unwrap_or("default");
-    let response = client
+    let request = client
         .put(format!("{api}{}", resource_path(kind, namespace, name)))
         .bearer_auth(TEST_TOKEN)
-        .json(manifest)
-        .send()
-        .await
-        .unwrap();
+        .json(manifest);
+    let status = support::status_of(request).await;
     assert!(
-        response.status().is_success(),
-        "apply {kind} {name}: {}",
-        response.status()
+        (200..300).contains(&status),
+        "apply {kind} {name}: {status}"
     );
 }
 

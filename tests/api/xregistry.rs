@@ -9,15 +9,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::{TestEvent, TestServer, WAIT, wait_for};
 
-async fn get(server: &TestServer, path: &str) -> (u16, Value) {
-    let response = support::api_request(reqwest::Method::GET, format!("{}{path}", server.api))
-        .send()
-        .await
-        .expect("the server answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn event(id: &str, ty: &str, data: Value) -> TestEvent {
     TestEvent::new(id, ty)
         .source("/xr")
@@ -55,7 +46,7 @@ async fn the_registry_documents_follow_the_xregistry_model() {
 
     // Wait until both schemas exist (the order one at version 2).
     let root = wait_for("two schemas, one at version 2", WAIT, || async {
-        let (_, root) = get(&server, "/xregistry?inline=*").await;
+        let (_, root) = server.get_json("/xregistry?inline=*").await;
         let schemas: Vec<Value> = root["schemagroups"]
             .as_object()?
             .values()
@@ -104,7 +95,7 @@ async fn the_registry_documents_follow_the_xregistry_model() {
     assert!(schema["schema"]["properties"]["note"].is_object());
 
     // Without ?inline, nested collections are only a URL and a count.
-    let (status, plain) = get(&server, "/xregistry").await;
+    let (status, plain) = server.get_json("/xregistry").await;
     assert_eq!(status, 200);
     assert!(plain.get("messagegroups").is_none(), "{plain}");
     assert_eq!(
@@ -112,63 +103,70 @@ async fn the_registry_documents_follow_the_xregistry_model() {
         format!("{}/xregistry/messagegroups", server.api)
     );
     assert_eq!(plain["schemagroupscount"], 2);
-    let (_, groups) = get(&server, "/xregistry/messagegroups?inline=messages").await;
+    let (_, groups) = server
+        .get_json("/xregistry/messagegroups?inline=messages")
+        .await;
     assert_eq!(groups.as_object().unwrap().len(), 2);
     assert!(groups["default.shop"]["messages"].is_object());
-    let (_, groups) = get(&server, "/xregistry/messagegroups").await;
+    let (_, groups) = server.get_json("/xregistry/messagegroups").await;
     assert!(groups["default.shop"].get("messages").is_none());
     assert_eq!(groups["default.shop"]["messagescount"], 1);
 
     // One message, one schema document, a version's metadata.
-    let (status, one) = get(
-        &server,
-        &format!("/xregistry/messagegroups/default.shop/messages/{message_id}"),
-    )
-    .await;
+    let (status, one) = server
+        .get_json(&format!(
+            "/xregistry/messagegroups/default.shop/messages/{message_id}"
+        ))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(one["messageid"], *message_id);
-    let (status, document) = get(&server, &format!("/xregistry{schema_xid}")).await;
+    let (status, document) = server.get_json(&format!("/xregistry{schema_xid}")).await;
     assert_eq!(status, 200);
     assert_eq!(
         document["$schema"],
         "http://json-schema.org/draft-07/schema#"
     );
-    let (_, details) = get(&server, &format!("/xregistry{schema_xid}$details")).await;
+    let (_, details) = server
+        .get_json(&format!("/xregistry{schema_xid}$details"))
+        .await;
     assert_eq!(details["schemaid"], *message_id);
     assert!(
         details.get("schema").is_none(),
         "documents are not inlined unless asked"
     );
-    let (_, versions) = get(&server, &format!("/xregistry{schema_xid}/versions")).await;
+    let (_, versions) = server
+        .get_json(&format!("/xregistry{schema_xid}/versions"))
+        .await;
     assert_eq!(versions.as_object().unwrap().len(), 2);
-    let (_, v1) = get(&server, &format!("/xregistry{schema_xid}/versions/1")).await;
+    let (_, v1) = server
+        .get_json(&format!("/xregistry{schema_xid}/versions/1"))
+        .await;
     assert_eq!(v1["required"], json!(["id"]));
 
     // Filters.
-    let (_, filtered) = get(
-        &server,
-        "/xregistry?inline=*&filter=messagegroups.messages.envelopemetadata.type.value=com.example.p*",
-    )
-    .await;
+    let (_, filtered) = server.get_json(
+"/xregistry?inline=*&filter=messagegroups.messages.envelopemetadata.type.value=com.example.p*").await;
     assert_eq!(filtered["messagegroupscount"], 1);
     assert!(
         filtered["messagegroups"]["default.default"].is_object(),
         "{filtered}"
     );
-    let (_, filtered) = get(
-        &server,
-        "/xregistry/messagegroups?filter=messagegroupid=default.shop",
-    )
-    .await;
+    let (_, filtered) = server
+        .get_json("/xregistry/messagegroups?filter=messagegroupid=default.shop")
+        .await;
     assert_eq!(filtered.as_object().unwrap().len(), 1);
-    let (_, filtered) = get(&server, "/xregistry/messagegroups?filter=name=nothing").await;
+    let (_, filtered) = server
+        .get_json("/xregistry/messagegroups?filter=name=nothing")
+        .await;
     assert!(filtered.as_object().unwrap().is_empty());
 
-    let (status, _) = get(&server, "/xregistry/messagegroups/nope/messages").await;
+    let (status, _) = server
+        .get_json("/xregistry/messagegroups/nope/messages")
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = get(&server, "/xregistry/widgets").await;
+    let (status, _) = server.get_json("/xregistry/widgets").await;
     assert_eq!(status, 404);
-    let (status, model) = get(&server, "/xregistry/model").await;
+    let (status, model) = server.get_json("/xregistry/model").await;
     assert_eq!(status, 200);
     assert!(model["groups"]["schemagroups"]["resources"]["schemas"].is_object());
     server.shutdown().await;

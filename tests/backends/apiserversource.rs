@@ -623,17 +623,7 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
         }),
     );
     object["metadata"] = json!({"name": "pods", "namespace": "default"});
-    support::apply(&api, &object).await;
-    let stored = support::wait_status(&api, "ApiServerSource", "default", "pods", "False").await;
-    let ready = support::ready_condition(&stored).unwrap();
-    assert_eq!(ready["reason"], "KubernetesRequired");
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("--store kubernetes"),
-        "{ready}"
-    );
+    let stored = support::apply_needing_kubernetes(&api, &object).await;
     assert_eq!(stored["status"]["sinkUri"], "http://127.0.0.1:1/");
 
     for (change, field) in [

@@ -21,7 +21,7 @@ use rivulet_channels::kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consu
 use rivulet_channels::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use rivulet_channels::kafka::rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
-use support::{InProcessServer, Recorder, apply, http, wait_for, wait_ready};
+use support::{InProcessServer, Recorder, TestEvent, apply, wait_for, wait_ready};
 
 /// Consumes up to `count` records in group `group` (joining it) and commits what it read.
 fn consume_and_commit(servers: &str, topic: &str, group: &str, count: usize) -> Vec<String> {
@@ -164,22 +164,31 @@ async fn server_with_broker(partitions: u32) -> (InProcessServer, String) {
 }
 
 async fn post(base: &str, namespace: &str, id: &str, extra: &[(&str, &str)], data: &str) -> u16 {
-    let mut request = http()
-        .post(format!("{base}/{namespace}/events"))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "/kafka-tests")
-        .header("ce-type", "test.kafka")
-        .header("content-type", "application/json");
+    let mut event = TestEvent::new(id, "test.kafka")
+        .source("/kafka-tests")
+        .data("application/json", data.to_owned());
     for (name, value) in extra {
-        request = request.header(format!("ce-{name}"), *value);
+        event = event.attr(name, value);
     }
-    request
-        .body(data.to_owned())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+    event.post_to(&format!("{base}/{namespace}/events")).await
+}
+
+/// A subscriber taking `delay_ms` an event, behind trigger `name` of broker `events` with
+/// `annotations`; returns once the trigger is Ready.
+async fn slow_subscriber(
+    server: &InProcessServer,
+    namespace: &str,
+    name: &str,
+    delay_ms: u64,
+    annotations: Value,
+) -> Recorder {
+    let recorder = Recorder::start().await;
+    recorder.set_delay(Duration::from_millis(delay_ms));
+    let mut trigger = support::trigger(namespace, name, "events", &recorder.url);
+    trigger["metadata"]["annotations"] = annotations;
+    apply(&server.api, &trigger).await;
+    wait_ready(&server.api, "Trigger", namespace, name).await;
+    recorder
 }
 
 async fn wait_count(recorder: &Recorder, count: usize) {
@@ -272,13 +281,8 @@ async fn kafka_broker_stores_binary_mode_records_and_delivers_them() {
 async fn ordered_trigger_keeps_the_order_of_each_partition_key() {
     let _turn = kafka_support::one_at_a_time().await;
     let (server, namespace) = server_with_broker(3).await;
-    let recorder = Recorder::start().await;
-    recorder.set_delay(Duration::from_millis(20));
-    let mut trigger = support::trigger(&namespace, "ordered", "events", &recorder.url);
-    trigger["metadata"]["annotations"] =
-        json!({"kafka.eventing.knative.dev/delivery.order": "ordered"});
-    apply(&server.api, &trigger).await;
-    wait_ready(&server.api, "Trigger", &namespace, "ordered").await;
+    let order = json!({"kafka.eventing.knative.dev/delivery.order": "ordered"});
+    let recorder = slow_subscriber(&server, &namespace, "ordered", 20, order).await;
     let keys = ["a", "b", "c", "d"];
     for n in 0..15 {
         for key in keys {
@@ -324,15 +328,11 @@ async fn ordered_trigger_keeps_the_order_of_each_partition_key() {
 async fn unordered_trigger_delivers_in_parallel() {
     let _turn = kafka_support::one_at_a_time().await;
     let (server, namespace) = server_with_broker(3).await;
-    let recorder = Recorder::start().await;
-    recorder.set_delay(Duration::from_millis(300));
-    let mut trigger = support::trigger(&namespace, "parallel", "events", &recorder.url);
-    trigger["metadata"]["annotations"] = json!({
+    let order = json!({
         "kafka.eventing.knative.dev/delivery.order": "unordered",
         "rivulet.dev/parallelism": "20"
     });
-    apply(&server.api, &trigger).await;
-    wait_ready(&server.api, "Trigger", &namespace, "parallel").await;
+    let recorder = slow_subscriber(&server, &namespace, "parallel", 300, order).await;
     for n in 0..40 {
         assert_eq!(
             post(&server.base, &namespace, &format!("u-{n}"), &[], "{}").await,

@@ -20,7 +20,7 @@ use rivulet_channels::kafka::rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
 use support::source_contract::{SourceUpstream, source_contract};
-use support::{InProcessServer, Recorder, http, wait_for};
+use support::{InProcessServer, Recorder, TestEvent, wait_for};
 
 fn kafka_sink(name: &str, topic: &str, mode: &str) -> Value {
     json!({
@@ -38,22 +38,13 @@ fn kafka_sink(name: &str, topic: &str, mode: &str) -> Value {
 }
 
 async fn post_event(url: &str, id: &str, extra: &[(&str, &str)]) -> u16 {
-    let mut request = http()
-        .post(url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "/kafka-sink-test")
-        .header("ce-type", "test.sink")
-        .header("content-type", "application/json");
+    let mut event = TestEvent::new(id, "test.sink")
+        .source("/kafka-sink-test")
+        .data("application/json", "{\"n\":1}");
     for (name, value) in extra {
-        request = request.header(format!("ce-{name}"), *value);
+        event = event.attr(name, value);
     }
-    request
-        .body("{\"n\":1}")
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+    event.post_to(url).await
 }
 
 async fn read(topic: &str, count: usize) -> Vec<kafka_support::RawRecord> {

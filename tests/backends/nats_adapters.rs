@@ -10,24 +10,54 @@ use rivulet_testkit::nats::{client, nats_url, unique};
 
 use std::time::Duration;
 
-use adapters_support::{apply, put_object, wait_ready};
+use adapters_support::{apply, put_object, ready_address, wait_ready};
 use futures::StreamExt;
-use rivulet_channels::Envelope;
 use rivulet_channels::nats::async_nats::{self, jetstream};
 use rivulet_channels::nats::binding;
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
 use support::source_contract::{SourceUpstream, source_contract};
-use support::{Recorder, TestServer, WAIT, http, wait_for};
+use support::{TestServer, WAIT, http, wait_for};
 
 const SOURCES: &str = "sources.rivulet.dev/v1alpha1";
 const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
 
-fn sink_address(object: &Value) -> String {
-    object["status"]["address"]["url"]
-        .as_str()
-        .expect("an address")
-        .to_owned()
+/// A NatsSource `name` in namespace `default` reading subjects `{name}.>`, with the spec
+/// fields of `more` besides.
+fn nats_source(name: &str, more: Value) -> Value {
+    let mut source = json!({
+        "apiVersion": SOURCES,
+        "kind": "NatsSource",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"url": nats_url(), "subject": format!("{name}.>")}
+    });
+    if let (Some(spec), Value::Object(more)) = (source["spec"].as_object_mut(), more) {
+        spec.extend(more);
+    }
+    source
+}
+
+/// A NatsSink `name` in namespace `default` publishing on `subject` of the server at `url`,
+/// waiting for JetStream's acknowledgement when `jetstream`.
+fn nats_sink(name: &str, url: String, subject: &str, jetstream: bool) -> Value {
+    json!({
+        "apiVersion": SINKS,
+        "kind": "NatsSink",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"url": url, "subject": subject, "jetstream": jetstream}
+    })
+}
+
+/// Creates JetStream stream `stream` in memory, taking `subject`.
+async fn memory_stream(js: &jetstream::Context, stream: &str, subject: String) {
+    js.create_stream(jetstream::stream::Config {
+        name: stream.to_owned(),
+        subjects: vec![subject],
+        storage: jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("stream created");
 }
 
 fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str> {
@@ -36,26 +66,18 @@ fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_messages_reach_a_trigger_through_a_broker() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("core");
     support::apply(&server.api, &support::broker("default", &name)).await;
     support::apply_trigger_ready(&server.api, "default", &name, &name, &recorder.url).await;
-    apply(
-        &server.api,
-        &json!({
-            "apiVersion": SOURCES,
-            "kind": "NatsSource",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "url": nats_url(),
-                "subject": format!("{name}.>"),
-                "ceOverrides": {"extensions": {"origin": "nats"}},
-                "sink": {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": name}}
-            }
+    let source = nats_source(
+        &name,
+        json!({
+            "ceOverrides": {"extensions": {"origin": "nats"}},
+            "sink": {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": name}}
         }),
-    )
-    .await;
+    );
+    apply(&server.api, &source).await;
     let object = wait_ready(&server.api, SOURCES, "NatsSource", &name).await;
     assert_eq!(
         object
@@ -90,17 +112,7 @@ async fn core_messages_reach_a_trigger_through_a_broker() {
     )
     .await
     .unwrap();
-    let envelope = Envelope {
-        attributes: vec![
-            ("specversion".into(), "1.0".into()),
-            ("id".into(), "binary-1".into()),
-            ("source".into(), "/producer".into()),
-            ("type".into(), "com.example.binary".into()),
-            ("datacontenttype".into(), "text/plain".into()),
-        ],
-        data: Some("hello".into()),
-        typed: Vec::new(),
-    };
+    let envelope = adapters_support::producer_event();
     let encoded = binding::encode(&envelope).unwrap();
     nats.publish_with_headers(format!("{name}.x"), encoded.headers, encoded.payload)
         .await
@@ -137,19 +149,11 @@ async fn core_messages_reach_a_trigger_through_a_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_source_loses_nothing_while_the_sink_is_down() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("js");
     let stream_name = name.to_ascii_uppercase().replace('-', "_");
     let js = jetstream::new(client().await);
-    js.create_stream(jetstream::stream::Config {
-        name: stream_name.clone(),
-        subjects: vec![format!("{name}.>")],
-        storage: jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .expect("stream created");
+    memory_stream(&js, &stream_name, format!("{name}.>")).await;
 
     // Published before the source exists: the durable consumer starts at the beginning.
     const COUNT: usize = 10;
@@ -161,23 +165,16 @@ async fn jetstream_source_loses_nothing_while_the_sink_is_down() {
             .expect("JetStream acknowledged");
     }
     recorder.set_status(503);
-    apply(
-        &server.api,
-        &json!({
-            "apiVersion": SOURCES,
-            "kind": "NatsSource",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "url": nats_url(),
-                "subject": format!("{name}.>"),
-                "stream": stream_name,
-                "consumer": "orders-reader",
-                "delivery": {"retry": 0},
-                "sink": {"uri": recorder.url}
-            }
+    let source = nats_source(
+        &name,
+        json!({
+            "stream": stream_name,
+            "consumer": "orders-reader",
+            "delivery": {"retry": 0},
+            "sink": {"uri": recorder.url}
         }),
-    )
-    .await;
+    );
+    apply(&server.api, &source).await;
     wait_ready(&server.api, SOURCES, "NatsSource", &name).await;
     wait_for("failed deliveries while the sink is down", WAIT, || {
         let attempts = recorder.attempts().len();
@@ -221,24 +218,15 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
     let stream_name = name.to_ascii_uppercase().replace('-', "_");
     let nats = client().await;
     let js = jetstream::new(nats.clone());
-    js.create_stream(jetstream::stream::Config {
-        name: stream_name.clone(),
-        subjects: vec![format!("{name}.js")],
-        storage: jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .expect("stream created");
-    let sink = |suffix: &str, url: String, subject: String, jetstream: bool| {
-        json!({
-            "apiVersion": SINKS,
-            "kind": "NatsSink",
-            "metadata": {"name": format!("{name}-{suffix}"), "namespace": "default"},
-            "spec": {"url": url, "subject": subject, "jetstream": jetstream}
-        })
+    memory_stream(&js, &stream_name, format!("{name}.js")).await;
+    // Applies sink `{name}-{suffix}` and gives its address once Ready.
+    let ready_sink = |suffix: &str, url: String, subject: String, jetstream: bool| {
+        let sink = nats_sink(&format!("{name}-{suffix}"), url, &subject, jetstream);
+        let api = server.api.clone();
+        async move { ready_address(&api, &sink).await }
     };
     let post = |url: String, id: &'static str| async move {
-        http()
+        let request = http()
             .post(url)
             .header("ce-specversion", "1.0")
             .header("ce-id", id)
@@ -246,22 +234,12 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
             .header("ce-type", "com.example.paid")
             .header("ce-tenant", "acme corp")
             .header("content-type", "application/json")
-            .body(r#"{"total":12345678901234567890123}"#)
-            .send()
-            .await
-            .expect("the sink answers")
-            .status()
-            .as_u16()
+            .body(r#"{"total":12345678901234567890123}"#);
+        support::status_of(request).await
     };
 
     // JetStream: 202 means the stream has it.
-    apply(
-        &server.api,
-        &sink("js", nats_url(), format!("{name}.js"), true),
-    )
-    .await;
-    let js_url =
-        sink_address(&wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-js")).await);
+    let js_url = ready_sink("js", nats_url(), format!("{name}.js"), true).await;
     assert_eq!(post(js_url, "js-1").await, 202);
     let stored = js
         .get_stream(&stream_name)
@@ -287,26 +265,13 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
     );
 
     // JetStream on a subject no stream takes: refused, not lost silently.
-    apply(
-        &server.api,
-        &sink("nostream", nats_url(), format!("{name}.nowhere"), true),
-    )
-    .await;
-    let nowhere = sink_address(
-        &wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-nostream")).await,
-    );
+    let nowhere = ready_sink("nostream", nats_url(), format!("{name}.nowhere"), true).await;
     assert_eq!(post(nowhere, "nowhere-1").await, 502);
 
     // Core NATS: a subscriber there now gets it.
     let mut subscriber = nats.subscribe(format!("{name}.core")).await.unwrap();
     nats.flush().await.unwrap();
-    apply(
-        &server.api,
-        &sink("core", nats_url(), format!("{name}.core"), false),
-    )
-    .await;
-    let core_url =
-        sink_address(&wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-core")).await);
+    let core_url = ready_sink("core", nats_url(), format!("{name}.core"), false).await;
     assert_eq!(post(core_url, "core-1").await, 202);
     let message = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
         .await
@@ -322,18 +287,13 @@ async fn sink_publishes_to_jetstream_and_to_core_nats() {
     );
 
     // NATS unreachable: 503.
-    apply(
-        &server.api,
-        &sink(
-            "down",
-            "nats://127.0.0.1:1".into(),
-            format!("{name}.core"),
-            false,
-        ),
+    let down_url = ready_sink(
+        "down",
+        "nats://127.0.0.1:1".into(),
+        format!("{name}.core"),
+        false,
     )
     .await;
-    let down_url =
-        sink_address(&wait_ready(&server.api, SINKS, "NatsSink", &format!("{name}-down")).await);
     assert_eq!(post(down_url, "down-1").await, 503);
     js.delete_stream(&stream_name).await.unwrap();
 }
@@ -391,21 +351,12 @@ struct NatsTarget {
 
 impl SinkTarget for NatsTarget {
     fn sink(&self, name: &str) -> Value {
-        json!({
-            "apiVersion": SINKS,
-            "kind": "NatsSink",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"url": nats_url(), "subject": self.subject}
-        })
+        nats_sink(name, nats_url(), &self.subject, false)
     }
 
     fn unreachable_sink(&self, name: &str) -> Value {
-        json!({
-            "apiVersion": SINKS,
-            "kind": "NatsSink",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"url": format!("nats://127.0.0.1:{}", support::free_port()), "subject": self.subject}
-        })
+        let closed = format!("nats://127.0.0.1:{}", support::free_port());
+        nats_sink(name, closed, &self.subject, false)
     }
 
     async fn next(&mut self) -> (String, Vec<u8>) {
@@ -447,12 +398,7 @@ struct NatsSubject {
 
 impl SourceUpstream for NatsSubject {
     fn source(&self, name: &str) -> Value {
-        json!({
-            "apiVersion": SOURCES,
-            "kind": "NatsSource",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"url": nats_url(), "subject": format!("{name}.>")}
-        })
+        nats_source(name, json!({}))
     }
 
     async fn produce(&mut self, name: &str, _source: &Value) {

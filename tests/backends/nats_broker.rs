@@ -48,17 +48,16 @@ async fn jetstream() -> jetstream::Context {
     jetstream::new(client)
 }
 
+/// Applies ConfigMap `name` with `config` and a broker `name` of `class` using it.
+async fn apply_nats_broker(server: &TestServer, name: &str, class: &str, config: Value) {
+    server.apply(&config_map(name, config)).await;
+    server.apply(&nats_broker(name, class, name)).await;
+}
+
 /// Applies a ConfigMap and a `NatsJetStreamBroker` broker using it; waits until it is ready.
 async fn create_nats_broker(server: &TestServer, name: &str) {
-    server
-        .apply(&config_map(
-            name,
-            json!({"url": nats_url(), "storage": "file", "maxAge": "1h"}),
-        ))
-        .await;
-    server
-        .apply(&nats_broker(name, "NatsJetStreamBroker", name))
-        .await;
+    let config = json!({"url": nats_url(), "storage": "file", "maxAge": "1h"});
+    apply_nats_broker(server, name, "NatsJetStreamBroker", config).await;
     server.wait_ready("Broker", NS, name).await;
 }
 
@@ -223,19 +222,12 @@ async fn ordered_and_parallel_triggers_on_nats() {
 async fn channel_template_nats_jetstream_channel_selects_nats() {
     let server = TestServer::start().await;
     let broker = unique("nats-mt");
-    server
-        .apply(&config_map(
-            &broker,
-            json!({
-                "channel-template-spec": "apiVersion: messaging.knative.dev/v1alpha1\nkind: NatsJetStreamChannel\n",
-                "url": nats_url(),
-                "storage": "memory",
-            }),
-        ))
-        .await;
-    server
-        .apply(&nats_broker(&broker, "MTChannelBasedBroker", &broker))
-        .await;
+    let config = json!({
+        "channel-template-spec": "apiVersion: messaging.knative.dev/v1alpha1\nkind: NatsJetStreamChannel\n",
+        "url": nats_url(),
+        "storage": "memory",
+    });
+    apply_nats_broker(&server, &broker, "MTChannelBasedBroker", config).await;
     let ready = server.wait_ready("Broker", NS, &broker).await;
     let message = ready.to_string();
     assert!(message.contains("nats channel"), "{message}");
@@ -258,15 +250,8 @@ async fn channel_template_nats_jetstream_channel_selects_nats() {
 async fn a_bad_nats_setting_is_reported_on_the_broker() {
     let server = TestServer::start().await;
     let broker = unique("nats-bad");
-    server
-        .apply(&config_map(
-            &broker,
-            json!({"url": nats_url(), "storage": "tape"}),
-        ))
-        .await;
-    server
-        .apply(&nats_broker(&broker, "NatsJetStreamBroker", &broker))
-        .await;
+    let config = json!({"url": nats_url(), "storage": "tape"});
+    apply_nats_broker(&server, &broker, "NatsJetStreamBroker", config).await;
     let condition = server
         .wait_condition("Broker", NS, &broker, "Ready", "False")
         .await;
@@ -280,15 +265,8 @@ async fn a_bad_nats_setting_is_reported_on_the_broker() {
 async fn a_full_stream_refuses_events_with_retry_after() {
     let server = TestServer::start().await;
     let broker = unique("nats-full");
-    server
-        .apply(&config_map(
-            &broker,
-            json!({"url": nats_url(), "storage": "file", "maxAge": "1h", "maxBytes": "8192"}),
-        ))
-        .await;
-    server
-        .apply(&nats_broker(&broker, "NatsJetStreamBroker", &broker))
-        .await;
+    let config = json!({"url": nats_url(), "storage": "file", "maxAge": "1h", "maxBytes": "8192"});
+    apply_nats_broker(&server, &broker, "NatsJetStreamBroker", config).await;
     server.wait_ready("Broker", NS, &broker).await;
 
     let data = "x".repeat(1024);

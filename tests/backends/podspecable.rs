@@ -81,17 +81,7 @@ fn assert_lists_bound_workloads(requests: &[Seen]) {
 
 /// Asserts `request` is an apply by `rivulet-sinkbinding` giving up everything it owned.
 fn assert_release(request: &Seen, path: &str, kind: &str, name: &str) {
-    assert_eq!(request.method, "PATCH");
-    assert_eq!(request.path, path);
-    assert_eq!(
-        request.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
-    assert!(
-        request.query.contains("fieldManager=rivulet-sinkbinding"),
-        "{}",
-        request.query
-    );
+    request.assert_apply(path, "rivulet-sinkbinding");
     // Naming no env and no label: the API server drops what this manager owned.
     assert_eq!(
         request.body,
@@ -130,17 +120,7 @@ fn condition<'a>(status_request: &'a Seen, type_: &str) -> &'a Value {
 
 /// Asserts `request` is a SinkBinding apply of the env and the label on `path`.
 fn assert_bind(request: &Seen, path: &str) {
-    assert_eq!(request.method, "PATCH");
-    assert_eq!(request.path, path);
-    assert_eq!(
-        request.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
-    assert!(
-        request.query.contains("fieldManager=rivulet-sinkbinding"),
-        "{}",
-        request.query
-    );
+    request.assert_apply(path, "rivulet-sinkbinding");
     assert!(request.query.contains("force=true"), "{}", request.query);
     assert_eq!(
         request.body["metadata"]["labels"],
@@ -467,10 +447,7 @@ async fn a_failing_subject_lookup_releases_nothing() {
     assert_eq!(available["status"], "False");
     assert_eq!(available["reason"], "SubjectUnavailable");
     assert!(
-        available["message"]
-            .as_str()
-            .unwrap()
-            .contains("etcd timed out (500)"),
+        support::message_contains(available, "etcd timed out (500)"),
         "{available}"
     );
 }
@@ -685,16 +662,10 @@ async fn container_source_applies_an_owned_deployment_and_is_ready_once_availabl
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 2, "{requests:?}");
     let apply = &requests[0];
-    assert_eq!(apply.method, "PATCH");
-    assert_eq!(
-        apply.path,
-        "/apis/apps/v1/namespaces/team/deployments/heart-deployment"
+    apply.assert_apply(
+        "/apis/apps/v1/namespaces/team/deployments/heart-deployment",
+        "rivulet-containersource",
     );
-    assert_eq!(
-        apply.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
-    assert!(apply.query.contains("fieldManager=rivulet-containersource"));
     assert!(apply.query.contains("force=true"), "{}", apply.query);
     let body = &apply.body;
     let owner = &body["metadata"]["ownerReferences"][0];
@@ -842,17 +813,7 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
             "sink": {"uri": "http://127.0.0.1:1/"}
         }
     });
-    support::apply(&api, &source).await;
-    let object = support::wait_status(&api, "ContainerSource", "default", "heart", "False").await;
-    let ready = support::ready_condition(&object).unwrap();
-    assert_eq!(ready["reason"], "KubernetesRequired");
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("--store kubernetes"),
-        "{ready}"
-    );
+    let object = support::apply_needing_kubernetes(&api, &source).await;
     assert_eq!(object["status"]["sinkUri"], "http://127.0.0.1:1/");
 
     let mut both = sink_binding();

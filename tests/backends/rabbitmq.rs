@@ -28,22 +28,20 @@ async fn rabbitmq_broker_ready(base: &str, broker: &str) {
     support::wait_ready(base, "Broker", NS, broker).await;
 }
 
+/// A server with a ready RabbitMQ broker named after `prefix`, and a subscriber; returns the
+/// broker's name too.
+async fn server_with_broker(prefix: &str) -> (TestServer, Recorder, String) {
+    let (server, recorder) = TestServer::start_with_recorder().await;
+    let broker = unique(prefix);
+    rabbitmq_broker_ready(&server.api, &broker).await;
+    (server, recorder, broker)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
-    let broker = unique("deliver");
-    rabbitmq_broker_ready(&server.api, &broker).await;
-    let only_a = json!({
-        "apiVersion": "eventing.knative.dev/v1",
-        "kind": "Trigger",
-        "metadata": {"name": "only-a", "namespace": NS},
-        "spec": {
-            "broker": broker,
-            "filter": {"attributes": {"type": "test.a"}},
-            "subscriber": {"uri": format!("{}a", recorder.url)}
-        }
-    });
+    let (server, recorder, broker) = server_with_broker("deliver").await;
+    let mut only_a = support::trigger(NS, "only-a", &broker, &format!("{}a", recorder.url));
+    only_a["spec"]["filter"] = json!({"attributes": {"type": "test.a"}});
     server.create_trigger(&only_a).await;
     server
         .create_trigger(&support::trigger(
@@ -139,8 +137,7 @@ async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_broker_config_selects_quorum_queues() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let broker = unique("quorum");
     let secret = format!("{broker}-credentials");
     // Knative's connection Secret: host, port and credentials in separate keys.
@@ -217,10 +214,7 @@ async fn rabbitmq_broker_config_selects_quorum_queues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_trigger_gets_events_in_order() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
-    let broker = unique("ordered");
-    rabbitmq_broker_ready(&server.api, &broker).await;
+    let (server, recorder, broker) = server_with_broker("ordered").await;
     let trigger = with_annotation(
         support::trigger(NS, "in-order", &broker, &recorder.url),
         "kafka.eventing.knative.dev/delivery.order",
@@ -278,19 +272,11 @@ async fn a_broker_config_without_uri_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_event_survives_kill_9_of_rivulet() {
     let data = tempfile::tempdir().unwrap();
-    let recorder = Recorder::start().await;
-    // A slow subscriber and one delivery at a time, so a backlog exists when Rivulet dies.
-    recorder.set_delay(Duration::from_millis(10));
+    let recorder = support::durability::slow_subscriber().await;
     let server = ChildServer::spawn(data.path(), &[]).await;
     let broker = unique("kill");
     rabbitmq_broker_ready(&server.api, &broker).await;
-    let slow = with_annotation(
-        support::trigger(NS, "all", &broker, &recorder.url),
-        "rivulet.dev/parallelism",
-        "1",
-    );
-    apply(&server.api, &slow).await;
-    support::wait_ready(&server.api, "Trigger", NS, "all").await;
+    support::durability::apply_one_at_a_time_trigger(&server.api, NS, &broker, &recorder).await;
 
     let broker_url = format!("{}/{NS}/{broker}", server.base);
     let server = support::durability::kill_9_loses_no_acknowledged_event(

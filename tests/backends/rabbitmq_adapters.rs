@@ -9,10 +9,9 @@ use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::time::Duration;
 
-use adapters_support::{apply, wait_ready};
+use adapters_support::{apply, ready_address, wait_ready};
 use futures::StreamExt;
 use rabbitmq_support::{connect, queue_depth, rabbitmq_uri, unique, uri_secret, wait_consumed};
-use rivulet_channels::Envelope;
 use rivulet_channels::rabbitmq::amqp;
 use rivulet_channels::rabbitmq::lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -23,7 +22,7 @@ use rivulet_channels::rabbitmq::lapin::{BasicProperties, Channel, Consumer, Exch
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
 use support::source_contract::{SourceUpstream, source_contract};
-use support::{Recorder, TestServer, http, wait_for};
+use support::{TestServer, http, wait_for};
 
 const SOURCES: &str = "sources.knative.dev/v1alpha1";
 const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
@@ -45,6 +44,31 @@ fn source(name: &str, queue: &str, exchange: Option<&str>, sink: &str) -> Value 
             "sink": {"uri": sink}
         }
     })
+}
+
+/// A RabbitmqSink `name` in namespace `default` publishing to `exchange` of the broker at
+/// `uri`.
+fn rabbitmq_sink(name: &str, uri: &str, exchange: &str) -> Value {
+    json!({
+        "apiVersion": SINKS,
+        "kind": "RabbitmqSink",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"uri": uri, "exchange": exchange}
+    })
+}
+
+/// Deletes what a test declared: its queues, then its exchange.
+async fn remove(channel: &Channel, queues: &[String], exchange: &str) {
+    for queue in queues {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    channel
+        .exchange_delete(exchange.into(), Default::default())
+        .await
+        .unwrap();
 }
 
 async fn publish(
@@ -128,8 +152,7 @@ async fn inspect(channel: &Channel, exchange: &str, queue: &str, binding: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_turns_messages_into_events_and_acks_after_the_sink() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("src");
     let exchange = format!("{name}.exchange");
     let connection = connect().await;
@@ -163,17 +186,7 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
         br#"{"order":1}"#,
     )
     .await;
-    let envelope = Envelope {
-        attributes: vec![
-            ("specversion".into(), "1.0".into()),
-            ("id".into(), "binary-1".into()),
-            ("source".into(), "/producer".into()),
-            ("type".into(), "com.example.binary".into()),
-            ("datacontenttype".into(), "text/plain".into()),
-        ],
-        data: Some("hello".into()),
-        typed: Vec::new(),
-    };
+    let envelope = adapters_support::producer_event();
     let (properties, body) = amqp::to_message(&envelope).unwrap();
     publish(&channel, &exchange, "x", properties, &body).await;
     publish(
@@ -265,8 +278,7 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
-    let server = TestServer::start().await;
-    let recorder = Recorder::start().await;
+    let (server, recorder) = TestServer::start_with_recorder().await;
     let name = unique("sink");
     let exchange = format!("{name}.exchange");
     let connection = connect().await;
@@ -274,21 +286,8 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
     declare_topic(&channel, &exchange).await;
     let inspected = format!("{name}.inspect");
     let mut consumer = inspect(&channel, &exchange, &inspected, "com.example.#").await;
-    apply(
-        &server.api,
-        &json!({
-            "apiVersion": SINKS,
-            "kind": "RabbitmqSink",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"uri": rabbitmq_uri(), "exchange": exchange}
-        }),
-    )
-    .await;
-    let object = wait_ready(&server.api, SINKS, "RabbitmqSink", &name).await;
-    let sink_url = object["status"]["address"]["url"]
-        .as_str()
-        .expect("an address")
-        .to_owned();
+    let sink = rabbitmq_sink(&name, &rabbitmq_uri(), &exchange);
+    let sink_url = ready_address(&server.api, &sink).await;
     // The source reads what the sink writes.
     support::apply(
         &server.api,
@@ -382,21 +381,12 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
     assert_eq!(unroutable.status().as_u16(), 502);
 
     // An unreachable RabbitMQ is 503.
-    apply(
-        &server.api,
-        &json!({
-            "apiVersion": SINKS,
-            "kind": "RabbitmqSink",
-            "metadata": {"name": format!("{name}-down"), "namespace": "default"},
-            "spec": {"uri": "amqp://guest:guest@127.0.0.1:1/%2f", "exchange": exchange}
-        }),
-    )
-    .await;
-    let down = wait_ready(&server.api, SINKS, "RabbitmqSink", &format!("{name}-down")).await;
-    let down_url = down["status"]["address"]["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let down = rabbitmq_sink(
+        &format!("{name}-down"),
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        &exchange,
+    );
+    let down_url = ready_address(&server.api, &down).await;
     let answer = http()
         .post(&down_url)
         .header("ce-specversion", "1.0")
@@ -413,16 +403,7 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
         &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
     )
     .await;
-    for queue in [inspected, format!("{name}.source")] {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-    }
-    channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    remove(&channel, &[inspected, format!("{name}.source")], &exchange).await;
 }
 
 /// RabbitmqSink publishing to a topic exchange, read back from a queue bound to all of it.
@@ -433,22 +414,12 @@ struct RabbitmqTarget {
 
 impl SinkTarget for RabbitmqTarget {
     fn sink(&self, name: &str) -> Value {
-        json!({
-            "apiVersion": SINKS,
-            "kind": "RabbitmqSink",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"uri": rabbitmq_uri(), "exchange": self.exchange}
-        })
+        rabbitmq_sink(name, &rabbitmq_uri(), &self.exchange)
     }
 
     fn unreachable_sink(&self, name: &str) -> Value {
         let closed = format!("amqp://guest:guest@127.0.0.1:{}/%2f", support::free_port());
-        json!({
-            "apiVersion": SINKS,
-            "kind": "RabbitmqSink",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"uri": closed, "exchange": self.exchange}
-        })
+        rabbitmq_sink(name, &closed, &self.exchange)
     }
 
     async fn next(&mut self) -> (String, Vec<u8>) {
@@ -482,14 +453,7 @@ async fn the_rabbitmq_sink_meets_the_sink_contract() {
         consumer,
     };
     sink_contract(&server.api, &mut target).await;
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    remove(&channel, &[queue], &exchange).await;
 }
 
 /// RabbitmqSource reading its own queue: a message published to it.

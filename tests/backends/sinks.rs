@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use adapters_support::{apply, wait_ready};
+use adapters_support::{apply, delete_object, ready_address, wait_ready};
 use rivulet::event::Event;
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
@@ -21,19 +21,15 @@ const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
 
 /// Posts a binary-mode event to `url`; returns the status.
 async fn post_event(url: &str, id: &str, event_type: &str, data: &str) -> u16 {
-    http()
+    let request = http()
         .post(url)
         .header("ce-specversion", "1.0")
         .header("ce-id", id)
         .header("ce-source", "/tests/sinks")
         .header("ce-type", event_type)
         .header("content-type", "application/json")
-        .body(data.to_string())
-        .send()
-        .await
-        .expect("the server answers")
-        .status()
-        .as_u16()
+        .body(data.to_string());
+    support::status_of(request).await
 }
 
 /// An HTTP target on a fixed port that records the events it accepts.
@@ -130,22 +126,16 @@ async fn a_forward_target_down_for_a_while_loses_nothing_and_retries_are_counted
     // Nothing listens on the target port yet: the sink retries until it does.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let received = start_target(port).await;
-    wait_for("all five events at the target", WAIT, || async {
+    let ids = wait_for("all five events at the target", WAIT, || async {
         let ids: BTreeSet<String> = received
             .lock()
             .unwrap()
             .iter()
             .map(|e| e.id.clone())
             .collect();
-        (ids.len() == 5).then_some(())
+        (ids.len() == 5).then_some(ids)
     })
     .await;
-    let ids: BTreeSet<String> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.id.clone())
-        .collect();
     assert_eq!(ids, (0..5).map(|i| format!("e{i}")).collect());
     for event in received.lock().unwrap().iter() {
         assert_eq!(
@@ -181,64 +171,31 @@ async fn a_forward_target_down_for_a_while_loses_nothing_and_retries_are_counted
 
 #[tokio::test]
 async fn the_forward_sink_answers_with_what_the_target_did() {
-    let server = TestServer::start().await;
-    let target = Recorder::start().await;
-    apply(
-        &server.api,
-        &forward_sink(
-            "strict",
-            &target.url,
-            json!({"retry": 1, "backoffDelay": "PT0.01S"}),
-        ),
-    )
-    .await;
-    let down_port = free_port();
-    apply(
-        &server.api,
-        &forward_sink(
-            "nowhere",
-            &format!("http://127.0.0.1:{down_port}/"),
-            json!({"timeout": "PT1S"}),
-        ),
-    )
-    .await;
-    let strict = wait_ready(&server.api, SINKS, "HttpForwardSink", "strict").await;
-    let strict_url = strict["status"]["address"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let nowhere = wait_ready(&server.api, SINKS, "HttpForwardSink", "nowhere").await;
-    let nowhere_url = nowhere["status"]["address"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (server, target) = TestServer::start_with_recorder().await;
+    let strict = forward_sink(
+        "strict",
+        &target.url,
+        json!({"retry": 1, "backoffDelay": "PT0.01S"}),
+    );
+    let strict_url = ready_address(&server.api, &strict).await;
+    let down = format!("http://127.0.0.1:{}/", free_port());
+    let nowhere = forward_sink("nowhere", &down, json!({"timeout": "PT1S"}));
+    let nowhere_url = ready_address(&server.api, &nowhere).await;
 
     assert_eq!(post_event(&strict_url, "ok", "t", "{\"n\":1}").await, 202);
     assert_eq!(target.count(), 1, "the target had it before the 202");
     assert_eq!(target.events()[0].data.as_deref(), Some(&b"{\"n\":1}"[..]));
 
+    let attempts_of = |id: &str| {
+        let attempts = target.attempts();
+        attempts.iter().filter(|r| r.event.id == id).count()
+    };
     target.set_status(400);
     assert_eq!(post_event(&strict_url, "refused", "t", "{}").await, 502);
-    assert_eq!(
-        target
-            .attempts()
-            .iter()
-            .filter(|r| r.event.id == "refused")
-            .count(),
-        1,
-        "a 400 is not retried"
-    );
+    assert_eq!(attempts_of("refused"), 1, "a 400 is not retried");
     target.set_status(500);
     assert_eq!(post_event(&strict_url, "broken", "t", "{}").await, 503);
-    assert_eq!(
-        target
-            .attempts()
-            .iter()
-            .filter(|r| r.event.id == "broken")
-            .count(),
-        2,
-        "a 500 is retried (retry: 1)"
-    );
+    assert_eq!(attempts_of("broken"), 2, "a 500 is retried (retry: 1)");
     assert_eq!(post_event(&nowhere_url, "lost", "t", "{}").await, 503);
 
     let not_an_event = http().post(&strict_url).body("hello").send().await.unwrap();
@@ -259,17 +216,8 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
     );
 
     // Deleted: no longer served.
-    let response = support::api_request(
-        reqwest::Method::DELETE,
-        format!(
-            "{}/apis/sinks.rivulet.dev/v1alpha1/namespaces/default/httpforwardsinks/strict",
-            server.api
-        ),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 200);
+    let deleted = delete_object(&server.api, SINKS, "HttpForwardSink", "strict").await;
+    assert_eq!(deleted, 200);
     wait_for("the deleted sink to stop answering", WAIT, || async {
         (post_event(&strict_url, "gone", "t", "{}").await == 404).then_some(())
     })
@@ -280,9 +228,9 @@ async fn the_forward_sink_answers_with_what_the_target_did() {
 #[tokio::test]
 async fn the_event_display_sink_prints_what_a_trigger_sends_it() {
     let data_dir = tempfile::tempdir().unwrap();
-    let config = data_dir.path().join("display.yaml");
-    std::fs::write(
-        &config,
+    let config = support::write_file(
+        data_dir.path(),
+        "display.yaml",
         r#"
 apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -311,8 +259,7 @@ metadata:
   namespace: default
 spec: {}
 "#,
-    )
-    .unwrap();
+    );
     let port = free_port();
     let api_port = free_port();
     support::give_test_token(&data_dir.path().join("data"));

@@ -9,7 +9,7 @@ use rivulet_testkit::adapters as adapters_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use adapters_support::{apply, get_object, put_object, wait_ready};
+use adapters_support::{apply, delete_object, get_object, put_object, ready_address, wait_ready};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use support::source_contract::{SourceUpstream, source_contract};
@@ -43,8 +43,7 @@ fn tick_times(recorder: &Recorder) -> Vec<DateTime<Utc>> {
 
 #[tokio::test]
 async fn ping_source_every_second_reaches_a_trigger_through_the_broker() {
-    let server = TestServer::start().await;
-    let subscriber = Recorder::start().await;
+    let (server, subscriber) = TestServer::start_with_recorder().await;
     apply(
         &server.api,
         &json!({
@@ -180,8 +179,7 @@ async fn a_restarted_ping_source_does_not_fire_a_tick_again() {
 
 #[tokio::test]
 async fn a_sink_down_for_a_while_loses_nothing_and_retries_are_counted() {
-    let server = TestServer::start().await;
-    let subscriber = Recorder::start().await;
+    let (server, subscriber) = TestServer::start_with_recorder().await;
     subscriber.set_status(503);
     apply(
         &server.api,
@@ -202,17 +200,8 @@ async fn a_sink_down_for_a_while_loses_nothing_and_retries_are_counted() {
     .await;
     // Stop the source so the counters settle, then compare.
     let kind = "PingSource";
-    let response = support::api_request(
-        reqwest::Method::DELETE,
-        format!(
-            "{}/apis/sources.knative.dev/v1/namespaces/default/pingsources/patient",
-            server.api
-        ),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 200);
+    let deleted = delete_object(&server.api, "sources.knative.dev/v1", kind, "patient").await;
+    assert_eq!(deleted, 200);
     wait_for("deliveries in flight to finish", WAIT, || async {
         let failed = server
             .metric(
@@ -274,8 +263,7 @@ fn webhook(name: &str, sink_url: &str, secret: bool) -> Value {
 
 #[tokio::test]
 async fn webhook_with_a_good_and_a_bad_signature() {
-    let server = TestServer::start().await;
-    let sink = Recorder::start().await;
+    let (server, sink) = TestServer::start_with_recorder().await;
     apply(
         &server.api,
         &json!({
@@ -286,18 +274,7 @@ async fn webhook_with_a_good_and_a_bad_signature() {
         }),
     )
     .await;
-    apply(&server.api, &webhook("github", &sink.url, true)).await;
-    let object = wait_ready(
-        &server.api,
-        "sources.rivulet.dev/v1alpha1",
-        "WebhookSource",
-        "github",
-    )
-    .await;
-    let url = object["status"]["address"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let url = ready_address(&server.api, &webhook("github", &sink.url, true)).await;
     assert_eq!(url, format!("{}/webhooks/default/github", server.base));
 
     let body = r#"{"ref":"refs/heads/main","size":12345678901234567890123}"#;
@@ -334,11 +311,9 @@ async fn webhook_with_a_good_and_a_bad_signature() {
 
     let unknown = http()
         .post(format!("{}/webhooks/default/nothing-here", server.base))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), 404);
+        .body("x");
+
+    assert_eq!(support::status_of(unknown).await, 404);
     let get = http().get(&url).send().await.unwrap();
     assert_eq!(get.status(), 405);
     server.shutdown().await;
@@ -346,20 +321,8 @@ async fn webhook_with_a_good_and_a_bad_signature() {
 
 #[tokio::test]
 async fn webhook_answers_only_after_the_sink_accepted() {
-    let server = TestServer::start().await;
-    let sink = Recorder::start().await;
-    apply(&server.api, &webhook("plain", &sink.url, false)).await;
-    let object = wait_ready(
-        &server.api,
-        "sources.rivulet.dev/v1alpha1",
-        "WebhookSource",
-        "plain",
-    )
-    .await;
-    let url = object["status"]["address"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (server, sink) = TestServer::start_with_recorder().await;
+    let url = ready_address(&server.api, &webhook("plain", &sink.url, false)).await;
 
     sink.set_status(503);
     let response = http()
@@ -380,14 +343,11 @@ async fn webhook_answers_only_after_the_sink_accepted() {
     );
 
     sink.set_status(202);
-    let response = http()
+    let request = http()
         .post(&url)
         .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+        .body("hello");
+    assert_eq!(support::status_of(request).await, 202);
     let event = &sink.events()[0];
     assert_eq!(event.datacontenttype.as_deref(), Some("text/plain"));
     assert_eq!(event.data.as_deref(), Some(&b"hello"[..]));
@@ -411,10 +371,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
     let (status, body) = put_object(&server.api, &both).await;
     assert_eq!(status, 422);
     assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("spec.dataBase64"),
+        support::message_contains(&body, "spec.dataBase64"),
         "{body}"
     );
 
@@ -477,12 +434,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
         .cloned()
         .unwrap();
     assert_eq!(sink_provided["status"], "False");
-    assert!(
-        sink_provided["message"]
-            .as_str()
-            .unwrap()
-            .contains("missing")
-    );
+    assert!(support::message_contains(&sink_provided, "missing"));
     server.shutdown().await;
 }
 
@@ -490,8 +442,7 @@ async fn invalid_sources_are_refused_naming_the_field() {
 /// names is missing, and becomes Ready once the source is; a malformed annotation is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_waits_for_its_dependency_to_be_ready() {
-    let server = TestServer::start().await;
-    let subscriber = Recorder::start().await;
+    let (server, subscriber) = TestServer::start_with_recorder().await;
     let trigger = |dependency: &str| {
         json!({
             "apiVersion": "eventing.knative.dev/v1",
@@ -507,10 +458,7 @@ async fn a_trigger_waits_for_its_dependency_to_be_ready() {
     let (status, body) = put_object(&server.api, &trigger("{\"kind\": \"PingSource\"}")).await;
     assert_eq!(status, 422, "{body}");
     assert!(
-        body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("knative.dev/dependency"),
+        support::message_contains(&body, "knative.dev/dependency"),
         "{body}"
     );
 

@@ -5,6 +5,7 @@
 use rivulet_testkit as support;
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,17 +17,18 @@ use support::{
 
 const EVENTTYPES: &str = "/apis/eventing.knative.dev/v1beta3/namespaces";
 
+/// The EventType list of broker `default/default`.
+async fn eventtype_list(api: &Api) -> Value {
+    let (status, body) = api
+        .get_json(&format!("{EVENTTYPES}/default/eventtypes?broker=default"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// EventTypes of broker `default/default`, as (type, auto-created?).
 async fn eventtypes(api: &Api) -> Vec<(String, bool)> {
-    let response = support::api_request(
-        reqwest::Method::GET,
-        format!("{}{EVENTTYPES}/default/eventtypes?broker=default", api.api),
-    )
-    .send()
-    .await
-    .expect("the API answers");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("a JSON list");
+    let body = eventtype_list(api).await;
     body["items"]
         .as_array()
         .cloned()
@@ -62,23 +64,23 @@ async fn start_capped(data_dir: &std::path::Path, cap: usize) -> TestServer {
     .await
 }
 
+/// Posts events `e{n}` of type `com.example.t{n}`, every one accepted (past the cap too), and
+/// waits until the cap metric reads `capped`: events are observed in order, so then all were
+/// seen. Returns the broker's EventTypes.
+async fn send_types(server: &TestServer, numbers: Range<u32>, capped: f64) -> Vec<(String, bool)> {
+    for n in numbers {
+        let event = TestEvent::new(&format!("e{n}"), &format!("com.example.t{n}"));
+        server.send("default", "default", &event).await;
+    }
+    server.wait_metric(CAPPED, &DEFAULT_BROKER, capped).await;
+    eventtypes(server).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn eventtypes_past_the_cap_are_counted_not_stored_and_a_restart_keeps_the_cap() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let server = start_capped(dir.path(), 5).await;
-    for n in 0..8 {
-        // Every event is accepted, past the cap too.
-        server
-            .send(
-                "default",
-                "default",
-                &TestEvent::new(&format!("e{n}"), &format!("com.example.t{n}")),
-            )
-            .await;
-    }
-    // Events are observed in order, so once the last three are counted all eight were seen.
-    server.wait_metric(CAPPED, &DEFAULT_BROKER, 3.0).await;
-    let list = eventtypes(&server).await;
+    let list = send_types(&server, 0..8, 3.0).await;
     assert_eq!(auto_created(&list), 5, "{list:?}");
     // The broker says so, without ceasing to be Ready.
     let (broker, capped) = wait_for("the cap in the broker's status", WAIT, || async {
@@ -138,17 +140,7 @@ async fn eventtypes_past_the_cap_are_counted_not_stored_and_a_restart_keeps_the_
 
     // The cap counts what is stored, so a restart does not start from zero.
     let server = start_capped(dir.path(), 5).await;
-    for n in 8..11 {
-        server
-            .send(
-                "default",
-                "default",
-                &TestEvent::new(&format!("e{n}"), &format!("com.example.t{n}")),
-            )
-            .await;
-    }
-    server.wait_metric(CAPPED, &DEFAULT_BROKER, 3.0).await;
-    let list = eventtypes(&server).await;
+    let list = send_types(&server, 8..11, 3.0).await;
     assert_eq!(auto_created(&list), 5, "{list:?}");
     let types: BTreeSet<&str> = list.iter().map(|(ty, _)| ty.as_str()).collect();
     assert!(!types.contains("com.example.t8"), "{types:?}");
@@ -192,14 +184,7 @@ async fn eventtypes_past_the_cap_are_counted_not_stored_and_a_restart_keeps_the_
 }
 
 async fn eventtype_name(api: &Api, ty: &str) -> String {
-    let response = support::api_request(
-        reqwest::Method::GET,
-        format!("{}{EVENTTYPES}/default/eventtypes?broker=default", api.api),
-    )
-    .send()
-    .await
-    .expect("the API answers");
-    let body: Value = response.json().await.expect("a JSON list");
+    let body = eventtype_list(api).await;
     body["items"]
         .as_array()
         .and_then(|items| {

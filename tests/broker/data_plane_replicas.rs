@@ -9,11 +9,9 @@ use rivulet_testkit::rabbitmq as rabbitmq_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rivulet::resources::find_kind_by_name;
 use rivulet::runtime::{Context, Role};
-use rivulet::store::StoreEvent;
 use serde_json::{Value, json};
-use support::kube_api::{Reply, answer, context_in, empty_list, serve};
+use support::kube_api::{Reply, answer, applied, context_in, empty_list, serve};
 use tower::ServiceExt;
 
 const NS: &str = "team";
@@ -93,13 +91,6 @@ fn process(role: Role, backend: &Backend) -> (Arc<Context>, tempfile::TempDir) {
         }
     });
     (ctx, dir)
-}
-
-fn applied(kind: &str, object: &Value) -> StoreEvent {
-    StoreEvent::Applied {
-        kind: find_kind_by_name(None, kind).unwrap(),
-        object: Arc::new(object.clone()),
-    }
 }
 
 /// Deliveries a process made, from its metrics.
@@ -222,11 +213,8 @@ async fn replicas_share_a_trigger(backend: Backend) {
 async fn rabbitmq_data_plane_replicas_share_a_trigger_queue() {
     let broker = rabbitmq_support::unique("replicas");
     replicas_share_a_trigger(rabbitmq(&broker)).await;
-    let connection = rabbitmq_support::connect().await;
-    assert!(
-        !rabbitmq_support::exchange_exists(&connection, &format!("rivulet.{NS}.{broker}")).await,
-        "the controller's finalizer removed the exchange"
-    );
+    // The controller's finalizer removed the exchange.
+    rabbitmq_support::assert_exchange_removed(NS, &broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

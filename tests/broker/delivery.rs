@@ -29,13 +29,6 @@ const DELIVERIES: &str = "rivulet_trigger_deliveries_total";
 const REPLIES: &str = "rivulet_trigger_replies_total";
 const ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
 
-/// A server whose default broker is ready.
-async fn server() -> TestServer {
-    let server = TestServer::start().await;
-    server.wait_ready("Broker", NS, BROKER).await;
-    server
-}
-
 /// Marks a trigger manifest as ordered: one delivery at a time, in channel order.
 fn ordered(manifest: Value) -> Value {
     with_annotation(manifest, ORDER, "ordered")
@@ -55,18 +48,6 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
-async fn outcome_count(api: &Api, trigger: &str, outcome: &str) -> f64 {
-    api.metric(
-        DELIVERIES,
-        &[
-            ("namespace", NS),
-            ("trigger", trigger),
-            ("outcome", outcome),
-        ],
-    )
-    .await
-}
-
 // ---------------------------------------------------------------------------------------
 // Filters
 // ---------------------------------------------------------------------------------------
@@ -76,7 +57,7 @@ async fn outcome_count(api: &Api, trigger: &str, outcome: &str) -> f64 {
 /// filtered and, if it matched, delivered: the set received is then final.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_filter_dialect_delivers_exactly_the_matching_events() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
 
     let events = [
@@ -200,7 +181,7 @@ async fn every_filter_dialect_delivers_exactly_the_matching_events() {
 /// for byte, and so does the body; the broker adds only its own extensions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_mode_attributes_and_data_arrive_unchanged() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     server
         .create_trigger(&ordered(trigger(NS, "verbatim", BROKER, &sub.url())))
@@ -273,7 +254,7 @@ async fn binary_mode_attributes_and_data_arrive_unchanged() {
 /// `delivery.format: json` delivers in structured mode; JSON data keeps its exact text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_format_delivers_structured_mode_with_data_unchanged() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     let manifest = with_spec(
         trigger(NS, "structured", BROKER, &sub.url()),
@@ -329,7 +310,7 @@ fn retrying(name: &str, uri: &str, delivery: Value) -> Value {
 /// 503, 503, 200: the event is delivered once, on the third attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_errors_are_retried_until_delivered() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(per_attempt(
         vec![Reply::status(503), Reply::status(503)],
         Reply::ok(),
@@ -357,7 +338,10 @@ async fn retryable_errors_are_retried_until_delivered() {
         requests.iter().map(|r| r.attempt).collect::<Vec<_>>(),
         [1, 2, 3]
     );
-    assert_eq!(outcome_count(&server, "flaky", "delivered").await, 1.0);
+    assert_eq!(
+        server.delivery_outcomes(NS, "flaky", "delivered").await,
+        1.0
+    );
     assert_eq!(
         server
             .metric(
@@ -372,7 +356,7 @@ async fn retryable_errors_are_retried_until_delivered() {
 /// A 400 is final: no retry even with retries left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_not_retried() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(always(Reply::status(400))).await;
     server
         .create_trigger(&retrying(
@@ -386,13 +370,13 @@ async fn client_errors_are_not_retried() {
         .await;
     server.wait_deliveries_final(NS, "picky", 1).await;
     assert_eq!(sub.count(), 1, "a 400 must not be retried");
-    assert_eq!(outcome_count(&server, "picky", "failed").await, 1.0);
+    assert_eq!(server.delivery_outcomes(NS, "picky", "failed").await, 1.0);
 }
 
 /// `retry: 2` means exactly three attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_count_bounds_the_attempts() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(always(Reply::status(500))).await;
     server
         .create_trigger(&retrying(
@@ -407,7 +391,7 @@ async fn retry_count_bounds_the_attempts() {
     server.wait_deliveries_final(NS, "broken", 1).await;
     let requests = sub.requests();
     assert_eq!(requests.len(), 3, "1 + retry attempts");
-    assert_eq!(outcome_count(&server, "broken", "failed").await, 1.0);
+    assert_eq!(server.delivery_outcomes(NS, "broken", "failed").await, 1.0);
 }
 
 /// Linear and exponential backoff with the same base delay: within each trigger the attempts
@@ -415,7 +399,7 @@ async fn retry_count_bounds_the_attempts() {
 /// (0.2+0.4+0.8 s against 0.1+0.2+0.3 s), makes its last attempt after the linear one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linear_and_exponential_backoff_space_the_attempts() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(always(Reply::status(500))).await;
     for policy in ["linear", "exponential"] {
         server
@@ -454,7 +438,7 @@ async fn linear_and_exponential_backoff_space_the_attempts() {
 /// A subscriber answering 429 with `Retry-After: 1` gets the event again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(per_attempt(
         vec![Reply::status(429).header("retry-after", "1")],
         Reply::ok(),
@@ -471,7 +455,10 @@ async fn retry_after_is_honoured() {
         .send(NS, BROKER, &TestEvent::new("ra-1", "com.example"))
         .await;
     server.wait_deliveries_final(NS, "throttled", 1).await;
-    assert_eq!(outcome_count(&server, "throttled", "delivered").await, 1.0);
+    assert_eq!(
+        server.delivery_outcomes(NS, "throttled", "delivered").await,
+        1.0
+    );
     assert_eq!(sub.count(), 2);
 }
 
@@ -479,7 +466,7 @@ async fn retry_after_is_honoured() {
 /// and dead-lettered when attempts run out (without `knativeerrorcode`: there was no answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscribers_time_out_and_are_retried_or_dead_lettered() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| match (r.path.as_str(), r.attempt) {
         ("/dls", _) => Reply::ok(),
         ("/once", 1) => Reply::hang(),
@@ -510,10 +497,15 @@ async fn slow_subscribers_time_out_and_are_retried_or_dead_lettered() {
     server.wait_deliveries_final(NS, "slow-once", 1).await;
     server.wait_deliveries_final(NS, "slow-always", 1).await;
 
-    assert_eq!(outcome_count(&server, "slow-once", "delivered").await, 1.0);
+    assert_eq!(
+        server.delivery_outcomes(NS, "slow-once", "delivered").await,
+        1.0
+    );
     assert_eq!(sub.requests_at("/once").len(), 2);
     assert_eq!(
-        outcome_count(&server, "slow-always", "dead_lettered").await,
+        server
+            .delivery_outcomes(NS, "slow-always", "dead_lettered")
+            .await,
         1.0
     );
     assert_eq!(sub.requests_at("/always").len(), 2);
@@ -534,7 +526,7 @@ async fn slow_subscribers_time_out_and_are_retried_or_dead_lettered() {
 /// After the last attempt the event goes to the dead-letter sink with the error extensions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let error_body = "boom: warehouse offline";
     let sub = Subscriber::with_script(script(move |r: &Recorded| {
         if r.path == "/dls" {
@@ -593,7 +585,12 @@ async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
         ("d-1", "com.example.order", Some("seven"))
     );
     assert_eq!(event.data.as_ref(), Some(&data));
-    assert_eq!(outcome_count(&server, "doomed", "dead_lettered").await, 1.0);
+    assert_eq!(
+        server
+            .delivery_outcomes(NS, "doomed", "dead_lettered")
+            .await,
+        1.0
+    );
 }
 
 /// A trigger that sets any delivery field replaces the broker's delivery entirely: the
@@ -601,7 +598,7 @@ async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
 /// delivery inherits both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_delivery_replaces_broker_delivery_entirely() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| {
         if r.path == "/dls" {
             Reply::ok()
@@ -656,14 +653,16 @@ async fn trigger_delivery_replaces_broker_delivery_entirely() {
         2,
         "the trigger's retry: 1, not the broker's 3"
     );
-    assert_eq!(outcome_count(&server, "own", "failed").await, 1.0);
+    assert_eq!(server.delivery_outcomes(NS, "own", "failed").await, 1.0);
     assert_eq!(
         sub.requests_at("/inherit").len(),
         4,
         "the broker's retry: 3"
     );
     assert_eq!(
-        outcome_count(&server, "inherit", "dead_lettered").await,
+        server
+            .delivery_outcomes(NS, "inherit", "dead_lettered")
+            .await,
         1.0
     );
     assert_eq!(
@@ -681,7 +680,7 @@ async fn trigger_delivery_replaces_broker_delivery_entirely() {
 /// was delivered with (255 less one); its own delivery takes one more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_reenter_the_broker_with_decremented_ttl() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| {
         if r.path == "/a" {
             Reply::event(
@@ -739,7 +738,7 @@ async fn replies_reenter_the_broker_with_decremented_ttl() {
 /// could have produced; trigger `b` is ordered too, so it would see a bogus reply first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_responses_are_never_replies() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| {
         match (r.path.as_str(), r.id().as_str()) {
             ("/a", "first") => Reply::event(202, &TestEvent::new("bogus", "com.example.b")),
@@ -769,14 +768,14 @@ async fn accepted_responses_are_never_replies() {
         .await;
     sub.wait_for_matching(1, |r| r.path == "/b").await;
     assert_eq!(ids(&sub.requests_at("/b")), ["genuine"]);
-    assert_eq!(outcome_count(&server, "a", "delivered").await, 2.0);
+    assert_eq!(server.delivery_outcomes(NS, "a", "delivered").await, 2.0);
 }
 
 /// A 200 that claims to carry an event (`ce-specversion`) but misses `ce-id` is a failed
 /// delivery: the event goes to the dead-letter sink and nothing re-enters the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_replies_are_failed_deliveries() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| match r.path.as_str() {
         "/a" => Reply::status(200)
             .header("ce-specversion", "1.0")
@@ -813,7 +812,10 @@ async fn malformed_replies_are_failed_deliveries() {
     assert_eq!(dead.attr("knativeerrordest"), Some(sub.url_at("a")));
     assert!(dead.attr("knativeerrorcode").is_some());
     server.wait_deliveries_final(NS, "a", 1).await;
-    assert_eq!(outcome_count(&server, "a", "dead_lettered").await, 1.0);
+    assert_eq!(
+        server.delivery_outcomes(NS, "a", "dead_lettered").await,
+        1.0
+    );
 
     // Nothing reached trigger b before this later event (b is ordered).
     server
@@ -830,7 +832,7 @@ async fn malformed_replies_are_failed_deliveries() {
 /// counts it. Four deliveries: the original and three replies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_loops_are_stopped_by_the_broker_ttl() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| {
         Reply::event(
             200,
@@ -869,7 +871,7 @@ async fn reply_loops_are_stopped_by_the_broker_ttl() {
             .await,
         4.0
     );
-    assert_eq!(outcome_count(&server, "loop", "delivered").await, 4.0);
+    assert_eq!(server.delivery_outcomes(NS, "loop", "delivered").await, 4.0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -879,7 +881,7 @@ async fn reply_loops_are_stopped_by_the_broker_ttl() {
 /// Each matching trigger gets its own delivery, also when they share a subscriber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_triggers_with_the_same_subscriber_each_deliver() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     server
         .create_trigger(&trigger(NS, "first", BROKER, &sub.url()))
@@ -907,7 +909,7 @@ async fn two_triggers_with_the_same_subscriber_each_deliver() {
 /// A subscriber that never answers holds up only its own trigger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_subscriber_does_not_delay_other_triggers() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| {
         if r.path == "/stuck" {
             Reply::hang()
@@ -949,7 +951,7 @@ async fn a_stuck_subscriber_does_not_delay_other_triggers() {
 /// when the subscriber answers some events more slowly than others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_triggers_deliver_in_order() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| {
         let slow = r.id().ends_with(['0', '3', '7']);
         Reply::ok().delay(Duration::from_millis(if slow { 15 } else { 0 }))
@@ -976,7 +978,7 @@ async fn ordered_triggers_deliver_in_order() {
 /// `rivulet.dev/parallelism: "8"` lets up to eight deliveries run at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unordered_triggers_deliver_in_parallel_up_to_the_bound() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(always(Reply::ok().delay(Duration::from_millis(250)))).await;
     let manifest = with_annotation(
         trigger(NS, "parallel", BROKER, &sub.url()),
@@ -1023,7 +1025,7 @@ async fn unordered_triggers_deliver_in_parallel_up_to_the_bound() {
 /// trigger → subscriber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_ref_subscriber_forwards_to_that_broker() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     server.create_broker(NS, "second", Value::Null).await;
     let forward = json!({
@@ -1054,13 +1056,16 @@ async fn a_broker_ref_subscriber_forwards_to_that_broker() {
     let got = sub.wait_for(1).await.remove(0);
     assert_eq!(got.id(), "hop-1");
     assert_eq!(got.body, Bytes::from_static(b"payload"));
-    assert_eq!(outcome_count(&server, "forward", "delivered").await, 1.0);
+    assert_eq!(
+        server.delivery_outcomes(NS, "forward", "delivered").await,
+        1.0
+    );
 }
 
 /// A `ref` to a kind Rivulet does not serve leaves the trigger not Ready, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ref_to_an_unknown_kind_leaves_the_trigger_not_ready() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     server
         .apply(&json!({
             "apiVersion": "eventing.knative.dev/v1",
@@ -1134,7 +1139,7 @@ async fn applying_and_deleting_a_trigger_takes_effect_without_restart() {
 /// `/metrics` counts final delivery outcomes per trigger, and ingress outcomes per broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_deliveries_by_outcome() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::with_script(script(|r: &Recorded| {
         if r.path == "/dls" || r.attr("type").as_deref() == Some("ok") {
             Reply::ok()
@@ -1209,7 +1214,7 @@ async fn metrics_count_deliveries_by_outcome() {
 /// fails at delivery, at once (no retries), and the event goes to the dead-letter sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_with_an_unusual_scheme_is_admitted_and_fails_at_delivery() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     server
         .create_trigger(&retrying(
@@ -1253,7 +1258,7 @@ async fn a_subscriber_with_an_unusual_scheme_is_admitted_and_fails_at_delivery()
 /// as JSON numbers and booleans, and `knativebrokerttl` as a number, through the channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extension_types_survive_to_a_structured_subscriber() {
-    let server = server().await;
+    let server = TestServer::start_ready().await;
     let sub = Subscriber::start().await;
     server
         .create_trigger(&with_spec(

@@ -15,14 +15,9 @@ const DELIVERY_DEADLINE: Duration = Duration::from_secs(40);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_event_survives_kill_9() {
     let data = tempfile::tempdir().unwrap();
-    let recorder = Recorder::start().await;
-    // A slow subscriber and one delivery at a time, so a backlog exists when the server dies.
-    recorder.set_delay(Duration::from_millis(10));
+    let recorder = durability::slow_subscriber().await;
     let server = ChildServer::spawn(data.path(), &[]).await;
-    let mut slow = support::trigger("default", "all", "default", &recorder.url);
-    slow["metadata"]["annotations"] = json!({"rivulet.dev/parallelism": "1"});
-    apply(&server.api, &slow).await;
-    support::wait_ready(&server.api, "Trigger", "default", "all").await;
+    durability::apply_one_at_a_time_trigger(&server.api, "default", "default", &recorder).await;
 
     let broker_url = format!("{}/default/default", server.base);
     durability::kill_9_loses_no_acknowledged_event(server, &broker_url, &recorder, 300, "embedded")

@@ -357,13 +357,7 @@ async fn malformed_requests_get_a_4xx_that_says_why_and_the_server_keeps_serving
             eprintln!("{} -> {status}: {}", case.what, text.trim());
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    support::assert_no_failures(&failures, cases.len());
 
     let status = support::post_binary(
         &server.base,
@@ -440,11 +434,8 @@ async fn binary_structured_and_batched_events_are_accepted_and_delivered() {
     let batched = client
         .post(&url)
         .header("content-type", "application/cloudevents-batch+json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(batched.status(), 202);
+        .body(batch.to_string());
+    assert_eq!(support::status_of(batched).await, 202);
 
     let got = recorder.wait_for_id("mode-binary").await.event;
     assert_eq!(
@@ -467,18 +458,15 @@ async fn binary_structured_and_batched_events_are_accepted_and_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn specversion_0_3_is_accepted_and_kept() {
     let (server, recorder) = server_with_recorder().await;
-    let response = http()
+    let request = http()
         .post(format!("{}/default/default", server.base))
         .header("ce-specversion", "0.3")
         .header("ce-id", "v03-event")
         .header("ce-source", "/tests")
         .header("ce-type", "test.v03")
         .header("content-type", "text/plain")
-        .body("old but fine")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+        .body("old but fine");
+    assert_eq!(support::status_of(request).await, 202);
     let got = recorder.wait_for_id("v03-event").await.event;
     assert_eq!(
         got.specversion,
@@ -492,7 +480,7 @@ async fn specversion_0_3_is_accepted_and_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percent_encoded_header_values_are_decoded() {
     let (server, recorder) = server_with_recorder().await;
-    let response = http()
+    let request = http()
         .post(format!("{}/default/default", server.base))
         .header("ce-specversion", "1.0")
         .header("ce-id", "percent")
@@ -501,11 +489,8 @@ async fn percent_encoded_header_values_are_decoded() {
         .header("ce-subject", "caf%C3%A9")
         .header("ce-note", "100%25%20sure")
         // Quoted, as older senders wrote values with spaces and quotes.
-        .header("ce-quoted", "\"say \\\"hi\\\" 100%25\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+        .header("ce-quoted", "\"say \\\"hi\\\" 100%25\"");
+    assert_eq!(support::status_of(request).await, 202);
     let got = recorder.wait_for_id("percent").await.event;
     assert_eq!(got.subject.as_deref(), Some("café"));
     assert_eq!(got.attribute("note").as_deref(), Some("100% sure"));
@@ -541,17 +526,14 @@ async fn arrival_time_is_added_and_ttl_defaults_to_255() {
     assert_eq!(got.attribute("knativebrokerttl").as_deref(), Some("254"));
 
     // A TTL the producer set is kept (and lowered by the delivery's hop).
-    let response = http()
+    let request = http()
         .post(format!("{}/default/default", server.base))
         .header("ce-specversion", "1.0")
         .header("ce-id", "own-ttl")
         .header("ce-source", "/tests")
         .header("ce-type", "test.stamp")
-        .header("ce-knativebrokerttl", "7")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+        .header("ce-knativebrokerttl", "7");
+    assert_eq!(support::status_of(request).await, 202);
     let got = recorder.wait_for_id("own-ttl").await.event;
     assert_eq!(got.attribute("knativebrokerttl").as_deref(), Some("6"));
     server.shutdown().await;

@@ -20,6 +20,15 @@ const PROBE_TYPE: &str = "dev.rivulet.many.probe";
 /// The requirement is 5 s; a debug build on a loaded machine gets generous slack.
 const RESTART_BOUND: Duration = Duration::from_secs(20);
 
+/// Waits until the probe event `id` reached its subscriber (`what` names it on timeout).
+async fn wait_for_probe(recorder: &Recorder, id: &str, what: &str, timeout: Duration) {
+    wait_for(what, timeout, || {
+        let found = recorder.events().iter().any(|e| e.id == id);
+        async move { found.then_some(()) }
+    })
+    .await;
+}
+
 /// Writes the broker and the triggers into `folder`, a file per thousand (a manifest file
 /// holds 1,024 documents at most).
 fn write_manifests(folder: &Path, triggers: usize, probe_subscriber: &str) {
@@ -155,15 +164,8 @@ async fn many_triggers_ingress_serves_soon_after_restart() {
         "{triggers} triggers: first start took {:?} ({refused} attempts refused)",
         first_start.elapsed()
     );
-    wait_for(
-        "the probe event before the restart",
-        Duration::from_secs(60),
-        || {
-            let found = recorder.events().iter().any(|e| e.id == "first");
-            async move { found.then_some(()) }
-        },
-    )
-    .await;
+    let what = "the probe event before the restart";
+    wait_for_probe(&recorder, "first", what, Duration::from_secs(60)).await;
     // Let the last statuses land, as a long-running server would have.
     server.terminate(Duration::from_secs(60)).await;
 
@@ -175,14 +177,7 @@ async fn many_triggers_ingress_serves_soon_after_restart() {
     let elapsed = restarted.elapsed();
     eprintln!("{triggers} triggers: restart to first 202 took {elapsed:?}");
     assert_eq!(readyz(&server.base).await, Some(200));
-    wait_for(
-        "the probe event after the restart",
-        Duration::from_secs(120),
-        || {
-            let found = recorder.events().iter().any(|e| e.id == "second");
-            async move { found.then_some(()) }
-        },
-    )
-    .await;
+    let what = "the probe event after the restart";
+    wait_for_probe(&recorder, "second", what, Duration::from_secs(120)).await;
     server.terminate(Duration::from_secs(60)).await;
 }

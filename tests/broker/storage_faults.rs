@@ -198,10 +198,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
     let ingress = condition(&broker, "IngressReady").expect("IngressReady is reported");
     assert_eq!(ingress["reason"], "StorageFull", "{broker}");
     assert!(
-        ingress["message"]
-            .as_str()
-            .unwrap()
-            .contains("storage full"),
+        support::message_contains(&ingress, "storage full"),
         "{broker}"
     );
     let text = metrics(&server.api).await;

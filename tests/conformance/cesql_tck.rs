@@ -7,7 +7,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
 
 use rivulet::cesql::{Expression, Value};
 use serde::Deserialize;
@@ -80,15 +79,6 @@ impl Scalar {
     }
 }
 
-fn conformance_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("RIVULET_CONFORMANCE_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    let tck = dir.join("cesql-tck");
-    tck.is_dir().then_some(tck)
-}
-
 /// A complete valid event; carries none of the attributes the TCK treats as missing.
 fn base_event() -> HashMap<String, Value<'static>> {
     [
@@ -116,6 +106,10 @@ fn event_for(case: &Case) -> Result<HashMap<String, Value<'static>>, String> {
 }
 
 /// Runs one case; `Err` says how it failed.
+fn parse_suite(text: &str) -> Result<Suite, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+}
+
 fn run_case(case: &Case) -> Result<(), String> {
     let expected_value = case.result.as_ref().map(Scalar::to_value).transpose()?;
     let expected_error = case.error.as_deref();
@@ -154,38 +148,24 @@ fn run_case(case: &Case) -> Result<(), String> {
 
 #[test]
 fn cesql_tck() {
-    let Some(dir) = conformance_dir() else {
-        eprintln!(
-            "skipping the CESQL TCK: no cesql-tck folder (set RIVULET_CONFORMANCE_DIR or \
-             provide ../shared/conformance beside the workspace)"
-        );
+    let Some(suites) = crate::conformance_suite("cesql-tck", "yaml", parse_suite) else {
         return;
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("readable TCK folder")
-        .map(|entry| entry.expect("readable TCK folder entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+    let cases: Vec<(&String, &Suite, &Case)> = suites
+        .iter()
+        .flat_map(|(file_name, suite)| suite.tests.iter().map(move |case| (file_name, suite, case)))
         .collect();
-    files.sort();
-    let mut total = 0;
-    let mut failures = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).expect("readable TCK file");
-        let suite: Suite = serde_saphyr::from_str(&text)
-            .unwrap_or_else(|e| panic!("{}: invalid TCK file: {e}", file.display()));
-        let file_name = file
-            .file_name()
-            .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
-        for case in &suite.tests {
-            total += 1;
-            if let Err(reason) = run_case(case) {
-                failures.push(format!(
-                    "{file_name} [{}] {:?}: `{}`: {reason}",
-                    suite.name, case.name, case.expression
-                ));
-            }
-        }
-    }
+    let total = cases.len();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(file_name, suite, case)| {
+            let reason = run_case(case).err()?;
+            Some(format!(
+                "{file_name} [{}] {:?}: `{}`: {reason}",
+                suite.name, case.name, case.expression
+            ))
+        })
+        .collect();
     for failure in &failures {
         eprintln!("FAIL {failure}");
     }

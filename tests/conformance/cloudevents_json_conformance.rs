@@ -5,8 +5,6 @@
 //! The vectors are read from the folder named by `RIVULET_CONFORMANCE_DIR`, else from
 //! `../shared/conformance` next to the workspace; when neither exists the test is skipped.
 
-use std::path::PathBuf;
-
 use rivulet::event::{Event, parse_batch, parse_structured, to_json};
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,15 +23,6 @@ struct Case {
     /// Kept as raw text so numbers and spacing reach the parser exactly as written.
     event: Option<Box<RawValue>>,
     batch: Option<Box<RawValue>>,
-}
-
-fn conformance_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("RIVULET_CONFORMANCE_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    let dir = dir.join("cloudevents-json");
-    dir.is_dir().then_some(dir)
 }
 
 /// Every attribute written in the vector must read back with the same canonical string.
@@ -108,26 +97,15 @@ fn expect_refused<T: std::fmt::Debug>(
 
 #[test]
 fn cloudevents_json_conformance_vectors() {
-    let Some(dir) = conformance_dir() else {
-        eprintln!(
-            "skipping: CloudEvents JSON conformance vectors not found (set \
-             RIVULET_CONFORMANCE_DIR or place them in ../shared/conformance/cloudevents-json)"
-        );
+    let Some(files) = crate::conformance_suite("cloudevents-json", "json", |text| {
+        serde_json::from_str::<VectorFile>(text)
+    }) else {
         return;
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("conformance folder is readable")
-        .map(|entry| entry.expect("conformance folder entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .collect();
-    files.sort();
 
     let mut checked = 0;
     let mut failures = Vec::new();
-    for path in &files {
-        let text = std::fs::read_to_string(path).expect("vector file is readable");
-        let file: VectorFile = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not a vector file: {e}", path.display()));
+    for (_, file) in &files {
         for case in &file.tests {
             let outcome = match (file.test_type.as_str(), &case.event, &case.batch) {
                 ("ValidSingleEvent", Some(event), _) => check_valid_event(event.get()),
@@ -148,14 +126,8 @@ fn cloudevents_json_conformance_vectors() {
     }
     assert!(
         checked > 0,
-        "no conformance cases found in {}",
-        dir.display()
+        "no cases in the cloudevents-json conformance suite"
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} conformance cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    rivulet_testkit::assert_no_failures(&failures, checked);
     eprintln!("{checked} CloudEvents JSON conformance cases passed");
 }

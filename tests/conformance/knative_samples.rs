@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
-use support::{InProcessServer, TEST_TOKEN, WAIT, condition};
-use tokio::process::Command;
+use support::{InProcessServer, WAIT, condition};
 
 /// What one sample file must come to.
 struct Sample {
@@ -194,14 +193,9 @@ fn samples_dir() -> PathBuf {
 }
 
 async fn apply(server: &InProcessServer, file: &Path) -> Output {
-    Command::new(support::binary())
+    support::cli(&server.api)
         .args(["apply", "-f"])
         .arg(file)
-        .env("RIVULET_SERVER", &server.api)
-        .env("RIVULET_TOKEN", TEST_TOKEN)
-        .env("RIVULET_LOG", "warn")
-        .env_remove("RIVULET_INGRESS")
-        .kill_on_drop(true)
         .output()
         .await
         .expect("the rivulet binary runs")

@@ -293,8 +293,7 @@ async fn exchange_events_with(sdk: Sdk) {
         }
     }
 
-    let server = TestServer::start().await;
-    server.wait_ready("Broker", NS, BROKER).await;
+    let server = TestServer::start_ready().await;
     server
         .create_trigger(&trigger(
             NS,

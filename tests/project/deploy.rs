@@ -10,7 +10,7 @@ use std::process::Command;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    ConfigMap, Namespace, PersistentVolumeClaim, PodSpec, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
@@ -192,6 +192,16 @@ impl Objects {
             .iter()
             .find(|d| component_of(&d.metadata.labels) == Some(component))
             .unwrap_or_else(|| panic!("no Deployment labelled component {component}"))
+    }
+
+    /// The pod spec of a component's Deployment.
+    fn pod_spec(&self, component: &str) -> &PodSpec {
+        self.deployment(component)
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap_or_else(|| panic!("the {component} Deployment has no pod spec"))
     }
 
     /// The role of a component that lists its rules. Aggregated roles (the addressable
@@ -453,8 +463,7 @@ fn check_workloads(objects: &Objects, origin: &str) {
             );
         }
     }
-    let data_plane = objects.deployment("data-plane");
-    let args = data_plane.spec.template.spec.as_ref().unwrap().containers[0]
+    let args = objects.pod_spec("data-plane").containers[0]
         .args
         .clone()
         .unwrap();
@@ -473,15 +482,7 @@ fn check_workloads(objects: &Objects, origin: &str) {
         port.target_port,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http".into()))
     );
-    let pod_labels = data_plane
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .clone()
-        .unwrap();
+    let pod_labels = pod_labels(objects.deployment("data-plane"));
     for (key, value) in service_spec.selector.as_ref().unwrap() {
         assert_eq!(
             pod_labels.get(key),
@@ -557,14 +558,7 @@ fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
 }
 
 fn container_of<'a>(objects: &'a Objects, component: &str) -> &'a Container {
-    &objects
-        .deployment(component)
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
+    &objects.pod_spec(component).containers[0]
 }
 
 /// The NetworkPolicy whose pod selector picks `component`'s pods.
@@ -834,15 +828,7 @@ fn check_rbac(objects: &Objects, origin: &str) {
     // Each role is bound to the service account of its Deployment.
     for component in ["controller", "data-plane"] {
         let role = objects.cluster_role(component).metadata.name.clone();
-        let account = objects
-            .deployment(component)
-            .spec
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .service_account_name
-            .clone();
+        let account = objects.pod_spec(component).service_account_name.clone();
         assert!(
             objects.binds(role.as_ref(), account.as_ref()),
             "{origin}: {component}'s role is not bound to its service account"
@@ -851,15 +837,7 @@ fn check_rbac(objects: &Objects, origin: &str) {
     let resolver = objects
         .addressable_resolver()
         .unwrap_or_else(|| panic!("{origin}: no ClusterRole aggregating addressable roles"));
-    let controller_account = objects
-        .deployment("controller")
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .service_account_name
-        .clone();
+    let controller_account = objects.pod_spec("controller").service_account_name.clone();
     assert!(
         objects.binds(resolver.metadata.name.as_ref(), controller_account.as_ref()),
         "{origin}: the addressable resolver is not bound to the controller's service account"
@@ -1211,11 +1189,7 @@ fn helm_chart_renders_valid_objects_for_every_backend() {
         .args(BACKENDS)
         .output()
         .expect("python runs");
-    assert!(
-        output.status.success(),
-        "rendering the chart failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rivulet_testkit::assert_succeeded(&output, "rendering the chart");
     let rendered: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         rendered["bad_backend_refused"], true,

@@ -56,29 +56,17 @@ async fn server_with_schema() -> (TestServer, String) {
 }
 
 async fn scaffold(server: &TestServer, name: &str, lang: &str, dir: &Path) {
-    let output = Command::new(support::binary())
-        .args(["eventtypes", "scaffold", name, "--lang", lang, "--dir"])
-        .arg(dir)
-        .env("RIVULET_SERVER", &server.api)
-        .env("RIVULET_TOKEN", support::TEST_TOKEN)
-        .env("RIVULET_LOG", "warn")
-        .output()
-        .await
-        .expect("the rivulet binary runs");
-    assert!(
-        output.status.success(),
-        "scaffold --lang {lang}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let scaffold = || {
+        let mut command = support::cli(&server.api);
+        command
+            .args(["eventtypes", "scaffold", name, "--lang", lang, "--dir"])
+            .arg(dir);
+        command
+    };
+    let output = scaffold().output().await.expect("the rivulet binary runs");
+    support::assert_succeeded(&output, &format!("scaffold --lang {lang}"));
     // A second run refuses to overwrite.
-    let again = Command::new(support::binary())
-        .args(["eventtypes", "scaffold", name, "--lang", lang, "--dir"])
-        .arg(dir)
-        .env("RIVULET_SERVER", &server.api)
-        .env("RIVULET_TOKEN", support::TEST_TOKEN)
-        .output()
-        .await
-        .unwrap();
+    let again = scaffold().output().await.unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
@@ -145,15 +133,11 @@ impl Function {
     async fn post_structured(&self, data: &Value) -> u16 {
         let event = json!({"specversion": "1.0", "id": "evt-2", "source": "/orders/2", "type": TYPE,
                            "datacontenttype": "application/json", "data": data});
-        http()
+        let request = http()
             .post(&self.url)
             .header("content-type", "application/cloudevents+json")
-            .body(event.to_string())
-            .send()
-            .await
-            .expect("the function answers")
-            .status()
-            .as_u16()
+            .body(event.to_string());
+        support::status_of(request).await
     }
 }
 
@@ -257,11 +241,7 @@ async fn rust_function_checks_against_the_workspace_crates() {
         .output()
         .await
         .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo check of the generated project failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::assert_succeeded(&output, "cargo check of the generated project");
     server.shutdown().await;
 }
 
