@@ -347,24 +347,16 @@ async fn apply_triggers(client: &reqwest::Client, base: &str, count: usize) {
         "{base}/apis/eventing.knative.dev/v1/namespaces/default/triggers/t{}",
         count - 1
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ready = match client.get(&last).send().await {
-            Ok(response) => response.json::<Value>().await.ok().is_some_and(|object| {
-                object["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            }),
-            Err(_) => false,
-        };
-        if ready {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the triggers never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rivulet_testkit::wait_for(
+        "the triggers to become ready",
+        Duration::from_secs(120),
+        || async {
+            is_ready(client.get(&last).send().await.ok()?)
+                .await
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Posts binary-mode CloudEvents to the default broker for `duration`; returns accepted/s.
@@ -412,4 +404,10 @@ fn results_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     target.join("bench-results").join("footprint.json")
+}
+
+/// Whether the object in `response` has a `Ready` condition that is `True`.
+async fn is_ready(response: reqwest::Response) -> bool {
+    let object = response.json::<Value>().await.unwrap_or_default();
+    rivulet_testkit::ready_condition(&object).is_some_and(|ready| ready["status"] == "True")
 }

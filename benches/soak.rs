@@ -421,26 +421,19 @@ async fn apply_resources(api: &str, subscriber: &str) {
     // Ready triggers, so the first events reach them.
     for (name, _) in triggers {
         let url = format!("{api}/apis/eventing.knative.dev/v1/namespaces/default/triggers/{name}");
-        loop {
-            let ready = match client.get(&url).send().await {
-                Ok(r) => r.json::<serde_json::Value>().await.ok().is_some_and(|o| {
-                    o["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                }),
-                Err(_) => false,
-            };
-            if ready {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trigger {name} never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        rivulet_testkit::wait_for(
+            &format!("trigger {name} to become ready"),
+            remaining,
+            || async {
+                let response = client.get(&url).send().await.ok()?;
+                let object = response.json::<serde_json::Value>().await.ok()?;
+                rivulet_testkit::ready_condition(&object)
+                    .is_some_and(|ready| ready["status"] == "True")
+                    .then_some(())
+            },
+        )
+        .await;
     }
 }
 

@@ -256,6 +256,37 @@ pub async fn wait_until_ready(base: &str) {
     .await;
 }
 
+/// The `rivulet` binary with `args`, logging warnings only, its output to nowhere but
+/// stderr; callers add what their case needs before spawning.
+pub fn rivulet_command<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .env("RIVULET_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// `rivulet serve` on loopback ports `port` (ingress) and `api_port` (resource API), keeping
+/// its state in `data_dir`.
+pub fn serve_command(data_dir: &Path, port: u16, api_port: u16) -> Command {
+    let mut command = rivulet_command(["serve"]);
+    command
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--api-listen")
+        .arg(format!("127.0.0.1:{api_port}"))
+        .arg("--data-dir")
+        .arg(data_dir);
+    command
+}
+
 /// The `rivulet` binary built for these tests: `RIVULET_BINARY`, or the one cargo builds for
 /// the integration tests, beside the `deps` folder the test executable runs from.
 pub fn binary() -> PathBuf {
@@ -320,20 +351,9 @@ impl ChildServer {
         let port = free_port();
         let api_port = free_port();
         give_test_token(data_dir);
-        let child = Command::new(binary())
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--api-listen")
-            .arg(format!("127.0.0.1:{api_port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
+        let child = serve_command(data_dir, port, api_port)
             .args(extra_args)
             .envs(env.iter().copied())
-            .env("RIVULET_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("the rivulet binary starts");
         let base = format!("http://127.0.0.1:{port}");
@@ -675,6 +695,31 @@ pub async fn apply_needing_kubernetes(base: &str, manifest: &Value) -> Value {
     assert_eq!(ready["reason"], "KubernetesRequired", "{ready}");
     assert!(message_contains(&ready, "--store kubernetes"), "{ready}");
     object
+}
+
+/// A Broker of a backend's `class` whose `spec.config` names `config`, a `config_kind`
+/// (`ConfigMap`, `Secret` or `RabbitmqBrokerConfig`).
+pub fn broker_of_class(
+    namespace: &str,
+    name: &str,
+    class: &str,
+    config_kind: &str,
+    config: &str,
+) -> Value {
+    let api_version = match config_kind {
+        "RabbitmqBrokerConfig" => "eventing.knative.dev/v1alpha1",
+        _ => "v1",
+    };
+    serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"eventing.knative.dev/broker.class": class}
+        },
+        "spec": {"config": {"apiVersion": api_version, "kind": config_kind, "name": config}}
+    })
 }
 
 /// A Broker manifest in namespace `default` (or `namespace`).

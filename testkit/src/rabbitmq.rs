@@ -26,20 +26,7 @@ pub fn uri_secret(namespace: &str, name: &str, uri: &str) -> Value {
 
 /// A `RabbitMQBroker` whose `spec.config` names `config` (a `kind`).
 pub fn rabbitmq_broker(namespace: &str, name: &str, config_kind: &str, config: &str) -> Value {
-    let api_version = match config_kind {
-        "RabbitmqBrokerConfig" => "eventing.knative.dev/v1alpha1",
-        _ => "v1",
-    };
-    json!({
-        "apiVersion": "eventing.knative.dev/v1",
-        "kind": "Broker",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {"eventing.knative.dev/broker.class": "RabbitMQBroker"}
-        },
-        "spec": {"config": {"apiVersion": api_version, "kind": config_kind, "name": config}}
-    })
+    crate::broker_of_class(namespace, name, "RabbitMQBroker", config_kind, config)
 }
 
 /// A direct connection to the test RabbitMQ, to look at what Rivulet made there.

@@ -133,16 +133,7 @@ fn config_map(namespace: &str, name: &str, partitions: u32) -> Value {
 }
 
 fn kafka_broker(namespace: &str, name: &str, config: &str) -> Value {
-    json!({
-        "apiVersion": "eventing.knative.dev/v1",
-        "kind": "Broker",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {"eventing.knative.dev/broker.class": "Kafka"}
-        },
-        "spec": {"config": {"apiVersion": "v1", "kind": "ConfigMap", "name": config}}
-    })
+    support::broker_of_class(namespace, name, "Kafka", "ConfigMap", config)
 }
 
 /// A server with one Kafka broker of `partitions` partitions in a fresh namespace.

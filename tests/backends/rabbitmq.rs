@@ -14,7 +14,7 @@ use rabbitmq_support::{
 };
 use rivulet_channels::rabbitmq::lapin::options::QueueDeclareOptions;
 use rivulet_channels::rabbitmq::lapin::types::{AMQPValue, FieldTable};
-use rivulet_channels::rabbitmq::{exchange_name, queue_name};
+use rivulet_channels::rabbitmq::queue_name;
 use serde_json::json;
 use support::{ChildServer, Recorder, TestEvent, TestServer, apply, wait_for, with_annotation};
 
@@ -116,23 +116,7 @@ async fn events_reach_triggers_and_exact_filters_run_in_rabbitmq() {
     })
     .await;
     server.delete("Trigger", NS, "everything").await;
-    let channel = connection.create_channel().await.unwrap();
-    let exchange = exchange_name(NS, &broker);
-    assert!(
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                rivulet_channels::rabbitmq::lapin::ExchangeKind::Headers,
-                rivulet_channels::rabbitmq::lapin::options::ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_err(),
-        "exchange {exchange} survived the broker"
-    );
+    rabbitmq_support::assert_exchange_removed(NS, &broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use rivulet_testkit::adapters as adapters_support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use adapters_support::{apply, delete_object, ready_address, wait_ready};
 use rivulet::event::Event;
 use serde_json::{Value, json};
 use support::sink_contract::{SinkTarget, sink_contract};
-use support::{Recorder, TestServer, WAIT, binary, free_port, http, wait_for, wait_until_ready};
+use support::{Recorder, TestServer, WAIT, free_port, http, wait_for, wait_until_ready};
 
 const SINKS: &str = "sinks.rivulet.dev/v1alpha1";
 
@@ -264,20 +264,10 @@ spec: {}
     let api_port = free_port();
     support::give_test_token(&data_dir.path().join("data"));
     let mut child = KillOnDrop(
-        Command::new(binary())
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--api-listen")
-            .arg(format!("127.0.0.1:{api_port}"))
-            .arg("--data-dir")
-            .arg(data_dir.path().join("data"))
+        support::serve_command(&data_dir.path().join("data"), port, api_port)
             .arg("--config")
             .arg(&config)
-            .env("RIVULET_LOG", "warn")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("the rivulet binary starts"),
     );

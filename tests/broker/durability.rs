@@ -206,14 +206,8 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
 /// its ingress URL.
 fn serve_logging_to_a_pipe(data_dir: &std::path::Path) -> (std::process::Child, String) {
     let (listen, api) = (support::free_port(), support::free_port());
-    let child = std::process::Command::new(support::binary())
-        .args(["serve", "--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .arg("--data-dir")
-        .arg(data_dir)
+    let child = support::serve_command(data_dir, listen, api)
         .env("RIVULET_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("rivulet serve starts");

@@ -18,7 +18,7 @@ use rivulet_testkit::kafka as kafka_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,18 +142,14 @@ struct ControllerProcess {
 impl ControllerProcess {
     fn spawn(kubeconfig: &Path, data_dir: &Path) -> Self {
         let port = free_port();
-        let child = Command::new(support::binary())
-            .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--advertised-url", "http://broker-ingress.test"])
-            .env("KUBECONFIG", kubeconfig)
-            .env("RIVULET_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the rivulet binary starts");
+        let child =
+            support::rivulet_command(["controller", "--listen", &format!("127.0.0.1:{port}")])
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(["--advertised-url", "http://broker-ingress.test"])
+                .env("KUBECONFIG", kubeconfig)
+                .spawn()
+                .expect("the rivulet binary starts");
         Self {
             child,
             health: format!("http://127.0.0.1:{port}"),

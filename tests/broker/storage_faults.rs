@@ -230,16 +230,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_loss() {
 
 /// `rivulet serve` on `data_dir` that is expected to stop at once; its output.
 fn serve_expecting_refusal(data_dir: &Path) -> Output {
-    let mut child = Command::new(support::binary())
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", support::free_port()))
-        .arg("--api-listen")
-        .arg(format!("127.0.0.1:{}", support::free_port()))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RIVULET_LOG", "warn")
-        .stdin(Stdio::null())
+    let mut child = support::serve_command(data_dir, support::free_port(), support::free_port())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
