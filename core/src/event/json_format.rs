@@ -99,8 +99,9 @@ pub fn to_json(event: &Event) -> String {
         out.push_str(json_value);
     };
     for (name, value) in event.string_attributes() {
-        // datacontentencoding is written below, with the data it describes.
-        if name == "datacontentencoding" {
+        // 0.3's datacontentencoding is written below, with the data it describes; in 1.0 the
+        // name is an ordinary extension.
+        if name == "datacontentencoding" && event.specversion == SpecVersion::V03 {
             continue;
         }
         let json_value = match event.extensions.get(name) {
@@ -437,6 +438,14 @@ mod tests {
     }
 
     const HEAD: &str = r#""specversion":"1.0","id":"1","source":"/s","type":"t""#;
+
+    #[test]
+    fn a_1_0_extension_named_like_0_3_datacontentencoding_is_kept() {
+        let json = format!(r#"{{{HEAD},"datacontentencoding":"%zz%"}}"#);
+        let event = parse(&json).expect("valid");
+        assert!(to_json(&event).contains(r#""datacontentencoding":"%zz%""#));
+        assert_eq!(round_trip(&event), event);
+    }
 
     #[test]
     fn json_data_is_kept_as_raw_text() {
