@@ -265,54 +265,44 @@ impl Reconcile for BrokerReconciler {
     }
 }
 
-/// A changed ConfigMap may change the backend settings of brokers that name it, or be a
-/// trust bundle for delivery.
-pub struct ConfigMapReconciler;
+/// An object brokers name in `spec.config` (a ConfigMap, Secret or RabbitmqBrokerConfig):
+/// when it changes, the brokers that name it are reconciled again, after what else the kind
+/// is used for has followed the change.
+pub struct ConfigReconciler<K>(std::marker::PhantomData<K>);
 
-impl Reconcile for ConfigMapReconciler {
-    type Resource = Value;
+/// What else a kind of config object is used for, told of each change.
+pub trait ConfigUse: Send + Sync + 'static {
+    /// `object` was applied (`current` is `Some(object)`) or deleted (`None`).
+    fn changed(_object: &Value, _current: Option<&Value>, _ctx: &Arc<Context>) {}
+}
 
-    async fn reconcile(
-        _: Value,
-        object: &Value,
-        ctx: &Arc<Context>,
-    ) -> Result<Action, ReconcileError> {
-        super::trust::config_map_applied(object, ctx);
-        reconcile_config_users(object, ctx).await
-    }
+/// A ConfigMap may also be a trust bundle for delivery.
+pub struct ConfigMapUse;
 
-    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-        super::trust::config_map_deleted(object, ctx);
-        reconcile_config_users(object, ctx).await.map(|_| ())
+impl ConfigUse for ConfigMapUse {
+    fn changed(object: &Value, current: Option<&Value>, ctx: &Arc<Context>) {
+        match current {
+            Some(_) => super::trust::config_map_applied(object, ctx),
+            None => super::trust::config_map_deleted(object, ctx),
+        }
     }
 }
 
-/// A changed Secret may change the backend settings of brokers that name it, or hold the
-/// serving certificate.
-pub struct SecretReconciler;
+/// A Secret may also hold the serving certificate.
+pub struct SecretUse;
 
-impl Reconcile for SecretReconciler {
-    type Resource = Value;
-
-    async fn reconcile(
-        _: Value,
-        object: &Value,
-        ctx: &Arc<Context>,
-    ) -> Result<Action, ReconcileError> {
-        super::tls_secret::secret_changed(object, Some(object), ctx);
-        reconcile_config_users(object, ctx).await
-    }
-
-    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-        super::tls_secret::secret_changed(object, None, ctx);
-        reconcile_config_users(object, ctx).await.map(|_| ())
+impl ConfigUse for SecretUse {
+    fn changed(object: &Value, current: Option<&Value>, ctx: &Arc<Context>) {
+        super::tls_secret::secret_changed(object, current, ctx);
     }
 }
 
-/// A changed RabbitmqBrokerConfig changes the settings of the brokers that name it.
-pub struct RabbitmqBrokerConfigReconciler;
+/// A RabbitmqBrokerConfig is only ever a broker's configuration.
+pub struct RabbitmqBrokerConfigUse;
 
-impl Reconcile for RabbitmqBrokerConfigReconciler {
+impl ConfigUse for RabbitmqBrokerConfigUse {}
+
+impl<K: ConfigUse> Reconcile for ConfigReconciler<K> {
     type Resource = Value;
 
     async fn reconcile(
@@ -320,18 +310,22 @@ impl Reconcile for RabbitmqBrokerConfigReconciler {
         object: &Value,
         ctx: &Arc<Context>,
     ) -> Result<Action, ReconcileError> {
+        K::changed(object, Some(object), ctx);
         reconcile_config_users(object, ctx).await
     }
 
     async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        K::changed(object, None, ctx);
         reconcile_config_users(object, ctx).await.map(|_| ())
     }
 }
 
 inventory::submit! { Reconciler::of::<BrokerReconciler>("Broker") }
-inventory::submit! { Reconciler::of::<ConfigMapReconciler>("ConfigMap") }
-inventory::submit! { Reconciler::of::<SecretReconciler>("Secret") }
-inventory::submit! { Reconciler::of::<RabbitmqBrokerConfigReconciler>("RabbitmqBrokerConfig") }
+inventory::submit! { Reconciler::of::<ConfigReconciler<ConfigMapUse>>("ConfigMap") }
+inventory::submit! { Reconciler::of::<ConfigReconciler<SecretUse>>("Secret") }
+inventory::submit! {
+    Reconciler::of::<ConfigReconciler<RabbitmqBrokerConfigUse>>("RabbitmqBrokerConfig")
+}
 
 fn drop_handle(namespace: &str, name: &str, ctx: &Context) {
     if ctx.brokers.remove(namespace, name).is_some() {
