@@ -41,6 +41,15 @@ tansu_has_features() {
   [ -f "$record" ] || return 0
   grep -o '"tansu [^"]*":{[^}]*}' "$record" | grep -q '"libsql"'
 }
+tansu_dir="${XDG_CACHE_HOME:-$HOME/.cache}/rivulet-test/tansu"
+# A tansu started here whose storage task panicked keeps its port open but answers nothing
+# useful: stop it, so that it is started again below on fresh storage.
+if port_open 9092 && [ -f "$tansu_dir/tansu.pid" ] && grep -q "panicked" "$tansu_dir/tansu.log" 2>/dev/null; then
+  echo "test.sh: the tansu started earlier has failed (see $tansu_dir/tansu.log); restarting it"
+  kill "$(cat "$tansu_dir/tansu.pid")" 2>/dev/null || true
+  for _ in $(seq 1 30); do port_open 9092 || break; sleep 1; done
+  rm -f "$tansu_dir"/tansu.db* "$tansu_dir/tansu.pid"
+fi
 if ! port_open 9092; then
   if [ -z "$(tansu_bin)" ]; then
     echo "test.sh: installing tansu with features $TANSU_FEATURES (takes 15-40 minutes, once)"
@@ -49,7 +58,6 @@ if ! port_open 9092; then
     echo "test.sh: reinstalling tansu with features $TANSU_FEATURES (it lacks a storage engine)"
     cargo install tansu --locked --force --features "$TANSU_FEATURES" </dev/null
   fi
-  tansu_dir="${XDG_CACHE_HOME:-$HOME/.cache}/rivulet-test/tansu"
   mkdir -p "$tansu_dir"
   echo "test.sh: starting tansu on 127.0.0.1:9092 (data and log in $tansu_dir)"
   (
@@ -58,7 +66,8 @@ if ! port_open 9092; then
       --listener-url tcp://127.0.0.1:9092 \
       --advertised-listener-url tcp://127.0.0.1:9092 \
       --storage-engine sqlite://tansu.db \
-      </dev/null >>tansu.log 2>&1 &
+      </dev/null >tansu.log 2>&1 &
+    echo $! >tansu.pid
   )
   wait_for_port 9092 tansu
 fi
