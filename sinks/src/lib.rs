@@ -5,9 +5,9 @@
 //! once the sink accepted all of them: `400` for an invalid event, `502` when the target
 //! refused it, `503` when the target could not be reached.
 //!
-//! Each sink kind lives in its own folder with its resource type, its sink and its tests,
-//! and registers its `KindInfo` and a `runtime::Reconciler` calling the generic [`reconcile`]
-//! and [`cleanup`] for its [`SinkKind`]. Registered sinks are served at
+//! Each sink kind lives in its own folder with its resource type, its outlet and its tests.
+//! The resource implements [`SinkKind`] and registers itself with `register_sink!`: its
+//! `KindInfo` and a [`SinkReconciler`] calling the generic [`reconcile`] and [`cleanup`]. Registered sinks are served at
 //! `/sinks/{namespace}/{plural}/{name}`, published as `status.address.url`, so a Trigger (or a
 //! source) can name them with `ref`.
 #![forbid(unsafe_code)]
@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kube::core::object::HasSpec;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,9 @@ use rivulet_control::runtime::routes::HttpRoutes;
 use rivulet_control::runtime::{self, Action, Context, ReconcileError, Reconciler};
 use rivulet_core::event::{self, Event};
 use rivulet_core::metrics::AdapterOutcomeLabels;
+use rivulet_core::resources::validation::{
+    ValidateSpec, ValidationError, typed, validate_metadata,
+};
 use rivulet_core::resources::{Addressable, Condition, ConditionSet, find_kind_by_name};
 use rivulet_store::object_key;
 
@@ -37,16 +41,19 @@ use rivulet_store::object_key;
 pub struct SinkReconciler<K>(std::marker::PhantomData<K>);
 
 impl<K: SinkKind> runtime::Reconcile for SinkReconciler<K> {
-    type Resource = K::Resource;
+    // Read as a plain object and parsed by the kind, which may fill in what can be left out.
+    type Resource = Value;
     const AFTER: &'static [&'static str] = RESYNC_AFTER;
     const BEFORE: &'static [&'static str] = RESYNC_BEFORE;
 
-    fn reconcile(
-        resource: K::Resource,
+    async fn reconcile(
+        _object: Value,
         object: &Value,
         ctx: &Arc<Context>,
-    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send {
-        reconcile::<K>(resource, object, ctx)
+    ) -> Result<Action, ReconcileError> {
+        let resource =
+            K::from_object(object).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+        reconcile::<K>(resource, object, ctx).await
     }
 
     fn cleanup(
@@ -64,36 +71,23 @@ pub const RESYNC_AFTER: &[&str] = &["EventPolicy"];
 /// so sinks are resynced before them.
 pub const RESYNC_BEFORE: &[&str] = &["Trigger"];
 
-/// Registers a sink kind, named once by its [`SinkKind`], with the generic reconciler.
-/// Without `validate`, the kind's metadata and spec ([`ValidateSpec`]) are checked.
+/// Registers a sink kind, named once by its [`SinkKind`], with the generic reconciler. Its
+/// metadata and spec ([`ValidateSpec`]) are checked by [`validate_sink`].
 ///
 /// [`ValidateSpec`]: rivulet_core::resources::validation::ValidateSpec
 macro_rules! register_sink {
-    ($sink:ty as $resource:ty {
+    ($resource:ty {
         group: $group:literal,
         version: $version:literal $(,)?
     }) => {
-        $crate::register_sink! {
-            $sink as $resource {
-                group: $group,
-                version: $version,
-                validate: rivulet_core::resources::validation::validate_resource::<$resource>,
-            }
-        }
-    };
-    ($sink:ty as $resource:ty {
-        group: $group:literal,
-        version: $version:literal,
-        validate: $validate:path $(,)?
-    }) => {
         rivulet_control::register_kind! {
-            kind: <$sink as $crate::SinkKind>::KIND,
+            kind: <$resource as $crate::SinkKind>::KIND,
             resource: $resource,
             group: $group,
             version: $version,
-            plural: <$sink as $crate::SinkKind>::PLURAL,
-            validate: $validate,
-            reconciler: $crate::SinkReconciler<$sink>,
+            plural: <$resource as $crate::SinkKind>::PLURAL,
+            validate: $crate::validate_sink::<$resource>,
+            reconciler: $crate::SinkReconciler<$resource>,
         }
     };
 }
@@ -222,21 +216,37 @@ pub struct SinkKey {
     pub name: String,
 }
 
-/// A sink kind, as the generic reconciler needs it.
-pub trait SinkKind: Send + Sync + 'static {
+/// A sink kind's resource, as the generic reconciler needs it.
+pub trait SinkKind: DeserializeOwned + Send + Sync + 'static {
     /// The kind's name, as registered in its `KindInfo`.
     const KIND: &'static str;
     /// Its plural, the path segment it is served under.
     const PLURAL: &'static str;
-    type Resource: DeserializeOwned + Send + Sync;
+
+    /// Reads the resource from its stored object. A kind whose spec may be left out fills
+    /// it in here, for validation and reconciling alike.
+    fn from_object(object: &Value) -> Result<Self, ValidationError> {
+        typed(object)
+    }
 
     /// Builds the sink, checking what validation cannot. An error is the failing condition
     /// to report; the reconciler tries again later.
     fn build(
-        resource: &Self::Resource,
+        &self,
         key: &SinkKey,
         ctx: &Arc<Context>,
     ) -> impl Future<Output = Result<Built, Condition>> + Send;
+}
+
+/// The `validate` of every sink kind: its metadata, then its spec ([`ValidateSpec`]) as
+/// [`SinkKind::from_object`] reads it.
+pub fn validate_sink<K>(new: &Value, _old: Option<&Value>) -> Result<(), ValidationError>
+where
+    K: SinkKind + HasSpec,
+    K::Spec: ValidateSpec,
+{
+    validate_metadata(new)?;
+    K::from_object(new)?.spec().validate()
 }
 
 /// A sink ready to serve.
@@ -374,7 +384,7 @@ async fn authorize(
 /// The generic sink reconciler: builds the sink, serves it at its address, writes the status,
 /// and re-reconciles the objects that name it by `ref` once its address is known.
 pub async fn reconcile<K: SinkKind>(
-    resource: K::Resource,
+    resource: K,
     object: &Value,
     ctx: &Arc<Context>,
 ) -> Result<Action, ReconcileError> {
@@ -394,7 +404,7 @@ pub async fn reconcile<K: SinkKind>(
     };
     let mut parts = Vec::new();
     let mut action = Action::AwaitChange;
-    match K::build(&resource, &key, ctx).await {
+    match resource.build(&key, ctx).await {
         Ok(built) => {
             let mut map = served.0.write().expect("lock poisoned");
             if map

@@ -38,6 +38,28 @@ pub fn unavailable(what: &str, error: impl std::fmt::Display) -> ChannelError {
     ChannelError::Unavailable(format!("RabbitMQ {what}: {error}"))
 }
 
+/// Sets how many unacknowledged deliveries `channel` may hold, then starts consuming
+/// `queue`. An error names the step that failed: `basic.qos` or `basic.consume`.
+pub async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    prefetch: u16,
+) -> Result<lapin::Consumer, (&'static str, lapin::Error)> {
+    channel
+        .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+        .await
+        .map_err(|e| ("basic.qos", e))?;
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(|e| ("basic.consume", e))
+}
+
 /// Whether a lapin error is RabbitMQ saying that the named queue or exchange does not exist.
 pub fn is_not_found(error: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};

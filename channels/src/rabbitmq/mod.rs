@@ -37,9 +37,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Confirmation, ExchangeKind};
@@ -597,22 +596,10 @@ impl RabbitSubscription {
             let _ = channel.close(200, "closed".into()).await;
             return Err(ChannelError::Closed);
         }
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| unavailable("basic.qos", e))?;
-        match channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        {
+        match link::consume(&channel, &self.queue, self.prefetch).await {
             Ok(consumer) => Ok(Some(consumer)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(unavailable("basic.consume", e)),
+            Err(("basic.consume", e)) if is_not_found(&e) => Ok(None),
+            Err((step, e)) => Err(unavailable(step, e)),
         }
     }
 

@@ -16,7 +16,7 @@ use super::{Built, Outlet, SinkError, SinkKey, SinkKind, SinkStatus};
 use rivulet_control::runtime::Context;
 use rivulet_core::event::{Event, ExtensionValue};
 use rivulet_core::resources::Condition;
-use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
+use rivulet_core::resources::validation::{ValidateSpec, ValidationError, typed};
 
 /// Renders an event for people: attributes, extensions, then data.
 pub fn render(event: &Event) -> String {
@@ -134,39 +134,34 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 pub struct EventDisplaySinkSpec {}
 
 crate::register_sink! {
-    EventDisplaySinkKind as EventDisplaySink {
+    EventDisplaySink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
-        validate: validate_event_display_sink_value,
     }
 }
 
-pub fn validate_event_display_sink_value(
-    new: &Value,
-    _old: Option<&Value>,
-) -> Result<(), ValidationError> {
-    validate_metadata(new)?;
-    let mut object = new.clone();
-    // `spec` may be left out: the sink has nothing to configure.
-    if object.get("spec").is_none_or(Value::is_null) {
-        object["spec"] = Value::Object(Default::default());
+/// Nothing to check beyond the schema: the sink has nothing to configure.
+impl ValidateSpec for EventDisplaySinkSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        Ok(())
     }
-    typed::<EventDisplaySink>(&object).map(|_| ())
 }
 
-/// EventDisplaySink for the generic sink reconciler.
-pub struct EventDisplaySinkKind;
-
-impl SinkKind for EventDisplaySinkKind {
+impl SinkKind for EventDisplaySink {
     const KIND: &'static str = "EventDisplaySink";
     const PLURAL: &'static str = "eventdisplaysinks";
-    type Resource = Value;
 
-    async fn build(
-        _resource: &Value,
-        _key: &SinkKey,
-        _ctx: &Arc<Context>,
-    ) -> Result<Built, Condition> {
+    fn from_object(object: &Value) -> Result<Self, ValidationError> {
+        // `spec` may be left out: the sink has nothing to configure.
+        if object.get("spec").is_none_or(Value::is_null) {
+            let mut object = object.clone();
+            object["spec"] = Value::Object(Default::default());
+            return typed(&object);
+        }
+        typed(object)
+    }
+
+    async fn build(&self, _key: &SinkKey, _ctx: &Arc<Context>) -> Result<Built, Condition> {
         Ok(Built {
             outlet: Arc::new(Display::stdout()),
             fingerprint: String::new(),
@@ -205,10 +200,10 @@ mod tests {
             "kind": "EventDisplaySink",
             "metadata": {"name": "show", "namespace": "default"}
         });
-        assert!(validate_event_display_sink_value(&object, None).is_ok());
+        assert!(crate::validate_sink::<EventDisplaySink>(&object, None).is_ok());
         let mut wrong = object.clone();
         wrong["spec"] = serde_json::json!({"colour": "red"});
-        let error = validate_event_display_sink_value(&wrong, None).unwrap_err();
+        let error = crate::validate_sink::<EventDisplaySink>(&wrong, None).unwrap_err();
         assert!(error.to_string().contains("colour"), "{error}");
     }
 }

@@ -36,7 +36,7 @@ pub struct HttpForwardSinkSpec {
 }
 
 crate::register_sink! {
-    HttpForwardSinkKind as HttpForwardSink {
+    HttpForwardSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
     }
@@ -71,20 +71,12 @@ impl ValidateSpec for HttpForwardSinkSpec {
     }
 }
 
-/// HttpForwardSink for the generic sink reconciler.
-pub struct HttpForwardSinkKind;
-
-impl SinkKind for HttpForwardSinkKind {
+impl SinkKind for HttpForwardSink {
     const KIND: &'static str = "HttpForwardSink";
     const PLURAL: &'static str = "httpforwardsinks";
-    type Resource = HttpForwardSink;
 
-    async fn build(
-        resource: &HttpForwardSink,
-        key: &SinkKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Built, Condition> {
-        let spec = &resource.spec;
+    async fn build(&self, key: &SinkKey, ctx: &Arc<Context>) -> Result<Built, Condition> {
+        let spec = &self.spec;
         let mut conditions = Vec::new();
         let mut dead_letter_uri = None;
         if let Some(dls) = spec

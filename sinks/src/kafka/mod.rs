@@ -71,7 +71,7 @@ pub struct KafkaSinkSpec {
 }
 
 crate::register_sink! {
-    KafkaSinkKind as KafkaSink {
+    KafkaSink {
         group: "eventing.knative.dev",
         version: "v1alpha1",
     }
@@ -104,20 +104,12 @@ impl ValidateSpec for KafkaSinkSpec {
     }
 }
 
-/// KafkaSink for the generic sink reconciler.
-pub struct KafkaSinkKind;
-
-impl SinkKind for KafkaSinkKind {
+impl SinkKind for KafkaSink {
     const KIND: &'static str = "KafkaSink";
     const PLURAL: &'static str = "kafkasinks";
-    type Resource = KafkaSink;
 
-    async fn build(
-        resource: &KafkaSink,
-        _key: &SinkKey,
-        _ctx: &Arc<Context>,
-    ) -> Result<Built, Condition> {
-        let spec = &resource.spec;
+    async fn build(&self, _key: &SinkKey, _ctx: &Arc<Context>) -> Result<Built, Condition> {
+        let spec = &self.spec;
         let not_ready =
             |reason: &str, error: String| Condition::new("TopicReady", false, reason, error);
         let settings = BTreeMap::from([(

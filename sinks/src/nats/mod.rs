@@ -44,7 +44,7 @@ pub struct NatsSinkSpec {
 }
 
 crate::register_sink! {
-    NatsSinkKind as NatsSink {
+    NatsSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
     }
@@ -59,20 +59,12 @@ impl ValidateSpec for NatsSinkSpec {
     }
 }
 
-/// NatsSink for the generic sink reconciler.
-pub struct NatsSinkKind;
-
-impl SinkKind for NatsSinkKind {
+impl SinkKind for NatsSink {
     const KIND: &'static str = "NatsSink";
     const PLURAL: &'static str = "natssinks";
-    type Resource = NatsSink;
 
-    async fn build(
-        resource: &NatsSink,
-        key: &SinkKey,
-        _ctx: &Arc<Context>,
-    ) -> Result<Built, Condition> {
-        let spec = &resource.spec;
+    async fn build(&self, key: &SinkKey, _ctx: &Arc<Context>) -> Result<Built, Condition> {
+        let spec = &self.spec;
         let url = spec.url.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
         Ok(Built {
             fingerprint: format!("{url}|{}|{}", spec.subject, spec.jetstream),

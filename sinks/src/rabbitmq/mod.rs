@@ -52,7 +52,7 @@ pub struct RabbitmqSinkSpec {
 }
 
 crate::register_sink! {
-    RabbitmqSinkKind as RabbitmqSink {
+    RabbitmqSink {
         group: "sinks.rivulet.dev",
         version: "v1alpha1",
     }
@@ -82,20 +82,12 @@ impl ValidateSpec for RabbitmqSinkSpec {
     }
 }
 
-/// RabbitmqSink for the generic sink reconciler.
-pub struct RabbitmqSinkKind;
-
-impl SinkKind for RabbitmqSinkKind {
+impl SinkKind for RabbitmqSink {
     const KIND: &'static str = "RabbitmqSink";
     const PLURAL: &'static str = "rabbitmqsinks";
-    type Resource = RabbitmqSink;
 
-    async fn build(
-        resource: &RabbitmqSink,
-        key: &SinkKey,
-        ctx: &Arc<Context>,
-    ) -> Result<Built, Condition> {
-        let spec = &resource.spec;
+    async fn build(&self, key: &SinkKey, ctx: &Arc<Context>) -> Result<Built, Condition> {
+        let spec = &self.spec;
         let mut conditions = Vec::new();
         let uri = rivulet_control::runtime::amqp_connection_uri(
             ctx,

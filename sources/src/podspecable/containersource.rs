@@ -17,9 +17,9 @@ use rivulet_core::knative_source;
 use rivulet_core::resources::apply;
 use serde_json::{Value, json};
 
-use super::{StatusOf, api_message, inject_env, injected_env, kubernetes_required, write_status};
+use super::{PodSpecable, PodSpecableReconciler, api_message, inject_env, injected_env};
 use crate::{SourceSpec, SourceStatus};
-use rivulet_control::runtime::{self, Action, Context, ReconcileError};
+use rivulet_control::runtime::{Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
 use rivulet_core::resources::{Condition, ConditionSet};
 
@@ -36,10 +36,6 @@ pub const ADAPTER_CONDITION: &str = "ReceiveAdapterReady";
 pub const CONTAINER_SOURCE_CONDITIONS: ConditionSet =
     ConditionSet::new(&[SINK_CONDITION, ADAPTER_CONDITION]);
 
-const STATUS: StatusOf = StatusOf {
-    kind: "ContainerSource",
-    conditions: CONTAINER_SOURCE_CONDITIONS,
-};
 /// How soon a source whose Deployment is not available yet is looked at again.
 pub const AVAILABILITY_RECHECK: Duration = Duration::from_secs(10);
 
@@ -67,24 +63,7 @@ rivulet_control::register_kind! {
     version: "v1",
     plural: "containersources",
     validate: validate_container_source_value,
-    reconciler: ContainerSourceReconciler,
-}
-
-/// A ContainerSource's Deployment, with the sink bound into its pods. Nothing to clean up:
-/// the Deployment is garbage-collected through its owner reference.
-pub struct ContainerSourceReconciler;
-
-impl runtime::Reconcile for ContainerSourceReconciler {
-    type Resource = ContainerSource;
-    const AFTER: &'static [&'static str] = crate::RESYNC_AFTER;
-
-    async fn reconcile(
-        source: ContainerSource,
-        object: &Value,
-        ctx: &Arc<Context>,
-    ) -> Result<Action, ReconcileError> {
-        reconcile(source, object, ctx).await
-    }
+    reconciler: PodSpecableReconciler<ContainerSource>,
 }
 
 pub fn validate_container_source_value(
@@ -221,77 +200,61 @@ pub fn adapter_condition(deployment: &Value) -> Condition {
     }
 }
 
-async fn reconcile(
-    source: ContainerSource,
-    object: &Value,
-    ctx: &Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    // Workloads are the controller's to write; the data plane has no say (nor the rights).
-    if !ctx.role().owns_backend_resources() {
-        return Ok(Action::AwaitChange);
+/// A ContainerSource's Deployment, with the sink bound into its pods. Nothing to clean up:
+/// the Deployment is garbage-collected through its owner reference.
+impl PodSpecable for ContainerSource {
+    const KIND: &'static str = "ContainerSource";
+    const CONDITIONS: ConditionSet = CONTAINER_SOURCE_CONDITIONS;
+    const SINK_CONDITION: &'static str = SINK_CONDITION;
+    const WORKLOAD_CONDITION: &'static str = ADAPTER_CONDITION;
+
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
     }
-    let (namespace, _) = rivulet_store::object_key(object);
-    let retry_later = Action::Requeue(Duration::from_secs(5));
-    let mut parts = Vec::new();
-    let sink = runtime::resolve_destination(&source.spec.source.sink, &namespace, ctx).await;
-    let uri = match sink {
-        Ok(uri) => {
-            parts.push(Condition::new(SINK_CONDITION, true, "", ""));
-            uri
-        }
-        Err(reason) => {
-            parts.push(Condition::new(
-                SINK_CONDITION,
-                false,
-                "SinkNotFound",
-                reason,
-            ));
-            write_status(ctx, &STATUS, object, None, parts).await?;
-            return Ok(retry_later);
-        }
-    };
-    let Some(client) = ctx.kube_client() else {
-        parts.push(kubernetes_required("ContainerSource", ADAPTER_CONDITION));
-        write_status(ctx, &STATUS, object, Some(uri), parts).await?;
-        return Ok(Action::AwaitChange);
-    };
-    let deployment = deployment(&source, object, &uri);
-    let name = deployment_name(&rivulet_store::object_key(object).1);
-    let resource = super::sinkbinding::workload_resource("apps/v1", "Deployment")
-        .expect("Deployment is a supported workload");
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
-    let applied = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&deployment),
-        )
-        .await;
-    let action = match applied {
-        Ok(applied) => {
-            let applied = serde_json::to_value(&applied).unwrap_or_default();
-            let available = adapter_condition(&applied);
-            let action = if available.is_true() {
-                Action::AwaitChange
-            } else {
-                Action::Requeue(AVAILABILITY_RECHECK)
-            };
-            parts.push(available);
-            action
-        }
-        Err(error) => {
-            parts.push(Condition::new(
-                ADAPTER_CONDITION,
-                false,
-                "DeploymentFailed",
-                format!(
-                    "cannot apply Deployment {namespace}/{name}: {}",
-                    api_message(&error)
+
+    async fn apply_workloads(
+        &self,
+        object: &Value,
+        sink_uri: &str,
+        client: kube::Client,
+        _ctx: &Arc<Context>,
+    ) -> Result<(Condition, Action), ReconcileError> {
+        let (namespace, source_name) = rivulet_store::object_key(object);
+        let deployment = deployment(self, object, sink_uri);
+        let name = deployment_name(&source_name);
+        let resource = super::sinkbinding::workload_resource("apps/v1", "Deployment")
+            .expect("Deployment is a supported workload");
+        let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&deployment),
+            )
+            .await;
+        Ok(match applied {
+            Ok(applied) => {
+                let applied = serde_json::to_value(&applied).unwrap_or_default();
+                let available = adapter_condition(&applied);
+                let action = if available.is_true() {
+                    Action::AwaitChange
+                } else {
+                    Action::Requeue(AVAILABILITY_RECHECK)
+                };
+                (available, action)
+            }
+            Err(error) => (
+                Condition::new(
+                    ADAPTER_CONDITION,
+                    false,
+                    "DeploymentFailed",
+                    format!(
+                        "cannot apply Deployment {namespace}/{name}: {}",
+                        api_message(&error)
+                    ),
                 ),
-            ));
-            retry_later
-        }
-    };
-    write_status(ctx, &STATUS, object, Some(uri), parts).await?;
-    Ok(action)
+                Action::Requeue(Duration::from_secs(5)),
+            ),
+        })
+    }
 }

@@ -8,11 +8,12 @@
 //! their status says `Ready=False` with reason `KubernetesRequired`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{CloudEventOverrides, SourceStatus};
-use rivulet_control::runtime::{self, Context, ReconcileError};
+use super::{CloudEventOverrides, SourceSpec, SourceStatus};
+use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::resources::{Condition, ConditionSet};
 
 pub mod containersource;
@@ -117,16 +118,106 @@ pub fn kubernetes_required(kind: &str, condition: &str) -> Condition {
     )
 }
 
-/// A podspecable kind as its status is written: its name and its `Ready` rule.
-pub(crate) struct StatusOf {
-    pub kind: &'static str,
-    pub conditions: ConditionSet,
+/// A podspecable kind's resource, as [`PodSpecableReconciler`] needs it: the kind writes its
+/// workloads, the reconciler does the rest.
+pub(crate) trait PodSpecable: serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// The kind's name, as registered in its `KindInfo`.
+    const KIND: &'static str;
+    /// What the kind's `Ready` depends on.
+    const CONDITIONS: ConditionSet;
+    /// The condition saying the sink resolved.
+    const SINK_CONDITION: &'static str;
+    /// The condition saying the workloads are in place.
+    const WORKLOAD_CONDITION: &'static str;
+    /// Whether the kind has work to do on deletion, and so keeps a finalizer even while no
+    /// controller runs.
+    const FINALIZER: bool = false;
+
+    /// The resource's sink and CloudEvent overrides.
+    fn source(&self) -> &SourceSpec;
+
+    /// Writes the workloads with `sink_uri` bound in: the kind's workload condition and
+    /// when to look again.
+    fn apply_workloads(
+        &self,
+        object: &Value,
+        sink_uri: &str,
+        client: kube::Client,
+        ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<(Condition, Action), ReconcileError>> + Send;
+
+    /// The finalizer's work, when the kind has one.
+    fn cleanup(
+        _object: &Value,
+        _ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// The reconciler of every [`PodSpecable`] kind: on the controller, resolves the sink, has
+/// the kind write its workloads, and writes the status.
+pub(crate) struct PodSpecableReconciler<K>(std::marker::PhantomData<K>);
+
+impl<K: PodSpecable> runtime::Reconcile for PodSpecableReconciler<K> {
+    type Resource = K;
+    const AFTER: &'static [&'static str] = crate::RESYNC_AFTER;
+
+    async fn reconcile(
+        resource: K,
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> Result<Action, ReconcileError> {
+        // Workloads are the controller's to write; the data plane has no say (nor the rights).
+        if !ctx.role().owns_backend_resources() {
+            return Ok(Action::AwaitChange);
+        }
+        if K::FINALIZER {
+            // Its workloads are released before it goes, even when deleted while no
+            // controller ran.
+            ctx.ensure_finalizer(Context::kind(K::KIND), object).await?;
+        }
+        let (namespace, _) = rivulet_store::object_key(object);
+        let mut parts = Vec::new();
+        let uri = match runtime::resolve_destination(&resource.source().sink, &namespace, ctx).await
+        {
+            Ok(uri) => {
+                parts.push(Condition::new(K::SINK_CONDITION, true, "", ""));
+                uri
+            }
+            Err(reason) => {
+                parts.push(Condition::new(
+                    K::SINK_CONDITION,
+                    false,
+                    "SinkNotFound",
+                    reason,
+                ));
+                write_status::<K>(ctx, object, None, parts).await?;
+                return Ok(Action::Requeue(Duration::from_secs(5)));
+            }
+        };
+        let Some(client) = ctx.kube_client() else {
+            parts.push(kubernetes_required(K::KIND, K::WORKLOAD_CONDITION));
+            write_status::<K>(ctx, object, Some(uri), parts).await?;
+            return Ok(Action::AwaitChange);
+        };
+        let (workloads, action) = resource.apply_workloads(object, &uri, client, ctx).await?;
+        parts.push(workloads);
+        write_status::<K>(ctx, object, Some(uri), parts).await?;
+        Ok(action)
+    }
+
+    fn cleanup(
+        object: &Value,
+        ctx: &Arc<Context>,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send {
+        K::cleanup(object, ctx)
+    }
 }
 
 /// Writes a source status made of `parts`, with `Ready` derived by the kind's condition set.
-pub(crate) async fn write_status(
+async fn write_status<K: PodSpecable>(
     ctx: &Arc<Context>,
-    of: &StatusOf,
     object: &Value,
     sink_uri: Option<String>,
     parts: Vec<Condition>,
@@ -134,11 +225,11 @@ pub(crate) async fn write_status(
     let (namespace, name) = rivulet_store::object_key(object);
     let status = SourceStatus {
         observed_generation: runtime::generation(object),
-        conditions: of.conditions.summarize(parts),
+        conditions: K::CONDITIONS.summarize(parts),
         sink_uri,
         ..SourceStatus::default()
     };
-    ctx.write_status(Context::kind(of.kind), &namespace, &name, json!(status))
+    ctx.write_status(Context::kind(K::KIND), &namespace, &name, json!(status))
         .await
 }
 

@@ -29,11 +29,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{
-    CONTAINER_LISTS, StatusOf, api_message, injected_env, kubernetes_required, write_status,
-};
+use super::{CONTAINER_LISTS, PodSpecable, PodSpecableReconciler, api_message, injected_env};
 use crate::{SourceSpec, SourceStatus};
-use rivulet_control::runtime::{self, Action, Context, ReconcileError};
+use rivulet_control::runtime::{Action, Context, ReconcileError};
 use rivulet_core::resources::validation::{ValidationError, typed, validate_metadata};
 use rivulet_core::resources::{Condition, ConditionSet};
 
@@ -48,10 +46,6 @@ pub const AVAILABLE_CONDITION: &str = "SinkBindingAvailable";
 pub const SINK_BINDING_CONDITIONS: ConditionSet =
     ConditionSet::new(&["SinkProvided", AVAILABLE_CONDITION]);
 
-const STATUS: StatusOf = StatusOf {
-    kind: "SinkBinding",
-    conditions: SINK_BINDING_CONDITIONS,
-};
 /// How often a ready binding looks at its subjects again, since workloads are not watched:
 /// a workload created or relabelled meanwhile is bound or released then.
 pub const SUBJECT_RECHECK: Duration = Duration::from_secs(60);
@@ -180,27 +174,7 @@ rivulet_control::register_kind! {
     version: "v1",
     plural: "sinkbindings",
     validate: validate_sink_binding_value,
-    reconciler: SinkBindingReconciler,
-}
-
-/// `K_SINK` and `K_CE_OVERRIDES` in the bound workloads' pods, taken out again on deletion.
-pub struct SinkBindingReconciler;
-
-impl runtime::Reconcile for SinkBindingReconciler {
-    type Resource = SinkBinding;
-    const AFTER: &'static [&'static str] = crate::RESYNC_AFTER;
-
-    async fn reconcile(
-        binding: SinkBinding,
-        object: &Value,
-        ctx: &Arc<Context>,
-    ) -> Result<Action, ReconcileError> {
-        reconcile(binding, object, ctx).await
-    }
-
-    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-        cleanup(object, ctx).await
-    }
+    reconciler: PodSpecableReconciler<SinkBinding>,
 }
 
 /// How kube addresses a workload kind a SinkBinding can bind; `None` for other kinds.
@@ -550,126 +524,109 @@ fn schedule_recheck(ctx: &Arc<Context>, namespace: &str, name: &str) {
     });
 }
 
-async fn reconcile(
-    binding: SinkBinding,
-    object: &Value,
-    ctx: &Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    // Workloads are the controller's to write; the data plane has no say (nor the rights).
-    if !ctx.role().owns_backend_resources() {
-        return Ok(Action::AwaitChange);
-    }
-    // Its workloads are released before it goes, even when deleted while no controller ran.
-    ctx.ensure_finalizer(Context::kind("SinkBinding"), object)
-        .await?;
-    let (namespace, binding_name) = rivulet_store::object_key(object);
-    let retry_later = Action::Requeue(Duration::from_secs(5));
-    let mut parts = Vec::new();
-    let uri = match runtime::resolve_destination(&binding.spec.source.sink, &namespace, ctx).await {
-        Ok(uri) => {
-            parts.push(Condition::new("SinkProvided", true, "", ""));
-            uri
-        }
-        Err(reason) => {
-            parts.push(Condition::new(
-                "SinkProvided",
-                false,
-                "SinkNotFound",
-                reason,
-            ));
-            write_status(ctx, &STATUS, object, None, parts).await?;
-            return Ok(retry_later);
-        }
-    };
-    let Some(client) = ctx.kube_client() else {
-        parts.push(kubernetes_required("SinkBinding", AVAILABLE_CONDITION));
-        write_status(ctx, &STATUS, object, Some(uri), parts).await?;
-        return Ok(Action::AwaitChange);
-    };
-    let subject = &binding.spec.subject;
-    let api = subject_api(client.clone(), subject, &namespace)?;
-    let env = injected_env(&uri, binding.spec.source.ce_overrides.as_ref());
-    // (reason, message) of everything that went wrong, the first reason reported.
-    let mut problems: Vec<(&str, String)> = Vec::new();
-    // The subjects found, which keep the binding; `None` when they are unknown, in which
-    // case nothing is released.
-    let subjects_now = match subjects(&api, subject).await {
-        Ok(workloads) => {
-            let mut names = Vec::new();
-            for workload in &workloads {
-                let name = workload.metadata.name.clone().unwrap_or_default();
-                let bound = if is_knative_service(&subject.api_version, &subject.kind) {
-                    let patch = knative_service_bind_patch(workload, &binding_name, &env);
-                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                } else {
-                    let apply = env_apply(subject, &name, &binding_name, pod_spec(workload), &env);
-                    let params = PatchParams::apply(FIELD_MANAGER).force();
-                    api.patch(&name, &params, &Patch::Apply(&apply)).await
-                };
-                if let Err(error) = bound {
-                    problems.push((
-                        "BindingFailed",
-                        format!(
-                            "cannot bind {} {name}: {}",
-                            subject.kind,
-                            api_message(&error)
-                        ),
-                    ));
-                }
-                names.push((subject.kind.as_str(), name));
-            }
-            Some(names)
-        }
-        Err(SubjectError::Missing(message)) => {
-            problems.push(("SubjectMissing", message));
-            Some(Vec::new())
-        }
-        Err(SubjectError::Unavailable(message)) => {
-            problems.push(("SubjectUnavailable", message));
-            None
-        }
-    };
-    if let Some(keep) = &subjects_now {
-        for failure in release_bound(&client, &namespace, &binding_name, keep).await {
-            problems.push(("BindingFailed", failure));
-        }
-    }
-    let action = match problems.first() {
-        None => {
-            parts.push(Condition::new(AVAILABLE_CONDITION, true, "", ""));
-            schedule_recheck(ctx, &namespace, &binding_name);
-            Action::AwaitChange
-        }
-        Some((reason, _)) => {
-            let messages: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
-            parts.push(Condition::new(
-                AVAILABLE_CONDITION,
-                false,
-                reason,
-                messages.join("; "),
-            ));
-            retry_later
-        }
-    };
-    write_status(ctx, &STATUS, object, Some(uri), parts).await?;
-    Ok(action)
-}
+/// `K_SINK` and `K_CE_OVERRIDES` in the bound workloads' pods, taken out again on deletion.
+impl PodSpecable for SinkBinding {
+    const KIND: &'static str = "SinkBinding";
+    const CONDITIONS: ConditionSet = SINK_BINDING_CONDITIONS;
+    const SINK_CONDITION: &'static str = "SinkProvided";
+    const WORKLOAD_CONDITION: &'static str = AVAILABLE_CONDITION;
+    const FINALIZER: bool = true;
 
-/// Removes the injected variables from every workload the binding labelled.
-async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
-    let Some(client) = ctx
-        .kube_client()
-        .filter(|_| ctx.role().owns_backend_resources())
-    else {
-        return Ok(());
-    };
-    let (namespace, name) = rivulet_store::object_key(object);
-    let failures = release_bound(&client, &namespace, &name, &[]).await;
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(ReconcileError::Kubernetes(failures.join("; ")))
+    fn source(&self) -> &SourceSpec {
+        &self.spec.source
+    }
+
+    async fn apply_workloads(
+        &self,
+        object: &Value,
+        sink_uri: &str,
+        client: kube::Client,
+        ctx: &Arc<Context>,
+    ) -> Result<(Condition, Action), ReconcileError> {
+        let (namespace, binding_name) = rivulet_store::object_key(object);
+        let subject = &self.spec.subject;
+        let api = subject_api(client.clone(), subject, &namespace)?;
+        let env = injected_env(sink_uri, self.spec.source.ce_overrides.as_ref());
+        // (reason, message) of everything that went wrong, the first reason reported.
+        let mut problems: Vec<(&str, String)> = Vec::new();
+        // The subjects found, which keep the binding; `None` when they are unknown, in which
+        // case nothing is released.
+        let subjects_now = match subjects(&api, subject).await {
+            Ok(workloads) => {
+                let mut names = Vec::new();
+                for workload in &workloads {
+                    let name = workload.metadata.name.clone().unwrap_or_default();
+                    let bound = if is_knative_service(&subject.api_version, &subject.kind) {
+                        let patch = knative_service_bind_patch(workload, &binding_name, &env);
+                        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                    } else {
+                        let apply =
+                            env_apply(subject, &name, &binding_name, pod_spec(workload), &env);
+                        let params = PatchParams::apply(FIELD_MANAGER).force();
+                        api.patch(&name, &params, &Patch::Apply(&apply)).await
+                    };
+                    if let Err(error) = bound {
+                        problems.push((
+                            "BindingFailed",
+                            format!(
+                                "cannot bind {} {name}: {}",
+                                subject.kind,
+                                api_message(&error)
+                            ),
+                        ));
+                    }
+                    names.push((subject.kind.as_str(), name));
+                }
+                Some(names)
+            }
+            Err(SubjectError::Missing(message)) => {
+                problems.push(("SubjectMissing", message));
+                Some(Vec::new())
+            }
+            Err(SubjectError::Unavailable(message)) => {
+                problems.push(("SubjectUnavailable", message));
+                None
+            }
+        };
+        if let Some(keep) = &subjects_now {
+            for failure in release_bound(&client, &namespace, &binding_name, keep).await {
+                problems.push(("BindingFailed", failure));
+            }
+        }
+        Ok(match problems.first() {
+            None => {
+                schedule_recheck(ctx, &namespace, &binding_name);
+                (
+                    Condition::new(AVAILABLE_CONDITION, true, "", ""),
+                    Action::AwaitChange,
+                )
+            }
+            Some((reason, _)) => {
+                let messages: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
+                (
+                    Condition::new(AVAILABLE_CONDITION, false, reason, messages.join("; ")),
+                    Action::Requeue(Duration::from_secs(5)),
+                )
+            }
+        })
+    }
+
+    /// Removes the injected variables from every workload the binding labelled.
+    async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
+        let Some(client) = ctx
+            .kube_client()
+            .filter(|_| ctx.role().owns_backend_resources())
+        else {
+            return Ok(());
+        };
+        let (namespace, name) = rivulet_store::object_key(object);
+        let failures = release_bound(&client, &namespace, &name, &[]).await;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ReconcileError::Kubernetes(failures.join("; ")))
+        }
     }
 }
 

@@ -30,8 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use rivulet_channels::rabbitmq::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use rivulet_channels::rabbitmq::lapin::types::FieldTable;
 use rivulet_channels::rabbitmq::lapin::{self, BasicProperties, Connection, ConnectionProperties};
@@ -313,19 +312,9 @@ impl SourceAdapter for RabbitmqAdapter {
                 .await
                 .map_err(|e| upstream(&format!("binding to exchange {exchange}"), e))?;
         }
-        channel
-            .basic_qos(self.parallelism, BasicQosOptions::default())
+        let mut consumer = link::consume(&channel, &self.queue, self.parallelism)
             .await
-            .map_err(|e| upstream("basic.qos", e))?;
-        let mut consumer = channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| upstream("basic.consume", e))?;
+            .map_err(|(step, e)| upstream(step, e))?;
         let slots = Arc::new(Semaphore::new(usize::from(self.parallelism)));
         let tasks = TaskTracker::new();
         let outcome = loop {
