@@ -60,6 +60,18 @@ pub struct AdapterLabels {
     pub name: String,
 }
 
+impl AdapterLabels {
+    /// These labels with an `outcome`.
+    pub fn with_outcome(&self, outcome: &'static str) -> AdapterOutcomeLabels {
+        AdapterOutcomeLabels {
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            outcome,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdapterOutcomeLabels {
     pub kind: &'static str,

@@ -209,12 +209,7 @@ pub struct SinkStatus {
 }
 
 /// Which sink: its kind, namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SinkKey {
-    pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
-}
+pub type SinkKey = rivulet_control::runtime::AdapterKey;
 
 /// A sink kind's resource, as the generic reconciler needs it.
 pub trait SinkKind: DeserializeOwned + Send + Sync + 'static {

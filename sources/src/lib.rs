@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use rivulet_broker::delivery::{DeliveryPolicy, Outcome, Sender, is_retryable};
 use rivulet_control::runtime::{self, Action, Context, ReconcileError};
 use rivulet_core::event::{Event, ExtensionValue};
-use rivulet_core::metrics::{AdapterLabels, AdapterOutcomeLabels, Metrics};
+use rivulet_core::metrics::{AdapterLabels, Metrics};
 use rivulet_core::resources::validation::ValidationError;
 use rivulet_core::resources::{
     Addressable, BackoffPolicy, Condition, ConditionSet, DeliverySpec, Destination, KindInfo,
@@ -194,12 +194,7 @@ pub struct SourceStatus {
 }
 
 /// Which source: its kind, namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourceKey {
-    pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
-}
+pub type SourceKey = rivulet_control::runtime::AdapterKey;
 
 /// How a source delivers when its kind has no delivery spec: sources cannot ask anyone to
 /// send again, so they retry for a few minutes before giving up.
@@ -340,11 +335,7 @@ impl SinkClient {
             overrides,
             sender,
             metrics,
-            labels: AdapterLabels {
-                kind: key.kind,
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-            },
+            labels: key.labels(),
         }
     }
 
@@ -420,12 +411,7 @@ impl SinkClient {
         };
         self.metrics
             .source_events
-            .get_or_create(&AdapterOutcomeLabels {
-                kind: self.labels.kind,
-                namespace: self.labels.namespace.clone(),
-                name: self.labels.name.clone(),
-                outcome: label,
-            })
+            .get_or_create(&self.labels.with_outcome(label))
             .inc();
         result
     }

@@ -37,7 +37,7 @@ pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use drain::{DEFAULT_DELETE_GRACE, DrainReport};
 pub use events::ReadySummary;
 pub use eventtype::StatusLock;
-pub use running::{RunningGuard, RunningMap};
+pub use running::{AdapterKey, RunningGuard, RunningMap};
 pub use secrets::{amqp_connection_uri, amqp_uri_of_secret};
 pub use tls_secret::follow_tls_secret;
 pub use trust::follow_trust_bundles;

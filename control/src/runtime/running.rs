@@ -5,7 +5,27 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use rivulet_core::metrics::AdapterLabels;
 use tokio::sync::{Mutex, MutexGuard};
+
+/// Which source or sink adapter: its kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl AdapterKey {
+    /// The adapter's labels on the source and sink metrics.
+    pub fn labels(&self) -> AdapterLabels {
+        AdapterLabels {
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
 
 /// Running work by key, each with the fingerprint of its configuration.
 pub struct RunningMap<K, T> {

@@ -104,11 +104,7 @@ impl SinkKind for HttpForwardSink {
                 policy,
                 sender: ctx.dispatch.sender.clone(),
                 metrics: ctx.dispatch.metrics.clone(),
-                labels: AdapterLabels {
-                    kind: key.kind,
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                },
+                labels: key.labels(),
             }),
             fingerprint,
             conditions,

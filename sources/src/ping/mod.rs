@@ -364,12 +364,7 @@ impl SourceAdapter for PingAdapter {
                         "tick not sent: {MAX_IN_FLIGHT} deliveries to the sink are still in flight");
                     ctx.metrics
                         .source_events
-                        .get_or_create(&rivulet_core::metrics::AdapterOutcomeLabels {
-                            kind: ctx.key.kind,
-                            namespace: ctx.key.namespace.clone(),
-                            name: ctx.key.name.clone(),
-                            outcome: "failed",
-                        })
+                        .get_or_create(&ctx.key.labels().with_outcome("failed"))
                         .inc();
                 }
             }
