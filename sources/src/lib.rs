@@ -423,18 +423,6 @@ pub fn validate_ce_overrides(
     field: &str,
     overrides: &CloudEventOverrides,
 ) -> Result<(), ValidationError> {
-    const CORE: [&str; 10] = [
-        "specversion",
-        "id",
-        "source",
-        "type",
-        "datacontenttype",
-        "dataschema",
-        "subject",
-        "time",
-        "data",
-        "data_base64",
-    ];
     for name in overrides.extensions.keys() {
         let field = format!("{field}.extensions[{name}]");
         if name.is_empty()
@@ -449,7 +437,9 @@ pub fn validate_ce_overrides(
                 ),
             ));
         }
-        if CORE.contains(&name.as_str()) {
+        let core = rivulet_channels::V10_CONTEXT_ATTRIBUTES.contains(&name.as_str())
+            || matches!(name.as_str(), "data" | "data_base64");
+        if core {
             return Err(ValidationError::new(
                 field,
                 format!("{name:?} is a core CloudEvents attribute and cannot be overridden"),
