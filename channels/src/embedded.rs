@@ -1661,6 +1661,16 @@ mod tests {
         }
     }
 
+    /// A channel in `dir` with one subscription, `s`, to every event.
+    async fn subscribed_channel(dir: &Path) -> EmbeddedChannel {
+        let channel = EmbeddedChannel::open(&config(dir)).await.unwrap();
+        channel
+            .ensure_subscription("s", &SubscriptionSpec::default())
+            .await
+            .unwrap();
+        channel
+    }
+
     fn count_rows(channel: &EmbeddedChannel) -> (u64, u64, u64) {
         let transaction = channel.shared.database().unwrap().begin_read().unwrap();
         let events = transaction.open_table(EVENTS).unwrap().len().unwrap();
@@ -1806,11 +1816,7 @@ mod tests {
     #[tokio::test]
     async fn deleting_a_subscription_releases_its_events() {
         let dir = tempfile::tempdir().unwrap();
-        let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
-        channel
-            .ensure_subscription("s", &SubscriptionSpec::default())
-            .await
-            .unwrap();
+        let channel = subscribed_channel(dir.path()).await;
         channel
             .publish(vec![event("1", "a"), event("2", "a")])
             .await
@@ -1823,11 +1829,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_publishers_share_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
-        channel
-            .ensure_subscription("s", &SubscriptionSpec::default())
-            .await
-            .unwrap();
+        let channel = subscribed_channel(dir.path()).await;
         let before = channel.commit_count();
         let publishes = (0..100).map(|i| channel.publish(vec![event(&i.to_string(), "a")]));
         for result in futures::future::join_all(publishes).await {
@@ -1878,11 +1880,7 @@ mod tests {
     async fn salvage_keeps_queued_events_and_subscriptions() {
         let dir = tempfile::tempdir().unwrap();
         let path = {
-            let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
-            channel
-                .ensure_subscription("s", &SubscriptionSpec::default())
-                .await
-                .unwrap();
+            let channel = subscribed_channel(dir.path()).await;
             channel
                 .publish(vec![event("1", "a"), event("2", "a"), event("3", "a")])
                 .await
@@ -1920,11 +1918,7 @@ mod tests {
     async fn garbage_in_the_middle_is_found_and_the_rest_salvaged() {
         let dir = tempfile::tempdir().unwrap();
         let path = {
-            let channel = EmbeddedChannel::open(&config(dir.path())).await.unwrap();
-            channel
-                .ensure_subscription("s", &SubscriptionSpec::default())
-                .await
-                .unwrap();
+            let channel = subscribed_channel(dir.path()).await;
             for n in 0..40 {
                 let mut envelope = event(&n.to_string(), "a");
                 envelope.data = Some(Bytes::from(format!("MARK{n:02}{}", "x".repeat(3000))));
