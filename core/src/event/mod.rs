@@ -611,36 +611,34 @@ fn check_chars(
     None
 }
 
+/// `text` before the first `separator`, and what follows it if there is one.
+fn split_at_first(text: &str, separator: char) -> (&str, Option<&str>) {
+    match text.split_once(separator) {
+        Some((before, after)) => (before, Some(after)),
+        None => (text, None),
+    }
+}
+
 /// Why `value` is not an RFC 3986 URI-reference, or `None` when it is one.
 fn uri_reference_problem(value: &str) -> Option<&'static str> {
     let is_pchar = |b: u8| is_unreserved(b) || is_sub_delim(b) || b == b':' || b == b'@';
-    let (before_fragment, fragment) = match value.split_once('#') {
-        Some((before, fragment)) => (before, Some(fragment)),
-        None => (value, None),
-    };
-    let fragment_problem = fragment.and_then(|fragment| {
-        check_chars(
+    let (before_fragment, fragment) = split_at_first(value, '#');
+    let (hier, query) = split_at_first(before_fragment, '?');
+    // A query and a fragment allow the same characters.
+    let query_or_fragment_char = |b: u8| is_pchar(b) || b == b'/' || b == b'?';
+    for (part, problem) in [
+        (
             fragment,
-            |b| is_pchar(b) || b == b'/' || b == b'?',
             "the fragment holds a character that must be percent-encoded",
-        )
-    });
-    if fragment_problem.is_some() {
-        return fragment_problem;
-    }
-    let (hier, query) = match before_fragment.split_once('?') {
-        Some((hier, query)) => (hier, Some(query)),
-        None => (before_fragment, None),
-    };
-    let query_problem = query.and_then(|query| {
-        check_chars(
+        ),
+        (
             query,
-            |b| is_pchar(b) || b == b'/' || b == b'?',
             "the query holds a character that must be percent-encoded",
-        )
-    });
-    if query_problem.is_some() {
-        return query_problem;
+        ),
+    ] {
+        if let Some(problem) = part.and_then(|p| check_chars(p, query_or_fragment_char, problem)) {
+            return Some(problem);
+        }
     }
     let first_segment_end = hier.find('/').unwrap_or(hier.len());
     let after_scheme = match hier[..first_segment_end].split_once(':') {
