@@ -135,6 +135,52 @@ fn context_for(
     (ctx, handle)
 }
 
+/// A context in a role, with its scripted API server and the folder of its local state
+/// (removed when this is dropped): for handing it store events one after another.
+pub struct Scripted {
+    pub ctx: Arc<Context>,
+    pub server: ApiServer,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Scripted {
+    pub fn new(role: Role) -> Scripted {
+        let data_dir = tempfile::tempdir().expect("a temporary folder");
+        let (ctx, server) = context_in(role, data_dir.path());
+        Scripted {
+            ctx,
+            server,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// Hands `change` to the context, answering its requests with `answers` in order; what
+    /// it decided and what it asked.
+    pub async fn handle(
+        &mut self,
+        change: &StoreEvent,
+        answers: Vec<(u16, Value)>,
+    ) -> (rivulet::runtime::Action, Vec<Seen>) {
+        exchange(&mut self.server, self.ctx.handle_change(change), answers).await
+    }
+
+    /// [`Scripted::handle`] of `object` of kind `kind` being applied.
+    pub async fn apply(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        answers: Vec<(u16, Value)>,
+    ) -> (rivulet::runtime::Action, Vec<Seen>) {
+        self.handle(&applied(kind, object), answers).await
+    }
+
+    /// The next request made in the background (such as a Kubernetes Event being posted),
+    /// answered with an empty object.
+    pub async fn next_background_request(&mut self) -> Seen {
+        next_background_request(&mut self.server, json!({})).await
+    }
+}
+
 /// The store event of `object` (of kind `kind`) being applied, as a watch would deliver it.
 pub fn applied(kind: &str, object: &Value) -> StoreEvent {
     StoreEvent::Applied {
