@@ -174,6 +174,18 @@ impl Scripted {
         self.handle(&applied(kind, object), answers).await
     }
 
+    /// [`Scripted::apply`], answering each request with what `decide` makes of it (see
+    /// [`exchange_by`]).
+    pub async fn apply_by(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        decide: impl FnMut(&Seen) -> (u16, Value),
+    ) -> (rivulet::runtime::Action, Vec<Seen>) {
+        let change = applied(kind, object);
+        exchange_by(&mut self.server, self.ctx.handle_change(&change), decide).await
+    }
+
     /// The next request made in the background (such as a Kubernetes Event being posted),
     /// answered with an empty object.
     pub async fn next_background_request(&mut self) -> Seen {
