@@ -334,7 +334,7 @@ async fn sources_in_the_controller_write_their_sink_attributes_and_conditions() 
             "{kind}: {requests:?}"
         );
         assert_eq!(
-            (requests[0].method.as_str(), requests[0].path.as_str()),
+            asked(&requests)[0],
             ("GET", broker_path("orders").as_str()),
             "{kind}"
         );
@@ -916,28 +916,27 @@ fn stored_event_type() -> Value {
     stored
 }
 
+/// What reconciling an EventType reads and writes, answered: its stored status, the status
+/// write, the triggers of its namespace.
+fn event_type_answers() -> Vec<(u16, Value)> {
+    vec![
+        (200, stored_event_type()),
+        (200, event_type()),
+        no_triggers(),
+    ]
+}
+
 #[tokio::test]
 async fn an_event_type_of_a_ready_broker_is_ready_and_keeps_what_discovery_wrote() {
     let mut cluster = Scripted::new(Role::Controller);
     ready_broker(&mut cluster).await;
     let (action, requests) = cluster
-        .apply(
-            "EventType",
-            &event_type(),
-            vec![
-                (200, stored_event_type()),
-                (200, event_type()),
-                no_triggers(),
-            ],
-        )
+        .apply("EventType", &event_type(), event_type_answers())
         .await;
     assert_eq!(action, Action::AwaitChange);
     assert_eq!(requests.len(), 3, "{requests:?}");
     // The status is read first, so the inferred schema is written back unchanged.
-    assert_eq!(
-        (requests[0].method.as_str(), requests[0].path.as_str()),
-        ("GET", event_type_path().as_str())
-    );
+    assert_eq!(asked(&requests)[0], ("GET", event_type_path().as_str()));
     let status = written_status(&requests[1], &event_type_path());
     assert_eq!(status["observedGeneration"], 2);
     assert_conditions(status, &all_true(&["BrokerReady"]), "EventType");
@@ -945,7 +944,7 @@ async fn an_event_type_of_a_ready_broker_is_ready_and_keeps_what_discovery_wrote
     assert_eq!(status["schemaVersion"], 1);
     // Triggers filtering on its type are looked up to be reconciled again.
     assert_eq!(
-        (requests[2].method.as_str(), requests[2].path.as_str()),
+        asked(&requests)[2],
         ("GET", triggers_in_namespace().as_str())
     );
 }
@@ -954,15 +953,7 @@ async fn an_event_type_of_a_ready_broker_is_ready_and_keeps_what_discovery_wrote
 async fn an_event_type_without_its_broker_is_not_ready_and_requeues() {
     let mut cluster = Scripted::new(Role::Controller);
     let (action, requests) = cluster
-        .apply(
-            "EventType",
-            &event_type(),
-            vec![
-                (200, stored_event_type()),
-                (200, event_type()),
-                no_triggers(),
-            ],
-        )
+        .apply("EventType", &event_type(), event_type_answers())
         .await;
     assert_eq!(action, Action::Requeue(Duration::from_secs(10)));
     let status = written_status(&requests[1], &event_type_path());
