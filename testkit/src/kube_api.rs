@@ -135,12 +135,13 @@ fn context_for(
     (ctx, handle)
 }
 
-/// A context in a role, with its scripted API server and the folder of its local state
-/// (removed when this is dropped): for handing it store events one after another.
+/// A context with its scripted API server and, in a role, the folder of its local state
+/// (removed when this is dropped): for handing it store events, or objects to reconcile,
+/// one after another.
 pub struct Scripted {
     pub ctx: Arc<Context>,
     pub server: ApiServer,
-    _data_dir: tempfile::TempDir,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Scripted {
@@ -150,8 +151,44 @@ impl Scripted {
         Scripted {
             ctx,
             server,
-            _data_dir: data_dir,
+            _data_dir: Some(data_dir),
         }
+    }
+
+    /// The context of [`context`].
+    pub fn standalone() -> Scripted {
+        let (ctx, server) = context();
+        Scripted {
+            ctx,
+            server,
+            _data_dir: None,
+        }
+    }
+
+    /// Runs the reconcile of `kind`'s reconciler on `object`, answering its requests with
+    /// `answers` in order; its result and what it asked.
+    pub async fn reconcile(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        answers: Vec<(u16, Value)>,
+    ) -> (
+        Result<rivulet::runtime::Action, rivulet::runtime::ReconcileError>,
+        Vec<Seen>,
+    ) {
+        let reconcile = (reconciler(kind).reconcile)(object, &self.ctx);
+        exchange(&mut self.server, reconcile, answers).await
+    }
+
+    /// [`Scripted::reconcile`] for the cleanup of a deleted object.
+    pub async fn clean_up(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        answers: Vec<(u16, Value)>,
+    ) -> (Result<(), rivulet::runtime::ReconcileError>, Vec<Seen>) {
+        let cleanup = (reconciler(kind).cleanup)(object, &self.ctx);
+        exchange(&mut self.server, cleanup, answers).await
     }
 
     /// Hands `change` to the context, answering its requests with `answers` in order; what

@@ -5,7 +5,7 @@ use rivulet_testkit as support;
 
 use rivulet::runtime::Action;
 use serde_json::{Value, json};
-use support::kube_api::{Seen, context, exchange, reconciler};
+use support::kube_api::{Scripted, Seen};
 
 fn deployment(name: &str) -> Value {
     json!({
@@ -68,7 +68,13 @@ fn label_selector(request: &Seen) -> Option<String> {
 /// Asserts `requests` are the five lists of what binding `bind` labelled, in order.
 fn assert_lists_bound_workloads(requests: &[Seen]) {
     assert_eq!(requests.len(), 5, "{requests:?}");
-    for (request, collection) in requests.iter().zip(BINDABLE) {
+    assert_listed(requests.iter());
+}
+
+/// Asserts `requests` list what binding `bind` labelled, one bindable kind after another.
+fn assert_listed<'a>(requests: impl Iterator<Item = &'a Seen>) {
+    let mut count = 0;
+    for (request, collection) in requests.zip(BINDABLE) {
         assert_eq!(request.method, "GET");
         assert_eq!(request.path, collection);
         assert_eq!(
@@ -76,7 +82,9 @@ fn assert_lists_bound_workloads(requests: &[Seen]) {
             Some("rivulet.dev/sinkbinding=bind"),
             "{request:?}"
         );
+        count += 1;
     }
+    assert_eq!(count, BINDABLE.len(), "a list of every bindable kind");
 }
 
 /// Asserts `request` is an apply by `rivulet-sinkbinding` giving up everything it owned.
@@ -130,17 +138,12 @@ fn assert_bind(request: &Seen, path: &str) {
 
 #[tokio::test]
 async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 8, "{requests:?}");
     assert_eq!(requests[0].method, "GET");
@@ -188,7 +191,7 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
 #[tokio::test]
 async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workloads_are_released()
 {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let mut object = sink_binding();
     object["spec"]["subject"] = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -220,12 +223,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         list("Service", Vec::new()),
         (200, object.clone()),
     ];
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 11, "{requests:?}");
     let lookup = &requests[0];
@@ -243,14 +241,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         &requests[2],
         "/apis/apps/v1/namespaces/team/deployments/edge",
     );
-    let listed: Vec<&Seen> = [3, 5, 7, 8, 9].iter().map(|&i| &requests[i]).collect();
-    for (request, collection) in listed.iter().zip(BINDABLE) {
-        assert_eq!(request.path, collection);
-        assert_eq!(
-            label_selector(request).as_deref(),
-            Some("rivulet.dev/sinkbinding=bind")
-        );
-    }
+    assert_listed([3, 5, 7, 8, 9].iter().map(|&i| &requests[i]));
     assert_release(
         &requests[4],
         "/apis/apps/v1/namespaces/team/deployments/old",
@@ -276,7 +267,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
 
 #[tokio::test]
 async fn a_changed_subject_name_releases_the_workload_bound_before() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let mut object = sink_binding();
     object["spec"]["subject"]["name"] = json!("api");
     let mut answers = vec![
@@ -287,12 +278,7 @@ async fn a_changed_subject_name_releases_the_workload_bound_before() {
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 9, "{requests:?}");
     assert_bind(
@@ -332,7 +318,7 @@ fn knative_service(name: &str) -> Value {
 /// released by merge patches of its whole container list, against the version read.
 #[tokio::test]
 async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_containers() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let mut object = sink_binding();
     object["spec"]["subject"] =
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"});
@@ -344,12 +330,7 @@ async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_contain
     ));
     answers.push((200, knative_service("old-fn")));
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 9, "{requests:?}");
     let services = "/apis/serving.knative.dev/v1/namespaces/team/services";
@@ -401,17 +382,12 @@ async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_contain
 
 #[tokio::test]
 async fn a_missing_subject_is_reported_not_ready_and_retried() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![failure(404, "NotFound", "deployments \"web\" not found")];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert!(
         matches!(result.expect("reconciled"), Action::Requeue(_)),
         "a missing subject is looked for again"
@@ -429,17 +405,18 @@ async fn a_missing_subject_is_reported_not_ready_and_retried() {
 
 #[tokio::test]
 async fn a_failing_subject_lookup_releases_nothing() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        vec![
-            failure(500, "InternalError", "etcd timed out"),
-            (200, object.clone()),
-        ],
-    )
-    .await;
+    let (result, requests) = cluster
+        .reconcile(
+            "SinkBinding",
+            &object,
+            vec![
+                failure(500, "InternalError", "etcd timed out"),
+                (200, object.clone()),
+            ],
+        )
+        .await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
     // The subjects are unknown: no list of bound workloads, no release.
     assert_eq!(requests.len(), 2, "{requests:?}");
@@ -454,7 +431,7 @@ async fn a_failing_subject_lookup_releases_nothing() {
 
 #[tokio::test]
 async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![
         (200, deployment("web")),
@@ -466,12 +443,7 @@ async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
     ];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
     assert_bind(
         &requests[1],
@@ -492,7 +464,7 @@ async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
 
 #[tokio::test]
 async fn a_failing_release_is_reported_and_retried() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![
         (200, deployment("web")),
@@ -502,12 +474,7 @@ async fn a_failing_release_is_reported_and_retried() {
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
     assert_release(
         &requests[3],
@@ -525,17 +492,12 @@ async fn a_failing_release_is_reported_and_retried() {
 
 #[tokio::test]
 async fn a_failing_status_write_is_a_reconcile_error() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
     answers.extend(nothing_bound_before());
     answers.push(failure(500, "InternalError", "status unavailable"));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     let error = result.expect_err("the status could not be written");
     assert!(error.to_string().contains("status unavailable"), "{error}");
     assert!(requests[7].path.ends_with("/sinkbindings/bind/status"));
@@ -543,7 +505,7 @@ async fn a_failing_status_write_is_a_reconcile_error() {
 
 #[tokio::test]
 async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let answers = vec![
         list("Deployment", vec![deployment("web"), deployment("gone")]),
@@ -563,23 +525,11 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
             "the server could not find the requested resource",
         ),
     ];
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").cleanup)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.clean_up("SinkBinding", &object, answers).await;
     // A workload deleted meanwhile has nothing left to release.
     result.expect("cleaned up");
     assert_eq!(requests.len(), 8, "{requests:?}");
-    let lists: Vec<&Seen> = [0, 3, 4, 6, 7].iter().map(|&i| &requests[i]).collect();
-    for (request, collection) in lists.iter().zip(BINDABLE) {
-        assert_eq!(request.path, collection);
-        assert_eq!(
-            label_selector(request).as_deref(),
-            Some("rivulet.dev/sinkbinding=bind")
-        );
-    }
+    assert_listed([0, 3, 4, 6, 7].iter().map(|&i| &requests[i]));
     assert_release(
         &requests[1],
         "/apis/apps/v1/namespaces/team/deployments/web",
@@ -602,19 +552,14 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
 
 #[tokio::test]
 async fn a_forbidden_release_on_delete_is_an_error() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![
         list("Deployment", vec![deployment("web")]),
         failure(403, "Forbidden", "cannot patch deployments"),
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").cleanup)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cluster.clean_up("SinkBinding", &object, answers).await;
     let error = result.expect_err("the release was refused");
     assert_eq!(
         error.to_string(),
@@ -647,18 +592,19 @@ fn applied_deployment(status: Value) -> Value {
 
 #[tokio::test]
 async fn container_source_applies_an_owned_deployment_and_is_ready_once_available() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = container_source();
     let available = applied_deployment(json!({
         "replicas": 1, "availableReplicas": 1,
         "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]
     }));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
-        vec![(200, available), (200, object.clone())],
-    )
-    .await;
+    let (result, requests) = cluster
+        .reconcile(
+            "ContainerSource",
+            &object,
+            vec![(200, available), (200, object.clone())],
+        )
+        .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 2, "{requests:?}");
     let apply = &requests[0];
@@ -704,7 +650,7 @@ async fn container_source_applies_an_owned_deployment_and_is_ready_once_availabl
 
 #[tokio::test]
 async fn a_deployment_not_available_yet_is_reported_and_requeued() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = container_source();
     let unavailable = applied_deployment(json!({
         "replicas": 1, "unavailableReplicas": 1,
@@ -714,12 +660,13 @@ async fn a_deployment_not_available_yet_is_reported_and_requeued() {
              "message": "Deployment does not have minimum availability."}
         ]
     }));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
-        vec![(200, unavailable), (200, object.clone())],
-    )
-    .await;
+    let (result, requests) = cluster
+        .reconcile(
+            "ContainerSource",
+            &object,
+            vec![(200, unavailable), (200, object.clone())],
+        )
+        .await;
     assert_eq!(
         result.expect("reconciled"),
         Action::Requeue(std::time::Duration::from_secs(10))
@@ -739,14 +686,15 @@ async fn a_deployment_not_available_yet_is_reported_and_requeued() {
 
 #[tokio::test]
 async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_enough() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = container_source();
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
-        vec![(200, deployment("heart-deployment")), (200, object.clone())],
-    )
-    .await;
+    let (result, requests) = cluster
+        .reconcile(
+            "ContainerSource",
+            &object,
+            vec![(200, deployment("heart-deployment")), (200, object.clone())],
+        )
+        .await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
     let adapter = condition(&requests[1], "ReceiveAdapterReady");
     assert_eq!(adapter["status"], "False");
@@ -758,12 +706,13 @@ async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_eno
 
     // No Available condition written yet, but a replica available.
     let counted = applied_deployment(json!({"availableReplicas": 1}));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
-        vec![(200, counted), (200, object.clone())],
-    )
-    .await;
+    let (result, requests) = cluster
+        .reconcile(
+            "ContainerSource",
+            &object,
+            vec![(200, counted), (200, object.clone())],
+        )
+        .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(
         condition(&requests[1], "ReceiveAdapterReady")["status"],
@@ -773,18 +722,19 @@ async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_eno
 
 #[tokio::test]
 async fn a_failing_deployment_apply_is_reported_and_retried() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = container_source();
     for (code, reason, message) in [
         (500, "InternalError", "etcdserver: request timed out"),
         (403, "Forbidden", "cannot patch deployments in team"),
     ] {
-        let (result, requests) = exchange(
-            &mut server,
-            (reconciler("ContainerSource").reconcile)(&object, &ctx),
-            vec![failure(code, reason, message), (200, object.clone())],
-        )
-        .await;
+        let (result, requests) = cluster
+            .reconcile(
+                "ContainerSource",
+                &object,
+                vec![failure(code, reason, message), (200, object.clone())],
+            )
+            .await;
         assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
         assert_eq!(requests[0].method, "PATCH");
         let adapter = condition(&requests[1], "ReceiveAdapterReady");
