@@ -87,9 +87,16 @@ fn assert_listed<'a>(requests: impl Iterator<Item = &'a Seen>) {
     assert_eq!(count, BINDABLE.len(), "a list of every bindable kind");
 }
 
-/// Asserts `request` is an apply by `rivulet-sinkbinding` giving up everything it owned.
-fn assert_release(request: &Seen, path: &str, kind: &str, name: &str) {
-    request.assert_apply(path, "rivulet-sinkbinding");
+/// The path of the `apps/v1` workload `name` of `kind` in namespace team.
+fn workload_path(kind: &str, name: &str) -> String {
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    format!("/apis/apps/v1/namespaces/team/{plural}/{name}")
+}
+
+/// Asserts `request` is an apply by `rivulet-sinkbinding` giving up everything it owned of
+/// the `apps/v1` workload `name` of `kind`.
+fn assert_release(request: &Seen, kind: &str, name: &str) {
+    request.assert_apply(&workload_path(kind, name), "rivulet-sinkbinding");
     // Naming no env and no label: the API server drops what this manager owned.
     assert_eq!(
         request.body,
@@ -126,9 +133,24 @@ fn condition<'a>(status_request: &'a Seen, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} in {}", status_request.body))
 }
 
-/// Asserts `request` is a SinkBinding apply of the env and the label on `path`.
-fn assert_bind(request: &Seen, path: &str) {
-    request.assert_apply(path, "rivulet-sinkbinding");
+/// Asserts the status `status_request` writes has condition `type_` with `status`.
+fn assert_condition(status_request: &Seen, type_: &str, status: &str) {
+    let found = condition(status_request, type_);
+    assert_eq!(found["status"], status, "{type_}: {found}");
+}
+
+/// Asserts the status `status_request` writes has condition `type_` false, with `reason` and
+/// `message`.
+fn assert_false(status_request: &Seen, type_: &str, reason: &str, message: &str) {
+    let found = condition(status_request, type_);
+    assert_eq!(found["status"], "False", "{type_}: {found}");
+    assert_eq!(found["reason"], reason, "{type_}: {found}");
+    assert_eq!(found["message"], message, "{type_}: {found}");
+}
+
+/// Asserts `request` is a SinkBinding apply of the env and the label on Deployment `name`.
+fn assert_bind(request: &Seen, name: &str) {
+    request.assert_apply(&workload_path("Deployment", name), "rivulet-sinkbinding");
     assert!(request.query.contains("force=true"), "{}", request.query);
     assert_eq!(
         request.body["metadata"]["labels"],
@@ -152,7 +174,7 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
         "/apis/apps/v1/namespaces/team/deployments/web"
     );
     let apply = &requests[1];
-    assert_bind(apply, "/apis/apps/v1/namespaces/team/deployments/web");
+    assert_bind(apply, "web");
     let pod_spec = &apply.body["spec"]["template"]["spec"];
     let containers = pod_spec["containers"].as_array().unwrap();
     let init_containers = pod_spec["initContainers"].as_array().unwrap();
@@ -233,36 +255,17 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         label_selector(lookup).as_deref(),
         Some("app=web,tier in (edge,front),env notin (test),example.com/events,!legacy")
     );
-    assert_bind(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-    );
-    assert_bind(
-        &requests[2],
-        "/apis/apps/v1/namespaces/team/deployments/edge",
-    );
+    assert_bind(&requests[1], "web");
+    assert_bind(&requests[2], "edge");
     assert_listed([3, 5, 7, 8, 9].iter().map(|&i| &requests[i]));
-    assert_release(
-        &requests[4],
-        "/apis/apps/v1/namespaces/team/deployments/old",
-        "Deployment",
-        "old",
-    );
+    assert_release(&requests[4], "Deployment", "old");
     assert!(
         !requests[4].query.contains("force"),
         "{}",
         requests[4].query
     );
-    assert_release(
-        &requests[6],
-        "/apis/apps/v1/namespaces/team/statefulsets/db",
-        "StatefulSet",
-        "db",
-    );
-    assert_eq!(
-        condition(&requests[10], "SinkBindingAvailable")["status"],
-        "True"
-    );
+    assert_release(&requests[6], "StatefulSet", "db");
+    assert_condition(&requests[10], "SinkBindingAvailable", "True");
 }
 
 #[tokio::test]
@@ -281,16 +284,8 @@ async fn a_changed_subject_name_releases_the_workload_bound_before() {
     let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 9, "{requests:?}");
-    assert_bind(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/api",
-    );
-    assert_release(
-        &requests[3],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-        "Deployment",
-        "web",
-    );
+    assert_bind(&requests[1], "api");
+    assert_release(&requests[3], "Deployment", "web");
     // api, bound now, is kept: the only release is web's.
     assert_eq!(
         requests
@@ -374,10 +369,7 @@ async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_contain
             ]}}}
         })
     );
-    assert_eq!(
-        condition(&requests[8], "SinkBindingAvailable")["status"],
-        "True"
-    );
+    assert_condition(&requests[8], "SinkBindingAvailable", "True");
 }
 
 #[tokio::test]
@@ -445,20 +437,13 @@ async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
     answers.push((200, object.clone()));
     let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
-    assert_bind(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-    );
+    assert_bind(&requests[1], "web");
     // The workload still matches: it is not released.
     assert_lists_bound_workloads(&requests[2..7]);
     let status = &requests[7];
-    let available = condition(status, "SinkBindingAvailable");
-    assert_eq!(available["status"], "False");
-    assert_eq!(available["reason"], "BindingFailed");
-    assert_eq!(
-        available["message"],
-        "cannot bind Deployment web: deployments.apps \"web\" is forbidden: cannot patch (403)"
-    );
+    let forbidden =
+        "cannot bind Deployment web: deployments.apps \"web\" is forbidden: cannot patch (403)";
+    assert_false(status, "SinkBindingAvailable", "BindingFailed", forbidden);
     assert_eq!(condition(status, "Ready")["reason"], "BindingFailed");
 }
 
@@ -476,17 +461,13 @@ async fn a_failing_release_is_reported_and_retried() {
     answers.push((200, object.clone()));
     let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
-    assert_release(
-        &requests[3],
-        "/apis/apps/v1/namespaces/team/deployments/old",
-        "Deployment",
-        "old",
-    );
-    let available = condition(&requests[8], "SinkBindingAvailable");
-    assert_eq!(available["reason"], "BindingFailed");
-    assert_eq!(
-        available["message"],
-        "cannot release Deployment old: try again (500)"
+    assert_release(&requests[3], "Deployment", "old");
+    let message = "cannot release Deployment old: try again (500)";
+    assert_false(
+        &requests[8],
+        "SinkBindingAvailable",
+        "BindingFailed",
+        message,
     );
 }
 
@@ -530,24 +511,9 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
     result.expect("cleaned up");
     assert_eq!(requests.len(), 8, "{requests:?}");
     assert_listed([0, 3, 4, 6, 7].iter().map(|&i| &requests[i]));
-    assert_release(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-        "Deployment",
-        "web",
-    );
-    assert_release(
-        &requests[2],
-        "/apis/apps/v1/namespaces/team/deployments/gone",
-        "Deployment",
-        "gone",
-    );
-    assert_release(
-        &requests[5],
-        "/apis/apps/v1/namespaces/team/daemonsets/agent",
-        "DaemonSet",
-        "agent",
-    );
+    assert_release(&requests[1], "Deployment", "web");
+    assert_release(&requests[2], "Deployment", "gone");
+    assert_release(&requests[5], "DaemonSet", "agent");
 }
 
 #[tokio::test]
@@ -672,15 +638,10 @@ async fn a_deployment_not_available_yet_is_reported_and_requeued() {
         Action::Requeue(std::time::Duration::from_secs(10))
     );
     let status = &requests[1];
-    assert_eq!(condition(status, "SinkBindingReady")["status"], "True");
+    assert_condition(status, "SinkBindingReady", "True");
     for type_ in ["Ready", "ReceiveAdapterReady"] {
-        let condition = condition(status, type_);
-        assert_eq!(condition["status"], "False", "{type_}");
-        assert_eq!(condition["reason"], "MinimumReplicasUnavailable");
-        assert_eq!(
-            condition["message"],
-            "Deployment does not have minimum availability."
-        );
+        let message = "Deployment does not have minimum availability.";
+        assert_false(status, type_, "MinimumReplicasUnavailable", message);
     }
 }
 
@@ -696,12 +657,12 @@ async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_eno
         )
         .await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
-    let adapter = condition(&requests[1], "ReceiveAdapterReady");
-    assert_eq!(adapter["status"], "False");
-    assert_eq!(adapter["reason"], "DeploymentUnavailable");
-    assert_eq!(
-        adapter["message"],
-        "Deployment heart-deployment has no available replica yet"
+    let message = "Deployment heart-deployment has no available replica yet";
+    assert_false(
+        &requests[1],
+        "ReceiveAdapterReady",
+        "DeploymentUnavailable",
+        message,
     );
 
     // No Available condition written yet, but a replica available.
@@ -714,10 +675,7 @@ async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_eno
         )
         .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
-    assert_eq!(
-        condition(&requests[1], "ReceiveAdapterReady")["status"],
-        "True"
-    );
+    assert_condition(&requests[1], "ReceiveAdapterReady", "True");
 }
 
 #[tokio::test]
@@ -737,12 +695,12 @@ async fn a_failing_deployment_apply_is_reported_and_retried() {
             .await;
         assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
         assert_eq!(requests[0].method, "PATCH");
-        let adapter = condition(&requests[1], "ReceiveAdapterReady");
-        assert_eq!(adapter["status"], "False");
-        assert_eq!(adapter["reason"], "DeploymentFailed");
-        assert_eq!(
-            adapter["message"],
-            format!("cannot apply Deployment team/heart-deployment: {message} ({code})")
+        let why = format!("cannot apply Deployment team/heart-deployment: {message} ({code})");
+        assert_false(
+            &requests[1],
+            "ReceiveAdapterReady",
+            "DeploymentFailed",
+            &why,
         );
         assert_eq!(
             condition(&requests[1], "Ready")["reason"],
