@@ -3,7 +3,7 @@
 
 use rivulet_testkit as support;
 
-use rivulet::runtime::Action;
+use rivulet::runtime::{Action, ReconcileError};
 use serde_json::{Value, json};
 use support::kube_api::{Scripted, Seen};
 
@@ -158,14 +158,34 @@ fn assert_bind(request: &Seen, name: &str) {
     );
 }
 
+/// Reconciles `object` of `kind` on a fresh context, answering with `answers` in order.
+async fn reconciled(
+    kind: &str,
+    object: &Value,
+    answers: Vec<(u16, Value)>,
+) -> (Result<Action, ReconcileError>, Vec<Seen>) {
+    Scripted::standalone()
+        .reconcile(kind, object, answers)
+        .await
+}
+
+/// Cleans up after the deleted `object` of `kind` on a fresh context, answering with
+/// `answers` in order.
+async fn cleaned_up(
+    kind: &str,
+    object: &Value,
+    answers: Vec<(u16, Value)>,
+) -> (Result<(), ReconcileError>, Vec<Seen>) {
+    Scripted::standalone().clean_up(kind, object, answers).await
+}
+
 #[tokio::test]
 async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 8, "{requests:?}");
     assert_eq!(requests[0].method, "GET");
@@ -213,7 +233,6 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
 #[tokio::test]
 async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workloads_are_released()
 {
-    let mut cluster = Scripted::standalone();
     let mut object = sink_binding();
     object["spec"]["subject"] = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -245,7 +264,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         list("Service", Vec::new()),
         (200, object.clone()),
     ];
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 11, "{requests:?}");
     let lookup = &requests[0];
@@ -270,7 +289,6 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
 
 #[tokio::test]
 async fn a_changed_subject_name_releases_the_workload_bound_before() {
-    let mut cluster = Scripted::standalone();
     let mut object = sink_binding();
     object["spec"]["subject"]["name"] = json!("api");
     let mut answers = vec![
@@ -281,7 +299,7 @@ async fn a_changed_subject_name_releases_the_workload_bound_before() {
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
     answers.push((200, object.clone()));
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 9, "{requests:?}");
     assert_bind(&requests[1], "api");
@@ -313,7 +331,6 @@ fn knative_service(name: &str) -> Value {
 /// released by merge patches of its whole container list, against the version read.
 #[tokio::test]
 async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_containers() {
-    let mut cluster = Scripted::standalone();
     let mut object = sink_binding();
     object["spec"]["subject"] =
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"});
@@ -325,7 +342,7 @@ async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_contain
     ));
     answers.push((200, knative_service("old-fn")));
     answers.push((200, object.clone()));
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 9, "{requests:?}");
     let services = "/apis/serving.knative.dev/v1/namespaces/team/services";
@@ -374,12 +391,11 @@ async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_contain
 
 #[tokio::test]
 async fn a_missing_subject_is_reported_not_ready_and_retried() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![failure(404, "NotFound", "deployments \"web\" not found")];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert!(
         matches!(result.expect("reconciled"), Action::Requeue(_)),
         "a missing subject is looked for again"
@@ -397,18 +413,16 @@ async fn a_missing_subject_is_reported_not_ready_and_retried() {
 
 #[tokio::test]
 async fn a_failing_subject_lookup_releases_nothing() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
-    let (result, requests) = cluster
-        .reconcile(
-            "SinkBinding",
-            &object,
-            vec![
-                failure(500, "InternalError", "etcd timed out"),
-                (200, object.clone()),
-            ],
-        )
-        .await;
+    let (result, requests) = reconciled(
+        "SinkBinding",
+        &object,
+        vec![
+            failure(500, "InternalError", "etcd timed out"),
+            (200, object.clone()),
+        ],
+    )
+    .await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
     // The subjects are unknown: no list of bound workloads, no release.
     assert_eq!(requests.len(), 2, "{requests:?}");
@@ -423,7 +437,6 @@ async fn a_failing_subject_lookup_releases_nothing() {
 
 #[tokio::test]
 async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![
         (200, deployment("web")),
@@ -435,7 +448,7 @@ async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
     ];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
     assert_bind(&requests[1], "web");
     // The workload still matches: it is not released.
@@ -449,7 +462,6 @@ async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
 
 #[tokio::test]
 async fn a_failing_release_is_reported_and_retried() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![
         (200, deployment("web")),
@@ -459,7 +471,7 @@ async fn a_failing_release_is_reported_and_retried() {
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
     answers.push((200, object.clone()));
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
     assert_release(&requests[3], "Deployment", "old");
     let message = "cannot release Deployment old: try again (500)";
@@ -473,12 +485,11 @@ async fn a_failing_release_is_reported_and_retried() {
 
 #[tokio::test]
 async fn a_failing_status_write_is_a_reconcile_error() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
     answers.extend(nothing_bound_before());
     answers.push(failure(500, "InternalError", "status unavailable"));
-    let (result, requests) = cluster.reconcile("SinkBinding", &object, answers).await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     let error = result.expect_err("the status could not be written");
     assert!(error.to_string().contains("status unavailable"), "{error}");
     assert!(requests[7].path.ends_with("/sinkbindings/bind/status"));
@@ -486,7 +497,6 @@ async fn a_failing_status_write_is_a_reconcile_error() {
 
 #[tokio::test]
 async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let answers = vec![
         list("Deployment", vec![deployment("web"), deployment("gone")]),
@@ -506,7 +516,7 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
             "the server could not find the requested resource",
         ),
     ];
-    let (result, requests) = cluster.clean_up("SinkBinding", &object, answers).await;
+    let (result, requests) = cleaned_up("SinkBinding", &object, answers).await;
     // A workload deleted meanwhile has nothing left to release.
     result.expect("cleaned up");
     assert_eq!(requests.len(), 8, "{requests:?}");
@@ -518,14 +528,13 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
 
 #[tokio::test]
 async fn a_forbidden_release_on_delete_is_an_error() {
-    let mut cluster = Scripted::standalone();
     let object = sink_binding();
     let mut answers = vec![
         list("Deployment", vec![deployment("web")]),
         failure(403, "Forbidden", "cannot patch deployments"),
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
-    let (result, requests) = cluster.clean_up("SinkBinding", &object, answers).await;
+    let (result, requests) = cleaned_up("SinkBinding", &object, answers).await;
     let error = result.expect_err("the release was refused");
     assert_eq!(
         error.to_string(),
@@ -558,19 +567,17 @@ fn applied_deployment(status: Value) -> Value {
 
 #[tokio::test]
 async fn container_source_applies_an_owned_deployment_and_is_ready_once_available() {
-    let mut cluster = Scripted::standalone();
     let object = container_source();
     let available = applied_deployment(json!({
         "replicas": 1, "availableReplicas": 1,
         "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]
     }));
-    let (result, requests) = cluster
-        .reconcile(
-            "ContainerSource",
-            &object,
-            vec![(200, available), (200, object.clone())],
-        )
-        .await;
+    let (result, requests) = reconciled(
+        "ContainerSource",
+        &object,
+        vec![(200, available), (200, object.clone())],
+    )
+    .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 2, "{requests:?}");
     let apply = &requests[0];
@@ -616,7 +623,6 @@ async fn container_source_applies_an_owned_deployment_and_is_ready_once_availabl
 
 #[tokio::test]
 async fn a_deployment_not_available_yet_is_reported_and_requeued() {
-    let mut cluster = Scripted::standalone();
     let object = container_source();
     let unavailable = applied_deployment(json!({
         "replicas": 1, "unavailableReplicas": 1,
@@ -626,13 +632,12 @@ async fn a_deployment_not_available_yet_is_reported_and_requeued() {
              "message": "Deployment does not have minimum availability."}
         ]
     }));
-    let (result, requests) = cluster
-        .reconcile(
-            "ContainerSource",
-            &object,
-            vec![(200, unavailable), (200, object.clone())],
-        )
-        .await;
+    let (result, requests) = reconciled(
+        "ContainerSource",
+        &object,
+        vec![(200, unavailable), (200, object.clone())],
+    )
+    .await;
     assert_eq!(
         result.expect("reconciled"),
         Action::Requeue(std::time::Duration::from_secs(10))
@@ -680,19 +685,17 @@ async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_eno
 
 #[tokio::test]
 async fn a_failing_deployment_apply_is_reported_and_retried() {
-    let mut cluster = Scripted::standalone();
     let object = container_source();
     for (code, reason, message) in [
         (500, "InternalError", "etcdserver: request timed out"),
         (403, "Forbidden", "cannot patch deployments in team"),
     ] {
-        let (result, requests) = cluster
-            .reconcile(
-                "ContainerSource",
-                &object,
-                vec![failure(code, reason, message), (200, object.clone())],
-            )
-            .await;
+        let (result, requests) = reconciled(
+            "ContainerSource",
+            &object,
+            vec![failure(code, reason, message), (200, object.clone())],
+        )
+        .await;
         assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
         assert_eq!(requests[0].method, "PATCH");
         let why = format!("cannot apply Deployment team/heart-deployment: {message} ({code})");
@@ -743,29 +746,24 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
             && text.contains("Matches"),
         "{body}"
     );
-    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
-        json!({"key": "app", "operator": "In"});
-    let (code, body) = support::put(&api, &expressions).await;
-    assert_eq!(code, 422, "{body}");
-    assert!(
-        body.to_string()
-            .contains("spec.subject.selector.matchExpressions[0].values"),
-        "{body}"
-    );
-    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
-        json!({"key": "app", "operator": "Exists", "values": ["web"]});
-    let (code, body) = support::put(&api, &expressions).await;
-    assert_eq!(code, 422, "{body}");
-    assert!(body.to_string().contains("must be empty"), "{body}");
-    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
-        json!({"key": "app", "operator": "In", "values": ["a b"]});
-    let (code, body) = support::put(&api, &expressions).await;
-    assert_eq!(code, 422, "{body}");
-    assert!(
-        body.to_string()
-            .contains("spec.subject.selector.matchExpressions[0].values[0]"),
-        "{body}"
-    );
+    let values = "spec.subject.selector.matchExpressions[0].values";
+    let first_value = "spec.subject.selector.matchExpressions[0].values[0]";
+    for (expression, says) in [
+        (json!({"key": "app", "operator": "In"}), values),
+        (
+            json!({"key": "app", "operator": "Exists", "values": ["web"]}),
+            "must be empty",
+        ),
+        (
+            json!({"key": "app", "operator": "In", "values": ["a b"]}),
+            first_value,
+        ),
+    ] {
+        expressions["spec"]["subject"]["selector"]["matchExpressions"][0] = expression.clone();
+        let (code, body) = support::put(&api, &expressions).await;
+        assert_eq!(code, 422, "{expression}: {body}");
+        assert!(body.to_string().contains(says), "{expression}: {body}");
+    }
     expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
         json!({"key": "app", "operator": "In", "values": ["web", "api"]});
     let (code, body) = support::put(&api, &expressions).await;
