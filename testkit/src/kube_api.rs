@@ -135,6 +135,101 @@ fn context_for(
     (ctx, handle)
 }
 
+/// A context with its scripted API server and, in a role, the folder of its local state
+/// (removed when this is dropped): for handing it store events, or objects to reconcile,
+/// one after another.
+pub struct Scripted {
+    pub ctx: Arc<Context>,
+    pub server: ApiServer,
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Scripted {
+    pub fn new(role: Role) -> Scripted {
+        let data_dir = tempfile::tempdir().expect("a temporary folder");
+        let (ctx, server) = context_in(role, data_dir.path());
+        Scripted {
+            ctx,
+            server,
+            _data_dir: Some(data_dir),
+        }
+    }
+
+    /// The context of [`context`].
+    pub fn standalone() -> Scripted {
+        let (ctx, server) = context();
+        Scripted {
+            ctx,
+            server,
+            _data_dir: None,
+        }
+    }
+
+    /// Runs the reconcile of `kind`'s reconciler on `object`, answering its requests with
+    /// `answers` in order; its result and what it asked.
+    pub async fn reconcile(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        answers: Vec<(u16, Value)>,
+    ) -> (
+        Result<rivulet::runtime::Action, rivulet::runtime::ReconcileError>,
+        Vec<Seen>,
+    ) {
+        let reconcile = (reconciler(kind).reconcile)(object, &self.ctx);
+        exchange(&mut self.server, reconcile, answers).await
+    }
+
+    /// [`Scripted::reconcile`] for the cleanup of a deleted object.
+    pub async fn clean_up(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        answers: Vec<(u16, Value)>,
+    ) -> (Result<(), rivulet::runtime::ReconcileError>, Vec<Seen>) {
+        let cleanup = (reconciler(kind).cleanup)(object, &self.ctx);
+        exchange(&mut self.server, cleanup, answers).await
+    }
+
+    /// Hands `change` to the context, answering its requests with `answers` in order; what
+    /// it decided and what it asked.
+    pub async fn handle(
+        &mut self,
+        change: &StoreEvent,
+        answers: Vec<(u16, Value)>,
+    ) -> (rivulet::runtime::Action, Vec<Seen>) {
+        exchange(&mut self.server, self.ctx.handle_change(change), answers).await
+    }
+
+    /// [`Scripted::handle`] of `object` of kind `kind` being applied.
+    pub async fn apply(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        answers: Vec<(u16, Value)>,
+    ) -> (rivulet::runtime::Action, Vec<Seen>) {
+        self.handle(&applied(kind, object), answers).await
+    }
+
+    /// [`Scripted::apply`], answering each request with what `decide` makes of it (see
+    /// [`exchange_by`]).
+    pub async fn apply_by(
+        &mut self,
+        kind: &str,
+        object: &Value,
+        decide: impl FnMut(&Seen) -> (u16, Value),
+    ) -> (rivulet::runtime::Action, Vec<Seen>) {
+        let change = applied(kind, object);
+        exchange_by(&mut self.server, self.ctx.handle_change(&change), decide).await
+    }
+
+    /// The next request made in the background (such as a Kubernetes Event being posted),
+    /// answered with an empty object.
+    pub async fn next_background_request(&mut self) -> Seen {
+        next_background_request(&mut self.server, json!({})).await
+    }
+}
+
 /// The store event of `object` (of kind `kind`) being applied, as a watch would deliver it.
 pub fn applied(kind: &str, object: &Value) -> StoreEvent {
     StoreEvent::Applied {

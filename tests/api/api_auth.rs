@@ -39,6 +39,38 @@ fn leaks(body: &str) -> bool {
         || body.contains(&base64::engine::general_purpose::STANDARD.encode(SECRET_VALUE))
 }
 
+/// The text of a GET of `url` with the admin token.
+async fn admin_get_text(url: String) -> String {
+    api_request(Method::GET, &url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .expect("the answer is text")
+}
+
+/// Runs `rivulet` with `args` against the API at `api`, with no token but the one it finds
+/// in `data_dir`; its output.
+async fn rivulet_cli(api: &str, args: &[&str], data_dir: &std::path::Path) -> std::process::Output {
+    tokio::process::Command::new(support::binary())
+        .args(args)
+        .env("RIVULET_SERVER", api)
+        .env_remove("RIVULET_TOKEN")
+        .env("RIVULET_DATA_DIR", data_dir)
+        .env("RIVULET_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("the rivulet binary runs")
+}
+
+/// Checks the command failed; its stderr.
+fn failure_text(output: &std::process::Output, what: &str) -> String {
+    assert!(!output.status.success(), "{what} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_token_get_401_with_a_challenge_and_no_secret() {
     let server = InProcessServer::start().await;
@@ -100,25 +132,10 @@ async fn secret_values_never_come_back_and_a_redacted_copy_cannot_be_applied() {
     assert!(!leaks(&created.to_string()), "the PUT answer: {created}");
     assert_eq!(created["data"]["password"], "<redacted>");
 
-    let got = api_request(Method::GET, secret_url(&server))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let got = admin_get_text(secret_url(&server)).await;
     assert!(!leaks(&got), "{got}");
     assert!(got.contains("password"), "the keys are listed: {got}");
-    let list = api_request(
-        Method::GET,
-        format!("{}/api/v1/namespaces/default/secrets", server.api),
-    )
-    .send()
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let list = admin_get_text(format!("{}/api/v1/namespaces/default/secrets", server.api)).await;
     assert!(!leaks(&list), "{list}");
 
     // `get -o yaml` shows no value either.
@@ -143,13 +160,7 @@ async fn secret_values_never_come_back_and_a_redacted_copy_cannot_be_applied() {
         "{body}"
     );
     // Nor does the metrics text carry it.
-    let metrics = api_request(Method::GET, format!("{}/metrics", server.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_get_text(format!("{}/metrics", server.api)).await;
     assert!(!leaks(&metrics));
     // The file on disk is the owner's alone.
     server.shutdown().await;
@@ -276,75 +287,42 @@ async fn first_start_writes_a_private_admin_token_that_the_cli_finds() {
     let token = std::fs::read_to_string(&token_file).unwrap();
     assert!(token.trim().starts_with("rvt_"), "{token}");
 
-    let cli = |args: &[&str], data_dir: &std::path::Path| {
-        let mut command = tokio::process::Command::new(support::binary());
-        command
-            .args(args)
-            .env("RIVULET_SERVER", &server.api_url)
-            .env_remove("RIVULET_TOKEN")
-            .env("RIVULET_DATA_DIR", data_dir)
-            .env("RIVULET_LOG", "warn")
-            .stdin(Stdio::null());
-        command
-    };
+    let api = &server.api_url;
     // With the data folder, the CLI finds the token.
-    let out = cli(&["get", "brokers"], &data_dir).output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = rivulet_cli(api, &["get", "brokers"], &data_dir).await;
+    support::assert_succeeded(&out, "get brokers with the data folder");
     // Elsewhere it has none, and says how to give one.
-    let out = cli(&["get", "brokers"], data.path())
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let out = rivulet_cli(api, &["get", "brokers"], data.path()).await;
+    let stderr = failure_text(&out, "get brokers without a token");
     assert!(
         stderr.contains("401") && stderr.contains("--token"),
         "{stderr}"
     );
 
     // A viewer token made by the CLI reads but cannot apply.
-    let out = cli(
-        &["token", "create", "--role", "viewer", "--name", "ro"],
-        &data_dir,
-    )
-    .output()
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let create = ["token", "create", "--role", "viewer", "--name", "ro"];
+    let out = rivulet_cli(api, &create, &data_dir).await;
+    support::assert_succeeded(&out, "token create");
     let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let manifest = support::write_file(
         data.path(),
         "broker.yaml",
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: ro-made\n",
     );
-    let out = cli(
-        &[
-            "apply",
-            "--token",
-            &viewer,
-            "-f",
-            manifest.to_str().unwrap(),
-        ],
-        data.path(),
-    )
-    .output()
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let apply = [
+        "apply",
+        "--token",
+        &viewer,
+        "-f",
+        manifest.to_str().unwrap(),
+    ];
+    let out = rivulet_cli(api, &apply, data.path()).await;
+    let stderr = failure_text(&out, "apply with a viewer token");
     assert!(
         stderr.contains("403") && stderr.contains("viewer"),
         "{stderr}"
     );
-    let out = cli(&["token", "list"], &data_dir).output().await.unwrap();
+    let out = rivulet_cli(api, &["token", "list"], &data_dir).await;
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(
         listed.contains("ro") && listed.contains("viewer"),
@@ -490,23 +468,8 @@ async fn secret_values_stay_out_of_logs_and_status() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let answers = [
         broker.to_string(),
-        api_request(
-            Method::GET,
-            format!("{api}/api/v1/namespaces/default/secrets/rabbit"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap(),
-        api_request(Method::GET, format!("{api}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        admin_get_text(format!("{api}/api/v1/namespaces/default/secrets/rabbit")).await,
+        admin_get_text(format!("{api}/metrics")).await,
     ];
     let _ = child.kill();
     let _ = child.wait();

@@ -47,6 +47,29 @@ impl Setup {
         let (status, _, body) = post_with_token(&url, &id, ty, Some(&token)).await;
         (status, body)
     }
+
+    /// Sends as [`Setup::send_as`] does and checks ingress answers `expected`; the body.
+    async fn expect(
+        &self,
+        to: (&str, &str),
+        sub: &str,
+        ty: &str,
+        expected: u16,
+        why: &str,
+    ) -> String {
+        let (namespace, broker) = to;
+        let (status, body) = self.send_as(namespace, broker, sub, ty).await;
+        assert_eq!(
+            status, expected,
+            "{sub} sending {ty} to {namespace}/{broker} ({why}): {body}"
+        );
+        body
+    }
+
+    /// Applies an EventPolicy `name` in `namespace` with `spec`.
+    async fn apply_policy(&self, namespace: &str, name: &str, spec: Value) {
+        self.server.apply(&policy(namespace, name, spec)).await;
+    }
 }
 
 fn policy(namespace: &str, name: &str, spec: Value) -> Value {
@@ -85,31 +108,36 @@ async fn wait_policies(
     .await
 }
 
+/// A ref to the Broker `name` in the policy's namespace, as `to` or `from` lists it.
+fn broker_ref(name: &str) -> Value {
+    json!({"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": name}})
+}
+
+/// Checks the `EventPoliciesReady` condition of `broker` has `field` equal to `expected`.
+fn assert_policies_ready(broker: &Value, field: &str, expected: &str) {
+    let ready = condition(broker, "EventPoliciesReady").expect("an EventPoliciesReady condition");
+    assert_eq!(ready[field], expected, "{ready}");
+}
+
 #[tokio::test]
 async fn policies_admit_their_subjects_and_refuse_others() {
     let setup = Setup::start("allow-all").await;
     let server = &setup.server;
     server.create_broker("team", "orders", Value::Null).await;
-    server
-        .apply(&policy(
-            "team",
-            "orders-senders",
-            json!({
-                "to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "orders"}}],
-                "from": [
-                    {"ref": {"apiVersion": "v1", "kind": "ServiceAccount", "name": "checkout"}},
-                    {"sub": "system:serviceaccount:partners:*"}
-                ]
-            }),
-        ))
-        .await;
+    let spec = json!({
+        "to": [broker_ref("orders")],
+        "from": [
+            {"ref": {"apiVersion": "v1", "kind": "ServiceAccount", "name": "checkout"}},
+            {"sub": "system:serviceaccount:partners:*"}
+        ]
+    });
+    setup.apply_policy("team", "orders-senders", spec).await;
     let broker = wait_policies(server, "team", "orders", &["orders-senders"]).await;
     assert_eq!(
         broker["status"]["policies"][0]["apiVersion"],
         "eventing.knative.dev/v1alpha1"
     );
-    let ready = condition(&broker, "EventPoliciesReady").unwrap();
-    assert_eq!(ready["status"], "True", "{ready}");
+    assert_policies_ready(&broker, "status", "True");
     let policy = server
         .wait_ready("EventPolicy", "team", "orders-senders")
         .await;
@@ -121,54 +149,48 @@ async fn policies_admit_their_subjects_and_refuse_others() {
         ])
     );
 
-    let (status, body) = setup
-        .send_as("team", "orders", "system:serviceaccount:team:checkout", "t")
+    let orders = ("team", "orders");
+    for (sub, expected, why) in [
+        (
+            "system:serviceaccount:team:checkout",
+            202,
+            "the referenced service account",
+        ),
+        (
+            "system:serviceaccount:partners:acme",
+            202,
+            "a sub matching the prefix pattern",
+        ),
+        (
+            "system:serviceaccount:partnersx:acme",
+            403,
+            "the pattern is a prefix of the whole subject",
+        ),
+    ] {
+        setup.expect(orders, sub, "t", expected, why).await;
+    }
+    let intruder = "system:serviceaccount:team:intruder";
+    let body = setup
+        .expect(orders, intruder, "t", 403, "no policy admits it")
         .await;
-    assert_eq!(status, 202, "the referenced service account: {body}");
-    let (status, body) = setup
-        .send_as("team", "orders", "system:serviceaccount:partners:acme", "t")
-        .await;
-    assert_eq!(status, 202, "a sub matching the prefix pattern: {body}");
-
-    let (status, body) = setup
-        .send_as("team", "orders", "system:serviceaccount:team:intruder", "t")
-        .await;
-    assert_eq!(status, 403, "{body}");
     assert!(body.contains("not admitted"), "{body}");
     assert!(body.contains("orders-senders"), "names the policy: {body}");
-    let (status, _) = setup
-        .send_as(
-            "team",
-            "orders",
-            "system:serviceaccount:partnersx:acme",
-            "t",
-        )
-        .await;
-    assert_eq!(status, 403, "the pattern is a prefix of the whole subject");
 
     // A broker the policy does not select follows the default mode (allow-all here).
     server.create_broker("team", "other", Value::Null).await;
     let other = server.wait_ready("Broker", "team", "other").await;
-    assert_eq!(
-        condition(&other, "EventPoliciesReady").unwrap()["reason"],
-        "DefaultAuthorizationMode"
-    );
-    let (status, body) = setup
-        .send_as("team", "other", "system:serviceaccount:team:intruder", "t")
+    assert_policies_ready(&other, "reason", "DefaultAuthorizationMode");
+    let why = "the default mode of a broker no policy selects";
+    setup
+        .expect(("team", "other"), intruder, "t", 202, why)
         .await;
-    assert_eq!(status, 202, "{body}");
 
     // Deleting the policy re-reconciles the broker: the default mode applies again.
     server.delete("EventPolicy", "team", "orders-senders").await;
     let broker = wait_policies(server, "team", "orders", &[]).await;
-    assert_eq!(
-        condition(&broker, "EventPoliciesReady").unwrap()["reason"],
-        "DefaultAuthorizationMode"
-    );
-    let (status, body) = setup
-        .send_as("team", "orders", "system:serviceaccount:team:intruder", "t")
-        .await;
-    assert_eq!(status, 202, "{body}");
+    assert_policies_ready(&broker, "reason", "DefaultAuthorizationMode");
+    let why = "the default mode once the policy is deleted";
+    setup.expect(orders, intruder, "t", 202, why).await;
 }
 
 #[tokio::test]
@@ -184,37 +206,32 @@ async fn events_must_pass_the_policys_filters() {
         }))
         .await;
     server.wait_ready("Broker", "shop", "labelled").await;
-    server
-        .apply(&policy(
-            "shop",
-            "only-orders",
-            json!({
-                "to": [{"selector": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
-                                      "matchLabels": {"guarded": "yes"}}}],
-                "from": [{"sub": "system:serviceaccount:shop:*"}],
-                "filters": [{"prefix": {"type": "com.shop.order."}}]
-            }),
-        ))
-        .await;
+    let spec = json!({
+        "to": [{"selector": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                              "matchLabels": {"guarded": "yes"}}}],
+        "from": [{"sub": "system:serviceaccount:shop:*"}],
+        "filters": [{"prefix": {"type": "com.shop.order."}}]
+    });
+    setup.apply_policy("shop", "only-orders", spec).await;
     wait_policies(server, "shop", "labelled", &["only-orders"]).await;
     wait_policies(server, "shop", "orders", &[]).await;
 
     let sub = "system:serviceaccount:shop:web";
-    let (status, body) = setup
-        .send_as("shop", "labelled", sub, "com.shop.order.created")
+    let labelled = ("shop", "labelled");
+    let order = "com.shop.order.created";
+    setup
+        .expect(labelled, sub, order, 202, "passes the filters")
         .await;
-    assert_eq!(status, 202, "{body}");
-    let (status, body) = setup
-        .send_as("shop", "labelled", sub, "com.shop.refund.created")
+    let refund = "com.shop.refund.created";
+    let body = setup
+        .expect(labelled, sub, refund, 403, "fails the filters")
         .await;
-    assert_eq!(status, 403, "{body}");
     assert!(body.contains("filters"), "{body}");
     assert!(body.contains("only-orders"), "{body}");
-    // The unlabelled broker is not selected.
-    let (status, body) = setup
-        .send_as("shop", "orders", sub, "com.shop.refund.created")
+    let why = "the unlabelled broker is not selected";
+    setup
+        .expect(("shop", "orders"), sub, refund, 202, why)
         .await;
-    assert_eq!(status, 202, "{body}");
 }
 
 #[tokio::test]
@@ -230,119 +247,70 @@ async fn deny_all_refuses_everyone_no_policy_admits() {
         ready["message"].as_str().unwrap().contains("deny-all"),
         "{ready}"
     );
-    let (status, body) = setup
-        .send_as(
-            "default",
-            "default",
-            "system:serviceaccount:default:me",
-            "t",
-        )
-        .await;
-    assert_eq!(status, 403, "{body}");
+    let default = ("default", "default");
+    let me = "system:serviceaccount:default:me";
+    let body = setup.expect(default, me, "t", 403, "no policy yet").await;
     assert!(body.contains("deny-all"), "{body}");
 
     // A policy opens the broker to its subjects only.
-    setup
-        .server
-        .apply(&policy(
-            "default",
-            "me-only",
-            json!({"from": [{"sub": "system:serviceaccount:default:me"}]}),
-        ))
-        .await;
+    let spec = json!({"from": [{"sub": me}]});
+    setup.apply_policy("default", "me-only", spec).await;
     wait_policies(&setup.server, "default", "default", &["me-only"]).await;
-    let (status, body) = setup
-        .send_as(
-            "default",
-            "default",
-            "system:serviceaccount:default:me",
-            "t",
-        )
+    setup
+        .expect(default, me, "t", 202, "the policy's subject")
         .await;
-    assert_eq!(status, 202, "{body}");
-    let (status, _) = setup
-        .send_as(
-            "default",
-            "default",
-            "system:serviceaccount:default:you",
-            "t",
-        )
+    let you = "system:serviceaccount:default:you";
+    setup
+        .expect(default, you, "t", 403, "not the policy's subject")
         .await;
-    assert_eq!(status, 403);
 }
 
 #[tokio::test]
 async fn allow_same_namespace_admits_only_the_targets_namespace() {
     let setup = Setup::start("allow-same-namespace").await;
-    let (status, body) = setup
-        .send_as(
-            "default",
-            "default",
-            "system:serviceaccount:default:app",
-            "t",
-        )
+    let default = ("default", "default");
+    let why = "a service account of the broker's namespace";
+    setup
+        .expect(default, "system:serviceaccount:default:app", "t", 202, why)
         .await;
-    assert_eq!(status, 202, "{body}");
-    let (status, body) = setup
-        .send_as(
-            "default",
-            "default",
-            "system:serviceaccount:elsewhere:app",
-            "t",
-        )
-        .await;
-    assert_eq!(status, 403, "{body}");
+    let elsewhere = "system:serviceaccount:elsewhere:app";
+    let why = "a service account of another namespace";
+    let body = setup.expect(default, elsewhere, "t", 403, why).await;
     assert!(body.contains("allow-same-namespace"), "{body}");
-    // A subject that is not a service account is from no namespace.
-    let (status, _) = setup
-        .send_as("default", "default", "alice@example.com", "t")
+    let why = "a subject that is not a service account is from no namespace";
+    setup
+        .expect(default, "alice@example.com", "t", 403, why)
         .await;
-    assert_eq!(status, 403);
 }
 
 #[tokio::test]
 async fn invalid_policies_are_refused_with_the_field_and_rule() {
     let setup = Setup::start("allow-all").await;
-    let (status, body) = setup
-        .server
-        .try_apply(&policy(
-            "default",
+    let both = json!({"to": [{
+        "ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "x"},
+        "selector": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker"}
+    }]});
+    let cases = [
+        (
             "bad-sub",
             json!({"from": [{"sub": "system:*:default"}]}),
-        ))
-        .await;
-    assert_eq!(status, 422, "{body}");
-    let text = body.to_string();
-    assert!(
-        text.contains("spec.from[0].sub") && text.contains("last character"),
-        "{text}"
-    );
-
-    let (status, body) = setup
-        .server
-        .try_apply(&policy(
-            "default",
-            "bad-to",
-            json!({"to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "x"},
-                           "selector": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker"}}]}),
-        ))
-        .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(
-        body.to_string().contains("only one of ref or selector"),
-        "{body}"
-    );
-
-    let (status, body) = setup
-        .server
-        .try_apply(&policy(
-            "default",
+            &["spec.from[0].sub", "last character"][..],
+        ),
+        ("bad-to", both, &["only one of ref or selector"]),
+        (
             "bad-filter",
             json!({"from": [{"sub": "x"}], "filters": [{"cesql": "type = = 'x'"}]}),
-        ))
-        .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(body.to_string().contains("spec.filters[0]"), "{body}");
+            &["spec.filters[0]"],
+        ),
+    ];
+    for (name, spec, says) in cases {
+        let (status, body) = setup.server.try_apply(&policy("default", name, spec)).await;
+        assert_eq!(status, 422, "{name}: {body}");
+        let text = body.to_string();
+        for part in says {
+            assert!(text.contains(part), "{name}: should say {part:?}: {text}");
+        }
+    }
     // Nothing refused was stored.
     tokio::time::sleep(Duration::ZERO).await;
     assert!(
@@ -371,44 +339,32 @@ async fn replies_are_authorized_as_the_trigger_that_sent_them() {
     let sender = "system:serviceaccount:default:app";
     for broker in ["open", "closed"] {
         server.create_broker("default", broker, Value::Null).await;
-        server
-            .create_trigger(&json!({
-                "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-                "metadata": {"name": format!("{broker}-replier"), "namespace": "default"},
-                "spec": {"broker": broker, "subscriber": {"uri": replier.url()},
-                         "filter": {"attributes": {"type": "com.example.request"}}}
-            }))
-            .await;
-        server
-            .create_trigger(&json!({
-                "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-                "metadata": {"name": format!("{broker}-catch"), "namespace": "default"},
-                "spec": {"broker": broker, "subscriber": {"uri": recorder.url},
-                         "filter": {"attributes": {"type": "com.example.reply"}}}
-            }))
-            .await;
+        let triggers = [
+            ("replier", replier.url(), "com.example.request"),
+            ("catch", recorder.url.clone(), "com.example.reply"),
+        ];
+        for (role, subscriber, ty) in triggers {
+            server
+                .create_trigger(&json!({
+                    "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+                    "metadata": {"name": format!("{broker}-{role}"), "namespace": "default"},
+                    "spec": {"broker": broker, "subscriber": {"uri": subscriber},
+                             "filter": {"attributes": {"type": ty}}}
+                }))
+                .await;
+        }
     }
     // On "open" the replying trigger is admitted by reference; on "closed" only the sender.
-    server
-        .apply(&policy(
-            "default",
-            "open-senders",
-            json!({
-                "to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "open"}}],
-                "from": [{"sub": sender},
-                         {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "name": "open-replier"}}]
-            }),
-        ))
+    let open_replier = json!({
+        "ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "name": "open-replier"}
+    });
+    let open_senders = json!({"to": [broker_ref("open")], "from": [{"sub": sender}, open_replier]});
+    setup
+        .apply_policy("default", "open-senders", open_senders)
         .await;
-    server
-        .apply(&policy(
-            "default",
-            "closed-senders",
-            json!({
-                "to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "closed"}}],
-                "from": [{"sub": sender}]
-            }),
-        ))
+    let closed_senders = json!({"to": [broker_ref("closed")], "from": [{"sub": sender}]});
+    setup
+        .apply_policy("default", "closed-senders", closed_senders)
         .await;
     let open = wait_policies(server, "default", "open", &["open-senders"]).await;
     wait_policies(server, "default", "closed", &["closed-senders"]).await;
@@ -419,22 +375,19 @@ async fn replies_are_authorized_as_the_trigger_that_sent_them() {
         policy["status"]["from"][1],
         "system:serviceaccount:default:open-replier-oidc-eventing.knative.dev-trigger"
     );
-    assert_eq!(
-        condition(&open, "EventPoliciesReady").unwrap()["status"],
-        "True"
-    );
+    assert_policies_ready(&open, "status", "True");
 
-    let (status, body) = setup
-        .send_as("default", "open", sender, "com.example.request")
+    let request = "com.example.request";
+    let why = "the policy's subject";
+    setup
+        .expect(("default", "open"), sender, request, 202, why)
         .await;
-    assert_eq!(status, 202, "{body}");
     let reply = recorder.wait_for_id("the-reply").await;
     assert_eq!(reply.event.ty, "com.example.reply");
 
-    let (status, body) = setup
-        .send_as("default", "closed", sender, "com.example.request")
+    setup
+        .expect(("default", "closed"), sender, request, 202, why)
         .await;
-    assert_eq!(status, 202, "{body}");
     server
         .wait_metric(
             "rivulet_trigger_replies_total",

@@ -35,6 +35,28 @@ async fn list(server: &TestServer, namespace: &str, query: &str) -> Vec<Value> {
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// Sends a JSON event to `broker` in namespace `default`.
+async fn send_json(
+    server: &TestServer,
+    broker: &str,
+    (id, ty, source): (&str, &str, &str),
+    data: Value,
+) {
+    let event = json_event(id, ty, source, data);
+    server.send("default", broker, &event).await;
+}
+
+/// PUTs `manifest` to `path` under the resource API; the status code.
+async fn put(server: &TestServer, path: &str, manifest: &Value) -> u16 {
+    support::api_request(reqwest::Method::PUT, format!("{}{path}", server.api))
+        .json(manifest)
+        .send()
+        .await
+        .expect("the resource API answers")
+        .status()
+        .as_u16()
+}
+
 fn attribute(object: &Value, name: &str) -> Option<String> {
     object["spec"]["attributes"]
         .as_array()?
@@ -90,11 +112,46 @@ async fn wait_eventtype(
     .await
 }
 
-fn by_type<'a>(items: &'a [Value], ty: &str) -> &'a Value {
-    items
+/// The name of the EventType of type `ty` among `items`.
+fn name_of_type(items: &[Value], ty: &str) -> String {
+    let object = items
         .iter()
         .find(|o| attribute(o, "type").as_deref() == Some(ty))
-        .unwrap_or_else(|| panic!("an EventType of type {ty}"))
+        .unwrap_or_else(|| panic!("an EventType of type {ty}"));
+    object["metadata"]["name"].as_str().unwrap().to_string()
+}
+
+/// Waits until the named EventType has a schema; returns it.
+async fn wait_schema(server: &TestServer, name: &str) -> Value {
+    wait_eventtype(server, name, &format!("a schema for {name}"), |o| {
+        o["status"]["schema"].is_object()
+    })
+    .await
+}
+
+/// Waits until the named EventType's schema is at `version`; returns it.
+async fn wait_schema_version(server: &TestServer, name: &str, version: u64) -> Value {
+    wait_eventtype(server, name, &format!("schema version {version}"), |o| {
+        o["status"]["schemaVersion"] == version
+    })
+    .await
+}
+
+/// Strings as a set, for comparing.
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// A trigger on the default broker sending to `subscriber`, with `filtering` (a `filter`
+/// or `filters` field, or nothing) added to its spec.
+fn trigger(name: &str, subscriber: &str, filtering: Value) -> Value {
+    let mut manifest = support::trigger("default", name, "default", subscriber);
+    if let Value::Object(fields) = filtering {
+        for (field, value) in fields {
+            manifest["spec"][field] = value;
+        }
+    }
+    manifest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,43 +174,28 @@ async fn mixed_traffic_creates_one_eventtype_per_broker_type_and_source_pattern(
         );
         server.send("default", "shop", &event).await;
     }
-    server
-        .send(
-            "default",
+    let cart = "https://shop.example.com/carts/9b2f3c1e-8d4a-4b6e-9f00-0123456789ab";
+    let others = [
+        (
             "shop",
-            &json_event(
-                "c1",
-                "com.example.cart.updated",
-                "https://shop.example.com/carts/9b2f3c1e-8d4a-4b6e-9f00-0123456789ab",
-                json!({"items": 2}),
-            ),
-        )
-        .await;
-    server
-        .send(
-            "default",
+            ("c1", "com.example.cart.updated", cart),
+            json!({"items": 2}),
+        ),
+        (
             "billing",
-            &json_event(
-                "i1",
-                "com.example.invoice.paid",
-                "/invoices/42",
-                json!({"total": 9.5}),
-            ),
-        )
-        .await;
-    // The same type on another broker is another EventType.
-    server
-        .send(
-            "default",
+            ("i1", "com.example.invoice.paid", "/invoices/42"),
+            json!({"total": 9.5}),
+        ),
+        // The same type on another broker is another EventType.
+        (
             "billing",
-            &json_event(
-                "o9",
-                "com.example.order.created",
-                "/orders/7",
-                order.clone(),
-            ),
-        )
-        .await;
+            ("o9", "com.example.order.created", "/orders/7"),
+            order.clone(),
+        ),
+    ];
+    for (broker, event, data) in others {
+        send_json(&server, broker, event, data).await;
+    }
 
     let items = wait_count(&server, "default", "", 5).await;
     let expected: BTreeSet<(String, String, String)> = [
@@ -203,13 +245,13 @@ async fn mixed_traffic_creates_one_eventtype_per_broker_type_and_source_pattern(
         server.send("default", "shop", &event).await;
     }
     // A marker class, sent last, shows the worker has seen everything before it.
-    server
-        .send(
-            "default",
-            "shop",
-            &json_event("m", "com.example.marker", "/m", json!({})),
-        )
-        .await;
+    send_json(
+        &server,
+        "shop",
+        ("m", "com.example.marker", "/m"),
+        json!({}),
+    )
+    .await;
     let items = wait_count(&server, "default", "", 6).await;
     assert_eq!(
         items
@@ -243,10 +285,7 @@ async fn sources_beyond_the_cap_share_one_eventtype() {
     }
     let items = wait_count(&server, "default", "?type=com.example.login", 4).await;
     let sources: BTreeSet<String> = classes(&items).into_iter().map(|(_, _, s)| s).collect();
-    let expected: BTreeSet<String> = ["/users/alice", "/users/bob", "/users/carol", "(any)"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected = set(&["/users/alice", "/users/bob", "/users/carol", "(any)"]);
     assert_eq!(sources, expected);
     server.shutdown().await;
 }
@@ -266,10 +305,7 @@ async fn schemas_are_inferred_refined_and_versioned_without_rewriting_on_every_e
     server.send("default", "default", &event).await;
     let items = wait_count(&server, "default", &format!("?type={ty}"), 1).await;
     let name = items[0]["metadata"]["name"].as_str().unwrap().to_string();
-    let v1 = wait_eventtype(&server, &name, "schema version 1", |o| {
-        o["status"]["schemaVersion"] == 1
-    })
-    .await;
+    let v1 = wait_schema_version(&server, &name, 1).await;
     let schema = &v1["status"]["schema"];
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
     assert_eq!(
@@ -297,17 +333,8 @@ async fn schemas_are_inferred_refined_and_versioned_without_rewriting_on_every_e
         "lines": [{"sku": "B-2", "qty": 0.5}],
         "note": "leave at the door"
     });
-    server
-        .send(
-            "default",
-            "default",
-            &json_event("2", ty, "/orders/2", second),
-        )
-        .await;
-    let v2 = wait_eventtype(&server, &name, "schema version 2", |o| {
-        o["status"]["schemaVersion"] == 2
-    })
-    .await;
+    send_json(&server, "default", ("2", ty, "/orders/2"), second).await;
+    let v2 = wait_schema_version(&server, &name, 2).await;
     let schema = &v2["status"]["schema"];
     assert_eq!(
         schema["required"],
@@ -335,30 +362,22 @@ async fn schemas_are_inferred_refined_and_versioned_without_rewriting_on_every_e
     for i in 0..25 {
         let same = json!({"orderId": 10 + i, "placedAt": "2026-11-26T13:00:00Z",
                           "customer": {"name": "C"}, "lines": [], "note": "n"});
-        server
-            .send(
-                "default",
-                "default",
-                &json_event(&format!("s{i}"), ty, "/orders/9", same),
-            )
-            .await;
+        send_json(
+            &server,
+            "default",
+            (&format!("s{i}"), ty, "/orders/9"),
+            same,
+        )
+        .await;
     }
     // The schema is stable now, so only one event in 32 is inferred: a shape that every new
     // event carries is seen within 32 events.
     let changed = json!({"orderId": "X-1", "placedAt": "2026-11-26T14:00:00Z", "customer": {"name": "D"}, "lines": []});
     for i in 0..32 {
-        server
-            .send(
-                "default",
-                "default",
-                &json_event(&format!("last{i}"), ty, "/orders/9", changed.clone()),
-            )
-            .await;
+        let id = format!("last{i}");
+        send_json(&server, "default", (&id, ty, "/orders/9"), changed.clone()).await;
     }
-    let v3 = wait_eventtype(&server, &name, "schema version 3", |o| {
-        o["status"]["schemaVersion"] == 3
-    })
-    .await;
+    let v3 = wait_schema_version(&server, &name, 3).await;
     assert_eq!(
         v3["status"]["schema"]["properties"]["orderId"]["type"],
         json!(["string", "integer"])
@@ -392,20 +411,12 @@ async fn queries_filter_by_broker_type_prefix_source_and_text() {
         ("default", "com.example.order.created", "/legacy"),
         ("default", "org.other.ping", "/ping"),
     ] {
-        server
-            .send(
-                "default",
-                broker,
-                &json_event("x", ty, source, json!({"a": 1})),
-            )
-            .await;
+        send_json(&server, broker, ("x", ty, source), json!({"a": 1})).await;
     }
     let all = wait_count(&server, "default", "", 5).await;
     let types = |items: Vec<Value>| -> BTreeSet<String> {
         items.iter().filter_map(|o| attribute(o, "type")).collect()
     };
-    let set =
-        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
 
     assert_eq!(
         types(list(&server, "default", "?broker=shop").await),
@@ -461,14 +472,8 @@ async fn queries_filter_by_broker_type_prefix_source_and_text() {
     );
 
     // One EventType with its schema and sample.
-    let name = by_type(&all, "org.other.ping")["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let one = wait_eventtype(&server, &name, "a schema", |o| {
-        o["status"]["schema"].is_object()
-    })
-    .await;
+    let name = name_of_type(&all, "org.other.ping");
+    let one = wait_schema(&server, &name).await;
     assert_eq!(
         one["status"]["schema"]["properties"]["a"]["type"],
         "integer"
@@ -517,41 +522,32 @@ async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
             ]
         }
     });
-    let response = support::api_request(
-        reqwest::Method::PUT,
-        format!("{}{V1BETA3}/default/eventtypes/orders", server.api),
-    )
-    .json(&manual)
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
+    let orders = format!("{V1BETA3}/default/eventtypes/orders");
+    assert_eq!(
+        put(&server, &orders, &manual).await,
+        201,
+        "a v1beta3 EventType"
+    );
     let invalid = json!({"apiVersion": "eventing.knative.dev/v1beta3", "kind": "EventType",
         "metadata": {"name": "bad"}, "spec": {"attributes": [{"name": "source", "value": "/x"}]}});
-    let response = support::api_request(
-        reqwest::Method::PUT,
-        format!("{}{V1BETA3}/default/eventtypes/bad", server.api),
-    )
-    .json(&invalid)
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status().as_u16(), 422);
+    let bad = format!("{V1BETA3}/default/eventtypes/bad");
+    assert_eq!(
+        put(&server, &bad, &invalid).await,
+        422,
+        "one without a type"
+    );
 
     let legacy = json!({
         "apiVersion": "eventing.knative.dev/v1beta2", "kind": "EventType",
         "metadata": {"name": "legacy", "namespace": "default"},
         "spec": {"type": "com.example.legacy", "source": "/legacy", "broker": "default"}
     });
-    let response = support::api_request(
-        reqwest::Method::PUT,
-        format!("{}{V1BETA2}/default/eventtypes/legacy", server.api),
-    )
-    .json(&legacy)
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
+    let legacy_path = format!("{V1BETA2}/default/eventtypes/legacy");
+    assert_eq!(
+        put(&server, &legacy_path, &legacy).await,
+        201,
+        "a v1beta2 EventType"
+    );
     let (_, stored) = server
         .get_json(&format!("{V1BETA3}/default/eventtypes/legacy"))
         .await;
@@ -563,24 +559,11 @@ async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
 
     // Without auto-creation, unknown classes create nothing, but a declared EventType still
     // learns its schema from matching events.
-    server
-        .send(
-            "default",
-            "default",
-            &json_event("u", "com.example.unknown", "/u", json!({"z": 1})),
-        )
-        .await;
-    server
-        .send(
-            "default",
-            "default",
-            &json_event("m", "com.example.manual", "/orders/5", json!({"total": 3})),
-        )
-        .await;
-    let learned = wait_eventtype(&server, "orders", "the declared EventType's schema", |o| {
-        o["status"]["schema"].is_object()
-    })
-    .await;
+    let unknown = ("u", "com.example.unknown", "/u");
+    send_json(&server, "default", unknown, json!({"z": 1})).await;
+    let declared = ("m", "com.example.manual", "/orders/5");
+    send_json(&server, "default", declared, json!({"total": 3})).await;
+    let learned = wait_schema(&server, "orders").await;
     assert_eq!(
         learned["status"]["schema"]["properties"]["total"]["type"],
         "integer"
@@ -590,10 +573,7 @@ async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
         .iter()
         .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        names,
-        ["legacy", "orders"].iter().map(|s| s.to_string()).collect()
-    );
+    assert_eq!(names, set(&["legacy", "orders"]));
     server.shutdown().await;
 }
 
@@ -601,45 +581,28 @@ async fn eventtypes_can_be_applied_by_hand_in_v1beta3_and_v1beta2() {
 async fn triggers_for_unknown_types_get_a_warning_that_clears_when_the_type_appears() {
     let server = start().await;
     let subscriber = Subscriber::start().await;
-    let manifest = json!({
-        "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-        "metadata": {"name": "on-refund", "namespace": "default"},
-        "spec": {"broker": "default", "filter": {"attributes": {"type": "com.example.refund"}},
-                 "subscriber": {"uri": subscriber.url()}}
-    });
-    let trigger = server.create_trigger(&manifest).await;
-    let warning = condition(&trigger, "EventTypeKnown").expect("an EventTypeKnown condition");
+    let refund = json!({"filter": {"attributes": {"type": "com.example.refund"}}});
+    let on_refund = server
+        .create_trigger(&trigger("on-refund", &subscriber.url(), refund))
+        .await;
+    let warning = condition(&on_refund, "EventTypeKnown").expect("an EventTypeKnown condition");
     assert_eq!(warning["status"], "False");
     assert_eq!(warning["severity"], "Warning");
     assert_eq!(warning["reason"], "NoMatchingEventType");
     assert_eq!(
-        condition(&trigger, "Ready").unwrap()["status"],
+        condition(&on_refund, "Ready").unwrap()["status"],
         "True",
         "a warning only"
     );
 
     // A trigger without an exact type filter gets no such condition.
-    let any = json!({
-        "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-        "metadata": {"name": "on-anything", "namespace": "default"},
-        "spec": {"broker": "default", "subscriber": {"uri": subscriber.url()}}
-    });
+    let any = trigger("on-anything", &subscriber.url(), Value::Null);
     let any = server.create_trigger(&any).await;
     assert!(condition(&any, "EventTypeKnown").is_none());
 
     // The type shows up in traffic: the EventType is created and the warning clears.
-    server
-        .send(
-            "default",
-            "default",
-            &json_event(
-                "r1",
-                "com.example.refund",
-                "/refunds/1",
-                json!({"amount": 5}),
-            ),
-        )
-        .await;
+    let refund = ("r1", "com.example.refund", "/refunds/1");
+    send_json(&server, "default", refund, json!({"amount": 5})).await;
     subscriber.wait_for(1).await;
     let cleared = wait_for("EventTypeKnown=True", WAIT, || async {
         let trigger = server.get("Trigger", "default", "on-refund").await?;
@@ -650,13 +613,10 @@ async fn triggers_for_unknown_types_get_a_warning_that_clears_when_the_type_appe
     assert_eq!(condition(&cleared, "Ready").unwrap()["status"], "True");
 
     // New-style filters count too.
-    let exact = json!({
-        "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-        "metadata": {"name": "on-exact", "namespace": "default"},
-        "spec": {"broker": "default", "filters": [{"exact": {"type": "com.example.nope"}}],
-                 "subscriber": {"uri": subscriber.url()}}
-    });
-    let exact = server.create_trigger(&exact).await;
+    let nope = json!({"filters": [{"exact": {"type": "com.example.nope"}}]});
+    let exact = server
+        .create_trigger(&trigger("on-exact", &subscriber.url(), nope))
+        .await;
     assert_eq!(
         condition(&exact, "EventTypeKnown").unwrap()["status"],
         "False"
@@ -667,29 +627,15 @@ async fn triggers_for_unknown_types_get_a_warning_that_clears_when_the_type_appe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_lists_with_filters_and_shows_schema_and_sample() {
     let server = start().await;
-    server
-        .send(
-            "default",
-            "default",
-            &json_event("1", "com.example.cli.one", "/one", json!({"n": 1})),
-        )
-        .await;
-    server
-        .send(
-            "default",
-            "default",
-            &json_event("2", "com.example.cli.two", "/two", json!({"s": "x"})),
-        )
-        .await;
+    for (event, data) in [
+        (("1", "com.example.cli.one", "/one"), json!({"n": 1})),
+        (("2", "com.example.cli.two", "/two"), json!({"s": "x"})),
+    ] {
+        send_json(&server, "default", event, data).await;
+    }
     let items = wait_count(&server, "default", "?typePrefix=com.example.cli", 2).await;
-    let one = by_type(&items, "com.example.cli.one")["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_eventtype(&server, &one, "a schema", |o| {
-        o["status"]["schema"].is_object()
-    })
-    .await;
+    let one = name_of_type(&items, "com.example.cli.one");
+    wait_schema(&server, &one).await;
 
     let run = |args: Vec<String>| {
         let api = server.api.clone();

@@ -14,7 +14,6 @@ use support::{Recorded, Subscriber, TestEvent, TestServer, trigger};
 const NS: &str = "default";
 const BROKER: &str = "default";
 const DROPPED: &str = "rivulet_events_dropped_total";
-const DELIVERIES: &str = "rivulet_trigger_deliveries_total";
 const INGRESS: &str = "rivulet_ingress_events_total";
 
 /// A trigger that only takes events of `event_type`.
@@ -46,21 +45,66 @@ fn ttls(requests: &[Recorded]) -> Vec<i32> {
 }
 
 async fn delivered(server: &TestServer, trigger: &str) -> f64 {
-    server
-        .metric(
-            DELIVERIES,
-            &[
-                ("namespace", NS),
-                ("trigger", trigger),
-                ("outcome", "delivered"),
-            ],
-        )
-        .await
+    server.delivery_outcomes(NS, trigger, "delivered").await
 }
 
 async fn ttl_drops(server: &TestServer, trigger: &str) -> f64 {
     server
         .metric(DROPPED, &[("trigger", trigger), ("reason", "ttl")])
+        .await
+}
+
+/// Waits until `trigger` has dropped one event for running out of hops.
+async fn wait_ttl_drop(server: &TestServer, trigger: &str) {
+    server
+        .wait_metric(DROPPED, &[("trigger", trigger), ("reason", "ttl")], 1.0)
+        .await;
+}
+
+/// How many events ingress accepted into `broker`.
+async fn accepted(server: &TestServer, broker: &str) -> f64 {
+    server
+        .metric(INGRESS, &[("broker", broker), ("outcome", "accepted")])
+        .await
+}
+
+/// Creates a Ready trigger `name` on the default broker for events of `event_type`.
+async fn subscribe(server: &TestServer, name: &str, subscriber: &str, event_type: &str) {
+    let manifest = typed_trigger(name, BROKER, subscriber, event_type);
+    server.create_trigger(&manifest).await;
+}
+
+/// The loop: a trigger `name` sending events of `event_type` to `subscriber` (a way back
+/// into the default broker), and a trigger `watch` showing every re-entry to the returned
+/// subscriber.
+async fn loop_with_watcher(
+    server: &TestServer,
+    name: &str,
+    subscriber: &str,
+    event_type: &str,
+) -> Subscriber {
+    let watcher = Subscriber::start().await;
+    subscribe(server, name, subscriber, event_type).await;
+    subscribe(server, "watch", &watcher.url(), event_type).await;
+    watcher
+}
+
+/// Sends an event into the default broker with `knativebrokerttl` set to `ttl`.
+async fn send_with_ttl(server: &TestServer, id: &str, event_type: &str, ttl: &str) {
+    let event = TestEvent::new(id, event_type).attr("knativebrokerttl", ttl);
+    server.send(NS, BROKER, &event).await;
+}
+
+/// Posts `body` to the default broker's ingress as `content_type`: the status and body.
+async fn post_as(
+    server: &TestServer,
+    content_type: &'static str,
+    body: String,
+) -> (StatusCode, String) {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static(content_type));
+    server
+        .post_raw(NS, BROKER, headers, Bytes::from(body))
         .await
 }
 
@@ -71,38 +115,21 @@ async fn ttl_drops(server: &TestServer, trigger: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_subscribed_to_its_own_broker_stops_after_the_ttl() {
     let server = TestServer::start_ready().await;
-    let watcher = Subscriber::start().await;
     let ingress = server.ingress_url(NS, BROKER);
-    server
-        .create_trigger(&typed_trigger("echo", BROKER, &ingress, "com.example.loop"))
-        .await;
-    server
-        .create_trigger(&typed_trigger(
-            "watch",
-            BROKER,
-            &watcher.url(),
-            "com.example.loop",
-        ))
-        .await;
+    let watcher = loop_with_watcher(&server, "echo", &ingress, "com.example.loop").await;
 
     server
         .send(NS, BROKER, &TestEvent::new("self", "com.example.loop"))
         .await;
-    server
-        .wait_metric(DROPPED, &[("trigger", "echo"), ("reason", "ttl")], 1.0)
-        .await;
-    server
-        .wait_metric(DROPPED, &[("trigger", "watch"), ("reason", "ttl")], 1.0)
-        .await;
+    wait_ttl_drop(&server, "echo").await;
+    wait_ttl_drop(&server, "watch").await;
 
     assert_eq!(delivered(&server, "echo").await, 254.0);
     let seen = watcher.wait_for(254).await;
     assert_eq!(ttls(&seen), (1..=254).rev().collect::<Vec<_>>());
     assert!(seen.iter().all(|r| r.id() == "self"));
     assert_eq!(
-        server
-            .metric(INGRESS, &[("broker", BROKER), ("outcome", "accepted")])
-            .await,
+        accepted(&server, BROKER).await,
         255.0,
         "the sender's event and 254 re-entries, nothing after the drop"
     );
@@ -117,55 +144,18 @@ async fn a_trigger_subscribed_to_its_own_broker_stops_after_the_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_ttl_from_the_sender_stops_the_loop_sooner_and_a_high_one_is_capped() {
     let server = TestServer::start_ready().await;
-    let watcher = Subscriber::start().await;
     let ingress = server.ingress_url(NS, BROKER);
-    server
-        .create_trigger(&typed_trigger(
-            "echo",
-            BROKER,
-            &ingress,
-            "com.example.short",
-        ))
-        .await;
-    server
-        .create_trigger(&typed_trigger(
-            "watch",
-            BROKER,
-            &watcher.url(),
-            "com.example.short",
-        ))
-        .await;
-    server
-        .send(
-            NS,
-            BROKER,
-            &TestEvent::new("short", "com.example.short").attr("knativebrokerttl", "4"),
-        )
-        .await;
-    server
-        .wait_metric(DROPPED, &[("trigger", "echo"), ("reason", "ttl")], 1.0)
-        .await;
+    let watcher = loop_with_watcher(&server, "echo", &ingress, "com.example.short").await;
+    send_with_ttl(&server, "short", "com.example.short", "4").await;
+    wait_ttl_drop(&server, "echo").await;
     assert_eq!(delivered(&server, "echo").await, 3.0);
     let seen = watcher.wait_for(3).await;
     assert_eq!(ttls(&seen), [3, 2, 1]);
 
     // Past the default: stored as 255, so the first delivery carries 254.
     let capped = Subscriber::start().await;
-    server
-        .create_trigger(&typed_trigger(
-            "capped",
-            BROKER,
-            &capped.url(),
-            "com.example.high",
-        ))
-        .await;
-    server
-        .send(
-            NS,
-            BROKER,
-            &TestEvent::new("high", "com.example.high").attr("knativebrokerttl", "2000000000"),
-        )
-        .await;
+    subscribe(&server, "capped", &capped.url(), "com.example.high").await;
+    send_with_ttl(&server, "high", "com.example.high", "2000000000").await;
     let got = capped.wait_for(1).await;
     assert_eq!(ttls(&got), [254]);
 }
@@ -176,54 +166,32 @@ async fn a_low_ttl_from_the_sender_stops_the_loop_sooner_and_a_high_one_is_cappe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_pong_between_two_brokers_stops() {
     let server = TestServer::start_ready().await;
-    server
-        .create_broker(NS, "ping", serde_json::Value::Null)
-        .await;
-    server
-        .create_broker(NS, "pong", serde_json::Value::Null)
-        .await;
-    server
-        .create_trigger(&trigger(
-            NS,
-            "to-pong",
-            "ping",
-            &server.ingress_url(NS, "pong"),
-        ))
-        .await;
-    server
-        .create_trigger(&trigger(
-            NS,
-            "to-ping",
-            "pong",
-            &server.ingress_url(NS, "ping"),
-        ))
-        .await;
+    for broker in ["ping", "pong"] {
+        server
+            .create_broker(NS, broker, serde_json::Value::Null)
+            .await;
+    }
+    // Each broker's trigger sends to the other's ingress.
+    for (name, from, to) in [("to-pong", "ping", "pong"), ("to-ping", "pong", "ping")] {
+        let other = server.ingress_url(NS, to);
+        server
+            .create_trigger(&trigger(NS, name, from, &other))
+            .await;
+    }
 
     server
         .send(NS, "ping", &TestEvent::new("ball", "com.example.ball"))
         .await;
     // Stored at ping with 255, 253, ..., 1 (128 times) and at pong with 254, ..., 2 (127
     // times): the event with TTL 1 is at ping, whose trigger drops it.
-    server
-        .wait_metric(DROPPED, &[("trigger", "to-pong"), ("reason", "ttl")], 1.0)
-        .await;
+    wait_ttl_drop(&server, "to-pong").await;
     server.wait_deliveries_final(NS, "to-pong", 127).await;
     server.wait_deliveries_final(NS, "to-ping", 127).await;
     assert_eq!(delivered(&server, "to-pong").await, 127.0);
     assert_eq!(delivered(&server, "to-ping").await, 127.0);
     assert_eq!(ttl_drops(&server, "to-ping").await, 0.0);
-    assert_eq!(
-        server
-            .metric(INGRESS, &[("broker", "ping"), ("outcome", "accepted")])
-            .await,
-        128.0
-    );
-    assert_eq!(
-        server
-            .metric(INGRESS, &[("broker", "pong"), ("outcome", "accepted")])
-            .await,
-        127.0
-    );
+    assert_eq!(accepted(&server, "ping").await, 128.0);
+    assert_eq!(accepted(&server, "pong").await, 127.0);
 }
 
 /// Ingress refuses an event that arrives with no hop left (TTL zero or below), in every
@@ -252,30 +220,17 @@ async fn ingress_refuses_an_event_with_no_hop_left() {
         );
     }
 
-    let mut structured = HeaderMap::new();
-    structured.insert(
-        "content-type",
-        HeaderValue::from_static("application/cloudevents+json"),
-    );
     let event = json!({"specversion": "1.0", "id": "s0", "source": "/t", "type": "t",
                        "knativebrokerttl": 0});
-    let (status, body) = server
-        .post_raw(NS, BROKER, structured, Bytes::from(event.to_string()))
-        .await;
+    let (status, body) = post_as(&server, "application/cloudevents+json", event.to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
-    let mut batched = HeaderMap::new();
-    batched.insert(
-        "content-type",
-        HeaderValue::from_static("application/cloudevents-batch+json"),
-    );
     let batch = json!([
         {"specversion": "1.0", "id": "b-ok", "source": "/t", "type": "t"},
         {"specversion": "1.0", "id": "b0", "source": "/t", "type": "t", "knativebrokerttl": 0},
     ]);
-    let (status, body) = server
-        .post_raw(NS, BROKER, batched, Bytes::from(batch.to_string()))
-        .await;
+    let batched = "application/cloudevents-batch+json";
+    let (status, body) = post_as(&server, batched, batch.to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("b0"), "{body}");
 
@@ -352,14 +307,7 @@ async fn a_loop_through_a_nats_sink_and_source_carries_the_ttl_and_stops() {
     // Core NATS keeps nothing for a subscriber that is not there yet: probe through the sink
     // until an event comes back through the source.
     let probes = Subscriber::start().await;
-    server
-        .create_trigger(&typed_trigger(
-            "probes",
-            BROKER,
-            &probes.url(),
-            "com.example.probe",
-        ))
-        .await;
+    subscribe(&server, "probes", &probes.url(), "com.example.probe").await;
     support::wait_for("the source to subscribe", support::WAIT, || {
         let (client, url, probes) = (support::http(), sink_url.clone(), &probes);
         async move {
@@ -376,33 +324,9 @@ async fn a_loop_through_a_nats_sink_and_source_carries_the_ttl_and_stops() {
     })
     .await;
 
-    let watcher = Subscriber::start().await;
-    server
-        .create_trigger(&typed_trigger(
-            "to-nats",
-            BROKER,
-            &sink_url,
-            "com.example.loop",
-        ))
-        .await;
-    server
-        .create_trigger(&typed_trigger(
-            "watch",
-            BROKER,
-            &watcher.url(),
-            "com.example.loop",
-        ))
-        .await;
-    server
-        .send(
-            NS,
-            BROKER,
-            &TestEvent::new("round", "com.example.loop").attr("knativebrokerttl", "6"),
-        )
-        .await;
-    server
-        .wait_metric(DROPPED, &[("trigger", "to-nats"), ("reason", "ttl")], 1.0)
-        .await;
+    let watcher = loop_with_watcher(&server, "to-nats", &sink_url, "com.example.loop").await;
+    send_with_ttl(&server, "round", "com.example.loop", "6").await;
+    wait_ttl_drop(&server, "to-nats").await;
     assert_eq!(delivered(&server, "to-nats").await, 5.0);
     let seen = watcher.wait_for(5).await;
     assert_eq!(ttls(&seen), [5, 4, 3, 2, 1]);

@@ -7,16 +7,12 @@ use rivulet_testkit as support;
 use rivulet_testkit::rabbitmq as rabbitmq_support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use rivulet::runtime::{Action, Context, Role};
+use rivulet::runtime::{Action, Role};
 use serde_json::{Value, json};
-use support::kube_api::{
-    ApiServer, Seen, applied, condition, context_in, deleted, empty_list, exchange, exchange_by,
-    list_of, next_background_request, status_error,
-};
+use support::kube_api::{Scripted, Seen, condition, deleted, empty_list, list_of, status_error};
 
 const NS: &str = "team";
 const BROKER_API: &str = "eventing.knative.dev/v1";
@@ -108,19 +104,30 @@ fn internal_error() -> (u16, Value) {
 
 /// Reconciles broker `orders` in the controller, so it is served and EventTypes and
 /// triggers find it.
-async fn ready_broker(ctx: &Arc<Context>, server: &mut ApiServer) {
+async fn ready_broker(cluster: &mut Scripted) {
     let object = broker("orders");
-    let (action, requests) = exchange(
-        server,
-        ctx.handle_change(&applied("Broker", &object)),
-        vec![
-            (200, object.clone()),
-            (200, empty_list(BROKER_API, "Trigger")),
-        ],
-    )
-    .await;
+    let (action, requests) = cluster
+        .apply(
+            "Broker",
+            &object,
+            vec![(200, object.clone()), no_triggers()],
+        )
+        .await;
     assert_eq!(action, Action::AwaitChange, "{requests:?}");
-    assert!(ctx.brokers.get(NS, "orders").is_some());
+    assert!(cluster.ctx.brokers.get(NS, "orders").is_some());
+}
+
+/// The API server's answer to a list of triggers: there are none.
+fn no_triggers() -> (u16, Value) {
+    (200, empty_list(BROKER_API, "Trigger"))
+}
+
+/// What each request asked for: its method and path.
+fn asked(requests: &[Seen]) -> Vec<(&str, &str)> {
+    requests
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect()
 }
 
 /// The status a request writes, after checking that it is a server-side apply of the status
@@ -150,8 +157,8 @@ fn all_true<'a>(others: &[&'a str]) -> Vec<(&'a str, &'a str)> {
 }
 
 /// The Warning Event the controller posts in the background about `kind` `name`; its note.
-async fn warning_event(server: &mut ApiServer, reason: &str, kind: &str, name: &str) -> String {
-    let event = next_background_request(server, json!({})).await;
+async fn warning_event(cluster: &mut Scripted, reason: &str, kind: &str, name: &str) -> String {
+    let event = cluster.next_background_request().await;
     assert_eq!(event.method, "POST", "{event:?}");
     assert_eq!(
         event.path,
@@ -167,13 +174,13 @@ async fn warning_event(server: &mut ApiServer, reason: &str, kind: &str, name: &
 
 /// A failed status write: the error policy requeues and says why in a Warning Event.
 async fn assert_api_server_error_reported(
-    server: &mut ApiServer,
+    cluster: &mut Scripted,
     action: Action,
     kind: &str,
     name: &str,
 ) {
     assert_eq!(action, RETRY_SOON, "{kind}");
-    let note = warning_event(server, "ApiServerError", kind, name).await;
+    let note = warning_event(cluster, "ApiServerError", kind, name).await;
     assert!(note.contains("etcd is having a bad day"), "{kind}: {note}");
 }
 
@@ -312,18 +319,12 @@ fn source_cases() -> Vec<SourceCase> {
 #[tokio::test]
 async fn sources_in_the_controller_write_their_sink_attributes_and_conditions() {
     for case in source_cases() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
+        let mut cluster = Scripted::new(Role::Controller);
         let object = case.object(broker_ref("orders"));
         let mut answers = vec![(200, broker("orders"))];
         answers.extend(case.lookup_answers());
         answers.push((200, object.clone()));
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(case.kind, &object)),
-            answers,
-        )
-        .await;
+        let (action, requests) = cluster.apply(case.kind, &object, answers).await;
         let kind = case.kind;
         assert_eq!(action, Action::AwaitChange, "{kind}");
         // The sink, what the source needs, its status: no finalizer on sources.
@@ -333,7 +334,7 @@ async fn sources_in_the_controller_write_their_sink_attributes_and_conditions() 
             "{kind}: {requests:?}"
         );
         assert_eq!(
-            (requests[0].method.as_str(), requests[0].path.as_str()),
+            asked(&requests)[0],
             ("GET", broker_path("orders").as_str()),
             "{kind}"
         );
@@ -364,18 +365,12 @@ async fn sources_in_the_controller_write_their_sink_attributes_and_conditions() 
 #[tokio::test]
 async fn a_source_whose_sink_broker_does_not_exist_is_not_ready_and_requeues() {
     for case in source_cases() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
+        let mut cluster = Scripted::new(Role::Controller);
         let object = case.object(broker_ref("missing"));
         let mut answers = vec![not_found("brokers \"missing\"")];
         answers.extend(case.lookup_answers());
         answers.push((200, object.clone()));
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(case.kind, &object)),
-            answers,
-        )
-        .await;
+        let (action, requests) = cluster.apply(case.kind, &object, answers).await;
         let kind = case.kind;
         assert_eq!(action, RETRY_SOON, "{kind}");
         assert_eq!(requests[0].path, broker_path("missing"), "{kind}");
@@ -399,7 +394,7 @@ async fn a_source_whose_sink_broker_does_not_exist_is_not_ready_and_requeues() {
         for field in ["sinkUri", "ceAttributes", "address"] {
             assert!(status.get(field).is_none(), "{kind}: {field} in {status}");
         }
-        let note = warning_event(&mut server, "SinkNotFound", kind, case.name).await;
+        let note = warning_event(&mut cluster, "SinkNotFound", kind, case.name).await;
         assert!(note.contains("team/missing"), "{kind}: {note}");
     }
 }
@@ -452,20 +447,14 @@ async fn a_source_whose_adapter_cannot_be_prepared_says_why_and_requeues() {
     } in failures
     {
         let case = cases.iter().find(|c| c.kind == kind).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
+        let mut cluster = Scripted::new(Role::Controller);
         let mut object = case.object(json!({"uri": "http://shipping.team.svc/"}));
         for (field, value) in changes.as_object().unwrap() {
             object["spec"][field] = value.clone();
         }
         let mut answers = lookup_answers;
         answers.push((200, object.clone()));
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(kind, &object)),
-            answers,
-        )
-        .await;
+        let (action, requests) = cluster.apply(kind, &object, answers).await;
         assert_eq!(action, RETRY_SOON, "{kind}");
         let status = written_status(requests.last().unwrap(), &case.path());
         assert_conditions(
@@ -483,27 +472,21 @@ async fn a_source_whose_adapter_cannot_be_prepared_says_why_and_requeues() {
         assert!(text.contains(message), "{kind}: {text}");
         // The sink resolved all the same, and is reported.
         assert_eq!(status["sinkUri"], "http://shipping.team.svc/", "{kind}");
-        warning_event(&mut server, reason, kind, case.name).await;
+        warning_event(&mut cluster, reason, kind, case.name).await;
     }
 }
 
 #[tokio::test]
 async fn a_source_whose_status_cannot_be_written_requeues_with_a_warning_event() {
     for case in source_cases() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
+        let mut cluster = Scripted::new(Role::Controller);
         let object = case.object(json!({"uri": "http://shipping.team.svc/"}));
         let mut answers = case.lookup_answers();
         answers.push(internal_error());
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(case.kind, &object)),
-            answers,
-        )
-        .await;
+        let (action, requests) = cluster.apply(case.kind, &object, answers).await;
         assert_eq!(requests.len(), case.lookups.len() + 1, "{}", case.kind);
         written_status(requests.last().unwrap(), &case.path());
-        assert_api_server_error_reported(&mut server, action, case.kind, case.name).await;
+        assert_api_server_error_reported(&mut cluster, action, case.kind, case.name).await;
     }
 }
 
@@ -514,29 +497,18 @@ async fn sources_in_the_data_plane_take_their_sink_from_the_status_and_write_non
     let cases = source_cases();
     for kind in ["PingSource", "WebhookSource"] {
         let case = cases.iter().find(|c| c.kind == kind).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::DataPlane, dir.path());
+        let mut cluster = Scripted::new(Role::DataPlane);
         let mut object = case.object(broker_ref("orders"));
         // Without a Secret to read.
         object["spec"].as_object_mut().unwrap().remove("secret");
         object["status"] = json!({"observedGeneration": 4, "sinkUri": "http://shipping.team.svc/"});
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(kind, &object)),
-            vec![],
-        )
-        .await;
+        let (action, requests) = cluster.apply(kind, &object, vec![]).await;
         assert_eq!(action, Action::AwaitChange, "{kind}");
         assert!(requests.is_empty(), "{kind}: {requests:?}");
 
         // A status of an older generation may name a stale sink: wait for the controller.
         object["status"]["observedGeneration"] = json!(3);
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(kind, &object)),
-            vec![],
-        )
-        .await;
+        let (action, requests) = cluster.apply(kind, &object, vec![]).await;
         assert_eq!(action, RETRY_SOON, "{kind}");
         assert!(requests.is_empty(), "{kind}: {requests:?}");
     }
@@ -674,15 +646,11 @@ fn sink_api(case: &SinkCase, status_answer: (u16, Value)) -> impl FnMut(&Seen) -
 #[tokio::test]
 async fn sinks_in_the_controller_publish_their_address_and_make_referrers_look_again() {
     for case in sink_cases() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
+        let mut cluster = Scripted::new(Role::Controller);
         let object = case.object();
-        let (action, requests) = exchange_by(
-            &mut server,
-            ctx.handle_change(&applied(case.kind, &object)),
-            sink_api(&case, (200, object.clone())),
-        )
-        .await;
+        let (action, requests) = cluster
+            .apply_by(case.kind, &object, sink_api(&case, (200, object.clone())))
+            .await;
         let kind = case.kind;
         assert_eq!(action, Action::AwaitChange, "{kind}");
         let lookups = case.lookups.len();
@@ -718,9 +686,8 @@ async fn sinks_in_the_controller_publish_their_address_and_make_referrers_look_a
 
 #[tokio::test]
 async fn a_trigger_naming_a_new_sink_is_reconciled_with_the_sink_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
-    ready_broker(&ctx, &mut server).await;
+    let mut cluster = Scripted::new(Role::Controller);
+    ready_broker(&mut cluster).await;
     let case = &sink_cases()[0];
     let sink = case.object();
     let mut sink_with_address = sink.clone();
@@ -735,10 +702,8 @@ async fn a_trigger_naming_a_new_sink_is_reconciled_with_the_sink_address() {
     let triggers = collection(BROKER_API, "triggers", None);
     let trigger_status = format!("{}/status", object_path(BROKER_API, "triggers", "show-all"));
     let mut sink_answers = sink_api(case, (200, sink.clone()));
-    let (action, requests) = exchange_by(
-        &mut server,
-        ctx.handle_change(&applied(case.kind, &sink)),
-        |request| {
+    let (action, requests) = cluster
+        .apply_by(case.kind, &sink, |request| {
             if request.path == triggers {
                 (200, list_of(BROKER_API, "Trigger", vec![trigger.clone()]))
             } else if request.method == "GET" && request.path == case.path() {
@@ -749,9 +714,8 @@ async fn a_trigger_naming_a_new_sink_is_reconciled_with_the_sink_address() {
             } else {
                 sink_answers(request)
             }
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(action, Action::AwaitChange);
     let trigger_patch = requests
         .iter()
@@ -809,18 +773,12 @@ async fn a_sink_that_cannot_be_built_says_why_and_requeues() {
     } in failures
     {
         let case = cases.iter().find(|c| c.kind == kind).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
+        let mut cluster = Scripted::new(Role::Controller);
         let mut object = case.object();
         object["spec"] = spec;
         let mut answers = lookup_answers;
         answers.push((200, object.clone()));
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(kind, &object)),
-            answers,
-        )
-        .await;
+        let (action, requests) = cluster.apply(kind, &object, answers).await;
         assert_eq!(action, RETRY_SOON, "{kind}");
         // It had no address and has none: nobody is asked to look again.
         let status = written_status(requests.last().unwrap(), &case.path());
@@ -830,14 +788,13 @@ async fn a_sink_that_cannot_be_built_says_why_and_requeues() {
         let text = failing["message"].as_str().unwrap();
         assert!(text.contains(message), "{kind}: {text}");
         assert!(status.get("address").is_none(), "{kind}: {status}");
-        warning_event(&mut server, reason, kind, case.name).await;
+        warning_event(&mut cluster, reason, kind, case.name).await;
     }
 }
 
 #[tokio::test]
 async fn a_sink_that_loses_its_address_makes_referrers_look_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
+    let mut cluster = Scripted::new(Role::Controller);
     let case = sink_cases().remove(1);
     assert_eq!(case.kind, "HttpForwardSink");
     let mut object = case.object();
@@ -845,44 +802,37 @@ async fn a_sink_that_loses_its_address_makes_referrers_look_again() {
     object["status"] = json!({"observedGeneration": 1, "address": {"url": case.url()}});
     let mut answers = sink_api(&case, (200, object.clone()));
     let gone = broker_path("gone");
-    let (action, requests) = exchange_by(
-        &mut server,
-        ctx.handle_change(&applied(case.kind, &object)),
-        |request| {
+    let (action, requests) = cluster
+        .apply_by(case.kind, &object, |request| {
             if request.path == gone {
                 not_found("brokers \"gone\"")
             } else {
                 answers(request)
             }
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(action, RETRY_SOON);
     assert_eq!(requests[0].path, gone);
     let status = written_status(&requests[1], &case.path());
     assert!(status.get("address").is_none(), "{status}");
     let listed: BTreeSet<String> = requests[2..].iter().map(|r| r.path.clone()).collect();
     assert_eq!(listed, case.referrer_collections());
-    warning_event(&mut server, "Unresolved", case.kind, case.name).await;
+    warning_event(&mut cluster, "Unresolved", case.kind, case.name).await;
 }
 
 #[tokio::test]
 async fn kafka_sink_topic_creation_needs_a_kafka_server() {
     // With numPartitions the controller creates the topic; with no Kafka to ask it reports
     // why after the admin request's 10 s timeout, and tries again later.
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
+    let mut cluster = Scripted::new(Role::Controller);
     let case = sink_cases().remove(2);
     assert_eq!(case.kind, "KafkaSink");
     let mut object = case.object();
     object["spec"] = json!({"topic": "orders", "numPartitions": 3,
         "bootstrapServers": [format!("127.0.0.1:{}", support::free_port())]});
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied(case.kind, &object)),
-        vec![(200, object.clone())],
-    )
-    .await;
+    let (action, requests) = cluster
+        .apply(case.kind, &object, vec![(200, object.clone())])
+        .await;
     assert_eq!(action, RETRY_SOON);
     let status = written_status(&requests[0], &case.path());
     assert_conditions(
@@ -891,24 +841,20 @@ async fn kafka_sink_topic_creation_needs_a_kafka_server() {
         "KafkaSink",
     );
     assert_eq!(condition(status, "TopicReady")["reason"], "TopicNotCreated");
-    warning_event(&mut server, "TopicNotCreated", case.kind, case.name).await;
+    warning_event(&mut cluster, "TopicNotCreated", case.kind, case.name).await;
 }
 
 #[tokio::test]
 async fn a_sink_whose_status_cannot_be_written_requeues_with_a_warning_event() {
     for case in sink_cases() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
-        let (action, requests) = exchange_by(
-            &mut server,
-            ctx.handle_change(&applied(case.kind, &case.object())),
-            sink_api(&case, internal_error()),
-        )
-        .await;
+        let mut cluster = Scripted::new(Role::Controller);
+        let (action, requests) = cluster
+            .apply_by(case.kind, &case.object(), sink_api(&case, internal_error()))
+            .await;
         // The failed write ends the reconcile: no referrers are looked for.
         assert_eq!(requests.len(), case.lookups.len() + 1, "{}", case.kind);
         written_status(requests.last().unwrap(), &case.path());
-        assert_api_server_error_reported(&mut server, action, case.kind, case.name).await;
+        assert_api_server_error_reported(&mut cluster, action, case.kind, case.name).await;
     }
 }
 
@@ -919,29 +865,20 @@ async fn sinks_in_the_data_plane_write_no_status() {
             // What building reads is shown in the controller; here: no status.
             continue;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::DataPlane, dir.path());
+        let mut cluster = Scripted::new(Role::DataPlane);
         let kind = case.kind;
         // As the controller wrote it: nothing to ask.
         let mut object = case.object();
         object["status"] = json!({"observedGeneration": 2, "address": {"url": case.url()}});
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(kind, &object)),
-            vec![],
-        )
-        .await;
+        let (action, requests) = cluster.apply(kind, &object, vec![]).await;
         assert_eq!(action, Action::AwaitChange, "{kind}");
         assert!(requests.is_empty(), "{kind}: {requests:?}");
 
         // Seen before the controller wrote its status: referrers are looked through, but
         // still no status is written.
-        let (action, requests) = exchange_by(
-            &mut server,
-            ctx.handle_change(&applied(kind, &case.object())),
-            sink_api(&case, (200, Value::Null)),
-        )
-        .await;
+        let (action, requests) = cluster
+            .apply_by(kind, &case.object(), sink_api(&case, (200, Value::Null)))
+            .await;
         assert_eq!(action, Action::AwaitChange, "{kind}");
         assert!(
             requests.iter().all(|r| r.method == "GET"),
@@ -979,28 +916,27 @@ fn stored_event_type() -> Value {
     stored
 }
 
+/// What reconciling an EventType reads and writes, answered: its stored status, the status
+/// write, the triggers of its namespace.
+fn event_type_answers() -> Vec<(u16, Value)> {
+    vec![
+        (200, stored_event_type()),
+        (200, event_type()),
+        no_triggers(),
+    ]
+}
+
 #[tokio::test]
 async fn an_event_type_of_a_ready_broker_is_ready_and_keeps_what_discovery_wrote() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
-    ready_broker(&ctx, &mut server).await;
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("EventType", &event_type())),
-        vec![
-            (200, stored_event_type()),
-            (200, event_type()),
-            (200, empty_list(BROKER_API, "Trigger")),
-        ],
-    )
-    .await;
+    let mut cluster = Scripted::new(Role::Controller);
+    ready_broker(&mut cluster).await;
+    let (action, requests) = cluster
+        .apply("EventType", &event_type(), event_type_answers())
+        .await;
     assert_eq!(action, Action::AwaitChange);
     assert_eq!(requests.len(), 3, "{requests:?}");
     // The status is read first, so the inferred schema is written back unchanged.
-    assert_eq!(
-        (requests[0].method.as_str(), requests[0].path.as_str()),
-        ("GET", event_type_path().as_str())
-    );
+    assert_eq!(asked(&requests)[0], ("GET", event_type_path().as_str()));
     let status = written_status(&requests[1], &event_type_path());
     assert_eq!(status["observedGeneration"], 2);
     assert_conditions(status, &all_true(&["BrokerReady"]), "EventType");
@@ -1008,25 +944,17 @@ async fn an_event_type_of_a_ready_broker_is_ready_and_keeps_what_discovery_wrote
     assert_eq!(status["schemaVersion"], 1);
     // Triggers filtering on its type are looked up to be reconciled again.
     assert_eq!(
-        (requests[2].method.as_str(), requests[2].path.as_str()),
+        asked(&requests)[2],
         ("GET", triggers_in_namespace().as_str())
     );
 }
 
 #[tokio::test]
 async fn an_event_type_without_its_broker_is_not_ready_and_requeues() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("EventType", &event_type())),
-        vec![
-            (200, stored_event_type()),
-            (200, event_type()),
-            (200, empty_list(BROKER_API, "Trigger")),
-        ],
-    )
-    .await;
+    let mut cluster = Scripted::new(Role::Controller);
+    let (action, requests) = cluster
+        .apply("EventType", &event_type(), event_type_answers())
+        .await;
     assert_eq!(action, Action::Requeue(Duration::from_secs(10)));
     let status = written_status(&requests[1], &event_type_path());
     assert_conditions(
@@ -1041,7 +969,7 @@ async fn an_event_type_without_its_broker_is_not_ready_and_requeues() {
         "broker team/orders does not exist or is not ready"
     );
     let note = warning_event(
-        &mut server,
+        &mut cluster,
         "BrokerDoesNotExist",
         "EventType",
         "order-created",
@@ -1052,30 +980,30 @@ async fn an_event_type_without_its_broker_is_not_ready_and_requeues() {
 
 #[tokio::test]
 async fn an_event_type_whose_status_cannot_be_written_requeues_with_a_warning_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
-    ready_broker(&ctx, &mut server).await;
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("EventType", &event_type())),
-        vec![(200, stored_event_type()), internal_error()],
-    )
-    .await;
+    let mut cluster = Scripted::new(Role::Controller);
+    ready_broker(&mut cluster).await;
+    let (action, requests) = cluster
+        .apply(
+            "EventType",
+            &event_type(),
+            vec![(200, stored_event_type()), internal_error()],
+        )
+        .await;
     assert_eq!(requests.len(), 2, "{requests:?}");
     written_status(&requests[1], &event_type_path());
-    assert_api_server_error_reported(&mut server, action, "EventType", "order-created").await;
+    assert_api_server_error_reported(&mut cluster, action, "EventType", "order-created").await;
 }
 
 #[tokio::test]
 async fn an_event_type_deleted_meanwhile_gets_no_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("EventType", &event_type())),
-        vec![not_found("eventtypes \"order-created\"")],
-    )
-    .await;
+    let mut cluster = Scripted::new(Role::Controller);
+    let (action, requests) = cluster
+        .apply(
+            "EventType",
+            &event_type(),
+            vec![not_found("eventtypes \"order-created\"")],
+        )
+        .await;
     assert_eq!(action, Action::AwaitChange);
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].method, "GET");
@@ -1083,21 +1011,15 @@ async fn an_event_type_deleted_meanwhile_gets_no_status() {
 
 #[tokio::test]
 async fn an_event_type_in_the_data_plane_writes_no_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::DataPlane, dir.path());
-    let (_, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("EventType", &event_type())),
-        vec![
-            (200, stored_event_type()),
-            (200, empty_list(BROKER_API, "Trigger")),
-        ],
-    )
-    .await;
-    let asked: Vec<(&str, &str)> = requests
-        .iter()
-        .map(|r| (r.method.as_str(), r.path.as_str()))
-        .collect();
+    let mut cluster = Scripted::new(Role::DataPlane);
+    let (_, requests) = cluster
+        .apply(
+            "EventType",
+            &event_type(),
+            vec![(200, stored_event_type()), no_triggers()],
+        )
+        .await;
+    let asked = asked(&requests);
     assert_eq!(
         asked,
         [
@@ -1140,26 +1062,23 @@ async fn a_changed_config_map_or_secret_reconciles_the_brokers_naming_it() {
         ),
     ];
     for (kind, config) in configs {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, mut server) = context_in(Role::Controller, dir.path());
+        let mut cluster = Scripted::new(Role::Controller);
         let (orders, brokers) = brokers_naming(kind, "broker-config");
         let plural = format!("{}s", kind.to_ascii_lowercase());
-        let (action, requests) = exchange(
-            &mut server,
-            ctx.handle_change(&applied(kind, &config)),
-            vec![
-                (200, brokers),
-                (200, config.clone()),
-                (200, orders.clone()),
-                (200, empty_list(BROKER_API, "Trigger")),
-            ],
-        )
-        .await;
+        let (action, requests) = cluster
+            .apply(
+                kind,
+                &config,
+                vec![
+                    (200, brokers),
+                    (200, config.clone()),
+                    (200, orders.clone()),
+                    no_triggers(),
+                ],
+            )
+            .await;
         assert_eq!(action, Action::AwaitChange, "{kind}");
-        let asked: Vec<(&str, &str)> = requests
-            .iter()
-            .map(|r| (r.method.as_str(), r.path.as_str()))
-            .collect();
+        let asked = asked(&requests);
         // Only `orders` is reconciled: it reads the config, writes its status, looks up its
         // triggers.
         assert_eq!(
@@ -1188,7 +1107,7 @@ async fn a_changed_config_map_or_secret_reconciles_the_brokers_naming_it() {
         );
         assert_eq!(status["address"]["url"], "http://rivulet.test/team/orders");
         assert_eq!(
-            ctx.brokers.get(NS, "orders").map(|b| b.backend),
+            cluster.ctx.brokers.get(NS, "orders").map(|b| b.backend),
             Some("memory")
         );
     }
@@ -1196,20 +1115,19 @@ async fn a_changed_config_map_or_secret_reconciles_the_brokers_naming_it() {
 
 #[tokio::test]
 async fn a_deleted_config_map_leaves_the_brokers_naming_it_not_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
+    let mut cluster = Scripted::new(Role::Controller);
     let (orders, brokers) = brokers_naming("ConfigMap", "broker-config");
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&deleted("ConfigMap", &config_map("broker-config"))),
-        vec![
-            (200, brokers),
-            not_found("configmaps \"broker-config\""),
-            (200, orders.clone()),
-            (200, empty_list(BROKER_API, "Trigger")),
-        ],
-    )
-    .await;
+    let (action, requests) = cluster
+        .handle(
+            &deleted("ConfigMap", &config_map("broker-config")),
+            vec![
+                (200, brokers),
+                not_found("configmaps \"broker-config\""),
+                (200, orders.clone()),
+                no_triggers(),
+            ],
+        )
+        .await;
     assert_eq!(action, Action::AwaitChange);
     assert_eq!(requests[0].path, ALL_BROKERS);
     let status = written_status(&requests[2], &broker_path("orders"));
@@ -1228,52 +1146,51 @@ async fn a_deleted_config_map_leaves_the_brokers_naming_it_not_ready() {
         ingress["message"],
         "spec.config: ConfigMap team/broker-config does not exist"
     );
-    assert!(ctx.brokers.get(NS, "orders").is_none());
-    warning_event(&mut server, "BackendConfigInvalid", "Broker", "orders").await;
+    assert!(cluster.ctx.brokers.get(NS, "orders").is_none());
+    warning_event(&mut cluster, "BackendConfigInvalid", "Broker", "orders").await;
 }
 
 #[tokio::test]
 async fn a_config_change_whose_brokers_cannot_be_listed_requeues_with_a_warning_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("ConfigMap", &config_map("broker-config"))),
-        vec![internal_error()],
-    )
-    .await;
+    let mut cluster = Scripted::new(Role::Controller);
+    let (action, requests) = cluster
+        .apply(
+            "ConfigMap",
+            &config_map("broker-config"),
+            vec![internal_error()],
+        )
+        .await;
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].path, ALL_BROKERS);
-    assert_api_server_error_reported(&mut server, action, "ConfigMap", "broker-config").await;
+    assert_api_server_error_reported(&mut cluster, action, "ConfigMap", "broker-config").await;
 }
 
 #[tokio::test]
 async fn a_failed_broker_status_on_a_config_change_is_reported_on_the_broker() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
+    let mut cluster = Scripted::new(Role::Controller);
     let (_, brokers) = brokers_naming("ConfigMap", "broker-config");
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("ConfigMap", &config_map("broker-config"))),
-        vec![
-            (200, brokers),
-            (200, config_map("broker-config")),
-            internal_error(),
-        ],
-    )
-    .await;
+    let (action, requests) = cluster
+        .apply(
+            "ConfigMap",
+            &config_map("broker-config"),
+            vec![
+                (200, brokers),
+                (200, config_map("broker-config")),
+                internal_error(),
+            ],
+        )
+        .await;
     assert_eq!(requests.len(), 3, "{requests:?}");
     written_status(&requests[2], &broker_path("orders"));
     // The ConfigMap is done with; the broker is requeued and the Event is about it.
     assert_eq!(action, Action::AwaitChange);
-    let note = warning_event(&mut server, "ApiServerError", "Broker", "orders").await;
+    let note = warning_event(&mut cluster, "ApiServerError", "Broker", "orders").await;
     assert!(note.contains("etcd is having a bad day"), "{note}");
 }
 
 #[tokio::test]
 async fn a_changed_rabbitmq_broker_config_reconciles_its_broker_on_rabbitmq() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, mut server) = context_in(Role::Controller, dir.path());
+    let mut cluster = Scripted::new(Role::Controller);
     let name = rabbitmq_support::unique("recon");
     let mut broker_object = broker_with_config(
         &name,
@@ -1289,29 +1206,27 @@ async fn a_changed_rabbitmq_broker_config_reconciles_its_broker_on_rabbitmq() {
         "spec": {"rabbitmqClusterReference": {"connectionSecret": {"name": "rabbit"}},
             "queueType": "classic"}
     });
-    let (action, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&applied("RabbitmqBrokerConfig", &config)),
-        vec![
-            (
-                200,
-                list_of(BROKER_API, "Broker", vec![broker_object.clone()]),
-            ),
-            (200, config.clone()),
-            (
-                200,
-                secret("rabbit", &[("uri", &rabbitmq_support::rabbitmq_uri())]),
-            ),
-            (200, broker_object.clone()),
-            (200, empty_list(BROKER_API, "Trigger")),
-        ],
-    )
-    .await;
+    let (action, requests) = cluster
+        .apply(
+            "RabbitmqBrokerConfig",
+            &config,
+            vec![
+                (
+                    200,
+                    list_of(BROKER_API, "Broker", vec![broker_object.clone()]),
+                ),
+                (200, config.clone()),
+                (
+                    200,
+                    secret("rabbit", &[("uri", &rabbitmq_support::rabbitmq_uri())]),
+                ),
+                (200, broker_object.clone()),
+                no_triggers(),
+            ],
+        )
+        .await;
     assert_eq!(action, Action::AwaitChange);
-    let asked: Vec<(&str, &str)> = requests
-        .iter()
-        .map(|r| (r.method.as_str(), r.path.as_str()))
-        .collect();
+    let asked = asked(&requests);
     assert_eq!(
         asked,
         [
@@ -1348,12 +1263,9 @@ async fn a_changed_rabbitmq_broker_config_reconciles_its_broker_on_rabbitmq() {
     );
 
     // The broker goes: its exchange with it.
-    let (_, requests) = exchange(
-        &mut server,
-        ctx.handle_change(&deleted("Broker", &broker_object)),
-        vec![(200, empty_list(BROKER_API, "Trigger"))],
-    )
-    .await;
+    let (_, requests) = cluster
+        .handle(&deleted("Broker", &broker_object), vec![no_triggers()])
+        .await;
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert!(!rabbitmq_support::exchange_exists(&connection, &exchange_name).await);
 }

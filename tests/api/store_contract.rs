@@ -25,6 +25,18 @@ async fn stored(store: &dyn ResourceStore, namespace: &str, name: &str) -> Optio
         .expect("get works")
 }
 
+/// Applies the broker team/orders (generation 1) and sets the contract's finalizer on it.
+async fn apply_with_finalizer(store: &dyn ResourceStore) {
+    store
+        .apply(broker_kind(), broker("team", "orders", 1))
+        .await
+        .expect("applied");
+    store
+        .set_finalizer(broker_kind(), "team", "orders", FINALIZER, true)
+        .await
+        .expect("setting a finalizer is no error");
+}
+
 #[tokio::test]
 async fn the_file_store_meets_the_contract() {
     let folder = tempfile::tempdir().unwrap();
@@ -44,14 +56,7 @@ async fn the_kubernetes_store_meets_the_contract() {
 async fn the_file_store_ignores_finalizers() {
     let folder = tempfile::tempdir().unwrap();
     let store = FileStore::open(folder.path()).expect("the store opens");
-    store
-        .apply(broker_kind(), broker("team", "orders", 1))
-        .await
-        .expect("applied");
-    store
-        .set_finalizer(broker_kind(), "team", "orders", FINALIZER, true)
-        .await
-        .expect("a finalizer is no error");
+    apply_with_finalizer(&store).await;
     let object = stored(&store, "team", "orders").await.expect("stored");
     assert!(object["metadata"].get("finalizers").is_none(), "{object}");
     store
@@ -67,14 +72,7 @@ async fn the_file_store_ignores_finalizers() {
 async fn the_kubernetes_store_keeps_a_finalized_object_until_released() {
     let server = KubeServer::start_stateful(Vec::new()).await;
     let store = kubernetes_store(&server);
-    store
-        .apply(broker_kind(), broker("team", "orders", 1))
-        .await
-        .expect("applied");
-    store
-        .set_finalizer(broker_kind(), "team", "orders", FINALIZER, true)
-        .await
-        .expect("the finalizer is set");
+    apply_with_finalizer(&store).await;
     let (applied, _) = store
         .apply(broker_kind(), broker("team", "orders", 2))
         .await

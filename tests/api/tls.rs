@@ -113,12 +113,7 @@ impl TlsServer {
     ) -> TlsServer {
         init_tracing();
         let data_dir = tempfile::tempdir().unwrap();
-        let mut options = ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data_dir.path().to_path_buf(),
-            ..ServeOptions::default()
-        };
+        let mut options = loopback_options(data_dir.path());
         configure(&mut options);
         tune_for_tests(&mut options);
         give_test_token(data_dir.path());
@@ -144,13 +139,98 @@ impl TlsServer {
         } else {
             (trusting(ca), format!("{}/readyz", this.https))
         };
-        wait_for("the server to answer", WAIT, || {
-            let request = client.get(&url).send();
-            async move { request.await.ok().filter(|r| r.status().is_success()) }
-        })
-        .await;
+        wait_answers(&client, &url, "the server to answer").await;
         this
     }
+
+    /// A server in `mode` serving a leaf of a new CA named `ca_name` from files in `dir`:
+    /// the CA, the files and the server.
+    async fn with_new_ca(mode: &str, ca_name: &str, dir: &Path) -> (Ca, TlsFiles, TlsServer) {
+        let ca = Ca::new(ca_name);
+        let files = ca.write_into(dir);
+        let server = TlsServer::start(mode, Some(files.clone()), &ca.pem()).await;
+        (ca, files, server)
+    }
+}
+
+/// Waits until a GET of `url` with `client` succeeds.
+async fn wait_answers(client: &reqwest::Client, url: &str, what: &str) {
+    wait_for(what, WAIT, || {
+        let request = client.get(url).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+}
+
+/// Waits until `readyz` is served with a certificate of `new` (on new connections), checks
+/// that one of `old` no longer is, waits until https addresses publish `new` and checks the
+/// reload was counted.
+async fn wait_certificate_replaced(api: &Api, old: &Ca, new: &Ca, readyz: &str, what: &str) {
+    wait_answers(&trusting(&new.pem()), readyz, what).await;
+    assert!(
+        trusting(&old.pem()).get(readyz).send().await.is_err(),
+        "the first certificate is no longer served"
+    );
+    wait_published_ca(api, &new.pem()).await;
+    assert!(
+        api.metric("rivulet_tls_certificate_reloads_total", &[])
+            .await
+            >= 1.0
+    );
+}
+
+/// After a bad certificate was given: waits until its refusal is counted and checks a
+/// certificate of `kept` is still served at `readyz`.
+async fn assert_bad_certificate_refused(api: &Api, kept: &Ca, readyz: &str) {
+    api.wait_metric("rivulet_tls_certificate_reload_failures_total", &[], 1.0)
+        .await;
+    let still = trusting(&kept.pem()).get(readyz).send().await.unwrap();
+    assert!(still.status().is_success(), "{}", still.status());
+}
+
+/// Waits until the default broker's https address carries `ca` (PEM).
+async fn wait_published_ca(api: &Api, ca: &str) {
+    wait_for(
+        "the broker's https address to carry the new CA",
+        WAIT,
+        || {
+            let broker = api.get("Broker", "default", "default");
+            async move {
+                let broker = broker.await?;
+                (broker.pointer("/status/addresses/0/CACerts")? == &json!(ca)).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Starts a server with `options`, which must fail; the error, with its causes.
+async fn start_error(options: ServeOptions, what: &str) -> String {
+    match rivulet::server::start(options).await {
+        Ok(_) => panic!("{what} started"),
+        Err(error) => format!("{error:#}"),
+    }
+}
+
+/// Waits until the object at `url` (read with `client` and the test token) gives something
+/// for `check`; returns it.
+async fn wait_object<T>(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    check: impl Fn(Value) -> Option<T>,
+) -> T {
+    wait_for(what, WAIT, || {
+        let request = client.get(url).bearer_auth(TEST_TOKEN).send();
+        let check = &check;
+        async move { check(request.await.ok()?.json().await.ok()?) }
+    })
+    .await
+}
+
+/// Whether `object` is Ready; the object when it is.
+fn when_ready(object: Value) -> Option<Value> {
+    (condition(&object, "Ready")?["status"] == "True").then_some(object)
 }
 
 async fn post_event(client: &reqwest::Client, url: &str, id: &str) -> reqwest::Result<u16> {
@@ -164,6 +244,15 @@ async fn post_event(client: &reqwest::Client, url: &str, id: &str) -> reqwest::R
     Ok(response.status().as_u16())
 }
 
+/// Posts event `id` to the default broker over https, trusting `ca`; checks it is accepted.
+async fn assert_https_accepted(server: &TlsServer, ca: &Ca, id: &str, what: &str) {
+    let url = format!("{}/default/default", server.https);
+    let status = post_event(&trusting(&ca.pem()), &url, id)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {}", chain(&e)));
+    assert_eq!(status, 202, "{what}");
+}
+
 fn broker_path() -> &'static str {
     "/apis/eventing.knative.dev/v1/namespaces/default/brokers/default"
 }
@@ -171,13 +260,12 @@ fn broker_path() -> &'static str {
 /// Waits until the default broker is ready and returns it.
 async fn ready_broker(client: &reqwest::Client, base: &str) -> Value {
     let url = format!("{base}{}", broker_path());
-    wait_for("broker default/default to be ready", WAIT, || {
-        let request = client.get(&url).bearer_auth(TEST_TOKEN).send();
-        async move {
-            let broker: Value = request.await.ok()?.json().await.ok()?;
-            (condition(&broker, "Ready")?["status"] == "True").then_some(broker)
-        }
-    })
+    wait_object(
+        client,
+        &url,
+        "broker default/default to be ready",
+        when_ready,
+    )
     .await
 }
 
@@ -205,19 +293,10 @@ fn chain(error: &dyn std::error::Error) -> String {
 #[tokio::test]
 async fn permissive_serves_http_and_https_on_one_port_and_publishes_both_addresses() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("permissive CA");
-    let files = ca.write_into(dir.path());
-    let server = TlsServer::start("permissive", Some(files), &ca.pem()).await;
+    let (ca, _, server) = TlsServer::with_new_ca("permissive", "permissive CA", dir.path()).await;
     let ingress = "/default/default";
 
-    let https = post_event(
-        &trusting(&ca.pem()),
-        &format!("{}{ingress}", server.https),
-        "s-1",
-    )
-    .await
-    .expect("https with the CA trusted works");
-    assert_eq!(https, 202);
+    assert_https_accepted(&server, &ca, "s-1", "https with the CA trusted works").await;
     let plain = post_event(&http(), &format!("{}{ingress}", server.http), "p-1")
         .await
         .expect("plain http works on the same port");
@@ -257,9 +336,7 @@ async fn permissive_serves_http_and_https_on_one_port_and_publishes_both_address
 #[tokio::test]
 async fn strict_refuses_plain_http_and_publishes_only_the_https_address() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("strict CA");
-    let files = ca.write_into(dir.path());
-    let server = TlsServer::start("strict", Some(files), &ca.pem()).await;
+    let (ca, _, server) = TlsServer::with_new_ca("strict", "strict CA", dir.path()).await;
     assert!(
         server
             .server
@@ -278,11 +355,8 @@ async fn strict_refuses_plain_http_and_publishes_only_the_https_address() {
         .expect("plain http gets an answer");
     assert_eq!(response.status(), 426);
     assert!(response.text().await.unwrap().contains("HTTPS is required"),);
+    assert_https_accepted(&server, &ca, "s-1", "https with the CA trusted").await;
     let client = trusting(&ca.pem());
-    let accepted = post_event(&client, &format!("{}/default/default", server.https), "s-1")
-        .await
-        .unwrap();
-    assert_eq!(accepted, 202);
 
     // The resource API's listener follows the same mode.
     let api_plain = http().get(format!("{}/readyz", server.api_http));
@@ -301,17 +375,9 @@ async fn strict_refuses_plain_http_and_publishes_only_the_https_address() {
 async fn permissive_or_strict_without_a_certificate_is_refused_at_start() {
     for mode in ["permissive", "strict"] {
         let data_dir = tempfile::tempdir().unwrap();
-        let mut options = ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data_dir.path().to_path_buf(),
-            ..ServeOptions::default()
-        };
+        let mut options = loopback_options(data_dir.path());
         options.features.set("transport-encryption", mode).unwrap();
-        let error = match rivulet::server::start(options).await {
-            Ok(_) => panic!("{mode} without a certificate started"),
-            Err(error) => format!("{error:#}"),
-        };
+        let error = start_error(options, &format!("{mode} without a certificate")).await;
         assert!(
             error.contains(mode) && error.contains("--tls-cert"),
             "{error}"
@@ -322,50 +388,20 @@ async fn permissive_or_strict_without_a_certificate_is_refused_at_start() {
 #[tokio::test]
 async fn a_replaced_certificate_is_served_without_restart_and_a_bad_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Ca::new("first CA");
-    let files = first.write_into(dir.path());
-    let server = TlsServer::start("permissive", Some(files.clone()), &first.pem()).await;
+    let (first, files, server) = TlsServer::with_new_ca("permissive", "first CA", dir.path()).await;
     let api = Api::new(&server.http, &server.api_http);
     let readyz = format!("{}/readyz", server.https);
 
     let second = Ca::new("second CA");
     second.write_into(dir.path());
     // New connections get the new certificate: only the second CA's clients get through.
-    wait_for("the second certificate to be served", WAIT, || {
-        let request = trusting(&second.pem()).get(&readyz).send();
-        async move { request.await.ok().filter(|r| r.status().is_success()) }
-    })
-    .await;
-    assert!(
-        trusting(&first.pem()).get(&readyz).send().await.is_err(),
-        "the first certificate is no longer served"
-    );
+    let what = "the second certificate to be served";
     // And https addresses publish the new CA.
-    wait_for(
-        "the broker's https address to carry the new CA",
-        WAIT,
-        || {
-            let broker = api.get("Broker", "default", "default");
-            let expected = second.pem();
-            async move {
-                let broker = broker.await?;
-                (broker.pointer("/status/addresses/0/CACerts")? == &json!(expected)).then_some(())
-            }
-        },
-    )
-    .await;
-    assert!(
-        api.metric("rivulet_tls_certificate_reloads_total", &[])
-            .await
-            >= 1.0
-    );
+    wait_certificate_replaced(&api, &first, &second, &readyz, what).await;
 
     // A certificate file that is not PEM: refused, counted, the second one stays.
     std::fs::write(&files.cert, "not a certificate").unwrap();
-    api.wait_metric("rivulet_tls_certificate_reload_failures_total", &[], 1.0)
-        .await;
-    let still = trusting(&second.pem()).get(&readyz).send().await.unwrap();
-    assert!(still.status().is_success());
+    assert_bad_certificate_refused(&api, &second, &readyz).await;
 }
 
 /// A Kubernetes TLS Secret `default/{name}` with `data` in base64: `tls.crt` and `tls.key`
@@ -440,33 +476,8 @@ async fn the_certificate_comes_from_a_secret_and_follows_it_without_restart() {
         &tls_secret("serving-cert", &cert, &key, Some(&second.pem())),
     )
     .await;
-    wait_for("the Secret's new certificate to be served", WAIT, || {
-        let request = trusting(&second.pem()).get(&readyz).send();
-        async move { request.await.ok().filter(|r| r.status().is_success()) }
-    })
-    .await;
-    assert!(
-        trusting(&first.pem()).get(&readyz).send().await.is_err(),
-        "the first certificate is no longer served"
-    );
-    wait_for(
-        "the broker's https address to carry the new CA",
-        WAIT,
-        || {
-            let broker = api.get("Broker", "default", "default");
-            let expected = second.pem();
-            async move {
-                let broker = broker.await?;
-                (broker.pointer("/status/addresses/0/CACerts")? == &json!(expected)).then_some(())
-            }
-        },
-    )
-    .await;
-    assert!(
-        api.metric("rivulet_tls_certificate_reloads_total", &[])
-            .await
-            >= 1.0
-    );
+    let what = "the Secret's new certificate to be served";
+    wait_certificate_replaced(&api, &first, &second, &readyz, what).await;
 
     // A Secret whose tls.crt is not a certificate: refused, counted, the second one stays.
     apply_with(
@@ -475,10 +486,7 @@ async fn the_certificate_comes_from_a_secret_and_follows_it_without_restart() {
         &tls_secret("serving-cert", "not a certificate", &key, None),
     )
     .await;
-    api.wait_metric("rivulet_tls_certificate_reload_failures_total", &[], 1.0)
-        .await;
-    let still = trusting(&second.pem()).get(&readyz).send().await.unwrap();
-    assert!(still.status().is_success());
+    assert_bad_certificate_refused(&api, &second, &readyz).await;
 }
 
 #[tokio::test]
@@ -496,11 +504,8 @@ async fn a_missing_or_incomplete_tls_secret_is_a_start_error_naming_it() {
     for (secret, expected) in cases {
         let data_dir = tempfile::tempdir().unwrap();
         let mut options = ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data_dir.path().to_path_buf(),
             tls_secret: Some("default/serving-cert".parse().unwrap()),
-            ..ServeOptions::default()
+            ..loopback_options(data_dir.path())
         };
         if let Some(mut secret) = secret {
             // No tls.key at all.
@@ -511,10 +516,8 @@ async fn a_missing_or_incomplete_tls_secret_is_a_start_error_naming_it() {
             .features
             .set("transport-encryption", "strict")
             .unwrap();
-        let error = match rivulet::server::start(options).await {
-            Ok(_) => panic!("started without a usable Secret ({expected})"),
-            Err(error) => format!("{error:#}"),
-        };
+        let what = format!("a server without a usable Secret ({expected})");
+        let error = start_error(options, &what).await;
         assert!(
             error.contains("--tls-secret") && error.contains(expected),
             "{error}"
@@ -686,62 +689,39 @@ async fn apply_with(client: &reqwest::Client, api: &str, manifest: &Value) {
 #[tokio::test]
 async fn strict_delivery_goes_over_https_between_brokers_and_to_the_subscriber() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("server CA");
-    let files = ca.write_into(dir.path());
-    let server = TlsServer::start("strict", Some(files), &ca.pem()).await;
+    let (ca, _, server) = TlsServer::with_new_ca("strict", "server CA", dir.path()).await;
     let client = trusting(&ca.pem());
     let subscriber_ca = Ca::new("subscriber CA");
     let (cert, key) = subscriber_files(&subscriber_ca, dir.path());
     let subscriber = Subscriber::with_tls(always(Reply::status(202)), &cert, &key).await;
 
-    apply_with(
-        &client,
-        &server.api_https,
-        &json!({
-            "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
-            "metadata": {"name": "second", "namespace": "default"}, "spec": {}
-        }),
-    )
-    .await;
+    let second = json!({
+        "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+        "metadata": {"name": "second", "namespace": "default"}, "spec": {}
+    });
     // default -> second: a ref to a broker resolves to its https address and Rivulet's own CA.
-    apply_with(
-        &client,
-        &server.api_https,
-        &json!({
-            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-            "metadata": {"name": "hop", "namespace": "default"},
-            "spec": {"broker": "default",
-                     "subscriber": {"ref": {"apiVersion": "eventing.knative.dev/v1",
-                                            "kind": "Broker", "name": "second"}}}
-        }),
-    )
-    .await;
-    apply_with(
-        &client,
-        &server.api_https,
-        &json!({
-            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-            "metadata": {"name": "last", "namespace": "default"},
-            "spec": {"broker": "second",
-                     "subscriber": {"uri": subscriber.https_url(), "CACerts": subscriber_ca.pem()}}
-        }),
-    )
-    .await;
-    let hop = wait_for("trigger hop to be ready", WAIT, || {
-        let request = client
-            .get(format!(
-                "{}{}",
-                server.api_https,
-                resource_path("Trigger", "default", "hop")
-            ))
-            .bearer_auth(TEST_TOKEN)
-            .send();
-        async move {
-            let trigger: Value = request.await.ok()?.json().await.ok()?;
-            (condition(&trigger, "Ready")?["status"] == "True").then_some(trigger)
-        }
-    })
-    .await;
+    let hop = json!({
+        "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+        "metadata": {"name": "hop", "namespace": "default"},
+        "spec": {"broker": "default",
+                 "subscriber": {"ref": {"apiVersion": "eventing.knative.dev/v1",
+                                        "kind": "Broker", "name": "second"}}}
+    });
+    let last = json!({
+        "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+        "metadata": {"name": "last", "namespace": "default"},
+        "spec": {"broker": "second",
+                 "subscriber": {"uri": subscriber.https_url(), "CACerts": subscriber_ca.pem()}}
+    });
+    for manifest in [second, hop, last] {
+        apply_with(&client, &server.api_https, &manifest).await;
+    }
+    let hop_url = format!(
+        "{}{}",
+        server.api_https,
+        resource_path("Trigger", "default", "hop")
+    );
+    let hop = wait_object(&client, &hop_url, "trigger hop to be ready", when_ready).await;
     let hop_uri = hop["status"]["subscriberUri"].as_str().unwrap();
     assert!(hop_uri.starts_with("https://"), "{hop_uri}");
     assert_eq!(hop["status"]["subscriberCACerts"], ca.pem());
@@ -764,9 +744,7 @@ async fn strict_delivery_goes_over_https_between_brokers_and_to_the_subscriber()
 #[tokio::test]
 async fn the_config_features_config_map_switches_a_running_server_to_strict() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("switch CA");
-    let files = ca.write_into(dir.path());
-    let server = TlsServer::start("disabled", Some(files), &ca.pem()).await;
+    let (ca, _, server) = TlsServer::with_new_ca("disabled", "switch CA", dir.path()).await;
     // Disabled: plain HTTP, even with a certificate.
     let plain = post_event(&http(), &format!("{}/default/default", server.http), "d-1")
         .await
@@ -793,16 +771,13 @@ async fn the_config_features_config_map_switches_a_running_server_to_strict() {
     .await;
     let client = trusting(&ca.pem());
     let url = format!("{}{}", server.api_https, broker_path());
-    let address = wait_for("the broker's address to become https", WAIT, || {
-        let request = client.get(&url).bearer_auth(TEST_TOKEN).send();
-        async move {
-            let broker: Value = request.await.ok()?.json().await.ok()?;
-            let address = broker.pointer("/status/address")?.clone();
-            address["url"]
-                .as_str()?
-                .starts_with("https://")
-                .then_some(address)
-        }
+    let what = "the broker's address to become https";
+    let address = wait_object(&client, &url, what, |broker| {
+        let address = broker.pointer("/status/address")?.clone();
+        address["url"]
+            .as_str()?
+            .starts_with("https://")
+            .then_some(address)
     })
     .await;
     assert_eq!(address["CACerts"], ca.pem());
@@ -947,14 +922,8 @@ async fn slow_and_idle_tls_connections_are_closed_after_the_header_read_timeout(
         .unwrap();
     half_headers.flush().await.unwrap();
 
-    let https = post_event(
-        &trusting(&ca.pem()),
-        &format!("{}/default/default", server.https),
-        "tls-limits-1",
-    )
-    .await
-    .expect("https works beside the slow connections");
-    assert_eq!(https, 202);
+    let what = "https works beside the slow connections";
+    assert_https_accepted(&server, &ca, "tls-limits-1", what).await;
 
     let mut buffer = [0u8; 1024];
     let closed = tokio::time::timeout(WAIT, async {

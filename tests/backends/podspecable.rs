@@ -3,9 +3,9 @@
 
 use rivulet_testkit as support;
 
-use rivulet::runtime::Action;
+use rivulet::runtime::{Action, ReconcileError};
 use serde_json::{Value, json};
-use support::kube_api::{Seen, context, exchange, reconciler};
+use support::kube_api::{Scripted, Seen};
 
 fn deployment(name: &str) -> Value {
     json!({
@@ -68,7 +68,13 @@ fn label_selector(request: &Seen) -> Option<String> {
 /// Asserts `requests` are the five lists of what binding `bind` labelled, in order.
 fn assert_lists_bound_workloads(requests: &[Seen]) {
     assert_eq!(requests.len(), 5, "{requests:?}");
-    for (request, collection) in requests.iter().zip(BINDABLE) {
+    assert_listed(requests.iter());
+}
+
+/// Asserts `requests` list what binding `bind` labelled, one bindable kind after another.
+fn assert_listed<'a>(requests: impl Iterator<Item = &'a Seen>) {
+    let mut count = 0;
+    for (request, collection) in requests.zip(BINDABLE) {
         assert_eq!(request.method, "GET");
         assert_eq!(request.path, collection);
         assert_eq!(
@@ -76,12 +82,21 @@ fn assert_lists_bound_workloads(requests: &[Seen]) {
             Some("rivulet.dev/sinkbinding=bind"),
             "{request:?}"
         );
+        count += 1;
     }
+    assert_eq!(count, BINDABLE.len(), "a list of every bindable kind");
 }
 
-/// Asserts `request` is an apply by `rivulet-sinkbinding` giving up everything it owned.
-fn assert_release(request: &Seen, path: &str, kind: &str, name: &str) {
-    request.assert_apply(path, "rivulet-sinkbinding");
+/// The path of the `apps/v1` workload `name` of `kind` in namespace team.
+fn workload_path(kind: &str, name: &str) -> String {
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    format!("/apis/apps/v1/namespaces/team/{plural}/{name}")
+}
+
+/// Asserts `request` is an apply by `rivulet-sinkbinding` giving up everything it owned of
+/// the `apps/v1` workload `name` of `kind`.
+fn assert_release(request: &Seen, kind: &str, name: &str) {
+    request.assert_apply(&workload_path(kind, name), "rivulet-sinkbinding");
     // Naming no env and no label: the API server drops what this manager owned.
     assert_eq!(
         request.body,
@@ -118,9 +133,24 @@ fn condition<'a>(status_request: &'a Seen, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} in {}", status_request.body))
 }
 
-/// Asserts `request` is a SinkBinding apply of the env and the label on `path`.
-fn assert_bind(request: &Seen, path: &str) {
-    request.assert_apply(path, "rivulet-sinkbinding");
+/// Asserts the status `status_request` writes has condition `type_` with `status`.
+fn assert_condition(status_request: &Seen, type_: &str, status: &str) {
+    let found = condition(status_request, type_);
+    assert_eq!(found["status"], status, "{type_}: {found}");
+}
+
+/// Asserts the status `status_request` writes has condition `type_` false, with `reason` and
+/// `message`.
+fn assert_false(status_request: &Seen, type_: &str, reason: &str, message: &str) {
+    let found = condition(status_request, type_);
+    assert_eq!(found["status"], "False", "{type_}: {found}");
+    assert_eq!(found["reason"], reason, "{type_}: {found}");
+    assert_eq!(found["message"], message, "{type_}: {found}");
+}
+
+/// Asserts `request` is a SinkBinding apply of the env and the label on Deployment `name`.
+fn assert_bind(request: &Seen, name: &str) {
+    request.assert_apply(&workload_path("Deployment", name), "rivulet-sinkbinding");
     assert!(request.query.contains("force=true"), "{}", request.query);
     assert_eq!(
         request.body["metadata"]["labels"],
@@ -128,19 +158,34 @@ fn assert_bind(request: &Seen, path: &str) {
     );
 }
 
+/// Reconciles `object` of `kind` on a fresh context, answering with `answers` in order.
+async fn reconciled(
+    kind: &str,
+    object: &Value,
+    answers: Vec<(u16, Value)>,
+) -> (Result<Action, ReconcileError>, Vec<Seen>) {
+    Scripted::standalone()
+        .reconcile(kind, object, answers)
+        .await
+}
+
+/// Cleans up after the deleted `object` of `kind` on a fresh context, answering with
+/// `answers` in order.
+async fn cleaned_up(
+    kind: &str,
+    object: &Value,
+    answers: Vec<(u16, Value)>,
+) -> (Result<(), ReconcileError>, Vec<Seen>) {
+    Scripted::standalone().clean_up(kind, object, answers).await
+}
+
 #[tokio::test]
 async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
     let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 8, "{requests:?}");
     assert_eq!(requests[0].method, "GET");
@@ -149,7 +194,7 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
         "/apis/apps/v1/namespaces/team/deployments/web"
     );
     let apply = &requests[1];
-    assert_bind(apply, "/apis/apps/v1/namespaces/team/deployments/web");
+    assert_bind(apply, "web");
     let pod_spec = &apply.body["spec"]["template"]["spec"];
     let containers = pod_spec["containers"].as_array().unwrap();
     let init_containers = pod_spec["initContainers"].as_array().unwrap();
@@ -188,7 +233,6 @@ async fn sink_binding_applies_k_sink_to_every_container_and_reports_ready() {
 #[tokio::test]
 async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workloads_are_released()
 {
-    let (ctx, mut server) = context();
     let mut object = sink_binding();
     object["spec"]["subject"] = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -220,12 +264,7 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         list("Service", Vec::new()),
         (200, object.clone()),
     ];
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 11, "{requests:?}");
     let lookup = &requests[0];
@@ -235,48 +274,21 @@ async fn a_selector_with_expressions_is_sent_as_a_label_selector_and_stale_workl
         label_selector(lookup).as_deref(),
         Some("app=web,tier in (edge,front),env notin (test),example.com/events,!legacy")
     );
-    assert_bind(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-    );
-    assert_bind(
-        &requests[2],
-        "/apis/apps/v1/namespaces/team/deployments/edge",
-    );
-    let listed: Vec<&Seen> = [3, 5, 7, 8, 9].iter().map(|&i| &requests[i]).collect();
-    for (request, collection) in listed.iter().zip(BINDABLE) {
-        assert_eq!(request.path, collection);
-        assert_eq!(
-            label_selector(request).as_deref(),
-            Some("rivulet.dev/sinkbinding=bind")
-        );
-    }
-    assert_release(
-        &requests[4],
-        "/apis/apps/v1/namespaces/team/deployments/old",
-        "Deployment",
-        "old",
-    );
+    assert_bind(&requests[1], "web");
+    assert_bind(&requests[2], "edge");
+    assert_listed([3, 5, 7, 8, 9].iter().map(|&i| &requests[i]));
+    assert_release(&requests[4], "Deployment", "old");
     assert!(
         !requests[4].query.contains("force"),
         "{}",
         requests[4].query
     );
-    assert_release(
-        &requests[6],
-        "/apis/apps/v1/namespaces/team/statefulsets/db",
-        "StatefulSet",
-        "db",
-    );
-    assert_eq!(
-        condition(&requests[10], "SinkBindingAvailable")["status"],
-        "True"
-    );
+    assert_release(&requests[6], "StatefulSet", "db");
+    assert_condition(&requests[10], "SinkBindingAvailable", "True");
 }
 
 #[tokio::test]
 async fn a_changed_subject_name_releases_the_workload_bound_before() {
-    let (ctx, mut server) = context();
     let mut object = sink_binding();
     object["spec"]["subject"]["name"] = json!("api");
     let mut answers = vec![
@@ -287,24 +299,11 @@ async fn a_changed_subject_name_releases_the_workload_bound_before() {
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 9, "{requests:?}");
-    assert_bind(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/api",
-    );
-    assert_release(
-        &requests[3],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-        "Deployment",
-        "web",
-    );
+    assert_bind(&requests[1], "api");
+    assert_release(&requests[3], "Deployment", "web");
     // api, bound now, is kept: the only release is web's.
     assert_eq!(
         requests
@@ -332,7 +331,6 @@ fn knative_service(name: &str) -> Value {
 /// released by merge patches of its whole container list, against the version read.
 #[tokio::test]
 async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_containers() {
-    let (ctx, mut server) = context();
     let mut object = sink_binding();
     object["spec"]["subject"] =
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"});
@@ -344,12 +342,7 @@ async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_contain
     ));
     answers.push((200, knative_service("old-fn")));
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
     assert_eq!(requests.len(), 9, "{requests:?}");
     let services = "/apis/serving.knative.dev/v1/namespaces/team/services";
@@ -393,25 +386,16 @@ async fn a_knative_service_is_bound_and_released_by_merge_patches_of_its_contain
             ]}}}
         })
     );
-    assert_eq!(
-        condition(&requests[8], "SinkBindingAvailable")["status"],
-        "True"
-    );
+    assert_condition(&requests[8], "SinkBindingAvailable", "True");
 }
 
 #[tokio::test]
 async fn a_missing_subject_is_reported_not_ready_and_retried() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
     let mut answers = vec![failure(404, "NotFound", "deployments \"web\" not found")];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert!(
         matches!(result.expect("reconciled"), Action::Requeue(_)),
         "a missing subject is looked for again"
@@ -429,11 +413,10 @@ async fn a_missing_subject_is_reported_not_ready_and_retried() {
 
 #[tokio::test]
 async fn a_failing_subject_lookup_releases_nothing() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
+    let (result, requests) = reconciled(
+        "SinkBinding",
+        &object,
         vec![
             failure(500, "InternalError", "etcd timed out"),
             (200, object.clone()),
@@ -454,7 +437,6 @@ async fn a_failing_subject_lookup_releases_nothing() {
 
 #[tokio::test]
 async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
     let mut answers = vec![
         (200, deployment("web")),
@@ -466,33 +448,20 @@ async fn a_forbidden_apply_is_reported_as_binding_failed_and_retried() {
     ];
     answers.extend(nothing_bound_before());
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
-    assert_bind(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-    );
+    assert_bind(&requests[1], "web");
     // The workload still matches: it is not released.
     assert_lists_bound_workloads(&requests[2..7]);
     let status = &requests[7];
-    let available = condition(status, "SinkBindingAvailable");
-    assert_eq!(available["status"], "False");
-    assert_eq!(available["reason"], "BindingFailed");
-    assert_eq!(
-        available["message"],
-        "cannot bind Deployment web: deployments.apps \"web\" is forbidden: cannot patch (403)"
-    );
+    let forbidden =
+        "cannot bind Deployment web: deployments.apps \"web\" is forbidden: cannot patch (403)";
+    assert_false(status, "SinkBindingAvailable", "BindingFailed", forbidden);
     assert_eq!(condition(status, "Ready")["reason"], "BindingFailed");
 }
 
 #[tokio::test]
 async fn a_failing_release_is_reported_and_retried() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
     let mut answers = vec![
         (200, deployment("web")),
@@ -502,40 +471,25 @@ async fn a_failing_release_is_reported_and_retried() {
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
     answers.push((200, object.clone()));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
-    assert_release(
-        &requests[3],
-        "/apis/apps/v1/namespaces/team/deployments/old",
-        "Deployment",
-        "old",
-    );
-    let available = condition(&requests[8], "SinkBindingAvailable");
-    assert_eq!(available["reason"], "BindingFailed");
-    assert_eq!(
-        available["message"],
-        "cannot release Deployment old: try again (500)"
+    assert_release(&requests[3], "Deployment", "old");
+    let message = "cannot release Deployment old: try again (500)";
+    assert_false(
+        &requests[8],
+        "SinkBindingAvailable",
+        "BindingFailed",
+        message,
     );
 }
 
 #[tokio::test]
 async fn a_failing_status_write_is_a_reconcile_error() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
     let mut answers = vec![(200, deployment("web")), (200, deployment("web"))];
     answers.extend(nothing_bound_before());
     answers.push(failure(500, "InternalError", "status unavailable"));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").reconcile)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = reconciled("SinkBinding", &object, answers).await;
     let error = result.expect_err("the status could not be written");
     assert!(error.to_string().contains("status unavailable"), "{error}");
     assert!(requests[7].path.ends_with("/sinkbindings/bind/status"));
@@ -543,7 +497,6 @@ async fn a_failing_status_write_is_a_reconcile_error() {
 
 #[tokio::test]
 async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
     let answers = vec![
         list("Deployment", vec![deployment("web"), deployment("gone")]),
@@ -563,58 +516,25 @@ async fn deleting_a_sink_binding_releases_every_workload_it_labelled() {
             "the server could not find the requested resource",
         ),
     ];
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").cleanup)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cleaned_up("SinkBinding", &object, answers).await;
     // A workload deleted meanwhile has nothing left to release.
     result.expect("cleaned up");
     assert_eq!(requests.len(), 8, "{requests:?}");
-    let lists: Vec<&Seen> = [0, 3, 4, 6, 7].iter().map(|&i| &requests[i]).collect();
-    for (request, collection) in lists.iter().zip(BINDABLE) {
-        assert_eq!(request.path, collection);
-        assert_eq!(
-            label_selector(request).as_deref(),
-            Some("rivulet.dev/sinkbinding=bind")
-        );
-    }
-    assert_release(
-        &requests[1],
-        "/apis/apps/v1/namespaces/team/deployments/web",
-        "Deployment",
-        "web",
-    );
-    assert_release(
-        &requests[2],
-        "/apis/apps/v1/namespaces/team/deployments/gone",
-        "Deployment",
-        "gone",
-    );
-    assert_release(
-        &requests[5],
-        "/apis/apps/v1/namespaces/team/daemonsets/agent",
-        "DaemonSet",
-        "agent",
-    );
+    assert_listed([0, 3, 4, 6, 7].iter().map(|&i| &requests[i]));
+    assert_release(&requests[1], "Deployment", "web");
+    assert_release(&requests[2], "Deployment", "gone");
+    assert_release(&requests[5], "DaemonSet", "agent");
 }
 
 #[tokio::test]
 async fn a_forbidden_release_on_delete_is_an_error() {
-    let (ctx, mut server) = context();
     let object = sink_binding();
     let mut answers = vec![
         list("Deployment", vec![deployment("web")]),
         failure(403, "Forbidden", "cannot patch deployments"),
     ];
     answers.extend(nothing_bound_before().into_iter().skip(1));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("SinkBinding").cleanup)(&object, &ctx),
-        answers,
-    )
-    .await;
+    let (result, requests) = cleaned_up("SinkBinding", &object, answers).await;
     let error = result.expect_err("the release was refused");
     assert_eq!(
         error.to_string(),
@@ -647,15 +567,14 @@ fn applied_deployment(status: Value) -> Value {
 
 #[tokio::test]
 async fn container_source_applies_an_owned_deployment_and_is_ready_once_available() {
-    let (ctx, mut server) = context();
     let object = container_source();
     let available = applied_deployment(json!({
         "replicas": 1, "availableReplicas": 1,
         "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]
     }));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
+    let (result, requests) = reconciled(
+        "ContainerSource",
+        &object,
         vec![(200, available), (200, object.clone())],
     )
     .await;
@@ -704,7 +623,6 @@ async fn container_source_applies_an_owned_deployment_and_is_ready_once_availabl
 
 #[tokio::test]
 async fn a_deployment_not_available_yet_is_reported_and_requeued() {
-    let (ctx, mut server) = context();
     let object = container_source();
     let unavailable = applied_deployment(json!({
         "replicas": 1, "unavailableReplicas": 1,
@@ -714,9 +632,9 @@ async fn a_deployment_not_available_yet_is_reported_and_requeued() {
              "message": "Deployment does not have minimum availability."}
         ]
     }));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
+    let (result, requests) = reconciled(
+        "ContainerSource",
+        &object,
         vec![(200, unavailable), (200, object.clone())],
     )
     .await;
@@ -725,74 +643,67 @@ async fn a_deployment_not_available_yet_is_reported_and_requeued() {
         Action::Requeue(std::time::Duration::from_secs(10))
     );
     let status = &requests[1];
-    assert_eq!(condition(status, "SinkBindingReady")["status"], "True");
+    assert_condition(status, "SinkBindingReady", "True");
     for type_ in ["Ready", "ReceiveAdapterReady"] {
-        let condition = condition(status, type_);
-        assert_eq!(condition["status"], "False", "{type_}");
-        assert_eq!(condition["reason"], "MinimumReplicasUnavailable");
-        assert_eq!(
-            condition["message"],
-            "Deployment does not have minimum availability."
-        );
+        let message = "Deployment does not have minimum availability.";
+        assert_false(status, type_, "MinimumReplicasUnavailable", message);
     }
 }
 
 #[tokio::test]
 async fn a_new_deployment_without_status_is_not_ready_and_a_replica_count_is_enough() {
-    let (ctx, mut server) = context();
+    let mut cluster = Scripted::standalone();
     let object = container_source();
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
-        vec![(200, deployment("heart-deployment")), (200, object.clone())],
-    )
-    .await;
+    let (result, requests) = cluster
+        .reconcile(
+            "ContainerSource",
+            &object,
+            vec![(200, deployment("heart-deployment")), (200, object.clone())],
+        )
+        .await;
     assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
-    let adapter = condition(&requests[1], "ReceiveAdapterReady");
-    assert_eq!(adapter["status"], "False");
-    assert_eq!(adapter["reason"], "DeploymentUnavailable");
-    assert_eq!(
-        adapter["message"],
-        "Deployment heart-deployment has no available replica yet"
+    let message = "Deployment heart-deployment has no available replica yet";
+    assert_false(
+        &requests[1],
+        "ReceiveAdapterReady",
+        "DeploymentUnavailable",
+        message,
     );
 
     // No Available condition written yet, but a replica available.
     let counted = applied_deployment(json!({"availableReplicas": 1}));
-    let (result, requests) = exchange(
-        &mut server,
-        (reconciler("ContainerSource").reconcile)(&object, &ctx),
-        vec![(200, counted), (200, object.clone())],
-    )
-    .await;
+    let (result, requests) = cluster
+        .reconcile(
+            "ContainerSource",
+            &object,
+            vec![(200, counted), (200, object.clone())],
+        )
+        .await;
     assert_eq!(result.expect("reconciled"), Action::AwaitChange);
-    assert_eq!(
-        condition(&requests[1], "ReceiveAdapterReady")["status"],
-        "True"
-    );
+    assert_condition(&requests[1], "ReceiveAdapterReady", "True");
 }
 
 #[tokio::test]
 async fn a_failing_deployment_apply_is_reported_and_retried() {
-    let (ctx, mut server) = context();
     let object = container_source();
     for (code, reason, message) in [
         (500, "InternalError", "etcdserver: request timed out"),
         (403, "Forbidden", "cannot patch deployments in team"),
     ] {
-        let (result, requests) = exchange(
-            &mut server,
-            (reconciler("ContainerSource").reconcile)(&object, &ctx),
+        let (result, requests) = reconciled(
+            "ContainerSource",
+            &object,
             vec![failure(code, reason, message), (200, object.clone())],
         )
         .await;
         assert!(matches!(result.expect("reconciled"), Action::Requeue(_)));
         assert_eq!(requests[0].method, "PATCH");
-        let adapter = condition(&requests[1], "ReceiveAdapterReady");
-        assert_eq!(adapter["status"], "False");
-        assert_eq!(adapter["reason"], "DeploymentFailed");
-        assert_eq!(
-            adapter["message"],
-            format!("cannot apply Deployment team/heart-deployment: {message} ({code})")
+        let why = format!("cannot apply Deployment team/heart-deployment: {message} ({code})");
+        assert_false(
+            &requests[1],
+            "ReceiveAdapterReady",
+            "DeploymentFailed",
+            &why,
         );
         assert_eq!(
             condition(&requests[1], "Ready")["reason"],
@@ -835,29 +746,24 @@ async fn standalone_mode_validates_and_says_kubernetes_is_required() {
             && text.contains("Matches"),
         "{body}"
     );
-    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
-        json!({"key": "app", "operator": "In"});
-    let (code, body) = support::put(&api, &expressions).await;
-    assert_eq!(code, 422, "{body}");
-    assert!(
-        body.to_string()
-            .contains("spec.subject.selector.matchExpressions[0].values"),
-        "{body}"
-    );
-    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
-        json!({"key": "app", "operator": "Exists", "values": ["web"]});
-    let (code, body) = support::put(&api, &expressions).await;
-    assert_eq!(code, 422, "{body}");
-    assert!(body.to_string().contains("must be empty"), "{body}");
-    expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
-        json!({"key": "app", "operator": "In", "values": ["a b"]});
-    let (code, body) = support::put(&api, &expressions).await;
-    assert_eq!(code, 422, "{body}");
-    assert!(
-        body.to_string()
-            .contains("spec.subject.selector.matchExpressions[0].values[0]"),
-        "{body}"
-    );
+    let values = "spec.subject.selector.matchExpressions[0].values";
+    let first_value = "spec.subject.selector.matchExpressions[0].values[0]";
+    for (expression, says) in [
+        (json!({"key": "app", "operator": "In"}), values),
+        (
+            json!({"key": "app", "operator": "Exists", "values": ["web"]}),
+            "must be empty",
+        ),
+        (
+            json!({"key": "app", "operator": "In", "values": ["a b"]}),
+            first_value,
+        ),
+    ] {
+        expressions["spec"]["subject"]["selector"]["matchExpressions"][0] = expression.clone();
+        let (code, body) = support::put(&api, &expressions).await;
+        assert_eq!(code, 422, "{expression}: {body}");
+        assert!(body.to_string().contains(says), "{expression}: {body}");
+    }
     expressions["spec"]["subject"]["selector"]["matchExpressions"][0] =
         json!({"key": "app", "operator": "In", "values": ["web", "api"]});
     let (code, body) = support::put(&api, &expressions).await;

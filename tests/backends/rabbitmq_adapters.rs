@@ -13,6 +13,7 @@ use adapters_support::{apply, ready_address, wait_ready};
 use futures::StreamExt;
 use rabbitmq_support::{connect, queue_depth, rabbitmq_uri, unique, uri_secret, wait_consumed};
 use rivulet_channels::rabbitmq::amqp;
+use rivulet_channels::rabbitmq::lapin::message::Delivery;
 use rivulet_channels::rabbitmq::lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -91,16 +92,76 @@ async fn publish(
     confirm.await.expect("confirm");
 }
 
-async fn delete(api: &str, path: &str) {
-    let response = support::api_request(reqwest::Method::DELETE, format!("{api}{path}"))
-        .send()
-        .await
-        .expect("DELETE answers");
+/// Deletes the RabbitmqSource `name`.
+async fn delete_source(api: &str, name: &str) {
+    let status = adapters_support::delete_object(api, SOURCES, "RabbitmqSource", name).await;
     assert!(
-        response.status().is_success(),
-        "DELETE {path}: {}",
-        response.status()
+        (200..300).contains(&status),
+        "DELETE RabbitmqSource {name}: {status}"
     );
+}
+
+/// A test's own topic exchange on RabbitMQ, named after the test's unique `name`, with a
+/// connection and channel to it. The test removes what it declared.
+struct Rabbit {
+    name: String,
+    exchange: String,
+    connection: rivulet_channels::rabbitmq::lapin::Connection,
+    channel: Channel,
+}
+
+impl Rabbit {
+    async fn declare(prefix: &str) -> Rabbit {
+        let name = unique(prefix);
+        let exchange = format!("{name}.exchange");
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        declare_topic(&channel, &exchange).await;
+        Rabbit {
+            name,
+            exchange,
+            connection,
+            channel,
+        }
+    }
+
+    /// Starts a RabbitmqSource named after the test that reads `queue` (bound to the
+    /// exchange) into `sink`, with a Secret of its own; waits until it consumes.
+    async fn start_source(&self, api: &str, queue: &str, sink: &str) -> Value {
+        let secret = uri_secret("default", &format!("{}-secret", self.name), &rabbitmq_uri());
+        support::apply(api, &secret).await;
+        apply(api, &source(&self.name, queue, Some(&self.exchange), sink)).await;
+        let object = wait_ready(api, SOURCES, "RabbitmqSource", &self.name).await;
+        wait_consumed(&self.connection, queue).await;
+        object
+    }
+
+    /// Waits until `queue` holds `depth` ready messages.
+    async fn wait_depth(&self, queue: &str, depth: u32, what: &str) {
+        wait_for(what, support::WAIT, || async {
+            (queue_depth(&self.connection, queue).await == depth).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The next message `consumer` gets.
+async fn next_delivery(consumer: &mut Consumer, within: Duration) -> Delivery {
+    tokio::time::timeout(within, consumer.next())
+        .await
+        .expect("a message in the queue")
+        .expect("a delivery")
+        .expect("no error")
+}
+
+/// A binary-mode event `id` of type `ty` (source `/sink-test`) posted to `url`.
+fn sink_event(url: &str, id: &str, ty: &str) -> reqwest::RequestBuilder {
+    http()
+        .post(url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/sink-test")
+        .header("ce-type", ty)
 }
 
 async fn declare_topic(channel: &Channel, exchange: &str) {
@@ -153,23 +214,9 @@ async fn inspect(channel: &Channel, exchange: &str, queue: &str, binding: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_turns_messages_into_events_and_acks_after_the_sink() {
     let (server, recorder) = TestServer::start_with_recorder().await;
-    let name = unique("src");
-    let exchange = format!("{name}.exchange");
-    let connection = connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    declare_topic(&channel, &exchange).await;
-    support::apply(
-        &server.api,
-        &uri_secret("default", &format!("{name}-secret"), &rabbitmq_uri()),
-    )
-    .await;
-    apply(
-        &server.api,
-        &source(&name, &name, Some(&exchange), &recorder.url),
-    )
-    .await;
-    let object = wait_ready(&server.api, SOURCES, "RabbitmqSource", &name).await;
-    wait_consumed(&connection, &name).await;
+    let rabbit = Rabbit::declare("src").await;
+    let (name, exchange, channel) = (&rabbit.name, &rabbit.exchange, &rabbit.channel);
+    let object = rabbit.start_source(&server.api, name, &recorder.url).await;
     assert_eq!(
         object
             .pointer("/status/ceAttributes/0/type")
@@ -179,8 +226,8 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
 
     // A plain JSON message, a binary-mode CloudEvent and a structured-mode one.
     publish(
-        &channel,
-        &exchange,
+        channel,
+        exchange,
         "orders.created",
         BasicProperties::default().with_message_id("plain-1".into()),
         br#"{"order":1}"#,
@@ -188,10 +235,10 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
     .await;
     let envelope = adapters_support::producer_event();
     let (properties, body) = amqp::to_message(&envelope).unwrap();
-    publish(&channel, &exchange, "x", properties, &body).await;
+    publish(channel, exchange, "x", properties, &body).await;
     publish(
-        &channel,
-        &exchange,
+        channel,
+        exchange,
         "y",
         BasicProperties::default().with_content_type("application/cloudevents+json".into()),
         br#"{"specversion":"1.0","id":"structured-1","source":"/s","type":"com.example.structured","data":{"x":1}}"#,
@@ -220,22 +267,16 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
     );
     let structured = recorder.wait_for_id("structured-1").await.event;
     assert_eq!(structured.ty, "com.example.structured");
-    wait_for(
-        "the queue to be empty (all acknowledged)",
-        support::WAIT,
-        || {
-            let (connection, queue) = (&connection, name.clone());
-            async move { (queue_depth(connection, &queue).await == 0).then_some(()) }
-        },
-    )
-    .await;
+    rabbit
+        .wait_depth(name, 0, "the queue to be empty (all acknowledged)")
+        .await;
 
     // The sink fails: the message is held, never acknowledged; deleting the source hands it
     // back to the queue.
     recorder.set_status(503);
     publish(
-        &channel,
-        &exchange,
+        channel,
+        exchange,
         "z",
         BasicProperties::default().with_message_id("held-1".into()),
         b"{}",
@@ -251,82 +292,38 @@ async fn source_turns_messages_into_events_and_acks_after_the_sink() {
     })
     .await;
     assert_eq!(
-        queue_depth(&connection, &name).await,
+        queue_depth(&rabbit.connection, name).await,
         0,
         "held-1 is unacknowledged, not ready"
     );
-    delete(
-        &server.api,
-        &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
-    )
-    .await;
-    wait_for("held-1 back in the queue", support::WAIT, || {
-        let (connection, queue) = (&connection, name.clone());
-        async move { (queue_depth(connection, &queue).await == 1).then_some(()) }
-    })
-    .await;
+    delete_source(&server.api, name).await;
+    rabbit.wait_depth(name, 1, "held-1 back in the queue").await;
     assert_eq!(recorder.count(), 3, "held-1 was never accepted");
-    channel
-        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    remove(channel, std::slice::from_ref(name), exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
     let (server, recorder) = TestServer::start_with_recorder().await;
-    let name = unique("sink");
-    let exchange = format!("{name}.exchange");
-    let connection = connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    declare_topic(&channel, &exchange).await;
+    let rabbit = Rabbit::declare("sink").await;
+    let (name, exchange, channel) = (&rabbit.name, &rabbit.exchange, &rabbit.channel);
     let inspected = format!("{name}.inspect");
-    let mut consumer = inspect(&channel, &exchange, &inspected, "com.example.#").await;
-    let sink = rabbitmq_sink(&name, &rabbitmq_uri(), &exchange);
+    let mut consumer = inspect(channel, exchange, &inspected, "com.example.#").await;
+    let sink = rabbitmq_sink(name, &rabbitmq_uri(), exchange);
     let sink_url = ready_address(&server.api, &sink).await;
     // The source reads what the sink writes.
-    support::apply(
-        &server.api,
-        &uri_secret("default", &format!("{name}-secret"), &rabbitmq_uri()),
-    )
-    .await;
-    apply(
-        &server.api,
-        &source(
-            &name,
-            &format!("{name}.source"),
-            Some(&exchange),
-            &recorder.url,
-        ),
-    )
-    .await;
-    wait_ready(&server.api, SOURCES, "RabbitmqSource", &name).await;
-    wait_consumed(&connection, &format!("{name}.source")).await;
+    let source_queue = format!("{name}.source");
+    rabbit
+        .start_source(&server.api, &source_queue, &recorder.url)
+        .await;
 
-    let post = |id: &str, ty: &str| {
-        http()
-            .post(&sink_url)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", id)
-            .header("ce-source", "/sink-test")
-            .header("ce-type", ty)
-            .header("ce-tenant", "acme")
-            .header("content-type", "application/json")
-            .body(r#"{"total":12345678901234567890123}"#)
-            .send()
-    };
-    let answer = post("via-sink-1", "com.example.paid").await.unwrap();
-    assert_eq!(answer.status().as_u16(), 202);
+    let paid = sink_event(&sink_url, "via-sink-1", "com.example.paid")
+        .header("ce-tenant", "acme")
+        .header("content-type", "application/json")
+        .body(r#"{"total":12345678901234567890123}"#);
+    assert_eq!(support::status_of(paid).await, 202);
 
-    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("a message in the inspection queue")
-        .expect("a delivery")
-        .expect("no error");
+    let delivery = next_delivery(&mut consumer, Duration::from_secs(10)).await;
     assert_eq!(
         delivery.routing_key.as_str(),
         "com.example.paid",
@@ -362,48 +359,28 @@ async fn sink_publishes_after_confirm_and_the_source_reads_it_back() {
     // unbind it first): nothing took it, and the sender is told.
     channel
         .queue_unbind(
-            format!("{name}.source").as_str().into(),
+            source_queue.as_str().into(),
             exchange.as_str().into(),
             "#".into(),
             FieldTable::default(),
         )
         .await
         .unwrap();
-    let unroutable = http()
-        .post(&sink_url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "nowhere-2")
-        .header("ce-source", "/sink-test")
-        .header("ce-type", "org.other")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unroutable.status().as_u16(), 502);
+    let unroutable = sink_event(&sink_url, "nowhere-2", "org.other");
+    assert_eq!(support::status_of(unroutable).await, 502);
 
     // An unreachable RabbitMQ is 503.
     let down = rabbitmq_sink(
         &format!("{name}-down"),
         "amqp://guest:guest@127.0.0.1:1/%2f",
-        &exchange,
+        exchange,
     );
     let down_url = ready_address(&server.api, &down).await;
-    let answer = http()
-        .post(&down_url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "down-1")
-        .header("ce-source", "/sink-test")
-        .header("ce-type", "com.example.paid")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 503);
+    let answer = sink_event(&down_url, "down-1", "com.example.paid");
+    assert_eq!(support::status_of(answer).await, 503);
 
-    delete(
-        &server.api,
-        &format!("/apis/{SOURCES}/namespaces/default/rabbitmqsources/{name}"),
-    )
-    .await;
-    remove(&channel, &[inspected, format!("{name}.source")], &exchange).await;
+    delete_source(&server.api, name).await;
+    remove(channel, &[inspected, source_queue], exchange).await;
 }
 
 /// RabbitmqSink publishing to a topic exchange, read back from a queue bound to all of it.
@@ -423,11 +400,7 @@ impl SinkTarget for RabbitmqTarget {
     }
 
     async fn next(&mut self) -> (String, Vec<u8>) {
-        let delivery = tokio::time::timeout(support::WAIT, self.consumer.next())
-            .await
-            .expect("a message in the queue")
-            .expect("a delivery")
-            .expect("no error");
+        let delivery = next_delivery(&mut self.consumer, support::WAIT).await;
         let headers = delivery.properties.headers().clone().expect("headers");
         let id = headers
             .inner()
@@ -441,19 +414,15 @@ impl SinkTarget for RabbitmqTarget {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rabbitmq_sink_meets_the_sink_contract() {
     let server = TestServer::start().await;
-    let name = unique("contract");
-    let exchange = format!("{name}.exchange");
-    let connection = connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    declare_topic(&channel, &exchange).await;
-    let queue = format!("{name}.all");
-    let consumer = inspect(&channel, &exchange, &queue, "#").await;
+    let rabbit = Rabbit::declare("contract").await;
+    let queue = format!("{}.all", rabbit.name);
+    let consumer = inspect(&rabbit.channel, &rabbit.exchange, &queue, "#").await;
     let mut target = RabbitmqTarget {
-        exchange: exchange.clone(),
+        exchange: rabbit.exchange.clone(),
         consumer,
     };
     sink_contract(&server.api, &mut target).await;
-    remove(&channel, &[queue], &exchange).await;
+    remove(&rabbit.channel, &[queue], &rabbit.exchange).await;
 }
 
 /// RabbitmqSource reading its own queue: a message published to it.

@@ -4,7 +4,7 @@
 use rivulet_testkit as support;
 
 use reqwest::Method;
-use rivulet::event::SpecVersion;
+use rivulet::event::{Event, SpecVersion};
 use serde_json::json;
 use support::{InProcessServer, Recorder, http};
 
@@ -23,10 +23,10 @@ struct Malformed {
     message: &'static str,
 }
 
+/// A binary-mode event ingress refuses as a bad request.
 fn binary(
     what: &'static str,
     headers: Vec<(&'static str, &'static str)>,
-    status: u16,
     message: &'static str,
 ) -> Malformed {
     Malformed {
@@ -35,7 +35,7 @@ fn binary(
         path: "/default/default",
         headers,
         body: "{}".into(),
-        status,
+        status: 400,
         message,
     }
 }
@@ -100,7 +100,6 @@ fn malformed_requests() -> Vec<Malformed> {
         binary(
             "binary without ce-specversion",
             without("ce-specversion"),
-            400,
             "ce-specversion",
         ),
         binary(
@@ -115,7 +114,6 @@ fn malformed_requests() -> Vec<Malformed> {
                     }
                 })
                 .collect(),
-            400,
             "specversion",
         ),
         structured(
@@ -128,39 +126,33 @@ fn malformed_requests() -> Vec<Malformed> {
         binary(
             "quoted header value without its closing quote",
             with(&[("ce-subject", "\"open")]),
-            400,
             "closing",
         ),
-        binary("binary without ce-id", without("ce-id"), 400, "ce-id"),
+        binary("binary without ce-id", without("ce-id"), "ce-id"),
         binary(
             "binary without ce-source",
             without("ce-source"),
-            400,
             "ce-source",
         ),
-        binary("binary without ce-type", without("ce-type"), 400, "ce-type"),
+        binary("binary without ce-type", without("ce-type"), "ce-type"),
         binary(
             "binary with an invalid time",
             with(&[("ce-time", "yesterday")]),
-            400,
             "time",
         ),
         binary(
             "binary extension with invalid characters",
             with(&[("ce-my_ext", "x")]),
-            400,
             "my_ext",
         ),
         binary(
             "non-integer knativebrokerttl",
             with(&[("ce-knativebrokerttl", "many")]),
-            400,
             "knativebrokerttl",
         ),
         binary(
             "ce-id sent twice",
             with(&[("ce-id", "again")]),
-            400,
             "more than once",
         ),
         binary(
@@ -169,7 +161,6 @@ fn malformed_requests() -> Vec<Malformed> {
                 .into_iter()
                 .chain([("ce-id", "")])
                 .collect(),
-            400,
             "id",
         ),
         structured(
@@ -399,33 +390,63 @@ async fn server_with_recorder() -> (InProcessServer, Recorder) {
     (server, recorder)
 }
 
+/// A binary-mode POST of event `id` of type `ty` (source `/tests`) to default/default.
+fn binary_event(
+    server: &InProcessServer,
+    specversion: &str,
+    id: &str,
+    ty: &str,
+) -> reqwest::RequestBuilder {
+    http()
+        .post(format!("{}/default/default", server.base))
+        .header("ce-specversion", specversion)
+        .header("ce-id", id)
+        .header("ce-source", "/tests")
+        .header("ce-type", ty)
+}
+
+/// Sends `request` (event `id`), checks ingress accepts it and returns the event as the
+/// recorder got it.
+async fn deliver(recorder: &Recorder, request: reqwest::RequestBuilder, id: &str) -> Event {
+    assert_eq!(
+        support::status_of(request).await,
+        202,
+        "ingress accepts {id}"
+    );
+    recorder.wait_for_id(id).await.event
+}
+
+/// On a server of its own: sends a binary-mode event as [`binary_event`] makes it, with
+/// `more` added (headers, a body), and returns it as the subscriber got it.
+async fn deliver_alone(
+    specversion: &str,
+    id: &str,
+    ty: &str,
+    more: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Event {
+    let (server, recorder) = server_with_recorder().await;
+    let request = more(binary_event(&server, specversion, id, ty));
+    let got = deliver(&recorder, request, id).await;
+    server.shutdown().await;
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_structured_and_batched_events_are_accepted_and_delivered() {
     let (server, recorder) = server_with_recorder().await;
     let client = http();
     let url = format!("{}/default/default", server.base);
 
-    let binary = client
-        .post(&url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "mode-binary")
-        .header("ce-source", "/tests")
-        .header("ce-type", "test.mode")
+    let binary = binary_event(&server, "1.0", "mode-binary", "test.mode")
         .header("content-type", "application/json")
-        .body(r#"{"n":12345678901234567890123}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(binary.status(), 202);
+        .body(r#"{"n":12345678901234567890123}"#);
+    assert_eq!(support::status_of(binary).await, 202);
 
     let structured = client
         .post(&url)
         .header("content-type", "application/cloudevents+json")
-        .body(r#"{"specversion":"1.0","id":"mode-structured","source":"/tests","type":"test.mode","datacontenttype":"application/json","data":{"n":12345678901234567890123}}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(structured.status(), 202);
+        .body(r#"{"specversion":"1.0","id":"mode-structured","source":"/tests","type":"test.mode","datacontenttype":"application/json","data":{"n":12345678901234567890123}}"#);
+    assert_eq!(support::status_of(structured).await, 202);
 
     let batch = json!([
         {"specversion": "1.0", "id": "mode-batch-1", "source": "/tests", "type": "test.mode", "data": "one", "datacontenttype": "text/plain"},
@@ -437,65 +458,49 @@ async fn binary_structured_and_batched_events_are_accepted_and_delivered() {
         .body(batch.to_string());
     assert_eq!(support::status_of(batched).await, 202);
 
-    let got = recorder.wait_for_id("mode-binary").await.event;
-    assert_eq!(
-        got.data.as_deref(),
-        Some(&br#"{"n":12345678901234567890123}"#[..])
-    );
-    let got = recorder.wait_for_id("mode-structured").await.event;
-    assert_eq!(
-        got.data.as_deref(),
-        Some(&br#"{"n":12345678901234567890123}"#[..]),
-        "structured JSON data reaches the subscriber byte for byte"
-    );
-    let got = recorder.wait_for_id("mode-batch-1").await.event;
-    assert_eq!(got.data.as_deref(), Some(&b"one"[..]));
-    let got = recorder.wait_for_id("mode-batch-2").await.event;
-    assert_eq!(got.data.as_deref(), Some(&[0u8, 1, 2][..]));
+    // JSON data reaches the subscriber byte for byte, in either mode.
+    let big_number = br#"{"n":12345678901234567890123}"#;
+    for (id, data) in [
+        ("mode-binary", &big_number[..]),
+        ("mode-structured", &big_number[..]),
+        ("mode-batch-1", &b"one"[..]),
+        ("mode-batch-2", &[0u8, 1, 2][..]),
+    ] {
+        let got = recorder.wait_for_id(id).await.event;
+        assert_eq!(got.data.as_deref(), Some(data), "the data of {id}");
+    }
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn specversion_0_3_is_accepted_and_kept() {
-    let (server, recorder) = server_with_recorder().await;
-    let request = http()
-        .post(format!("{}/default/default", server.base))
-        .header("ce-specversion", "0.3")
-        .header("ce-id", "v03-event")
-        .header("ce-source", "/tests")
-        .header("ce-type", "test.v03")
-        .header("content-type", "text/plain")
-        .body("old but fine");
-    assert_eq!(support::status_of(request).await, 202);
-    let got = recorder.wait_for_id("v03-event").await.event;
+    let got = deliver_alone("0.3", "v03-event", "test.v03", |request| {
+        request
+            .header("content-type", "text/plain")
+            .body("old but fine")
+    })
+    .await;
     assert_eq!(
         got.specversion,
         SpecVersion::V03,
         "specversion is never upgraded"
     );
     assert_eq!(got.data.as_deref(), Some(&b"old but fine"[..]));
-    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percent_encoded_header_values_are_decoded() {
-    let (server, recorder) = server_with_recorder().await;
-    let request = http()
-        .post(format!("{}/default/default", server.base))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "percent")
-        .header("ce-source", "/tests")
-        .header("ce-type", "test.percent")
-        .header("ce-subject", "caf%C3%A9")
-        .header("ce-note", "100%25%20sure")
-        // Quoted, as older senders wrote values with spaces and quotes.
-        .header("ce-quoted", "\"say \\\"hi\\\" 100%25\"");
-    assert_eq!(support::status_of(request).await, 202);
-    let got = recorder.wait_for_id("percent").await.event;
+    let got = deliver_alone("1.0", "percent", "test.percent", |request| {
+        request
+            .header("ce-subject", "caf%C3%A9")
+            .header("ce-note", "100%25%20sure")
+            // Quoted, as older senders wrote values with spaces and quotes.
+            .header("ce-quoted", "\"say \\\"hi\\\" 100%25\"")
+    })
+    .await;
     assert_eq!(got.subject.as_deref(), Some("café"));
     assert_eq!(got.attribute("note").as_deref(), Some("100% sure"));
     assert_eq!(got.attribute("quoted").as_deref(), Some("say \"hi\" 100%"));
-    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,15 +531,9 @@ async fn arrival_time_is_added_and_ttl_defaults_to_255() {
     assert_eq!(got.attribute("knativebrokerttl").as_deref(), Some("254"));
 
     // A TTL the producer set is kept (and lowered by the delivery's hop).
-    let request = http()
-        .post(format!("{}/default/default", server.base))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "own-ttl")
-        .header("ce-source", "/tests")
-        .header("ce-type", "test.stamp")
-        .header("ce-knativebrokerttl", "7");
-    assert_eq!(support::status_of(request).await, 202);
-    let got = recorder.wait_for_id("own-ttl").await.event;
+    let request =
+        binary_event(&server, "1.0", "own-ttl", "test.stamp").header("ce-knativebrokerttl", "7");
+    let got = deliver(&recorder, request, "own-ttl").await;
     assert_eq!(got.attribute("knativebrokerttl").as_deref(), Some("6"));
     server.shutdown().await;
 }
