@@ -2,7 +2,7 @@
 //! (headers, body, and the CloudEvent parsed with `rivulet::event::from_http`) and answers
 //! per a [`Script`]: a status per attempt, delays, `Retry-After`, reply events, or no answer.
 //!
-//! ```ignore
+//! ```text
 //! let sub = Subscriber::with_script(per_attempt(vec![Reply::status(503)], Reply::ok())).await;
 //! // ... point a trigger at sub.url() or sub.url_at("a"), send events ...
 //! let requests = sub.wait_for(2).await;
