@@ -8,8 +8,10 @@
 //!   `nats` (default all). Kafka is reached at `RIVULET_KAFKA_BOOTSTRAP` (default
 //!   `127.0.0.1:9092`), RabbitMQ at `RIVULET_RABBITMQ_URI`, NATS at `RIVULET_NATS_URL`.
 //! - `RIVULET_BENCH_PAYLOADS`: payload sizes in bytes (default `100,1024,32768`).
-//! - `RIVULET_BENCH_SECTIONS`: a comma list of `ingress`, `e2e-throughput`, `e2e-latency`
-//!   and `fanout` (default all).
+//! - `RIVULET_BENCH_SECTIONS`: a comma list of `ingress`, `e2e-throughput`, `e2e-latency`,
+//!   `delivery` and `fanout` (default all).
+//! - `RIVULET_BENCH_NGINX`: the nginx executable of the `delivery` section (default: `nginx`
+//!   on the PATH or in `/usr/sbin`); without one the section is reported as failed.
 //! - `RIVULET_BENCH_MAX_TRIGGERS`: the largest fan-out trigger count (default 10,000).
 //!
 //! Sections, each row beside its baseline measured the same way in the same run:
@@ -22,6 +24,9 @@
 //! - `e2e-latency`: send time to subscriber at a fixed rate below saturation: 1,000 ev/s, or
 //!   half the slower of the two end-to-end throughputs of that channel and payload when that
 //!   is lower. Baselines: the bare handler's round trip; raw publish to consume.
+//! - `delivery`: the memory and embedded channels with 1 and 10 matching triggers delivering
+//!   to nginx answering `202`, beside nginx alone and nginx forwarding to itself (see
+//!   `delivery.rs`).
 //! - `fanout`: 1, 10, 100, 1,000 and 10,000 triggers whose filters never match, plus one
 //!   trigger that matches every event, on one server per (channel, filter kind), triggers
 //!   added between rows. Filter kinds: `exact` on `type` (memory and embedded channels),
@@ -43,6 +48,14 @@
 //! unset) `broker.json`, the summary as `broker.md`, and the plots `throughput.svg`,
 //! `latency.svg` and `fanout.svg`.
 
+/// The allocator of the `rivulet` binary, so the server in this process allocates as it does
+/// there.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+mod delivery;
+mod nginx;
 mod plots;
 mod raw;
 
@@ -87,7 +100,13 @@ const FANOUT_PAYLOAD: usize = 100;
 /// Non-matching trigger counts of the fan-out rows, up to `RIVULET_BENCH_MAX_TRIGGERS`.
 const TRIGGER_COUNTS: [usize; 5] = [1, 10, 100, 1_000, 10_000];
 /// Section names accepted by `RIVULET_BENCH_SECTIONS`, in the order they run.
-const SECTIONS: [&str; 4] = ["ingress", "e2e-throughput", "e2e-latency", "fanout"];
+const SECTIONS: [&str; 5] = [
+    "ingress",
+    "e2e-throughput",
+    "e2e-latency",
+    "delivery",
+    "fanout",
+];
 
 /// The instant send times are measured from; shared by generator and subscriber.
 fn epoch() -> Instant {
@@ -546,6 +565,8 @@ struct LoadCounters {
 }
 
 struct LoadResult {
+    /// When the first request was sent.
+    began: Instant,
     /// Events answered 202 per second during the measured window.
     accepted_per_second: f64,
     /// Events the subscriber received per second during the window.
@@ -791,6 +812,7 @@ async fn run_load(
     }
     let seconds = window.as_secs_f64();
     Ok(LoadResult {
+        began: begin,
         accepted_per_second: (accepted_after - accepted_before) as f64 / seconds,
         delivered_per_second: received_after
             .zip(received_before)
@@ -1743,7 +1765,11 @@ fn summary_markdown(rows: &[Row], settings: &Settings) -> String {
         rows.iter()
             .find(|row| row.describes(section, channel, system, payload))
     };
-    for channel in &settings.channels {
+    let channel_rows = rows.iter().any(|row| row.section != "fanout");
+    if !channel_rows {
+        text.clear();
+    }
+    for channel in settings.channels.iter().filter(|_| channel_rows) {
         for payload in &settings.payloads {
             let pair = |section: &str, figure: fn(&Row) -> f64| match (
                 find(section, *channel, System::Rivulet, *payload),
@@ -1924,6 +1950,16 @@ fn run() -> Result<(), String> {
             }
         }
     }
+    let mut delivery_rows = Vec::new();
+    if settings.runs("delivery") {
+        match delivery::rows(&runtimes, &settings) {
+            Ok(measured) => delivery_rows = measured,
+            Err(error) => {
+                eprintln!("bench: delivery failed: {error}");
+                failures.push(format!("delivery: {error}"));
+            }
+        }
+    }
     if settings.runs("fanout") {
         for (kind, channels) in FANOUT_RUNS {
             for channel in channels.iter().filter(|c| settings.channels.contains(c)) {
@@ -1949,9 +1985,14 @@ fn run() -> Result<(), String> {
     print_table(&rows);
     println!("{LEGEND}");
     println!();
-    let summary = summary_markdown(&rows, &settings);
+    let mut summary = summary_markdown(&rows, &settings);
+    if !delivery_rows.is_empty() {
+        summary.push('\n');
+        summary.push_str(&delivery::markdown(&delivery_rows));
+    }
     println!("{summary}");
-    let aims = aims(&rows, &settings);
+    let mut aims = aims(&rows, &settings);
+    aims.extend(delivery::aims(&delivery_rows));
     for line in &aims {
         println!("{line}");
     }
@@ -1979,6 +2020,7 @@ fn run() -> Result<(), String> {
         "aims": aims,
         "failures": failures,
         "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+        "delivery": delivery_rows.iter().map(delivery::DeliveryRow::json).collect::<Vec<_>>(),
     });
     let dir = results_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
