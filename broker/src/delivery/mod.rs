@@ -2,6 +2,7 @@
 //! retryable status codes, linear or exponential backoff with a cap, `Retry-After`, per-request
 //! timeout, replies, and the dead-letter sink with the `knativeerror*` extensions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -223,7 +224,12 @@ pub struct Sender {
     bearer: Option<Arc<dyn BearerSource>>,
     /// The most of a successful response that is read.
     response_limit: usize,
+    /// Destination URLs parsed already, by their text.
+    urls: Arc<std::sync::RwLock<HashMap<String, reqwest::Url>>>,
 }
+
+/// Parsed destination URLs kept at most; past it the cache starts again empty.
+const PARSED_URLS_KEPT: usize = 4096;
 
 impl Default for Sender {
     fn default() -> Self {
@@ -272,6 +278,7 @@ impl Sender {
             features: None,
             bearer: None,
             response_limit: REPLY_LIMIT,
+            urls: Arc::default(),
         }
     }
 
@@ -438,10 +445,18 @@ impl Sender {
             // Trying again would not change the address or its certificates.
             Err(message) => return Err((Failure::final_without_response(message), 1)),
         };
+        let url = match self.destination_url(uri) {
+            Ok(url) => url,
+            Err(failure) => return Err((failure, 1)),
+        };
         let (mut headers, body) = match policy.format {
             DeliveryFormat::Binary => event::to_http_binary(event),
             DeliveryFormat::Json => event::to_http_structured(event),
         };
+        headers.insert(
+            http::HeaderName::from_static("prefer"),
+            HeaderValue::from_static("reply"),
+        );
         // The sender's namespace, as Knative's dispatchers say it to every destination.
         if let Some(namespace) = policy
             .auth
@@ -455,12 +470,16 @@ impl Sender {
             attempt += 1;
             let sent = match self.authorization(policy, audience).await {
                 Ok(authorization) => {
-                    let mut headers = headers.clone();
+                    let mut request = reqwest::Request::new(http::Method::POST, url.clone());
+                    *request.headers_mut() = headers.clone();
                     if let Some(value) = authorization {
-                        headers.insert(http::header::AUTHORIZATION, value);
+                        request
+                            .headers_mut()
+                            .insert(http::header::AUTHORIZATION, value);
                     }
-                    self.send_once(&client, uri, &headers, body.clone(), policy.timeout)
-                        .await
+                    *request.timeout_mut() = Some(policy.timeout);
+                    *request.body_mut() = Some(body.clone().into());
+                    self.send_once(&client, request).await
                 }
                 Err(failure) => Err(failure),
             };
@@ -502,34 +521,56 @@ impl Sender {
             .unwrap_or_else(|| self.client.clone()))
     }
 
+    /// The parsed URL of a destination, checked against the scheme rules and the egress
+    /// policy. Parsed URLs are kept (a few thousand at most), as one trigger sends to the
+    /// same address for every event.
+    fn destination_url(&self, uri: &str) -> Result<reqwest::Url, Failure> {
+        let cached = self
+            .urls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(uri)
+            .cloned();
+        let url = match cached {
+            Some(url) => url,
+            None => {
+                let url = reqwest::Url::parse(uri).map_err(|error| {
+                    Failure::final_without_response(format!(
+                        "invalid destination URL {uri:?}: {error}"
+                    ))
+                })?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(Failure::final_without_response(format!(
+                        "cannot deliver to {uri}: scheme {:?} is not supported, only http and https",
+                        url.scheme()
+                    )));
+                }
+                let mut urls = self
+                    .urls
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if urls.len() >= PARSED_URLS_KEPT {
+                    urls.clear();
+                }
+                urls.insert(uri.to_owned(), url.clone());
+                url
+            }
+        };
+        // Checked on every send: the policy can change while the URL stays.
+        // IP-literal URLs never reach the resolver, which checks names after DNS.
+        self.egress
+            .check_url(&url)
+            .map_err(|refused| refusal_failure(&refused))?;
+        Ok(url)
+    }
+
     async fn send_once(
         &self,
         client: &reqwest::Client,
-        uri: &str,
-        headers: &HeaderMap,
-        body: Bytes,
-        timeout: Duration,
+        request: reqwest::Request,
     ) -> Result<(StatusCode, Option<Event>), Failure> {
-        let url = reqwest::Url::parse(uri).map_err(|error| {
-            Failure::final_without_response(format!("invalid destination URL {uri:?}: {error}"))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Failure::final_without_response(format!(
-                "cannot deliver to {uri}: scheme {:?} is not supported, only http and https",
-                url.scheme()
-            )));
-        }
-        // IP-literal URLs never reach the resolver, which checks names after DNS.
-        if let Err(refused) = self.egress.check_url(&url) {
-            return Err(refusal_failure(&refused));
-        }
-        let request = client
-            .post(url)
-            .headers(headers.clone())
-            .header("prefer", HeaderValue::from_static("reply"))
-            .timeout(timeout)
-            .body(body);
-        let response = match request.send().await {
+        let timeout = request.timeout().copied().unwrap_or_default();
+        let response = match client.execute(request).await {
             Ok(response) => response,
             Err(error) => {
                 if let Some(refused) = egress::refusal_in(&error) {
