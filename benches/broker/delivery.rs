@@ -11,6 +11,9 @@
 //! - `1 trigger` and `10 triggers` on the memory and embedded channels: every trigger
 //!   matches and delivers to the nginx receiver, with Rivulet's default delivery settings.
 //!
+//! `RIVULET_BENCH_PARALLELISM` sets the triggers' `rivulet.dev/parallelism` (deliveries in
+//! flight per trigger); without it they have the server's default.
+//!
 //! End to end is accepted events divided by the time from the first request until nginx has
 //! received every accepted event once per trigger.
 
@@ -180,7 +183,7 @@ async fn create_trigger(
     receiver: std::net::SocketAddr,
 ) -> Result<(), String> {
     let name = format!("match{index}");
-    let body = json!({
+    let mut body = json!({
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Trigger",
         "metadata": {"name": name, "namespace": rivulet.namespace},
@@ -190,6 +193,10 @@ async fn create_trigger(
             "subscriber": {"uri": format!("http://{receiver}/")}
         }
     });
+    // Deliveries in flight per trigger: the server's default unless the run names one.
+    if let Ok(parallelism) = std::env::var("RIVULET_BENCH_PARALLELISM") {
+        body["metadata"]["annotations"] = json!({"rivulet.dev/parallelism": parallelism});
+    }
     let path = rivulet.resource_path("apis/eventing.knative.dev/v1", "triggers", &name);
     rivulet.put(&path, body).await
 }
