@@ -6,6 +6,8 @@
 //! says is base64 is decoded, and the attribute dropped with it: the event holds the data
 //! itself, and the 0.3 JSON format adds the encoding again where it needs it.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -13,7 +15,8 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 
 use super::json_format::{BASE64_LENIENT, parse_batch, parse_structured, to_json};
 use super::{
-    AttributeOrigin, Event, EventError, SpecVersion, event_from_string_attributes, limits,
+    AttributeOrigin, Event, EventError, ExtensionValue, SpecVersion, event_from_string_attributes,
+    limits,
 };
 
 /// How an event travelled over HTTP.
@@ -199,21 +202,88 @@ fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
 /// Writes an event in binary mode: attributes as percent-encoded `ce-` headers,
 /// `datacontenttype` as Content-Type, data as the body.
 pub fn to_http_binary(event: &Event) -> (HeaderMap, Bytes) {
-    let mut headers = HeaderMap::new();
-    for (name, value) in event.string_attributes() {
-        if name == "datacontenttype" {
-            // A validated content type is plain ASCII; anything else is left out rather than
-            // sent as a broken header.
-            if let Ok(header_value) = HeaderValue::from_str(&value) {
-                headers.insert(CONTENT_TYPE, header_value);
-            }
+    // Headers go in the order of `Event::string_attributes`: specversion, the other core
+    // attributes in spec order, then extensions by name.
+    let mut headers = HeaderMap::with_capacity(9 + event.extensions.len());
+    headers.insert(
+        const { HeaderName::from_static("ce-specversion") },
+        HeaderValue::from_static(event.specversion.as_str()),
+    );
+    insert_encoded(
+        &mut headers,
+        const { HeaderName::from_static("ce-id") },
+        &event.id,
+    );
+    insert_encoded(
+        &mut headers,
+        const { HeaderName::from_static("ce-source") },
+        &event.source,
+    );
+    insert_encoded(
+        &mut headers,
+        const { HeaderName::from_static("ce-type") },
+        &event.ty,
+    );
+    if let Some(content_type) = &event.datacontenttype {
+        // A validated content type is plain ASCII; anything else is left out rather than
+        // sent as a broken header.
+        if let Ok(header_value) = HeaderValue::from_str(content_type) {
+            headers.insert(CONTENT_TYPE, header_value);
+        }
+    }
+    if let Some(schema) = &event.dataschema {
+        let name = match event.specversion {
+            SpecVersion::V10 => const { HeaderName::from_static("ce-dataschema") },
+            SpecVersion::V03 => const { HeaderName::from_static("ce-schemaurl") },
+        };
+        insert_encoded(&mut headers, name, schema);
+    }
+    if let Some(subject) = &event.subject {
+        insert_encoded(
+            &mut headers,
+            const { HeaderName::from_static("ce-subject") },
+            subject,
+        );
+    }
+    if let Some(time) = &event.time {
+        insert_encoded(
+            &mut headers,
+            const { HeaderName::from_static("ce-time") },
+            time,
+        );
+    }
+    if event.specversion == SpecVersion::V03
+        && let Some(encoding) = &event.datacontentencoding
+    {
+        insert_encoded(
+            &mut headers,
+            const { HeaderName::from_static("ce-datacontentencoding") },
+            encoding,
+        );
+    }
+    let mut name_buffer = String::new();
+    for (name, value) in &event.extensions {
+        // An extension named like a core attribute stands for that attribute, already
+        // written above.
+        if event.specversion.is_core_attribute(name) {
             continue;
         }
-        let header_name = HeaderName::from_bytes(format!("{HEADER_PREFIX}{name}").as_bytes());
-        let encoded = utf8_percent_encode(&value, HEADER_VALUE_ESCAPES).to_string();
-        if let (Ok(header_name), Ok(header_value)) = (header_name, HeaderValue::from_str(&encoded))
-        {
-            headers.insert(header_name, header_value);
+        name_buffer.clear();
+        name_buffer.push_str(HEADER_PREFIX);
+        name_buffer.push_str(name);
+        let Ok(header_name) = HeaderName::from_bytes(name_buffer.as_bytes()) else {
+            continue;
+        };
+        match value {
+            ExtensionValue::String(text) => insert_encoded(&mut headers, header_name, text),
+            // Digits, '-' and the two literals need no encoding.
+            ExtensionValue::Integer(number) => {
+                headers.insert(header_name, HeaderValue::from(*number));
+            }
+            ExtensionValue::Boolean(flag) => {
+                let text = if *flag { "true" } else { "false" };
+                headers.insert(header_name, HeaderValue::from_static(text));
+            }
         }
     }
     let body = match &event.data {
@@ -226,6 +296,18 @@ pub fn to_http_binary(event: &Event) -> (HeaderMap, Bytes) {
         Some(data) => data.clone(),
     };
     (headers, body)
+}
+
+/// Inserts `value` percent-encoded; most values need no escape and are copied once, as is.
+fn insert_encoded(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let header_value = match Cow::from(utf8_percent_encode(value, HEADER_VALUE_ESCAPES)) {
+        Cow::Borrowed(plain) => HeaderValue::from_str(plain),
+        // The encoded text becomes the header's buffer without a copy.
+        Cow::Owned(encoded) => HeaderValue::from_maybe_shared(Bytes::from(encoded)),
+    };
+    if let Ok(header_value) = header_value {
+        headers.insert(name, header_value);
+    }
 }
 
 /// Writes an event in structured mode as `application/cloudevents+json`.
@@ -241,7 +323,6 @@ pub fn to_http_structured(event: &Event) -> (HeaderMap, Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ExtensionValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -430,6 +511,32 @@ mod tests {
         assert_eq!(body, Bytes::from_static(b"[1, 2]"));
         let (_, events) = from_http(&out_headers, body).expect("reads back");
         assert_eq!(events, vec![event]);
+    }
+
+    #[test]
+    fn binary_output_keeps_attribute_order_and_writes_typed_extensions_as_text() {
+        let mut event = sample_event();
+        event.set_extension("count", ExtensionValue::Integer(-7));
+        event.set_extension("flag", ExtensionValue::Boolean(false));
+        let (out_headers, _) = to_http_binary(&event);
+        let names: Vec<&str> = out_headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "ce-specversion",
+                "ce-id",
+                "ce-source",
+                "ce-type",
+                "content-type",
+                "ce-subject",
+                "ce-count",
+                "ce-ext",
+                "ce-flag",
+            ]
+        );
+        assert_eq!(out_headers["ce-count"], "-7");
+        assert_eq!(out_headers["ce-flag"], "false");
+        assert_eq!(out_headers["ce-ext"], "%20lead%20and%20trail%20");
     }
 
     #[test]

@@ -277,6 +277,19 @@ impl SpecVersion {
         }
     }
 
+    /// Whether [`Event::attribute`] reads `name` from a core attribute field of an event of
+    /// this version rather than from its extensions.
+    pub(crate) fn is_core_attribute(self, name: &str) -> bool {
+        match name {
+            "specversion" | "id" | "source" | "type" | "datacontenttype" | "subject" | "time" => {
+                true
+            }
+            "dataschema" => self == SpecVersion::V10,
+            "schemaurl" | "datacontentencoding" => self == SpecVersion::V03,
+            _ => false,
+        }
+    }
+
     /// Whether `name` is a context attribute of this version, or `data`, which no extension
     /// may take.
     fn reserves(self, name: &str) -> bool {
