@@ -59,27 +59,27 @@ fn from_http_unbounded(
     body: Bytes,
 ) -> Result<(HttpMode, Vec<Event>), EventError> {
     let content_type = match headers.get(CONTENT_TYPE) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| {
-                    EventError("header Content-Type holds characters that are not text".into())
-                })?
-                .to_string(),
-        ),
+        Some(value) => Some(value.to_str().map_err(|_| {
+            EventError("header Content-Type holds characters that are not text".into())
+        })?),
         None => None,
     };
-    if let Some(content_type) = &content_type {
-        let essence = super::media_type_essence(content_type);
-        if essence == STRUCTURED_JSON {
+    if let Some(content_type) = content_type {
+        // `media_type_essence` without its lower-cased copy, which only an error needs.
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        if essence.eq_ignore_ascii_case(STRUCTURED_JSON) {
             check_utf8_charset(content_type)?;
             return Ok((HttpMode::Structured, vec![parse_structured(&body)?]));
         }
-        if essence == BATCH_JSON {
+        if essence.eq_ignore_ascii_case(BATCH_JSON) {
             check_utf8_charset(content_type)?;
             return Ok((HttpMode::Batch, parse_batch(&body)?));
         }
-        if essence.starts_with(CLOUDEVENTS_MEDIA_PREFIX) {
+        if essence
+            .get(..CLOUDEVENTS_MEDIA_PREFIX.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(CLOUDEVENTS_MEDIA_PREFIX))
+        {
+            let essence = super::media_type_essence(content_type);
             return Err(EventError(format!(
                 "the event format {essence:?} is not supported: structured events must be \
                  {STRUCTURED_JSON} and batches {BATCH_JSON}"
@@ -111,7 +111,7 @@ fn check_utf8_charset(content_type: &str) -> Result<(), EventError> {
 
 fn from_binary(
     headers: &HeaderMap,
-    content_type: Option<String>,
+    content_type: Option<&str>,
     body: Bytes,
 ) -> Result<Event, EventError> {
     if !headers.contains_key("ce-specversion") {
@@ -121,18 +121,27 @@ fn from_binary(
                 .to_string(),
         ));
     }
-    let mut attributes = Vec::new();
-    for name in headers.keys() {
+    // Values borrow from the headers unless unquoting or percent-decoding changed them.
+    let mut attributes: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(headers.keys_len() + 1);
+    // The values of one header name come one after another, so a repeated header is the
+    // next entry having the same name.
+    let mut entries = headers.iter().peekable();
+    while let Some((name, value)) = entries.next() {
         let Some(attribute) = name.as_str().strip_prefix(HEADER_PREFIX) else {
             continue;
         };
-        let mut values = headers.get_all(name).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
+        if entries.peek().is_some_and(|(next, _)| *next == name) {
             return Err(EventError(format!("header {name} appears more than once")));
-        };
+        }
         let unquoted =
             unquote(value.as_bytes()).map_err(|why| EventError(format!("header {name}: {why}")))?;
-        let decoded = percent_decode(&unquoted).decode_utf8().map_err(|_| {
+        let decoded = match unquoted {
+            Cow::Borrowed(bytes) => percent_decode(bytes).decode_utf8(),
+            Cow::Owned(bytes) => percent_decode(&bytes)
+                .decode_utf8()
+                .map(|text| Cow::Owned(text.into_owned())),
+        }
+        .map_err(|_| {
             EventError(format!(
                 "header {name} is not valid UTF-8 once percent-decoded"
             ))
@@ -141,17 +150,16 @@ fn from_binary(
         if attribute == "datacontenttype" && content_type.is_some() {
             continue;
         }
-        attributes.push((attribute.to_string(), decoded.into_owned()));
+        attributes.push((attribute, decoded));
     }
     if let Some(content_type) = content_type {
-        attributes.push(("datacontenttype".to_string(), content_type));
+        attributes.push(("datacontenttype", Cow::Borrowed(content_type)));
     }
-    let base64_body = attributes
+    let base64_body = attributes.iter().any(|(name, value)| {
+        *name == "datacontentencoding" && value.eq_ignore_ascii_case("base64")
+    }) && attributes
         .iter()
-        .any(|(name, value)| name == "datacontentencoding" && value.eq_ignore_ascii_case("base64"))
-        && attributes
-            .iter()
-            .any(|(name, value)| name == "specversion" && value == SpecVersion::V03.as_str());
+        .any(|(name, value)| *name == "specversion" && value == SpecVersion::V03.as_str());
     let data = if body.is_empty() {
         None
     } else if base64_body {
@@ -162,18 +170,24 @@ fn from_binary(
             ))
         })?;
         // Decoded, the data no longer has that encoding (as in the JSON format).
-        attributes.retain(|(name, _)| name != "datacontentencoding");
+        attributes.retain(|(name, _)| *name != "datacontentencoding");
         Some(Bytes::from(decoded))
     } else {
         Some(body)
     };
-    event_from_string_attributes(attributes, AttributeOrigin::HttpHeaders, data)
+    event_from_string_attributes(
+        attributes
+            .iter()
+            .map(|(name, value)| (*name, value.as_ref())),
+        AttributeOrigin::HttpHeaders,
+        data,
+    )
 }
 
 /// A header value with RFC 7230 quoted-string escaping undone: `"a \"b\""` is `a "b"`. The
 /// binding requires it before percent-decoding, for senders of older spec versions that quoted
 /// values instead of percent-encoding spaces and quotes. An unquoted value is returned as is.
-fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
+fn unquote(value: &[u8]) -> Result<Cow<'_, [u8]>, &'static str> {
     let Some(inner) = value
         .strip_prefix(b"\"")
         .and_then(|rest| rest.strip_suffix(b"\""))
@@ -182,7 +196,7 @@ fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
         if value.first() == Some(&b'"') {
             return Err("a quoted value has no closing double quote");
         }
-        return Ok(std::borrow::Cow::Borrowed(value));
+        return Ok(Cow::Borrowed(value));
     };
     let mut out = Vec::with_capacity(inner.len());
     let mut bytes = inner.iter();
@@ -196,7 +210,7 @@ fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
             other => out.push(other),
         }
     }
-    Ok(std::borrow::Cow::Owned(out))
+    Ok(Cow::Owned(out))
 }
 
 /// Writes an event in binary mode: attributes as percent-encoded `ce-` headers,
