@@ -51,22 +51,27 @@ pub struct Encoded {
 pub fn encode(envelope: &Envelope) -> Result<Encoded, BindingError> {
     let mut headers = HeaderMap::new();
     for (name, value) in &envelope.attributes {
-        let header = if name == "datacontenttype" {
-            CONTENT_TYPE_HEADER.to_owned()
-        } else {
-            format!("{ATTRIBUTE_PREFIX}{name}")
+        let header = match attribute_header(name) {
+            Some(known) => known,
+            None => HeaderName::try_from(format!("{ATTRIBUTE_PREFIX}{name}")).map_err(|e| {
+                BindingError::Header {
+                    name: format!("{ATTRIBUTE_PREFIX}{name}"),
+                    reason: e.to_string(),
+                }
+            })?,
         };
-        insert(&mut headers, &header, &percent_encode(value))?;
+        // Encoded, the value is printable ASCII: never the CR or LF a header value refuses.
+        headers.insert(header, HeaderValue::from(percent_encode(value)));
     }
     if envelope.data.as_ref().is_some_and(Bytes::is_empty) {
         insert(&mut headers, EMPTY_DATA_HEADER, "true")?;
     }
-    let names: Vec<&str> = envelope
-        .attributes
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect();
-    if !is_canonical(&names) {
+    if !is_canonical(envelope.attributes.iter().map(|(n, _)| n.as_str())) {
+        let names: Vec<&str> = envelope
+            .attributes
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         insert(&mut headers, ATTRIBUTE_ORDER_HEADER, &names.join(","))?;
     }
     if let Some(types) = envelope.types_header() {
@@ -75,6 +80,23 @@ pub fn encode(envelope: &Envelope) -> Result<Encoded, BindingError> {
     Ok(Encoded {
         headers,
         payload: envelope.data.clone().unwrap_or_default(),
+    })
+}
+
+/// The header of a context attribute, built at compile time; `None` for extensions.
+fn attribute_header(attribute: &str) -> Option<HeaderName> {
+    Some(match attribute {
+        "datacontenttype" => const { HeaderName::from_static(CONTENT_TYPE_HEADER) },
+        "specversion" => const { HeaderName::from_static("ce-specversion") },
+        "id" => const { HeaderName::from_static("ce-id") },
+        "source" => const { HeaderName::from_static("ce-source") },
+        "type" => const { HeaderName::from_static("ce-type") },
+        "dataschema" => const { HeaderName::from_static("ce-dataschema") },
+        "schemaurl" => const { HeaderName::from_static("ce-schemaurl") },
+        "subject" => const { HeaderName::from_static("ce-subject") },
+        "time" => const { HeaderName::from_static("ce-time") },
+        "datacontentencoding" => const { HeaderName::from_static("ce-datacontentencoding") },
+        _ => return None,
     })
 }
 
@@ -107,7 +129,12 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, 
     let mut typed = Vec::new();
     for (name, values) in headers.iter() {
         let name: &str = AsRef::<str>::as_ref(name);
-        let lower = name.to_ascii_lowercase();
+        // Lower-cased only when it is not already, as the names this binding writes are.
+        let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
         let Some(value) = values.first() else {
             continue;
         };
@@ -167,21 +194,30 @@ fn canonical_key(name: &str) -> (usize, &str) {
     (rank, name)
 }
 
-fn is_canonical(names: &[&str]) -> bool {
+fn is_canonical<'a>(names: impl Iterator<Item = &'a str> + Clone) -> bool {
     names
-        .windows(2)
-        .all(|pair| canonical_key(pair[0]) < canonical_key(pair[1]))
+        .clone()
+        .zip(names.skip(1))
+        .all(|(first, second)| canonical_key(first) < canonical_key(second))
 }
 
 /// Percent-encodes what a header line cannot carry as is: control characters, space, `"`,
 /// `%` and every byte outside ASCII.
 pub fn percent_encode(value: &str) -> String {
-    let mut encoded = String::with_capacity(value.len());
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let plain = |byte: u8| byte.is_ascii_graphic() && byte != b'"' && byte != b'%';
+    // Most values need no escape: one copy.
+    if value.bytes().all(plain) {
+        return value.to_owned();
+    }
+    let mut encoded = String::with_capacity(value.len() + 16);
     for byte in value.bytes() {
-        if byte.is_ascii_graphic() && byte != b'"' && byte != b'%' {
+        if plain(byte) {
             encoded.push(char::from(byte));
         } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+            encoded.push('%');
+            encoded.push(char::from(HEX[usize::from(byte >> 4)]));
+            encoded.push(char::from(HEX[usize::from(byte & 0x0F)]));
         }
     }
     encoded
@@ -193,6 +229,10 @@ fn decode_value(header: &str, value: &str) -> Result<String, BindingError> {
 
 /// Reverses [`percent_encode`]; `None` when an escape is malformed or the result is not UTF-8.
 pub fn percent_decode(value: &str) -> Option<String> {
+    // Without an escape the text is its own decoding.
+    if !value.contains('%') {
+        return Some(value.to_owned());
+    }
     let bytes = value.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut at = 0;

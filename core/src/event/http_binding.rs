@@ -6,6 +6,8 @@
 //! says is base64 is decoded, and the attribute dropped with it: the event holds the data
 //! itself, and the 0.3 JSON format adds the encoding again where it needs it.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -13,7 +15,8 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 
 use super::json_format::{BASE64_LENIENT, parse_batch, parse_structured, to_json};
 use super::{
-    AttributeOrigin, Event, EventError, SpecVersion, event_from_string_attributes, limits,
+    AttributeOrigin, Event, EventError, ExtensionValue, SpecVersion, event_from_string_attributes,
+    limits,
 };
 
 /// How an event travelled over HTTP.
@@ -56,27 +59,27 @@ fn from_http_unbounded(
     body: Bytes,
 ) -> Result<(HttpMode, Vec<Event>), EventError> {
     let content_type = match headers.get(CONTENT_TYPE) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| {
-                    EventError("header Content-Type holds characters that are not text".into())
-                })?
-                .to_string(),
-        ),
+        Some(value) => Some(value.to_str().map_err(|_| {
+            EventError("header Content-Type holds characters that are not text".into())
+        })?),
         None => None,
     };
-    if let Some(content_type) = &content_type {
-        let essence = super::media_type_essence(content_type);
-        if essence == STRUCTURED_JSON {
+    if let Some(content_type) = content_type {
+        // `media_type_essence` without its lower-cased copy, which only an error needs.
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        if essence.eq_ignore_ascii_case(STRUCTURED_JSON) {
             check_utf8_charset(content_type)?;
             return Ok((HttpMode::Structured, vec![parse_structured(&body)?]));
         }
-        if essence == BATCH_JSON {
+        if essence.eq_ignore_ascii_case(BATCH_JSON) {
             check_utf8_charset(content_type)?;
             return Ok((HttpMode::Batch, parse_batch(&body)?));
         }
-        if essence.starts_with(CLOUDEVENTS_MEDIA_PREFIX) {
+        if essence
+            .get(..CLOUDEVENTS_MEDIA_PREFIX.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(CLOUDEVENTS_MEDIA_PREFIX))
+        {
+            let essence = super::media_type_essence(content_type);
             return Err(EventError(format!(
                 "the event format {essence:?} is not supported: structured events must be \
                  {STRUCTURED_JSON} and batches {BATCH_JSON}"
@@ -108,7 +111,7 @@ fn check_utf8_charset(content_type: &str) -> Result<(), EventError> {
 
 fn from_binary(
     headers: &HeaderMap,
-    content_type: Option<String>,
+    content_type: Option<&str>,
     body: Bytes,
 ) -> Result<Event, EventError> {
     if !headers.contains_key("ce-specversion") {
@@ -118,18 +121,27 @@ fn from_binary(
                 .to_string(),
         ));
     }
-    let mut attributes = Vec::new();
-    for name in headers.keys() {
+    // Values borrow from the headers unless unquoting or percent-decoding changed them.
+    let mut attributes: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(headers.keys_len() + 1);
+    // The values of one header name come one after another, so a repeated header is the
+    // next entry having the same name.
+    let mut entries = headers.iter().peekable();
+    while let Some((name, value)) = entries.next() {
         let Some(attribute) = name.as_str().strip_prefix(HEADER_PREFIX) else {
             continue;
         };
-        let mut values = headers.get_all(name).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
+        if entries.peek().is_some_and(|(next, _)| *next == name) {
             return Err(EventError(format!("header {name} appears more than once")));
-        };
+        }
         let unquoted =
             unquote(value.as_bytes()).map_err(|why| EventError(format!("header {name}: {why}")))?;
-        let decoded = percent_decode(&unquoted).decode_utf8().map_err(|_| {
+        let decoded = match unquoted {
+            Cow::Borrowed(bytes) => percent_decode(bytes).decode_utf8(),
+            Cow::Owned(bytes) => percent_decode(&bytes)
+                .decode_utf8()
+                .map(|text| Cow::Owned(text.into_owned())),
+        }
+        .map_err(|_| {
             EventError(format!(
                 "header {name} is not valid UTF-8 once percent-decoded"
             ))
@@ -138,17 +150,16 @@ fn from_binary(
         if attribute == "datacontenttype" && content_type.is_some() {
             continue;
         }
-        attributes.push((attribute.to_string(), decoded.into_owned()));
+        attributes.push((attribute, decoded));
     }
     if let Some(content_type) = content_type {
-        attributes.push(("datacontenttype".to_string(), content_type));
+        attributes.push(("datacontenttype", Cow::Borrowed(content_type)));
     }
-    let base64_body = attributes
+    let base64_body = attributes.iter().any(|(name, value)| {
+        *name == "datacontentencoding" && value.eq_ignore_ascii_case("base64")
+    }) && attributes
         .iter()
-        .any(|(name, value)| name == "datacontentencoding" && value.eq_ignore_ascii_case("base64"))
-        && attributes
-            .iter()
-            .any(|(name, value)| name == "specversion" && value == SpecVersion::V03.as_str());
+        .any(|(name, value)| *name == "specversion" && value == SpecVersion::V03.as_str());
     let data = if body.is_empty() {
         None
     } else if base64_body {
@@ -159,18 +170,24 @@ fn from_binary(
             ))
         })?;
         // Decoded, the data no longer has that encoding (as in the JSON format).
-        attributes.retain(|(name, _)| name != "datacontentencoding");
+        attributes.retain(|(name, _)| *name != "datacontentencoding");
         Some(Bytes::from(decoded))
     } else {
         Some(body)
     };
-    event_from_string_attributes(attributes, AttributeOrigin::HttpHeaders, data)
+    event_from_string_attributes(
+        attributes
+            .iter()
+            .map(|(name, value)| (*name, value.as_ref())),
+        AttributeOrigin::HttpHeaders,
+        data,
+    )
 }
 
 /// A header value with RFC 7230 quoted-string escaping undone: `"a \"b\""` is `a "b"`. The
 /// binding requires it before percent-decoding, for senders of older spec versions that quoted
 /// values instead of percent-encoding spaces and quotes. An unquoted value is returned as is.
-fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
+fn unquote(value: &[u8]) -> Result<Cow<'_, [u8]>, &'static str> {
     let Some(inner) = value
         .strip_prefix(b"\"")
         .and_then(|rest| rest.strip_suffix(b"\""))
@@ -179,7 +196,7 @@ fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
         if value.first() == Some(&b'"') {
             return Err("a quoted value has no closing double quote");
         }
-        return Ok(std::borrow::Cow::Borrowed(value));
+        return Ok(Cow::Borrowed(value));
     };
     let mut out = Vec::with_capacity(inner.len());
     let mut bytes = inner.iter();
@@ -193,27 +210,94 @@ fn unquote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
             other => out.push(other),
         }
     }
-    Ok(std::borrow::Cow::Owned(out))
+    Ok(Cow::Owned(out))
 }
 
 /// Writes an event in binary mode: attributes as percent-encoded `ce-` headers,
 /// `datacontenttype` as Content-Type, data as the body.
 pub fn to_http_binary(event: &Event) -> (HeaderMap, Bytes) {
-    let mut headers = HeaderMap::new();
-    for (name, value) in event.string_attributes() {
-        if name == "datacontenttype" {
-            // A validated content type is plain ASCII; anything else is left out rather than
-            // sent as a broken header.
-            if let Ok(header_value) = HeaderValue::from_str(&value) {
-                headers.insert(CONTENT_TYPE, header_value);
-            }
+    // Headers go in the order of `Event::string_attributes`: specversion, the other core
+    // attributes in spec order, then extensions by name.
+    let mut headers = HeaderMap::with_capacity(9 + event.extensions.len());
+    headers.insert(
+        const { HeaderName::from_static("ce-specversion") },
+        HeaderValue::from_static(event.specversion.as_str()),
+    );
+    insert_encoded(
+        &mut headers,
+        const { HeaderName::from_static("ce-id") },
+        &event.id,
+    );
+    insert_encoded(
+        &mut headers,
+        const { HeaderName::from_static("ce-source") },
+        &event.source,
+    );
+    insert_encoded(
+        &mut headers,
+        const { HeaderName::from_static("ce-type") },
+        &event.ty,
+    );
+    if let Some(content_type) = &event.datacontenttype {
+        // A validated content type is plain ASCII; anything else is left out rather than
+        // sent as a broken header.
+        if let Ok(header_value) = HeaderValue::from_str(content_type) {
+            headers.insert(CONTENT_TYPE, header_value);
+        }
+    }
+    if let Some(schema) = &event.dataschema {
+        let name = match event.specversion {
+            SpecVersion::V10 => const { HeaderName::from_static("ce-dataschema") },
+            SpecVersion::V03 => const { HeaderName::from_static("ce-schemaurl") },
+        };
+        insert_encoded(&mut headers, name, schema);
+    }
+    if let Some(subject) = &event.subject {
+        insert_encoded(
+            &mut headers,
+            const { HeaderName::from_static("ce-subject") },
+            subject,
+        );
+    }
+    if let Some(time) = &event.time {
+        insert_encoded(
+            &mut headers,
+            const { HeaderName::from_static("ce-time") },
+            time,
+        );
+    }
+    if event.specversion == SpecVersion::V03
+        && let Some(encoding) = &event.datacontentencoding
+    {
+        insert_encoded(
+            &mut headers,
+            const { HeaderName::from_static("ce-datacontentencoding") },
+            encoding,
+        );
+    }
+    let mut name_buffer = String::new();
+    for (name, value) in &event.extensions {
+        // An extension named like a core attribute stands for that attribute, already
+        // written above.
+        if event.specversion.is_core_attribute(name) {
             continue;
         }
-        let header_name = HeaderName::from_bytes(format!("{HEADER_PREFIX}{name}").as_bytes());
-        let encoded = utf8_percent_encode(&value, HEADER_VALUE_ESCAPES).to_string();
-        if let (Ok(header_name), Ok(header_value)) = (header_name, HeaderValue::from_str(&encoded))
-        {
-            headers.insert(header_name, header_value);
+        name_buffer.clear();
+        name_buffer.push_str(HEADER_PREFIX);
+        name_buffer.push_str(name);
+        let Ok(header_name) = HeaderName::from_bytes(name_buffer.as_bytes()) else {
+            continue;
+        };
+        match value {
+            ExtensionValue::String(text) => insert_encoded(&mut headers, header_name, text),
+            // Digits, '-' and the two literals need no encoding.
+            ExtensionValue::Integer(number) => {
+                headers.insert(header_name, HeaderValue::from(*number));
+            }
+            ExtensionValue::Boolean(flag) => {
+                let text = if *flag { "true" } else { "false" };
+                headers.insert(header_name, HeaderValue::from_static(text));
+            }
         }
     }
     let body = match &event.data {
@@ -226,6 +310,18 @@ pub fn to_http_binary(event: &Event) -> (HeaderMap, Bytes) {
         Some(data) => data.clone(),
     };
     (headers, body)
+}
+
+/// Inserts `value` percent-encoded; most values need no escape and are copied once, as is.
+fn insert_encoded(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let header_value = match Cow::from(utf8_percent_encode(value, HEADER_VALUE_ESCAPES)) {
+        Cow::Borrowed(plain) => HeaderValue::from_str(plain),
+        // The encoded text becomes the header's buffer without a copy.
+        Cow::Owned(encoded) => HeaderValue::from_maybe_shared(Bytes::from(encoded)),
+    };
+    if let Ok(header_value) = header_value {
+        headers.insert(name, header_value);
+    }
 }
 
 /// Writes an event in structured mode as `application/cloudevents+json`.
@@ -241,7 +337,6 @@ pub fn to_http_structured(event: &Event) -> (HeaderMap, Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ExtensionValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -430,6 +525,32 @@ mod tests {
         assert_eq!(body, Bytes::from_static(b"[1, 2]"));
         let (_, events) = from_http(&out_headers, body).expect("reads back");
         assert_eq!(events, vec![event]);
+    }
+
+    #[test]
+    fn binary_output_keeps_attribute_order_and_writes_typed_extensions_as_text() {
+        let mut event = sample_event();
+        event.set_extension("count", ExtensionValue::Integer(-7));
+        event.set_extension("flag", ExtensionValue::Boolean(false));
+        let (out_headers, _) = to_http_binary(&event);
+        let names: Vec<&str> = out_headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "ce-specversion",
+                "ce-id",
+                "ce-source",
+                "ce-type",
+                "content-type",
+                "ce-subject",
+                "ce-count",
+                "ce-ext",
+                "ce-flag",
+            ]
+        );
+        assert_eq!(out_headers["ce-count"], "-7");
+        assert_eq!(out_headers["ce-flag"], "false");
+        assert_eq!(out_headers["ce-ext"], "%20lead%20and%20trail%20");
     }
 
     #[test]

@@ -159,14 +159,17 @@ impl Event {
         let attributes = envelope
             .attributes
             .iter()
-            .map(|(name, value)| (name.clone(), value.clone()));
+            .map(|(name, value)| (name.as_str(), value.as_str()));
         let mut event = event_from_string_attributes(
             attributes,
             AttributeOrigin::Envelope,
             envelope.data.clone(),
         )?;
         for (name, ty) in &envelope.typed {
-            let Some(ExtensionValue::String(text)) = event.extensions.get(name) else {
+            let Some(slot) = event.extensions.get_mut(name) else {
+                continue;
+            };
+            let ExtensionValue::String(text) = slot else {
                 continue;
             };
             // A value that does not read as its recorded type stays the string it is.
@@ -179,7 +182,7 @@ impl Event {
                 }
             };
             if let Some(typed) = typed {
-                event.extensions.insert(name.clone(), typed);
+                *slot = typed;
             }
         }
         Ok(event)
@@ -187,6 +190,11 @@ impl Event {
 
     /// Checks every attribute against the CloudEvents rules for its spec version.
     pub fn validate(&self) -> Result<(), EventError> {
+        self.validate_attributes(true)
+    }
+
+    /// [`Event::validate`], leaving out the extension names when the caller has checked them.
+    fn validate_attributes(&self, check_extension_names: bool) -> Result<(), EventError> {
         check_required("id", &self.id)?;
         check_required("source", &self.source)?;
         check_required("type", &self.ty)?;
@@ -221,7 +229,9 @@ impl Event {
             (SpecVersion::V03, Some(encoding)) => check_content_encoding(encoding)?,
         }
         for (name, value) in &self.extensions {
-            check_extension_name(self.specversion, name)?;
+            if check_extension_names {
+                check_extension_name(self.specversion, name)?;
+            }
             if let ExtensionValue::String(text) = value {
                 check_string_characters(name, text)?;
             }
@@ -277,6 +287,19 @@ impl SpecVersion {
         }
     }
 
+    /// Whether [`Event::attribute`] reads `name` from a core attribute field of an event of
+    /// this version rather than from its extensions.
+    pub(crate) fn is_core_attribute(self, name: &str) -> bool {
+        match name {
+            "specversion" | "id" | "source" | "type" | "datacontenttype" | "subject" | "time" => {
+                true
+            }
+            "dataschema" => self == SpecVersion::V10,
+            "schemaurl" | "datacontentencoding" => self == SpecVersion::V03,
+            _ => false,
+        }
+    }
+
     /// Whether `name` is a context attribute of this version, or `data`, which no extension
     /// may take.
     fn reserves(self, name: &str) -> bool {
@@ -310,23 +333,20 @@ impl AttributeOrigin {
 }
 
 /// Builds and validates an event from attributes that all arrive as strings: HTTP binary-mode
-/// headers and channel envelopes. Extensions become string extensions.
-pub(crate) fn event_from_string_attributes(
-    attributes: impl IntoIterator<Item = (String, String)>,
+/// headers and channel envelopes. Extensions become string extensions. The attributes are read
+/// in more than one pass, so the iterator is cloned; only what the event keeps is copied.
+pub(crate) fn event_from_string_attributes<'a>(
+    attributes: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     origin: AttributeOrigin,
     data: Option<Bytes>,
 ) -> Result<Event, EventError> {
-    let attributes: Vec<(String, String)> = attributes.into_iter().collect();
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, _) in &attributes {
-        if !seen.insert(name.as_str()) {
-            return Err(EventError(format!(
-                "{} appears more than once",
-                origin.describe(name)
-            )));
-        }
+    if let Some(name) = first_repeated_name(attributes.clone().map(|(name, _)| name)) {
+        return Err(EventError(format!(
+            "{} appears more than once",
+            origin.describe(name)
+        )));
     }
-    let specversion = match attributes.iter().find(|(name, _)| name == "specversion") {
+    let specversion = match attributes.clone().find(|(name, _)| *name == "specversion") {
         Some((_, value)) => SpecVersion::parse(value)?,
         None => {
             return Err(EventError(format!(
@@ -337,37 +357,68 @@ pub(crate) fn event_from_string_attributes(
     };
     let mut event = Event::empty(specversion);
     event.data = data;
-    let mut missing_required = vec!["id", "source", "type"];
+    let (mut has_id, mut has_source, mut has_type) = (false, false, false);
     for (name, value) in attributes {
-        missing_required.retain(|required| *required != name);
-        match (name.as_str(), specversion) {
+        match (name, specversion) {
             ("specversion", _) => {}
-            ("id", _) => event.id = value,
-            ("source", _) => event.source = value,
-            ("type", _) => event.ty = value,
-            ("datacontenttype", _) => event.datacontenttype = Some(value),
-            ("dataschema", SpecVersion::V10) | ("schemaurl", SpecVersion::V03) => {
-                event.dataschema = Some(value)
+            ("id", _) => {
+                event.id = value.to_owned();
+                has_id = true;
             }
-            ("subject", _) => event.subject = Some(value),
-            ("time", _) => event.time = Some(value),
-            ("datacontentencoding", SpecVersion::V03) => event.datacontentencoding = Some(value),
+            ("source", _) => {
+                event.source = value.to_owned();
+                has_source = true;
+            }
+            ("type", _) => {
+                event.ty = value.to_owned();
+                has_type = true;
+            }
+            ("datacontenttype", _) => event.datacontenttype = Some(value.to_owned()),
+            ("dataschema", SpecVersion::V10) | ("schemaurl", SpecVersion::V03) => {
+                event.dataschema = Some(value.to_owned())
+            }
+            ("subject", _) => event.subject = Some(value.to_owned()),
+            ("time", _) => event.time = Some(value.to_owned()),
+            ("datacontentencoding", SpecVersion::V03) => {
+                event.datacontentencoding = Some(value.to_owned())
+            }
             _ => {
-                check_extension_name(specversion, &name).map_err(|EventError(why)| {
-                    EventError(format!("{}: {why}", origin.describe(&name)))
+                check_extension_name(specversion, name).map_err(|EventError(why)| {
+                    EventError(format!("{}: {why}", origin.describe(name)))
                 })?;
-                event.extensions.insert(name, ExtensionValue::String(value));
+                event
+                    .extensions
+                    .insert(name.to_owned(), ExtensionValue::String(value.to_owned()));
             }
         }
     }
-    if let Some(required) = missing_required.first() {
+    let missing_required = [("id", has_id), ("source", has_source), ("type", has_type)]
+        .into_iter()
+        .find_map(|(name, present)| (!present).then_some(name));
+    if let Some(required) = missing_required {
         return Err(EventError(format!(
             "missing required {}",
             origin.describe(required)
         )));
     }
-    event.validate()?;
+    // Every extension name passed `check_extension_name` above.
+    event.validate_attributes(false)?;
     Ok(event)
+}
+
+/// The first name that repeats an earlier one. An event has a handful of attributes, for
+/// which comparing each with those before it costs less than building a set.
+fn first_repeated_name<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    const PAIRWISE_UP_TO: usize = 32;
+    if names.clone().nth(PAIRWISE_UP_TO).is_none() {
+        return names
+            .clone()
+            .enumerate()
+            .find(|(index, name)| names.clone().take(*index).any(|earlier| earlier == *name))
+            .map(|(_, name)| name);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    names.into_iter().find(|name| !seen.insert(*name))
 }
 
 fn invalid_extension_name(described: &str) -> EventError {
@@ -407,6 +458,10 @@ fn check_required(name: &str, value: &str) -> Result<(), EventError> {
 
 /// The CloudEvents String type excludes control characters and Unicode noncharacters.
 fn check_string_characters(name: &str, value: &str) -> Result<(), EventError> {
+    // Printable ASCII holds neither, and is what nearly every value is.
+    if value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Ok(());
+    }
     let is_noncharacter =
         |c: char| matches!(c as u32, 0xFDD0..=0xFDEF) || (c as u32 & 0xFFFE) == 0xFFFE;
     match value
@@ -535,8 +590,15 @@ pub(crate) fn media_type_essence(content_type: &str) -> String {
 
 /// Whether data of this content type is JSON (`application/json`, `text/json`, `*/*+json`).
 pub(crate) fn is_json_media_type(content_type: &str) -> bool {
-    let essence = media_type_essence(content_type);
-    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+    // Compared without case rather than on a lower-cased copy.
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let suffix = essence
+        .len()
+        .checked_sub(5)
+        .map(|start| &essence.as_bytes()[start..]);
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("text/json")
+        || suffix.is_some_and(|suffix| suffix.eq_ignore_ascii_case(b"+json"))
 }
 
 fn check_absolute_uri(name: &str, value: &str) -> Result<(), EventError> {
@@ -918,6 +980,41 @@ mod tests {
         expected.set_extension("count", ExtensionValue::String("-7".to_string()));
         expected.set_extension("flag", ExtensionValue::String("true".to_string()));
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn repeated_attribute_is_the_first_that_repeats_an_earlier_one() {
+        assert_eq!(first_repeated_name(["a", "b", "c"].into_iter()), None);
+        assert_eq!(
+            first_repeated_name(["a", "b", "c", "b", "a"].into_iter()),
+            Some("b")
+        );
+        // Past the pairwise bound the answer is the same.
+        let many: Vec<String> = (0..100).map(|i| format!("x{i}")).collect();
+        let mut names: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(first_repeated_name(names.iter().copied()), None);
+        names.extend(["x7", "x3"]);
+        assert_eq!(first_repeated_name(names.iter().copied()), Some("x7"));
+
+        let mut envelope = minimal(SpecVersion::V10).to_envelope();
+        envelope.attributes.push(("id".into(), "2".into()));
+        let message = Event::from_envelope(&envelope).expect_err("id twice").0;
+        assert_eq!(message, "attribute `id` appears more than once");
+    }
+
+    #[test]
+    fn json_media_types_are_recognised_whatever_their_case() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " text/json ",
+            "application/vnd.x+JSON",
+        ] {
+            assert!(is_json_media_type(json), "{json:?}");
+        }
+        for other in ["text/plain", "json", "application/jsonx", "+jso"] {
+            assert!(!is_json_media_type(other), "{other:?}");
+        }
     }
 
     #[test]
