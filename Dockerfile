@@ -8,13 +8,14 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 # librdkafka is built from source by the rdkafka crate (configure + make, already in this
-# image); zlib is linked statically so the runtime image needs nothing beyond glibc.
+# image); zlib is linked statically so the runtime image needs nothing beyond glibc. The
+# `dist` profile (Cargo.toml) optimises the whole program at once: less code, less memory.
 ENV LIBZ_SYS_STATIC=1
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin rivulet \
-    && cp target/release/rivulet /usr/local/bin/rivulet \
+    cargo build --profile dist --locked --bin rivulet \
+    && cp target/dist/rivulet /usr/local/bin/rivulet \
     && strip /usr/local/bin/rivulet
 
 # --- run ---

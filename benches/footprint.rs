@@ -2,7 +2,8 @@
 //! 10,000 triggers, and under load, and the time from a restart to the first `202`, measured
 //! beside a bare HTTP server in the same run.
 //!
-//! Run with `cargo bench --bench footprint` (release build). `RIVULET_BENCH_TRIGGERS` sets
+//! Run with `cargo bench --bench footprint` (release build; `RIVULET_BINARY` names another
+//! `rivulet` to measure, such as the `dist` profile's). `RIVULET_BENCH_TRIGGERS` sets
 //! the trigger count (default 10,000) and `RIVULET_BENCH_SECONDS` the load duration
 //! (default 5).
 //!
@@ -172,7 +173,10 @@ impl Running {
             }
             Target::Rivulet => {
                 let data = tempfile::tempdir().expect("a data folder");
-                let mut command = Command::new(env!("CARGO_BIN_EXE_rivulet"));
+                // `RIVULET_BINARY` measures another build, e.g. `target/dist/rivulet`.
+                let binary = std::env::var_os("RIVULET_BINARY")
+                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_rivulet").into());
+                let mut command = Command::new(binary);
                 let api_listen = format!("127.0.0.1:{}", free_port());
                 api = format!("http://{api_listen}");
                 // Loopback only: the benchmark applies triggers without a token.

@@ -46,7 +46,7 @@
 //! Output: the full table and a summary on stdout; in `RIVULET_BENCH_OUT` (default
 //! `bench-results` under `$CARGO_TARGET_DIR`, or under `target/` in the package when that is
 //! unset) `broker.json`, the summary as `broker.md`, and the plots `throughput.svg`,
-//! `latency.svg` and `fanout.svg`.
+//! `latency.svg`, `fanout.svg` and `delivery.svg`.
 
 /// The allocator of the `rivulet` binary, so the server in this process allocates as it does
 /// there.
@@ -2038,6 +2038,7 @@ fn run() -> Result<(), String> {
     )?;
     let title = format!("{date}, {machine}");
     plots::write_all(&dir, &rows, &title)?;
+    plots::delivery(&dir.join("delivery.svg"), &delivery_rows, &title)?;
     println!("results, summary and plots written to {}", dir.display());
     if failures.is_empty() {
         Ok(())

@@ -316,3 +316,93 @@ fn fanout(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
         .map_err(|e| failed("fan-out")(e.to_string()))?;
     root.present().map_err(|e| failed("fan-out")(e.to_string()))
 }
+
+/// The delivery section: end-to-end events per second of every path, one panel per payload,
+/// baselines in grey, with the forwarding proxy's rate scaled by the aims as marks.
+pub fn delivery(
+    path: &Path,
+    rows: &[crate::delivery::DeliveryRow],
+    title: &str,
+) -> Result<(), String> {
+    use crate::delivery::Path as Route;
+    let mut payloads: Vec<usize> = rows.iter().map(|row| row.payload).collect();
+    payloads.dedup();
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    let height = 120 + 260 * payloads.len() as u32;
+    let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
+    root.fill(&WHITE)
+        .map_err(|e| failed("delivery")(e.to_string()))?;
+    let root = root
+        .titled(
+            &format!("end to end events/s: Rivulet beside nginx — {title}"),
+            ("sans-serif", 18),
+        )
+        .map_err(|e| failed("delivery")(e.to_string()))?;
+    let panels = root.split_evenly((payloads.len(), 1));
+    for (panel, payload) in panels.iter().zip(payloads) {
+        let shown: Vec<&crate::delivery::DeliveryRow> =
+            rows.iter().filter(|row| row.payload == payload).collect();
+        let top = shown
+            .iter()
+            .map(|row| row.events_per_second)
+            .fold(1.0, f64::max)
+            * 1.1;
+        let labels: Vec<String> = shown.iter().map(|row| row.path.label()).collect();
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("payload {}", crate::size_label(payload)),
+                ("sans-serif", 15),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(260)
+            .build_cartesian_2d(0.0..top, (0..shown.len()).into_segmented())
+            .map_err(|e| failed("delivery")(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_label_formatter(&|segment| match segment {
+                SegmentValue::CenterOf(index) => labels.get(*index).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_desc("events/s, first request to last delivery")
+            .draw()
+            .map_err(|e| failed("delivery")(e.to_string()))?;
+        chart
+            .draw_series(shown.iter().enumerate().map(|(index, row)| {
+                let color = match row.path {
+                    Route::Receiver | Route::Proxy => BASELINE,
+                    _ => RIVULET,
+                };
+                Rectangle::new(
+                    [
+                        (0.0, SegmentValue::Exact(index)),
+                        (row.events_per_second, SegmentValue::Exact(index + 1)),
+                    ],
+                    color.filled(),
+                )
+            }))
+            .map_err(|e| failed("delivery")(e.to_string()))?;
+        if let Some(proxy) = shown.iter().find(|row| row.path == Route::Proxy) {
+            for (aim, name) in [(0.7, "0.7 × proxy"), (0.5, "0.5 × proxy")] {
+                let x = proxy.events_per_second * aim;
+                chart
+                    .draw_series(LineSeries::new(
+                        [
+                            (x, SegmentValue::Exact(0)),
+                            (x, SegmentValue::Exact(shown.len())),
+                        ],
+                        AIM.stroke_width(1),
+                    ))
+                    .map_err(|e| failed("delivery")(e.to_string()))?
+                    .label(name)
+                    .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], AIM));
+            }
+        }
+    }
+    root.present()
+        .map_err(|e| failed("delivery")(e.to_string()))
+}
