@@ -205,21 +205,12 @@ async fn create_trigger(
 /// trigger reports ready.
 async fn await_first_delivery(rivulet: &Rivulet, receiver: &Nginx) -> Result<(), String> {
     let before = receiver.requests().await?;
-    let url = format!("{}/{}/{BROKER}", rivulet.server.base_url, rivulet.namespace);
     let deadline = Instant::now() + Duration::from_secs(60);
     while receiver.requests().await? == before {
         if Instant::now() > deadline {
             return Err("no probe event reached nginx in 60 s".into());
         }
-        let _ = rivulet
-            .client
-            .post(&url)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "probe")
-            .header("ce-source", "/bench/probe")
-            .header("ce-type", EVENT_TYPE)
-            .send()
-            .await;
+        rivulet.post_probe().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Every trigger's probe copy arrives before the measured load begins.

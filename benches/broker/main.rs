@@ -1241,26 +1241,31 @@ impl Rivulet {
     /// Posts probe events (no send time) until the subscriber has one, then forgets them:
     /// a remote channel's consumer may start reading after its trigger reports ready.
     async fn await_delivery(&self, subscriber: &Subscriber) -> Result<(), String> {
-        let url = format!("{}/{}/{BROKER}", self.server.base_url, self.namespace);
         let deadline = Instant::now() + Duration::from_secs(120);
         while subscriber.received.load(Ordering::Relaxed) == 0 {
             if Instant::now() > deadline {
                 return Err("no probe event reached the subscriber in 120 s".into());
             }
-            let _ = self
-                .client
-                .post(&url)
-                .header("ce-specversion", "1.0")
-                .header("ce-id", "probe")
-                .header("ce-source", "/bench/probe")
-                .header("ce-type", EVENT_TYPE)
-                .send()
-                .await;
+            self.post_probe().await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         subscriber.received.store(0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Posts one probe event (no send time) to the broker; its answer does not matter.
+    async fn post_probe(&self) {
+        let url = format!("{}/{}/{BROKER}", self.server.base_url, self.namespace);
+        let _ = self
+            .client
+            .post(&url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "probe")
+            .header("ce-source", "/bench/probe")
+            .header("ce-type", EVENT_TYPE)
+            .send()
+            .await;
     }
 }
 
