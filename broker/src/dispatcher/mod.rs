@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rivulet_channels::{ChannelError, Received, Subscription};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -260,7 +261,6 @@ pub fn spawn(
             unfinished: unfinished.clone(),
         },
         stop.clone(),
-        tasks.clone(),
     ));
     Running {
         stop,
@@ -301,68 +301,64 @@ impl Consumer {
     }
 }
 
-async fn consume(consumer: Consumer, stop: CancellationToken, tasks: TaskTracker) {
+/// Takes events off the subscription while there is room and drives their deliveries on
+/// this one task: no task per event, and the subscription's read stays pending across
+/// deliveries finishing (a read is not cancelled halfway, which some backends do not allow
+/// without handing the events out again).
+async fn consume(consumer: Consumer, stop: CancellationToken) {
     let (dispatch, subscription) = (consumer.dispatch.clone(), consumer.subscription.clone());
-    let parallelism = if dispatch.ordered {
+    let limit = if dispatch.ordered {
         1
     } else {
         dispatch.parallelism.max(1)
     };
-    let slots = Arc::new(Semaphore::new(parallelism));
+    let mut in_flight = FuturesUnordered::new();
+    let mut reading: Option<BoxFuture<'static, Result<Vec<Received>, ChannelError>>> = None;
+    // After a failed read, the next one waits: the backend is likely down.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        // Take events only when there is room to deliver them.
-        let first = tokio::select! {
-            _ = stop.cancelled() => return,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-        };
-        let room = 1 + slots.available_permits();
-        let batch = tokio::select! {
-            _ = stop.cancelled() => return,
-            batch = subscription.receive(room) => batch,
-        };
-        let batch = match batch {
-            Ok(batch) => batch,
-            Err(ChannelError::Closed) => return,
-            Err(error) => {
-                consumer.metrics.receive_failed(&error);
-                if let Some(suppressed) = consumer.metrics.receive_failure_log.allow() {
-                    tracing::warn!(trigger = %dispatch.trigger, %error, suppressed, "receiving from the channel failed; retrying every 500 ms (suppressed: how many more failures since the last such line)");
+        let room = limit - in_flight.len();
+        if reading.is_none() && room > 0 {
+            let subscription = subscription.clone();
+            let wait_until = retry_at.take();
+            reading = Some(Box::pin(async move {
+                if let Some(at) = wait_until {
+                    tokio::time::sleep_until(at).await;
                 }
-                drop(first);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                subscription.receive(room).await
+            }));
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            read = async { reading.as_mut().expect("polled only when reading").await }, if reading.is_some() => {
+                reading = None;
+                match read {
+                    Ok(batch) => {
+                        consumer
+                            .unfinished
+                            .fetch_add(batch.len() as u64, Ordering::SeqCst);
+                        for received in batch {
+                            let consumer = consumer.clone();
+                            in_flight.push(async move { consumer.handle(received).await });
+                        }
+                    }
+                    Err(ChannelError::Closed) => break,
+                    Err(error) => {
+                        consumer.metrics.receive_failed(&error);
+                        if let Some(suppressed) = consumer.metrics.receive_failure_log.allow() {
+                            tracing::warn!(trigger = %dispatch.trigger, %error, suppressed, "receiving from the channel failed; retrying every 500 ms (suppressed: how many more failures since the last such line)");
+                        }
+                        retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+                    }
                 }
-            }
-        };
-        consumer
-            .unfinished
-            .fetch_add(batch.len() as u64, Ordering::SeqCst);
-        let mut first = Some(first);
-        for received in batch {
-            // Once stopped, the rest of the batch stays unacknowledged for the next consumer.
-            if stop.is_cancelled() {
-                break;
-            }
-            let permit = match first.take() {
-                Some(permit) => permit,
-                None => tokio::select! {
-                    _ = stop.cancelled() => break,
-                    permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                },
-            };
-            if dispatch.ordered {
-                consumer.handle(received).await;
-                drop(permit);
-            } else {
-                let consumer = consumer.clone();
-                tasks.spawn(async move {
-                    consumer.handle(received).await;
-                    drop(permit);
-                });
             }
         }
     }
+    // Stopped: nothing new is taken; what is in flight finishes, or gives up when abandoned.
+    drop(reading);
+    while in_flight.next().await.is_some() {}
 }
 
 /// Filters, delivers and acknowledges one event.
