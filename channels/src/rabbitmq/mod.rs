@@ -84,6 +84,10 @@ pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How long a publish waits for RabbitMQ's confirms (a blocked connection, say, when RabbitMQ
 /// is out of memory or disk) before answering unavailable.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an acknowledgement may take to be written. `basic.ack` has no answer; one that
+/// cannot be written within this (its connection died under it and the write never ends) is
+/// lost, and RabbitMQ delivers the message again, as for any unacknowledged delivery.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest AMQP name (a short string).
 const MAX_NAME: usize = 255;
 
@@ -709,13 +713,21 @@ impl Subscription for RabbitSubscription {
             return Ok(());
         };
         self.control.held.fetch_sub(1, Ordering::SeqCst);
-        match acker.ack(lapin::options::BasicAckOptions::default()).await {
-            Ok(true) => {}
-            Ok(false) => {
+        let acked = tokio::time::timeout(
+            ACK_TIMEOUT,
+            acker.ack(lapin::options::BasicAckOptions::default()),
+        )
+        .await;
+        match acked {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
                 tracing::debug!(queue = %self.queue, "acknowledgement of a delivery on a closed channel skipped; it will be redelivered")
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::debug!(queue = %self.queue, %error, "acknowledgement lost with its channel; the event will be redelivered")
+            }
+            Err(_) => {
+                tracing::debug!(queue = %self.queue, "acknowledgement not written within {ACK_TIMEOUT:?} (its connection is gone); the event will be redelivered")
             }
         }
         Ok(())

@@ -163,10 +163,9 @@ pub(super) async fn drain_trigger(
     let leftovers = Leftovers::of(ctx, trigger, running.as_ref());
     let mut report = DrainReport::default();
     if let Some(running) = running {
-        report.drained = running
-            .stop_for_good(ctx.settings.delete_grace)
-            .await
-            .finished;
+        let stopped = running.stop_for_good(ctx.settings.delete_grace).await;
+        tracing::debug!(%namespace, trigger = %name, finished = stopped.finished, abandoned = stopped.abandoned, "deleted trigger's consumer stopped");
+        report.drained = stopped.finished;
     }
     let subscription = subscription_name(&name);
     let expected = match channel.backlog(&subscription).await {
@@ -177,6 +176,7 @@ pub(super) async fn drain_trigger(
             None
         }
     };
+    tracing::debug!(%namespace, trigger = %name, ?expected, "deleted trigger's events left in its subscription");
     if expected != Some(0) {
         let (dead_lettered, dropped) = take_leftovers(
             ctx,
