@@ -17,6 +17,7 @@ use std::str::FromStr;
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::Envelope;
 
@@ -201,26 +202,14 @@ fn is_canonical<'a>(names: impl Iterator<Item = &'a str> + Clone) -> bool {
         .all(|(first, second)| canonical_key(first) < canonical_key(second))
 }
 
+/// What a header line cannot carry as is: control characters, space, `"` and `%`; bytes
+/// outside ASCII are always escaped by `utf8_percent_encode`.
+const HEADER_VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
 /// Percent-encodes what a header line cannot carry as is: control characters, space, `"`,
 /// `%` and every byte outside ASCII.
 pub fn percent_encode(value: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let plain = |byte: u8| byte.is_ascii_graphic() && byte != b'"' && byte != b'%';
-    // Most values need no escape: one copy.
-    if value.bytes().all(plain) {
-        return value.to_owned();
-    }
-    let mut encoded = String::with_capacity(value.len() + 16);
-    for byte in value.bytes() {
-        if plain(byte) {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push('%');
-            encoded.push(char::from(HEX[usize::from(byte >> 4)]));
-            encoded.push(char::from(HEX[usize::from(byte & 0x0F)]));
-        }
-    }
-    encoded
+    std::borrow::Cow::from(utf8_percent_encode(value, HEADER_VALUE_ESCAPES)).into_owned()
 }
 
 fn decode_value(header: &str, value: &str) -> Result<String, BindingError> {

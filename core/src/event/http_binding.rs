@@ -65,8 +65,8 @@ fn from_http_unbounded(
         None => None,
     };
     if let Some(content_type) = content_type {
-        // `media_type_essence` without its lower-cased copy, which only an error needs.
-        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        // Compared without case: the lower-cased copy only an error needs.
+        let essence = super::media_type_essence_as_written(content_type);
         if essence.eq_ignore_ascii_case(STRUCTURED_JSON) {
             check_utf8_charset(content_type)?;
             return Ok((HttpMode::Structured, vec![parse_structured(&body)?]));

@@ -580,18 +580,18 @@ fn check_media_type_parameters(mut rest: &str) -> Result<(), &'static str> {
 /// The media type without parameters, lower-cased: `application/json; charset=utf-8` gives
 /// `application/json`.
 pub(crate) fn media_type_essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+    media_type_essence_as_written(content_type).to_ascii_lowercase()
+}
+
+/// [`media_type_essence`] in its original case, for comparisons that ignore case without
+/// a lower-cased copy.
+pub(crate) fn media_type_essence_as_written(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
 }
 
 /// Whether data of this content type is JSON (`application/json`, `text/json`, `*/*+json`).
 pub(crate) fn is_json_media_type(content_type: &str) -> bool {
-    // Compared without case rather than on a lower-cased copy.
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let essence = media_type_essence_as_written(content_type);
     let suffix = essence
         .len()
         .checked_sub(5)
