@@ -165,21 +165,6 @@ impl Api {
     /// than refusing the delete (tests/api/deletion.rs covers the refusal). Fails the test unless
     /// the server answers 200.
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        let (status, body) = self.try_delete(kind, namespace, name).await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "DELETE {kind} {namespace}/{name}: {body}"
-        );
-    }
-
-    /// Like [`Api::delete`], returning the answer's status and body instead of judging them.
-    pub async fn try_delete(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-    ) -> (StatusCode, String) {
         let response = super::api_request(
             reqwest::Method::DELETE,
             format!(
@@ -192,7 +177,12 @@ impl Api {
         .await
         .expect("the resource API answers");
         let status = response.status();
-        (status, response.text().await.unwrap_or_default())
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "DELETE {kind} {namespace}/{name}: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
 
     /// Waits until condition `condition_type` of the object has `status` (`"True"` or

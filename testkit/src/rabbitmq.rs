@@ -86,28 +86,9 @@ pub async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
 /// Deletes a broker through the resource API at `api` and waits until Rivulet removed its
 /// exchange from RabbitMQ, so a test does not end (and stop the server) before the cleanup.
 pub async fn delete_broker(api: &str, namespace: &str, broker: &str) {
-    // Right after a RabbitMQ restart the delete can fail while Rivulet reconnects (5xx);
-    // it is tried again until RabbitMQ is back. A retry may find the broker gone already.
-    let client = crate::Api::new(api, api);
-    let mut tried = false;
-    crate::wait_for(
-        &format!("broker {namespace}/{broker} to be deleted"),
-        crate::WAIT,
-        || {
-            let (client, retry) = (&client, std::mem::replace(&mut tried, true));
-            async move {
-                let (status, body) = client.try_delete("Broker", namespace, broker).await;
-                let done = status == reqwest::StatusCode::OK
-                    || (retry && status == reqwest::StatusCode::NOT_FOUND);
-                assert!(
-                    done || status.is_server_error(),
-                    "DELETE Broker {namespace}/{broker}: {status} {body}"
-                );
-                done.then_some(())
-            }
-        },
-    )
-    .await;
+    crate::Api::new(api, api)
+        .delete("Broker", namespace, broker)
+        .await;
     let connection = connect().await;
     let exchange = rivulet_channels::rabbitmq::exchange_name(namespace, broker);
     crate::wait_for(
