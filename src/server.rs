@@ -70,6 +70,8 @@ pub struct ServeOptions {
     pub oidc_jwks_refresh: Duration,
     /// Timeouts, connection and header limits of both listeners.
     pub listeners: crate::listener::ListenerLimits,
+    /// The event journal; its folder is `journal` under the data dir unless set.
+    pub journal: crate::journal::JournalSettings,
 }
 
 /// Where `rivulet serve` keeps resources.
@@ -108,6 +110,7 @@ impl Default for ServeOptions {
             oidc_issuers: Vec::new(),
             oidc_jwks_refresh: Duration::from_secs(10),
             listeners: crate::listener::ListenerLimits::default(),
+            journal: crate::journal::JournalSettings::default(),
         }
     }
 }
@@ -301,7 +304,26 @@ pub async fn start_with_store(
     };
     let auth = crate::auth::setup::build(auth_settings, features.clone(), egress.clone())?;
     ingress.set_auth(auth.clone());
+    let shutdown = CancellationToken::new();
+    // The controller carries no events, so it has nothing to journal.
+    let journal = if options.role.carries_events() {
+        let settings = crate::journal::JournalSettings {
+            dir: Some(
+                options
+                    .journal
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| options.data_dir.join("journal")),
+            ),
+            ..options.journal.clone()
+        };
+        crate::journal::Journal::start(&settings, metrics.clone(), shutdown.clone())
+    } else {
+        crate::journal::Journal::off()
+    };
+    ingress.set_journal(journal.clone());
     let shared = dispatcher::Shared {
+        journal,
         sender: Sender::with_egress(egress)
             .with_response_limit(options.delivery.max_response_body)
             .with_transport(crate::tls::TrustBundles::default(), features.clone())
@@ -330,7 +352,6 @@ pub async fn start_with_store(
     ctx.extensions.set(crate::runtime::MemoryChannelMaxBytes(
         options.memory_channel_max_bytes,
     ));
-    let shutdown = CancellationToken::new();
     if let Some(tls) = &tls {
         ctx.dispatch.sender.trust_bundles().trust_own(&tls.ca_pem());
         tls.spawn_watch(

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use rivulet_channels::Channel;
 use rivulet_core::log_throttle::LogThrottle;
 use rivulet_core::metrics::{BrokerLabels, DroppedLabels, IngressLabels, Metrics};
@@ -57,6 +58,18 @@ pub(crate) struct BrokerCounters {
     pub(crate) full: Counter,
     /// Storage and backend failures fail every request while they last: one line per interval.
     pub(crate) unavailable_log: Arc<LogThrottle>,
+    /// The broker's names, shared with the journal's records.
+    pub(crate) namespace: Arc<str>,
+    pub(crate) name: Arc<str>,
+    /// Knative-named series by status code and event type, each made on first use.
+    pub(crate) knative: Arc<Mutex<HashMap<u16, HashMap<String, KnativeIngress>>>>,
+}
+
+/// One (status, event type) series pair of Knative's ingress metrics.
+#[derive(Clone)]
+pub(crate) struct KnativeIngress {
+    pub(crate) count: Counter,
+    pub(crate) latency: Histogram,
 }
 
 impl BrokerCounters {
@@ -93,6 +106,9 @@ impl BrokerCounters {
             ttl_logged: Arc::default(),
             full: outcome("full"),
             unavailable_log: Arc::default(),
+            namespace: namespace.into(),
+            name: broker.into(),
+            knative: Arc::default(),
         }
     }
 }
@@ -137,7 +153,13 @@ impl BrokerTable {
         if in_namespace.is_empty() {
             brokers.remove(namespace);
         }
+        self.metrics.knative.forget_broker(namespace, name);
         removed
+    }
+
+    /// The metrics ingress records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub(crate) fn entry(&self, namespace: &str, name: &str) -> Option<Entry> {

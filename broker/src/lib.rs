@@ -10,5 +10,6 @@ pub mod delivery;
 pub mod dispatcher;
 pub mod egress;
 pub mod ingress;
+pub mod journal;
 pub mod listener;
 pub mod tls;

@@ -229,11 +229,17 @@ impl ListenerGuard {
     }
 
     /// `app` as a hyper service whose requests are timed (`--request-timeout`) and counted as
-    /// activity on the connection.
-    pub fn service(&self, app: axum::Router, activity: Arc<Activity>) -> TimedService {
+    /// activity on the connection, and carry the peer's address (axum's `ConnectInfo`).
+    pub fn service(
+        &self,
+        app: axum::Router,
+        activity: Arc<Activity>,
+        peer: std::net::SocketAddr,
+    ) -> TimedService {
         TimedService {
             app,
             activity,
+            peer,
             timeout: self.limits.request_timeout,
             timeouts: self.request_timeouts.clone(),
             listener: self.name,
@@ -393,6 +399,7 @@ impl Drop for InFlight {
 pub struct TimedService {
     app: axum::Router,
     activity: Arc<Activity>,
+    peer: std::net::SocketAddr,
     timeout: Duration,
     timeouts: Counter,
     listener: &'static str,
@@ -405,8 +412,11 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for TimedService {
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, request: Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<hyper::body::Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let version = request.version();

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub mod knative;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BrokerLabels {
     pub namespace: String,
@@ -150,6 +152,12 @@ pub struct StorageLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JournalDropLabels {
+    /// `queue_full`: the journal's writer was behind and the record was not kept.
+    pub reason: &'static str,
+}
+
 /// Every metric Rivulet records.
 pub struct Metrics {
     registry: Registry,
@@ -219,6 +227,22 @@ pub struct Metrics {
     pub storage_failed: Gauge,
     /// Storage fault episodes begun, by component and kind.
     pub storage_faults: Family<StorageLabels, Counter>,
+    /// Events a trigger's subscription holds not yet acknowledged (sampled).
+    pub trigger_queue_depth: Family<TriggerLabels, Gauge>,
+    /// Seconds between an event's arrival at ingress and its trigger taking it off the
+    /// channel, for the latest event the trigger took.
+    pub trigger_lag_seconds: Family<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Journal records not kept, by reason.
+    pub journal_dropped: Family<JournalDropLabels, Counter>,
+    /// Journal writes to disk that failed (the journal goes on in memory).
+    pub journal_write_failures: Counter,
+    /// Events the journal holds, and about how many bytes.
+    pub journal_events: Gauge,
+    pub journal_bytes: Gauge,
+    /// Events a live tap client missed because it read too slowly.
+    pub tap_dropped: Counter,
+    /// Knative's own metric names (`mt_broker_*`).
+    pub knative: knative::KnativeMetrics,
 }
 
 impl Default for Metrics {
@@ -436,6 +460,48 @@ impl Metrics {
             "Storage fault episodes begun, by component and kind (full, failed)",
             storage_faults.clone(),
         );
+        let trigger_queue_depth = Family::default();
+        registry.register(
+            "trigger_queue_depth",
+            "Events a trigger's subscription holds that are not acknowledged yet (sampled)",
+            trigger_queue_depth.clone(),
+        );
+        let trigger_lag_seconds = Family::default();
+        registry.register(
+            "trigger_lag_seconds",
+            "Seconds from arrival at ingress to the trigger taking the event, for its latest event",
+            trigger_lag_seconds.clone(),
+        );
+        let journal_dropped = Family::default();
+        registry.register(
+            "journal_records_dropped",
+            "Event journal records not kept, by reason",
+            journal_dropped.clone(),
+        );
+        let journal_write_failures = Counter::default();
+        registry.register(
+            "journal_write_failures",
+            "Event journal writes to disk that failed",
+            journal_write_failures.clone(),
+        );
+        let journal_events = Gauge::default();
+        registry.register(
+            "journal_events",
+            "Events the event journal holds",
+            journal_events.clone(),
+        );
+        let journal_bytes = Gauge::default();
+        registry.register(
+            "journal_bytes",
+            "About how many bytes of memory the event journal holds",
+            journal_bytes.clone(),
+        );
+        let tap_dropped = Counter::default();
+        registry.register(
+            "tap_events_dropped",
+            "Events a live tap client missed because it read too slowly",
+            tap_dropped.clone(),
+        );
         Metrics {
             registry,
             connections_open,
@@ -449,6 +515,14 @@ impl Metrics {
             storage_full,
             storage_failed,
             storage_faults,
+            trigger_queue_depth,
+            trigger_lag_seconds,
+            journal_dropped,
+            journal_write_failures,
+            journal_events,
+            journal_bytes,
+            tap_dropped,
+            knative: knative::KnativeMetrics::new(),
             egress_refused,
             deletion_events,
             events_dropped,
@@ -478,7 +552,14 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+        prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
+            .and_then(|()| {
+                prometheus_client::encoding::text::encode_registry(
+                    &mut text,
+                    &self.knative.registry,
+                )
+            })
+            .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut text))
             .expect("writing to a String cannot fail");
         text
     }

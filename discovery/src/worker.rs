@@ -194,7 +194,7 @@ impl Worker {
     }
 
     pub async fn observe(&mut self, observation: Observation) {
-        for event in &observation.events {
+        for event in observation.events.iter() {
             if let Err(error) = self
                 .observe_event(&observation.namespace, &observation.broker, event)
                 .await

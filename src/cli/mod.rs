@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod eventtypes;
+mod journal;
 mod local;
 
 /// The resource API's default address (`rivulet serve --api-listen`).
@@ -117,6 +118,33 @@ enum Command {
     EventTypes {
         #[command(subcommand)]
         command: eventtypes::EventTypesCommand,
+    },
+    /// Where did my event go? Read the event journal: each event's arrival, every
+    /// trigger's verdict, every delivery attempt and its outcome.
+    ///
+    /// The server keeps the journal for --journal-retention (1h) and --journal-max-bytes
+    /// (64Mi) unless started with --no-journal.
+    Events {
+        #[command(subcommand)]
+        command: journal::EventsCommand,
+    },
+    /// Stream a broker's events live as they arrive, with each trigger's outcome.
+    ///
+    /// Example: rivulet tap default/default --filter "type LIKE 'com.example.%'"
+    Tap {
+        /// The broker: NAMESPACE/NAME, or NAME in namespace `default`.
+        broker: String,
+        /// Only events this CESQL expression is true for.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Output: text (default) or json (one object per line).
+        #[arg(short, long, default_value = "text")]
+        output: journal::JournalOutput,
+        /// Stop after this many events.
+        #[arg(long)]
+        max_events: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Print the CustomResourceDefinitions of every kind Rivulet serves (multi-document YAML).
     ///
@@ -443,6 +471,16 @@ struct ServeArgs {
     /// Streams one HTTP/2 connection may have open at once.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     http2_max_concurrent_streams: u32,
+    /// Do not keep the event journal (what `rivulet events` and `rivulet tap` read).
+    #[arg(long, env = "RIVULET_NO_JOURNAL")]
+    no_journal: bool,
+    /// Bytes the event journal keeps at most, in memory and in --data-dir/journal each;
+    /// the oldest events go first.
+    #[arg(long, default_value = "64Mi", value_parser = parse_byte_size)]
+    journal_max_bytes: u64,
+    /// How long the event journal keeps an event's path.
+    #[arg(long, default_value = "1h", value_parser = parse_positive_duration)]
+    journal_retention: Duration,
 }
 
 /// A duration above zero: a zero timeout would close every connection at once.
@@ -618,6 +656,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
         } => local::cesql_eval(&expression, event.as_deref(), &output),
         Command::EventTypes { command } => eventtypes::run(command).await,
+        Command::Events { command } => journal::events(command).await,
+        Command::Tap {
+            broker,
+            filter,
+            output,
+            max_events,
+            server,
+        } => journal::tap(&broker, filter, output, max_events, server.remote()).await,
         Command::Crds { output, to } => local::crds(output, to.as_deref()),
         Command::Display { listen } => {
             rivulet_sinks::display::serve(listen).await?;
@@ -717,6 +763,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_headers: args.max_headers as usize,
             max_header_bytes: args.max_header_bytes as usize,
             http2_max_concurrent_streams: args.http2_max_concurrent_streams,
+        },
+        journal: crate::journal::JournalSettings {
+            enabled: !args.no_journal,
+            max_bytes: args.journal_max_bytes,
+            retention: args.journal_retention,
+            ..Default::default()
         },
         ..crate::server::ServeOptions::default()
     };

@@ -117,6 +117,7 @@ fn context_for(
             sender: Sender::new(),
             ingress,
             metrics,
+            journal: rivulet::journal::Journal::off(),
         },
         Settings {
             data_dir: data_dir.to_path_buf(),

@@ -9,6 +9,7 @@ mod egress;
 mod eventpolicy;
 mod eventtypes;
 mod input_limits;
+mod journal;
 mod kubernetes_store;
 mod limits;
 mod loops;

@@ -823,6 +823,7 @@ async fn on_kubernetes_the_secret_is_read_by_name_and_a_change_is_served() {
             sender: rivulet::delivery::Sender::new(),
             ingress,
             metrics: metrics.clone(),
+            journal: rivulet::journal::Journal::off(),
         },
         rivulet::runtime::Settings {
             data_dir: data_dir.path().to_path_buf(),

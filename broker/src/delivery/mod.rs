@@ -165,6 +165,52 @@ impl Outcome {
     }
 }
 
+/// The attempts of one delivery, as the journal keeps them: the first few and the last.
+#[derive(Debug, Default)]
+pub struct AttemptLog {
+    pub attempts: Vec<crate::journal::Attempt>,
+    /// Attempts made, including those not kept.
+    pub count: u32,
+    /// Set once attempts go to the dead-letter sink.
+    pub dead_letter: bool,
+}
+
+impl AttemptLog {
+    fn note(
+        &mut self,
+        target: &str,
+        attempt: u32,
+        took: Duration,
+        result: Result<StatusCode, &Failure>,
+    ) {
+        use crate::journal::record::{ATTEMPTS_KEPT, bounded_text, now_millis};
+        let (status, retry_after, error) = match result {
+            Ok(status) => (Some(status.as_u16()), None, None),
+            Err(failure) => (
+                failure.status.map(|s| s.as_u16()),
+                failure.retry_after.map(|d| d.as_secs()),
+                Some(bounded_text(&failure.message)),
+            ),
+        };
+        let noted = crate::journal::Attempt {
+            attempt,
+            at: now_millis(),
+            target: target.to_string(),
+            status,
+            latency_ms: took.as_secs_f64() * 1000.0,
+            retry_after_s: retry_after,
+            error,
+            dead_letter: self.dead_letter,
+        };
+        self.count += 1;
+        if self.attempts.len() >= ATTEMPTS_KEPT {
+            // Keep the first ones and the latest.
+            self.attempts.pop();
+        }
+        self.attempts.push(noted);
+    }
+}
+
 /// Why the last attempt failed.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -351,9 +397,23 @@ impl Sender {
         event: &Event,
         policy: &DeliveryPolicy,
     ) -> Outcome {
+        self.deliver_logged(uri, ca_certs, event, policy, None)
+            .await
+    }
+
+    /// Like [`Sender::deliver_to`], noting each attempt (to the subscriber and to the
+    /// dead-letter sink) in `log` when given.
+    pub async fn deliver_logged(
+        &self,
+        uri: &str,
+        ca_certs: Option<&str>,
+        event: &Event,
+        policy: &DeliveryPolicy,
+        mut log: Option<&mut AttemptLog>,
+    ) -> Outcome {
         let audience = policy.auth.as_ref().and_then(|a| a.audience.as_deref());
         let (failure, attempts) = match self
-            .send_with_retries(uri, ca_certs, event, policy, audience)
+            .send_with_retries(uri, ca_certs, event, policy, audience, log.as_deref_mut())
             .await
         {
             Ok((status, reply, attempts)) => {
@@ -372,8 +432,11 @@ impl Sender {
                 dead_letter_error: None,
             };
         };
+        if let Some(log) = log.as_deref_mut() {
+            log.dead_letter = true;
+        }
         match self
-            .send_to_dead_letter(dead_letter_uri, event, uri, &failure, policy)
+            .send_to_dead_letter(dead_letter_uri, event, uri, &failure, policy, log)
             .await
         {
             Ok(_) => Outcome::DeadLettered { failure, attempts },
@@ -404,7 +467,7 @@ impl Sender {
             body: Bytes::from(why.to_owned()),
             ..Failure::final_without_response(why.to_owned())
         };
-        self.send_to_dead_letter(dead_letter_uri, event, destination, &failure, policy)
+        self.send_to_dead_letter(dead_letter_uri, event, destination, &failure, policy, None)
             .await
             .map(drop)
             .map_err(|(failure, _)| failure)
@@ -419,6 +482,7 @@ impl Sender {
         destination: &str,
         failure: &Failure,
         policy: &DeliveryPolicy,
+        log: Option<&mut AttemptLog>,
     ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
         let dead_letter = dead_letter_event(event, destination, failure);
         let audience = policy
@@ -426,8 +490,15 @@ impl Sender {
             .as_ref()
             .and_then(|a| a.dead_letter_audience.as_deref());
         let ca_certs = policy.dead_letter_ca_certs.as_deref();
-        self.send_with_retries(dead_letter_uri, ca_certs, &dead_letter, policy, audience)
-            .await
+        self.send_with_retries(
+            dead_letter_uri,
+            ca_certs,
+            &dead_letter,
+            policy,
+            audience,
+            log,
+        )
+        .await
     }
 
     /// Attempts delivery `1 + retry` times at most. A malformed reply is final: sending the
@@ -439,15 +510,22 @@ impl Sender {
         event: &Event,
         policy: &DeliveryPolicy,
         audience: Option<&str>,
+        mut log: Option<&mut AttemptLog>,
     ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
+        let refused = |failure: Failure, log: Option<&mut AttemptLog>| {
+            if let Some(log) = log {
+                log.note(uri, 1, Duration::ZERO, Err(&failure));
+            }
+            Err((failure, 1))
+        };
         let client = match self.client_for(uri, ca_certs) {
             Ok(client) => client,
             // Trying again would not change the address or its certificates.
-            Err(message) => return Err((Failure::final_without_response(message), 1)),
+            Err(message) => return refused(Failure::final_without_response(message), log),
         };
         let url = match self.destination_url(uri) {
             Ok(url) => url,
-            Err(failure) => return Err((failure, 1)),
+            Err(failure) => return refused(failure, log),
         };
         let (mut headers, body) = match policy.format {
             DeliveryFormat::Binary => event::to_http_binary(event),
@@ -468,6 +546,7 @@ impl Sender {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            let started = std::time::Instant::now();
             let sent = match self.authorization(policy, audience).await {
                 Ok(authorization) => {
                     let mut request = reqwest::Request::new(http::Method::POST, url.clone());
@@ -483,6 +562,10 @@ impl Sender {
                 }
                 Err(failure) => Err(failure),
             };
+            if let Some(log) = log.as_deref_mut() {
+                let outcome = sent.as_ref().map(|delivered| delivered.0);
+                log.note(uri, attempt, started.elapsed(), outcome);
+            }
             match sent {
                 Ok(delivered) => return Ok((delivered.0, delivered.1, attempt)),
                 Err(failure) => {

@@ -14,14 +14,18 @@ use rivulet_channels::{ChannelError, Received, Subscription};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::delivery::AttemptLog;
 use crate::delivery::{DeliveryPolicy, Outcome, Sender};
+use crate::ingress::ARRIVAL_TIME;
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
+use crate::journal::{self, Journal, Step};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use rivulet_core::event::{Event, ExtensionValue};
 use rivulet_core::filter::{self, Filter};
 use rivulet_core::log_throttle::LogThrottle;
+use rivulet_core::metrics::knative;
 use rivulet_core::metrics::{
     DeliveryLabels, DroppedLabels, FilterErrorLabels, Metrics, ReceiveFailureLabels, ReplyLabels,
     TriggerLabels,
@@ -51,6 +55,8 @@ pub struct Shared {
     pub sender: Sender,
     pub ingress: Arc<Ingress>,
     pub metrics: Arc<Metrics>,
+    /// Where each trigger's verdict and delivery are recorded.
+    pub journal: Journal,
 }
 
 /// A trigger's metric handles, each looked up on its first use and kept: per event a lookup
@@ -76,6 +82,15 @@ struct TriggerMetrics {
     ack_failure_log: LogThrottle,
     /// Reads fail every 500 ms while the channel's backend is down.
     receive_failure_log: LogThrottle,
+    /// The trigger's broker, as the journal names it.
+    journal_namespace: Arc<str>,
+    journal_broker: Arc<str>,
+    /// Knative's `filter_type` label: the trigger's `type` filter, or `any`.
+    filter_type: String,
+    /// Knative-named series by response code, made on first use.
+    knative: std::sync::Mutex<Vec<(u16, Counter, Histogram)>>,
+    knative_processing: OnceLock<Histogram>,
+    lag: OnceLock<prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>,
 }
 
 impl TriggerMetrics {
@@ -96,7 +111,78 @@ impl TriggerMetrics {
             ttl_logged: AtomicBool::new(false),
             ack_failure_log: LogThrottle::default(),
             receive_failure_log: LogThrottle::default(),
+            journal_namespace: dispatch.namespace.as_str().into(),
+            journal_broker: dispatch.broker.as_str().into(),
+            filter_type: dispatch
+                .filter
+                .exact_value("type")
+                .unwrap_or("any")
+                .to_string(),
+            knative: std::sync::Mutex::default(),
+            knative_processing: OnceLock::new(),
+            lag: OnceLock::new(),
         }
+    }
+
+    fn knative_labels(&self, broker: &str, code: u16) -> knative::FilterLabels {
+        knative::FilterLabels {
+            broker_name: broker.to_string(),
+            container_name: knative::FILTER_CONTAINER,
+            filter_type: self.filter_type.clone(),
+            namespace_name: self.namespace.clone(),
+            response_code: code,
+            response_code_class: knative::code_class(code),
+            trigger_name: self.trigger.clone(),
+            unique_name: self.metrics.knative.unique_name.clone(),
+        }
+    }
+
+    /// Counts a delivery in Knative's filter metrics.
+    fn count_knative(&self, broker: &str, code: u16, took: Duration) {
+        let mut series = self
+            .knative
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = match series.iter().position(|(c, _, _)| *c == code) {
+            Some(index) => index,
+            None => {
+                let labels = self.knative_labels(broker, code);
+                let knative = &self.metrics.knative;
+                series.push((
+                    code,
+                    knative.filter_event_count.get_or_create_owned(&labels),
+                    knative
+                        .filter_dispatch_latencies
+                        .get_or_create_owned(&labels),
+                ));
+                series.len() - 1
+            }
+        };
+        let (_, count, latency) = &series[index];
+        count.inc();
+        latency.observe(took.as_secs_f64() * 1000.0);
+    }
+
+    /// Knative's processing latency: from taking the event to starting its delivery.
+    fn processing(&self, broker: &str) -> &Histogram {
+        self.knative_processing.get_or_init(|| {
+            let labels = knative::FilterProcessingLabels {
+                broker_name: broker.to_string(),
+                container_name: knative::FILTER_CONTAINER,
+                filter_type: self.filter_type.clone(),
+                namespace_name: self.namespace.clone(),
+                trigger_name: self.trigger.clone(),
+                unique_name: self.metrics.knative.unique_name.clone(),
+            };
+            self.metrics
+                .knative
+                .filter_processing_latencies
+                .get_or_create_owned(&labels)
+        })
+    }
+
+    fn lag(&self) -> &prometheus_client::metrics::gauge::Gauge<f64, AtomicU64> {
+        self.series(&self.lag, &self.metrics.trigger_lag_seconds)
     }
 
     fn labels(&self) -> TriggerLabels {
@@ -384,16 +470,40 @@ async fn handle(
             return;
         }
     };
+    let taken = Instant::now();
+    let arrived = arrival_of(&event);
+    if let Some(arrived) = arrived {
+        let lag = (chrono::Utc::now() - arrived)
+            .num_microseconds()
+            .unwrap_or(0);
+        metrics.lag().set(lag.max(0) as f64 / 1e6);
+    }
+    let journal = &shared.journal;
     match dispatch.filter.evaluate(&event) {
         filter::Outcome::Match => {
             metrics.matched().inc();
         }
         filter::Outcome::NoMatch => {
             metrics.rejected().inc();
+            if journal.enabled() {
+                let filter = dispatch.filter.refused_by(&event);
+                record(journal, metrics, event, |at| Step::Refused {
+                    at,
+                    trigger: dispatch.trigger.clone(),
+                    filter: filter.to_string(),
+                });
+            }
             ack(dispatch, metrics, subscription, received.id).await;
             return;
         }
         filter::Outcome::EvaluationError(kind) => {
+            if journal.enabled() {
+                record(journal, metrics, event, |at| Step::Refused {
+                    at,
+                    trigger: dispatch.trigger.clone(),
+                    filter: format!("cesql-error:{kind}"),
+                });
+            }
             shared
                 .metrics
                 .filter_errors
@@ -424,21 +534,40 @@ async fn handle(
         } else {
             tracing::debug!(trigger = %dispatch.trigger, id = %event.id, "event dropped: broker TTL exhausted");
         }
+        record(journal, metrics, event, |at| Step::Dropped {
+            at,
+            trigger: dispatch.trigger.clone(),
+            reason: "ttl".into(),
+        });
         ack(dispatch, metrics, subscription, received.id).await;
         return;
     }
     event.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
     let started = Instant::now();
+    metrics
+        .processing(&dispatch.broker)
+        .observe(started.duration_since(taken).as_secs_f64() * 1000.0);
+    let mut attempts = journal.enabled().then(AttemptLog::default);
     let outcome = shared
         .sender
-        .deliver_to(
+        .deliver_logged(
             &dispatch.subscriber_uri,
             dispatch.subscriber_ca_certs.as_deref(),
             &event,
             &dispatch.policy,
+            attempts.as_mut(),
         )
         .await;
-    metrics.latency().observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics.latency().observe(took.as_secs_f64());
+    let code = match &outcome {
+        Outcome::Delivered { status, .. } => status.as_u16(),
+        Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } => {
+            // No answer at all counts as a bad gateway, as a proxy would say.
+            failure.status.map_or(502, |s| s.as_u16())
+        }
+    };
+    metrics.count_knative(&dispatch.broker, code, took);
     metrics.outcome(&outcome).inc();
     metrics.retries().inc_by(u64::from(outcome.attempts() - 1));
     if let Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } = &outcome {
@@ -452,10 +581,22 @@ async fn handle(
             })
             .inc();
     }
+    let mut reply_noted = None;
+    let journaled = match &outcome {
+        Outcome::Delivered { .. } => journal::Outcome::Delivered,
+        Outcome::DeadLettered { .. } => journal::Outcome::DeadLettered,
+        Outcome::Failed { .. } => journal::Outcome::Failed,
+    };
     match outcome {
         Outcome::Delivered { reply, .. } => {
             if let Some(reply) = reply {
-                publish_reply(dispatch, shared, &event, reply).await;
+                let (id, ty) = (reply.id.clone(), reply.ty.clone());
+                let published = publish_reply(dispatch, shared, &event, reply).await;
+                reply_noted = Some(journal::Reply {
+                    id,
+                    ty,
+                    outcome: published.to_string(),
+                });
             }
         }
         Outcome::DeadLettered { failure, attempts } => {
@@ -477,7 +618,51 @@ async fn handle(
             );
         }
     }
+    if let Some(attempts) = attempts {
+        let latency_ms =
+            arrived.map(|arrived| (chrono::Utc::now() - arrived).num_milliseconds().max(0) as u64);
+        record(journal, metrics, event, |at| Step::Delivery {
+            at,
+            trigger: dispatch.trigger.clone(),
+            subscriber: dispatch.subscriber_uri.clone(),
+            attempt_count: attempts.count,
+            attempts: attempts.attempts,
+            outcome: journaled,
+            dead_letter: dispatch.policy.dead_letter_uri.clone(),
+            latency_ms,
+            reply: reply_noted,
+        });
+    }
     ack(dispatch, metrics, subscription, received.id).await;
+}
+
+/// When ingress took the event in (its `knativearrivaltime`).
+fn arrival_of(event: &Event) -> Option<chrono::DateTime<chrono::Utc>> {
+    match event.extensions.get(ARRIVAL_TIME)? {
+        ExtensionValue::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        _ => None,
+    }
+}
+
+/// Records a step of `event` (given up: it is done with) in the journal, if it is on.
+fn record(
+    journal: &Journal,
+    metrics: &TriggerMetrics,
+    event: Event,
+    step: impl FnOnce(journal::record::Millis) -> Step,
+) {
+    if !journal.enabled() {
+        return;
+    }
+    journal.step(
+        &metrics.journal_namespace,
+        &metrics.journal_broker,
+        event.id,
+        event.source,
+        step(journal::record::now_millis()),
+    );
 }
 
 async fn ack(
@@ -503,7 +688,7 @@ async fn publish_reply(
     shared: &Shared,
     parent: &Event,
     mut reply: Event,
-) {
+) -> &'static str {
     let ttl = ttl_of(parent);
     let count = |outcome| {
         shared
@@ -519,7 +704,7 @@ async fn publish_reply(
     if ttl <= 0 {
         tracing::info!(trigger = %dispatch.trigger, id = %reply.id, "reply dropped: broker TTL exhausted (event loop?)");
         count("ttl_exhausted");
-        return;
+        return "ttl-exhausted";
     }
     reply.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
     let subject = dispatch
@@ -542,17 +727,17 @@ async fn publish_reply(
         {
             Ok(()) => {
                 count("published");
-                return;
+                return "published";
             }
             Err(error @ IngressError::Auth(_)) => {
                 tracing::warn!(trigger = %dispatch.trigger, %error, "reply refused by the broker's EventPolicies");
                 count("refused");
-                return;
+                return "refused";
             }
             Err(error @ IngressError::Invalid(_)) => {
                 tracing::warn!(trigger = %dispatch.trigger, %error, "reply refused by the broker");
                 count("invalid");
-                return;
+                return "invalid";
             }
             Err(error) => {
                 tracing::warn!(trigger = %dispatch.trigger, %error, attempt, "reply could not be stored, retrying");
@@ -563,6 +748,7 @@ async fn publish_reply(
     }
     tracing::error!(trigger = %dispatch.trigger, id = %reply.id, "reply lost: the broker's channel stayed unavailable");
     count("unavailable");
+    "unavailable"
 }
 
 #[cfg(test)]
@@ -600,6 +786,7 @@ mod tests {
                 1 << 20,
             )),
             metrics: metrics.clone(),
+            journal: Journal::off(),
         };
         let dispatch = TriggerDispatch {
             namespace: "default".into(),

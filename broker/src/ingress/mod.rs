@@ -1,8 +1,10 @@
 //! Broker ingress: `POST /{namespace}/{broker}` takes CloudEvents (binary, structured or
 //! batched), stamps them, and answers `202` only once the broker's channel has them durably.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -15,8 +17,9 @@ mod observer;
 pub use observer::{Observation, Observer};
 
 use crate::auth::{Auth, AuthError};
-use crate::brokers::Entry;
 pub use crate::brokers::{BrokerHandle, BrokerTable};
+use crate::brokers::{Entry, KnativeIngress};
+use crate::journal::Journal;
 use rivulet_core::event::{self, Event, EventError, ExtensionValue};
 
 /// Extension stamped with the time ingress accepted the event.
@@ -123,6 +126,8 @@ pub struct Ingress {
     observer: OnceLock<Observer>,
     /// OIDC authentication and EventPolicy authorization, once set.
     auth: OnceLock<Arc<Auth>>,
+    /// Where each event's arrival is recorded, once set.
+    journal: OnceLock<Journal>,
 }
 
 impl Ingress {
@@ -132,7 +137,18 @@ impl Ingress {
             body_limit,
             observer: OnceLock::new(),
             auth: OnceLock::new(),
+            journal: OnceLock::new(),
         }
+    }
+
+    /// Records arrivals in `journal` from now on (once).
+    pub fn set_journal(&self, journal: Journal) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The journal arrivals are recorded in (off until set).
+    pub fn journal(&self) -> Journal {
+        self.journal.get().cloned().unwrap_or_default()
     }
 
     /// Checks senders' tokens and EventPolicies from now on (once).
@@ -150,20 +166,85 @@ impl Ingress {
         let _ = self.observer.set(observer);
     }
 
-    /// Tells discovery about events a broker accepted; never waits.
-    fn observe(&self, handle: &BrokerHandle, events: Vec<Event>) {
-        if let Some(observer) = self.observer.get() {
-            observer.observe(&handle.namespace, &handle.name, events);
+    /// Tells discovery and the journal about events a broker answered `status` to; never
+    /// waits. Discovery hears only of stored events.
+    fn observe(
+        &self,
+        entry: &Entry,
+        sender: String,
+        status: StatusCode,
+        error: Option<String>,
+        events: Vec<Event>,
+    ) {
+        let journal = self.journal.get().filter(|j| j.enabled());
+        let observer = self
+            .observer
+            .get()
+            .filter(|_| status == StatusCode::ACCEPTED);
+        if journal.is_none() && observer.is_none() {
+            return;
+        }
+        let events: Arc<[Event]> = events.into();
+        if let Some(observer) = observer {
+            observer.observe(&entry.handle.namespace, &entry.handle.name, events.clone());
+        }
+        if let Some(journal) = journal {
+            journal.arrived(
+                &entry.counters.namespace,
+                &entry.counters.name,
+                sender,
+                status.as_u16(),
+                error,
+                events,
+            );
+        }
+    }
+
+    /// Counts a request's events in Knative's ingress metrics, under their status and type.
+    fn count_knative(&self, entry: &Entry, status: StatusCode, events: &[Event], took: Duration) {
+        let knative = &self.brokers.metrics().knative;
+        let code = status.as_u16();
+        let millis = took.as_secs_f64() * 1000.0;
+        let mut series = entry
+            .counters
+            .knative
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let by_type = series.entry(code).or_default();
+        for event in events {
+            let handles = match by_type.get(&event.ty) {
+                Some(handles) => handles,
+                None => {
+                    let label = knative.event_type_label(
+                        &entry.handle.namespace,
+                        &entry.handle.name,
+                        &event.ty,
+                    );
+                    let labels =
+                        knative.ingress(&entry.handle.namespace, &entry.handle.name, label, code);
+                    let handles = KnativeIngress {
+                        count: knative.ingress_event_count.get_or_create_owned(&labels),
+                        latency: knative
+                            .ingress_dispatch_latencies
+                            .get_or_create_owned(&labels),
+                    };
+                    // Types past the label bound share `other` and are not remembered here.
+                    if by_type.len() >= rivulet_core::metrics::knative::EVENT_TYPES_PER_BROKER {
+                        handles.count.inc();
+                        handles.latency.observe(millis);
+                        continue;
+                    }
+                    by_type.entry(event.ty.clone()).or_insert(handles)
+                }
+            };
+            handles.count.inc();
+            handles.latency.observe(millis);
         }
     }
 
     /// The brokers this ingress serves.
     pub fn brokers(&self) -> &Arc<BrokerTable> {
         &self.brokers
-    }
-
-    fn get(&self, namespace: &str, name: &str) -> Option<Arc<BrokerHandle>> {
-        self.brokers.get(namespace, name)
     }
 
     fn entry(&self, namespace: &str, name: &str) -> Option<Entry> {
@@ -177,15 +258,44 @@ impl Ingress {
         broker: &str,
         events: Vec<Event>,
     ) -> Result<(), IngressError> {
-        let handle = self
-            .get(namespace, broker)
-            .ok_or_else(|| IngressError::UnknownBroker {
+        self.accept_as(namespace, broker, events, "local".to_string())
+            .await
+    }
+
+    /// Like [`Ingress::accept`], naming the sender for the journal.
+    async fn accept_as(
+        &self,
+        namespace: &str,
+        broker: &str,
+        events: Vec<Event>,
+        sender: String,
+    ) -> Result<(), IngressError> {
+        let Some(entry) = self.entry(namespace, broker) else {
+            return Err(IngressError::UnknownBroker {
                 namespace: namespace.to_string(),
                 name: broker.to_string(),
-            })?;
-        let events = publish(&handle, events).await?;
-        self.observe(&handle, events);
-        Ok(())
+            });
+        };
+        self.store(&entry, events, sender).await
+    }
+
+    /// Publishes events to the broker's channel, then counts and records how that went.
+    async fn store(
+        &self,
+        entry: &Entry,
+        mut events: Vec<Event>,
+        sender: String,
+    ) -> Result<(), IngressError> {
+        let started = Instant::now();
+        let published = publish(&entry.handle, &mut events).await;
+        let status = match &published {
+            Ok(()) => StatusCode::ACCEPTED,
+            Err(error) => error.status(),
+        };
+        self.count_knative(entry, status, &events, started.elapsed());
+        let error = published.as_ref().err().map(ToString::to_string);
+        self.observe(entry, sender, status, error, events);
+        published
     }
 
     /// Like [`Ingress::accept`] for a reply sent by `subject` (a trigger's OIDC identity):
@@ -200,11 +310,21 @@ impl Ingress {
     ) -> Result<(), IngressError> {
         if let Some(auth) = self.auth()
             && auth.enabled()
-            && let Some(handle) = self.get(namespace, broker)
+            && let Some(entry) = self.entry(namespace, broker)
+            && let Err(error) = auth.authorize(&entry.handle.target(), subject, &events)
         {
-            auth.authorize(&handle.target(), subject, &events)?;
+            let error = IngressError::from(error);
+            self.observe(
+                &entry,
+                sender_name(Some(subject), None),
+                error.status(),
+                Some(error.to_string()),
+                events,
+            );
+            return Err(error);
         }
-        self.accept(namespace, broker, events).await
+        self.accept_as(namespace, broker, events, sender_name(Some(subject), None))
+            .await
     }
 
     /// The HTTP routes of ingress.
@@ -220,24 +340,29 @@ impl Ingress {
     }
 }
 
-/// Stamps events and publishes them to a broker's channel; returns them, stamped, once
-/// durable.
-async fn publish(
-    handle: &BrokerHandle,
-    mut events: Vec<Event>,
-) -> Result<Vec<Event>, IngressError> {
+/// Stamps events and publishes them to a broker's channel; returns once durable.
+async fn publish(handle: &BrokerHandle, events: &mut [Event]) -> Result<(), IngressError> {
     let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    check_ttl(&events)?;
+    check_ttl(events)?;
     let mut envelopes = Vec::with_capacity(events.len());
-    for event in &mut events {
+    for event in events.iter_mut() {
         stamp(event, &arrival)?;
         envelopes.push(event.to_envelope());
     }
     if envelopes.is_empty() {
-        return Ok(events);
+        return Ok(());
     }
     handle.channel.publish(envelopes).await?;
-    Ok(events)
+    Ok(())
+}
+
+/// Who sent a request, for the journal: the authenticated subject, else the peer address.
+fn sender_name(subject: Option<&str>, peer: Option<SocketAddr>) -> String {
+    match (subject, peer) {
+        (Some(subject), _) if !subject.is_empty() => subject.to_string(),
+        (_, Some(peer)) => peer.to_string(),
+        _ => "unknown".to_string(),
+    }
 }
 
 /// Refuses the request when an event has no hop left (TTL zero or below), as Knative's
@@ -335,6 +460,10 @@ async fn receive(
     request: Request,
 ) -> Result<usize, IngressError> {
     let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
     // Who sends is settled before the body is read, so anonymous senders cost little; with
     // OIDC off nothing is looked at (or allocated) here.
     let checks = ingress
@@ -358,13 +487,23 @@ async fn receive(
         .await
         .map_err(|_| IngressError::TooLarge { limit })?;
     let (_, events) = event::from_http(&parts.headers, body)?;
-    if let (Some((auth, target)), Some(subject)) = (&checks, &subject) {
-        auth.authorize(target, subject, &events)?;
+    let sender = || sender_name(subject.as_deref(), peer);
+    if let (Some((auth, target)), Some(subject)) = (&checks, &subject)
+        && let Err(error) = auth.authorize(target, subject, &events)
+    {
+        let error = IngressError::from(error);
+        ingress.observe(
+            entry,
+            sender(),
+            error.status(),
+            Some(error.to_string()),
+            events,
+        );
+        return Err(error);
     }
     let count = events.len();
     entry.counters.received.inc_by(count as u64);
-    let events = publish(&entry.handle, events).await?;
-    ingress.observe(&entry.handle, events);
+    ingress.store(entry, events, sender()).await?;
     Ok(count)
 }
 

@@ -11,7 +11,7 @@ use rivulet_core::metrics::{DiscoveryDropLabels, Metrics};
 pub struct Observation {
     pub namespace: String,
     pub broker: String,
-    pub events: Vec<Event>,
+    pub events: std::sync::Arc<[Event]>,
 }
 
 /// Ingress's handle on the registry: never waits.
@@ -34,7 +34,7 @@ impl Observer {
     }
 
     /// Queues the events for discovery, or drops and counts them when the queue is full.
-    pub fn observe(&self, namespace: &str, broker: &str, events: Vec<Event>) {
+    pub fn observe(&self, namespace: &str, broker: &str, events: std::sync::Arc<[Event]>) {
         if events.is_empty() {
             return;
         }
@@ -64,8 +64,8 @@ mod tests {
             )
             .unwrap()
         };
-        observer.observe("default", "default", vec![event()]);
-        observer.observe("default", "default", vec![event(), event()]);
+        observer.observe("default", "default", vec![event()].into());
+        observer.observe("default", "default", vec![event(), event()].into());
         let dropped = metrics
             .eventtype_observations_dropped
             .get_or_create(&DiscoveryDropLabels {

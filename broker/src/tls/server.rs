@@ -329,6 +329,7 @@ pub async fn serve(
         warned = mode != TransportEncryption::Disabled && acceptor.is_none();
         let task = ConnectionTask {
             stream,
+            peer,
             mode,
             acceptor: acceptor.clone(),
             app: app.clone(),
@@ -352,6 +353,7 @@ pub async fn serve(
 
 struct ConnectionTask {
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     mode: TransportEncryption,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
@@ -378,7 +380,7 @@ impl ConnectionTask {
             }
         };
         let activity = Arc::new(Activity::default());
-        let service = self.guard.service(self.app, activity.clone());
+        let service = self.guard.service(self.app, activity.clone(), self.peer);
         let guard = &self.guard;
         match (
             classify(self.mode, self.acceptor.is_some(), first),

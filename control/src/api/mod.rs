@@ -14,6 +14,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 pub mod auth;
+pub mod journal;
 
 use crate::runtime::storage::StorageHealth;
 use rivulet_core::metrics::Metrics;

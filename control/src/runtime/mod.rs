@@ -313,6 +313,23 @@ impl Extensions {
 }
 
 impl Context {
+    /// What each running trigger of `namespace/broker` was started with.
+    pub async fn running_triggers(
+        &self,
+        namespace: &str,
+        broker: &str,
+    ) -> Vec<Arc<dispatcher::TriggerDispatch>> {
+        self.triggers
+            .lock()
+            .await
+            .values()
+            .filter(|running| {
+                running.dispatch.namespace == namespace && running.dispatch.broker == broker
+            })
+            .map(|running| running.dispatch.clone())
+            .collect()
+    }
+
     pub fn new(
         store: Arc<dyn ResourceStore>,
         ingress: Arc<Ingress>,

@@ -82,6 +82,11 @@ impl<K: Eq + Hash, T> RunningGuard<'_, K, T> {
     pub fn remove(&mut self, key: &K) -> Option<T> {
         self.0.remove(key).map(|(_, work)| work)
     }
+
+    /// Every running piece of work.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.values().map(|(_, work)| work)
+    }
 }
 
 #[cfg(test)]

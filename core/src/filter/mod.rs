@@ -188,6 +188,38 @@ impl Filter {
         }
     }
 
+    /// The kind of the part of this filter that refused `event` (which did not match): the
+    /// first refusing part of an `all`, the whole of anything else. For the event journal.
+    pub fn refused_by<E: Attributes + ?Sized>(&self, event: &E) -> &'static str {
+        match self {
+            Filter::Everything => "none",
+            Filter::Exact { .. } => "exact",
+            Filter::Exists { .. } => "exists",
+            Filter::Prefix { .. } => "prefix",
+            Filter::Suffix { .. } => "suffix",
+            Filter::All(parts) => parts
+                .iter()
+                .find(|part| !part.evaluate(event).is_match())
+                .map_or("all", |part| part.refused_by(event)),
+            Filter::Any(_) => "any",
+            Filter::Not(_) => "not",
+            Filter::Cesql(_) => "cesql",
+        }
+    }
+
+    /// The value an exact filter on `attribute` requires, when the filter requires one (by
+    /// itself or as part of an `all`).
+    pub fn exact_value(&self, attribute: &str) -> Option<&str> {
+        match self {
+            Filter::Exact {
+                attribute: name,
+                value,
+            } if name == attribute => Some(value),
+            Filter::All(parts) => parts.iter().find_map(|part| part.exact_value(attribute)),
+            _ => None,
+        }
+    }
+
     /// What the channel routes on: the exact matches every accepted event must satisfy, and
     /// the whole filter when it says more than those, so in-process channels evaluate it
     /// once per event instead of handing every event to every trigger's consumer.
@@ -343,6 +375,26 @@ mod tests {
             exact: Some(map(&[(k, v)])),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_refusing_part_of_an_all_is_named_and_the_type_value_found() {
+        let filter = Filter::All(vec![
+            Filter::Exact {
+                attribute: "type".into(),
+                value: "com.example.reading".into(),
+            },
+            Filter::Prefix {
+                attribute: "source".into(),
+                value: "/sensors/garden".into(),
+            },
+        ]);
+        let event = event("");
+        assert_eq!(filter.evaluate(&event), Outcome::NoMatch);
+        assert_eq!(filter.refused_by(&event), "prefix");
+        assert_eq!(filter.exact_value("type"), Some("com.example.reading"));
+        assert_eq!(filter.exact_value("subject"), None);
+        assert_eq!(Filter::Everything.exact_value("type"), None);
     }
 
     #[test]
