@@ -219,6 +219,8 @@ pub struct Metrics {
     pub storage_failed: Gauge,
     /// Storage fault episodes begun, by component and kind.
     pub storage_faults: Family<StorageLabels, Counter>,
+    /// Trace spans dropped because the export queue was full (tracing on only).
+    pub trace_spans_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -436,8 +438,15 @@ impl Metrics {
             "Storage fault episodes begun, by component and kind (full, failed)",
             storage_faults.clone(),
         );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans dropped because the OTLP export queue was full",
+            trace_spans_dropped.clone(),
+        );
         Metrics {
             registry,
+            trace_spans_dropped,
             connections_open,
             connections_limit,
             connections_refused,
