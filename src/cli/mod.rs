@@ -39,6 +39,10 @@ enum Command {
     ///
     /// Resources come from --config files and from the resource API; they and the events
     /// in durable channels are kept in --data-dir and survive restarts.
+    ///
+    /// Traces are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_EXPORTER_OTLP_PROTOCOL is `grpc` or
+    /// `http/protobuf` (the default). See docs/tracing.md.
     Serve(Box<ServeArgs>),
     /// Run the Kubernetes controller: reconcile the custom resources in the cluster.
     ///
@@ -718,6 +722,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_header_bytes: args.max_header_bytes as usize,
             http2_max_concurrent_streams: args.http2_max_concurrent_streams,
         },
+        telemetry: crate::telemetry::TelemetryConfig::from_env()?,
         ..crate::server::ServeOptions::default()
     };
     let store = options.store;

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::delivery::{DeliveryPolicy, Outcome, Sender};
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
+use crate::telemetry::{self, TriggerSpan};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
@@ -428,6 +429,7 @@ async fn handle(
         return;
     }
     event.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
+    let span = TriggerSpan::start(shared.ingress.telemetry(), dispatch, &mut event);
     let started = Instant::now();
     let outcome = shared
         .sender
@@ -440,6 +442,7 @@ async fn handle(
         .await;
     metrics.latency().observe(started.elapsed().as_secs_f64());
     metrics.outcome(&outcome).inc();
+    span.finish(&outcome);
     metrics.retries().inc_by(u64::from(outcome.attempts() - 1));
     if let Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } = &outcome {
         shared
@@ -522,6 +525,7 @@ async fn publish_reply(
         return;
     }
     reply.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
+    telemetry::continue_in_reply(shared.ingress.telemetry(), parent, &mut reply);
     let subject = dispatch
         .policy
         .auth

@@ -17,6 +17,7 @@ pub use observer::{Observation, Observer};
 use crate::auth::{Auth, AuthError};
 use crate::brokers::Entry;
 pub use crate::brokers::{BrokerHandle, BrokerTable};
+use crate::telemetry::{self, Telemetry};
 use rivulet_core::event::{self, Event, EventError, ExtensionValue};
 
 /// Extension stamped with the time ingress accepted the event.
@@ -123,6 +124,8 @@ pub struct Ingress {
     observer: OnceLock<Observer>,
     /// OIDC authentication and EventPolicy authorization, once set.
     auth: OnceLock<Arc<Auth>>,
+    /// Trace export, when an OTLP endpoint is configured.
+    telemetry: OnceLock<Telemetry>,
 }
 
 impl Ingress {
@@ -132,7 +135,18 @@ impl Ingress {
             body_limit,
             observer: OnceLock::new(),
             auth: OnceLock::new(),
+            telemetry: OnceLock::new(),
         }
+    }
+
+    /// Traces intake from now on, and lets dispatchers trace deliveries (once).
+    pub fn set_telemetry(&self, telemetry: Telemetry) {
+        let _ = self.telemetry.set(telemetry);
+    }
+
+    /// The tracer, when tracing is on.
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.get()
     }
 
     /// Checks senders' tokens and EventPolicies from now on (once).
@@ -175,7 +189,7 @@ impl Ingress {
         &self,
         namespace: &str,
         broker: &str,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
     ) -> Result<(), IngressError> {
         let handle = self
             .get(namespace, broker)
@@ -183,7 +197,12 @@ impl Ingress {
                 namespace: namespace.to_string(),
                 name: broker.to_string(),
             })?;
-        let events = publish(&handle, events).await?;
+        let mut spans =
+            telemetry::ingress_spans(self.telemetry(), namespace, broker, None, &mut events);
+        let events = publish(&handle, events)
+            .await
+            .inspect_err(|error| spans.failed(error.status(), error))?;
+        spans.accepted();
         self.observe(&handle, events);
         Ok(())
     }
@@ -357,13 +376,25 @@ async fn receive(
     let body = axum::body::to_bytes(Body::new(body), limit)
         .await
         .map_err(|_| IngressError::TooLarge { limit })?;
-    let (_, events) = event::from_http(&parts.headers, body)?;
+    let (_, mut events) = event::from_http(&parts.headers, body)?;
+    let (namespace, broker) = (&entry.handle.namespace, &entry.handle.name);
+    let mut spans = telemetry::ingress_spans(
+        ingress.telemetry(),
+        namespace,
+        broker,
+        Some(&parts.headers),
+        &mut events,
+    );
     if let (Some((auth, target)), Some(subject)) = (&checks, &subject) {
-        auth.authorize(target, subject, &events)?;
+        auth.authorize(target, subject, &events)
+            .inspect_err(|error| spans.failed(error.status(), error))?;
     }
     let count = events.len();
     entry.counters.received.inc_by(count as u64);
-    let events = publish(&entry.handle, events).await?;
+    let events = publish(&entry.handle, events)
+        .await
+        .inspect_err(|error| spans.failed(error.status(), error))?;
+    spans.accepted();
     ingress.observe(&entry.handle, events);
     Ok(count)
 }
