@@ -76,9 +76,10 @@ pub(super) fn processor(
 ) -> (Gate, Resource) {
     let batch = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
+            // The rest (OTEL_BSP_SCHEDULE_DELAY, ..._MAX_EXPORT_BATCH_SIZE) from the
+            // environment; a batch is never larger than the queue.
             BatchConfigBuilder::default()
                 .with_max_queue_size(config.queue_size)
-                .with_max_export_batch_size(config.queue_size.min(512))
                 .build(),
         )
         .build();
