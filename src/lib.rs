@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod server;
 
-pub use rivulet_broker::{auth, delivery, dispatcher, egress, ingress, journal, listener, tls};
+pub use rivulet_broker::{
+    auth, delivery, dispatcher, egress, ingress, journal, listener, telemetry, tls,
+};
 pub use rivulet_channels as channels;
 pub use rivulet_control::{api, runtime};
 pub use rivulet_core::{

@@ -72,7 +72,13 @@ pub struct ServeOptions {
     pub listeners: crate::listener::ListenerLimits,
     /// The event journal; its folder is `journal` under the data dir unless set.
     pub journal: crate::journal::JournalSettings,
+    /// Where traces go over OTLP; `None` leaves tracing off. The CLI fills it from the
+    /// `OTEL_*` variables.
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
+
+/// How long shutdown waits for the last trace spans to be exported.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where `rivulet serve` keeps resources.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +117,7 @@ impl Default for ServeOptions {
             oidc_jwks_refresh: Duration::from_secs(10),
             listeners: crate::listener::ListenerLimits::default(),
             journal: crate::journal::JournalSettings::default(),
+            telemetry: None,
         }
     }
 }
@@ -287,6 +294,16 @@ pub async fn start_with_store(
     let guards = listener_guards(&options, &metrics);
     let brokers = Arc::new(rivulet_broker::brokers::BrokerTable::new(metrics.clone()));
     let ingress = Arc::new(Ingress::new(brokers, options.body_limit));
+    let telemetry = match &options.telemetry {
+        Some(config) => Some(
+            crate::telemetry::Telemetry::start(config, metrics.trace_spans_dropped.clone())
+                .context("cannot set up trace export")?,
+        ),
+        None => None,
+    };
+    if let Some(telemetry) = &telemetry {
+        ingress.set_telemetry(telemetry.clone());
+    }
     // One egress policy for every outbound call: deliveries and OIDC key fetches alike.
     let egress = Arc::new(crate::egress::Egress::new(
         options.egress.clone(),
@@ -327,7 +344,8 @@ pub async fn start_with_store(
         sender: Sender::with_egress(egress)
             .with_response_limit(options.delivery.max_response_body)
             .with_transport(crate::tls::TrustBundles::default(), features.clone())
-            .with_bearer(crate::auth::setup::bearer(&auth)),
+            .with_bearer(crate::auth::setup::bearer(&auth))
+            .with_trace_headers(telemetry.is_some()),
         ingress: ingress.clone(),
         metrics: metrics.clone(),
     };
@@ -492,6 +510,10 @@ pub async fn start_with_store(
         ctx.stop_all().await;
         for broker in ctx.brokers.handles() {
             broker.channel.close().await;
+        }
+        // Last: the spans of the deliveries that just finished go out too.
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown(TRACE_FLUSH_TIMEOUT).await;
         }
         tracing::info!("rivulet stopped");
         result.context("HTTP server failed")

@@ -1,7 +1,8 @@
 //! Rivulet's data path: [`ingress`] takes events into the channel of a broker in the
 //! [`brokers`] table, the [`dispatcher`] reads them for each trigger and [`delivery`] sends
 //! them, under the [`egress`] policy, over TLS ([`tls`]) with OIDC tokens ([`auth`]).
-//! [`listener`] serves HTTP with bounds on connections.
+//! [`listener`] serves HTTP with bounds on connections; [`telemetry`] traces the path over
+//! OTLP when configured.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -12,4 +13,5 @@ pub mod egress;
 pub mod ingress;
 pub mod journal;
 pub mod listener;
+pub mod telemetry;
 pub mod tls;

@@ -243,6 +243,8 @@ pub struct Metrics {
     pub tap_dropped: Counter,
     /// Knative's own metric names (`mt_broker_*`).
     pub knative: knative::KnativeMetrics,
+    /// Trace spans dropped because the export queue was full (tracing on only).
+    pub trace_spans_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -502,8 +504,15 @@ impl Metrics {
             "Events a live tap client missed because it read too slowly",
             tap_dropped.clone(),
         );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans dropped because the OTLP export queue was full",
+            trace_spans_dropped.clone(),
+        );
         Metrics {
             registry,
+            trace_spans_dropped,
             connections_open,
             connections_limit,
             connections_refused,

@@ -40,6 +40,10 @@ enum Command {
     ///
     /// Resources come from --config files and from the resource API; they and the events
     /// in durable channels are kept in --data-dir and survive restarts.
+    ///
+    /// Traces are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_EXPORTER_OTLP_PROTOCOL is `grpc` or
+    /// `http/protobuf` (the default). See docs/tracing.md.
     Serve(Box<ServeArgs>),
     /// Run the Kubernetes controller: reconcile the custom resources in the cluster.
     ///
@@ -770,6 +774,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             retention: args.journal_retention,
             ..Default::default()
         },
+        telemetry: crate::telemetry::TelemetryConfig::from_env()?,
         ..crate::server::ServeOptions::default()
     };
     let store = options.store;

@@ -272,6 +272,8 @@ pub struct Sender {
     response_limit: usize,
     /// Destination URLs parsed already, by their text.
     urls: Arc<std::sync::RwLock<HashMap<String, reqwest::Url>>>,
+    /// Whether requests carry the event's trace context as HTTP headers too (tracing on).
+    trace_headers: bool,
 }
 
 /// Parsed destination URLs kept at most; past it the cache starts again empty.
@@ -325,7 +327,15 @@ impl Sender {
             bearer: None,
             response_limit: REPLY_LIMIT,
             urls: Arc::default(),
+            trace_headers: false,
         }
+    }
+
+    /// Sends the event's `traceparent` and `tracestate` as HTTP headers as well, as traced
+    /// HTTP clients do.
+    pub fn with_trace_headers(mut self, on: bool) -> Self {
+        self.trace_headers = on;
+        self
     }
 
     /// The egress policy this sender applies, for other components that call out.
@@ -542,6 +552,9 @@ impl Sender {
             .and_then(|auth| HeaderValue::from_str(&auth.identity.namespace).ok())
         {
             headers.insert(KN_NAMESPACE, namespace);
+        }
+        if self.trace_headers {
+            crate::telemetry::put_trace_headers(event, &mut headers);
         }
         let mut attempt = 0u32;
         loop {

@@ -19,6 +19,7 @@ use crate::delivery::{DeliveryPolicy, Outcome, Sender};
 use crate::ingress::ARRIVAL_TIME;
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
 use crate::journal::{self, Journal, Step};
+use crate::telemetry::{self, TriggerSpan};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
@@ -543,6 +544,7 @@ async fn handle(
         return;
     }
     event.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
+    let span = TriggerSpan::start(shared.ingress.telemetry(), dispatch, &mut event);
     let started = Instant::now();
     metrics
         .processing(&dispatch.broker)
@@ -569,6 +571,7 @@ async fn handle(
     };
     metrics.count_knative(&dispatch.broker, code, took);
     metrics.outcome(&outcome).inc();
+    span.finish(&outcome);
     metrics.retries().inc_by(u64::from(outcome.attempts() - 1));
     if let Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } = &outcome {
         shared
@@ -707,6 +710,7 @@ async fn publish_reply(
         return "ttl-exhausted";
     }
     reply.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
+    telemetry::continue_in_reply(shared.ingress.telemetry(), parent, &mut reply);
     let subject = dispatch
         .policy
         .auth

@@ -20,6 +20,7 @@ use crate::auth::{Auth, AuthError};
 pub use crate::brokers::{BrokerHandle, BrokerTable};
 use crate::brokers::{Entry, KnativeIngress};
 use crate::journal::Journal;
+use crate::telemetry::{self, IngressSpans, Telemetry};
 use rivulet_core::event::{self, Event, EventError, ExtensionValue};
 
 /// Extension stamped with the time ingress accepted the event.
@@ -128,6 +129,8 @@ pub struct Ingress {
     auth: OnceLock<Arc<Auth>>,
     /// Where each event's arrival is recorded, once set.
     journal: OnceLock<Journal>,
+    /// Trace export, when an OTLP endpoint is configured.
+    telemetry: OnceLock<Telemetry>,
 }
 
 impl Ingress {
@@ -138,7 +141,18 @@ impl Ingress {
             observer: OnceLock::new(),
             auth: OnceLock::new(),
             journal: OnceLock::new(),
+            telemetry: OnceLock::new(),
         }
+    }
+
+    /// Traces intake from now on, and lets dispatchers trace deliveries (once).
+    pub fn set_telemetry(&self, telemetry: Telemetry) {
+        let _ = self.telemetry.set(telemetry);
+    }
+
+    /// The tracer, when tracing is on.
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.get()
     }
 
     /// Records arrivals in `journal` from now on (once).
@@ -267,7 +281,7 @@ impl Ingress {
         &self,
         namespace: &str,
         broker: &str,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
         sender: String,
     ) -> Result<(), IngressError> {
         let Some(entry) = self.entry(namespace, broker) else {
@@ -276,21 +290,31 @@ impl Ingress {
                 name: broker.to_string(),
             });
         };
-        self.store(&entry, events, sender).await
+        let mut spans =
+            telemetry::ingress_spans(self.telemetry(), namespace, broker, None, &mut events);
+        self.store(&entry, events, sender, &mut spans).await
     }
 
-    /// Publishes events to the broker's channel, then counts and records how that went.
+    /// Publishes events to the broker's channel, then counts, traces and records how that
+    /// went.
     async fn store(
         &self,
         entry: &Entry,
         mut events: Vec<Event>,
         sender: String,
+        spans: &mut IngressSpans,
     ) -> Result<(), IngressError> {
         let started = Instant::now();
         let published = publish(&entry.handle, &mut events).await;
         let status = match &published {
-            Ok(()) => StatusCode::ACCEPTED,
-            Err(error) => error.status(),
+            Ok(()) => {
+                spans.accepted();
+                StatusCode::ACCEPTED
+            }
+            Err(error) => {
+                spans.failed(error.status(), error);
+                error.status()
+            }
         };
         self.count_knative(entry, status, &events, started.elapsed());
         let error = published.as_ref().err().map(ToString::to_string);
@@ -486,12 +510,20 @@ async fn receive(
     let body = axum::body::to_bytes(Body::new(body), limit)
         .await
         .map_err(|_| IngressError::TooLarge { limit })?;
-    let (_, events) = event::from_http(&parts.headers, body)?;
+    let (_, mut events) = event::from_http(&parts.headers, body)?;
+    let mut spans = telemetry::ingress_spans(
+        ingress.telemetry(),
+        &entry.handle.namespace,
+        &entry.handle.name,
+        Some(&parts.headers),
+        &mut events,
+    );
     let sender = || sender_name(subject.as_deref(), peer);
     if let (Some((auth, target)), Some(subject)) = (&checks, &subject)
         && let Err(error) = auth.authorize(target, subject, &events)
     {
         let error = IngressError::from(error);
+        spans.failed(error.status(), &error);
         ingress.observe(
             entry,
             sender(),
@@ -503,7 +535,7 @@ async fn receive(
     }
     let count = events.len();
     entry.counters.received.inc_by(count as u64);
-    ingress.store(entry, events, sender()).await?;
+    ingress.store(entry, events, sender(), &mut spans).await?;
     Ok(count)
 }
 

@@ -494,7 +494,7 @@ fn to_event(config: &WebhookConfig, headers: &HeaderMap, body: Bytes) -> Result<
             extensions.insert(extension.clone(), ExtensionValue::String(value.to_string()));
         }
     }
-    let event = Event {
+    let mut event = Event {
         specversion: SpecVersion::V10,
         id: uuid::Uuid::new_v4().to_string(),
         source: config.event_source.clone(),
@@ -507,6 +507,8 @@ fn to_event(config: &WebhookConfig, headers: &HeaderMap, body: Bytes) -> Result<
         extensions,
         data: (!body.is_empty()).then_some(body),
     };
+    // The caller's trace goes on through the event (the distributed tracing extension).
+    rivulet_broker::telemetry::take_trace_headers(headers, &mut event);
     event
         .validate()
         .map_err(|e| format!("the request does not make a valid CloudEvent: {e}"))?;
