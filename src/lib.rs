@@ -7,7 +7,7 @@ pub mod server;
 
 pub use rivulet_broker::{auth, delivery, dispatcher, egress, ingress, listener, tls};
 pub use rivulet_channels as channels;
-pub use rivulet_control::{api, runtime};
+pub use rivulet_control::{api, graph, runtime};
 pub use rivulet_core::{
     cesql, event, features, filter, install_crypto_provider, log_throttle, metrics, resources,
 };
