@@ -21,6 +21,11 @@ pub fn rate_text(edge: &Edge) -> Option<String> {
     }
 }
 
+/// The events per second a sink accepted; `-` when not measured yet.
+fn sink_rate(node: &Node) -> String {
+    node.rate.map_or_else(|| "-".into(), per_second)
+}
+
 /// Events per second with as many digits as help.
 pub fn per_second(rate: f64) -> String {
     if !rate.is_finite() || rate <= 0.0 {
@@ -69,8 +74,8 @@ fn details(node: &Node) -> Vec<String> {
             node.filter.as_deref().unwrap_or("all events")
         ));
     }
-    if let Some(rate) = node.rate.filter(|_| node.role == Role::Sink) {
-        lines.push(format!("accepted {}", per_second(rate)));
+    if node.role == Role::Sink && !node.missing {
+        lines.push(format!("accepted {}", sink_rate(node)));
     }
     if node.external && node.kind != "URL" {
         lines.push("external".into());

@@ -173,11 +173,12 @@ pub fn svg(graph: &Graph) -> String {
             MARGIN + HEADER + 10.0
         );
     }
-    for edge in &graph.edges {
+    let ports = ports(graph, &placed);
+    for (index, edge) in graph.edges.iter().enumerate() {
         let (Some(from), Some(to)) = (placed.get(&edge.from), placed.get(&edge.to)) else {
             continue;
         };
-        draw_edge(&mut out, edge, from, to);
+        draw_edge(&mut out, edge, from, to, ports[index]);
     }
     let by_id: BTreeMap<&str, &Node> = graph.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     for (id, node) in by_id {
@@ -189,15 +190,50 @@ pub fn svg(graph: &Graph) -> String {
     out
 }
 
-fn draw_edge(out: &mut String, edge: &crate::graph::Edge, from: &Placed, to: &Placed) {
-    let (x1, y1) = (from.x + from.width, from.y + from.height / 2.0);
+/// Where each edge leaves its source and reaches its target, as fractions of the boxes'
+/// heights: a node's edges are spread over its side in the order of the nodes at their other
+/// end, so that they neither overlap nor cross at the box.
+fn ports(graph: &Graph, placed: &HashMap<String, Placed>) -> Vec<(f64, f64)> {
+    let centre = |id: &str| placed.get(id).map_or(0.0, |p| p.y + p.height / 2.0);
+    let mut leaving: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut arriving: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, edge) in graph.edges.iter().enumerate() {
+        leaving.entry(&edge.from).or_default().push(index);
+        arriving.entry(&edge.to).or_default().push(index);
+    }
+    let mut ports = vec![(0.5, 0.5); graph.edges.len()];
+    for edges in leaving.values_mut() {
+        edges.sort_by(|a, b| centre(&graph.edges[*a].to).total_cmp(&centre(&graph.edges[*b].to)));
+        for (rank, index) in edges.iter().enumerate() {
+            ports[*index].0 = (rank + 1) as f64 / (edges.len() + 1) as f64;
+        }
+    }
+    for edges in arriving.values_mut() {
+        edges.sort_by(|a, b| {
+            centre(&graph.edges[*a].from).total_cmp(&centre(&graph.edges[*b].from))
+        });
+        for (rank, index) in edges.iter().enumerate() {
+            ports[*index].1 = (rank + 1) as f64 / (edges.len() + 1) as f64;
+        }
+    }
+    ports
+}
+
+fn draw_edge(
+    out: &mut String,
+    edge: &crate::graph::Edge,
+    from: &Placed,
+    to: &Placed,
+    (leave, arrive): (f64, f64),
+) {
+    let (x1, y1) = (from.x + from.width, from.y + from.height * leave);
     // Forward edges enter the target's left side; edges back (a reply to a broker) or
     // within a column go round to its right side.
     let forward = to.x > from.x + from.width;
     let (x2, y2) = if forward {
-        (to.x, to.y + to.height / 2.0)
+        (to.x, to.y + to.height * arrive)
     } else {
-        (to.x + to.width, to.y + to.height / 2.0)
+        (to.x + to.width, to.y + to.height * arrive)
     };
     let (c1, c2) = if forward {
         let bend = ((x2 - x1) / 2.0).max(30.0);

@@ -28,11 +28,13 @@ pub fn text(graph: &Graph) -> String {
     for edges in outgoing.values_mut() {
         edges.sort_by_key(|e| (edge_order(e.kind), e.to.as_str()));
     }
+    // Asked for one namespace, objects elsewhere show only under what points at them.
     let namespaces: BTreeSet<&str> = graph
         .nodes
         .iter()
         .map(|n| n.namespace.as_str())
         .filter(|ns| !ns.is_empty())
+        .filter(|ns| graph.namespace.as_deref().is_none_or(|asked| asked == *ns))
         .collect();
     let mut out = String::new();
     if namespaces.is_empty() {
@@ -147,8 +149,8 @@ impl<'a> Printer<'a> {
             let filter = node.filter.as_deref().unwrap_or("all events");
             let _ = write!(label, " [{filter}]");
         }
-        if let Some(rate) = node.rate.filter(|_| node.role == Role::Sink) {
-            let _ = write!(label, " (accepted {})", super::per_second(rate));
+        if node.role == Role::Sink && !node.missing {
+            let _ = write!(label, " (accepted {})", super::sink_rate(node));
         }
         if node.external && node.kind != "URL" {
             label.push_str(" (external)");
