@@ -268,10 +268,13 @@ async fn viewers_read_the_graph_and_requests_without_a_token_are_refused() {
         .await
         .unwrap();
     assert!(stdout_of(&output, "graph -A as a viewer").contains("  Broker default"));
-    assert_eq!(
-        support::status_of(api_request(Method::GET, format!("{url}?broker=x"))).await,
-        400
-    );
+    for query in ["broker=x", "namespace=a%2Fb"] {
+        assert_eq!(
+            support::status_of(api_request(Method::GET, format!("{url}?{query}"))).await,
+            400,
+            "{query}"
+        );
+    }
     // Without a token the CLI says what is missing.
     let output = tokio::process::Command::new(support::binary())
         .args([

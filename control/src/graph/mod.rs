@@ -218,6 +218,16 @@ async fn graph(
         }
     };
     let namespace = query.namespace.filter(|n| !n.is_empty());
+    if let Some(namespace) = &namespace
+        && (namespace.len() > 253
+            || !rivulet_core::resources::validation::is_dns_subdomain(namespace))
+    {
+        return crate::api::status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("namespace {namespace:?} is not a valid namespace name"),
+        );
+    }
     match build::from_store(&state.ctx, &state.rates, namespace.as_deref()).await {
         Ok(graph) => axum::Json(graph).into_response(),
         Err(error) => crate::api::status_error(
