@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod graph;
 pub mod runtime;
 
 // What `register_kind!` expands to names these through this crate, so a kind's crate needs

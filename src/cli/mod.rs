@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod eventtypes;
+mod graph;
 mod journal;
 mod local;
 
@@ -102,6 +103,15 @@ enum Command {
     },
     /// Post one CloudEvent to a broker (or any URL).
     Send(SendArgs),
+    /// Show how events flow: sources → brokers → triggers → subscribers, with each broker's
+    /// channel and the sinks and dead-letter sinks, and the event rate on every arrow.
+    ///
+    /// Built from the live objects on the server. Rates are events per second over the last
+    /// minute (or since the object appeared), measured by the server; `-` means not measured
+    /// yet. Not-ready objects show their reason. `-o dot` is for Graphviz
+    /// (`rivulet graph -o dot | dot -Tpng -o graph.png`); `-o svg` is drawn by Rivulet itself
+    /// (`rivulet graph -o svg > graph.svg`).
+    Graph(graph::GraphArgs),
     /// Trigger filter tools.
     Filter {
         #[command(subcommand)]
@@ -648,6 +658,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Token { command } => token(command).await,
         Command::Store { command } => store(command).await,
         Command::Send(args) => client::send(args).await,
+        Command::Graph(args) => graph::run(args).await,
         Command::Filter {
             command: FilterCommand::Eval { trigger, event },
         } => local::filter_eval(&trigger, &event),

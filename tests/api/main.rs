@@ -8,6 +8,7 @@ mod deletion;
 mod egress;
 mod eventpolicy;
 mod eventtypes;
+mod graph;
 mod input_limits;
 mod journal;
 mod kubernetes_store;

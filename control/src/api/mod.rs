@@ -141,7 +141,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 }
 
 /// A Kubernetes-style `Status` error body.
-fn status_error(code: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+pub(crate) fn status_error(code: StatusCode, reason: &str, message: impl Into<String>) -> Response {
     let message = message.into();
     (
         code,

@@ -32,7 +32,7 @@ mod tls_secret;
 mod trigger;
 mod trust;
 
-pub use broker::{CappedBrokers, MemoryChannelMaxBytes};
+pub use broker::{CappedBrokers, MemoryChannelMaxBytes, choose_backend};
 pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use drain::{DEFAULT_DELETE_GRACE, DrainReport};
 pub use events::ReadySummary;
