@@ -9,7 +9,9 @@
 //!   hops, without durability or filtering;
 //! - `ingress`: Rivulet's broker on the memory channel with no trigger;
 //! - `1 trigger` and `10 triggers` on the memory and embedded channels: every trigger
-//!   matches and delivers to the nginx receiver, with Rivulet's default delivery settings.
+//!   matches and delivers to the nginx receiver, with Rivulet's default delivery settings;
+//! - `1 trigger, journal off` on the memory channel: the same with the event journal off,
+//!   so what the journal costs is measured in the same run.
 //!
 //! `RIVULET_BENCH_PARALLELISM` sets the triggers' `rivulet.dev/parallelism` (deliveries in
 //! flight per trigger); without it they have the server's default.
@@ -36,6 +38,8 @@ pub enum Path {
     Ingress(Channel),
     /// Rivulet with this many matching triggers delivering to the receiver.
     Triggers(Channel, usize),
+    /// One matching trigger, the event journal off.
+    WithoutJournal(Channel),
 }
 
 impl Path {
@@ -46,6 +50,9 @@ impl Path {
             Path::Ingress(channel) => format!("Rivulet ingress, {}, no trigger", channel.name()),
             Path::Triggers(channel, 1) => format!("Rivulet, {}, 1 trigger", channel.name()),
             Path::Triggers(channel, n) => format!("Rivulet, {}, {n} triggers", channel.name()),
+            Path::WithoutJournal(channel) => {
+                format!("Rivulet, {}, 1 trigger, journal off", channel.name())
+            }
         }
     }
 
@@ -55,6 +62,7 @@ impl Path {
             Path::Receiver | Path::Proxy => 1,
             Path::Ingress(_) => 0,
             Path::Triggers(_, n) => n as u64,
+            Path::WithoutJournal(_) => 1,
         }
     }
 }
@@ -115,6 +123,9 @@ pub fn rows(runtimes: &Runtimes, settings: &Settings) -> Result<Vec<DeliveryRow>
         }
         for &channel in &channels {
             paths.extend([Path::Triggers(channel, 1), Path::Triggers(channel, 10)]);
+            if channel == Channel::Memory {
+                paths.push(Path::WithoutJournal(channel));
+            }
         }
         for path in paths {
             let row = row(runtimes, settings, &receiver, &proxy, path, payload)?;
@@ -157,8 +168,9 @@ fn row(
             receiver,
             path,
         )),
-        Path::Ingress(channel) | Path::Triggers(channel, _) => {
-            let rivulet = runtimes.start_rivulet(channel)?;
+        Path::Ingress(channel) | Path::Triggers(channel, _) | Path::WithoutJournal(channel) => {
+            let journal = !matches!(path, Path::WithoutJournal(_));
+            let rivulet = runtimes.start_rivulet_with_journal(channel, journal)?;
             let measured = runtimes.load.block_on(async {
                 let triggers = path.copies() as usize;
                 for index in 0..triggers {

@@ -962,6 +962,11 @@ struct Rivulet {
 
 impl Rivulet {
     async fn start() -> Result<Self, String> {
+        Self::start_with_journal(true).await
+    }
+
+    /// A server with the event journal on or off (the default is on).
+    async fn start_with_journal(journal: bool) -> Result<Self, String> {
         let data_dir = tempfile::tempdir().map_err(|e| format!("no temporary folder: {e}"))?;
         let options = ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -970,6 +975,10 @@ impl Rivulet {
             api_auth: rivulet::api::auth::ApiAuth::None,
             data_dir: data_dir.path().to_path_buf(),
             shutdown_grace: Duration::from_secs(1),
+            journal: rivulet::journal::JournalSettings {
+                enabled: journal,
+                ..Default::default()
+            },
             ..ServeOptions::default()
         };
         let server = rivulet::server::start(options)
@@ -1178,7 +1187,15 @@ impl Runtimes {
     }
 
     fn start_rivulet(&self, channel: Channel) -> Result<Rivulet, String> {
-        let rivulet = self.sut.block_on(Rivulet::start())?;
+        self.start_rivulet_with_journal(channel, true)
+    }
+
+    fn start_rivulet_with_journal(
+        &self,
+        channel: Channel,
+        journal: bool,
+    ) -> Result<Rivulet, String> {
+        let rivulet = self.sut.block_on(Rivulet::start_with_journal(journal))?;
         if let Err(error) = self.load.block_on(rivulet.create_broker(channel)) {
             let _ = self.stop_rivulet(rivulet);
             return Err(error);

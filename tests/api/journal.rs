@@ -257,11 +257,22 @@ async fn the_journal_survives_a_restart_and_can_be_turned_off() {
     );
     settled_path(&server, "kept", 1).await;
     server.shutdown().await;
+    let lock_free = || async {
+        // A CLI child another test forks at this moment holds the lock until it execs.
+        wait_for(
+            "the data folder's lock",
+            Duration::from_secs(10),
+            || async { rivulet::store::lock::lock_data_dir(&dir).ok().map(drop) },
+        )
+        .await
+    };
+    lock_free().await;
 
     let again = InProcessServer::start_with(|o| o.data_dir = dir.clone()).await;
     let path = settled_path(&again, "kept", 1).await;
     assert_eq!(path["steps"][0]["status"], 202);
     again.shutdown().await;
+    lock_free().await;
 
     let off = InProcessServer::start_with(|o| {
         o.data_dir = dir.clone();
@@ -430,5 +441,95 @@ async fn tap_streams_matching_events_with_each_triggers_outcome() {
     let line: Value = serde_json::from_str(output.1.lines().next().unwrap()).unwrap();
     assert_eq!(line["kind"], "event");
     assert_eq!(line["data"]["event"]["type"], "tap.me");
+    server.shutdown().await;
+}
+
+/// `text` with every run of digits replaced, so times, ports and latencies compare equal.
+fn masked(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_digits = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('N');
+            }
+            in_digits = true;
+        } else {
+            in_digits = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The fenced block right after `<!-- output of: COMMAND -->` on a docs page.
+fn shown_output(page: &str, command: &str) -> String {
+    let marker = format!("<!-- output of: {command} -->");
+    let after = page
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("the page shows the output of {command}"))
+        .1;
+    let block = after.split_once("```text\n").expect("a text block").1;
+    block
+        .split_once("```")
+        .expect("a closed block")
+        .0
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_page_shows_what_the_commands_print() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/where-did-my-event-go.md"),
+    )
+    .unwrap();
+    let yaml = page
+        .split_once("```yaml\n")
+        .unwrap()
+        .1
+        .split_once("```")
+        .unwrap()
+        .0;
+    let server = InProcessServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The page's subscriber is down; a port nothing listens on stands in for 8099.
+    let closed = support::free_port();
+    let manifest = support::write_file(
+        dir.path(),
+        "failing.yaml",
+        &yaml.replace("8099", &closed.to_string()),
+    );
+    cli(&server, &["apply", "-f", manifest.to_str().unwrap()]).await;
+    for name in ["billing", "audit"] {
+        wait_ready(&server.api, "Trigger", "default", name).await;
+    }
+    let response = support::http()
+        .post(format!("{}/default/default", server.base))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "order-1001")
+        .header("ce-source", "/shop")
+        .header("ce-type", "com.example.order")
+        .header("content-type", "application/json")
+        .body(r#"{"total": 42}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    // Arrival, the billing delivery, and the audit refusal worked out when asked.
+    let path = settled_path(&server, "order-1001", 3).await;
+    assert_eq!(path["outcome"], "failed");
+    for command in [
+        "rivulet events list --outcome failed --since 10m",
+        "rivulet events trace order-1001",
+    ] {
+        let args: Vec<&str> = command.split(' ').skip(1).collect();
+        let printed = cli(&server, &args).await;
+        let shown = shown_output(&page, command);
+        assert_eq!(
+            masked(&printed),
+            masked(&shown),
+            "{command} prints (left) what the page shows (right), digits aside"
+        );
+    }
     server.shutdown().await;
 }
