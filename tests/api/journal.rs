@@ -533,3 +533,61 @@ async fn the_walkthrough_page_shows_what_the_commands_print() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_noted_on_its_parent_and_journaled_as_an_event_of_its_own() {
+    use support::{Recorded, Reply, Subscriber, script};
+    let server = InProcessServer::start().await;
+    let sub = Subscriber::with_script(script(|r: &Recorded| {
+        if r.attr("type").as_deref() == Some("com.example.ask") {
+            Reply::event(
+                200,
+                &support::TestEvent::new(&format!("answer-{}", r.id()), "com.example.answer"),
+            )
+        } else {
+            Reply::ok()
+        }
+    }))
+    .await;
+    apply(
+        &server.api,
+        &trigger_with(
+            "asks",
+            json!({"broker": "default", "subscriber": {"uri": sub.url()}}),
+        ),
+    )
+    .await;
+    wait_ready(&server.api, "Trigger", "default", "asks").await;
+    assert_eq!(
+        support::post_binary(
+            &server.base,
+            "default/default",
+            "ask-1",
+            "com.example.ask",
+            "{}"
+        )
+        .await,
+        202
+    );
+    let parent = settled_path(&server, "ask-1", 2).await;
+    let delivery = parent["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "delivery")
+        .unwrap()
+        .clone();
+    assert_eq!(delivery["reply"]["id"], "answer-ask-1");
+    assert_eq!(delivery["reply"]["type"], "com.example.answer");
+    assert_eq!(delivery["reply"]["outcome"], "published");
+    let reply = settled_path(&server, "answer-ask-1", 2).await;
+    let arrived = &reply["steps"][0];
+    assert_eq!(arrived["status"], 202);
+    assert_eq!(arrived["sender"], "reply to ask-1 via trigger default/asks");
+    let text = cli(&server, &["events", "trace", "ask-1"]).await;
+    assert!(
+        text.contains("reply answer-ask-1 (type com.example.answer): published"),
+        "{text}"
+    );
+    server.shutdown().await;
+}

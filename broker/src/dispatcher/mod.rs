@@ -717,6 +717,10 @@ async fn publish_reply(
         .as_ref()
         .map(|a| a.identity.subject())
         .unwrap_or_default();
+    let sender = format!(
+        "reply to {} via trigger {}/{}",
+        parent.id, dispatch.namespace, dispatch.trigger
+    );
     let mut wait = Duration::from_millis(100);
     for attempt in 1..=5 {
         match shared
@@ -726,6 +730,7 @@ async fn publish_reply(
                 &dispatch.broker,
                 vec![reply.clone()],
                 &subject,
+                sender.clone(),
             )
             .await
         {

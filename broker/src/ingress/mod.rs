@@ -325,12 +325,14 @@ impl Ingress {
     /// Like [`Ingress::accept`] for a reply sent by `subject` (a trigger's OIDC identity):
     /// with `authentication-oidc` on, the broker's EventPolicies decide as for any sender.
     /// Replies never leave the process, so the identity needs no token to be believed.
+    /// `sender` names it in the journal.
     pub async fn accept_from(
         &self,
         namespace: &str,
         broker: &str,
         events: Vec<Event>,
         subject: &str,
+        sender: String,
     ) -> Result<(), IngressError> {
         if let Some(auth) = self.auth()
             && auth.enabled()
@@ -340,15 +342,14 @@ impl Ingress {
             let error = IngressError::from(error);
             self.observe(
                 &entry,
-                sender_name(Some(subject), None),
+                sender,
                 error.status(),
                 Some(error.to_string()),
                 events,
             );
             return Err(error);
         }
-        self.accept_as(namespace, broker, events, sender_name(Some(subject), None))
-            .await
+        self.accept_as(namespace, broker, events, sender).await
     }
 
     /// The HTTP routes of ingress.
