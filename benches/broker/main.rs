@@ -961,10 +961,6 @@ struct Rivulet {
 }
 
 impl Rivulet {
-    async fn start() -> Result<Self, String> {
-        Self::start_with_journal(true).await
-    }
-
     /// A server with the event journal on or off (the default is on).
     async fn start_with_journal(journal: bool) -> Result<Self, String> {
         let data_dir = tempfile::tempdir().map_err(|e| format!("no temporary folder: {e}"))?;
