@@ -10,6 +10,7 @@ pub mod brokers;
 pub mod delivery;
 pub mod dispatcher;
 pub mod egress;
+pub mod health;
 pub mod ingress;
 pub mod journal;
 pub mod listener;

@@ -188,6 +188,9 @@ pub struct Metrics {
     pub sink_retries: Family<AdapterLabels, Counter>,
     /// Ingress observations the EventType registry did not look at.
     pub eventtype_observations_dropped: Family<DiscoveryDropLabels, Counter>,
+    /// Delivery-health reports (failures, recoveries, refused senders) not queued because
+    /// the reporter's queue was full; the counts they carry are kept and read later.
+    pub health_reports_dropped: Counter,
     /// Outbound requests the egress policy refused, by reason.
     pub egress_refused: Family<EgressLabels, Counter>,
     /// Undelivered events of deleted triggers and brokers, by what became of them.
@@ -347,6 +350,12 @@ impl Metrics {
             "eventtype_observations_dropped",
             "Ingress events the EventType registry skipped (reason: queue_full)",
             eventtype_observations_dropped.clone(),
+        );
+        let health_reports_dropped = Counter::default();
+        registry.register(
+            "health_reports_dropped",
+            "Delivery-health notices not queued because the reporter was behind (their counts are read later)",
+            health_reports_dropped.clone(),
         );
         let eventtypes_autocreated = Counter::default();
         registry.register(
@@ -538,6 +547,7 @@ impl Metrics {
             tls_certificate_reloads,
             tls_certificate_reload_failures,
             eventtype_observations_dropped,
+            health_reports_dropped,
             eventtypes_autocreated,
             eventtypes_capped,
             eventtype_status_writes,

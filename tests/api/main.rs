@@ -5,6 +5,7 @@ mod at_rest;
 mod cli;
 mod controller;
 mod deletion;
+mod delivery_health;
 mod egress;
 mod eventpolicy;
 mod eventtypes;

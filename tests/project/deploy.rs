@@ -780,7 +780,15 @@ fn check_rbac(objects: &Objects, origin: &str) {
             }
         }
     }
-    assert!(allows(controller, "", "events", "create"));
+    // Events: the controller's about reconciling, the data plane's about delivery health.
+    for role in [controller, data_plane] {
+        for group in ["", "events.k8s.io"] {
+            assert!(
+                allows(role, group, "events", "create"),
+                "{origin}: {group} events"
+            );
+        }
+    }
     // Destination refs: Kubernetes Services, Knative Services, and any addressable kind
     // through the aggregated resolver role (checked below with the bindings).
     assert!(allows(controller, "", "services", "get"));
@@ -808,13 +816,15 @@ fn check_rbac(objects: &Objects, origin: &str) {
     }
     // The data plane only reads, except that ingress creates EventTypes for the events it
     // sees (a server-side apply: create and patch) and writes their inferred schemas into
-    // their status, and that senders ask for OIDC tokens (TokenRequest).
+    // their status, that senders ask for OIDC tokens (TokenRequest), and that it reports
+    // delivery health in Kubernetes Events.
     for rule in data_plane.rules.iter().flatten() {
         let resources = rule.resources.clone().unwrap_or_default();
         let allowed: &[&str] = match resources.as_slice() {
             [r] if r == "eventtypes" => &["get", "list", "watch", "create", "patch"],
             [r] if r == "eventtypes/status" => &["get", "patch"],
             [r] if r == "serviceaccounts/token" => &["create"],
+            [r] if r == "events" => &["create", "patch"],
             _ => &["get", "list", "watch"],
         };
         for verb in &rule.verbs {

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::delivery::AttemptLog;
 use crate::delivery::{DeliveryPolicy, Outcome, Sender};
+use crate::health::TriggerHealth;
 use crate::ingress::ARRIVAL_TIME;
 use crate::ingress::{BROKER_TTL, Ingress, IngressError, ttl_of};
 use crate::journal::{self, Journal, Step};
@@ -92,10 +93,16 @@ struct TriggerMetrics {
     knative: std::sync::Mutex<Vec<(u16, Counter, Histogram)>>,
     knative_processing: OnceLock<Histogram>,
     lag: OnceLock<prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>,
+    /// Where final outcomes go for the trigger's health (Events, its condition).
+    health: Option<Arc<TriggerHealth>>,
 }
 
 impl TriggerMetrics {
-    fn new(metrics: &Arc<Metrics>, dispatch: &TriggerDispatch) -> Self {
+    fn new(
+        metrics: &Arc<Metrics>,
+        dispatch: &TriggerDispatch,
+        health: Option<Arc<TriggerHealth>>,
+    ) -> Self {
         TriggerMetrics {
             metrics: metrics.clone(),
             namespace: dispatch.namespace.clone(),
@@ -122,6 +129,7 @@ impl TriggerMetrics {
             knative: std::sync::Mutex::default(),
             knative_processing: OnceLock::new(),
             lag: OnceLock::new(),
+            health,
         }
     }
 
@@ -336,7 +344,11 @@ pub fn spawn(
     let tasks = TaskTracker::new();
     let abandon = CancellationToken::new();
     let unfinished = Arc::new(AtomicU64::new(0));
-    let metrics = Arc::new(TriggerMetrics::new(&shared.metrics, &dispatch));
+    let health = shared
+        .ingress
+        .health()
+        .map(|health| health.trigger(&dispatch.namespace, &dispatch.trigger));
+    let metrics = Arc::new(TriggerMetrics::new(&shared.metrics, &dispatch, health));
     let dispatch = Arc::new(dispatch);
     tasks.spawn(consume(
         Consumer {
@@ -573,6 +585,18 @@ async fn handle(
     metrics.outcome(&outcome).inc();
     span.finish(&outcome);
     metrics.retries().inc_by(u64::from(outcome.attempts() - 1));
+    if let Some(health) = &metrics.health {
+        match &outcome {
+            Outcome::Delivered { .. } => health.delivered(),
+            Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } => health
+                .failed(
+                    failure.status.map(|s| s.as_u16()),
+                    failure.reason,
+                    &failure.message,
+                    matches!(outcome, Outcome::DeadLettered { .. }),
+                ),
+        }
+    }
     if let Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } = &outcome {
         shared
             .metrics

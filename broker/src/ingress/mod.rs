@@ -19,6 +19,7 @@ pub use observer::{Observation, Observer};
 use crate::auth::{Auth, AuthError};
 pub use crate::brokers::{BrokerHandle, BrokerTable};
 use crate::brokers::{Entry, KnativeIngress};
+use crate::health::{Health, RefusalKind};
 use crate::journal::Journal;
 use crate::telemetry::{self, IngressSpans, Telemetry};
 use rivulet_core::event::{self, Event, EventError, ExtensionValue};
@@ -131,6 +132,8 @@ pub struct Ingress {
     journal: OnceLock<Journal>,
     /// Trace export, when an OTLP endpoint is configured.
     telemetry: OnceLock<Telemetry>,
+    /// Delivery health: refused senders here, trigger failures from the dispatchers.
+    health: OnceLock<Arc<Health>>,
 }
 
 impl Ingress {
@@ -142,7 +145,34 @@ impl Ingress {
             auth: OnceLock::new(),
             journal: OnceLock::new(),
             telemetry: OnceLock::new(),
+            health: OnceLock::new(),
         }
+    }
+
+    /// Reports delivery health (refused senders, trigger failures) from now on (once).
+    pub fn set_health(&self, health: Arc<Health>) {
+        let _ = self.health.set(health);
+    }
+
+    /// Where delivery health is reported, when set.
+    pub fn health(&self) -> Option<&Arc<Health>> {
+        self.health.get()
+    }
+
+    /// Tells the health reporter that `entry`'s broker refused a sender (401 or 403).
+    fn report_refusal(&self, entry: &Entry, subject: Option<&str>, error: &AuthError) {
+        let Some(health) = self.health.get() else {
+            return;
+        };
+        let kind = match error {
+            AuthError::Forbidden(_) => RefusalKind::Forbidden,
+            AuthError::MissingToken { .. } | AuthError::InvalidToken(_) => {
+                RefusalKind::Unauthenticated
+            }
+        };
+        health
+            .broker(&entry.handle.namespace, &entry.handle.name)
+            .refused(kind, subject, &error.to_string());
     }
 
     /// Traces intake from now on, and lets dispatchers trace deliveries (once).
@@ -339,6 +369,7 @@ impl Ingress {
             && let Some(entry) = self.entry(namespace, broker)
             && let Err(error) = auth.authorize(&entry.handle.target(), subject, &events)
         {
+            self.report_refusal(&entry, Some(subject), &error);
             let error = IngressError::from(error);
             self.observe(
                 &entry,
@@ -496,7 +527,13 @@ async fn receive(
         .filter(|auth| auth.enabled())
         .map(|auth| (auth, entry.handle.target()));
     let subject = match &checks {
-        Some((auth, target)) => auth.authenticate(target, &parts.headers).await?,
+        Some((auth, target)) => match auth.authenticate(target, &parts.headers).await {
+            Ok(subject) => subject,
+            Err(error) => {
+                ingress.report_refusal(entry, None, &error);
+                return Err(error.into());
+            }
+        },
         None => None,
     };
     let limit = ingress.body_limit;
@@ -523,6 +560,7 @@ async fn receive(
     if let (Some((auth, target)), Some(subject)) = (&checks, &subject)
         && let Err(error) = auth.authorize(target, subject, &events)
     {
+        ingress.report_refusal(entry, Some(subject), &error);
         let error = IngressError::from(error);
         spans.failed(error.status(), &error);
         ingress.observe(

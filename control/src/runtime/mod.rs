@@ -24,6 +24,7 @@ mod drain;
 mod eventpolicy;
 mod events;
 mod eventtype;
+pub mod health;
 pub mod routes;
 mod running;
 mod secrets;
@@ -290,6 +291,8 @@ pub struct Context {
     finalized: std::sync::Mutex<HashSet<String>>,
     /// Deletions whose drain outcome a request waits for.
     deletions: drain::DeletionWaiters,
+    /// Delivery health of triggers and brokers: Events and the `DeliveryHealthy` condition.
+    delivery_health: health::HealthState,
 }
 
 /// Per-runtime state of plug-ins, by type, so the runtime keeps no field per plug-in.
@@ -337,7 +340,8 @@ impl Context {
         settings: Settings,
     ) -> Arc<Self> {
         let (requeue, requeue_rx) = mpsc::unbounded_channel();
-        Arc::new(Self {
+        let (delivery_health, wakes) = health::HealthState::new(&ingress, &dispatch.metrics);
+        let ctx = Arc::new(Self {
             store,
             brokers: ingress.brokers().clone(),
             ingress,
@@ -350,7 +354,12 @@ impl Context {
             events: events::EventState::default(),
             finalized: std::sync::Mutex::default(),
             deletions: drain::DeletionWaiters::default(),
-        })
+            delivery_health,
+        });
+        if let Some(wakes) = wakes {
+            health::spawn(&ctx, wakes);
+        }
+        ctx
     }
 
     /// What this process does.
@@ -664,6 +673,7 @@ impl Context {
             return Action::AwaitChange;
         };
         let (namespace, name) = object_key(object);
+        self.delivery_health.note_object(kind.kind, object);
         let action = if is_deleting(object) {
             self.finalize(kind, reconciler, object)
                 .await
@@ -722,6 +732,7 @@ impl Context {
         };
         let (namespace, name) = object_key(object);
         self.events.forget(kind, &namespace, &name);
+        self.delivery_health.forget(kind.kind, &namespace, &name);
         let already = uid(object)
             .is_some_and(|uid| self.finalized.lock().expect("lock poisoned").remove(&uid));
         if already {

@@ -239,6 +239,10 @@ impl Reconcile for TriggerReconciler {
         {
             parts.push(known);
         }
+        // What deliveries have shown lately; informational, never part of Ready.
+        if let Some(health) = ctx.delivery_health.condition(&namespace, &name) {
+            parts.push(health);
+        }
         status.conditions = rivulet_core::resources::TRIGGER_CONDITIONS.summarize(parts);
         ctx.write_status(Context::kind("Trigger"), &namespace, &name, json!(status))
             .await?;
