@@ -75,6 +75,9 @@ pub struct ServeOptions {
     /// Where traces go over OTLP; `None` leaves tracing off. The CLI fills it from the
     /// `OTEL_*` variables.
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    /// How often each running trigger's queue depth is sampled into
+    /// `rivulet_trigger_queue_depth`.
+    pub queue_depth_interval: Duration,
 }
 
 /// How long shutdown waits for the last trace spans to be exported.
@@ -118,6 +121,7 @@ impl Default for ServeOptions {
             listeners: crate::listener::ListenerLimits::default(),
             journal: crate::journal::JournalSettings::default(),
             telemetry: None,
+            queue_depth_interval: crate::runtime::DEFAULT_QUEUE_DEPTH_INTERVAL,
         }
     }
 }
@@ -555,6 +559,13 @@ pub async fn start_with_store(
         metrics.clone(),
         shutdown.clone(),
     ));
+    if options.role.carries_events() {
+        tokio::spawn(crate::runtime::sample_queue_depths(
+            ctx.clone(),
+            options.queue_depth_interval,
+            shutdown.clone(),
+        ));
+    }
     // Returned once ingress takes events, as before; a start that fails meanwhile shows in
     // the task.
     let _ = serving_rx.await;

@@ -398,6 +398,21 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The value of the first sample named `name` whose labels include `labels`; `None` when
+/// there is none (unlike [`metric_sum`], which cannot tell a missing series from a zero).
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(parse_sample)
+        .find(|(sample, found, _)| {
+            *sample == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v))
+        })
+        .map(|(_, _, value)| value)
+}
+
 /// A CloudEvent in HTTP binary mode: `ce-` headers and a body. Header values go out exactly
 /// as given: percent-encode them where the binding requires it (space, `"`, `%`, non-ASCII).
 #[derive(Debug, Clone)]

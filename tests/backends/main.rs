@@ -6,6 +6,7 @@ mod kafka_adapters;
 mod nats_adapters;
 mod nats_broker;
 mod podspecable;
+mod queue_depth;
 mod rabbitmq;
 mod rabbitmq_adapters;
 mod sinks;

@@ -227,6 +227,30 @@ pub fn forget_topic(servers: &str, topic: &str) {
     lock(done_registry()).retain(|(s, _, t, _), _| !(s == servers && t == topic));
 }
 
+/// How many offsets in `from..to` of a partition are known done above the group's commit
+/// point `committed`: those in the commit's metadata and those this process remembers
+/// (servers that drop metadata).
+pub(crate) fn done_between(
+    key: (&str, &str, &str, i32),
+    committed: i64,
+    metadata: &str,
+    from: i64,
+    to: i64,
+) -> u64 {
+    let (servers, group, topic, partition) = key;
+    let mut done = decode_done(committed, metadata);
+    let remembered_key = (
+        servers.to_owned(),
+        group.to_owned(),
+        topic.to_owned(),
+        partition,
+    );
+    if let Some(remembered) = lock(done_registry()).get(&remembered_key) {
+        done.extend(remembered.range(committed..));
+    }
+    done.range(from..to.max(from)).count() as u64
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -796,6 +820,39 @@ mod tests {
         let text = encode_done(0, &done);
         assert!(text.len() <= METADATA_LIMIT, "{} bytes", text.len());
         assert!(decode_done(0, &text).is_subset(&done));
+    }
+
+    #[test]
+    fn done_offsets_in_a_range_are_counted_from_metadata_and_memory() {
+        let key = ("servers-done-between", "group", "topic", 0);
+        // Offsets 13, 14 and 17 done above the commit point 10, per the metadata.
+        assert_eq!(done_between(key, 10, "rivulet-done:3-4,7", 10, 20), 3);
+        assert_eq!(done_between(key, 10, "rivulet-done:3-4,7", 14, 20), 2);
+        assert_eq!(done_between(key, 10, "rivulet-done:3-4,7", 10, 14), 1);
+        assert_eq!(done_between(key, 10, "", 10, 20), 0);
+        assert_eq!(
+            done_between(key, 10, "rivulet-done:3", 20, 10),
+            0,
+            "empty range"
+        );
+        // A server that dropped the metadata: what this process committed still counts.
+        lock(done_registry()).insert(
+            (
+                "servers-done-between".into(),
+                "group".into(),
+                "topic".into(),
+                0,
+            ),
+            [11, 12, 30].into_iter().collect(),
+        );
+        assert_eq!(done_between(key, 10, "", 10, 20), 2);
+        assert_eq!(
+            done_between(key, 10, "rivulet-done:2", 10, 20),
+            2,
+            "no double count"
+        );
+        forget_group("servers-done-between", "group");
+        assert_eq!(done_between(key, 10, "", 10, 20), 0);
     }
 
     #[test]

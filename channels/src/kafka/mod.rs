@@ -23,7 +23,7 @@ pub use rdkafka;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -243,6 +243,10 @@ fn member_id(data_dir: &std::path::Path) -> Result<String, ChannelError> {
     Ok(id)
 }
 
+/// How long counting a subscription's backlog may take: a sampler asks for every trigger in
+/// turn, so a slow server must not hold it up for long.
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long closing a consumer (final commit, leaving the group) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -335,7 +339,7 @@ impl KafkaChannel {
     fn committed(consumer: &BaseConsumer, topic: &str) -> Result<TopicPartitionList, ChannelError> {
         let mut attempt = 0;
         loop {
-            match Self::committed_once(consumer, topic) {
+            match Self::committed_once(consumer, topic, REQUEST_TIMEOUT) {
                 Err(error) if attempt < 20 => {
                     tracing::debug!(%error, "reading committed offsets; trying again");
                     attempt += 1;
@@ -349,9 +353,10 @@ impl KafkaChannel {
     fn committed_once(
         consumer: &BaseConsumer,
         topic: &str,
+        timeout: Duration,
     ) -> Result<TopicPartitionList, ChannelError> {
         let metadata = consumer
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+            .fetch_metadata(Some(topic), timeout)
             .map_err(|e| unavailable(&format!("reading the partitions of {topic}"), e))?;
         let mut list = TopicPartitionList::new();
         for described in metadata.topics().iter().filter(|t| t.name() == topic) {
@@ -371,8 +376,64 @@ impl KafkaChannel {
             )));
         }
         consumer
-            .committed_offsets(list, REQUEST_TIMEOUT)
+            .committed_offsets(list, timeout)
             .map_err(|e| unavailable("reading committed offsets", e))
+    }
+
+    /// The events `group` has not finished, summed over the topic's partitions: from the
+    /// committed offset (or the start of the partition, when nothing is committed) to the
+    /// end, less the offsets done above the commit point. Uses a client that never joins the
+    /// group, so the running consumers are not disturbed. Gives up at `deadline`.
+    fn count_backlog(
+        consumer: &BaseConsumer,
+        key: (&str, &str, &str),
+        name: &str,
+        deadline: Instant,
+    ) -> Result<u64, ChannelError> {
+        let (servers, group, topic) = key;
+        let left = || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(ChannelError::Unavailable(format!(
+                    "counting the backlog of {group} took longer than {BACKLOG_TIMEOUT:?}"
+                )))
+            } else {
+                Ok(left)
+            }
+        };
+        let committed = Self::committed_once(consumer, topic, left()?)?;
+        // The group is made with committed offsets (see ensure_subscription): none at all
+        // means the subscription does not exist.
+        if !committed
+            .elements()
+            .iter()
+            .any(|e| matches!(e.offset(), Offset::Offset(_)))
+        {
+            return Err(ChannelError::UnknownSubscription(name.to_owned()));
+        }
+        let mut total = 0u64;
+        for element in committed.elements() {
+            let partition = element.partition();
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, left()?)
+                .map_err(|e| unavailable("reading the ends of the topic", e))?;
+            let (start, done) = match element.offset() {
+                Offset::Offset(point) => {
+                    // Records below the low watermark were removed by retention.
+                    let start = point.max(low);
+                    let metadata = element.metadata();
+                    let key = (servers, group, topic, partition);
+                    (
+                        start,
+                        consumer::done_between(key, point, metadata, start, high),
+                    )
+                }
+                _ => (low, 0),
+            };
+            let waiting = u64::try_from(high.saturating_sub(start)).unwrap_or(0);
+            total = total.saturating_add(waiting.saturating_sub(done));
+        }
+        Ok(total)
     }
 
     fn entry_for(&self, name: &str) -> (Arc<RwLock<Prefilter>>, usize, bool) {
@@ -534,6 +595,31 @@ impl Channel for KafkaChannel {
             entry.consumers.push(consumer.stop_handle());
         }
         Ok(Arc::new(KafkaSubscription { consumer }))
+    }
+
+    async fn backlog(&self, name: &str) -> Result<Option<u64>, ChannelError> {
+        let group = group_id(&self.topic, name);
+        let consumer = self.group_client(&group)?;
+        let topic = self.topic.clone();
+        let servers = self.servers().to_owned();
+        let name = name.to_owned();
+        let deadline = Instant::now() + BACKLOG_TIMEOUT;
+        let counted_group = group.clone();
+        let count = blocking(move || {
+            Self::count_backlog(
+                &consumer,
+                (&servers, &counted_group, &topic),
+                &name,
+                deadline,
+            )
+        });
+        // The librdkafka calls each end by the deadline; this bounds the whole as well.
+        match tokio::time::timeout(BACKLOG_TIMEOUT + Duration::from_secs(1), count).await {
+            Ok(count) => count.map(Some),
+            Err(_) => Err(ChannelError::Unavailable(format!(
+                "counting the backlog of {group} timed out"
+            ))),
+        }
     }
 
     async fn delete_subscription(&self, name: &str) -> Result<(), ChannelError> {
