@@ -176,13 +176,7 @@ pub struct AttemptLog {
 }
 
 impl AttemptLog {
-    fn note(
-        &mut self,
-        target: &str,
-        attempt: u32,
-        took: Duration,
-        result: Result<StatusCode, &Failure>,
-    ) {
+    fn note(&mut self, attempt: u32, took: Duration, result: Result<StatusCode, &Failure>) {
         use crate::journal::record::{ATTEMPTS_KEPT, bounded_text, now_millis};
         let (status, retry_after, error) = match result {
             Ok(status) => (Some(status.as_u16()), None, None),
@@ -195,7 +189,6 @@ impl AttemptLog {
         let noted = crate::journal::Attempt {
             attempt,
             at: now_millis(),
-            target: target.to_string(),
             status,
             latency_ms: took.as_secs_f64() * 1000.0,
             retry_after_s: retry_after,
@@ -524,7 +517,7 @@ impl Sender {
     ) -> Result<(StatusCode, Option<Event>, u32), (Failure, u32)> {
         let refused = |failure: Failure, log: Option<&mut AttemptLog>| {
             if let Some(log) = log {
-                log.note(uri, 1, Duration::ZERO, Err(&failure));
+                log.note(1, Duration::ZERO, Err(&failure));
             }
             Err((failure, 1))
         };
@@ -577,7 +570,7 @@ impl Sender {
             };
             if let Some(log) = log.as_deref_mut() {
                 let outcome = sent.as_ref().map(|delivered| delivered.0);
-                log.note(uri, attempt, started.elapsed(), outcome);
+                log.note(attempt, started.elapsed(), outcome);
             }
             match sent {
                 Ok(delivered) => return Ok((delivered.0, delivered.1, attempt)),

@@ -52,12 +52,12 @@ fn refusals_empty(refusals: &Refusals) -> bool {
 }
 
 impl EventPath {
-    fn new(event: &EventRef, at: Millis) -> Self {
+    fn new(event: EventRef, at: Millis) -> Self {
         EventPath {
-            namespace: event.namespace.clone(),
-            broker: event.broker.clone(),
-            id: event.id.clone(),
-            source: event.source.clone(),
+            namespace: event.namespace,
+            broker: event.broker,
+            id: event.id,
+            source: event.source,
             first_at: at,
             outcome: Summary::Accepted,
             steps: Vec::new(),
@@ -224,7 +224,7 @@ fn step_weight(step: &Step) -> usize {
                 + reply.as_ref().map_or(0, |r| 48 + r.id.len() + r.ty.len())
                 + attempts
                     .iter()
-                    .map(|a| 80 + a.target.len() + a.error.as_ref().map_or(0, String::len))
+                    .map(|a| 80 + a.error.as_ref().map_or(0, String::len))
                     .sum::<usize>()
         }
     }
@@ -274,24 +274,38 @@ impl Index {
     }
 
     /// Adds a step to its event's path (made when this is the first step seen).
-    pub fn add(&mut self, event: &EventRef, step: Step) {
+    pub fn add(&mut self, event: EventRef, step: Step) {
         let at = step.at();
-        let seq = match self.find(event) {
+        let seq = match self.find(&event) {
             Some(seq) => seq,
             None => {
                 let seq = self.next;
                 self.next += 1;
+                match self.by_id.get_mut(&event.id) {
+                    Some(seqs) => seqs.push(seq),
+                    None => {
+                        self.by_id.insert(event.id.clone(), vec![seq]);
+                    }
+                }
                 let path = EventPath::new(event, at);
                 self.bytes += path.weight();
                 self.paths.insert(seq, path);
-                self.by_id.entry(event.id.clone()).or_default().push(seq);
                 seq
             }
         };
         if let Some(path) = self.paths.get_mut(&seq) {
-            let before = path.weight();
+            // What the step adds, without weighing the whole path again.
+            let added = match &step {
+                Step::Refused { trigger, .. }
+                    if path.refused.triggers.len() < REFUSING_TRIGGERS_LISTED =>
+                {
+                    32 + trigger.len()
+                }
+                Step::Refused { .. } => 0,
+                step => step_weight(step),
+            };
             path.add(step);
-            self.bytes = self.bytes + path.weight() - before;
+            self.bytes += added;
         }
     }
 
@@ -407,7 +421,6 @@ mod tests {
             attempts: vec![Attempt {
                 attempt: 1,
                 at,
-                target: "http://s/".into(),
                 status: Some(200),
                 latency_ms: 1.0,
                 retry_after_s: None,
@@ -431,9 +444,9 @@ mod tests {
     #[test]
     fn a_path_collects_its_steps_and_summarises_the_worst() {
         let mut index = Index::new(bounds());
-        index.add(&event("1"), arrived(10));
-        index.add(&event("1"), delivery(11, "a", Outcome::Delivered));
-        index.add(&event("1"), delivery(12, "b", Outcome::DeadLettered));
+        index.add(event("1"), arrived(10));
+        index.add(event("1"), delivery(11, "a", Outcome::Delivered));
+        index.add(event("1"), delivery(12, "b", Outcome::DeadLettered));
         let paths = index.trace("1");
         assert_eq!(paths.len(), 1);
         assert_eq!(paths[0].steps.len(), 3);
@@ -445,10 +458,10 @@ mod tests {
     #[test]
     fn refusals_are_counted_by_filter_not_kept_as_rows() {
         let mut index = Index::new(bounds());
-        index.add(&event("1"), arrived(10));
+        index.add(event("1"), arrived(10));
         for n in 0..20 {
             index.add(
-                &event("1"),
+                event("1"),
                 Step::Refused {
                     at: 11,
                     trigger: format!("t{n}"),
@@ -467,12 +480,12 @@ mod tests {
     #[test]
     fn the_same_id_from_two_sources_is_two_paths() {
         let mut index = Index::new(bounds());
-        index.add(&event("1"), arrived(10));
+        index.add(event("1"), arrived(10));
         let other = EventRef {
             source: "/other".into(),
             ..event("1")
         };
-        index.add(&other, arrived(10));
+        index.add(other, arrived(10));
         assert_eq!(index.trace("1").len(), 2);
     }
 
@@ -483,7 +496,7 @@ mod tests {
             retention_ms: 100,
         });
         for n in 0..50 {
-            index.add(&event(&n.to_string()), arrived(1_000 + n));
+            index.add(event(&n.to_string()), arrived(1_000 + n));
         }
         index.evict(1_000);
         let (count, bytes) = index.size();
@@ -500,9 +513,9 @@ mod tests {
     fn lists_newest_first_with_filters() {
         let mut index = Index::new(bounds());
         for n in 0..10u64 {
-            index.add(&event(&n.to_string()), arrived(100 + n));
+            index.add(event(&n.to_string()), arrived(100 + n));
         }
-        index.add(&event("3"), delivery(200, "a", Outcome::DeadLettered));
+        index.add(event("3"), delivery(200, "a", Outcome::DeadLettered));
         let all = index.list(&ListQuery {
             limit: 100,
             ..ListQuery::default()

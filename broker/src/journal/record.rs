@@ -97,7 +97,6 @@ pub struct Attempt {
     /// 1 for the first attempt.
     pub attempt: u32,
     pub at: Millis,
-    pub target: String,
     /// The answer's status, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -108,7 +107,8 @@ pub struct Attempt {
     /// Why the attempt failed (at most [`ERROR_TEXT_LIMIT`] characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Whether this attempt went to the dead-letter sink.
+    /// Whether this attempt went to the dead-letter sink (the step's `dead_letter`), not to
+    /// the subscriber.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_letter: bool,
 }
@@ -239,7 +239,6 @@ mod tests {
             attempts: vec![Attempt {
                 attempt: 1,
                 at: 5,
-                target: "http://s/".into(),
                 status: Some(503),
                 latency_ms: 1.5,
                 retry_after_s: Some(2),

@@ -39,6 +39,8 @@ pub(super) struct Segments {
     /// Closed segments, oldest first.
     closed: Vec<Segment>,
     current: Option<(Segment, BufWriter<File>)>,
+    /// The line being written.
+    line: Vec<u8>,
 }
 
 impl Segments {
@@ -74,6 +76,7 @@ impl Segments {
             retention_ms: retention.as_millis() as Millis,
             closed,
             current: None,
+            line: Vec::with_capacity(1024),
         };
         segments.remove_old(now_millis());
         let mut records = Vec::new();
@@ -122,11 +125,14 @@ impl Segments {
                 ))
             }
         };
+        // One buffer for every line: no allocation per record.
+        let line = &mut self.line;
         for (event, step) in records {
-            let mut line =
-                serde_json::to_vec(&LineOut { event, step }).map_err(io::Error::other)?;
+            line.clear();
+            serde_json::to_writer(&mut *line, &LineOut { event, step })
+                .map_err(io::Error::other)?;
             line.push(b'\n');
-            writer.write_all(&line)?;
+            writer.write_all(line)?;
             segment.bytes += line.len() as u64;
         }
         writer.flush()
