@@ -582,6 +582,10 @@ async fn a_reply_is_noted_on_its_parent_and_journaled_as_an_event_of_its_own() {
     assert_eq!(delivery["reply"]["outcome"], "published");
     let reply = settled_path(&server, "answer-ask-1", 2).await;
     let arrived = &reply["steps"][0];
+    assert_eq!(
+        arrived["step"], "arrived",
+        "steps are in time order: {reply}"
+    );
     assert_eq!(arrived["status"], 202);
     assert_eq!(arrived["sender"], "reply to ask-1 via trigger default/asks");
     let text = cli(&server, &["events", "trace", "ask-1"]).await;

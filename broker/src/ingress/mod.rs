@@ -215,6 +215,7 @@ impl Ingress {
     fn observe(
         &self,
         entry: &Entry,
+        at: crate::journal::record::Millis,
         sender: String,
         status: StatusCode,
         error: Option<String>,
@@ -234,6 +235,7 @@ impl Ingress {
         }
         if let Some(journal) = journal {
             journal.arrived(
+                at,
                 &entry.counters.namespace,
                 &entry.counters.name,
                 sender,
@@ -335,6 +337,7 @@ impl Ingress {
         spans: &mut IngressSpans,
     ) -> Result<(), IngressError> {
         let started = Instant::now();
+        let at = crate::journal::record::now_millis();
         let published = publish(&entry.handle, &mut events).await;
         let status = match &published {
             Ok(()) => {
@@ -348,7 +351,7 @@ impl Ingress {
         };
         self.count_knative(entry, status, &events, started.elapsed());
         let error = published.as_ref().err().map(ToString::to_string);
-        self.observe(entry, sender, status, error, events);
+        self.observe(entry, at, sender, status, error, events);
         published
     }
 
@@ -373,6 +376,7 @@ impl Ingress {
             let error = IngressError::from(error);
             self.observe(
                 &entry,
+                crate::journal::record::now_millis(),
                 sender,
                 error.status(),
                 Some(error.to_string()),
@@ -565,6 +569,7 @@ async fn receive(
         spans.failed(error.status(), &error);
         ingress.observe(
             entry,
+            crate::journal::record::now_millis(),
             sender(),
             error.status(),
             Some(error.to_string()),

@@ -119,7 +119,13 @@ impl EventPath {
                     self.refused.triggers.push(trigger);
                 }
             }
-            step => self.steps.push(step),
+            // In time order: a trigger may record its delivery before ingress has recorded
+            // the arrival it began before.
+            step => {
+                let at = step.at();
+                let position = self.steps.partition_point(|s| s.at() <= at);
+                self.steps.insert(position, step);
+            }
         }
         self.outcome = self.summarise();
     }

@@ -195,9 +195,11 @@ impl Journal {
         }
     }
 
-    /// Ingress answered `status` to a request carrying `events` from `sender`.
+    /// Ingress answered `status` to a request carrying `events` from `sender`, which it
+    /// began to store at `at`.
     pub fn arrived(
         &self,
+        at: Millis,
         namespace: &Arc<str>,
         broker: &Arc<str>,
         sender: String,
@@ -209,7 +211,7 @@ impl Journal {
             return;
         }
         self.send(Message::Arrived {
-            at: now_millis(),
+            at,
             namespace: namespace.clone(),
             broker: broker.clone(),
             sender,
@@ -482,6 +484,7 @@ mod tests {
         let journal = Journal::start(&settings, metrics.clone(), stop.clone());
         let (ns, broker): (Arc<str>, Arc<str>) = ("default".into(), "default".into());
         journal.arrived(
+            now_millis(),
             &ns,
             &broker,
             "test".into(),
@@ -532,6 +535,7 @@ mod tests {
         let sent = 2_000;
         for n in 0..sent {
             journal.arrived(
+                now_millis(),
                 &ns,
                 &broker,
                 "t".into(),
@@ -561,7 +565,15 @@ mod tests {
     fn an_off_journal_records_nothing() {
         let journal = Journal::off();
         let (ns, broker): (Arc<str>, Arc<str>) = ("default".into(), "default".into());
-        journal.arrived(&ns, &broker, "t".into(), 202, None, vec![event("1")].into());
+        journal.arrived(
+            now_millis(),
+            &ns,
+            &broker,
+            "t".into(),
+            202,
+            None,
+            vec![event("1")].into(),
+        );
         assert!(journal.trace("1").is_empty());
         assert!(journal.tap().is_none());
     }
