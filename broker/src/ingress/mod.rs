@@ -20,7 +20,7 @@ use crate::auth::{Auth, AuthError};
 pub use crate::brokers::{BrokerHandle, BrokerTable};
 use crate::brokers::{Entry, KnativeIngress};
 use crate::health::{Health, RefusalKind};
-use crate::journal::Journal;
+use crate::journal::{Arrival, Journal};
 use crate::telemetry::{self, IngressSpans, Telemetry};
 use rivulet_core::event::{self, Event, EventError, ExtensionValue};
 
@@ -235,12 +235,14 @@ impl Ingress {
         }
         if let Some(journal) = journal {
             journal.arrived(
-                at,
                 &entry.counters.namespace,
                 &entry.counters.name,
-                sender,
-                status.as_u16(),
-                error,
+                Arrival {
+                    at,
+                    sender,
+                    status: status.as_u16(),
+                    error,
+                },
                 events,
             );
         }

@@ -58,6 +58,18 @@ impl Default for JournalSettings {
     }
 }
 
+/// How ingress answered a request.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// When ingress began to store its events.
+    pub at: Millis,
+    /// The authenticated subject, else the peer address (or what sent a reply).
+    pub sender: String,
+    pub status: u16,
+    /// Why it was refused or not stored.
+    pub error: Option<String>,
+}
+
 /// Events read off one broker's ingress, as taps see them.
 #[derive(Clone)]
 pub enum TapItem {
@@ -195,28 +207,24 @@ impl Journal {
         }
     }
 
-    /// Ingress answered `status` to a request carrying `events` from `sender`, which it
-    /// began to store at `at`.
+    /// Ingress answered a request carrying `events` to `namespace/broker` as `arrival` says.
     pub fn arrived(
         &self,
-        at: Millis,
         namespace: &Arc<str>,
         broker: &Arc<str>,
-        sender: String,
-        status: u16,
-        error: Option<String>,
+        arrival: Arrival,
         events: Arc<[Event]>,
     ) {
         if self.inner.is_none() || events.is_empty() {
             return;
         }
         self.send(Message::Arrived {
-            at,
+            at: arrival.at,
             namespace: namespace.clone(),
             broker: broker.clone(),
-            sender,
-            status,
-            error,
+            sender: arrival.sender,
+            status: arrival.status,
+            error: arrival.error,
             events,
         });
     }
@@ -484,12 +492,14 @@ mod tests {
         let journal = Journal::start(&settings, metrics.clone(), stop.clone());
         let (ns, broker): (Arc<str>, Arc<str>) = ("default".into(), "default".into());
         journal.arrived(
-            now_millis(),
             &ns,
             &broker,
-            "test".into(),
-            202,
-            None,
+            Arrival {
+                at: now_millis(),
+                sender: "test".into(),
+                status: 202,
+                error: None,
+            },
             vec![event("e1")].into(),
         );
         journal.step(
@@ -535,12 +545,14 @@ mod tests {
         let sent = 2_000;
         for n in 0..sent {
             journal.arrived(
-                now_millis(),
                 &ns,
                 &broker,
-                "t".into(),
-                202,
-                None,
+                Arrival {
+                    at: now_millis(),
+                    sender: "t".into(),
+                    status: 202,
+                    error: None,
+                },
                 vec![event(&n.to_string())].into(),
             );
         }
@@ -566,12 +578,14 @@ mod tests {
         let journal = Journal::off();
         let (ns, broker): (Arc<str>, Arc<str>) = ("default".into(), "default".into());
         journal.arrived(
-            now_millis(),
             &ns,
             &broker,
-            "t".into(),
-            202,
-            None,
+            Arrival {
+                at: now_millis(),
+                sender: "t".into(),
+                status: 202,
+                error: None,
+            },
             vec![event("1")].into(),
         );
         assert!(journal.trace("1").is_empty());
