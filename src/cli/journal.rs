@@ -104,16 +104,7 @@ pub async fn events(command: EventsCommand) -> anyhow::Result<ExitCode> {
             }
             let url =
                 reqwest::Url::parse_with_params(&format!("{}/journal/events", remote.url), &query)?;
-            let response = remote
-                .client
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| unreachable(&remote.url, e))?;
-            if !response.status().is_success() {
-                bail!("{}", remote.failure(response).await);
-            }
-            let body: Value = response.json().await?;
+            let body = get_json(&remote, url.as_str()).await?;
             match output {
                 JournalOutput::Json => println!("{}", serde_json::to_string_pretty(&body)?),
                 JournalOutput::Text => print!("{}", table(&body)),
@@ -244,16 +235,21 @@ fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("")
 }
 
-/// One event's path as a readable timeline.
-pub fn timeline(path: &Value) -> String {
-    let mut out = String::new();
-    let ty = path["steps"]
+/// The event's type, as its arrival recorded it (empty when not recorded).
+fn arrival_type(path: &Value) -> String {
+    path["steps"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|s| s["step"] == "arrived")
         .map(|s| text(&s["type"]).to_string())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// One event's path as a readable timeline.
+pub fn timeline(path: &Value) -> String {
+    let mut out = String::new();
+    let ty = arrival_type(path);
     out.push_str(&format!(
         "event {} from {} (type {}) at broker {}/{}, {} UTC\n",
         text(&path["id"]),
@@ -397,13 +393,7 @@ fn table(body: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|path| {
-            let ty = path["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| s["step"] == "arrived")
-                .map(|s| text(&s["type"]).to_string())
-                .unwrap_or_default();
+            let ty = arrival_type(path);
             [
                 text(&path["id"]).to_string(),
                 text(&path["source"]).to_string(),

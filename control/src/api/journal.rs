@@ -205,14 +205,11 @@ async fn work_out_verdicts(ctx: &Context, paths: &mut [EventPath]) {
             data: None,
             typed: Vec::new(),
         };
-        let seen: HashSet<String> = path
-            .triggers_seen()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let seen = path.triggers_seen();
         let mut verdicts = Vec::new();
         for dispatch in &triggers[&key] {
-            if seen.contains(&dispatch.trigger) || path.refused.triggers.contains(&dispatch.trigger)
+            if seen.contains(dispatch.trigger.as_str())
+                || path.refused.triggers.contains(&dispatch.trigger)
             {
                 continue;
             }
