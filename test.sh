@@ -109,6 +109,20 @@ if ! { [ -x "$helm_python" ] && "$helm_python" -c "import helm_python" 2>/dev/nu
     echo "test.sh: could not install helm-python-sdk; the Helm chart test will skip rendering" >&2
 fi
 
+# The web console's browser tests: Chromium and its WebDriver from Debian's packages. Once
+# they are installed their absence fails those tests instead of skipping them.
+if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null; then
+  echo "test.sh: installing Chromium and chromedriver (once)"
+  sudo_if_needed=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo_if_needed="sudo"
+  apt_install() { $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver </dev/null; }
+  apt_install || { $sudo_if_needed apt-get update -qq </dev/null && apt_install; } ||
+    echo "test.sh: could not install Chromium; the console's browser tests will skip" >&2
+fi
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  export RIVULET_REQUIRE_BROWSER=1
+fi
+
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test.sh: cargo clippy"

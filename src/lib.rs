@@ -9,6 +9,7 @@ pub use rivulet_broker::{
     auth, delivery, dispatcher, egress, ingress, journal, listener, telemetry, tls,
 };
 pub use rivulet_channels as channels;
+pub use rivulet_console as console;
 pub use rivulet_control::{api, graph, runtime};
 pub use rivulet_core::{
     cesql, event, features, filter, install_crypto_provider, log_throttle, metrics, resources,

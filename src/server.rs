@@ -18,7 +18,7 @@ use crate::dispatcher;
 use crate::ingress::{Ingress, Observer};
 use crate::metrics::Metrics;
 use crate::resources::{find_kind_by_name, manifest_files, parse_manifests_skipping};
-use crate::runtime::routes::{HttpRoutes, Listener};
+use crate::runtime::routes::{HttpRoutes, Listener, PublicRoutes};
 use crate::runtime::{CappedBrokers, Context, Role, Settings, StatusLock};
 use crate::store::{FileStore, KubernetesStore, ResourceStore};
 
@@ -439,7 +439,14 @@ pub async fn start_with_store(
             })
     };
     let api_app = match gate {
-        Some(gate) => api::router(api_state.clone(), gate, routes(Listener::Api)),
+        Some(gate) => api::router(
+            api_state.clone(),
+            gate,
+            routes(Listener::Api),
+            inventory::iter::<PublicRoutes>().fold(axum::Router::new(), |app, public| {
+                app.merge((public.build)())
+            }),
+        ),
         None => api::metrics_only_router(api_state.clone()),
     }
     .fallback(unknown_path);
@@ -725,7 +732,7 @@ async fn unknown_path(
     (
         axum::http::StatusCode::NOT_FOUND,
         format!(
-            "no such path: {method} {}; ingress (--listen) is POST /{{namespace}}/{{broker}}; resources under /apis/... and /api/v1/..., and the xRegistry view under /xregistry, are on the API listener (--api-listen)\n",
+            "no such path: {method} {}; ingress (--listen) is POST /{{namespace}}/{{broker}}; resources under /apis/... and /api/v1/..., the xRegistry view under /xregistry and the web console at /ui/ are on the API listener (--api-listen)\n",
             uri.path()
         ),
     )

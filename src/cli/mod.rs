@@ -326,8 +326,8 @@ struct ServeArgs {
     /// Address for event ingress (brokers, source and sink endpoints) and health.
     #[arg(long, env = "RIVULET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Address for the resource API, token management, xRegistry, metrics and health. With
-    /// --store kubernetes it serves health and metrics only.
+    /// Address for the resource API, token management, xRegistry, the web console (/ui/),
+    /// metrics and health. With --store kubernetes it serves health and metrics only.
     #[arg(long, env = "RIVULET_API_LISTEN", default_value = "127.0.0.1:8081")]
     api_listen: SocketAddr,
     /// How the resource API authenticates: `token` (bearer tokens; the admin token is

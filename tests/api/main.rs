@@ -3,6 +3,7 @@
 mod api_auth;
 mod at_rest;
 mod cli;
+mod console_endpoints;
 mod controller;
 mod deletion;
 mod delivery_health;

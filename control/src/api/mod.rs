@@ -13,7 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+mod apply;
 pub mod auth;
+mod cesql;
+mod discovery;
 pub mod journal;
 
 use crate::runtime::storage::StorageHealth;
@@ -77,9 +80,9 @@ pub fn metrics_only_router(state: ApiState) -> Router {
     )
 }
 
-/// The resource API listener: health, then metrics, resources, tokens and `extra` routes
-/// behind `gate`.
-pub fn router(state: ApiState, gate: auth::Gate, extra: Router) -> Router {
+/// The resource API listener: health and `public` (files that hold no data) open, then
+/// metrics, resources, tokens and `extra` routes behind `gate`.
+pub fn router(state: ApiState, gate: auth::Gate, extra: Router, public: Router) -> Router {
     let guarded = resource_router(state.clone())
         .route("/metrics", get(metrics).with_state(state.clone()))
         .merge(auth::routes(gate.clone()))
@@ -88,11 +91,18 @@ pub fn router(state: ApiState, gate: auth::Gate, extra: Router) -> Router {
             gate,
             auth::require_token,
         ));
-    health_router(state.ready.clone(), state.storage.clone()).merge(guarded)
+    health_router(state.ready.clone(), state.storage.clone())
+        .merge(public)
+        .merge(guarded)
 }
 
 fn resource_router(state: ApiState) -> Router {
     Router::new()
+        .route("/apis", get(discovery::groups))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/api/{version}", get(discovery::core_resources))
+        .route("/apply", axum::routing::post(apply::apply))
+        .route("/cesql/check", get(cesql::check))
         .route(
             "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
             get(list_grouped),
@@ -315,9 +325,25 @@ async fn list(
     }
 }
 
-async fn get_one(state: ApiState, served: Served, namespace: &str, name: &str) -> Response {
+async fn get_one(
+    state: ApiState,
+    served: Served,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+) -> Response {
     let kind = served.stored();
     match state.store.get(kind, namespace, name).await {
+        Ok(Some(object)) if wants_yaml(headers) => {
+            match serde_saphyr::to_string(&served.view(object)) {
+                Ok(text) => ([(header::CONTENT_TYPE, "application/yaml")], text).into_response(),
+                Err(e) => status_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("cannot write the object as YAML: {e}"),
+                ),
+            }
+        }
         Ok(Some(object)) => axum::Json(served.view(object)).into_response(),
         Ok(None) => status_error(
             StatusCode::NOT_FOUND,
@@ -326,6 +352,14 @@ async fn get_one(state: ApiState, served: Served, namespace: &str, name: &str) -
         ),
         Err(e) => store_error(e),
     }
+}
+
+/// Whether the client asked for YAML (`Accept: application/yaml`) rather than JSON.
+fn wants_yaml(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("yaml") && !accept.contains("json"))
 }
 
 /// Parses a manifest body: JSON, or YAML when the content type says so (or JSON fails).
@@ -607,9 +641,10 @@ async fn list_grouped_all(
 async fn get_grouped(
     State(state): State<ApiState>,
     Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     match Served::find(&group, &version, &plural) {
-        Some(served) => get_one(state, served, &namespace, &name).await,
+        Some(served) => get_one(state, served, &namespace, &name, &headers).await,
         None => unknown_kind(&group, &version, &plural),
     }
 }
@@ -662,9 +697,10 @@ async fn list_core_all(
 async fn get_core(
     State(state): State<ApiState>,
     Path((version, namespace, plural, name)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     match Served::find("", &version, &plural) {
-        Some(served) => get_one(state, served, &namespace, &name).await,
+        Some(served) => get_one(state, served, &namespace, &name, &headers).await,
         None => unknown_kind("", &version, &plural),
     }
 }

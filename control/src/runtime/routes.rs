@@ -21,3 +21,12 @@ pub struct HttpRoutes {
 }
 
 inventory::collect!(HttpRoutes);
+
+/// Routes served on the API listener without a token: static files that hold no data (the
+/// web console's page, which must load before anyone can log in). Anything that reads or
+/// changes state belongs in [`HttpRoutes`] instead.
+pub struct PublicRoutes {
+    pub build: fn() -> axum::Router,
+}
+
+inventory::collect!(PublicRoutes);

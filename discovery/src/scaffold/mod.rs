@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use rivulet_core::resources::eventtype::attribute_of;
 
+mod download;
 pub mod model;
 mod python;
 mod rust;
