@@ -165,17 +165,8 @@ pub async fn apply(remote: &Remote, files: &[PathBuf]) -> anyhow::Result<ExitCod
     }
     let mut failed = false;
     for manifest in manifests {
-        let namespace = manifest
-            .object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_string();
-        let Some(name) = manifest
-            .object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-        else {
+        let namespace = manifest.namespace().to_string();
+        let Some(name) = manifest.name() else {
             eprintln!("{}: metadata.name is required", manifest.origin);
             failed = true;
             continue;

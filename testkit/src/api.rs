@@ -225,6 +225,26 @@ impl Api {
             .expect("a ready object exists")
     }
 
+    /// Waits until an EventType of events of type `event_type` in `namespace` has an
+    /// inferred schema; returns its name.
+    pub async fn wait_eventtype_schema(&self, namespace: &str, event_type: &str) -> String {
+        let path = format!("/apis/eventing.knative.dev/v1beta3/namespaces/{namespace}/eventtypes");
+        let what = format!("an EventType of {event_type} with a schema");
+        crate::wait_for(&what, WAIT, || async {
+            let (_, list) = self.get_json(&path).await;
+            list["items"].as_array()?.iter().find_map(|item| {
+                item.pointer("/status/schema")?;
+                let types = item.pointer("/spec/attributes")?.as_array()?;
+                types
+                    .iter()
+                    .any(|a| a["name"] == "type" && a["value"] == event_type)
+                    .then_some(())?;
+                item.pointer("/metadata/name")?.as_str().map(str::to_string)
+            })
+        })
+        .await
+    }
+
     /// Applies a broker with `spec` (`Value::Null` for none) and waits until it is Ready.
     pub async fn create_broker(&self, namespace: &str, name: &str, spec: Value) -> Value {
         let mut manifest = super::broker(namespace, name);

@@ -9,7 +9,7 @@ use std::io::Read as _;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{TestEvent, TestServer, WAIT, api_request, http, wait_for};
+use support::{TestEvent, TestServer, api_request, http};
 
 /// A request with `token` instead of the test suite's admin token.
 fn call(method: Method, url: String, token: &str) -> reqwest::RequestBuilder {
@@ -252,16 +252,9 @@ async fn a_scaffold_downloads_as_a_project_archive() {
     let order = TestEvent::new("scaffold-1", "com.example.order.placed")
         .data("application/json", r#"{"orderId": "A-1", "total": 12.5}"#);
     server.send("default", "default", &order).await;
-    let name = wait_for("an EventType with a schema", WAIT, || async {
-        let (_, list) = server
-            .get_json("/apis/eventing.knative.dev/v1beta3/namespaces/default/eventtypes")
-            .await;
-        list["items"].as_array()?.iter().find_map(|item| {
-            item.pointer("/status/schema")?;
-            item.pointer("/metadata/name")?.as_str().map(str::to_string)
-        })
-    })
-    .await;
+    let name = server
+        .wait_eventtype_schema("default", "com.example.order.placed")
+        .await;
     let url = format!("{}/scaffold/default/{name}?lang=python", server.api);
     let response = api_request(Method::GET, url).send().await.unwrap();
     assert_eq!(response.status(), 200);

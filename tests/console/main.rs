@@ -54,7 +54,21 @@ async fn a_wrong_token_is_turned_away_and_a_broker_applied_appears_in_the_topolo
         .wait_css(r#"svg#topology g.node[data-id="Broker/default/default"]"#)
         .await;
 
-    server.apply(&broker("shop")).await;
+    // `rivulet apply -f`, as a user would, while the topology is open.
+    let manifest = tempfile::NamedTempFile::new().expect("a manifest file");
+    std::fs::write(
+        manifest.path(),
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: shop\n",
+    )
+    .expect("written");
+    let applied = support::cli(&server.api)
+        .arg("apply")
+        .arg("-f")
+        .arg(manifest.path())
+        .output()
+        .await
+        .expect("the rivulet binary runs");
+    support::assert_succeeded(&applied, "rivulet apply");
     let shop = r#"svg#topology g.node[data-id="Broker/default/shop"]"#;
     browser.wait_css(shop).await;
     let ready = browser.wait_attr(shop, "data-ready").await;
@@ -241,16 +255,9 @@ async fn an_event_type_shows_its_schema_and_downloads_a_scaffolded_function() {
     let order = TestEvent::new("console-schema-1", "com.example.order.placed")
         .data("application/json", r#"{"orderId": "A-1", "total": 12.5}"#);
     server.send("default", "default", &order).await;
-    let name = wait_for("an EventType with a schema", WAIT, || async {
-        let (_, list) = server
-            .get_json("/apis/eventing.knative.dev/v1beta3/namespaces/default/eventtypes")
-            .await;
-        list["items"].as_array()?.iter().find_map(|item| {
-            item.pointer("/status/schema")?;
-            item.pointer("/metadata/name")?.as_str().map(str::to_string)
-        })
-    })
-    .await;
+    let name = server
+        .wait_eventtype_schema("default", "com.example.order.placed")
+        .await;
     let Some(browser) = Browser::open(&server.api).await else {
         return;
     };

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{ApiState, MANIFEST_LIMIT, Served, put_one, status_error};
+use super::{ApiState, MANIFEST_LIMIT, Served, put_one, status_body, status_error};
 use rivulet_core::resources::parse_manifests_skipping;
 
 /// Objects one request may apply at most.
@@ -58,19 +58,9 @@ pub(super) async fn apply(State(state): State<ApiState>, body: Bytes) -> Respons
     // The first refusal: its status, reason and words.
     let mut first_failure: Option<(StatusCode, String, String)> = None;
     for manifest in parsed.manifests {
-        let namespace = manifest
-            .object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_string();
+        let namespace = manifest.namespace().to_string();
         let kind = manifest.kind.kind;
-        let Some(name) = manifest
-            .object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-        else {
+        let Some(name) = manifest.name().map(str::to_string) else {
             let message = format!("{}: metadata.name is required", manifest.origin);
             first_failure.get_or_insert((
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -119,14 +109,7 @@ pub(super) async fn apply(State(state): State<ApiState>, body: Bytes) -> Respons
         None => axum::Json(body).into_response(),
         // The first refusal's status and words, with every object's result beside them.
         Some((code, reason, message)) => {
-            let mut status = json!({
-                "apiVersion": "v1",
-                "kind": "Status",
-                "status": "Failure",
-                "reason": reason,
-                "message": message,
-                "code": code.as_u16(),
-            });
+            let mut status = status_body(code, &reason, message);
             status["results"] = body["results"].clone();
             status["skipped"] = body["skipped"].clone();
             (code, axum::Json(status)).into_response()

@@ -150,21 +150,21 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
-/// A Kubernetes-style `Status` error body.
-pub(crate) fn status_error(code: StatusCode, reason: &str, message: impl Into<String>) -> Response {
-    let message = message.into();
-    (
-        code,
-        axum::Json(json!({
-            "apiVersion": "v1",
-            "kind": "Status",
-            "status": "Failure",
-            "reason": reason,
-            "message": message,
-            "code": code.as_u16(),
-        })),
-    )
-        .into_response()
+/// A Kubernetes-style `Status` body of a failure.
+pub fn status_body(code: StatusCode, reason: &str, message: impl Into<String>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "reason": reason,
+        "message": message.into(),
+        "code": code.as_u16(),
+    })
+}
+
+/// A failure answered with a Kubernetes-style `Status` body.
+pub fn status_error(code: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    (code, axum::Json(status_body(code, reason, message))).into_response()
 }
 
 fn unknown_kind(group: &str, version: &str, plural: &str) -> Response {

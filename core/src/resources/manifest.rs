@@ -15,6 +15,23 @@ pub struct Manifest {
     pub origin: String,
 }
 
+impl Manifest {
+    /// `metadata.namespace`, `default` when not set (as `kubectl apply` takes it).
+    pub fn namespace(&self) -> &str {
+        self.object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+    }
+
+    /// `metadata.name`, which every object needs.
+    pub fn name(&self) -> Option<&str> {
+        self.object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+    }
+}
+
 impl std::fmt::Debug for KindInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.api_version(), self.kind)

@@ -10,9 +10,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{GeneratedFile, Lang, generate};
+use rivulet_control::api::status_error;
 use rivulet_control::runtime::Context;
 use rivulet_control::runtime::routes::{HttpRoutes, Listener};
 use rivulet_core::resources::find_kind_by_name;
@@ -34,17 +34,6 @@ struct DownloadParams {
     lang: String,
 }
 
-fn problem(code: StatusCode, reason: &str, message: String) -> Response {
-    (
-        code,
-        axum::Json(json!({
-            "apiVersion": "v1", "kind": "Status", "status": "Failure",
-            "reason": reason, "message": message, "code": code.as_u16(),
-        })),
-    )
-        .into_response()
-}
-
 async fn download(
     State(store): State<Arc<dyn ResourceStore>>,
     Path((namespace, name)): Path<(String, String)>,
@@ -55,10 +44,10 @@ async fn download(
         Ok("typescript") => Lang::Typescript,
         Ok("python") => Lang::Python,
         _ => {
-            return problem(
+            return status_error(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
-                "give the language as ?lang=rust, ?lang=typescript or ?lang=python".into(),
+                "give the language as ?lang=rust, ?lang=typescript or ?lang=python",
             );
         }
     };
@@ -66,14 +55,14 @@ async fn download(
     let eventtype = match store.get(kind, &namespace, &name).await {
         Ok(Some(eventtype)) => eventtype,
         Ok(None) => {
-            return problem(
+            return status_error(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 format!("EventType {namespace}/{name} not found"),
             );
         }
         Err(e) => {
-            return problem(
+            return status_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 format!("cannot read EventType {namespace}/{name}: {e}"),
@@ -83,7 +72,7 @@ async fn download(
     let files = match generate(&eventtype, lang) {
         Ok(files) => files,
         Err(e) => {
-            return problem(
+            return status_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Invalid",
                 format!("EventType {namespace}/{name}: {e}"),
@@ -94,7 +83,7 @@ async fn download(
     let archive = match tar_gz(&folder, &files) {
         Ok(archive) => archive,
         Err(e) => {
-            return problem(
+            return status_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 format!("cannot pack the project: {e}"),
