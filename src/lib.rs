@@ -15,6 +15,7 @@ pub use rivulet_core::{
     cesql, event, features, filter, install_crypto_provider, log_throttle, metrics, resources,
 };
 pub use rivulet_discovery as discovery;
+pub use rivulet_messaging as messaging;
 pub use rivulet_sinks as sinks;
 pub use rivulet_sources as sources;
 pub use rivulet_store as store;

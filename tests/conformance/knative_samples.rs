@@ -177,14 +177,20 @@ const SAMPLES: &[Sample] = &[
     },
     Sample {
         file: "channels-and-flows.yaml",
-        ready: &[],
-        not_ready: &[],
-        skipped: &[
-            ("InMemoryChannel (my-channel)", NOT_SERVED),
-            ("Subscription (my-subscription)", NOT_SERVED),
-            ("Sequence (sequence)", NOT_SERVED),
-            ("JobSink (job-sink)", NOT_SERVED),
+        ready: &[
+            ("InMemoryChannel", "default", "my-channel"),
+            ("Channel", "default", "my-generic-channel"),
+            ("Subscription", "default", "my-subscription"),
+            ("Sequence", "default", "sequence"),
+            ("Parallel", "default", "odd-even-parallel"),
         ],
+        not_ready: &[(
+            "Sequence",
+            "default",
+            "sequence-of-services",
+            "Service default/first (serving.knative.dev/v1): it runs a workload",
+        )],
+        skipped: &[("JobSink (job-sink)", NOT_SERVED)],
     },
 ];
 

@@ -49,6 +49,24 @@ pub struct TriggerDispatch {
     pub ordered: bool,
     /// Deliveries in flight at most (1 when ordered).
     pub parallelism: usize,
+    /// Where the subscriber's reply goes.
+    pub reply: ReplyRoute,
+}
+
+/// Where a subscriber's reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyRoute {
+    /// Back into the broker the event came from (a Trigger).
+    Broker,
+    /// To a destination (a Subscription's `reply`), with the delivery's retries. When it
+    /// cannot be delivered, the original event goes to the dead-letter sink, as Knative's
+    /// channel dispatchers do.
+    Destination {
+        uri: String,
+        ca_certs: Option<String>,
+    },
+    /// Nowhere: a Subscription without `reply` drops replies, as Knative's channels do.
+    Discard,
 }
 
 /// What dispatchers share: the HTTP sender, the ingress replies go back through, metrics.
@@ -618,7 +636,14 @@ async fn handle(
         Outcome::Delivered { reply, .. } => {
             if let Some(reply) = reply {
                 let (id, ty) = (reply.id.clone(), reply.ty.clone());
-                let published = publish_reply(dispatch, shared, &event, reply).await;
+                let published = match &dispatch.reply {
+                    ReplyRoute::Broker => publish_reply(dispatch, shared, &event, reply).await,
+                    ReplyRoute::Destination { uri, ca_certs } => {
+                        forward_reply(dispatch, shared, &event, reply, uri, ca_certs.as_deref())
+                            .await
+                    }
+                    ReplyRoute::Discard => "discarded",
+                };
                 reply_noted = Some(journal::Reply {
                     id,
                     ty,
@@ -704,6 +729,61 @@ async fn ack(
             tracing::warn!(trigger = %dispatch.trigger, %error, suppressed, "acknowledgement failed; the event will be delivered again (suppressed: how many more since the last such line)");
         } else {
             tracing::debug!(trigger = %dispatch.trigger, %error, "acknowledgement failed");
+        }
+    }
+}
+
+/// Delivers a reply to a Subscription's `reply` with the subscription's retries and the TTL
+/// its parent was delivered with (so loops through channels end too). When it cannot be
+/// delivered, the parent goes to the dead-letter sink instead, as Knative's channels do.
+async fn forward_reply(
+    dispatch: &TriggerDispatch,
+    shared: &Shared,
+    parent: &Event,
+    mut reply: Event,
+    uri: &str,
+    ca_certs: Option<&str>,
+) -> &'static str {
+    let ttl = ttl_of(parent);
+    if ttl <= 0 {
+        tracing::info!(subscription = %dispatch.trigger, id = %reply.id, "reply dropped: TTL exhausted (event loop?)");
+        return "ttl-exhausted";
+    }
+    reply.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
+    telemetry::continue_in_reply(shared.ingress.telemetry(), parent, &mut reply);
+    let policy = DeliveryPolicy {
+        dead_letter_uri: None,
+        auth: None,
+        ..dispatch.policy.clone()
+    };
+    let failure = match shared
+        .sender
+        .deliver_to(uri, ca_certs, &reply, &policy)
+        .await
+    {
+        Outcome::Delivered { .. } => return "delivered",
+        Outcome::DeadLettered { failure, .. } | Outcome::Failed { failure, .. } => failure,
+    };
+    if dispatch.policy.dead_letter_uri.is_none() {
+        tracing::error!(subscription = %dispatch.trigger, id = %parent.id, reply = %uri, error = %failure.message, "the reply could not be delivered and there is no dead-letter sink");
+        return "failed";
+    }
+    let why = format!(
+        "the reply could not be delivered to {uri}: {}",
+        failure.message
+    );
+    match shared
+        .sender
+        .dead_letter(parent, uri, &why, &dispatch.policy)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(subscription = %dispatch.trigger, id = %parent.id, error = %failure.message, "reply undeliverable; the event was dead-lettered");
+            "dead-lettered"
+        }
+        Err(dead_letter) => {
+            tracing::error!(subscription = %dispatch.trigger, id = %parent.id, error = %failure.message, dead_letter_error = %dead_letter.message, "the reply could not be delivered and the dead-letter sink did not take the event");
+            "failed"
         }
     }
 }
@@ -831,6 +911,7 @@ mod tests {
             policy: DeliveryPolicy::from_spec(None, None, &Default::default()),
             ordered: false,
             parallelism: 4,
+            reply: ReplyRoute::Broker,
         };
         let subscription = Arc::new(Unreadable {
             reads: AtomicUsize::new(0),

@@ -222,10 +222,14 @@ impl Ingress {
         events: Vec<Event>,
     ) {
         let journal = self.journal.get().filter(|j| j.enabled());
-        let observer = self
-            .observer
-            .get()
-            .filter(|_| status == StatusCode::ACCEPTED);
+        // EventTypes name the broker they were seen on; events into a channel make none.
+        let observer = self.observer.get().filter(|_| {
+            status == StatusCode::ACCEPTED
+                && !entry
+                    .handle
+                    .name
+                    .ends_with(rivulet_core::resources::CHANNEL_NAME_SUFFIX)
+        });
         if journal.is_none() && observer.is_none() {
             return;
         }

@@ -468,7 +468,7 @@ fn is_default_channel_config(kind: &str, namespace: &str, name: &str) -> bool {
 }
 
 /// The string data of the ConfigMap or Secret a broker's `spec.config` names.
-async fn read_config(
+pub async fn read_config(
     reference: &KReference,
     namespace: &str,
     ctx: &Context,

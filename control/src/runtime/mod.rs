@@ -34,7 +34,7 @@ mod tls_secret;
 mod trigger;
 mod trust;
 
-pub use broker::{CappedBrokers, MemoryChannelMaxBytes, choose_backend};
+pub use broker::{CappedBrokers, MemoryChannelMaxBytes, choose_backend, read_config};
 pub use destination::{resolve_destination, resolve_destination_with_ca};
 pub use drain::{DEFAULT_DELETE_GRACE, DrainReport};
 pub use events::ReadySummary;
@@ -760,13 +760,19 @@ impl Context {
         Action::Requeue(Duration::from_secs(5))
     }
 
-    /// Whether the trigger's consumer runs with exactly this configuration.
-    async fn is_running_with(&self, key: &(String, String), fingerprint: &str) -> bool {
+    /// Whether the consumer of a trigger (or a Subscription, whose keys' names start with
+    /// `subscription:`) runs with exactly this configuration.
+    pub async fn is_running_with(&self, key: &(String, String), fingerprint: &str) -> bool {
         self.triggers.lock().await.runs_with(key, fingerprint)
     }
 
-    /// Installs a trigger's new consumer, stopping the one it replaces.
-    async fn replace_running(&self, key: (String, String), fingerprint: String, running: Running) {
+    /// Installs a trigger's (or Subscription's) new consumer, stopping the one it replaces.
+    pub async fn replace_running(
+        &self,
+        key: (String, String),
+        fingerprint: String,
+        running: Running,
+    ) {
         let old = self
             .triggers
             .lock()
@@ -779,8 +785,9 @@ impl Context {
         }
     }
 
-    /// Takes a trigger's consumer out of service, for its deletion to stop.
-    async fn take_trigger(&self, namespace: &str, name: &str) -> Option<Running> {
+    /// Takes a trigger's (or Subscription's) consumer out of service, for its deletion to
+    /// stop.
+    pub async fn take_trigger(&self, namespace: &str, name: &str) -> Option<Running> {
         self.triggers
             .remove(&(namespace.to_string(), name.to_string()))
             .await
@@ -852,7 +859,7 @@ impl Context {
         self.deletions.wait(kind, namespace, name)
     }
 
-    async fn stop_trigger(&self, namespace: &str, name: &str) {
+    pub async fn stop_trigger(&self, namespace: &str, name: &str) {
         if let Some(running) = self.take_trigger(namespace, name).await {
             tokio::spawn(running.stop(self.settings.stop_grace));
         }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::drain::{self, DrainReport};
 use super::{Action, Context, Reconcile, ReconcileError, Reconciler, generation};
 use rivulet_broker::delivery::DeliveryPolicy;
-use rivulet_broker::dispatcher::{self, TriggerDispatch};
+use rivulet_broker::dispatcher::{self, ReplyRoute, TriggerDispatch};
 use rivulet_core::filter::Filter;
 use rivulet_core::resources::{
     Condition, DELIVERY_ORDER_ANNOTATION, DEPENDENCY_ANNOTATION, PARALLELISM_ANNOTATION, Trigger,
@@ -188,6 +188,7 @@ impl Reconcile for TriggerReconciler {
                     filter,
                     ordered: ordered && !per_partition,
                     parallelism,
+                    reply: ReplyRoute::Broker,
                 };
                 let spec = SubscriptionSpec {
                     prefilter: dispatch.filter.prefilter(),

@@ -133,6 +133,16 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// CRD schema of a list of any JSON objects (`#[schemars(schema_with = "free_form_list")]`).
+pub fn free_form_list(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let item = free_form_object(generator);
+    schemars::json_schema!({
+        "type": "array",
+        "nullable": true,
+        "items": item,
+    })
+}
+
 /// CRD schema of a field kept as any JSON object: Kubernetes needs every schema node typed,
 /// and a free-form one marked as such (`#[schemars(schema_with = "free_form_object")]`).
 pub fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

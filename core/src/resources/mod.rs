@@ -19,9 +19,13 @@ mod trigger;
 pub mod validation;
 
 pub use broker::{BROKER_CONDITIONS, Broker, BrokerSpec, BrokerStatus};
+
+/// A channel `NAME` is served at ingress under `NAME-kn-channel`, as Knative names the
+/// channel's service; broker names may not end with it.
+pub const CHANNEL_NAME_SUFFIX: &str = "-kn-channel";
 pub use common::{
     Addressable, BackoffPolicy, Condition, DeliveryFormat, DeliverySpec, Destination, KReference,
-    free_form_object, now_rfc3339,
+    free_form_list, free_form_object, now_rfc3339,
 };
 pub use condition_set::{ConditionSet, READY};
 pub use crds::{CrdError, CrdVersion, crds, crds_yaml, merge_versions};

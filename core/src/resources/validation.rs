@@ -255,6 +255,17 @@ pub fn typed<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T> {
 
 pub fn validate_broker_value(new: &Value, old: Option<&Value>) -> Result {
     validate_metadata(new)?;
+    if let Some(name) = new.pointer("/metadata/name").and_then(Value::as_str)
+        && name.ends_with(super::CHANNEL_NAME_SUFFIX)
+    {
+        return Err(ValidationError::new(
+            "metadata.name",
+            format!(
+                "a broker's name may not end with {:?}: channels are served under such names",
+                super::CHANNEL_NAME_SUFFIX
+            ),
+        ));
+    }
     let broker: Broker = typed(new)?;
     validate_broker(&broker)?;
     validate_backend_names(&broker)?;
