@@ -6,6 +6,7 @@
 
 mod backends;
 mod flows;
+mod spec;
 
 use rivulet_testkit as support;
 

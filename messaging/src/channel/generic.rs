@@ -118,8 +118,19 @@ pub struct ChannelSpec {
 const GENERIC_CHANNEL_CONDITIONS: ConditionSet =
     ConditionSet::new(&["BackingChannelReady", "Addressable"]);
 
-fn validate_generic_channel(new: &Value, _old: Option<&Value>) -> Result<(), ValidationError> {
+fn validate_generic_channel(new: &Value, old: Option<&Value>) -> Result<(), ValidationError> {
     validate_metadata(new)?;
+    // Another kind behind the channel would lose what the old one holds: Knative has the
+    // Channel deleted and created again instead.
+    if let Some(old) = old
+        && old.pointer("/spec/channelTemplate").is_some()
+        && old.pointer("/spec/channelTemplate") != new.pointer("/spec/channelTemplate")
+    {
+        return Err(ValidationError::new(
+            "spec.channelTemplate",
+            "is immutable; delete the Channel and create it again to change it",
+        ));
+    }
     let channel: Channel = typed(new)?;
     if let Some(template) = &channel.spec.channel_template {
         template

@@ -80,12 +80,33 @@ pub struct SubscriptionStatus {
 pub const SUBSCRIPTION_CONDITIONS: ConditionSet =
     ConditionSet::new(&["ChannelReady", "Resolved", "AddedToChannel"]);
 
-fn validate_subscription(new: &Value, _old: Option<&Value>) -> Result<(), ValidationError> {
+fn validate_subscription(new: &Value, old: Option<&Value>) -> Result<(), ValidationError> {
     validate_metadata(new)?;
     let subscription: Subscription = typed(new)?;
     let spec = &subscription.spec;
     if spec.channel.name.is_empty() {
         return Err(ValidationError::new("spec.channel.name", "is required"));
+    }
+    if spec
+        .channel
+        .namespace
+        .as_deref()
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Err(ValidationError::new(
+            "spec.channel.namespace",
+            "must be unset: a Subscription's channel is in its own namespace",
+        ));
+    }
+    // Moving a Subscription to another channel is no atomic change (it may span storage
+    // systems): Knative has it deleted and created again.
+    if let Some(old) = old
+        && old.pointer("/spec/channel") != new.pointer("/spec/channel")
+    {
+        return Err(ValidationError::new(
+            "spec.channel",
+            "is immutable; delete the Subscription and create it again to change it",
+        ));
     }
     if spec.channel.kind != "Channel" && !CHANNEL_KINDS.contains(&spec.channel.kind.as_str()) {
         return Err(ValidationError::new(
@@ -133,13 +154,19 @@ async fn resolve(
     field: &str,
     destination: &Destination,
 ) -> Result<(String, Option<String>), String> {
-    ctx.resolve_for_with_ca(
-        object,
-        &format!("/status/physicalSubscription/{field}Uri"),
-        &format!("/status/physicalSubscription/{field}CACerts"),
-        destination,
-    )
-    .await
+    let (uri, ca_certs) = ctx
+        .resolve_for_with_ca(
+            object,
+            &format!("/status/physicalSubscription/{field}Uri"),
+            &format!("/status/physicalSubscription/{field}CACerts"),
+            destination,
+        )
+        .await?;
+    // The controller writes an empty URI for what it could not resolve.
+    if uri.is_empty() {
+        return Err(format!("the controller could not resolve the {field} yet"));
+    }
+    Ok((uri, ca_certs))
 }
 
 /// The reconciler of Subscriptions.
@@ -252,11 +279,21 @@ impl Reconcile for SubscriptionReconciler {
             },
             None => None,
         };
-        physical.subscriber_uri = subscriber.as_ref().map(|s| s.0.clone());
+        // Knative's spec: an unresolved destination's URI is the empty string.
+        let unresolved = |given: bool, resolved: &Option<(String, Option<String>)>| match resolved {
+            Some((uri, _)) => Some(uri.clone()),
+            None => given.then(String::new),
+        };
+        physical.subscriber_uri = unresolved(spec.subscriber.is_some(), &subscriber);
         physical.subscriber_ca_certs = subscriber.as_ref().and_then(|s| s.1.clone());
-        physical.reply_uri = reply.as_ref().map(|r| r.0.clone());
+        physical.reply_uri = unresolved(spec.reply.is_some(), &reply);
         physical.reply_ca_certs = reply.as_ref().and_then(|r| r.1.clone());
-        physical.dead_letter_sink_uri = dead_letter.as_ref().map(|d| d.0.clone());
+        physical.dead_letter_sink_uri = unresolved(
+            delivery
+                .as_ref()
+                .is_some_and(|d| d.dead_letter_sink.is_some()),
+            &dead_letter,
+        );
         physical.dead_letter_sink_ca_certs = dead_letter.as_ref().and_then(|d| d.1.clone());
         physical.delivery = delivery.clone();
         if problems.is_empty() {
