@@ -5,6 +5,7 @@
 //! over the real servers).
 
 mod backends;
+mod durability;
 mod flows;
 mod spec;
 
