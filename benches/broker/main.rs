@@ -9,7 +9,7 @@
 //!   `127.0.0.1:9092`), RabbitMQ at `RIVULET_RABBITMQ_URI`, NATS at `RIVULET_NATS_URL`.
 //! - `RIVULET_BENCH_PAYLOADS`: payload sizes in bytes (default `100,1024,32768`).
 //! - `RIVULET_BENCH_SECTIONS`: a comma list of `ingress`, `e2e-throughput`, `e2e-latency`,
-//!   `delivery` and `fanout` (default all).
+//!   `delivery`, `fanout` and `flows` (default all).
 //! - `RIVULET_BENCH_NGINX`: the nginx executable of the `delivery` section (default: `nginx`
 //!   on the PATH or in `/usr/sbin`); without one the section is reported as failed.
 //! - `RIVULET_BENCH_MAX_TRIGGERS`: the largest fan-out trigger count (default 10,000).
@@ -32,6 +32,8 @@
 //!   added between rows. Filter kinds: `exact` on `type` (memory and embedded channels),
 //!   `prefix` on `type` and `cesql` (memory channel only, keeping the run time bounded).
 //!   The subscriber must receive each accepted event once, from the matching trigger alone.
+//! - `flows`: a 3-step Sequence and a 3-branch Parallel over each channel's kind, beside the
+//!   one-trigger broker row of that channel, closed loop, 1 KiB (see `flows.rs`).
 //!
 //! Method, identical for every row that is compared:
 //! - Two tokio runtimes in this process, two worker threads each: `rv-sut` runs the system
@@ -55,6 +57,7 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod delivery;
+mod flows;
 mod nginx;
 mod plots;
 mod raw;
@@ -100,12 +103,13 @@ const FANOUT_PAYLOAD: usize = 100;
 /// Non-matching trigger counts of the fan-out rows, up to `RIVULET_BENCH_MAX_TRIGGERS`.
 const TRIGGER_COUNTS: [usize; 5] = [1, 10, 100, 1_000, 10_000];
 /// Section names accepted by `RIVULET_BENCH_SECTIONS`, in the order they run.
-const SECTIONS: [&str; 5] = [
+const SECTIONS: [&str; 6] = [
     "ingress",
     "e2e-throughput",
     "e2e-latency",
     "delivery",
     "fanout",
+    "flows",
 ];
 
 /// The instant send times are measured from; shared by generator and subscriber.
@@ -2000,13 +2004,25 @@ fn run() -> Result<(), String> {
         }
     }
 
+    let mut flow_rows = Vec::new();
+    if settings.runs("flows") {
+        let (measured, failed) = flows::rows(&runtimes, &settings);
+        flow_rows = measured;
+        failures.extend(failed);
+    }
+
     print_table(&rows);
+    print_table(&flow_rows);
     println!("{LEGEND}");
     println!();
     let mut summary = summary_markdown(&rows, &settings);
     if !delivery_rows.is_empty() {
         summary.push('\n');
         summary.push_str(&delivery::markdown(&delivery_rows));
+    }
+    if !flow_rows.is_empty() {
+        summary.push('\n');
+        summary.push_str(&flows::markdown(&flow_rows));
     }
     println!("{summary}");
     let mut aims = aims(&rows, &settings);
@@ -2037,7 +2053,7 @@ fn run() -> Result<(), String> {
         },
         "aims": aims,
         "failures": failures,
-        "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+        "rows": rows.iter().chain(&flow_rows).map(row_json).collect::<Vec<_>>(),
         "delivery": delivery_rows.iter().map(delivery::DeliveryRow::json).collect::<Vec<_>>(),
     });
     let dir = results_dir();
