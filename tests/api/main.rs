@@ -5,6 +5,7 @@ mod at_rest;
 mod cli;
 mod console_endpoints;
 mod controller;
+mod controller_flows;
 mod deletion;
 mod delivery_health;
 mod egress;
