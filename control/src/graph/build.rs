@@ -39,7 +39,13 @@ pub fn role_of(kind: &KindInfo) -> Option<Role> {
         ("eventing.knative.dev", "Trigger") => Some(Role::Trigger),
         (group, _) if group.starts_with("sources.") => Some(Role::Source),
         (group, kind) if group.starts_with("sinks.") || kind.ends_with("Sink") => Some(Role::Sink),
-        ("messaging.knative.dev", kind) if kind.ends_with("Channel") => Some(Role::Channel),
+        ("messaging.knative.dev" | "messaging.rivulet.dev", kind) if kind.ends_with("Channel") => {
+            Some(Role::Channel)
+        }
+        // A channel's consumer, in the place a trigger has.
+        ("messaging.knative.dev", "Subscription") => Some(Role::Trigger),
+        // Entry points, in the place a broker has; their parts are channels and Subscriptions.
+        ("flows.knative.dev", _) => Some(Role::Broker),
         _ => None,
     }
 }
@@ -72,7 +78,7 @@ pub async fn from_store(
     }
     let mut channels = HashMap::new();
     for (kind, object) in &objects {
-        if role_of(kind) == Some(Role::Broker) {
+        if kind.kind == "Broker" && role_of(kind) == Some(Role::Broker) {
             let (ns, name) = object_key(object);
             if let Some(backend) = backend_of(ctx, object, &ns, &name).await {
                 channels.insert((ns, name), backend);
@@ -169,29 +175,53 @@ pub fn build(
         addresses: HashMap::new(),
         rate,
     };
+    // The dead-letter sinks of brokers and channels, the default of their triggers and
+    // Subscriptions.
     let mut broker_dead_letters = HashMap::new();
+    let mut channel_dead_letters = HashMap::new();
     for (kind, object) in &objects {
         builder.add_object(kind, object);
-        if role_of(kind) == Some(Role::Broker)
-            && let Some(sink) = object.pointer("/spec/delivery/deadLetterSink")
-        {
-            broker_dead_letters.insert(object_key(object), sink.clone());
+        let Some(sink) = object.pointer("/spec/delivery/deadLetterSink") else {
+            continue;
+        };
+        match role_of(kind) {
+            Some(Role::Broker) => {
+                broker_dead_letters.insert(object_key(object), sink.clone());
+            }
+            Some(Role::Channel) => {
+                channel_dead_letters.insert(object_key(object), sink.clone());
+            }
+            _ => {}
         }
     }
     for (kind, object) in &objects {
         let (ns, name) = object_key(object);
         let id = object_id(kind.kind, &ns, &name);
-        match role_of(kind) {
-            Some(Role::Broker) => {
+        match (role_of(kind), kind.kind) {
+            (Some(Role::Broker), "Broker") => {
                 if let Some(backend) = channels.get(&(ns.clone(), name.clone())) {
                     builder.add_channel(&id, object, &ns, &name, backend);
                 }
             }
-            Some(Role::Trigger) => {
+            (Some(Role::Broker), flow) => builder.add_flow(&id, flow, object, &ns, &name),
+            (Some(Role::Channel), "Channel") => {
+                // A generic Channel hands its events to the channel behind it.
+                let backing = object
+                    .pointer("/status/channel/kind")
+                    .and_then(Value::as_str)
+                    .map(|kind| builder.object_target(kind, None, &ns, &name));
+                if let Some(backing) = backing {
+                    builder.edge(&id, backing, EdgeKind::Channel, None);
+                }
+            }
+            (Some(Role::Trigger), "Subscription") => {
+                builder.add_subscription(&id, object, &ns, &name, &channel_dead_letters)
+            }
+            (Some(Role::Trigger), _) => {
                 builder.add_trigger(&id, object, &ns, &name, &broker_dead_letters)
             }
-            Some(Role::Source) => builder.add_source(&id, kind, object, &ns, &name),
-            Some(Role::Sink) => {
+            (Some(Role::Source), _) => builder.add_source(&id, kind, object, &ns, &name),
+            (Some(Role::Sink), _) => {
                 let series = Series::new(Counter::SinkAccepted, kind.kind, &ns, &name);
                 let (rate, _) = (builder.rate)(&series);
                 if let Some(node) = builder.nodes.get_mut(&id) {
@@ -391,6 +421,104 @@ impl Builder<'_> {
                 EdgeKind::Subscriber,
                 Some(series(Counter::TriggerDelivered)),
             );
+        }
+    }
+
+    /// A Subscription: from its channel, to its subscriber, its reply and its dead-letter
+    /// sink (its own delivery's, else its channel's).
+    fn add_subscription(
+        &mut self,
+        id: &str,
+        object: &Value,
+        ns: &str,
+        name: &str,
+        channel_dead_letters: &HashMap<(String, String), Value>,
+    ) {
+        let consumer = format!("subscription:{name}");
+        let series = |counter| Series::new(counter, "Subscription", ns, &consumer);
+        let spec = object.get("spec");
+        let channel = spec.and_then(|s| s.get("channel"));
+        let channel_name = channel.and_then(|c| c.get("name")).and_then(Value::as_str);
+        if let (Some(channel), Some(channel_name)) = (channel, channel_name) {
+            let kind = channel
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("Channel");
+            let api_version = channel.get("apiVersion").and_then(Value::as_str);
+            let channel_id = self.object_target(kind, api_version, ns, channel_name);
+            self.edge(
+                &channel_id,
+                id.to_string(),
+                EdgeKind::Trigger,
+                Some(series(Counter::TriggerMatched)),
+            );
+        }
+        if let Some(target) = spec
+            .and_then(|s| s.get("subscriber"))
+            .and_then(|d| self.destination(d, ns))
+        {
+            self.edge(
+                id,
+                target,
+                EdgeKind::Subscriber,
+                Some(series(Counter::TriggerDelivered)),
+            );
+        }
+        if let Some(target) = spec
+            .and_then(|s| s.get("reply"))
+            .and_then(|d| self.destination(d, ns))
+        {
+            self.edge(id, target, EdgeKind::Subscriber, None);
+            if let Some(edge) = self.edges.last_mut() {
+                edge.label = Some("reply".into());
+            }
+        }
+        let own = spec
+            .and_then(|s| s.get("delivery"))
+            .and_then(Value::as_object)
+            .filter(|d| d.values().any(|v| !v.is_null()));
+        let dead_letter = match own {
+            Some(delivery) => delivery.get("deadLetterSink").cloned(),
+            None => channel_name.and_then(|channel| {
+                channel_dead_letters
+                    .get(&(ns.to_string(), channel.to_string()))
+                    .cloned()
+            }),
+        };
+        if let Some(target) = dead_letter.and_then(|d| self.destination(&d, ns)) {
+            self.edge(
+                id,
+                target,
+                EdgeKind::DeadLetter,
+                Some(series(Counter::TriggerDeadLettered)),
+            );
+        }
+    }
+
+    /// A Sequence or Parallel: into the channel it takes events at (its first step's, its
+    /// ingress channel), of the kind of its channel template.
+    fn add_flow(&mut self, id: &str, kind: &str, object: &Value, ns: &str, name: &str) {
+        let first = match kind {
+            "Sequence" => format!("{name}-kn-sequence-0"),
+            "Parallel" => format!("{name}-kn-parallel"),
+            _ => return,
+        };
+        let template = object.pointer("/spec/channelTemplate");
+        let channel_kind = template
+            .and_then(|t| t.get("kind"))
+            .and_then(Value::as_str)
+            .or_else(|| {
+                object
+                    .pointer("/status/channelStatuses/0/channel/kind")
+                    .or_else(|| object.pointer("/status/ingressChannelStatus/channel/kind"))
+                    .and_then(Value::as_str)
+            });
+        if let Some(channel_kind) = channel_kind {
+            let api_version = template
+                .and_then(|t| t.get("apiVersion"))
+                .and_then(Value::as_str);
+            let channel = self.object_target(channel_kind, api_version, ns, &first);
+            self.edge(id, channel, EdgeKind::Channel, None);
         }
     }
 
@@ -594,9 +722,37 @@ mod tests {
         validate: rivulet_core::resources::validation::validate_plain_object,
     };
 
+    /// Messaging kinds live in another crate too.
+    static MESSAGING: [KindInfo; 3] = [
+        KindInfo {
+            group: "messaging.knative.dev",
+            version: "v1",
+            kind: "InMemoryChannel",
+            plural: "inmemorychannels",
+            validate: rivulet_core::resources::validation::validate_plain_object,
+        },
+        KindInfo {
+            group: "messaging.knative.dev",
+            version: "v1",
+            kind: "Subscription",
+            plural: "subscriptions",
+            validate: rivulet_core::resources::validation::validate_plain_object,
+        },
+        KindInfo {
+            group: "flows.knative.dev",
+            version: "v1",
+            kind: "Sequence",
+            plural: "sequences",
+            validate: rivulet_core::resources::validation::validate_plain_object,
+        },
+    ];
+
     fn kind(name: &str) -> &'static KindInfo {
         if name == PING.kind {
             return &PING;
+        }
+        if let Some(messaging) = MESSAGING.iter().find(|k| k.kind == name) {
+            return messaging;
         }
         find_kind_by_name(None, name).expect("a registered kind")
     }
@@ -621,6 +777,80 @@ mod tests {
         let summary = filter_summary(&long).unwrap();
         assert_eq!(summary.chars().count(), FILTER_CHARS);
         assert!(summary.ends_with('…'));
+    }
+
+    #[test]
+    fn subscriptions_link_their_channel_to_subscriber_reply_and_dead_letters() {
+        let channel = json!({
+            "metadata": {"namespace": "default", "name": "orders"},
+            "spec": {"delivery": {"deadLetterSink": {"uri": "http://dls.example/"}}},
+            "status": {"address": {"url": "http://127.0.0.1:8080/default/orders-kn-channel"}}
+        });
+        let subscription = json!({
+            "metadata": {"namespace": "default", "name": "bill"},
+            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "orders"},
+                     "subscriber": {"uri": "http://billing.example/"},
+                     "reply": {"uri": "http://127.0.0.1:8080/default/orders-kn-channel"}}
+        });
+        let sequence = json!({
+            "metadata": {"namespace": "default", "name": "flow"},
+            "spec": {"channelTemplate": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel"},
+                     "steps": [{"uri": "http://a.example/"}]}
+        });
+        let objects = vec![
+            (kind("InMemoryChannel"), channel),
+            (kind("Subscription"), subscription),
+            (kind("Sequence"), sequence),
+        ];
+        let graph = build(objects, &HashMap::new(), None, &|series| {
+            assert_eq!(
+                series.name,
+                if series.kind == "Subscription" {
+                    "subscription:bill"
+                } else {
+                    series.name.as_str()
+                }
+            );
+            (Some(1.0), Some(3))
+        });
+        let edge = |from: &str, to: &str| {
+            graph
+                .edges
+                .iter()
+                .find(|e| e.from == from && e.to == to)
+                .unwrap_or_else(|| panic!("{from} -> {to} in {:?}", graph.edges))
+        };
+        let orders = "InMemoryChannel/default/orders";
+        let bill = "Subscription/default/bill";
+        assert_eq!(edge(orders, bill).kind, EdgeKind::Trigger);
+        assert_eq!(
+            edge(bill, "url:http://billing.example/").kind,
+            EdgeKind::Subscriber
+        );
+        let reply = edge(bill, orders);
+        assert_eq!(
+            reply.label.as_deref(),
+            Some("reply"),
+            "a reply to the channel's own address"
+        );
+        assert_eq!(
+            edge(bill, "url:http://dls.example/").kind,
+            EdgeKind::DeadLetter,
+            "the channel's"
+        );
+        let first_step = edge(
+            "Sequence/default/flow",
+            "InMemoryChannel/default/flow-kn-sequence-0",
+        );
+        assert_eq!(first_step.kind, EdgeKind::Channel);
+        let roles: BTreeMap<&str, Role> = graph
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.role))
+            .collect();
+        assert_eq!(roles[orders], Role::Channel);
+        assert_eq!(roles[bill], Role::Trigger);
+        assert_eq!(roles["Sequence/default/flow"], Role::Broker);
     }
 
     #[test]

@@ -134,11 +134,21 @@ pub fn series_of(kind: &'static KindInfo, namespace: &str, name: &str) -> Vec<Se
         ],
         Some(Role::Source) => &[Counter::SourceSent, Counter::SourceDeadLettered],
         Some(Role::Sink) => &[Counter::SinkAccepted],
+        // A channel kind's ingress counts under its key (the generic Channel has none).
+        Some(Role::Channel) if kind.kind != "Channel" => &[Counter::BrokerAccepted],
         _ => &[],
+    };
+    // Subscriptions and channels count under the names the runtime gives them.
+    let name = match role_of(kind) {
+        Some(Role::Trigger) if kind.kind == "Subscription" => format!("subscription:{name}"),
+        Some(Role::Channel) => {
+            format!("{name}{}", rivulet_core::resources::CHANNEL_NAME_SUFFIX)
+        }
+        _ => name.to_string(),
     };
     counters
         .iter()
-        .map(|counter| Series::new(*counter, kind.kind, namespace, name))
+        .map(|counter| Series::new(*counter, kind.kind, namespace, &name))
         .collect()
 }
 
