@@ -51,6 +51,13 @@ mod tests {
             ("Trigger", "PingSource"),
             ("EventDisplaySink", "ApiServerSource"),
             ("Broker", "EventType"),
+            ("InMemoryChannel", "Subscription"),
+            ("Channel", "Subscription"),
+            ("Broker", "Subscription"),
+            ("Subscription", "Sequence"),
+            ("Subscription", "Parallel"),
+            ("Sequence", "Trigger"),
+            ("KafkaChannel", "Trigger"),
         ] {
             assert!(
                 position(first).unwrap() < position(then).unwrap(),
@@ -60,7 +67,7 @@ mod tests {
         }
         assert_eq!(
             order.len(),
-            20,
+            29,
             "every kind with a reconciler is registered once"
         );
     }

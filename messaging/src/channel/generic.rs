@@ -192,6 +192,7 @@ pub struct GenericChannelReconciler;
 impl Reconcile for GenericChannelReconciler {
     type Resource = Channel;
     const AFTER: &'static [&'static str] = &["ConfigMap"];
+    const BEFORE: &'static [&'static str] = &["Trigger"];
 
     async fn reconcile(
         channel: Channel,

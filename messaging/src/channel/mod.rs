@@ -103,6 +103,8 @@ where
 {
     type Resource = K;
     const AFTER: &'static [&'static str] = &["ConfigMap", "Secret"];
+    // A trigger's subscriber may be a channel, whose address it needs.
+    const BEFORE: &'static [&'static str] = &["Trigger"];
 
     async fn reconcile(
         channel: K,

@@ -146,6 +146,7 @@ pub struct ParallelReconciler;
 impl Reconcile for ParallelReconciler {
     type Resource = Parallel;
     const AFTER: &'static [&'static str] = &["ConfigMap", "Subscription"];
+    const BEFORE: &'static [&'static str] = &["Trigger"];
 
     async fn reconcile(
         parallel: Parallel,

@@ -100,6 +100,7 @@ pub struct SequenceReconciler;
 impl Reconcile for SequenceReconciler {
     type Resource = Sequence;
     const AFTER: &'static [&'static str] = &["ConfigMap", "Subscription"];
+    const BEFORE: &'static [&'static str] = &["Trigger"];
 
     async fn reconcile(
         sequence: Sequence,

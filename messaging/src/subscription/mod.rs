@@ -175,6 +175,8 @@ pub struct SubscriptionReconciler;
 impl Reconcile for SubscriptionReconciler {
     type Resource = Subscription;
     const AFTER: &'static [&'static str] = &[
+        // A reply or subscriber may be a broker, whose address it needs.
+        "Broker",
         "InMemoryChannel",
         "EmbeddedChannel",
         "KafkaChannel",
@@ -182,6 +184,7 @@ impl Reconcile for SubscriptionReconciler {
         "RabbitmqChannel",
         "Channel",
     ];
+    const BEFORE: &'static [&'static str] = &["Trigger"];
 
     async fn reconcile(
         subscription: Subscription,
