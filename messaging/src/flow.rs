@@ -200,7 +200,9 @@ pub async fn remove_owned(
     }
     let (namespace, _) = object_key(owner);
     let uid = owner["metadata"]["uid"].as_str();
-    for kind_name in CHANNEL_KINDS.iter().chain(&["Subscription"]) {
+    // Subscriptions first: their consumers stop before the channels' storage goes (a Kafka
+    // topic deleted under its consumers can upset the client and the server).
+    for kind_name in ["Subscription"].iter().chain(CHANNEL_KINDS) {
         let kind = Context::kind(kind_name);
         for object in ctx.store.list(kind, Some(&namespace)).await? {
             let (_, name) = object_key(&object);
