@@ -203,6 +203,18 @@ where
     async fn cleanup(object: &Value, ctx: &Arc<Context>) -> Result<(), ReconcileError> {
         let (namespace, name) = object_key(object);
         let handle = ctx.brokers.remove(&namespace, &channel_key(&name));
+        // Consumers stop before the storage goes (deliveries in flight get the delete grace):
+        // a Kafka topic deleted under its consumers upsets the client.
+        let kind = Context::kind("Subscription");
+        for subscription in ctx.store.list(kind, Some(&namespace)).await? {
+            if names_channel(&subscription, &name, K::KIND) {
+                let (_, subscription_name) = object_key(&subscription);
+                let consumer = crate::subscription::consumer_key(&subscription_name);
+                if let Some(running) = ctx.take_trigger(&namespace, &consumer).await {
+                    running.stop_for_good(ctx.settings.delete_grace).await;
+                }
+            }
+        }
         requeue_subscriptions_of(ctx, &namespace, &name).await;
         if let Some(handle) = handle.filter(|_| ctx.role().owns_backend_resources()) {
             handle.channel.destroy().await?;
