@@ -369,3 +369,36 @@ async fn broker_names_may_not_take_the_channel_suffix() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_subscription_delivers_one_event_at_a_time_in_channel_order() {
+    let server = TestServer::start().await;
+    let slow = Subscriber::with_script(support::always(
+        Reply::ok().delay(std::time::Duration::from_millis(30)),
+    ))
+    .await;
+    server.apply(&channel(EMBEDDED, "ledger", json!({}))).await;
+    let ordered = support::with_annotation(
+        subscription(
+            "in-order",
+            EMBEDDED,
+            "ledger",
+            json!({"subscriber": {"uri": slow.url()}}),
+        ),
+        "kafka.eventing.knative.dev/delivery.order",
+        "ordered",
+    );
+    server.apply(&ordered).await;
+    server
+        .wait_ready("Subscription", "default", "in-order")
+        .await;
+    let url = address(&server, "EmbeddedChannel", "ledger").await;
+    for i in 0..8 {
+        send(&url, &format!("entry-{i}"), json!({"n": i})).await;
+    }
+    let got = slow.wait_for(8).await;
+    let ids: Vec<String> = got.iter().map(|r| r.id()).collect();
+    let expected: Vec<String> = (0..8).map(|i| format!("entry-{i}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(slow.max_in_flight(), 1);
+}
