@@ -1,6 +1,7 @@
-//! The controller builds flows on Kubernetes as Knative does, against a scripted API server:
-//! a Sequence's channels and Subscriptions are applied (server-side) with owner references to
-//! it, so Kubernetes deletes them with it, and its status lists them.
+//! Channels and flows on Kubernetes, against a scripted API server: the controller builds flows
+//! as Knative does (a Sequence's channels and Subscriptions applied server-side with owner
+//! references, so Kubernetes deletes them with it), and the data plane serves a channel and
+//! delivers to the address the controller resolved, writing nothing.
 
 use rivulet_testkit as support;
 
@@ -94,4 +95,59 @@ async fn the_controller_builds_a_sequence_from_channels_and_subscriptions_it_own
         status.get("address").is_none(),
         "no address before it is ready"
     );
+}
+
+#[tokio::test]
+async fn the_data_plane_serves_a_channel_and_delivers_to_the_address_the_controller_resolved() {
+    use tower::ServiceExt as _;
+    let mut cluster = Scripted::new(Role::DataPlane);
+    let channel = json!({
+        "apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+        "metadata": {"name": "orders", "namespace": "team", "uid": "c-1", "generation": 1},
+        "spec": {}
+    });
+    let (_, requests) = cluster
+        .apply_by("InMemoryChannel", &channel, empty_cluster)
+        .await;
+    assert!(
+        requests.iter().all(|r| r.method == "GET"),
+        "the data plane writes nothing: {requests:?}"
+    );
+
+    // The spec names a Service the data plane cannot resolve itself; the status holds what
+    // the controller made of it.
+    let subscriber = support::Recorder::start().await;
+    let subscription = json!({
+        "apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+        "metadata": {"name": "ship", "namespace": "team", "uid": "s-1", "generation": 2},
+        "spec": {
+            "channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "orders"},
+            "subscriber": {"ref": {"apiVersion": "v1", "kind": "Service", "name": "shipping"}}
+        },
+        "status": {"observedGeneration": 2, "physicalSubscription": {"subscriberUri": subscriber.url}}
+    });
+    let channel_path = format!("{MESSAGING}/inmemorychannels/orders");
+    let (_, requests) = cluster
+        .apply_by("Subscription", &subscription, |seen| {
+            if seen.method == "GET" && seen.path == channel_path {
+                (200, channel.clone())
+            } else {
+                empty_cluster(seen)
+            }
+        })
+        .await;
+    assert!(requests.iter().all(|r| r.method == "GET"), "{requests:?}");
+
+    let router = cluster.ctx.ingress.clone().router();
+    let request = http::Request::post("/team/orders-kn-channel")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "c-1")
+        .header("ce-source", "/orders")
+        .header("ce-type", "order.created")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let received = subscriber.wait_for_id("c-1").await;
+    assert_eq!(received.event.ty, "order.created");
 }
