@@ -174,7 +174,8 @@ pub const KAFKA_CHANNEL_CONFIG: &str = "kafka-channel-config";
 pub struct KafkaChannelSpec {
     /// Partitions of the topic (default: the config's `default.topic.partitions`, else 10).
     pub num_partitions: Option<i32>,
-    /// Replicas of the topic (default: the config's, else 3... capped by the cluster).
+    /// Replicas of the topic (default: the config's `default.topic.replication.factor`,
+    /// else 1).
     pub replication_factor: Option<i16>,
     /// ISO-8601 retention of the topic; accepted, the topic keeps the cluster's default.
     pub retention_duration: Option<String>,
