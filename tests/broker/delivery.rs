@@ -1287,3 +1287,36 @@ async fn extension_types_survive_to_a_structured_subscriber() {
     assert_eq!(delivered["strext"], json!("42"), "{delivered}");
     assert_eq!(delivered["knativebrokerttl"], json!(254), "{delivered}");
 }
+
+/// `backoffMax` caps the waits of an exponential backoff: five retries from a 1 s delay would
+/// wait a minute in all (2 + 4 + 8 + 16 + 32 s), longer than the test waits for them, and
+/// capped at 0.1 s they all come at once. Zero or a non-duration is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_max_caps_the_waits_between_retries() {
+    // The suite's servers cap every wait at 2 s; this one leaves it to backoffMax.
+    let server = TestServer::start_ready_with(|options| {
+        options.delivery.backoff_cap = Duration::from_secs(120);
+    })
+    .await;
+    let sub = Subscriber::with_script(always(Reply::status(503))).await;
+    server
+        .create_trigger(&retrying(
+            "capped",
+            &sub.url(),
+            json!({"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT1S", "backoffMax": "PT0.1S"}),
+        ))
+        .await;
+    server
+        .send(NS, BROKER, &TestEvent::new("cap-1", "com.example"))
+        .await;
+    let attempts = sub.wait_for(6).await;
+    assert!(attempts.iter().all(|r| r.id() == "cap-1"));
+
+    for (bad, words) in [("PT0S", "longer than zero"), ("soon", "backoffMax")] {
+        let (status, body) = server
+            .try_apply(&retrying("refused", &sub.url(), json!({"backoffMax": bad})))
+            .await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(words), "{body}");
+    }
+}

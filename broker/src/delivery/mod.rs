@@ -48,7 +48,10 @@ pub struct DeliveryPolicy {
     pub retry: u32,
     pub backoff_policy: BackoffPolicy,
     pub backoff_delay: Duration,
+    /// The server's cap on any wait (`--backoff-cap`).
     pub backoff_cap: Duration,
+    /// The delivery's own cap on the waits of its backoff (`backoffMax`).
+    pub backoff_max: Option<Duration>,
     pub timeout: Duration,
     /// The longest `Retry-After` honoured; `None` caps it at `backoff_cap`.
     pub retry_after_max: Option<Duration>,
@@ -87,6 +90,7 @@ impl DeliveryPolicy {
             backoff_policy: spec.backoff_policy.unwrap_or_default(),
             backoff_delay: duration(&spec.backoff_delay).unwrap_or(Duration::from_millis(200)),
             backoff_cap: defaults.backoff_cap,
+            backoff_max: duration(&spec.backoff_max),
             timeout: duration(&spec.timeout).unwrap_or(defaults.timeout),
             retry_after_max: duration(&spec.retry_after_max),
             format: spec.format.unwrap_or(DeliveryFormat::Binary),
@@ -106,6 +110,7 @@ impl DeliveryPolicy {
             }
         };
         wait.min(self.backoff_cap)
+            .min(self.backoff_max.unwrap_or(Duration::MAX))
     }
 
     /// The wait before a retry, honouring the response's `Retry-After` when longer.
@@ -910,6 +915,7 @@ mod tests {
             backoff_policy: kind,
             backoff_delay: Duration::from_millis(delay_ms),
             backoff_cap: Duration::from_secs(1),
+            backoff_max: None,
             timeout: Duration::from_secs(1),
             retry_after_max: None,
             format: DeliveryFormat::Binary,
@@ -933,6 +939,36 @@ mod tests {
         assert_eq!(p.backoff(2), Duration::from_millis(400));
         assert_eq!(p.backoff(4), Duration::from_secs(1), "capped at one second");
         assert_eq!(p.backoff(40), Duration::from_secs(1), "no overflow");
+    }
+
+    #[test]
+    fn backoff_max_caps_the_backoff_but_not_a_retry_after() {
+        let mut p = policy(BackoffPolicy::Exponential, 100);
+        p.backoff_max = Some(Duration::from_millis(300));
+        assert_eq!(p.backoff(1), Duration::from_millis(200));
+        assert_eq!(
+            p.backoff(2),
+            Duration::from_millis(300),
+            "capped by backoffMax"
+        );
+        assert_eq!(p.backoff(30), Duration::from_millis(300), "no overflow");
+        let mut linear = policy(BackoffPolicy::Linear, 100);
+        linear.backoff_max = Some(Duration::from_millis(250));
+        assert_eq!(linear.backoff(5), Duration::from_millis(250));
+        // A Retry-After is bounded by retryAfterMax (else the server's cap), not backoffMax.
+        assert_eq!(
+            p.wait_before(1, Some(Duration::from_millis(800))),
+            Duration::from_millis(800)
+        );
+        // The server's cap stays the ceiling.
+        p.backoff_max = Some(Duration::from_secs(60));
+        assert_eq!(p.backoff(20), Duration::from_secs(1));
+        let spec = rivulet_core::resources::DeliverySpec {
+            backoff_max: Some("PT0.5S".into()),
+            ..Default::default()
+        };
+        let from_spec = DeliveryPolicy::from_spec(Some(&spec), None, &Default::default());
+        assert_eq!(from_spec.backoff_max, Some(Duration::from_millis(500)));
     }
 
     #[test]

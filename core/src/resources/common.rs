@@ -59,6 +59,10 @@ pub struct DeliverySpec {
     pub backoff_policy: Option<BackoffPolicy>,
     /// ISO-8601 duration, the base delay of the backoff.
     pub backoff_delay: Option<String>,
+    /// ISO-8601 duration, the longest wait between retries that `backoffDelay` and
+    /// `backoffPolicy` make (Knative's `backoffMax`); `Retry-After` answers are bounded by
+    /// `retryAfterMax` instead.
+    pub backoff_max: Option<String>,
     /// ISO-8601 duration, per request.
     pub timeout: Option<String>,
     /// ISO-8601 duration, the longest `Retry-After` honoured.

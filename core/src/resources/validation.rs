@@ -575,14 +575,15 @@ pub fn validate_delivery(field: &str, delivery: &DeliverySpec) -> Result {
     }
     for (name, value) in [
         ("backoffDelay", &delivery.backoff_delay),
+        ("backoffMax", &delivery.backoff_max),
         ("timeout", &delivery.timeout),
         ("retryAfterMax", &delivery.retry_after_max),
     ] {
         if let Some(text) = value {
             let duration = parse_duration(&format!("{field}.{name}"), text)?;
-            if name == "timeout" && duration.is_zero() {
+            if matches!(name, "timeout" | "backoffMax") && duration.is_zero() {
                 return Err(ValidationError::new(
-                    format!("{field}.timeout"),
+                    format!("{field}.{name}"),
                     "must be longer than zero",
                 ));
             }
