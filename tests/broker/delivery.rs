@@ -1320,3 +1320,49 @@ async fn backoff_max_caps_the_waits_between_retries() {
         assert!(body["message"].as_str().unwrap().contains(words), "{body}");
     }
 }
+
+/// `rivulet.dev/rate-limit` paces a trigger's deliveries without dropping any: every event
+/// sent reaches the subscriber, once; a value that is not a rate above zero is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_trigger_delivers_every_event_and_bad_rates_are_refused() {
+    let server = TestServer::start_ready().await;
+    let sub = Subscriber::start().await;
+    let paced = with_annotation(
+        with_annotation(
+            trigger(NS, "paced", BROKER, &sub.url()),
+            "rivulet.dev/rate-limit",
+            "40",
+        ),
+        "rivulet.dev/parallelism",
+        "16",
+    );
+    server.create_trigger(&paced).await;
+    for i in 0..12 {
+        server
+            .send(
+                NS,
+                BROKER,
+                &TestEvent::new(&format!("paced-{i}"), "com.example"),
+            )
+            .await;
+    }
+    let got = sub.wait_for(12).await;
+    let mut ids: Vec<String> = got.iter().map(|r| r.id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "each event once: {ids:?}");
+
+    for bad in ["0", "-3", "fast", "2000000"] {
+        let refused = with_annotation(
+            trigger(NS, "refused", BROKER, &sub.url()),
+            "rivulet.dev/rate-limit",
+            bad,
+        );
+        let (status, body) = server.try_apply(&refused).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("per second"),
+            "{body}"
+        );
+    }
+}

@@ -51,6 +51,39 @@ pub struct TriggerDispatch {
     pub parallelism: usize,
     /// Where the subscriber's reply goes.
     pub reply: ReplyRoute,
+    /// Deliveries per second at most (`rivulet.dev/rate-limit`); `None` for no bound.
+    pub rate_limit: Option<f64>,
+}
+
+/// Spaces the deliveries of one trigger at least `1 / rate` apart, whatever their
+/// parallelism: an event waits for its turn (unacknowledged, holding its slot), so a
+/// subscriber that can take only so much is never sent more, and nothing is dropped.
+struct Pacer {
+    interval: Duration,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(per_second: f64) -> Self {
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / per_second),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until this delivery's turn.
+    async fn turn(&self) {
+        let at = {
+            let mut next = self
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at = (*next).max(tokio::time::Instant::now());
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 /// Where a subscriber's reply goes.
@@ -376,6 +409,7 @@ pub fn spawn(
             shared,
             abandon: abandon.clone(),
             unfinished: unfinished.clone(),
+            pacer: dispatch.rate_limit.map(|rate| Arc::new(Pacer::new(rate))),
         },
         stop.clone(),
     ));
@@ -397,19 +431,27 @@ struct Consumer {
     shared: Shared,
     abandon: CancellationToken,
     unfinished: Arc<AtomicU64>,
+    pacer: Option<Arc<Pacer>>,
 }
 
 impl Consumer {
     /// Handles one event; it stays counted as unfinished when abandoned before its ack.
     async fn handle(&self, received: Received) {
-        let finished = tokio::select! {
-            () = handle(
+        let paced_delivery = async {
+            if let Some(pacer) = &self.pacer {
+                pacer.turn().await;
+            }
+            handle(
                 &self.dispatch,
                 &self.metrics,
                 &*self.subscription,
                 &self.shared,
                 received,
-            ) => true,
+            )
+            .await
+        };
+        let finished = tokio::select! {
+            () = paced_delivery => true,
             () = self.abandon.cancelled() => false,
         };
         if finished {
@@ -890,6 +932,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_turns_by_the_rate_and_does_not_save_up_idle_time() {
+        let pacer = Pacer::new(10.0);
+        let start = tokio::time::Instant::now();
+        let mut turns = Vec::new();
+        for _ in 0..3 {
+            pacer.turn().await;
+            turns.push(start.elapsed());
+        }
+        assert_eq!(
+            turns,
+            [
+                Duration::ZERO,
+                Duration::from_millis(100),
+                Duration::from_millis(200)
+            ]
+        );
+        // After a quiet second the next turn is at once, and the one after a step later:
+        // no burst of the turns the quiet time could have held.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let resumed = tokio::time::Instant::now();
+        pacer.turn().await;
+        pacer.turn().await;
+        assert_eq!(resumed.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failed_reads_are_retried_and_counted_by_kind() {
         let metrics = Arc::new(Metrics::new());
         let shared = Shared {
@@ -912,6 +980,7 @@ mod tests {
             ordered: false,
             parallelism: 4,
             reply: ReplyRoute::Broker,
+            rate_limit: None,
         };
         let subscription = Arc::new(Unreadable {
             reads: AtomicUsize::new(0),

@@ -12,8 +12,8 @@ use rivulet_broker::delivery::DeliveryPolicy;
 use rivulet_broker::dispatcher::{self, ReplyRoute, TriggerDispatch};
 use rivulet_core::filter::Filter;
 use rivulet_core::resources::{
-    Condition, DELIVERY_ORDER_ANNOTATION, DEPENDENCY_ANNOTATION, PARALLELISM_ANNOTATION, Trigger,
-    TriggerStatus, parse_dependency,
+    Condition, DELIVERY_ORDER_ANNOTATION, DEPENDENCY_ANNOTATION, PARALLELISM_ANNOTATION,
+    RATE_LIMIT_ANNOTATION, Trigger, TriggerStatus, parse_dependency,
 };
 use rivulet_store::object_key;
 
@@ -189,6 +189,9 @@ impl Reconcile for TriggerReconciler {
                     ordered: ordered && !per_partition,
                     parallelism,
                     reply: ReplyRoute::Broker,
+                    rate_limit: annotations
+                        .get(RATE_LIMIT_ANNOTATION)
+                        .and_then(|rate| rivulet_core::resources::parse_rate_limit(rate).ok()),
                 };
                 let spec = SubscriptionSpec {
                     prefilter: dispatch.filter.prefilter(),

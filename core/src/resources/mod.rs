@@ -54,3 +54,16 @@ pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
 pub const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Rivulet's annotation bounding a trigger's deliveries in flight.
 pub const PARALLELISM_ANNOTATION: &str = "rivulet.dev/parallelism";
+/// Rivulet's annotation bounding a trigger's (or Subscription's) deliveries per second.
+pub const RATE_LIMIT_ANNOTATION: &str = "rivulet.dev/rate-limit";
+
+/// Deliveries per second a `rivulet.dev/rate-limit` value allows: a number above zero (`50`,
+/// `0.5`), at most a million.
+pub fn parse_rate_limit(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 1_000_000.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} must be deliveries per second: a number above 0 and at most 1000000 (such as 50 or 0.5)"
+        )),
+    }
+}

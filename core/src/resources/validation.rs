@@ -415,7 +415,14 @@ pub fn validate_trigger(trigger: &Trigger) -> Result {
             format!("{order:?} must be \"ordered\" or \"unordered\""),
         ));
     }
-    if let Some(parallelism) = annotation(&trigger.metadata, PARALLELISM_ANNOTATION) {
+    validate_delivery_annotations(&trigger.metadata)
+}
+
+/// The delivery annotations a Trigger or Subscription may carry: parallelism and rate limit.
+pub fn validate_delivery_annotations(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result {
+    if let Some(parallelism) = annotation(metadata, PARALLELISM_ANNOTATION) {
         match parallelism.parse::<u32>() {
             Ok(n) if (1..=10_000).contains(&n) => {}
             _ => {
@@ -425,6 +432,14 @@ pub fn validate_trigger(trigger: &Trigger) -> Result {
                 ));
             }
         }
+    }
+    if let Some(rate) = annotation(metadata, super::RATE_LIMIT_ANNOTATION) {
+        super::parse_rate_limit(rate).map_err(|message| {
+            ValidationError::new(
+                format!("metadata.annotations[{}]", super::RATE_LIMIT_ANNOTATION),
+                message,
+            )
+        })?;
     }
     Ok(())
 }

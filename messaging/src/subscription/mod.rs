@@ -18,11 +18,12 @@ use rivulet_control::runtime::{Action, Context, Reconcile, ReconcileError, gener
 use rivulet_core::filter::Filter;
 use rivulet_core::knative_kind;
 use rivulet_core::resources::validation::{
-    ValidationError, typed, validate_delivery, validate_destination, validate_metadata,
+    ValidationError, typed, validate_delivery, validate_delivery_annotations, validate_destination,
+    validate_metadata,
 };
 use rivulet_core::resources::{
     Condition, ConditionSet, DELIVERY_ORDER_ANNOTATION, DeliverySpec, Destination, KReference,
-    PARALLELISM_ANNOTATION, apply, find_kind_by_name, skip_serializing_none,
+    PARALLELISM_ANNOTATION, RATE_LIMIT_ANNOTATION, apply, find_kind_by_name, skip_serializing_none,
 };
 use rivulet_store::object_key;
 
@@ -83,6 +84,7 @@ pub const SUBSCRIPTION_CONDITIONS: ConditionSet =
 fn validate_subscription(new: &Value, old: Option<&Value>) -> Result<(), ValidationError> {
     validate_metadata(new)?;
     let subscription: Subscription = typed(new)?;
+    validate_delivery_annotations(&subscription.metadata)?;
     let spec = &subscription.spec;
     if spec.channel.name.is_empty() {
         return Err(ValidationError::new("spec.channel.name", "is required"));
@@ -365,6 +367,9 @@ impl Reconcile for SubscriptionReconciler {
                     ordered: ordered && !per_partition,
                     parallelism,
                     reply: route,
+                    rate_limit: annotations
+                        .get(RATE_LIMIT_ANNOTATION)
+                        .and_then(|rate| rivulet_core::resources::parse_rate_limit(rate).ok()),
                 };
                 let channel_spec = ChannelSubscription {
                     prefilter: Filter::Everything.prefilter(),
