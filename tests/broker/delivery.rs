@@ -1366,3 +1366,33 @@ async fn a_rate_limited_trigger_delivers_every_event_and_bad_rates_are_refused()
         );
     }
 }
+
+/// Rivulet's `DATA(path)` CESQL extension filters on the event's JSON data: only the order
+/// above 100 reaches the trigger (the embedded channel routes by the same filter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cesql_filter_on_the_payload_passes_only_matching_data() {
+    let server = TestServer::start_ready().await;
+    let sub = Subscriber::start().await;
+    let mut big_orders = trigger(NS, "big-orders", BROKER, &sub.url());
+    big_orders["spec"]["filters"] =
+        json!([{"cesql": "type = 'com.example.order' AND DATA('order.total') > 100"}]);
+    server.create_trigger(&big_orders).await;
+    for (id, total) in [("small", 50), ("big", 150), ("unpriced", -1)] {
+        let data = if total < 0 {
+            json!({"order": {}})
+        } else {
+            json!({"order": {"total": total}})
+        };
+        server
+            .send(
+                NS,
+                BROKER,
+                &TestEvent::new(id, "com.example.order").data("application/json", data.to_string()),
+            )
+            .await;
+    }
+    let got = sub.wait_for(1).await;
+    assert_eq!(got[0].id(), "big");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sub.count(), 1, "the small and the unpriced orders stay out");
+}

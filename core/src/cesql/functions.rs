@@ -25,6 +25,8 @@ pub(crate) enum Builtin {
     IsBool,
     IsInt,
     IsString,
+    /// Rivulet's extension: a value in the event's JSON data, by path.
+    Data,
 }
 
 impl Builtin {
@@ -48,6 +50,7 @@ impl Builtin {
             ("IS_BOOL", 1) => Builtin::IsBool,
             ("IS_INT", 1) => Builtin::IsInt,
             ("IS_STRING", 1) => Builtin::IsString,
+            ("DATA", 1) => Builtin::Data,
             _ => return None,
         };
         Some(function)
@@ -66,7 +69,8 @@ impl Builtin {
             | Builtin::Right
             | Builtin::Substring
             | Builtin::SubstringWithLength
-            | Builtin::String => Type::String,
+            | Builtin::String
+            | Builtin::Data => Type::String,
         }
     }
 
@@ -88,6 +92,7 @@ impl Builtin {
             Builtin::IsBool => "IS_BOOL",
             Builtin::IsInt => "IS_INT",
             Builtin::IsString => "IS_STRING",
+            Builtin::Data => "DATA",
         }
     }
 
@@ -207,8 +212,39 @@ impl Builtin {
                 Value::Boolean(_) => false,
             }),
             Builtin::IsString => Value::Boolean(matches!(arg!(0), Value::String(_))),
+            Builtin::Data => {
+                let path = string_of(arg!(0));
+                match data_at(event.data(), &path) {
+                    Ok(found) => Value::String(Cow::Owned(found)),
+                    Err(reason) => {
+                        raising.raise(failure(reason));
+                        zero
+                    }
+                }
+            }
         };
         raising.finish(result)
+    }
+}
+
+/// The value at `path` in JSON `data`, as text: a string as it is, a number or boolean as
+/// JSON writes it, an object or array as compact JSON. `path` is dotted (`order.items.0.sku`)
+/// or a JSON Pointer (`/order/items/0/sku`).
+fn data_at(data: Option<&[u8]>, path: &str) -> Result<String, &'static str> {
+    let data = data.ok_or("the event has no data")?;
+    let document: serde_json::Value =
+        serde_json::from_slice(data).map_err(|_| "the event's data is not JSON")?;
+    let pointer = if path.is_empty() || path.starts_with('/') {
+        path.to_string()
+    } else {
+        path.split('.')
+            .map(|part| format!("/{}", part.replace('~', "~0").replace('/', "~1")))
+            .collect()
+    };
+    match document.pointer(&pointer) {
+        None | Some(serde_json::Value::Null) => Err("the data has no value at that path"),
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        Some(other) => Ok(other.to_string()),
     }
 }
 

@@ -85,6 +85,7 @@ const TOKENS: &[&str] = &[
     "IS_BOOL",
     "IS_INT",
     "IS_STRING",
+    "DATA",
     "NOPE",
     "'",
     "\"",

@@ -138,11 +138,21 @@ impl<'a> From<&'a str> for Value<'a> {
 /// Integer (URI, timestamp, binary, ...) are returned as `Value::String`.
 pub trait EventAttributes {
     fn attribute(&self, name: &str) -> Option<Value<'_>>;
+
+    /// The event's data as received, for Rivulet's `DATA` extension function; `None` when
+    /// the event has none (or the caller does not hold it).
+    fn data(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl<T: EventAttributes + ?Sized> EventAttributes for &T {
     fn attribute(&self, name: &str) -> Option<Value<'_>> {
         (**self).attribute(name)
+    }
+
+    fn data(&self) -> Option<&[u8]> {
+        (**self).data()
     }
 }
 

@@ -307,6 +307,10 @@ impl crate::cesql::EventAttributes for Envelope {
     fn attribute(&self, name: &str) -> Option<crate::cesql::Value<'_>> {
         Envelope::attribute(self, name).map(|v| crate::cesql::Value::String(Cow::Borrowed(v)))
     }
+
+    fn data(&self) -> Option<&[u8]> {
+        self.data.as_deref()
+    }
 }
 
 /// A trigger's filter as the channel runs it while routing.
@@ -339,6 +343,10 @@ impl crate::cesql::EventAttributes for Event {
             });
         }
         Event::attribute(self, name).map(Value::String)
+    }
+
+    fn data(&self) -> Option<&[u8]> {
+        self.data.as_deref()
     }
 }
 
@@ -475,6 +483,59 @@ mod tests {
             "an error matches neither way"
         );
         assert!(compile_cesql("type = ").unwrap_err().contains("position"));
+    }
+
+    #[test]
+    fn the_data_extension_filters_on_the_payload_by_path() {
+        let cesql = |e: &str| {
+            Filter::for_trigger(&spec_with(vec![SubscriptionsApiFilter {
+                cesql: Some(e.to_string()),
+                ..Default::default()
+            }]))
+            .unwrap()
+        };
+        let order = event(
+            r#","datacontenttype":"application/json","data":{"order":{"total":129,"price":12.5,"express":true,"items":[{"sku":"A-1"}],"note":null}}"#,
+        );
+        for matching in [
+            "DATA('order.total') > 100",
+            "DATA('order.items.0.sku') = 'A-1'",
+            "DATA('/order/items/0/sku') = 'A-1'",
+            "BOOL(DATA('order.express'))",
+            // CESQL has no decimals: they compare as the text JSON writes.
+            "DATA('order.price') = '12.5'",
+            r#"DATA('order.items') LIKE '%"sku":"A-1"%'"#,
+            "type = 'com.example.reading' AND DATA('order.total') >= 129",
+        ] {
+            assert!(cesql(matching).evaluate(&order).is_match(), "{matching}");
+        }
+        assert!(
+            !cesql("DATA('order.total') > 200")
+                .evaluate(&order)
+                .is_match()
+        );
+        // What is not there is an evaluation error, which no filter matches (NOT neither).
+        for (expression, on) in [
+            ("DATA('order.missing') = 'x'", &order),
+            ("DATA('order.note') = 'x'", &order),
+            ("DATA('a') = 'x'", &event("")),
+            (
+                "DATA('a') = 'x'",
+                &event(r#","datacontenttype":"text/plain","data":"a=x""#),
+            ),
+        ] {
+            assert_eq!(
+                cesql(expression).evaluate(on),
+                Outcome::EvaluationError("functionEvaluation"),
+                "{expression}"
+            );
+        }
+        // A channel's envelope holds the data too, so routing sees the same.
+        assert!(
+            cesql("DATA('order.total') > 100")
+                .evaluate(&order.to_envelope())
+                .is_match()
+        );
     }
 
     #[test]
