@@ -192,3 +192,41 @@ async fn a_subscriptions_channel_and_a_channels_template_are_immutable() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_subscription_with_a_subscriber_offers_to_take_replies() {
+    let server = TestServer::start().await;
+    let subscriber = Subscriber::start().await;
+    let forwarded = Subscriber::start().await;
+    server.apply(&channel(IN_MEMORY, "c", json!({}))).await;
+    server
+        .apply(&subscription(
+            "calls",
+            IN_MEMORY,
+            "c",
+            json!({"subscriber": {"uri": subscriber.url()}}),
+        ))
+        .await;
+    server
+        .apply(&subscription(
+            "passes-on",
+            IN_MEMORY,
+            "c",
+            json!({"reply": {"uri": forwarded.url()}}),
+        ))
+        .await;
+    server.wait_ready("Subscription", "default", "calls").await;
+    server
+        .wait_ready("Subscription", "default", "passes-on")
+        .await;
+    let url = address(&server, "InMemoryChannel", "c").await;
+    send(&url, "prefer-1", json!({})).await;
+    let called = subscriber.wait_for(1).await;
+    assert_eq!(called[0].header("prefer"), Some("reply"));
+    let passed = forwarded.wait_for(1).await;
+    assert_eq!(
+        passed[0].header("prefer"),
+        None,
+        "the data-plane spec: SHOULD NOT advertise"
+    );
+}

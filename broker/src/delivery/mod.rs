@@ -61,6 +61,9 @@ pub struct DeliveryPolicy {
     pub dead_letter_ca_certs: Option<String>,
     /// Who sends and for which audiences it presents OIDC tokens.
     pub auth: Option<DeliveryAuth>,
+    /// Whether a reply is taken (`Prefer: reply`); not where one would be dropped unread,
+    /// as when a Subscription without a subscriber passes events on to its reply.
+    pub accepts_reply: bool,
 }
 
 /// The OIDC side of a delivery: the sender's identity, and the audiences of the target and
@@ -97,6 +100,7 @@ impl DeliveryPolicy {
             dead_letter_uri,
             dead_letter_ca_certs: None,
             auth: None,
+            accepts_reply: true,
         }
     }
 
@@ -539,10 +543,12 @@ impl Sender {
             DeliveryFormat::Binary => event::to_http_binary(event),
             DeliveryFormat::Json => event::to_http_structured(event),
         };
-        headers.insert(
-            http::HeaderName::from_static("prefer"),
-            HeaderValue::from_static("reply"),
-        );
+        if policy.accepts_reply {
+            headers.insert(
+                http::HeaderName::from_static("prefer"),
+                HeaderValue::from_static("reply"),
+            );
+        }
         // The sender's namespace, as Knative's dispatchers say it to every destination.
         if let Some(namespace) = policy
             .auth
@@ -922,6 +928,7 @@ mod tests {
             dead_letter_uri: None,
             dead_letter_ca_certs: None,
             auth: None,
+            accepts_reply: true,
         }
     }
 

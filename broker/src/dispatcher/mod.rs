@@ -793,9 +793,11 @@ async fn forward_reply(
     }
     reply.set_extension(BROKER_TTL, ExtensionValue::Integer(ttl));
     telemetry::continue_in_reply(shared.ingress.telemetry(), parent, &mut reply);
+    // The reply destination's own answer is not read.
     let policy = DeliveryPolicy {
         dead_letter_uri: None,
         auth: None,
+        accepts_reply: false,
         ..dispatch.policy.clone()
     };
     let failure = match shared

@@ -358,6 +358,9 @@ impl Reconcile for SubscriptionReconciler {
                     filter: Filter::Everything,
                     policy: DeliveryPolicy {
                         dead_letter_ca_certs: dead_letter.as_ref().and_then(|d| d.1.clone()),
+                        // Knative's data plane: a Subscription with only a reply does not
+                        // offer to take replies.
+                        accepts_reply: spec.subscriber.is_some(),
                         ..DeliveryPolicy::from_spec(
                             delivery.as_ref(),
                             dead_letter.map(|d| d.0),
