@@ -43,6 +43,7 @@ pub use queue_depth::{DEFAULT_QUEUE_DEPTH_INTERVAL, sample_queue_depths};
 pub use running::{AdapterKey, RunningGuard, RunningMap};
 pub use secrets::{amqp_connection_uri, amqp_uri_of_secret};
 pub use tls_secret::follow_tls_secret;
+pub use trigger::DeliveryShape;
 pub use trust::follow_trust_bundles;
 
 /// What a reconciler wants next.

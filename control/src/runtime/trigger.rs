@@ -17,6 +17,49 @@ use rivulet_core::resources::{
 };
 use rivulet_store::object_key;
 
+/// How a consumer of a channel (a Trigger, a Subscription) delivers, from its annotations.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliveryShape {
+    /// One delivery at a time in channel order (ordered, on a channel without partitions).
+    pub one_at_a_time: bool,
+    /// Ordered per partition: the channel hands out one event per partition at a time.
+    pub per_partition: bool,
+    /// Deliveries in flight at most.
+    pub parallelism: usize,
+    /// Deliveries per second at most.
+    pub rate_limit: Option<f64>,
+}
+
+impl DeliveryShape {
+    /// Reads `kafka.eventing.knative.dev/delivery.order`, `rivulet.dev/parallelism` and
+    /// `rivulet.dev/rate-limit` (validated on apply). On a partitioned channel (Kafka) ordered
+    /// delivery is per partition, and partitions go in parallel.
+    pub fn from_annotations(
+        annotations: Option<&std::collections::BTreeMap<String, String>>,
+        partitioned: bool,
+        default_parallelism: usize,
+    ) -> Self {
+        let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+        let ordered = get(DELIVERY_ORDER_ANNOTATION) == Some("ordered");
+        let per_partition = ordered && partitioned;
+        let one_at_a_time = ordered && !per_partition;
+        let parallelism = if one_at_a_time {
+            1
+        } else {
+            get(PARALLELISM_ANNOTATION)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(default_parallelism)
+        };
+        DeliveryShape {
+            one_at_a_time,
+            per_partition,
+            parallelism,
+            rate_limit: get(RATE_LIMIT_ANNOTATION)
+                .and_then(|rate| rivulet_core::resources::parse_rate_limit(rate).ok()),
+        }
+    }
+}
+
 /// A dispatcher per trigger, consuming its broker's channel.
 pub struct TriggerReconciler;
 
@@ -154,22 +197,11 @@ impl Reconcile for TriggerReconciler {
         let all_ok = parts.iter().all(Condition::is_true);
         match (broker, subscriber, filter, all_ok) {
             (Some(broker), Ok((subscriber_uri, subscriber_ca_certs)), Ok(filter), true) => {
-                let annotations = trigger.metadata.annotations.clone().unwrap_or_default();
-                let ordered = annotations
-                    .get(DELIVERY_ORDER_ANNOTATION)
-                    .map(String::as_str)
-                    == Some("ordered");
-                // On a partitioned channel (Kafka) ordered delivery is per partition: the channel
-                // hands out one event per partition at a time and partitions go in parallel.
-                let per_partition = ordered && broker.channel.has_partitions();
-                let parallelism = if ordered && !per_partition {
-                    1
-                } else {
-                    annotations
-                        .get(PARALLELISM_ANNOTATION)
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(ctx.settings.default_parallelism)
-                };
+                let shape = DeliveryShape::from_annotations(
+                    trigger.metadata.annotations.as_ref(),
+                    broker.channel.has_partitions(),
+                    ctx.settings.default_parallelism,
+                );
                 let dispatch = TriggerDispatch {
                     namespace: namespace.clone(),
                     trigger: name.clone(),
@@ -186,17 +218,15 @@ impl Reconcile for TriggerReconciler {
                         )
                     },
                     filter,
-                    ordered: ordered && !per_partition,
-                    parallelism,
+                    ordered: shape.one_at_a_time,
+                    parallelism: shape.parallelism,
                     reply: ReplyRoute::Broker,
-                    rate_limit: annotations
-                        .get(RATE_LIMIT_ANNOTATION)
-                        .and_then(|rate| rivulet_core::resources::parse_rate_limit(rate).ok()),
+                    rate_limit: shape.rate_limit,
                 };
                 let spec = SubscriptionSpec {
                     prefilter: dispatch.filter.prefilter(),
-                    max_in_flight: parallelism,
-                    one_per_partition: per_partition,
+                    max_in_flight: shape.parallelism,
+                    one_per_partition: shape.per_partition,
                 };
                 let subscription_name = subscription_name(&name);
                 broker

@@ -14,7 +14,9 @@ use crate::channel::{CHANNEL_KINDS, channel_key};
 use rivulet_broker::delivery::DeliveryPolicy;
 use rivulet_broker::dispatcher::{self, ReplyRoute, TriggerDispatch};
 use rivulet_channels::SubscriptionSpec as ChannelSubscription;
-use rivulet_control::runtime::{Action, Context, Reconcile, ReconcileError, generation};
+use rivulet_control::runtime::{
+    Action, Context, DeliveryShape, Reconcile, ReconcileError, generation,
+};
 use rivulet_core::filter::Filter;
 use rivulet_core::knative_kind;
 use rivulet_core::resources::validation::{
@@ -22,8 +24,8 @@ use rivulet_core::resources::validation::{
     validate_metadata,
 };
 use rivulet_core::resources::{
-    Condition, ConditionSet, DELIVERY_ORDER_ANNOTATION, DeliverySpec, Destination, KReference,
-    PARALLELISM_ANNOTATION, RATE_LIMIT_ANNOTATION, apply, find_kind_by_name, skip_serializing_none,
+    Condition, ConditionSet, DeliverySpec, Destination, KReference, apply, find_kind_by_name,
+    skip_serializing_none,
 };
 use rivulet_store::object_key;
 
@@ -331,24 +333,11 @@ impl Reconcile for SubscriptionReconciler {
         };
         match (handle, target, problems.is_empty()) {
             (Some(handle), Some(((uri, ca_certs), route)), true) => {
-                let annotations = subscription
-                    .metadata
-                    .annotations
-                    .clone()
-                    .unwrap_or_default();
-                let ordered = annotations
-                    .get(DELIVERY_ORDER_ANNOTATION)
-                    .map(String::as_str)
-                    == Some("ordered");
-                let per_partition = ordered && handle.channel.has_partitions();
-                let parallelism = if ordered && !per_partition {
-                    1
-                } else {
-                    annotations
-                        .get(PARALLELISM_ANNOTATION)
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(ctx.settings.default_parallelism)
-                };
+                let shape = DeliveryShape::from_annotations(
+                    subscription.metadata.annotations.as_ref(),
+                    handle.channel.has_partitions(),
+                    ctx.settings.default_parallelism,
+                );
                 let dispatch = TriggerDispatch {
                     namespace: namespace.clone(),
                     trigger: consumer.1.clone(),
@@ -367,17 +356,15 @@ impl Reconcile for SubscriptionReconciler {
                             &ctx.settings.delivery,
                         )
                     },
-                    ordered: ordered && !per_partition,
-                    parallelism,
+                    ordered: shape.one_at_a_time,
+                    parallelism: shape.parallelism,
                     reply: route,
-                    rate_limit: annotations
-                        .get(RATE_LIMIT_ANNOTATION)
-                        .and_then(|rate| rivulet_core::resources::parse_rate_limit(rate).ok()),
+                    rate_limit: shape.rate_limit,
                 };
                 let channel_spec = ChannelSubscription {
                     prefilter: Filter::Everything.prefilter(),
-                    max_in_flight: parallelism,
-                    one_per_partition: per_partition,
+                    max_in_flight: shape.parallelism,
+                    one_per_partition: shape.per_partition,
                 };
                 handle
                     .channel
