@@ -43,10 +43,6 @@ where
     Ok(())
 }
 
-fn labels_of(labels: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    labels.clone().unwrap_or_default()
-}
-
 /// Knative's `InMemoryChannel`: events kept in this process's memory (bounded by
 /// `--memory-channel-max-bytes`; full gets `503`), lost when it stops.
 #[apply(knative_kind!)]
@@ -89,10 +85,6 @@ impl ChannelKind for InMemoryChannel {
 
     fn delivery(&self) -> Option<&DeliverySpec> {
         self.spec.delivery.as_ref()
-    }
-
-    fn labels(&self) -> BTreeMap<String, String> {
-        labels_of(&self.metadata.labels)
     }
 }
 
@@ -139,10 +131,6 @@ impl ChannelKind for EmbeddedChannel {
 
     fn delivery(&self) -> Option<&DeliverySpec> {
         self.spec.delivery.as_ref()
-    }
-
-    fn labels(&self) -> BTreeMap<String, String> {
-        labels_of(&self.metadata.labels)
     }
 }
 
@@ -218,10 +206,6 @@ impl ChannelKind for KafkaChannel {
     fn delivery(&self) -> Option<&DeliverySpec> {
         self.spec.delivery.as_ref()
     }
-
-    fn labels(&self) -> BTreeMap<String, String> {
-        labels_of(&self.metadata.labels)
-    }
 }
 
 register_channel!(KafkaChannel {
@@ -279,10 +263,6 @@ impl ChannelKind for NatsJetStreamChannel {
     fn delivery(&self) -> Option<&DeliverySpec> {
         self.spec.delivery.as_ref()
     }
-
-    fn labels(&self) -> BTreeMap<String, String> {
-        labels_of(&self.metadata.labels)
-    }
 }
 
 register_channel!(NatsJetStreamChannel {
@@ -331,10 +311,6 @@ impl ChannelKind for RabbitmqChannel {
 
     fn delivery(&self) -> Option<&DeliverySpec> {
         self.spec.delivery.as_ref()
-    }
-
-    fn labels(&self) -> BTreeMap<String, String> {
-        labels_of(&self.metadata.labels)
     }
 }
 

@@ -77,7 +77,7 @@ pub struct ChannelStatus {
 }
 
 /// What differs between channel kinds: the backend and its settings.
-pub trait ChannelKind: Send + Sync + 'static {
+pub trait ChannelKind: kube::Resource + Send + Sync + 'static {
     /// The kind's name (`InMemoryChannel`).
     const KIND: &'static str;
 
@@ -91,7 +91,10 @@ pub trait ChannelKind: Send + Sync + 'static {
     /// `spec.delivery`: the default of the channel's subscriptions.
     fn delivery(&self) -> Option<&DeliverySpec>;
 
-    fn labels(&self) -> BTreeMap<String, String>;
+    /// The channel's labels, which EventPolicy selectors would match.
+    fn labels(&self) -> BTreeMap<String, String> {
+        self.meta().labels.clone().unwrap_or_default()
+    }
 }
 
 /// The reconciler of channel kind `K`.
